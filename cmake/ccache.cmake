@@ -1,0 +1,8 @@
+# Use ccache when present (Debian package `ccache`); CI passes without it.
+find_program(LOWMEM_CCACHE ccache)
+if(LOWMEM_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  set(CMAKE_CXX_COMPILER_LAUNCHER
+      ${CMAKE_COMMAND} -E env
+      "CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime"
+      ${LOWMEM_CCACHE})
+endif()

@@ -1,0 +1,50 @@
+#include "lowmem/adapters/linear_like.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+#include "lowmem/core/check.h"
+
+namespace lowmem::adapters {
+
+at::Tensor LinearLike::forward(const at::Tensor& x) {
+  LOWMEM_CHECK(x.dim() >= 1 && x.size(-1) == in_, "[linear] input's last dim ",
+               x.dim() >= 1 ? x.size(-1) : -1, " != in_features ", in_);
+  if (!tap_ || !tap_->armed()) return forward_impl(x);
+  tap_->record_input(x.detach());
+  at::Tensor out = forward_impl(x);
+  if (out.requires_grad()) {
+    std::weak_ptr<CurvatureTap> weak = tap_;
+    out.register_hook([weak](const at::Tensor& g) {
+      if (auto t = weak.lock()) t->record_grad_output(g.detach());
+    });
+  }
+  return out;
+}
+
+Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
+    : LinearLike(in_features, out_features) {
+  LOWMEM_CHECK(in_features > 0 && out_features > 0,
+               "[linear] features must be positive, got in=", in_features,
+               " out=", out_features);
+  weight_ = register_parameter("weight", at::empty({out_features, in_features}));
+  if (bias) bias_ = register_parameter("bias", at::empty({out_features}));
+  reset_parameters();
+}
+
+void Linear::reset_parameters() {
+  at::NoGradGuard g;
+  torch::nn::init::kaiming_uniform_(weight_, std::sqrt(5.0));
+  if (bias_.defined()) {
+    double bound = 1.0 / std::sqrt(static_cast<double>(in_features()));
+    bias_.uniform_(-bound, bound);
+  }
+}
+
+at::Tensor Linear::forward_impl(const at::Tensor& x) {
+  return at::linear(x, weight_, bias_);
+}
+
+}  // namespace lowmem::adapters

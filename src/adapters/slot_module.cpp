@@ -1,0 +1,51 @@
+#include "lowmem/adapters/slot_module.h"
+
+#include "lowmem/core/check.h"
+
+namespace lowmem::adapters {
+
+std::shared_ptr<LinearLike> SlotModule::register_slot(
+    const std::string& name, std::shared_ptr<LinearLike> layer) {
+  LOWMEM_CHECK(layer != nullptr, "[slots] slot '", name, "' given a null layer");
+  LOWMEM_CHECK(!slots_.count(name), "[slots] slot '", name, "' already exists");
+  register_module(name, layer);
+  slots_[name] = layer;
+  return layer;
+}
+
+LinearLike& SlotModule::linear(const std::string& name) const {
+  auto it = slots_.find(name);
+  LOWMEM_CHECK(it != slots_.end(), "[slots] no slot named '", name, "'");
+  return *it->second;
+}
+
+std::shared_ptr<LinearLike> SlotModule::slot(const std::string& name) const {
+  auto it = slots_.find(name);
+  LOWMEM_CHECK(it != slots_.end(), "[slots] no slot named '", name, "'");
+  return it->second;
+}
+
+void SlotModule::replace_slot(const std::string& name,
+                              std::shared_ptr<LinearLike> layer) {
+  auto it = slots_.find(name);
+  LOWMEM_CHECK(it != slots_.end(), "[slots] no slot named '", name, "'");
+  LOWMEM_CHECK(layer != nullptr, "[slots] slot '", name, "' given a null layer");
+  replace_module(name, layer);
+  it->second = std::move(layer);
+}
+
+std::vector<SlotRef> find_slots(torch::nn::Module& root) {
+  std::vector<SlotRef> out;
+  for (const auto& item : root.named_modules(/*name_prefix=*/"",
+                                             /*include_self=*/true)) {
+    auto* owner = dynamic_cast<SlotModule*>(item.value().get());
+    if (!owner) continue;
+    for (const auto& kv : owner->slots()) {
+      std::string path = item.key().empty() ? kv.first : item.key() + "." + kv.first;
+      out.push_back(SlotRef{path, owner, kv.first});
+    }
+  }
+  return out;
+}
+
+}  // namespace lowmem::adapters
