@@ -1,0 +1,35 @@
+// What the trainer, memory accounting and checkpoints need from an optimizer
+// beyond torch::optim::Optimizer. lowmem's optimizers implement
+// OptimizerExtras; torch's own (SGD, Adam, AdamW, ...) are handled by the free
+// functions below.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace lowmem::optim {
+
+class OptimizerExtras {
+ public:
+  virtual ~OptimizerExtras() = default;
+  /// Every state tensor the optimizer holds (moments, factors, projections).
+  virtual std::vector<at::Tensor> state_tensors() const = 0;
+  /// Called by the trainer before each forward pass of a training step
+  /// (e.g. SINGD/KFAC arm their curvature taps on refresh steps).
+  virtual void before_forward() {}
+};
+
+/// State tensors of any optimizer: OptimizerExtras, or torch's SGD, Adam,
+/// AdamW, Adagrad and RMSprop states.
+std::vector<at::Tensor> state_tensors(const torch::optim::Optimizer& opt);
+/// Distinct-storage bytes of state_tensors(opt).
+int64_t state_bytes(const torch::optim::Optimizer& opt);
+/// Calls before_forward() if `opt` implements OptimizerExtras.
+void before_forward(torch::optim::Optimizer& opt);
+
+}  // namespace lowmem::optim

@@ -1,0 +1,42 @@
+#include "lowmem/optim/extras.h"
+
+#include <torch/optim/adagrad.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/rmsprop.h>
+#include <torch/optim/sgd.h>
+
+#include "lowmem/core/memory.h"
+
+namespace lowmem::optim {
+
+std::vector<at::Tensor> state_tensors(const torch::optim::Optimizer& opt) {
+  if (auto* ex = dynamic_cast<const OptimizerExtras*>(&opt))
+    return ex->state_tensors();
+  std::vector<at::Tensor> out;
+  for (const auto& kv : opt.state()) {
+    const auto* s = kv.second.get();
+    if (auto* a = dynamic_cast<const torch::optim::AdamWParamState*>(s)) {
+      out.insert(out.end(), {a->exp_avg(), a->exp_avg_sq(), a->max_exp_avg_sq()});
+    } else if (auto* b = dynamic_cast<const torch::optim::AdamParamState*>(s)) {
+      out.insert(out.end(), {b->exp_avg(), b->exp_avg_sq(), b->max_exp_avg_sq()});
+    } else if (auto* c = dynamic_cast<const torch::optim::SGDParamState*>(s)) {
+      out.push_back(c->momentum_buffer());
+    } else if (auto* d = dynamic_cast<const torch::optim::AdagradParamState*>(s)) {
+      out.push_back(d->sum());
+    } else if (auto* e = dynamic_cast<const torch::optim::RMSpropParamState*>(s)) {
+      out.insert(out.end(), {e->square_avg(), e->momentum_buffer(), e->grad_avg()});
+    }
+  }
+  return out;
+}
+
+int64_t state_bytes(const torch::optim::Optimizer& opt) {
+  return storage_bytes(state_tensors(opt));
+}
+
+void before_forward(torch::optim::Optimizer& opt) {
+  if (auto* ex = dynamic_cast<OptimizerExtras*>(&opt)) ex->before_forward();
+}
+
+}  // namespace lowmem::optim
