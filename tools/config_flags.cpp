@@ -37,6 +37,8 @@ ConfigFlags::ConfigFlags(CLI::App& sub) {
     flag->key = key;
     flag->option = sub.add_option(names, flag->value, describe(f));
     flag->option->group(group);
+    // A flag given twice: the last value wins (as for most CLIs).
+    flag->option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     flag->option->type_name(f.type == "float" ? "FLOAT"
                             : f.type == "int" ? "INT"
                             : f.type == "bool" ? "BOOL"

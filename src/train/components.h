@@ -54,6 +54,10 @@ std::shared_ptr<models::Model> build_model(const Config& c,
 /// Applies the method (adapters, projected adapters) to the model; freezes
 /// what the method freezes.
 void apply_method(const Config& c, models::Model& model);
+/// Slot names: the main optimizer's ("galore" for method galore, else the
+/// optimizer's name) and the aux optimizer's (suffixed "_aux" on a clash).
+std::string main_target(const Config& c);
+std::string aux_target(const Config& c);
 /// The routing rules for this configuration (route=auto picks by method and
 /// optimizer).
 std::vector<RouteRule> routing_rules(const Config& c);

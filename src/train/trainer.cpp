@@ -102,7 +102,11 @@ void Trainer::apply_schedule() {
   for (size_t i = 0; i < slots_.size(); ++i) {
     auto& groups = slots_[i].optimizer->param_groups();
     for (size_t g = 0; g < groups.size() && g < base_lrs_[i].size(); ++g) {
-      groups[g].options().set_lr(base_lrs_[i][g] * factor);
+      // A group without an external lr (Adafactor's relative step) keeps
+      // its own step-size rule.
+      if (base_lrs_[i][g] != 0.0) {
+        groups[g].options().set_lr(base_lrs_[i][g] * factor);
+      }
     }
   }
 }

@@ -6,6 +6,8 @@
 // ConfigError (the CLI maps it to exit code 2).
 #pragma once
 
+#include <c10/util/Optional.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -42,6 +44,11 @@ struct Field {
 
 namespace detail {
 
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<c10::optional<T>> : std::true_type {};
+
 /// Appends a Field for `ref` when its type is supported; other field types
 /// (tensors, vectors) are not settable from text and are skipped.
 template <class T>
@@ -72,6 +79,18 @@ void add_field(std::vector<Field>& out, const std::string& section,
     f.get = [p] { return format_float(static_cast<double>(*p)); };
     f.set = [p, key](const std::string& s) {
       *p = static_cast<U>(parse_float(s, key));
+    };
+  } else if constexpr (is_optional<U>::value &&
+                       std::is_floating_point_v<typename U::value_type>) {
+    // An optional number: "none" (or empty) leaves it unset.
+    f.type = "float";
+    f.get = [p] { return *p ? format_float(**p) : std::string("none"); };
+    f.set = [p, key](const std::string& s) {
+      if (s.empty() || s == "none" || s == "null" || s == "~") {
+        *p = c10::nullopt;
+      } else {
+        *p = parse_float(s, key);
+      }
     };
   } else if constexpr (std::is_same_v<U, std::string>) {
     f.type = "string";

@@ -32,7 +32,9 @@ struct TrainerOptions {
   int64_t accum_steps = 1;         // micro-batches per update
   double clip_norm = 1.0;          // global L2 norm; <= 0 disables clipping
   int64_t warmup_steps = 0;        // schedule.h
-  double min_lr_ratio = 0.1;       // schedule.h
+  double min_lr_ratio = 0.1;       // schedule.h; groups whose lr is 0 at
+                                   // construction (Adafactor's relative
+                                   // step) are left unscheduled
   int64_t eval_every = 0;          // 0: only at the end (if an eval source)
   int64_t eval_batches = 8;        // batches per evaluation
   int64_t max_consecutive_skips = 10;  // non-finite steps in a row -> error
