@@ -90,6 +90,15 @@ TEST(DataParallel, TwoProcessesEqualOneProcessCame) {
   run_two_vs_one(cfg);
 }
 
+TEST(DataParallel, TwoProcessesEqualOneProcessLora) {
+  auto cfg = base_config(temp_dir());
+  cfg.kv["model"] = "lora";  // only the adapters train and are all-reduced
+  run_two_vs_one(cfg);
+  const auto r0 = load_result(cfg.get("out", "") + "/rank0.pt");
+  // A [2, in] and B [out, 2] of the three layers.
+  EXPECT_EQ(r0.bytes_per_step, 2 * ((8 + 32) + (32 + 16) + (16 + 4)) * 4);
+}
+
 TEST(DataParallel, TwoProcessesEqualOneProcessGaLoreFullSync) {
   auto cfg = base_config(temp_dir());
   cfg.kv["optim"] = "galore";  // rank 4, new SVD basis every 3 steps

@@ -4,6 +4,8 @@
 #include "lowmem/dist/grad_sync.h"
 #include "lowmem/dist/low_rank.h"
 #include "lowmem/dist/shard.h"
+#include "lowmem/adapters/linear_like.h"
+#include "lowmem/adapters/lora.h"
 #include "lowmem/optim/came.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adamw.h"
@@ -75,6 +77,30 @@ torch::nn::Sequential make_model(int64_t width) {
       torch::nn::Linear(width, 4));
 }
 
+// The same network from lowmem LinearLike layers, each wrapped in LoRA
+// (rank 2, Gaussian A, B = 0); only the adapters train.
+torch::nn::Sequential make_lora_model(int64_t width) {
+  torch::manual_seed(0);
+  torch::nn::Sequential seq;
+  const std::vector<std::pair<int64_t, int64_t>> dims = {
+      {8, 2 * width}, {2 * width, width}, {width, 4}};
+  for (size_t i = 0; i < dims.size(); ++i) {
+    auto base = std::make_shared<lowmem::adapters::Linear>(
+        dims[i].first, dims[i].second);
+    for (auto& p : base->parameters()) {
+      p.set_requires_grad(false);
+    }
+    seq->push_back(std::make_shared<lowmem::adapters::LoraLinear>(
+        base,
+        lowmem::adapters::LoraOptions(2).lora_alpha(4).init_lora_weights(
+            "gaussian")));
+    if (i + 1 < dims.size()) {
+      seq->push_back(torch::nn::Tanh());
+    }
+  }
+  return seq;
+}
+
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(
     const std::string& name,
     std::vector<at::Tensor> params,
@@ -131,8 +157,15 @@ RunResult run_training(Communicator& comm, const RunConfig& cfg) {
   const int64_t steps = cfg.get_int("steps", 5);
   const int64_t batch = cfg.get_int("batch", 8);
   const std::string sync_kind = cfg.get("sync", "full");
-  auto model = make_model(cfg.get_int("width", 16));
-  std::vector<at::Tensor> params = model->parameters();
+  auto model = cfg.get("model", "mlp") == "lora"
+      ? make_lora_model(cfg.get_int("width", 16))
+      : make_model(cfg.get_int("width", 16));
+  std::vector<at::Tensor> params;
+  for (const auto& p : model->parameters()) {
+    if (p.requires_grad()) {
+      params.push_back(p);
+    }
+  }
   auto opt = make_optimizer(cfg.get("optim", "adamw"), params, cfg);
   auto source = std::make_shared<ShardedSource>(
       std::make_shared<RegressionSource>(batch, 7),

@@ -117,6 +117,42 @@ TEST(LowRankGradSync, PerWorkerProjectionsGrowTheUpdateRank) {
   EXPECT_EQ(bytes[0], r * n * 4);
 }
 
+TEST(TrainerGradSync, AveragesTheGivenGradientsInBuckets) {
+  std::vector<std::vector<at::Tensor>> out(2);
+  run_ranks(2, [&](std::shared_ptr<Communicator> comm) {
+    const int k = comm->rank();
+    std::vector<at::Tensor> grads = {
+        rank_grad(k, 30, 20), rank_grad(k + 5, 7, 1).view({7}),
+        rank_grad(k + 9, 100, 30)};
+    auto fn = make_trainer_grad_sync(comm, /*bucket_cap_mb=*/0.004);
+    comm->reset_stats();
+    fn(grads);
+    EXPECT_EQ(comm->stats().allreduce_calls, 2);  // {30x20, 7} and {100x30}
+    EXPECT_EQ(comm->stats().allreduce_bytes, (600 + 7 + 3000) * 4);
+    out[k] = grads;
+    std::vector<at::Tensor> wrong = {rank_grad(k, 30, 20)};
+    if (k == 1) {
+      wrong.push_back(rank_grad(k, 7, 1));
+    }
+    try {
+      fn(wrong);
+      ADD_FAILURE() << "expected a layout error";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("[dist] gradient layouts differ"),
+                std::string::npos);
+    }
+  });
+  const std::vector<at::Tensor> want = {
+      (rank_grad(0, 30, 20) + rank_grad(1, 30, 20)) / 2,
+      ((rank_grad(5, 7, 1) + rank_grad(6, 7, 1)) / 2).view({7}),
+      (rank_grad(9, 100, 30) + rank_grad(10, 100, 30)) / 2};
+  for (int k = 0; k < 2; ++k) {
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_TRUE(torch::allclose(out[k][i], want[i], 1e-6, 1e-6)) << k << " " << i;
+    }
+  }
+}
+
 TEST(LowRankGradSync, BasesRefreshEveryGapAndSmallParamsGoInFull) {
   auto comm = Communicator::init(DistEnv{});
   auto w = torch::zeros({12, 10}, torch::requires_grad());
