@@ -22,11 +22,11 @@ TEST(Lotr, ParameterCountsPerGroup) {
   EXPECT_EQ(lotr->num_trainable_parameters(), want);
   // The shared factors appear once in the model's parameters.
   auto names = model->named_parameters();
-  EXPECT_TRUE(names.contains("lotr_q.lhs"));
-  EXPECT_TRUE(names.contains("lotr_q.rhs"));
+  EXPECT_TRUE(names.contains("lotr_blocks_q.lhs"));
+  EXPECT_TRUE(names.contains("lotr_blocks_q.rhs"));
   EXPECT_TRUE(names.contains("blocks.1.q.lotr_core"));
-  EXPECT_EQ(names["lotr_up.lhs"].sizes(), (std::vector<int64_t>{r, 2 * d}));
-  EXPECT_EQ(names["lotr_up.rhs"].sizes(), (std::vector<int64_t>{d, r}));
+  EXPECT_EQ(names["lotr_blocks_up.lhs"].sizes(), (std::vector<int64_t>{r, 2 * d}));
+  EXPECT_EQ(names["lotr_blocks_up.rhs"].sizes(), (std::vector<int64_t>{d, r}));
   EXPECT_EQ(static_cast<int64_t>(model->parameters().size()),
             static_cast<int64_t>(names.size()));
   // One group across types (repo experiments): r(d_in+d_out) + 2L r^2.
@@ -41,6 +41,11 @@ TEST(Lotr, ParameterCountsPerGroup) {
   });
   EXPECT_NE(msg.find("mixes shapes 8x8 (blocks.0.q) and 16x8 (blocks.0.up)"), std::string::npos)
       << msg;
+  // ... and the failed injection left the model as it was.
+  for (const auto& p : model3->parameters()) EXPECT_TRUE(p.requires_grad());
+  for (const auto& s : find_slots(*model3))
+    EXPECT_NE(dynamic_cast<Linear*>(s.layer().get()), nullptr) << s.path;
+  EXPECT_FALSE(model3->named_children().contains("lotr_all"));
 }
 
 TEST(Lotr, DefaultInitIsANoOpAndMatchesTheCode) {
@@ -150,7 +155,7 @@ TEST(Lotr, MergeUnmergeAndUnload) {
     EXPECT_LE((l.layer->base_weight() - before[l.path + ".weight"]).abs().max().item<double>(),
               1e-6);
   lotr->merge_and_unload();
-  EXPECT_FALSE(model->named_children().contains("lotr_q"));
+  EXPECT_FALSE(model->named_children().contains("lotr_blocks_q"));
   EXPECT_LE((model->forward(x) - unmerged).abs().max().item<double>(), 1e-6);
 }
 
