@@ -1,0 +1,151 @@
+// PerParamOptimizer: the shared skeleton of lowmem's element-wise optimizers
+// (CAME, Adafactor, fused AdamW, ...). It writes the step loop, the no-grad
+// guard, the closure, per-parameter state lookup, save/load (torch::serialize
+// archives, same layout as torch::optim::AdamW) and state accounting once; a
+// subclass only describes init_state() and update().
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+#include <torch/optim/optimizer.h>
+
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "lowmem/optim/extras.h"
+
+namespace lowmem::optim {
+
+namespace detail {
+
+/// Visitors used by FieldOptions / FieldState to (de)serialize fields; the
+/// archive code lives in per_param.cpp so headers stay light.
+struct FieldWriter {
+  torch::serialize::OutputArchive& archive;
+  void operator()(const char* name, double& v) const;
+  void operator()(const char* name, bool& v) const;
+  void operator()(const char* name, int64_t& v) const;
+  void operator()(const char* name, c10::optional<double>& v) const;
+  void operator()(const char* name, at::Tensor& v) const;  // skips undefined
+};
+struct FieldReader {
+  torch::serialize::InputArchive& archive;
+  void operator()(const char* name, double& v) const;
+  void operator()(const char* name, bool& v) const;
+  void operator()(const char* name, int64_t& v) const;
+  void operator()(const char* name, c10::optional<double>& v) const;
+  void operator()(const char* name, at::Tensor& v) const;  // absent: undefined
+};
+/// The map key torch::optim uses for a parameter's state (TensorImpl address).
+std::string state_key(const at::Tensor& param);
+
+/// Test/benchmark switch: when true, optimizers skip their fused CPU kernels
+/// and run the device-generic ATen path (what non-CPU tensors always use).
+void set_reference_path(bool on);
+bool reference_path();
+
+}  // namespace detail
+
+/// Options base: `Derived` lists its scalar fields once in
+/// `template <class V> void for_each_field(V&& v)` as v("name", field_), with
+/// field_ a double&, bool&, int64_t& or c10::optional<double>&. Save/load and
+/// equality are derived from that list (the CLI/YAML layer uses it too).
+template <class Derived>
+struct FieldOptions : torch::optim::OptimizerCloneableOptions<Derived> {
+  void serialize(torch::serialize::OutputArchive& archive) const override {
+    self().for_each_field(detail::FieldWriter{archive});
+  }
+  void serialize(torch::serialize::InputArchive& archive) override {
+    self().for_each_field(detail::FieldReader{archive});
+  }
+  friend bool operator==(const Derived& a, const Derived& b) {
+    bool equal = true;
+    Derived copy = b;
+    // Field lists are short: match every field of `a` with its namesake.
+    const_cast<Derived&>(a).for_each_field(
+        [&](const char* name, auto& fa) {
+          copy.for_each_field([&](const char* other, auto& fb) {
+            using A = std::decay_t<decltype(fa)>;
+            using B = std::decay_t<decltype(fb)>;
+            if constexpr (std::is_same_v<A, B>) {
+              if (std::string(name) == other && !(fa == fb)) equal = false;
+            }
+          });
+        });
+    return equal;
+  }
+
+ private:
+  Derived& self() const {
+    return const_cast<Derived&>(static_cast<const Derived&>(*this));
+  }
+};
+
+/// Param-state base: `Derived` has `int64_t step` and lists its fields once in
+/// for_each_field (v("step", step), v("exp_avg", exp_avg), ...). Tensors that
+/// are undefined (unused branches) are neither saved nor counted.
+template <class Derived>
+struct FieldState : torch::optim::OptimizerCloneableParamState<Derived> {
+  void serialize(torch::serialize::OutputArchive& archive) const override {
+    self().for_each_field(detail::FieldWriter{archive});
+  }
+  void serialize(torch::serialize::InputArchive& archive) override {
+    self().for_each_field(detail::FieldReader{archive});
+  }
+  /// Every defined state tensor.
+  std::vector<at::Tensor> tensors() const {
+    std::vector<at::Tensor> out;
+    self().for_each_field([&](const char*, auto& f) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(f)>, at::Tensor>) {
+        if (f.defined()) out.push_back(f);
+      }
+    });
+    return out;
+  }
+
+ private:
+  Derived& self() const {
+    return const_cast<Derived&>(static_cast<const Derived&>(*this));
+  }
+};
+
+/// The per-parameter optimizer skeleton. Options derive from
+/// FieldOptions<Options> and must be constructible from a double (torch's
+/// archive loader builds `Options(0)`); a free `validate(const Options&)`
+/// (found by ADL) throws on bad values and is checked for every group at
+/// construction and at every step (groups added later are covered).
+template <class Options, class State>
+class PerParamOptimizer : public torch::optim::Optimizer,
+                          public OptimizerExtras {
+ public:
+  /// Runs the closure (with grad enabled) if given, then updates every
+  /// parameter that has a gradient. `step` in the state is incremented before
+  /// update() runs, so the first update sees step == 1.
+  at::Tensor step(LossClosure closure = nullptr) final;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+  std::vector<at::Tensor> state_tensors() const override;
+
+  /// The state of `param`, or nullptr before its first update.
+  const State* state_of(const at::Tensor& param) const;
+
+ protected:
+  PerParamOptimizer(
+      std::vector<torch::optim::OptimizerParamGroup> groups,
+      const Options& defaults);
+
+  /// Fresh (zero) state for `param` (fp32 whatever the param dtype).
+  virtual void init_state(
+      const at::Tensor& param, State& state, const Options& o) const = 0;
+  /// One update of `param` (no grad mode). `grad` is dense.
+  virtual void update(
+      at::Tensor& param,
+      const at::Tensor& grad,
+      State& state,
+      const Options& o) = 0;
+  /// Name used in error messages, e.g. "came".
+  virtual const char* tag() const = 0;
+};
+
+}  // namespace lowmem::optim

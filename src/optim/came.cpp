@@ -1,0 +1,107 @@
+#include "lowmem/optim/came.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "fused_kernels.h"
+#include "lowmem/core/check.h"
+#include "lowmem/optim/factored.h"
+#include "lowmem/optim/per_param_impl.h"
+
+namespace lowmem::optim {
+
+template class PerParamOptimizer<CameOptions, CameState>;
+
+void validate(const CameOptions& o) {
+  LOWMEM_CHECK(std::isfinite(o.lr()) && o.lr() >= 0,
+               "[came] lr must be >= 0, got ", o.lr());
+  const auto [eps1, eps2] = o.eps();
+  LOWMEM_CHECK(eps1 >= 0, "[came] eps1 (eps[0]) must be >= 0, got ", eps1);
+  LOWMEM_CHECK(eps2 >= 0, "[came] eps2 (eps[1]) must be >= 0, got ", eps2);
+  LOWMEM_CHECK(o.clip_threshold() > 0,
+               "[came] clip_threshold must be > 0, got ", o.clip_threshold());
+  const auto [b1, b2, b3] = o.betas();
+  LOWMEM_CHECK(b1 >= 0 && b1 <= 1, "[came] beta1 must be in [0, 1], got ", b1);
+  LOWMEM_CHECK(b2 >= 0 && b2 <= 1, "[came] beta2 must be in [0, 1], got ", b2);
+  LOWMEM_CHECK(b3 >= 0 && b3 <= 1, "[came] beta3 must be in [0, 1], got ", b3);
+  LOWMEM_CHECK(o.weight_decay() >= 0,
+               "[came] weight_decay must be >= 0, got ", o.weight_decay());
+}
+
+CAME::CAME(
+    std::vector<torch::optim::OptimizerParamGroup> groups,
+    CameOptions defaults)
+    : PerParamOptimizer(std::move(groups), defaults) {}
+
+CAME::CAME(std::vector<at::Tensor> params, CameOptions defaults)
+    : CAME({torch::optim::OptimizerParamGroup(std::move(params))}, defaults) {}
+
+void CAME::init_state(
+    const at::Tensor& p, CameState& s, const CameOptions& o) const {
+  const auto f32 = p.options().dtype(at::kFloat);
+  s.exp_avg = at::zeros(p.sizes(), f32);
+  if (factored::is_factored(p.sizes())) {
+    s.exp_avg_sq_row = at::zeros(factored::row_shape(p.sizes()), f32);
+    s.exp_avg_sq_col = at::zeros(factored::col_shape(p.sizes()), f32);
+    s.exp_avg_res_row = at::zeros(factored::row_shape(p.sizes()), f32);
+    s.exp_avg_res_col = at::zeros(factored::col_shape(p.sizes()), f32);
+  } else {
+    s.exp_avg_sq = at::zeros(p.sizes(), f32);
+  }
+}
+
+void CAME::update(
+    at::Tensor& p,
+    const at::Tensor& grad,
+    CameState& s,
+    const CameOptions& o) {
+  const auto [b1, b2, b3] = o.betas();
+  const auto [eps1, eps2] = o.eps();
+  const double lr = o.lr(), wd = o.weight_decay();
+  const bool is_fact = s.exp_avg_sq_row.defined();
+
+  if (!detail::reference_path() && kernels::fusable(p, grad)) {
+    if (is_fact) {
+      kernels::came_factored(
+          p, grad, s.exp_avg, s.exp_avg_sq_row, s.exp_avg_sq_col,
+          s.exp_avg_res_row, s.exp_avg_res_col,
+          {lr, b1, b2, b3, eps1, eps2, o.clip_threshold(), wd});
+    } else {
+      kernels::came_vector(
+          p, grad, s.exp_avg, s.exp_avg_sq,
+          {lr, b1, b2, b3, eps1, eps2, o.clip_threshold(), wd});
+    }
+    return;
+  }
+
+  // Device-generic path, op for op as the official code.
+  const at::Tensor g = grad.to(at::kFloat);
+  at::Tensor q = g.square().add_(eps1);
+  at::Tensor u;
+  if (is_fact) {
+    factored::ema_row_col(s.exp_avg_sq_row, s.exp_avg_sq_col, q, b2);
+    u = factored::approx_rsqrt(s.exp_avg_sq_row, s.exp_avg_sq_col).mul_(g);
+  } else {
+    s.exp_avg_sq.mul_(b2).add_(q, 1.0 - b2);
+    u = s.exp_avg_sq.rsqrt().mul_(g);
+  }
+  q.reset();
+  u.div_(factored::clip_divisor(u, o.clip_threshold()));
+  s.exp_avg.mul_(b1).add_(u, 1.0 - b1);
+  at::Tensor delta;
+  if (is_fact) {
+    at::Tensor res = u.sub_(s.exp_avg).square_().add_(eps2);
+    factored::ema_row_col(s.exp_avg_res_row, s.exp_avg_res_col, res, b3);
+    res.reset();
+    delta = factored::approx_rsqrt(s.exp_avg_res_row, s.exp_avg_res_col)
+                .mul_(s.exp_avg);
+  } else {
+    delta = s.exp_avg.clone();  // not an alias (the old official bug)
+  }
+  if (wd != 0) p.add_(p, -wd * lr);
+  delta.mul_(lr);
+  p.sub_(delta);
+}
+
+}  // namespace lowmem::optim
