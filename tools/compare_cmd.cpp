@@ -71,7 +71,11 @@ int lowmem_compare_main(int argc, char** argv) {
   app.add_option("--seed", o.seed)->capture_default_str();
   app.add_option("--threads", o.threads, "torch threads per method (0: all cores)")
       ->capture_default_str();
-  app.add_option("--rank", o.rank, "rank of the low-rank methods")->capture_default_str();
+  app.add_option("--rank", o.rank, "rank of LoRA, LoTR, SNELL, the projected adapter")
+      ->capture_default_str();
+  app.add_option("--projection-rank", o.projection_rank,
+                 "rank of GaLore and the random sketch (0: width / 4)")
+      ->capture_default_str();
   app.add_option("--gpt-width", o.gpt_width)->capture_default_str();
   app.add_option("--gpt-layers", o.gpt_layers)->capture_default_str();
   app.add_option("--gpt-heads", o.gpt_heads)->capture_default_str();

@@ -162,6 +162,7 @@ json options_json(const CompareOptions& o) {
           {"eval_every", o.eval_every},
           {"eval_batches", o.eval_batches},
           {"rank", o.rank},
+          {"projection_rank", o.projection_rank},
           {"gnuplot", o.gnuplot},
           {"python_baseline", o.python_baseline},
           {"python", o.python}};
@@ -196,6 +197,7 @@ CompareOptions options_from(const json& j) {
   o.eval_every = j.at("eval_every");
   o.eval_batches = j.at("eval_batches");
   o.rank = j.at("rank");
+  o.projection_rank = j.at("projection_rank");
   o.gnuplot = j.at("gnuplot").get<std::string>();
   o.python_baseline = j.at("python_baseline").get<bool>();
   o.python = j.at("python").get<std::string>();

@@ -201,7 +201,9 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
     const bool eval_now = step % eval_every == 0 || step == steps;
     if (eval_now) {
       torch::NoGradGuard ng;
+      w.model->eval();  // dropout / drop-path off
       detail::Evaluation e = w.evaluate();
+      w.model->train();
       cp.val_loss = e.loss;
       cp.val_accuracy = e.accuracy;
       r.val_loss = e.loss;

@@ -57,7 +57,8 @@ struct CompareOptions {
   // --- shared
   int64_t eval_every = 0;    // 0: 5 evaluations per run
   int64_t eval_batches = 8;  // validation batches for the language model
-  int64_t rank = 8;          // low-rank methods (GaLore, LoRA, adapters)
+  int64_t rank = 8;             // LoRA, LoTR, SNELL, projected adapter
+  int64_t projection_rank = 0;  // GaLore, random sketch; 0: model width / 4
 
   // --- outputs
   std::string gnuplot = "gnuplot";    // "" or not found: plots skipped
