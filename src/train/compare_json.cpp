@@ -278,6 +278,7 @@ std::string results_to_json(const CompareResults& res) {
         {"peak_rss_bytes", p.peak_rss_bytes},
         {"total_params", p.total_params},
         {"final_train_loss", detail::finite(p.final_train_loss)},
+        {"val_loss", detail::finite(p.val_loss)},
         {"steps", p.steps}}},
       {"plots",
        {{"status", res.plots.status},
@@ -316,6 +317,7 @@ CompareResults results_from_json(const std::string& text) {
   r.python.peak_rss_bytes = p.at("peak_rss_bytes");
   r.python.total_params = p.at("total_params");
   r.python.final_train_loss = detail::dbl(p, "final_train_loss");
+  r.python.val_loss = detail::dbl(p, "val_loss");
   r.python.steps = p.at("steps");
   const json& pl = j.at("plots");
   r.plots.status = pl.at("status");

@@ -345,16 +345,20 @@ void write_report(const CompareResults& res, const std::string& path) {
   if (p.status == "ok") {
     const MethodResult* a = find(res.methods, "pretrain", "adamw");
     o << "The pretrain GPT with AdamW, same sizes, batch and steps.\n\n";
-    o << "| run | params | step ms | tokens/s | peak RSS | train loss |\n"
-         "|---|---:|---:|---:|---:|---:|\n";
+    o << "| run | params | step ms | tokens/s | peak RSS | train loss | val loss |\n"
+         "|---|---:|---:|---:|---:|---:|---:|\n";
     if (a)
-      o << "| lowmem (C++) | " << a->total_params << " | " << num(a->step_time_ms)
-        << " | " << num(a->throughput) << " | " << format_bytes(a->peak_rss_bytes)
-        << " | " << num(a->final_train_loss) << " |\n";
-    o << "| python3-torch " << p.torch_version << " | " << p.total_params << " | "
-      << num(p.step_time_ms) << " | " << num(p.throughput) << " | "
-      << format_bytes(p.peak_rss_bytes) << " | " << num(p.final_train_loss)
-      << " |\n\n";
+      o << "| lowmem (C++, fused AdamW) | " << a->total_params << " | "
+        << num(a->step_time_ms) << " | " << num(a->throughput) << " | "
+        << format_bytes(a->peak_rss_bytes) << " | " << num(a->final_train_loss)
+        << " | " << (a->val_loss ? num(*a->val_loss) : "") << " |\n";
+    o << "| python3-torch " << p.torch_version << " (torch.optim.AdamW) | "
+      << p.total_params << " | " << num(p.step_time_ms) << " | "
+      << num(p.throughput) << " | " << format_bytes(p.peak_rss_bytes) << " | "
+      << num(p.final_train_loss) << " | " << num(p.val_loss) << " |\n\n";
+    o << "Same sizes, batch, steps, learning-rate schedule and corpus split; the "
+         "Python run draws its random windows with torch's RNG (same "
+         "distribution, different order). Peak RSS is each process's own.\n\n";
   } else {
     o << p.status << ": " << p.reason << "\n\n";
   }

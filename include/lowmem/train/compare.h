@@ -137,6 +137,7 @@ struct PythonBaseline {
   int64_t peak_rss_bytes = 0;
   int64_t total_params = 0;
   double final_train_loss = 0;
+  double val_loss = 0;
   int64_t steps = 0;
 };
 
