@@ -266,7 +266,7 @@ std::string one_line(std::string s) {
 }
 
 struct ChildOutcome {
-  std::optional<MethodResult> result;
+  std::optional<std::string> result;  // the child's "R" payload
   std::string error;       // "E" line from the child
   bool interrupted = false;
   std::string death;       // exit status / signal when no result came
@@ -345,11 +345,7 @@ ChildOutcome run_in_child(
       } else if (line[0] == 'N' && callbacks.on_note) {
         callbacks.on_note(body);
       } else if (line[0] == 'R') {
-        try {
-          oc.result = detail::method_from_json_line(body);
-        } catch (const std::exception& e) {
-          oc.error = std::string("unreadable result: ") + e.what();
-        }
+        oc.result = body;
       } else if (line[0] == 'E') {
         oc.error = body;
       }
@@ -486,7 +482,11 @@ CompareResults run_compare(const CompareOptions& options,
       };
       ChildOutcome oc = run_in_child(info, options, callbacks, job);
       if (oc.result) {
-        r = *oc.result;
+        try {
+          r = detail::method_from_json_line(*oc.result);
+        } catch (const std::exception& e) {
+          r = not_run(info, "failed", std::string("unreadable result: ") + e.what());
+        }
       } else if (oc.interrupted) {
         res.interrupted = true;
         r = not_run(info, "interrupted", "interrupted while running");
