@@ -1,7 +1,5 @@
 // `lowmem compare`: every method side by side (library: train/compare.h).
 // This file only parses flags, renders progress and prints the tables.
-#include "compare_cmd.h"
-
 #include <CLI/CLI.hpp>
 #include <signal.h>
 #include <unistd.h>
@@ -10,8 +8,10 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <fstream>
 #include <sstream>
 
+#include "command.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/train/compare.h"
 
@@ -41,23 +41,46 @@ std::string fmt_seconds(double s) {
   return b;
 }
 
-}  // namespace
 
-int lowmem_compare_main(int argc, char** argv) {
+
+struct CompareFlags {
   cmp::CompareOptions o;
-  CLI::App app{
-      "Train the same model with every lowmem method and compare memory, time "
-      "and quality (tables, results.json/csv, plots, report.md).",
-      "lowmem compare"};
   std::string suite = "all", methods;
   bool full = false, list = false, no_isolate = false;
   int64_t steps = -1;
-  app.add_option("--suite", suite, "pretrain, finetune, all (or toy: a smoke test)")
+  CLI::App* app = nullptr;
+};
+
+// The command as typed (Linux: /proc/self/cmdline), for results and report.
+std::string command_line() {
+  std::ifstream f("/proc/self/cmdline", std::ios::binary);
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::string out;
+  size_t start = 0;
+  bool first = true;
+  while (start < all.size()) {
+    size_t end = all.find('\0', start);
+    if (end == std::string::npos) end = all.size();
+    std::string arg = all.substr(start, end - start);
+    if (first) arg = "lowmem";
+    if (arg.empty() || arg.find_first_of(" \t\"'") != std::string::npos)
+      arg = "'" + arg + "'";
+    out += (first ? "" : " ") + arg;
+    first = false;
+    start = end + 1;
+  }
+  return out.empty() ? "lowmem compare" : out;
+}
+
+void add_flags(CLI::App& app, CompareFlags& f) {
+  f.app = &app;
+  cmp::CompareOptions& o = f.o;
+  app.add_option("--suite", f.suite, "pretrain, finetune, all (or toy: a smoke test)")
       ->capture_default_str();
-  app.add_option("--methods", methods,
+  app.add_option("--methods", f.methods,
                  "comma-separated method names (see --list); default all");
-  app.add_flag("--list", list, "list the methods and whether each can run here");
-  app.add_option("--steps", steps, "training steps of every method (overrides "
+  app.add_flag("--list", f.list, "list the methods and whether each can run here");
+  app.add_option("--steps", f.steps, "training steps of every method (overrides "
                                    "--pretrain-steps/--finetune-steps)");
   app.add_option("--pretrain-steps", o.pretrain_steps)->capture_default_str();
   app.add_option("--finetune-steps", o.finetune_steps)->capture_default_str();
@@ -65,7 +88,7 @@ int lowmem_compare_main(int argc, char** argv) {
                  "steps of the finetune suite's base model (cached)")
       ->capture_default_str();
   app.add_option("--toy-steps", o.toy_steps)->capture_default_str();
-  app.add_flag("--full", full, "longer run with larger models (more conclusive)");
+  app.add_flag("--full", f.full, "longer run with larger models (more conclusive)");
   app.add_option("--out", o.out_dir, "output directory")->capture_default_str();
   app.add_option("--cache", o.cache_dir, "base-model cache (default <out>/cache)");
   app.add_option("--seed", o.seed)->capture_default_str();
@@ -96,35 +119,37 @@ int lowmem_compare_main(int argc, char** argv) {
   app.add_flag("--python-baseline", o.python_baseline,
                "also train the pretrain GPT with Debian's python3-torch");
   app.add_option("--python", o.python)->capture_default_str();
-  app.add_flag("--no-isolate", no_isolate,
+  app.add_flag("--no-isolate", f.no_isolate,
                "run methods in this process (no fork; RSS is then cumulative)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+}
+
+int run(CompareFlags& f) {
+  cmp::CompareOptions& o = f.o;
+  CLI::App& app = *f.app;
+  const bool full = f.full, list = f.list, no_isolate = f.no_isolate;
+  const int64_t steps = f.steps;
+  const std::string& suite = f.suite;
+  const std::string& methods = f.methods;
   const bool full_set = full;
   if (full_set) {
     // --full first, then explicit flags win: re-parse on top of it.
-    cmp::CompareOptions f;
-    f.full();
-    o.pretrain_steps = app.count("--pretrain-steps") ? o.pretrain_steps : f.pretrain_steps;
-    o.finetune_steps = app.count("--finetune-steps") ? o.finetune_steps : f.finetune_steps;
-    o.base_steps = app.count("--base-steps") ? o.base_steps : f.base_steps;
-    o.gpt_width = app.count("--gpt-width") ? o.gpt_width : f.gpt_width;
-    o.gpt_layers = app.count("--gpt-layers") ? o.gpt_layers : f.gpt_layers;
-    o.gpt_context = app.count("--gpt-context") ? o.gpt_context : f.gpt_context;
-    o.vit_width = app.count("--vit-width") ? o.vit_width : f.vit_width;
-    o.vit_layers = app.count("--vit-layers") ? o.vit_layers : f.vit_layers;
+    cmp::CompareOptions d;
+    d.full();
+    o.pretrain_steps = app.count("--pretrain-steps") ? o.pretrain_steps : d.pretrain_steps;
+    o.finetune_steps = app.count("--finetune-steps") ? o.finetune_steps : d.finetune_steps;
+    o.base_steps = app.count("--base-steps") ? o.base_steps : d.base_steps;
+    o.gpt_width = app.count("--gpt-width") ? o.gpt_width : d.gpt_width;
+    o.gpt_layers = app.count("--gpt-layers") ? o.gpt_layers : d.gpt_layers;
+    o.gpt_context = app.count("--gpt-context") ? o.gpt_context : d.gpt_context;
+    o.vit_width = app.count("--vit-width") ? o.vit_width : d.vit_width;
+    o.vit_layers = app.count("--vit-layers") ? o.vit_layers : d.vit_layers;
   }
   if (steps > 0) o.pretrain_steps = o.finetune_steps = o.toy_steps = steps;
   if (suite == "all") o.suites = {"pretrain", "finetune"};
   else o.suites = split_list(suite);
   o.methods = split_list(methods);
   o.isolate = !no_isolate;
-  for (int i = 0; i < argc; ++i) o.command_line += (i ? " " : "") + std::string(argv[i]);
-  if (o.command_line.rfind("lowmem", 0) != 0)
-    o.command_line = "lowmem compare" + o.command_line.substr(o.command_line.find(' ') == std::string::npos ? o.command_line.size() : o.command_line.find(' '));
+  o.command_line = command_line();
 
   try {
     if (list) {
@@ -225,3 +250,14 @@ int lowmem_compare_main(int argc, char** argv) {
     return 1;
   }
 }
+
+const lowmem::tools::RegisterCommand kCompare{lowmem::tools::Command{
+    "compare",
+    "Train the same model with every method; compare memory, time and quality",
+    [](CLI::App& sub) {
+      auto f = std::make_shared<CompareFlags>();
+      add_flags(sub, *f);
+      return std::function<int()>([f]() { return run(*f); });
+    }}};
+
+}  // namespace
