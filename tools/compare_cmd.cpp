@@ -109,6 +109,9 @@ void add_flags(CLI::App& app, CompareFlags& f) {
   app.add_option("--vit-heads", o.vit_heads)->capture_default_str();
   app.add_option("--vit-batch", o.vit_batch)->capture_default_str();
   app.add_option("--finetune-examples", o.finetune_examples)->capture_default_str();
+  app.add_option("--finetune-eval-examples", o.finetune_eval_examples,
+                 "test images of classes 5-9 to evaluate on (0: all 5000)")
+      ->capture_default_str();
   app.add_option("--eval-every", o.eval_every, "0: five evaluations per run")
       ->capture_default_str();
   app.add_option("--text", o.text_path, "text file or folder (pretrain corpus)")

@@ -158,6 +158,7 @@ json options_json(const CompareOptions& o) {
           {"base_steps", o.base_steps},
           {"finetune_examples", o.finetune_examples},
           {"finetune_steps", o.finetune_steps},
+          {"finetune_eval_examples", o.finetune_eval_examples},
           {"toy_steps", o.toy_steps},
           {"eval_every", o.eval_every},
           {"eval_batches", o.eval_batches},
@@ -193,6 +194,7 @@ CompareOptions options_from(const json& j) {
   o.base_steps = j.at("base_steps");
   o.finetune_examples = j.at("finetune_examples");
   o.finetune_steps = j.at("finetune_steps");
+  o.finetune_eval_examples = j.at("finetune_eval_examples");
   o.toy_steps = j.at("toy_steps");
   o.eval_every = j.at("eval_every");
   o.eval_batches = j.at("eval_batches");

@@ -233,7 +233,7 @@ std::shared_ptr<SuiteData> finetune_load(const CompareOptions& o) {
   LOWMEM_CHECK(o.finetune_examples >= 5, "[compare] finetune_examples must be >= 5, got ",
                o.finetune_examples);
   d->train = fmnist(o, true, {5, 6, 7, 8, 9}, o.finetune_examples / 5);
-  d->test = fmnist(o, false, {5, 6, 7, 8, 9}, 0);
+  d->test = fmnist(o, false, {5, 6, 7, 8, 9}, o.finetune_eval_examples / 5);
   return d;
 }
 

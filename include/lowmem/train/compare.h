@@ -50,6 +50,7 @@ struct CompareOptions {
   int64_t base_steps = 400;
   int64_t finetune_examples = 1000;
   int64_t finetune_steps = 150;
+  int64_t finetune_eval_examples = 2000;  // test images of classes 5-9 (0: all 5000)
 
   // --- toy suite (tests and smoke checks only): MLP on synthetic regression
   int64_t toy_steps = 30;
