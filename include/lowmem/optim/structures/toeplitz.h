@@ -1,0 +1,73 @@
+// Lower/upper triangular Toeplitz Kronecker factors of SINGD (arXiv
+// 2312.05705; official singd/structures/tri{l,u}toeplitz.py). Deviation:
+// from_inner computes the projection of Z Z^T (and S^T S) by FFT
+// autocorrelation in float64 instead of forming the dense n x n matrix.
+#pragma once
+
+#include "lowmem/optim/structures/structured_matrix.h"
+
+namespace lowmem::optim::structures {
+
+/// Tril: S[i,j] = d[i-j] (i >= j); triu: S[i,j] = d[j-i] (j >= i). Stores n.
+class ToeplitzMatrix final : public StructuredMatrix {
+ public:
+  ToeplitzMatrix(at::Tensor diags, bool upper);
+  std::string key() const override {
+    return upper_ ? "triutoeplitz" : "triltoeplitz";
+  }
+  std::vector<at::Tensor> tensors() const override { return {d_}; }
+  StructuredPtr with_tensors(std::vector<at::Tensor> t) const override;
+  at::Tensor to_dense() const override;
+  StructuredPtr project(const at::Tensor& sym) const override;
+  at::Tensor matmul(const at::Tensor& x) const override;
+  at::Tensor rmatmat(const at::Tensor& x) const override;
+  StructuredPtr matmul(const StructuredMatrix& other) const override;
+  StructuredPtr from_inner(const at::Tensor& x) const override;
+  double average_trace() const override;
+  void diag_add_(double value) override;
+
+ private:
+  at::Tensor d_;  // [n]: first column (tril) or first row (triu)
+  bool upper_;
+};
+
+/// The official "recursive" triangular classes with a diagonal corner
+/// (singd/structures/{tril,triu}{bottomright,topleft}diag.py): a diagonal
+/// plus one off-diagonal row or column through the hub index h:
+///   trilbottomrightdiag [[a, 0], [b, diag(c)]]  column h = 0
+///   triltopleftdiag     [[diag(c), 0], [b^T, a]] row h = n-1
+///   triubottomrightdiag [[a, b^T], [0, diag(c)]] row h = 0
+///   triutopleftdiag     [[diag(c), b], [0, a]]   column h = n-1
+/// Stores 2n - 1 numbers. All ops are O(n) or O(n m) (official: dense).
+class ArrowMatrix final : public StructuredMatrix {
+ public:
+  enum class Kind {
+    kTrilBottomRight,
+    kTrilTopLeft,
+    kTriuBottomRight,
+    kTriuTopLeft
+  };
+  ArrowMatrix(Kind kind, at::Tensor diag, at::Tensor off);
+  std::string key() const override;
+  std::vector<at::Tensor> tensors() const override { return {off_, diag_}; }
+  StructuredPtr with_tensors(std::vector<at::Tensor> t) const override;
+  at::Tensor to_dense() const override;
+  StructuredPtr project(const at::Tensor& sym) const override;
+  at::Tensor matmul(const at::Tensor& x) const override;
+  at::Tensor rmatmat(const at::Tensor& x) const override;
+  StructuredPtr matmul(const StructuredMatrix& other) const override;
+  StructuredPtr from_inner(const at::Tensor& x) const override;
+  double average_trace() const override;
+  void diag_add_(double value) override;
+
+ private:
+  bool column() const;  // off-diagonal entries in column h (else row h)
+  int64_t hub() const;
+  at::Tensor full_off() const;  // [n] with a 0 at the hub
+  at::Tensor strip(const at::Tensor& full) const;  // [n] -> [n-1]
+  Kind kind_;
+  at::Tensor diag_;  // [n]
+  at::Tensor off_;   // [n-1]: the off-diagonal entries, hub skipped
+};
+
+}  // namespace lowmem::optim::structures

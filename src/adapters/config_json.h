@@ -1,0 +1,39 @@
+// Internal: JSON helpers shared by the adapters' adapter_config.json code.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+
+#include "lowmem/adapters/inject.h"
+#include "lowmem/core/check.h"
+
+namespace lowmem::adapters::detail {
+
+using json = nlohmann::json;
+
+json parse_config(const std::string& text, const char* component);
+
+/// target_modules / exclude_modules / modules_to_save as PEFT writes them.
+void put_targets(json& j, const TargetOptions& t);
+TargetOptions get_targets(const json& j, const char* component);
+
+/// j[key] as T, or `fallback` if absent/null; throws naming the key on a type
+/// mismatch.
+template <class T>
+T get_or(const json& j, const char* key, T fallback, const char* component) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  try {
+    return it->get<T>();
+  } catch (const json::exception&) {
+    LOWMEM_CHECK(false, "[", component, "] adapter_config.json field '", key,
+                 "' has the wrong type: ", it->dump());
+  }
+  return fallback;
+}
+
+/// A number written as an integer when it is one (PEFT stores lora_alpha as int).
+json number(double v);
+
+}  // namespace lowmem::adapters::detail

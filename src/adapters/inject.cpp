@@ -1,0 +1,261 @@
+#include "lowmem/adapters/inject.h"
+
+#include <ATen/ATen.h>
+
+#include <regex>
+#include <set>
+#include <sstream>
+#include <unordered_set>
+
+#include "lowmem/core/check.h"
+
+namespace lowmem::adapters {
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// PEFT list semantics: key == item or key ends with "." + item.
+bool list_match(const std::string& path, const std::vector<std::string>& list) {
+  for (const auto& item : list) {
+    if (path == item || ends_with(path, "." + item)) return true;
+  }
+  return false;
+}
+
+std::regex compile(const std::string& pattern, const char* what) {
+  try {
+    return std::regex(pattern, std::regex::ECMAScript);
+  } catch (const std::regex_error& e) {
+    LOWMEM_CHECK(false, "[inject] ", what, " '", pattern,
+                 "' is not a valid regex: ", e.what());
+  }
+  return {};
+}
+
+std::string module_of(const std::string& param_name) {
+  auto dot = param_name.find_last_of('.');
+  return dot == std::string::npos ? std::string() : param_name.substr(0, dot);
+}
+
+}  // namespace
+
+TargetOptions TargetOptions::from_list(const std::string& comma_separated) {
+  std::vector<std::string> out;
+  std::stringstream ss(comma_separated);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return TargetOptions(out);
+}
+
+void validate(const TargetOptions& t) {
+  LOWMEM_CHECK(!t.target_modules().empty() || !t.target_regex().empty(),
+               "[inject] no targets: set target_modules or target_regex");
+  for (const auto& m : t.target_modules()) {
+    LOWMEM_CHECK(!m.empty(), "[inject] empty name in target_modules");
+  }
+  if (!t.target_regex().empty()) compile(t.target_regex(), "target_regex");
+  if (!t.exclude_regex().empty()) compile(t.exclude_regex(), "exclude_regex");
+}
+
+bool in_modules_to_save(const std::string& module_path, const TargetOptions& t) {
+  // (^|.*\.)name($|\..*)
+  for (const auto& name : t.modules_to_save()) {
+    if (module_path == name || ends_with(module_path, "." + name) ||
+        module_path.rfind(name + ".", 0) == 0 ||
+        module_path.find("." + name + ".") != std::string::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool is_target(const std::string& path, const TargetOptions& t) {
+  if (!t.exclude_regex().empty() &&
+      std::regex_match(path, compile(t.exclude_regex(), "exclude_regex"))) {
+    return false;
+  }
+  if (list_match(path, t.exclude_modules())) return false;
+  if (in_modules_to_save(path, t)) return false;
+  if (!t.target_regex().empty()) {
+    return std::regex_match(path, compile(t.target_regex(), "target_regex"));
+  }
+  return list_match(path, t.target_modules());
+}
+
+std::vector<SlotRef> find_targets(torch::nn::Module& root, const TargetOptions& t) {
+  validate(t);
+  std::vector<SlotRef> all = find_slots(root);
+  std::vector<SlotRef> out;
+  for (const auto& s : all) {
+    if (is_target(s.path, t)) out.push_back(s);
+  }
+  if (out.empty()) {
+    std::string avail, wanted;
+    for (const auto& s : all) avail += (avail.empty() ? "" : ", ") + s.path;
+    for (const auto& m : t.target_modules())
+      wanted += (wanted.empty() ? "" : ", ") + m;
+    if (!t.target_regex().empty()) wanted = "regex " + t.target_regex();
+    LOWMEM_CHECK(false, "[inject] target modules {", wanted,
+                 "} not found in the model; slots are: {", avail, "}");
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+
+AdapterLinear::AdapterLinear(std::shared_ptr<LinearLike> base)
+    : LinearLike(base ? base->in_features() : 1, base ? base->out_features() : 1),
+      base_(std::move(base)) {
+  LOWMEM_CHECK(base_ != nullptr, "[adapter] null base layer");
+  register_module("base_layer", base_);
+  // The base is frozen (PEFT: _mark_only_adapters_as_trainable).
+  for (auto& p : base_->parameters()) p.set_requires_grad(false);
+}
+
+at::Tensor AdapterLinear::forward_impl(const at::Tensor& x) {
+  at::Tensor y = base_->forward(x);
+  if (merged_) return y;
+  return y + delta_output(x).to(y.scalar_type());
+}
+
+at::Tensor AdapterLinear::effective_weight() const {
+  at::Tensor w = base_->effective_weight();
+  if (merged_) return w;
+  at::NoGradGuard g;
+  return w + delta_weight().to(w.scalar_type());
+}
+
+void AdapterLinear::merge() {
+  if (merged_) return;
+  at::NoGradGuard g;
+  at::Tensor& w = base_->base_weight();
+  // PEFT safe_merge: check on a copy before touching the weight.
+  at::Tensor merged = w + delta_weight().to(w.device(), w.scalar_type());
+  LOWMEM_CHECK(at::isfinite(merged).all().item<bool>(),
+               "[adapter] merging would produce non-finite weights");
+  w.copy_(merged);
+  merged_ = true;
+}
+
+void AdapterLinear::unmerge() {
+  if (!merged_) return;
+  at::NoGradGuard g;
+  at::Tensor& w = base_->base_weight();
+  w.sub_(delta_weight().to(w.device(), w.scalar_type()));
+  merged_ = false;
+}
+
+// ---------------------------------------------------------------------------
+
+AdapterModel::AdapterModel(std::shared_ptr<torch::nn::Module> root,
+                           TargetOptions targets)
+    : root_(std::move(root)), targets_(std::move(targets)) {
+  LOWMEM_CHECK(root_ != nullptr, "[inject] null model");
+}
+
+std::vector<SlotRef> AdapterModel::prepare() {
+  std::vector<SlotRef> slots = find_targets(*root_, targets_);
+  at::NoGradGuard g;
+  for (auto& p : root_->named_parameters(/*recurse=*/true)) {
+    requires_grad_before_[p.key()] = p.value().requires_grad();
+    p.value().set_requires_grad(in_modules_to_save(module_of(p.key()), targets_));
+  }
+  return slots;
+}
+
+void AdapterModel::wrap(const SlotRef& slot, std::shared_ptr<AdapterLinear> layer) {
+  slot.replace(layer);
+  layers_.push_back(AdaptedLayer{slot.path, slot, std::move(layer)});
+}
+
+void AdapterModel::attach(const std::string& name,
+                          std::shared_ptr<torch::nn::Module> m) {
+  LOWMEM_CHECK(!root_->named_children().contains(name), "[inject] the model ",
+               "already has a child named '", name, "'");
+  root_->register_module(name, std::move(m));
+  attached_.push_back(name);
+}
+
+void AdapterModel::merge() {
+  LOWMEM_CHECK(!unloaded_, "[inject] adapters were unloaded");
+  for (auto& l : layers_) l.layer->merge();
+}
+
+void AdapterModel::unmerge() {
+  LOWMEM_CHECK(!unloaded_, "[inject] adapters were unloaded");
+  for (auto it = layers_.rbegin(); it != layers_.rend(); ++it) it->layer->unmerge();
+}
+
+bool AdapterModel::merged() const {
+  return !layers_.empty() && layers_.front().layer->merged();
+}
+
+void AdapterModel::restore_slots() {
+  for (auto& l : layers_) l.slot.replace(l.layer->base());
+  for (const auto& name : attached_) root_->unregister_module(name);
+  attached_.clear();
+}
+
+void AdapterModel::merge_and_unload() {
+  merge();
+  restore_slots();
+  on_unload();
+  layers_.clear();
+  unloaded_ = true;
+}
+
+void AdapterModel::unload() {
+  if (unloaded_) return;
+  unmerge();
+  restore_slots();
+  on_unload();
+  at::NoGradGuard g;
+  for (auto& p : root_->named_parameters(/*recurse=*/true)) {
+    auto it = requires_grad_before_.find(p.key());
+    if (it != requires_grad_before_.end()) p.value().set_requires_grad(it->second);
+  }
+  layers_.clear();
+  unloaded_ = true;
+}
+
+std::vector<at::Tensor> AdapterModel::trainable_parameters() const {
+  std::vector<at::Tensor> out;
+  std::unordered_set<const void*> seen;
+  for (const auto& p : root_->parameters(/*recurse=*/true)) {
+    if (p.requires_grad() && seen.insert(p.unsafeGetTensorImpl()).second)
+      out.push_back(p);
+  }
+  return out;
+}
+
+int64_t AdapterModel::num_trainable_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : trainable_parameters()) n += p.numel();
+  return n;
+}
+
+int64_t AdapterModel::num_total_parameters() const {
+  int64_t n = 0;
+  std::unordered_set<const void*> seen;
+  for (const auto& p : root_->parameters(/*recurse=*/true)) {
+    if (seen.insert(p.unsafeGetTensorImpl()).second) n += p.numel();
+  }
+  return n;
+}
+
+std::map<std::string, at::Tensor> AdapterModel::saved_module_tensors() const {
+  std::map<std::string, at::Tensor> out;
+  if (targets_.modules_to_save().empty()) return out;
+  for (const auto& p : root_->named_parameters(/*recurse=*/true)) {
+    if (in_modules_to_save(module_of(p.key()), targets_))
+      out[kPeftKeyPrefix + p.key()] = p.value();
+  }
+  return out;
+}
+
+}  // namespace lowmem::adapters

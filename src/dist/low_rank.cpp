@@ -1,0 +1,179 @@
+#include "lowmem/dist/low_rank.h"
+
+#include "lowmem/core/check.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+namespace lowmem::dist {
+namespace {
+
+uint64_t mix_seed(uint64_t a, uint64_t b) {
+  uint64_t h = a ^ (b + 0x9e3779b97f4a7c15ULL + (a << 6) + (a >> 2));
+  h ^= h >> 31;
+  h *= 0x7fb5d329728ea185ULL;
+  h ^= h >> 27;
+  return h;
+}
+
+// For W [m, n]: project along the smaller side, as GaLore does
+// (m <= n: left, P^T G is r x n; else right, G Q is m x r).
+bool left_side(const at::Tensor& p) {
+  return p.size(0) <= p.size(1);
+}
+
+at::Tensor project(const at::Tensor& g, const at::Tensor& basis) {
+  return left_side(g) ? at::matmul(basis.t(), g) : at::matmul(g, basis);
+}
+
+at::Tensor project_back(const at::Tensor& low, const at::Tensor& basis,
+                        const at::Tensor& like) {
+  return left_side(like) ? at::matmul(basis, low) : at::matmul(low, basis.t());
+}
+
+}  // namespace
+
+LowRankGradSync::LowRankGradSync(
+    std::shared_ptr<Communicator> comm,
+    std::vector<at::Tensor> params,
+    LowRankSyncOptions options)
+    : comm_(std::move(comm)), params_(std::move(params)), options_(options) {
+  LOWMEM_CHECK(comm_ != nullptr, "[dist] LowRankGradSync needs a communicator");
+  LOWMEM_CHECK(
+      options_.rank() >= 1, "[dist] rank must be >= 1, got ", options_.rank());
+  LOWMEM_CHECK(
+      options_.update_proj_gap() >= 1,
+      "[dist] update_proj_gap must be >= 1, got ",
+      options_.update_proj_gap());
+  for (const auto& p : params_) {
+    LOWMEM_CHECK(
+        p.defined() && p.requires_grad(),
+        "[dist] LowRankGradSync parameters must require grad");
+    const bool lr = p.dim() == 2 &&
+        std::min(p.size(0), p.size(1)) > options_.rank() &&
+        at::isFloatingType(p.scalar_type());
+    projected_.push_back(lr);
+    full_bytes_ += p.numel() * static_cast<int64_t>(p.element_size());
+  }
+  last_basis_.resize(params_.size());
+}
+
+at::Tensor LowRankGradSync::random_basis(int64_t index, int64_t step,
+                                         int worker) const {
+  const auto& p = params_.at(index);
+  const int64_t d = std::min(p.size(0), p.size(1));
+  const int64_t period = step / options_.update_proj_gap();
+  uint64_t s = mix_seed(options_.seed(), static_cast<uint64_t>(index));
+  s = mix_seed(s, static_cast<uint64_t>(period));
+  s = mix_seed(s, static_cast<uint64_t>(worker));
+  // Generated on the CPU in float64 so every device and rank gets the same
+  // basis, then orthonormalised (P^T P = I) and moved to the parameter.
+  auto gen = at::detail::createCPUGenerator(s);
+  auto gauss = at::randn({d, options_.rank()}, gen, at::kDouble);
+  auto q = std::get<0>(at::linalg_qr(gauss));
+  return q.to(p.device(), p.scalar_type());
+}
+
+void LowRankGradSync::synchronize() {
+  at::NoGradGuard no_grad;
+  const int world = comm_->world_size();
+  const bool per_worker = options_.mode() == ProjectionMode::kPerWorker;
+  const auto before = comm_->stats().total_bytes();
+  std::vector<at::Tensor> full;        // averaged in full
+  std::vector<int64_t> full_idx;
+  std::vector<at::Tensor> low;         // projected pieces
+  std::vector<int64_t> low_idx;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto& p = params_[i];
+    if (!p.grad().defined()) {
+      p.mutable_grad() = at::zeros_like(p);
+    }
+    at::Tensor basis;
+    if (projected_[i]) {
+      if (options_.basis_provider()) {
+        basis = options_.basis_provider()(static_cast<int64_t>(i), p, step_);
+      } else {
+        basis = random_basis(static_cast<int64_t>(i), step_,
+                             per_worker ? comm_->rank() : 0);
+      }
+    }
+    last_basis_[i] = basis;
+    if (basis.defined()) {
+      const int64_t d = std::min(p.size(0), p.size(1));
+      LOWMEM_CHECK(
+          basis.dim() == 2 && basis.size(0) == d,
+          "[dist] basis for parameter ",
+          i,
+          " must be [",
+          d,
+          ", r], got ",
+          basis.sizes());
+      low.push_back(project(p.grad(), basis.to(p.grad().scalar_type())));
+      low_idx.push_back(static_cast<int64_t>(i));
+    } else {
+      full.push_back(p.grad());
+      full_idx.push_back(static_cast<int64_t>(i));
+    }
+  }
+  // Full part: one flat all-reduce (mean).
+  if (!full.empty() && world > 1) {
+    std::vector<at::Tensor> flat_parts;
+    for (const auto& g : full) {
+      flat_parts.push_back(g.reshape({-1}));
+    }
+    auto flat = at::cat(flat_parts);
+    comm_->allreduce_mean({flat});
+    int64_t off = 0;
+    for (auto& g : full) {
+      g.copy_(flat.narrow(0, off, g.numel()).view(g.sizes()));
+      off += g.numel();
+    }
+  }
+  // Low-rank part.
+  if (!low.empty()) {
+    std::vector<at::Tensor> flat_parts;
+    for (const auto& l : low) {
+      flat_parts.push_back(l.reshape({-1}));
+    }
+    auto flat = at::cat(flat_parts);
+    if (!per_worker) {
+      comm_->allreduce_mean({flat});
+      int64_t off = 0;
+      for (size_t k = 0; k < low.size(); ++k) {
+        auto& p = params_[low_idx[k]];
+        auto piece = flat.narrow(0, off, low[k].numel()).view(low[k].sizes());
+        off += low[k].numel();
+        p.mutable_grad().copy_(project_back(
+            piece, last_basis_[low_idx[k]].to(piece.scalar_type()), p));
+      }
+    } else {
+      LOWMEM_CHECK(
+          !options_.basis_provider(),
+          "[dist] the per-worker mode uses seeded random bases (each rank "
+          "regenerates the others'); a basis_provider is not supported");
+      const auto pieces = comm_->allgather(flat);
+      for (size_t k = 0; k < low.size(); ++k) {
+        auto& p = params_[low_idx[k]];
+        at::Tensor sum;
+        int64_t off = 0;
+        for (size_t j = 0; j < k; ++j) {
+          off += low[j].numel();
+        }
+        for (int w = 0; w < world; ++w) {
+          auto piece =
+              pieces[w].narrow(0, off, low[k].numel()).view(low[k].sizes());
+          const auto basis = w == comm_->rank()
+              ? last_basis_[low_idx[k]]
+              : random_basis(low_idx[k], step_, w);
+          auto g = project_back(piece, basis.to(piece.scalar_type()), p);
+          sum = sum.defined() ? sum.add_(g) : g;
+        }
+        p.mutable_grad().copy_(sum.div_(world));
+      }
+    }
+  }
+  bytes_last_step_ = comm_->stats().total_bytes() - before;
+  ++step_;
+}
+
+}  // namespace lowmem::dist

@@ -1,0 +1,269 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+
+#include "lowmem/dist/communicator.h"
+#include "lowmem/dist/consistency.h"
+#include "lowmem/dist/env.h"
+#include "lowmem/dist/grad_sync.h"
+#include "lowmem/dist/launcher.h"
+#include "lowmem/dist/shard.h"
+#include "dist_testing.h"
+
+namespace {
+
+using namespace lowmem::dist;
+using lowmem::dist::testing::RegressionSource;
+
+// Sets the torchrun variables for one test and restores them afterwards.
+class EnvGuard {
+ public:
+  EnvGuard() {
+    for (const char* n : kNames) {
+      const char* v = std::getenv(n);
+      saved_.emplace_back(n, v ? std::optional<std::string>(v) : std::nullopt);
+      ::unsetenv(n);
+    }
+  }
+  ~EnvGuard() {
+    for (const auto& [n, v] : saved_) {
+      if (v) {
+        ::setenv(n.c_str(), v->c_str(), 1);
+      } else {
+        ::unsetenv(n.c_str());
+      }
+    }
+  }
+  void set(const char* n, const char* v) {
+    ::setenv(n, v, 1);
+  }
+
+ private:
+  static constexpr const char* kNames[] = {
+      "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"};
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "";
+}
+
+TEST(DistEnv, NoVariablesMeansOneProcess) {
+  EnvGuard g;
+  const auto env = env_from_environment();
+  EXPECT_EQ(env.rank, 0);
+  EXPECT_EQ(env.world_size, 1);
+  EXPECT_FALSE(env.distributed());
+  auto comm = Communicator::init(env);
+  EXPECT_EQ(comm->backend(), "local");
+  auto t = torch::ones({3});
+  comm->allreduce_mean({t});
+  EXPECT_TRUE(torch::equal(t, torch::ones({3})));
+  EXPECT_EQ(comm->stats().total_bytes(), 0);
+}
+
+TEST(DistEnv, ReadsTorchrunVariables) {
+  EnvGuard g;
+  g.set("RANK", "3");
+  g.set("WORLD_SIZE", "4");
+  g.set("LOCAL_RANK", "1");
+  g.set("MASTER_ADDR", "10.0.0.1");
+  g.set("MASTER_PORT", "29501");
+  const auto env = env_from_environment();
+  EXPECT_EQ(env.rank, 3);
+  EXPECT_EQ(env.world_size, 4);
+  EXPECT_EQ(env.local_rank, 1);
+  EXPECT_EQ(env.master_addr, "10.0.0.1");
+  EXPECT_EQ(env.master_port, 29501);
+}
+
+TEST(DistEnv, RejectsMissingAndBadValues) {
+  {
+    EnvGuard g;
+    g.set("WORLD_SIZE", "2");
+    EXPECT_NE(error_of([] { env_from_environment(); })
+                  .find("[dist] WORLD_SIZE is set (2) but RANK is not"),
+              std::string::npos);
+  }
+  {
+    EnvGuard g;
+    g.set("RANK", "0");
+    g.set("WORLD_SIZE", "two");
+    EXPECT_NE(error_of([] { env_from_environment(); })
+                  .find("WORLD_SIZE must be an integer, got 'two'"),
+              std::string::npos);
+  }
+  {
+    EnvGuard g;
+    g.set("RANK", "2");
+    g.set("WORLD_SIZE", "2");
+    g.set("MASTER_ADDR", "127.0.0.1");
+    g.set("MASTER_PORT", "1234");
+    EXPECT_NE(error_of([] { env_from_environment(); })
+                  .find("RANK must be in [0, WORLD_SIZE=2), got 2"),
+              std::string::npos);
+  }
+  {
+    EnvGuard g;
+    g.set("RANK", "0");
+    g.set("WORLD_SIZE", "2");
+    g.set("MASTER_ADDR", "127.0.0.1");
+    EXPECT_NE(error_of([] { env_from_environment(); })
+                  .find("MASTER_PORT is not set"),
+              std::string::npos);
+  }
+  {
+    EnvGuard g;
+    g.set("RANK", "0");
+    g.set("WORLD_SIZE", "2");
+    g.set("MASTER_ADDR", "127.0.0.1");
+    g.set("MASTER_PORT", "70000");
+    EXPECT_NE(error_of([] { env_from_environment(); })
+                  .find("MASTER_PORT must be in [1, 65535], got 70000"),
+              std::string::npos);
+  }
+  {
+    EnvGuard g;
+    g.set("RANK", "0");
+    g.set("WORLD_SIZE", "2");
+    g.set("MASTER_PORT", "1234");
+    EXPECT_NE(error_of([] { env_from_environment(); })
+                  .find("MASTER_ADDR is not set"),
+              std::string::npos);
+  }
+}
+
+TEST(DistEnv, RejectsBadInitOptions) {
+  EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().backend("mpi")); })
+                .find("[dist] backend must be gloo, nccl or auto, got 'mpi'"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().timeout_s(0)); })
+                .find("timeout_s must be > 0, got 0"),
+            std::string::npos);
+#ifndef LOWMEM_WITH_CUDA
+  EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().backend("nccl")); })
+                .find("needs a CUDA build"),
+            std::string::npos);
+#endif
+}
+
+TEST(DistEnv, RendezvousTimesOutWhenPeersNeverArrive) {
+  DistEnv env;
+  env.rank = 0;
+  env.world_size = 2;
+  env.master_port = find_free_port();
+  const auto msg = error_of(
+      [&] { Communicator::init(env, InitOptions().timeout_s(0.5)); });
+  EXPECT_NE(msg.find("[dist] rendezvous failed for rank 0 of 2"), std::string::npos)
+      << msg;
+}
+
+TEST(ShardedSource, SplitsTheGlobalBatchAndKeepsGlobalPositions) {
+  auto whole = RegressionSource(8, 1).next();
+  ShardedSource r0(std::make_shared<RegressionSource>(8, 1), 0, 2);
+  ShardedSource r1(std::make_shared<RegressionSource>(8, 1), 1, 2);
+  const auto a = r0.next();
+  const auto b = r1.next();
+  EXPECT_TRUE(torch::equal(torch::cat({a.input, b.input}), whole.input));
+  EXPECT_TRUE(torch::equal(torch::cat({a.target, b.target}), whole.target));
+  EXPECT_EQ(r0.position(), 1);
+  r1.seek(5);
+  RegressionSource plain(8, 1);
+  plain.seek(5);
+  EXPECT_TRUE(torch::equal(r1.next().input, plain.next().input.narrow(0, 4, 4)));
+  ShardedSource bad(std::make_shared<RegressionSource>(6, 1), 0, 4);
+  EXPECT_NE(error_of([&] { bad.next(); })
+                .find("global batch size (6) must be divisible by the number of ranks (4)"),
+            std::string::npos);
+}
+
+TEST(ShardedSource, StrideTakesEveryWorldSizeThBatch) {
+  ShardedSource r1(std::make_shared<RegressionSource>(4, 2), 1, 3,
+                   ShardMode::kStride);
+  RegressionSource plain(4, 2);
+  std::vector<at::Tensor> all;
+  for (int i = 0; i < 6; ++i) {
+    all.push_back(plain.next().input);
+  }
+  EXPECT_TRUE(torch::equal(r1.next().input, all[1]));
+  EXPECT_TRUE(torch::equal(r1.next().input, all[4]));
+  EXPECT_EQ(r1.position(), 6);
+}
+
+TEST(Fingerprint, EqualForEqualBitsDifferentOtherwise) {
+  auto a = torch::randn({5, 7});
+  EXPECT_EQ(fingerprint(a), fingerprint(a.clone()));
+  auto b = a.clone();
+  b[2][3] = std::nextafter(b[2][3].item<float>(), 1e9f);
+  EXPECT_NE(fingerprint(a), fingerprint(b));
+  EXPECT_NE(fingerprint(a), fingerprint(a.view({7, 5})));
+  EXPECT_NE(fingerprint(a), fingerprint(a.to(torch::kDouble)));
+  EXPECT_EQ(fingerprint(a.t()), fingerprint(a.t().contiguous()));
+}
+
+TEST(GradSync, OneProcessLeavesGradientsAlone) {
+  auto comm = Communicator::init(DistEnv{});
+  auto w = torch::randn({4, 3}, torch::requires_grad());
+  GradSync sync(comm, {w});
+  (w * w).sum().backward();
+  const auto g = w.grad().clone();
+  sync.synchronize();
+  EXPECT_TRUE(torch::equal(w.grad(), g));
+  EXPECT_EQ(sync.bytes_last_step(), 0);
+}
+
+TEST(GradSync, BucketsFollowReverseOrderAndCapacity) {
+  auto comm = Communicator::init(DistEnv{});
+  std::vector<at::Tensor> ps;
+  for (int i = 0; i < 5; ++i) {
+    ps.push_back(torch::zeros({256}, torch::requires_grad()));  // 1 KiB each
+  }
+  GradSync sync(comm, ps, GradSyncOptions().bucket_cap_mb(2.5 / 1024));
+  const auto b = sync.bucket_indices();
+  ASSERT_EQ(b.size(), 3u);
+  EXPECT_EQ(b[0], (std::vector<int64_t>{4, 3}));
+  EXPECT_EQ(b[1], (std::vector<int64_t>{2, 1}));
+  EXPECT_EQ(b[2], (std::vector<int64_t>{0}));
+  EXPECT_NE(error_of([&] { GradSync(comm, ps, GradSyncOptions().bucket_cap_mb(0)); })
+                .find("bucket_cap_mb must be > 0, got 0"),
+            std::string::npos);
+  auto frozen = torch::zeros({3});
+  EXPECT_NE(error_of([&] { GradSync(comm, {frozen}); }).find("must be a defined tensor that requires grad"),
+            std::string::npos);
+}
+
+TEST(Launcher, ForwardsOutputWithRanksAndReturnsFirstFailure) {
+  std::vector<std::string> lines;
+  const auto r = launch_local(
+      {"/bin/sh", "-c",
+       "echo \"hello $RANK of $WORLD_SIZE local $LOCAL_RANK at $MASTER_ADDR\"; "
+       "echo oops >&2; [ \"$RANK\" = 1 ] && exit 7; exit 0"},
+      LaunchOptions().nproc_per_node(3),
+      [&](int rank, bool err, const std::string& line) {
+        lines.push_back(std::to_string(rank) + (err ? "E:" : "O:") + line);
+      });
+  EXPECT_EQ(r.exit_code, 7);
+  EXPECT_EQ(r.first_failed_rank, 1);
+  EXPECT_EQ(r.exit_codes, (std::vector<int>{0, 7, 0}));
+  for (int k = 0; k < 3; ++k) {
+    const auto want = std::to_string(k) + "O:hello " + std::to_string(k) +
+        " of 3 local " + std::to_string(k) + " at 127.0.0.1";
+    EXPECT_NE(std::find(lines.begin(), lines.end(), want), lines.end()) << want;
+    EXPECT_NE(std::find(lines.begin(), lines.end(), std::to_string(k) + "E:oops"),
+              lines.end());
+  }
+  std::ostringstream os;
+  launch_local({"/bin/echo", "x"}, LaunchOptions(), prefixed_stream_sink(os));
+  EXPECT_EQ(os.str(), "[rank 0] x\n");
+  const auto missing = launch_local({"/nonexistent/prog"}, LaunchOptions(), nullptr);
+  EXPECT_EQ(missing.exit_code, 127);
+}
+
+}  // namespace
