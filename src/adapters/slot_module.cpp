@@ -36,14 +36,19 @@ void SlotModule::replace_slot(const std::string& name,
 
 std::vector<SlotRef> find_slots(torch::nn::Module& root) {
   std::vector<SlotRef> out;
-  for (const auto& item : root.named_modules(/*name_prefix=*/"",
-                                             /*include_self=*/true)) {
-    auto* owner = dynamic_cast<SlotModule*>(item.value().get());
-    if (!owner) continue;
+  auto add = [&out](SlotModule* owner, const std::string& prefix) {
+    if (!owner) return;
     for (const auto& kv : owner->slots()) {
-      std::string path = item.key().empty() ? kv.first : item.key() + "." + kv.first;
+      std::string path = prefix.empty() ? kv.first : prefix + "." + kv.first;
       out.push_back(SlotRef{path, owner, kv.first});
     }
+  };
+  // The root is visited through its address: named_modules(include_self)
+  // needs it to live in a shared_ptr, and models are often on the stack.
+  add(dynamic_cast<SlotModule*>(&root), "");
+  for (const auto& item : root.named_modules(/*name_prefix=*/"",
+                                             /*include_self=*/false)) {
+    add(dynamic_cast<SlotModule*>(item.value().get()), item.key());
   }
   return out;
 }

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdio>
 #include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "lowmem/core/check.h"
@@ -56,6 +57,40 @@ void tracked_delete(void* ctx) {
   delete t;  // frees the inner allocation through its own deleter
 }
 
+// Allocations whose inner DataPtr has context == data (the default CPU
+// allocator) keep that property, so c10's raw_allocate/raw_deallocate (used by
+// oneDNN for bf16 matmuls and by convolutions) work: the size and the inner
+// deleter live in a side table keyed by the data pointer.
+struct RawEntry {
+  int64_t bytes;
+  c10::DeleterFnPtr deleter;
+};
+
+std::mutex& raw_mutex() {
+  static auto* m = new std::mutex();
+  return *m;
+}
+
+std::unordered_map<void*, RawEntry>& raw_table() {
+  static auto* t = new std::unordered_map<void*, RawEntry>();
+  return *t;
+}
+
+void tracked_raw_delete(void* data) {
+  if (data == nullptr) return;
+  RawEntry e{};
+  {
+    std::lock_guard<std::mutex> lock(raw_mutex());
+    auto it = raw_table().find(data);
+    TORCH_INTERNAL_ASSERT(it != raw_table().end(),
+                          "[memory] freeing an untracked pointer");
+    e = it->second;
+    raw_table().erase(it);
+  }
+  counters().current.fetch_sub(e.bytes, std::memory_order_relaxed);
+  e.deleter(data);
+}
+
 class TrackingAllocator final : public c10::Allocator {
  public:
   explicit TrackingAllocator(c10::Allocator* inner) : inner_(inner) {}
@@ -64,11 +99,26 @@ class TrackingAllocator final : public c10::Allocator {
     c10::DataPtr inner = inner_->allocate(n);
     void* data = inner.get();
     c10::Device dev = inner.device();
+    count(static_cast<int64_t>(n));
+    c10::DeleterFnPtr inner_deleter = inner.get_deleter();
+    if (data != nullptr && data == inner.get_context() && inner_deleter) {
+      inner.release_context();
+      {
+        std::lock_guard<std::mutex> lock(raw_mutex());
+        raw_table()[data] = RawEntry{static_cast<int64_t>(n), inner_deleter};
+      }
+      return c10::DataPtr(data, data, &tracked_raw_delete, dev);
+    }
     auto* ctx = new TrackedContext{std::move(inner), static_cast<int64_t>(n)};
+    return c10::DataPtr(data, ctx, &tracked_delete, dev);
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &tracked_raw_delete; }
+
+ private:
+  static void count(int64_t n) {
     Counters& c = counters();
-    int64_t now =
-        c.current.fetch_add(static_cast<int64_t>(n), std::memory_order_relaxed) +
-        static_cast<int64_t>(n);
+    int64_t now = c.current.fetch_add(n, std::memory_order_relaxed) + n;
     atomic_max(c.peak, now);
     uint64_t mask = c.active_mask.load(std::memory_order_relaxed);
     while (mask) {
@@ -76,12 +126,8 @@ class TrackingAllocator final : public c10::Allocator {
       atomic_max(c.scope_peak[i], now);
       mask &= mask - 1;
     }
-    return c10::DataPtr(data, ctx, &tracked_delete, dev);
   }
 
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
-
- private:
   c10::Allocator* inner_;
 };
 

@@ -61,7 +61,11 @@ struct AdafactorOptions : FieldOptions<AdafactorOptions> {
   double get_lr() const override {
     return lr_.value_or(0.0);
   }
+  /// Sets the external lr. With relative_step and no lr, setting 0 (what
+  /// get_lr() reports) is a no-op, so LR schedulers, which rewrite every
+  /// group's lr each step, leave a relative-step group alone.
   void set_lr(const double lr) override {
+    if (relative_step_ && !lr_ && lr == 0.0) return;
     lr_ = lr;
   }
 };

@@ -68,6 +68,19 @@ template <class Options, class State>
 void PerParamOptimizer<Options, State>::load(
     torch::serialize::InputArchive& archive) {
   torch::optim::serialize<State, Options>(archive, *this);
+  // Unlike torch::optim (1.13, C++), restore each group's options too (lr,
+  // betas, ...), as Python's load_state_dict does: a resumed run continues
+  // with the saved hyperparameters (and LR-scheduler-modified lrs).
+  torch::serialize::InputArchive groups_archive;
+  archive.read("param_groups", groups_archive);
+  std::vector<std::pair<
+      std::vector<std::string>,
+      std::unique_ptr<torch::optim::OptimizerOptions>>>
+      saved;
+  torch::optim::detail::serialize<Options>(groups_archive, saved);
+  for (size_t i = 0; i < saved.size() && i < param_groups_.size(); ++i) {
+    param_groups_[i].set_options(std::move(saved[i].second));
+  }
   // Loaded tensors come back on the CPU: move state next to its parameter.
   for (auto& group : param_groups_) {
     for (auto& p : group.params()) {

@@ -1,0 +1,72 @@
+// Versioned, crash-safe training checkpoints: one directory per save,
+// root/step-<8 digits>/ holding weights (safetensors), one torch::serialize
+// archive per optimizer, the CPU RNG state and a manifest.json written last.
+// A save builds the directory under a temporary name, fsyncs every file,
+// renames it into place and only then repoints root/LATEST (temp + fsync +
+// rename), so a crash at any point leaves the previous checkpoint loadable.
+// Format: docs/checkpoint-format.md.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace lowmem::io {
+
+inline constexpr int64_t kCheckpointFormatVersion = 1;
+
+/// What a checkpoint holds. Save reads it; load writes into it in place.
+struct CheckpointState {
+  /// Model (or adapter) tensors by name -> weights.safetensors. On load each
+  /// must be present with the same shape and dtype; values are copied in.
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  /// Optimizers by unique name -> optimizer-<i>.pt (torch::serialize archive).
+  std::vector<std::pair<std::string, torch::optim::Optimizer*>> optimizers;
+  /// Integer counters (step, data position, skip counts, ...) -> manifest.
+  std::map<std::string, int64_t> counters;
+  /// Free text stored as info.txt (the resolved configuration).
+  std::string info;
+  /// Save and restore the default CPU generator's state.
+  bool cpu_rng = true;
+};
+
+/// Writes `state` as root/step-<step> (creating root) and points root/LATEST
+/// at it; then removes all but the newest `keep_last` step directories
+/// (keep_last <= 0 keeps all) and stale temporaries. Returns the directory.
+std::string save_checkpoint(
+    const std::string& root,
+    int64_t step,
+    const CheckpointState& state,
+    int64_t keep_last = 0);
+
+/// The checkpoint directory `path` refers to: `path` itself when it holds a
+/// manifest.json, else the directory named by path/LATEST. Throws when
+/// neither exists.
+std::string resolve_checkpoint(const std::string& path);
+
+/// True when `root` holds a LATEST pointer or is a checkpoint directory.
+bool has_checkpoint(const std::string& path);
+
+/// Loads the checkpoint at `path` (resolve_checkpoint) into `state`: copies
+/// tensors in place (no_grad), loads every optimizer, replaces `counters`
+/// and `info`, restores the RNG. Validates the manifest (format, version,
+/// file sizes) and every name and shape first, so a mismatch throws before
+/// anything is modified. Returns the resolved directory.
+std::string load_checkpoint(const std::string& path, CheckpointState& state);
+
+}  // namespace lowmem::io
+
+namespace lowmem::io::detail {
+/// Test hook: called at each phase of save_checkpoint ("weights",
+/// "optimizers", "manifest", "renamed", "latest") so tests can kill the
+/// process at a chosen point. Not for production use.
+void set_checkpoint_phase_hook(void (*hook)(const char* phase));
+}  // namespace lowmem::io::detail

@@ -1,0 +1,124 @@
+// Building blocks of the reference models: LayerNorm and Embedding with
+// PyTorch's parameter names, the pre-LayerNorm transformer block whose four
+// projections sit in adapter slots (attn.qkv, attn.proj, mlp.fc, mlp.proj),
+// and parameter-count helpers. Layout follows GPT-2 / nanoGPT (Radford et al.
+// 2019); attention is one fused qkv matmul + baddbmm with an additive mask.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowmem/adapters/slot_module.h"
+
+namespace lowmem::models {
+
+/// y = (x - mean) / sqrt(var + eps) * weight + bias over the last dim
+/// (parameters "weight" [n], "bias" [n]; as torch::nn::LayerNorm).
+class LayerNorm : public torch::nn::Module {
+ public:
+  explicit LayerNorm(int64_t n, bool bias = true, double eps = 1e-5);
+  at::Tensor forward(const at::Tensor& x);
+  at::Tensor weight;  // [n], ones
+  at::Tensor bias;    // [n], zeros or undefined
+
+ private:
+  int64_t n_;
+  double eps_;
+};
+
+/// Lookup table with parameter "weight" [num, dim] (as torch::nn::Embedding).
+class Embedding : public torch::nn::Module {
+ public:
+  Embedding(int64_t num, int64_t dim);
+  at::Tensor forward(const at::Tensor& idx);  // [...] int64 -> [..., dim]
+  at::Tensor weight;  // [num, dim]
+};
+
+/// Multi-head self-attention with slots "qkv" (C -> 3C) and "proj" (C -> C).
+class SelfAttention : public adapters::SlotModule {
+ public:
+  SelfAttention(int64_t n_embd, int64_t n_head, bool bias, bool causal,
+                double dropout);
+  /// x [B, T, C] -> [B, T, C].
+  at::Tensor forward(const at::Tensor& x);
+  int64_t n_head() const { return n_head_; }
+
+ private:
+  int64_t n_embd_, n_head_;
+  bool causal_;
+  double dropout_;
+};
+
+/// Feed-forward: slots "fc" (C -> 4C) and "proj" (4C -> C), GELU between
+/// (tanh approximation, as GPT-2's "gelu_new").
+class FeedForward : public adapters::SlotModule {
+ public:
+  FeedForward(int64_t n_embd, int64_t hidden, bool bias, double dropout);
+  at::Tensor forward(const at::Tensor& x);
+
+ private:
+  double dropout_;
+};
+
+/// Pre-LayerNorm block: x + attn(ln_1(x)), then + mlp(ln_2(x)).
+class Block : public torch::nn::Module {
+ public:
+  /// hidden: the MLP width (0: 4 * n_embd).
+  Block(int64_t n_embd, int64_t n_head, bool bias, bool causal,
+        double dropout, int64_t hidden = 0);
+  at::Tensor forward(const at::Tensor& x);
+
+  std::shared_ptr<LayerNorm> ln_1;
+  std::shared_ptr<SelfAttention> attn;
+  std::shared_ptr<LayerNorm> ln_2;
+  std::shared_ptr<FeedForward> mlp;
+};
+
+/// Runs `block` on x; with `checkpoint` the block's activations are not kept:
+/// only x is saved and the block is re-run in backward (a custom autograd
+/// function, like torch.utils.checkpoint's reentrant variant: parameter
+/// gradients are accumulated into .grad during the recomputation, so only
+/// .backward() — not torch::autograd::grad w.r.t. block parameters — sees
+/// them). The CPU RNG state is restored for the re-run, so dropout matches.
+at::Tensor run_block(Block& block, const at::Tensor& x, bool checkpoint);
+
+/// Sum of numel over parameters (only requires_grad ones if trainable_only).
+int64_t count_parameters(const torch::nn::Module& m,
+                         bool trainable_only = false);
+
+/// Sum of numel of the base weights of every adapter slot under `m` (the
+/// matrices whose matmuls dominate the FLOPs).
+int64_t count_slot_weights(torch::nn::Module& m);
+
+/// `t` in at least fp32: bf16/fp16 logits are upcast before a loss, fp32 and
+/// fp64 pass through (so float64 gradient checks stay float64).
+at::Tensor loss_precision(const at::Tensor& t);
+
+/// Per-batch evaluation figures a trainer sums over batches.
+struct EvalStats {
+  double loss_sum = 0.0;  // summed per-example (per-token) loss
+  int64_t count = 0;      // examples (tokens) counted
+  int64_t correct = 0;    // argmax hits (classification / next byte)
+};
+
+/// What the trainer needs from a model: forward, a scalar training loss and
+/// evaluation figures. All models here derive from it; it is a SlotModule so
+/// top-level linear layers (ViT's head, the MLP's layers) are slots too.
+class Model : public adapters::SlotModule {
+ public:
+  virtual at::Tensor forward(const at::Tensor& input) = 0;
+  /// Mean loss over the batch (tokens for language models).
+  virtual at::Tensor loss(const at::Tensor& input, const at::Tensor& target) = 0;
+  /// Loss sum, count and argmax accuracy, computed under no_grad.
+  virtual EvalStats evaluate(const at::Tensor& input,
+                             const at::Tensor& target) = 0;
+  /// "gpt", "vit" or "mlp".
+  virtual std::string kind() const = 0;
+};
+
+}  // namespace lowmem::models

@@ -1,0 +1,116 @@
+// The training configuration: trainer settings (top-level keys) plus one
+// option Section per model, data source, method and optimizer (keys
+// "<section>.<field>"). Sources are applied in order: defaults, a YAML recipe,
+// then `key=value` overrides (the CLI's flags). Every key, its type and its
+// default come from for_each_field visitors; there is no second list.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lowmem/train/fields.h"
+
+namespace lowmem::train {
+
+struct Config {
+  // What to train.
+  std::string model = "gpt";          // gpt | vit | mlp
+  std::string data = "text";          // text | fashion-mnist
+  std::string method = "full";        // full | lora | lotr | snell | galore |
+                                      // projected-adapter
+  std::string optimizer = "adamw";    // adamw | sgd | came | adafactor |
+                                      // singd | kfac
+  std::string aux_optimizer = "adamw";  // for parameters the main optimizer
+                                        // does not take (route)
+  std::string route = "auto";  // auto | all | matrices (see training.md)
+  std::string targets;         // adapter target modules ("" = method default)
+  // How long and how.
+  int64_t steps = 300;
+  int64_t batch_size = 32;
+  int64_t accum_steps = 1;
+  int64_t warmup_steps = 30;
+  double min_lr_ratio = 0.1;
+  double clip_norm = 1.0;
+  int64_t eval_every = 100;
+  int64_t eval_batches = 16;
+  int64_t max_skips = 10;
+  int64_t seed = 0;
+  int64_t threads = 0;  // intra-op threads; 0 = all cores
+  // Output.
+  int64_t log_every = 10;
+  int64_t save_every = 0;  // 0: a checkpoint at the end only (if out_dir)
+  int64_t keep_checkpoints = 2;
+  std::string out_dir;   // checkpoints (out_dir/checkpoints) + config.yaml
+  std::string resume;    // "" | "auto" (latest in out_dir) | a path
+  std::string metrics;   // JSON Lines file ("" = out_dir/metrics.jsonl if
+                         // out_dir is set)
+
+  /// Top-level keys.
+  template <class V>
+  void for_each_field(V&& v) {
+    v("model", model);
+    v("data", data);
+    v("method", method);
+    v("optimizer", optimizer);
+    v("aux_optimizer", aux_optimizer);
+    v("route", route);
+    v("targets", targets);
+    v("steps", steps);
+    v("batch_size", batch_size);
+    v("accum_steps", accum_steps);
+    v("warmup_steps", warmup_steps);
+    v("min_lr_ratio", min_lr_ratio);
+    v("clip_norm", clip_norm);
+    v("eval_every", eval_every);
+    v("eval_batches", eval_batches);
+    v("max_skips", max_skips);
+    v("seed", seed);
+    v("threads", threads);
+    v("log_every", log_every);
+    v("save_every", save_every);
+    v("keep_checkpoints", keep_checkpoints);
+    v("out_dir", out_dir);
+    v("resume", resume);
+    v("metrics", metrics);
+  }
+
+  /// Option sections of every known component, with their defaults.
+  std::vector<Section> sections;
+
+  Config();
+  Config(const Config& other);
+  Config& operator=(const Config& other);
+
+  /// The top-level fields (bound to this object).
+  std::vector<Field> top_fields();
+  const Section* section(const std::string& name) const;
+  /// Sets "steps" or "came.beta3" from text; ConfigError on unknown keys or
+  /// bad values.
+  void set(const std::string& key, const std::string& value);
+  std::string get(const std::string& key);
+  /// Every key ("steps", ..., "came.beta3", ...).
+  std::vector<std::string> keys();
+
+  /// Applies a YAML recipe (top-level scalars and one map per section).
+  /// ConfigError naming the file and the key on anything unknown or invalid.
+  void apply_yaml_file(const std::string& path);
+  void apply_yaml(const std::string& text, const std::string& source);
+
+  /// Range and name checks of the top-level keys (ConfigError).
+  void validate() const;
+
+  /// The sections this configuration uses (model, data, method, optimizers).
+  std::vector<std::string> active_sections() const;
+  /// YAML of the top-level keys and the active sections (`all`: every
+  /// section); apply_yaml(to_yaml()) reproduces the configuration.
+  std::string to_yaml(bool all = false) const;
+};
+
+/// Names accepted for each top-level choice.
+std::vector<std::string> known_models();
+std::vector<std::string> known_data();
+std::vector<std::string> known_methods();
+std::vector<std::string> known_optimizers();
+
+}  // namespace lowmem::train

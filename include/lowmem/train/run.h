@@ -1,0 +1,82 @@
+// One call from a Config to a trained model: builds the model, data, method
+// (adapters / projections) and optimizers (with parameter routing), then runs
+// the Trainer with metrics, checkpoints and resume. tools/ stays a thin
+// front end over these functions.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowmem/data/batch.h"
+#include "lowmem/train/config.h"
+#include "lowmem/train/routing.h"
+#include "lowmem/train/trainer.h"
+
+namespace lowmem::models {
+class Model;
+}
+
+namespace lowmem::train {
+
+/// Everything a run holds, built from a Config without writing anything.
+struct Session {
+  Config config;
+  std::shared_ptr<models::Model> model;
+  std::shared_ptr<data::BatchSource> train_data;
+  std::shared_ptr<data::BatchSource> eval_data;
+  std::string unit;          // what targets are: "tokens" or "samples"
+  std::string data_summary;  // the sources' describe()
+  /// Loss of the best input-independent predictor fitted on the training
+  /// split, on the validation split (unigram bytes; class prior).
+  double baseline_loss = 0.0;
+  std::vector<Route> routes;  // which optimizer owns which parameters
+  std::unique_ptr<Trainer> trainer;
+};
+
+/// Validates `config` and builds the session. Usage problems (bad names,
+/// option values an optimizer or adapter rejects) throw ConfigError;
+/// everything else (missing data files, ...) c10::Error.
+std::unique_ptr<Session> build_session(const Config& config);
+
+struct RunResult {
+  double eval_loss = 0.0;      // last evaluation
+  double baseline_loss = 0.0;  // Session::baseline_loss
+  int64_t steps = 0;
+  int64_t skipped = 0;
+  int64_t resumed_from = -1;   // step of the checkpoint resumed, -1 if none
+  double seconds = 0.0;
+  int64_t peak_bytes = 0;      // MemoryTracker peak (0 if not installed)
+  std::string checkpoint;      // last checkpoint written ("" if none)
+};
+
+/// Builds the session, calls `on_ready` (print the configuration, plug in a
+/// GradSync, ...), then creates out_dir (config.yaml, checkpoints/,
+/// metrics.jsonl), resumes if asked, and trains. Nothing is written before
+/// on_ready returns.
+RunResult run(const Config& config,
+              ProgressFn progress = {},
+              const std::function<void(Session&)>& on_ready = {});
+
+/// Parameter counts and memory of a model + method + optimizers, measured
+/// over one forward/backward/step on one batch (so lazily created optimizer
+/// state exists); nothing is written.
+struct InfoReport {
+  int64_t total_params = 0;
+  int64_t trainable_params = 0;
+  int64_t frozen_bytes = 0;
+  int64_t trainable_bytes = 0;
+  int64_t gradient_bytes = 0;        // peak gradient bytes of the step
+  int64_t optimizer_state_bytes = 0;
+  int64_t peak_step_bytes = 0;       // peak live bytes during the step
+  std::vector<std::pair<std::string, int64_t>> optimizer_bytes;  // per slot
+  std::vector<std::pair<std::string, int64_t>> route_params;  // per slot
+  std::string data_summary;
+  double baseline_loss = 0.0;
+  std::string to_string() const;
+};
+InfoReport info(const Config& config);
+
+}  // namespace lowmem::train

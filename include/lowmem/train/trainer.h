@@ -1,0 +1,160 @@
+// The training loop: gradient accumulation, data-parallel gradient sync hook,
+// non-finite handling (skip and count, as torch.cuda.amp.GradScaler; stop
+// after N consecutive skips), global-norm clipping (torch's
+// clip_grad_norm_ formula), warmup + cosine schedule, periodic evaluation,
+// checkpoints (io/checkpoint.h). Several optimizers may each own a subset of
+// the parameters (routing.h). The library never prints: progress goes to a
+// callback.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowmem/data/batch.h"
+#include "lowmem/train/schedule.h"
+
+namespace torch::nn {
+class Module;
+}
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace lowmem::train {
+
+struct TrainerOptions {
+  int64_t max_steps = 1000;        // optimizer updates (attempted) in total
+  int64_t accum_steps = 1;         // micro-batches per update
+  double clip_norm = 1.0;          // global L2 norm; <= 0 disables clipping
+  int64_t warmup_steps = 0;        // schedule.h
+  double min_lr_ratio = 0.1;       // schedule.h; groups whose lr is 0 at
+                                   // construction (Adafactor's relative
+                                   // step) are left unscheduled
+  int64_t eval_every = 0;          // 0: only at the end (if an eval source)
+  int64_t eval_batches = 8;        // batches per evaluation
+  int64_t max_consecutive_skips = 10;  // non-finite steps in a row -> error
+  int64_t log_every = 1;           // step events every N updates
+  int64_t save_every = 0;          // checkpoint every N updates (0: end only)
+  int64_t keep_checkpoints = 2;    // older step-* directories are removed
+  std::string checkpoint_dir;      // "" disables checkpoints
+};
+
+/// Range checks; throws c10::Error naming the field.
+void validate(const TrainerOptions& o);
+
+/// Mean loss of one micro-batch (a 0-dim tensor that requires grad).
+using LossFn = std::function<at::Tensor(const data::Batch&)>;
+
+/// Data-parallel hook: called once per update, after all micro-batches'
+/// backward passes and before the non-finite check and clipping, with the
+/// gradients of every trainable parameter (in optimizer order; undefined
+/// gradients are left out). It must reduce them in place (e.g. all-reduce
+/// mean across ranks).
+using GradSync = std::function<void(std::vector<at::Tensor>& grads)>;
+
+/// One optimizer and the names of the parameters it owns (for logs and
+/// checkpoints).
+struct OptimizerSlot {
+  std::string name;  // "adamw", "galore", ...
+  std::shared_ptr<torch::optim::Optimizer> optimizer;
+  std::vector<std::string> param_names;
+};
+
+/// What the callback receives.
+struct Progress {
+  enum class Kind { kStep, kSkip, kEval, kCheckpoint, kDone };
+  Kind kind = Kind::kStep;
+  int64_t step = 0;            // updates attempted so far
+  int64_t max_steps = 0;
+  double loss = 0.0;           // kStep/kSkip: mean micro-batch loss
+  double grad_norm = 0.0;      // before clipping
+  double lr = 0.0;             // first optimizer's first group
+  double items_per_second = 0.0;  // targets (tokens or samples) per second
+  int64_t items = 0;           // targets seen so far
+  double eval_loss = 0.0;      // kEval/kDone (NaN when never evaluated)
+  int64_t skipped = 0;         // non-finite updates so far
+  int64_t live_bytes = 0;      // MemoryTracker current (0 if not installed)
+  int64_t peak_bytes = 0;      // MemoryTracker peak
+  std::string path;            // kCheckpoint: the directory written
+};
+using ProgressFn = std::function<void(const Progress&)>;
+
+/// Result of one update.
+struct StepResult {
+  double loss = 0.0;
+  double grad_norm = 0.0;
+  bool skipped = false;
+  int64_t items = 0;
+};
+
+class Trainer {
+ public:
+  /// `model` provides parameters and buffers (checkpoints) and train/eval
+  /// mode; `loss` runs the forward pass.
+  Trainer(
+      std::shared_ptr<torch::nn::Module> model,
+      LossFn loss,
+      std::vector<OptimizerSlot> optimizers,
+      TrainerOptions options);
+  ~Trainer();
+
+  void set_progress(ProgressFn fn) { progress_ = std::move(fn); }
+  void set_grad_sync(GradSync fn) { grad_sync_ = std::move(fn); }
+  /// Stored verbatim in every checkpoint (e.g. the resolved YAML config).
+  void set_checkpoint_info(std::string text) { info_ = std::move(text); }
+
+  /// One update: accum_steps micro-batches from `source`, sync, non-finite
+  /// check, clipping, schedule, optimizer steps. Throws after
+  /// max_consecutive_skips non-finite updates in a row.
+  StepResult step(data::BatchSource& source);
+  /// Mean loss over `batches` batches of `source`, read from its start
+  /// (seek(0)), in eval mode without gradients.
+  double evaluate(data::BatchSource& source, int64_t batches);
+  /// Runs until max_steps with evaluations and checkpoints; returns the last
+  /// evaluation loss (NaN without an eval source).
+  double fit(data::BatchSource& train, data::BatchSource* eval);
+
+  /// Writes a checkpoint of the whole training state into
+  /// checkpoint_dir/step-<step> (atomic); returns its path.
+  std::string save_checkpoint(const data::BatchSource& train);
+  /// Restores model, optimizers, counters, RNG and data position from a
+  /// checkpoint directory (a step-* directory or a root holding LATEST).
+  void load_checkpoint(const std::string& path, data::BatchSource& train);
+
+  int64_t steps_done() const { return step_; }
+  int64_t skipped_total() const { return skipped_total_; }
+  int64_t consecutive_skips() const { return consecutive_skips_; }
+  int64_t items_seen() const { return items_total_; }
+  const TrainerOptions& options() const { return options_; }
+  const std::vector<OptimizerSlot>& optimizers() const { return slots_; }
+  /// Every trainable parameter, in optimizer order.
+  const std::vector<at::Tensor>& parameters() const { return params_; }
+  torch::nn::Module& model() { return *model_; }
+
+ private:
+  void apply_schedule();
+  void emit(const Progress& p) const;
+
+  std::shared_ptr<torch::nn::Module> model_;
+  LossFn loss_;
+  std::vector<OptimizerSlot> slots_;
+  TrainerOptions options_;
+  ScheduleOptions schedule_;
+  std::vector<std::vector<double>> base_lrs_;  // [optimizer][group]
+  std::vector<at::Tensor> params_;
+  ProgressFn progress_;
+  GradSync grad_sync_;
+  std::string info_;
+  int64_t step_ = 0;
+  int64_t skipped_total_ = 0;
+  int64_t consecutive_skips_ = 0;
+  int64_t items_total_ = 0;
+  double last_eval_ = 0.0;
+};
+
+}  // namespace lowmem::train

@@ -1,0 +1,578 @@
+#include "lowmem/io/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <fcntl.h>
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "lowmem/core/check.h"
+#include "lowmem/io/atomic_file.h"
+#include "lowmem/io/safetensors.h"
+
+namespace fs = std::filesystem;
+
+namespace lowmem::io {
+namespace detail {
+namespace {
+void (*g_phase_hook)(const char*) = nullptr;
+}  // namespace
+void set_checkpoint_phase_hook(void (*hook)(const char* phase)) {
+  g_phase_hook = hook;
+}
+}  // namespace detail
+
+namespace {
+
+constexpr const char* kFormat = "lowmem-checkpoint";
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kWeights = "weights.safetensors";
+constexpr const char* kRng = "rng.safetensors";
+constexpr const char* kInfo = "info.txt";
+
+void phase(const char* name) {
+  if (detail::g_phase_hook != nullptr) {
+    detail::g_phase_hook(name);
+  }
+}
+
+void fsync_path(const std::string& p, bool directory) {
+  const int fd = ::open(p.c_str(), directory ? (O_RDONLY | O_DIRECTORY)
+                                             : O_RDONLY);
+  LOWMEM_CHECK(fd >= 0, "[checkpoint] cannot open '", p,
+               "' to fsync: ", std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  LOWMEM_CHECK(rc == 0, "[checkpoint] fsync of '", p,
+               "' failed: ", std::strerror(err));
+}
+
+std::string step_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+std::string optimizer_file(size_t i) {
+  return "optimizer-" + std::to_string(i) + ".pt";
+}
+
+// ---- A minimal JSON subset for the manifest: objects, arrays, strings
+// (escapes \" \\ \n \t \uXXXX for ASCII), integers. ----
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (const char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  return out + "\"";
+}
+
+struct Json {
+  enum class Type { kInt, kString, kArray, kObject } type = Type::kInt;
+  int64_t i = 0;
+  std::string s;
+  std::vector<Json> items;
+  std::vector<std::pair<std::string, Json>> members;
+
+  const Json* get(const std::string& key) const {
+    for (const auto& m : members) {
+      if (m.first == key) {
+        return &m.second;
+      }
+    }
+    return nullptr;
+  }
+};
+
+class JsonParser {
+ public:
+  JsonParser(const std::string& text, std::string source)
+      : t_(text), source_(std::move(source)) {}
+
+  Json parse() {
+    Json v = value();
+    ws();
+    fail_if(pos_ != t_.size(), "trailing characters");
+    return v;
+  }
+
+ private:
+  void fail_if(bool bad, const char* what) const {
+    LOWMEM_CHECK(!bad, "[checkpoint] ", source_, ": malformed manifest (",
+                 what, " at byte ", pos_, ")");
+  }
+  void ws() {
+    while (pos_ < t_.size() && std::isspace(static_cast<unsigned char>(t_[pos_]))) {
+      ++pos_;
+    }
+  }
+  char peek() {
+    ws();
+    fail_if(pos_ >= t_.size(), "unexpected end");
+    return t_[pos_];
+  }
+  void expect(char c) {
+    fail_if(peek() != c, "unexpected character");
+    ++pos_;
+  }
+  std::string str() {
+    expect('"');
+    std::string out;
+    while (true) {
+      fail_if(pos_ >= t_.size(), "unterminated string");
+      const char c = t_[pos_++];
+      if (c == '"') {
+        return out;
+      }
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      fail_if(pos_ >= t_.size(), "bad escape");
+      const char e = t_[pos_++];
+      switch (e) {
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'n': out += '\n'; break;
+        case 't': out += '\t'; break;
+        case 'r': out += '\r'; break;
+        case 'u': {
+          fail_if(pos_ + 4 > t_.size(), "bad escape");
+          const int code = std::stoi(t_.substr(pos_, 4), nullptr, 16);
+          fail_if(code > 0x7f, "non-ASCII escape");
+          out += static_cast<char>(code);
+          pos_ += 4;
+          break;
+        }
+        default: fail_if(true, "bad escape");
+      }
+    }
+  }
+  Json value() {
+    const char c = peek();
+    Json v;
+    if (c == '{') {
+      v.type = Json::Type::kObject;
+      ++pos_;
+      if (peek() == '}') {
+        ++pos_;
+        return v;
+      }
+      while (true) {
+        std::string key = str();
+        expect(':');
+        v.members.emplace_back(std::move(key), value());
+        if (peek() == ',') {
+          ++pos_;
+          continue;
+        }
+        expect('}');
+        return v;
+      }
+    }
+    if (c == '[') {
+      v.type = Json::Type::kArray;
+      ++pos_;
+      if (peek() == ']') {
+        ++pos_;
+        return v;
+      }
+      while (true) {
+        v.items.push_back(value());
+        if (peek() == ',') {
+          ++pos_;
+          continue;
+        }
+        expect(']');
+        return v;
+      }
+    }
+    if (c == '"') {
+      v.type = Json::Type::kString;
+      v.s = str();
+      return v;
+    }
+    const size_t start = pos_;
+    if (pos_ < t_.size() && t_[pos_] == '-') {
+      ++pos_;
+    }
+    while (pos_ < t_.size() && std::isdigit(static_cast<unsigned char>(t_[pos_]))) {
+      ++pos_;
+    }
+    fail_if(pos_ == start || (pos_ == start + 1 && t_[start] == '-'),
+            "expected a value");
+    v.type = Json::Type::kInt;
+    v.i = std::stoll(t_.substr(start, pos_ - start));
+    return v;
+  }
+
+  const std::string& t_;
+  std::string source_;
+  size_t pos_ = 0;
+};
+
+struct Manifest {
+  int64_t version = 0;
+  int64_t step = 0;
+  std::map<std::string, int64_t> counters;
+  std::vector<std::string> optimizers;
+  std::map<std::string, int64_t> files;  // name -> size in bytes
+};
+
+std::string manifest_json(const Manifest& m) {
+  std::ostringstream o;
+  o << "{\n  \"format\": " << json_string(kFormat) << ",\n  \"version\": "
+    << m.version << ",\n  \"step\": " << m.step << ",\n  \"counters\": {";
+  bool first = true;
+  for (const auto& [k, v] : m.counters) {
+    o << (first ? "" : ",") << "\n    " << json_string(k) << ": " << v;
+    first = false;
+  }
+  o << "\n  },\n  \"optimizers\": [";
+  first = true;
+  for (const auto& n : m.optimizers) {
+    o << (first ? "" : ", ") << json_string(n);
+    first = false;
+  }
+  o << "],\n  \"files\": {";
+  first = true;
+  for (const auto& [k, v] : m.files) {
+    o << (first ? "" : ",") << "\n    " << json_string(k) << ": " << v;
+    first = false;
+  }
+  o << "\n  }\n}\n";
+  return o.str();
+}
+
+Manifest read_manifest(const std::string& dir) {
+  const std::string path = dir + "/" + kManifest;
+  const std::string text = read_file(path);
+  const Json j = JsonParser(text, path).parse();
+  auto need = [&](const char* key, Json::Type type) -> const Json& {
+    const Json* v = j.get(key);
+    LOWMEM_CHECK(v != nullptr && v->type == type, "[checkpoint] ", path,
+                 ": missing or mistyped field '", key, "'");
+    return *v;
+  };
+  LOWMEM_CHECK(j.type == Json::Type::kObject, "[checkpoint] ", path,
+               ": the manifest is not a JSON object");
+  const std::string format = need("format", Json::Type::kString).s;
+  LOWMEM_CHECK(format == kFormat, "[checkpoint] ", path, ": format '", format,
+               "' is not '", kFormat, "'");
+  Manifest m;
+  m.version = need("version", Json::Type::kInt).i;
+  LOWMEM_CHECK(m.version == kCheckpointFormatVersion, "[checkpoint] ", path,
+               ": format version ", m.version, " is not supported (this build "
+               "reads version ", kCheckpointFormatVersion, ")");
+  m.step = need("step", Json::Type::kInt).i;
+  for (const auto& [k, v] : need("counters", Json::Type::kObject).members) {
+    LOWMEM_CHECK(v.type == Json::Type::kInt, "[checkpoint] ", path,
+                 ": counter '", k, "' is not an integer");
+    m.counters[k] = v.i;
+  }
+  for (const auto& v : need("optimizers", Json::Type::kArray).items) {
+    LOWMEM_CHECK(v.type == Json::Type::kString, "[checkpoint] ", path,
+                 ": optimizer names must be strings");
+    m.optimizers.push_back(v.s);
+  }
+  for (const auto& [k, v] : need("files", Json::Type::kObject).members) {
+    LOWMEM_CHECK(v.type == Json::Type::kInt, "[checkpoint] ", path,
+                 ": file size of '", k, "' is not an integer");
+    LOWMEM_CHECK(k.find('/') == std::string::npos && k != ".." && k != ".",
+                 "[checkpoint] ", path, ": bad file name '", k, "'");
+    m.files[k] = v.i;
+  }
+  return m;
+}
+
+void write_file_synced(const std::string& path, const std::string& bytes) {
+  atomic_write_file(path, bytes);
+}
+
+at::Tensor cpu_rng_state() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_cpu_rng_state(const at::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+int64_t parse_step(const std::string& name) {
+  if (name.size() != 13 || name.rfind("step-", 0) != 0) {
+    return -1;
+  }
+  for (size_t i = 5; i < name.size(); ++i) {
+    if (!std::isdigit(static_cast<unsigned char>(name[i]))) {
+      return -1;
+    }
+  }
+  return std::stoll(name.substr(5));
+}
+
+std::string read_latest(const std::string& root) {
+  std::string name = read_file(root + "/LATEST");
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) {
+    name.pop_back();
+  }
+  LOWMEM_CHECK(parse_step(name) >= 0, "[checkpoint] ", root,
+               "/LATEST names '", name, "', not a step-<n> directory");
+  return name;
+}
+
+void cleanup(const std::string& root, const std::string& latest,
+             int64_t keep_last, const std::string& own_tmp_prefix) {
+  std::vector<std::pair<int64_t, std::string>> steps;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) {
+      // Stale temporaries of killed saves (ours is already renamed).
+      (void)own_tmp_prefix;
+      fs::remove_all(entry.path(), ec);
+      continue;
+    }
+    const int64_t s = parse_step(name);
+    if (s >= 0 && entry.is_directory()) {
+      steps.emplace_back(s, name);
+    }
+  }
+  if (keep_last <= 0) {
+    return;
+  }
+  std::sort(steps.begin(), steps.end());
+  const int64_t excess = static_cast<int64_t>(steps.size()) - keep_last;
+  for (int64_t i = 0; i < excess; ++i) {
+    if (steps[static_cast<size_t>(i)].second != latest) {
+      fs::remove_all(fs::path(root) / steps[static_cast<size_t>(i)].second, ec);
+    }
+  }
+}
+
+}  // namespace
+
+std::string save_checkpoint(
+    const std::string& root,
+    int64_t step,
+    const CheckpointState& state,
+    int64_t keep_last) {
+  LOWMEM_CHECK(step >= 0, "[checkpoint] step must be >= 0, got ", step);
+  LOWMEM_CHECK(!root.empty(), "[checkpoint] empty checkpoint directory");
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  LOWMEM_CHECK(!ec && fs::is_directory(root), "[checkpoint] cannot create '",
+               root, "': ", ec.message());
+  const std::string name = step_name(step);
+  const std::string final_dir = root + "/" + name;
+  const std::string tmp = root + "/.tmp-" + name + "-" +
+      std::to_string(::getpid());
+  fs::remove_all(tmp, ec);
+  LOWMEM_CHECK(fs::create_directory(tmp, ec), "[checkpoint] cannot create '",
+               tmp, "': ", ec.message());
+
+  Manifest m;
+  m.version = kCheckpointFormatVersion;
+  m.step = step;
+  m.counters = state.counters;
+
+  std::map<std::string, at::Tensor> weights;
+  for (const auto& [key, t] : state.tensors) {
+    LOWMEM_CHECK(t.defined(), "[checkpoint] tensor '", key, "' is undefined");
+    LOWMEM_CHECK(weights.emplace(key, t.detach()).second,
+                 "[checkpoint] two tensors named '", key, "'");
+  }
+  save_safetensors(tmp + "/" + kWeights, weights, {{"format", kFormat}});
+  phase("weights");
+
+  std::set<std::string> names;
+  for (size_t i = 0; i < state.optimizers.size(); ++i) {
+    const auto& [oname, opt] = state.optimizers[i];
+    LOWMEM_CHECK(opt != nullptr, "[checkpoint] optimizer '", oname,
+                 "' is null");
+    LOWMEM_CHECK(names.insert(oname).second, "[checkpoint] two optimizers "
+                 "named '", oname, "'");
+    torch::serialize::OutputArchive archive;
+    opt->save(archive);
+    atomic_write_file(tmp + "/" + optimizer_file(i),
+                      [&](std::ostream& os) { archive.save_to(os); });
+    m.optimizers.push_back(oname);
+  }
+  phase("optimizers");
+  if (state.cpu_rng) {
+    save_safetensors(tmp + "/" + kRng, {{"cpu", cpu_rng_state()}});
+  }
+  write_file_synced(tmp + "/" + kInfo, state.info);
+  for (const auto& entry : fs::directory_iterator(tmp)) {
+    m.files[entry.path().filename().string()] =
+        static_cast<int64_t>(fs::file_size(entry.path()));
+  }
+  // The manifest is written last: a directory without one is incomplete.
+  write_file_synced(tmp + "/" + kManifest, manifest_json(m));
+  fsync_path(tmp, /*directory=*/true);
+  phase("manifest");
+
+  if (fs::exists(final_dir)) {
+    // Re-saving a step: move the old directory aside first. LATEST may name
+    // it for a moment while it is missing; load falls back to the newest
+    // complete step directory in that case.
+    const std::string old = root + "/.old-" + name + "-" +
+        std::to_string(::getpid());
+    fs::remove_all(old, ec);
+    fs::rename(final_dir, old);
+    fs::rename(tmp, final_dir);
+    fsync_path(root, /*directory=*/true);
+    fs::remove_all(old, ec);
+  } else {
+    fs::rename(tmp, final_dir);
+    fsync_path(root, /*directory=*/true);
+  }
+  phase("renamed");
+  write_file_synced(root + "/LATEST", name + "\n");
+  phase("latest");
+  cleanup(root, name, keep_last, tmp);
+  return final_dir;
+}
+
+namespace {
+
+bool is_complete(const std::string& dir) {
+  return fs::is_regular_file(fs::path(dir) / kManifest);
+}
+
+}  // namespace
+
+std::string resolve_checkpoint(const std::string& path) {
+  if (is_complete(path)) {
+    return path;
+  }
+  if (fs::is_regular_file(fs::path(path) / "LATEST")) {
+    const std::string dir = path + "/" + read_latest(path);
+    if (is_complete(dir)) {
+      return dir;
+    }
+    // LATEST can only name a missing directory if a re-save of the same step
+    // was interrupted between its two renames; take the newest complete one.
+    std::vector<std::pair<int64_t, std::string>> steps;
+    for (const auto& entry : fs::directory_iterator(path)) {
+      const std::string name = entry.path().filename().string();
+      const int64_t s = parse_step(name);
+      if (s >= 0 && is_complete(entry.path().string())) {
+        steps.emplace_back(s, entry.path().string());
+      }
+    }
+    LOWMEM_CHECK(!steps.empty(), "[checkpoint] ", path,
+                 "/LATEST names a missing directory and no complete "
+                 "checkpoint exists there");
+    return std::max_element(steps.begin(), steps.end())->second;
+  }
+  LOWMEM_CHECK(false, "[checkpoint] no checkpoint at '", path,
+               "' (neither a manifest.json nor a LATEST file)");
+  return {};
+}
+
+bool has_checkpoint(const std::string& path) {
+  return is_complete(path) || fs::is_regular_file(fs::path(path) / "LATEST");
+}
+
+std::string load_checkpoint(const std::string& path, CheckpointState& state) {
+  const std::string dir = resolve_checkpoint(path);
+  const Manifest m = read_manifest(dir);
+  for (const auto& [file, size] : m.files) {
+    const fs::path p = fs::path(dir) / file;
+    std::error_code ec;
+    const auto actual = fs::file_size(p, ec);
+    LOWMEM_CHECK(!ec, "[checkpoint] ", dir, ": file '", file,
+                 "' listed in the manifest is missing");
+    LOWMEM_CHECK(static_cast<int64_t>(actual) == size, "[checkpoint] ", dir,
+                 ": file '", file, "' has ", actual, " bytes, the manifest "
+                 "says ", size);
+  }
+  // Validate everything before modifying anything.
+  SafetensorsFile weights = load_safetensors(dir + "/" + kWeights);
+  std::set<std::string> wanted;
+  for (const auto& [key, t] : state.tensors) {
+    wanted.insert(key);
+    auto it = weights.tensors.find(key);
+    LOWMEM_CHECK(it != weights.tensors.end(), "[checkpoint] ", dir,
+                 ": no tensor '", key, "' in the checkpoint");
+    LOWMEM_CHECK(it->second.sizes() == t.sizes(), "[checkpoint] ", dir,
+                 ": tensor '", key, "' has shape ", it->second.sizes(),
+                 ", the model has ", t.sizes());
+    LOWMEM_CHECK(it->second.scalar_type() == t.scalar_type(), "[checkpoint] ",
+                 dir, ": tensor '", key, "' has dtype ",
+                 it->second.scalar_type(), ", the model has ",
+                 t.scalar_type());
+  }
+  for (const auto& [key, t] : weights.tensors) {
+    LOWMEM_CHECK(wanted.count(key) != 0, "[checkpoint] ", dir, ": tensor '",
+                 key, "' in the checkpoint is not in the model");
+  }
+  LOWMEM_CHECK(m.optimizers.size() == state.optimizers.size(), "[checkpoint] ",
+               dir, ": holds ", m.optimizers.size(), " optimizer(s), the run "
+               "has ", state.optimizers.size());
+  std::vector<std::unique_ptr<torch::serialize::InputArchive>> archives;
+  for (size_t i = 0; i < state.optimizers.size(); ++i) {
+    LOWMEM_CHECK(m.optimizers[i] == state.optimizers[i].first, "[checkpoint] ",
+                 dir, ": optimizer ", i, " is '", m.optimizers[i],
+                 "', the run has '", state.optimizers[i].first, "'");
+    archives.push_back(std::make_unique<torch::serialize::InputArchive>());
+    archives.back()->load_from(dir + "/" + optimizer_file(i));
+  }
+  at::Tensor rng;
+  if (state.cpu_rng) {
+    SafetensorsFile r = load_safetensors(dir + "/" + kRng);
+    auto it = r.tensors.find("cpu");
+    LOWMEM_CHECK(it != r.tensors.end(), "[checkpoint] ", dir,
+                 ": no CPU RNG state");
+    rng = it->second;
+  }
+
+  {
+    at::NoGradGuard no_grad;
+    for (auto& [key, t] : state.tensors) {
+      t.copy_(weights.tensors.at(key));
+    }
+  }
+  for (size_t i = 0; i < state.optimizers.size(); ++i) {
+    state.optimizers[i].second->load(*archives[i]);
+  }
+  if (rng.defined()) {
+    set_cpu_rng_state(rng);
+  }
+  state.counters = m.counters;
+  state.counters["step"] = m.step;
+  state.info = read_file(dir + "/" + kInfo);
+  return dir;
+}
+
+}  // namespace lowmem::io

@@ -1,0 +1,190 @@
+#include "lowmem/models/layers.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <cmath>
+#include <limits>
+#include <unordered_set>
+
+#include "lowmem/core/check.h"
+
+namespace lowmem::models {
+
+using adapters::Linear;
+
+LayerNorm::LayerNorm(int64_t n, bool bias, double eps) : n_(n), eps_(eps) {
+  weight = register_parameter("weight", at::ones({n}));
+  if (bias) this->bias = register_parameter("bias", at::zeros({n}));
+}
+
+at::Tensor LayerNorm::forward(const at::Tensor& x) {
+  return at::layer_norm(x, {n_}, weight, bias, eps_);
+}
+
+Embedding::Embedding(int64_t num, int64_t dim) {
+  weight = register_parameter("weight", at::empty({num, dim}).normal_(0, 1));
+}
+
+at::Tensor Embedding::forward(const at::Tensor& idx) {
+  return at::embedding(weight, idx);
+}
+
+SelfAttention::SelfAttention(int64_t n_embd, int64_t n_head, bool bias,
+                             bool causal, double dropout)
+    : n_embd_(n_embd), n_head_(n_head), causal_(causal), dropout_(dropout) {
+  LOWMEM_CHECK(n_head > 0 && n_embd % n_head == 0, "[attention] n_embd ",
+               n_embd, " is not a multiple of n_head ", n_head);
+  register_slot("qkv", std::make_shared<Linear>(n_embd, 3 * n_embd, bias));
+  register_slot("proj", std::make_shared<Linear>(n_embd, n_embd, bias));
+}
+
+at::Tensor SelfAttention::forward(const at::Tensor& x) {
+  LOWMEM_CHECK(x.dim() == 3 && x.size(2) == n_embd_,
+               "[attention] expected input [B, T, ", n_embd_, "], got ",
+               x.sizes());
+  const int64_t B = x.size(0), T = x.size(1), H = n_head_, D = n_embd_ / H;
+  // One fused projection, then one copy into [3, B*H, T, D] (q, k, v).
+  at::Tensor qkv = linear("qkv").forward(x);
+  at::Tensor heads =
+      qkv.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4}).contiguous();
+  at::Tensor q = heads[0].view({B * H, T, D});
+  at::Tensor k = heads[1].view({B * H, T, D});
+  at::Tensor v = heads[2].view({B * H, T, D});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  at::Tensor scores;
+  if (causal_) {
+    // Additive mask (0 on and below the diagonal, -inf above), broadcast over
+    // the B*H batch by baddbmm: scale and mask cost no extra pass.
+    at::Tensor mask =
+        at::full({T, T}, -std::numeric_limits<double>::infinity(),
+                 q.options().requires_grad(false))
+            .triu_(1);
+    scores = at::baddbmm(mask, q, k.transpose(1, 2), /*beta=*/1.0,
+                         /*alpha=*/scale);
+  } else {
+    scores = at::bmm(q, k.transpose(1, 2)).mul_(scale);
+  }
+  at::Tensor att = at::softmax(scores, -1);
+  if (dropout_ > 0.0 && is_training()) att = at::dropout(att, dropout_, true);
+  at::Tensor y = at::bmm(att, v)                        // [B*H, T, D]
+                     .view({B, H, T, D})
+                     .transpose(1, 2)
+                     .reshape({B, T, n_embd_});
+  y = linear("proj").forward(y);
+  if (dropout_ > 0.0 && is_training()) y = at::dropout(y, dropout_, true);
+  return y;
+}
+
+FeedForward::FeedForward(int64_t n_embd, int64_t hidden, bool bias,
+                         double dropout)
+    : dropout_(dropout) {
+  register_slot("fc", std::make_shared<Linear>(n_embd, hidden, bias));
+  register_slot("proj", std::make_shared<Linear>(hidden, n_embd, bias));
+}
+
+at::Tensor FeedForward::forward(const at::Tensor& x) {
+  at::Tensor h = at::gelu(linear("fc").forward(x), "tanh");
+  h = linear("proj").forward(h);
+  if (dropout_ > 0.0 && is_training()) h = at::dropout(h, dropout_, true);
+  return h;
+}
+
+Block::Block(int64_t n_embd, int64_t n_head, bool bias, bool causal,
+             double dropout, int64_t hidden) {
+  ln_1 = register_module("ln_1", std::make_shared<LayerNorm>(n_embd, bias));
+  attn = register_module("attn", std::make_shared<SelfAttention>(
+                                     n_embd, n_head, bias, causal, dropout));
+  ln_2 = register_module("ln_2", std::make_shared<LayerNorm>(n_embd, bias));
+  mlp = register_module("mlp", std::make_shared<FeedForward>(
+                                   n_embd, hidden > 0 ? hidden : 4 * n_embd, bias, dropout));
+}
+
+at::Tensor Block::forward(const at::Tensor& x) {
+  at::Tensor h = x + attn->forward(ln_1->forward(x));
+  return h + mlp->forward(ln_2->forward(h));
+}
+
+namespace {
+
+// Reentrant activation checkpointing for one Block: forward runs without a
+// graph and saves only the input; backward re-runs the block with grad
+// enabled and back-propagates through it (accumulating parameter .grad).
+struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx,
+                            const at::Tensor& x, const at::Tensor& /*dummy*/,
+                            int64_t block_address) {
+    ctx->saved_data["block"] = block_address;
+    if (x.device().is_cpu()) {
+      ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
+    }
+    ctx->save_for_backward({x});
+    auto* block = reinterpret_cast<Block*>(block_address);  // NOLINT
+    return block->forward(x);
+  }
+
+  static torch::autograd::variable_list backward(
+      torch::autograd::AutogradContext* ctx,
+      torch::autograd::variable_list grads) {
+    auto* block =
+        reinterpret_cast<Block*>(ctx->saved_data["block"].toInt());  // NOLINT
+    at::Tensor x = ctx->get_saved_variables()[0];
+    at::Tensor input = x.detach().requires_grad_(true);
+    at::Tensor out;
+    {
+      at::AutoGradMode enable(true);
+      if (ctx->saved_data.count("rng")) {
+        auto gen = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        at::Tensor now = gen.get_state();
+        gen.set_state(ctx->saved_data["rng"].toTensor());
+        out = block->forward(input);
+        gen.set_state(now);
+      } else {
+        out = block->forward(input);
+      }
+      torch::autograd::backward({out}, {grads[0]});
+    }
+    return {input.grad(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor run_block(Block& block, const at::Tensor& x, bool checkpoint) {
+  if (!checkpoint || !at::GradMode::is_enabled()) return block.forward(x);
+  // The dummy makes the output require grad even when x does not (frozen
+  // embeddings), so backward still reaches the block's parameters.
+  at::Tensor dummy =
+      at::empty({0}, x.options().dtype(at::kFloat)).requires_grad_(true);
+  return CheckpointBlock::apply(x, dummy,
+                                reinterpret_cast<int64_t>(&block));  // NOLINT
+}
+
+at::Tensor loss_precision(const at::Tensor& t) {
+  const auto st = t.scalar_type();
+  return (st == at::kBFloat16 || st == at::kHalf) ? t.to(at::kFloat) : t;
+}
+
+int64_t count_parameters(const torch::nn::Module& m, bool trainable_only) {
+  int64_t n = 0;
+  std::unordered_set<const void*> seen;
+  for (const auto& p : m.parameters()) {
+    if (trainable_only && !p.requires_grad()) continue;
+    if (!seen.insert(p.unsafeGetTensorImpl()).second) continue;
+    n += p.numel();
+  }
+  return n;
+}
+
+int64_t count_slot_weights(torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& ref : adapters::find_slots(m)) {
+    n += ref.layer()->base_weight().numel();
+  }
+  return n;
+}
+
+}  // namespace lowmem::models

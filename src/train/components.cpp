@@ -1,0 +1,436 @@
+// The components the configuration knows. Adding a model, data source,
+// method or optimizer: one row in components(), one section in
+// make_sections(), one branch in the matching build function.
+#include "components.h"
+
+#include <ATen/ATen.h>
+#include <torch/optim/sgd.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "lowmem/core/check.h"
+#include "lowmem/data/fashion_mnist.h"
+#include "lowmem/data/text.h"
+#include "lowmem/models/gpt.h"
+#include "lowmem/models/mlp.h"
+#include "lowmem/models/vit.h"
+#include "lowmem/optim/adafactor.h"
+#include "lowmem/optim/adamw.h"
+#include "lowmem/optim/came.h"
+#include "lowmem/optim/galore.h"
+
+namespace lowmem::train::detail {
+namespace {
+
+// ---- Option sections. Structs whose own header has no for_each_field get a
+// visitor here (the TORCH_ARG accessors return references). ----
+
+// Defaults: the default recipe recipes/gpt-fortunes.yaml (a ~0.8M-parameter
+// GPT that trains in about two minutes on two cores).
+struct GptSection {
+  models::GPTConfig c =
+      models::GPTConfig().n_layer(4).n_head(4).n_embd(128).block_size(64);
+  template <class V>
+  void for_each_field(V&& v) {
+    v("n_layer", c.n_layer());
+    v("n_head", c.n_head());
+    v("n_embd", c.n_embd());
+    v("block_size", c.block_size());
+    v("dropout", c.dropout());
+    v("bias", c.bias());
+    v("activation_checkpointing", c.activation_checkpointing());
+  }
+};
+
+struct VitSection {
+  models::ViTConfig c;  // models/vit.h defaults
+  template <class V>
+  void for_each_field(V&& v) {
+    v("patch_size", c.patch_size());
+    v("n_layer", c.n_layer());
+    v("n_head", c.n_head());
+    v("n_embd", c.n_embd());
+    v("mlp_ratio", c.mlp_ratio());
+    v("dropout", c.dropout());
+    v("bias", c.bias());
+    v("activation_checkpointing", c.activation_checkpointing());
+  }
+};
+
+struct MlpSection {
+  std::string hidden = "256";  // comma-separated hidden widths
+  std::string activation = "relu";
+  bool bias = true;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("hidden", hidden);
+    v("activation", activation);
+    v("bias", bias);
+  }
+};
+
+struct TextSection {
+  std::string path = data::kDefaultTextCorpus;
+  double val_fraction = 0.1;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("path", path);
+    v("val_fraction", val_fraction);
+  }
+};
+
+struct FashionSection {
+  std::string root = data::kDefaultFashionMnist;
+  std::string classes;     // comma-separated labels; "" = all ten
+  int64_t per_class = 0;   // training examples per class; 0 = all
+  bool normalize = true;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("root", root);
+    v("classes", classes);
+    v("per_class", per_class);
+    v("normalize", normalize);
+  }
+};
+
+// torch::optim::SGDOptions has no visitor; this mirrors its fields and
+// LibTorch 1.13 defaults (SGD has no default lr there; 0.01 here).
+struct SgdSection {
+  double lr = 1e-2;
+  double momentum = 0.0;
+  double dampening = 0.0;
+  double weight_decay = 0.0;
+  bool nesterov = false;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("lr", lr);
+    v("momentum", momentum);
+    v("dampening", dampening);
+    v("weight_decay", weight_decay);
+    v("nesterov", nesterov);
+  }
+};
+
+// GaLore (method "galore"): projector options + the wrapper's options.
+// accumulation_steps is not a key: it always equals the run's accum_steps.
+struct GaloreSection {
+  optim::GaLoreOptions g;
+  template <class V>
+  void for_each_field(V&& v) {
+    g.projector().for_each_field(v);
+    g.for_each_field([&v](const char* name, auto& ref) {
+      if (std::string(name) != "accumulation_steps") {
+        v(name, ref);
+      }
+    });
+  }
+};
+
+std::vector<int64_t> parse_list(const std::string& s, const std::string& key) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    out.push_back(parse_int(item, key));
+  }
+  return out;
+}
+
+template <class T>
+const T& opts(const Config& c, const std::string& section) {
+  const Section* s = c.section(section);
+  LOWMEM_CHECK(s != nullptr, "[config] no section '", section, "'");
+  return s->get<T>();
+}
+
+/// Runs `fn`; c10::Errors (option validation in constructors) become
+/// ConfigError, a usage error.
+template <class F>
+auto usage(F&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    throw ConfigError(e.what_without_backtrace());
+  }
+}
+
+double class_prior_cross_entropy(const at::Tensor& fit, const at::Tensor& eval,
+                                 int64_t classes) {
+  auto counts = at::bincount(fit, {}, classes).to(at::kDouble) + 1.0;
+  auto logp = (counts / counts.sum()).log();
+  return -logp.index_select(0, eval).mean().item<double>();
+}
+
+}  // namespace
+
+const std::vector<Component>& components() {
+  static const std::vector<Component> table = {
+      {"model", "gpt", "gpt"},
+      {"model", "vit", "vit"},
+      {"model", "mlp", "mlp"},
+      {"data", "text", "text"},
+      {"data", "fashion-mnist", "fashion_mnist"},
+      {"method", "full", ""},
+      {"method", "galore", "galore"},
+      {"optimizer", "adamw", "adamw"},
+      {"optimizer", "sgd", "sgd"},
+      {"optimizer", "came", "came"},
+      {"optimizer", "adafactor", "adafactor"},
+  };
+  return table;
+}
+
+std::vector<Section> make_sections() {
+  return {
+      Section::of<GptSection>("gpt", "GPT model (models/gpt.h)"),
+      Section::of<VitSection>("vit", "ViT model (models/vit.h)"),
+      Section::of<MlpSection>("mlp", "MLP model (models/mlp.h)"),
+      Section::of<TextSection>("text", "byte-level text (data/text.h)"),
+      Section::of<FashionSection>("fashion_mnist",
+                                  "Fashion-MNIST (data/fashion_mnist.h)"),
+      Section::of<GaloreSection>("galore",
+                                 "GaLore gradient projection (optim/galore.h)"),
+      Section::of<optim::AdamWOptions>("adamw", "AdamW (optim/adamw.h)"),
+      Section::of<SgdSection>("sgd", "SGD (torch::optim::SGD)"),
+      Section::of<optim::CameOptions>("came", "CAME (optim/came.h)"),
+      Section::of<optim::AdafactorOptions>("adafactor",
+                                           "Adafactor (optim/adafactor.h)"),
+  };
+}
+
+std::string section_of(const std::string& kind, const std::string& name) {
+  for (const auto& c : components()) {
+    if (c.kind == kind && c.name == name) {
+      return c.section;
+    }
+  }
+  return "";
+}
+
+std::vector<std::string> names_of(const std::string& kind) {
+  std::vector<std::string> out;
+  for (const auto& c : components()) {
+    if (c.kind == kind) {
+      out.push_back(c.name);
+    }
+  }
+  return out;
+}
+
+BuiltData build_data(const Config& c) {
+  BuiltData d;
+  if (c.data == "text") {
+    if (c.model != "gpt") {
+      throw ConfigError("data 'text' needs model gpt, got '" + c.model + "'");
+    }
+    const auto& t = opts<TextSection>(c, "text");
+    if (!(t.val_fraction > 0.0 && t.val_fraction < 1.0)) {
+      throw ConfigError("text.val_fraction must be in (0, 1), got " +
+                        format_float(t.val_fraction));
+    }
+    const int64_t context = opts<GptSection>(c, "gpt").c.block_size();
+    data::TextCorpus corpus(t.path, t.val_fraction);
+    auto train = std::make_shared<data::TextBatches>(
+        corpus.train(),
+        data::TextBatchOptions()
+            .context(context)
+            .batch_size(c.batch_size)
+            .seed(static_cast<uint64_t>(c.seed)),
+        "train");
+    auto eval = std::make_shared<data::TextBatches>(
+        corpus.validation(),
+        data::TextBatchOptions()
+            .context(context)
+            .batch_size(c.batch_size)
+            .seed(static_cast<uint64_t>(c.seed))
+            .random(false),
+        "validation");
+    d.train = train;
+    d.eval = eval;
+    d.unit = "tokens";
+    d.summary = corpus.describe() + "; " + train->describe() + "; " +
+        eval->describe();
+    d.baseline =
+        data::unigram_cross_entropy(corpus.train(), corpus.validation());
+    return d;
+  }
+  if (c.data == "fashion-mnist") {
+    if (c.model != "vit" && c.model != "mlp") {
+      throw ConfigError("data 'fashion-mnist' needs model vit or mlp, got '" +
+                        c.model + "'");
+    }
+    const auto& f = opts<FashionSection>(c, "fashion_mnist");
+    const auto classes = parse_list(f.classes, "fashion_mnist.classes");
+    for (auto k : classes) {
+      if (k < 0 || k > 9) {
+        throw ConfigError("fashion_mnist.classes: label " + std::to_string(k) +
+                          " is outside 0..9");
+      }
+    }
+    if (f.per_class < 0) {
+      throw ConfigError("fashion_mnist.per_class must be >= 0, got " +
+                        std::to_string(f.per_class));
+    }
+    auto base = data::FashionMnistOptions()
+                    .root(f.root)
+                    .classes(classes)
+                    .normalize(f.normalize)
+                    .seed(static_cast<uint64_t>(c.seed));
+    auto train_set =
+        data::load_fashion_mnist(data::FashionMnistOptions(base)
+                                     .train(true)
+                                     .per_class(f.per_class));
+    auto eval_set =
+        data::load_fashion_mnist(data::FashionMnistOptions(base).train(false));
+    d.n_classes = classes.empty() ? 10 : static_cast<int64_t>(classes.size());
+    d.baseline = class_prior_cross_entropy(train_set.labels, eval_set.labels,
+                                           d.n_classes);
+    auto train = std::make_shared<data::ImageBatches>(
+        train_set,
+        data::ImageBatchOptions()
+            .batch_size(c.batch_size)
+            .seed(static_cast<uint64_t>(c.seed)),
+        "train");
+    auto eval = std::make_shared<data::ImageBatches>(
+        eval_set,
+        data::ImageBatchOptions().batch_size(c.batch_size).shuffle(false),
+        "test");
+    d.train = train;
+    d.eval = eval;
+    d.unit = "samples";
+    d.summary = train->describe() + "; " + eval->describe();
+    return d;
+  }
+  throw ConfigError("unknown data '" + c.data + "'");
+}
+
+std::shared_ptr<models::Model> build_model(const Config& c,
+                                           const BuiltData& data) {
+  return usage([&]() -> std::shared_ptr<models::Model> {
+    if (c.model == "gpt") {
+      return std::make_shared<models::GPT>(opts<GptSection>(c, "gpt").c);
+    }
+    if (c.model == "vit") {
+      auto v = opts<VitSection>(c, "vit").c;
+      v.n_classes(data.n_classes);
+      return std::make_shared<models::ViT>(v);
+    }
+    if (c.model == "mlp") {
+      const auto& m = opts<MlpSection>(c, "mlp");
+      std::vector<int64_t> sizes{28 * 28};
+      for (auto h : parse_list(m.hidden, "mlp.hidden")) {
+        sizes.push_back(h);
+      }
+      sizes.push_back(data.n_classes);
+      return std::make_shared<models::MLP>(models::MLPConfig()
+                                               .sizes(sizes)
+                                               .activation(m.activation)
+                                               .bias(m.bias));
+    }
+    throw ConfigError("unknown model '" + c.model + "'");
+  });
+}
+
+void apply_method(const Config& c, models::Model& model) {
+  if (c.method == "full" || c.method == "galore") {
+    return;  // galore acts in the optimizer (build_optimizer)
+  }
+  throw ConfigError("method '" + c.method + "' is not available in this build");
+}
+
+std::string main_target(const Config& c) {
+  return c.method == "galore" ? "galore" : c.optimizer;
+}
+
+std::string aux_target(const Config& c) {
+  return c.aux_optimizer == main_target(c) ? c.aux_optimizer + "_aux"
+                                           : c.aux_optimizer;
+}
+
+std::vector<RouteRule> routing_rules(const Config& c) {
+  std::string route = c.route;
+  if (route == "auto") {
+    const bool matrix_only = c.optimizer == "singd" || c.optimizer == "kfac" ||
+        c.method == "galore";
+    route = matrix_only ? "matrices" : "all";
+  }
+  if (route == "matrices") {
+    return matrices_and_rest(main_target(c), aux_target(c));
+  }
+  RouteRule all;
+  all.target = main_target(c);
+  return {all};
+}
+
+namespace {
+
+using Groups = std::vector<torch::optim::OptimizerParamGroup>;
+
+/// Optimizer `name` over `groups` with the options of its section.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
+                                                        const std::string& name,
+                                                        Groups groups) {
+  if (name == "adamw") {
+    return std::make_unique<optim::AdamW>(
+        std::move(groups), opts<optim::AdamWOptions>(c, "adamw"));
+  }
+  if (name == "came") {
+    return std::make_unique<optim::CAME>(std::move(groups),
+                                         opts<optim::CameOptions>(c, "came"));
+  }
+  if (name == "adafactor") {
+    return std::make_unique<optim::Adafactor>(
+        std::move(groups), opts<optim::AdafactorOptions>(c, "adafactor"));
+  }
+  if (name == "sgd") {
+    const auto& o = opts<SgdSection>(c, "sgd");
+    LOWMEM_CHECK(o.lr >= 0.0, "[sgd] lr must be >= 0, got ", o.lr);
+    LOWMEM_CHECK(o.momentum >= 0.0, "[sgd] momentum must be >= 0, got ",
+                 o.momentum);
+    LOWMEM_CHECK(o.weight_decay >= 0.0,
+                 "[sgd] weight_decay must be >= 0, got ", o.weight_decay);
+    LOWMEM_CHECK(!o.nesterov || (o.momentum > 0.0 && o.dampening == 0.0),
+                 "[sgd] nesterov needs momentum > 0 and dampening 0");
+    return std::make_unique<torch::optim::SGD>(
+        std::move(groups), torch::optim::SGDOptions(o.lr)
+                               .momentum(o.momentum)
+                               .dampening(o.dampening)
+                               .weight_decay(o.weight_decay)
+                               .nesterov(o.nesterov));
+  }
+  throw ConfigError("optimizer '" + name + "' is not available in this build");
+}
+
+}  // namespace
+
+std::shared_ptr<torch::optim::Optimizer> build_optimizer(
+    const Config& c, const std::string& name, bool main, const Route& route,
+    models::Model& model) {
+  (void)model;
+  return usage([&]() -> std::shared_ptr<torch::optim::Optimizer> {
+    if (main && c.method == "galore") {
+      auto g = opts<GaloreSection>(c, "galore").g;
+      g.accumulation_steps(c.accum_steps);
+      for (const auto& p : route.params) {
+        if (p.dim() != 2) {
+          throw ConfigError("method galore projects 2-D weights only, but "
+                            "route=" + c.route + " gives it a " +
+                            std::to_string(p.dim()) + "-D parameter");
+        }
+      }
+      return std::make_shared<optim::GaLore>(
+          route.params, std::vector<at::Tensor>{},
+          [&c, name](Groups groups) {
+            return make_optimizer(c, name, std::move(groups));
+          },
+          g);
+    }
+    Groups groups;
+    groups.emplace_back(route.params);
+    return std::shared_ptr<torch::optim::Optimizer>(
+        make_optimizer(c, name, std::move(groups)));
+  });
+}
+
+}  // namespace lowmem::train::detail

@@ -1,0 +1,226 @@
+#include "lowmem/train/run.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "components.h"
+#include "lowmem/core/check.h"
+#include "lowmem/core/memory.h"
+#include "lowmem/core/threads.h"
+#include "lowmem/io/atomic_file.h"
+#include "lowmem/io/checkpoint.h"
+#include "lowmem/models/layers.h"
+#include "lowmem/optim/extras.h"
+#include "lowmem/train/metrics.h"
+
+namespace fs = std::filesystem;
+
+namespace lowmem::train {
+namespace {
+
+std::vector<std::pair<std::string, at::Tensor>> named_parameters(
+    torch::nn::Module& m) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& item : m.named_parameters(/*recurse=*/true)) {
+    out.emplace_back(item.key(), item.value());
+  }
+  return out;
+}
+
+TrainerOptions trainer_options(const Config& c) {
+  TrainerOptions o;
+  o.max_steps = c.steps;
+  o.accum_steps = c.accum_steps;
+  o.clip_norm = c.clip_norm;
+  o.warmup_steps = c.warmup_steps;
+  o.min_lr_ratio = c.min_lr_ratio;
+  o.eval_every = c.eval_every;
+  o.eval_batches = c.eval_batches;
+  o.max_consecutive_skips = c.max_skips;
+  o.log_every = c.log_every;
+  o.save_every = c.save_every;
+  o.keep_checkpoints = c.keep_checkpoints;
+  if (!c.out_dir.empty()) {
+    o.checkpoint_dir = c.out_dir + "/checkpoints";
+  }
+  return o;
+}
+
+}  // namespace
+
+std::unique_ptr<Session> build_session(const Config& config) {
+  config.validate();
+  auto s = std::make_unique<Session>();
+  s->config = config;
+  const Config& c = s->config;
+  set_default_threads(static_cast<int>(c.threads));
+  // Deterministic: model initialisation and dropout draw from the global
+  // generator seeded here; data sources have their own seeded streams.
+  at::manual_seed(static_cast<uint64_t>(c.seed));
+
+  auto data = detail::build_data(c);
+  s->train_data = data.train;
+  s->eval_data = data.eval;
+  s->unit = data.unit;
+  s->data_summary = data.summary;
+  s->baseline_loss = data.baseline;
+  s->model = detail::build_model(c, data);
+  detail::apply_method(c, *s->model);
+
+  s->routes = route_parameters(named_parameters(*s->model),
+                               detail::routing_rules(c));
+  LOWMEM_CHECK(!s->routes.empty(), "[run] the model has no trainable "
+               "parameters");
+  std::vector<OptimizerSlot> slots;
+  for (const auto& r : s->routes) {
+    const bool main = r.target == detail::main_target(c);
+    const std::string name = main ? c.optimizer : c.aux_optimizer;
+    slots.push_back(OptimizerSlot{
+        r.target, detail::build_optimizer(c, name, main, r, *s->model),
+        r.names});
+  }
+  auto model = s->model;
+  s->trainer = std::make_unique<Trainer>(
+      s->model,
+      [model](const data::Batch& b) { return model->loss(b.input, b.target); },
+      std::move(slots), trainer_options(c));
+  s->trainer->set_checkpoint_info(c.to_yaml());
+  return s;
+}
+
+RunResult run(const Config& config, ProgressFn progress,
+              const std::function<void(Session&)>& on_ready) {
+  MemoryTracker::install();
+  auto session = build_session(config);
+  if (on_ready) {
+    on_ready(*session);
+  }
+  const Config& c = session->config;
+  Trainer& trainer = *session->trainer;
+  RunResult result;
+  result.baseline_loss = session->baseline_loss;
+
+  std::string metrics_path = c.metrics;
+  if (!c.out_dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(c.out_dir, ec);
+    LOWMEM_CHECK(!ec, "[run] cannot create out_dir '", c.out_dir, "': ",
+                 ec.message());
+    io::atomic_write_file(c.out_dir + "/config.yaml", c.to_yaml());
+    if (metrics_path.empty()) {
+      metrics_path = c.out_dir + "/metrics.jsonl";
+    }
+  }
+  std::unique_ptr<JsonlWriter> metrics;
+  if (!metrics_path.empty()) {
+    metrics = std::make_unique<JsonlWriter>(metrics_path);
+  }
+  trainer.set_progress([&](const Progress& p) {
+    if (metrics) {
+      metrics->write(p);
+    }
+    if (p.kind == Progress::Kind::kCheckpoint) {
+      result.checkpoint = p.path;
+    }
+    if (progress) {
+      progress(p);
+    }
+  });
+
+  if (!c.resume.empty()) {
+    const std::string where =
+        c.resume == "auto" ? c.out_dir + "/checkpoints" : c.resume;
+    if (c.resume != "auto" || io::has_checkpoint(where)) {
+      trainer.load_checkpoint(where, *session->train_data);
+      result.resumed_from = trainer.steps_done();
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  result.eval_loss = trainer.fit(*session->train_data, session->eval_data.get());
+  result.seconds = std::chrono::duration<double>(
+                       std::chrono::steady_clock::now() - t0)
+                       .count();
+  result.steps = trainer.steps_done();
+  result.skipped = trainer.skipped_total();
+  result.peak_bytes = MemoryTracker().peak_bytes();
+  return result;
+}
+
+InfoReport info(const Config& config) {
+  MemoryTracker::install();
+  auto session = build_session(config);
+  InfoReport r;
+  r.data_summary = session->data_summary;
+  r.baseline_loss = session->baseline_loss;
+  for (const auto& p : session->model->parameters(/*recurse=*/true)) {
+    r.total_params += p.numel();
+    if (p.requires_grad()) {
+      r.trainable_params += p.numel();
+      r.trainable_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+    } else {
+      r.frozen_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+    }
+  }
+  Trainer& t = *session->trainer;
+  MemoryTracker tracker;
+  auto scope = tracker.scope();
+  session->model->train();
+  for (const auto& s : t.optimizers()) {
+    optim::before_forward(*s.optimizer);
+  }
+  const auto batch = session->train_data->next();
+  session->model->loss(batch.input, batch.target).backward();
+  std::vector<at::Tensor> grads;
+  for (const auto& p : t.parameters()) {
+    if (p.grad().defined()) {
+      grads.push_back(p.grad());
+    }
+  }
+  r.gradient_bytes = storage_bytes(grads);
+  grads.clear();
+  for (const auto& s : t.optimizers()) {
+    s.optimizer->step();
+    const int64_t b = optim::state_bytes(*s.optimizer);
+    r.optimizer_bytes.emplace_back(s.name, b);
+    r.optimizer_state_bytes += b;
+  }
+  r.peak_step_bytes = scope.peak_delta();
+  for (const auto& route : session->routes) {
+    int64_t n = 0;
+    for (const auto& p : route.params) {
+      n += p.numel();
+    }
+    r.route_params.emplace_back(route.target, n);
+  }
+  return r;
+}
+
+std::string InfoReport::to_string() const {
+  std::ostringstream o;
+  o << "parameters:       " << total_params << " total, " << trainable_params
+    << " trainable\n";
+  o << "frozen weights:   " << format_bytes(frozen_bytes) << "\n";
+  o << "trainable params: " << format_bytes(trainable_bytes) << "\n";
+  o << "gradients:        " << format_bytes(gradient_bytes) << "\n";
+  o << "optimizer state:  " << format_bytes(optimizer_state_bytes) << "\n";
+  for (size_t i = 0; i < optimizer_bytes.size(); ++i) {
+    o << "  " << optimizer_bytes[i].first << ": "
+      << format_bytes(optimizer_bytes[i].second) << " for "
+      << (i < route_params.size() ? route_params[i].second : 0)
+      << " parameters\n";
+  }
+  o << "peak of one step: " << format_bytes(peak_step_bytes)
+    << " above the weights (activations, gradients, new state)\n";
+  o << "data:             " << data_summary << "\n";
+  o << "baseline loss:    " << baseline_loss
+    << " (input-independent predictor)\n";
+  return o.str();
+}
+
+}  // namespace lowmem::train

@@ -1,0 +1,344 @@
+#include "lowmem/train/trainer.h"
+
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+
+#include <chrono>
+#include <cmath>
+#include <limits>
+
+#include "lowmem/core/check.h"
+#include "lowmem/core/memory.h"
+#include "lowmem/io/checkpoint.h"
+#include "lowmem/optim/extras.h"
+
+namespace lowmem::train {
+namespace {
+
+double nan() {
+  return std::numeric_limits<double>::quiet_NaN();
+}
+
+int64_t count_items(const data::Batch& b) {
+  return b.target.defined() ? b.target.numel() : b.input.size(0);
+}
+
+}  // namespace
+
+void validate(const TrainerOptions& o) {
+  LOWMEM_CHECK(o.max_steps >= 1, "[trainer] steps must be >= 1, got ",
+               o.max_steps);
+  LOWMEM_CHECK(o.accum_steps >= 1, "[trainer] accum_steps must be >= 1, got ",
+               o.accum_steps);
+  LOWMEM_CHECK(std::isfinite(o.clip_norm),
+               "[trainer] clip_norm must be finite, got ", o.clip_norm);
+  LOWMEM_CHECK(o.eval_every >= 0, "[trainer] eval_every must be >= 0, got ",
+               o.eval_every);
+  LOWMEM_CHECK(o.eval_batches >= 1,
+               "[trainer] eval_batches must be >= 1, got ", o.eval_batches);
+  LOWMEM_CHECK(o.max_consecutive_skips >= 1,
+               "[trainer] max_skips must be >= 1, got ",
+               o.max_consecutive_skips);
+  LOWMEM_CHECK(o.log_every >= 1, "[trainer] log_every must be >= 1, got ",
+               o.log_every);
+  LOWMEM_CHECK(o.save_every >= 0, "[trainer] save_every must be >= 0, got ",
+               o.save_every);
+  LOWMEM_CHECK(o.keep_checkpoints >= 0,
+               "[trainer] keep_checkpoints must be >= 0, got ",
+               o.keep_checkpoints);
+  ScheduleOptions s;
+  s.warmup_steps = o.warmup_steps;
+  s.total_steps = o.max_steps;
+  s.min_lr_ratio = o.min_lr_ratio;
+  validate(s);
+}
+
+Trainer::Trainer(
+    std::shared_ptr<torch::nn::Module> model,
+    LossFn loss,
+    std::vector<OptimizerSlot> optimizers,
+    TrainerOptions options)
+    : model_(std::move(model)),
+      loss_(std::move(loss)),
+      slots_(std::move(optimizers)),
+      options_(std::move(options)),
+      last_eval_(nan()) {
+  validate(options_);
+  LOWMEM_CHECK(model_ != nullptr, "[trainer] model is null");
+  LOWMEM_CHECK(static_cast<bool>(loss_), "[trainer] loss function is empty");
+  LOWMEM_CHECK(!slots_.empty(), "[trainer] no optimizer given");
+  schedule_.warmup_steps = options_.warmup_steps;
+  schedule_.total_steps = options_.max_steps;
+  schedule_.min_lr_ratio = options_.min_lr_ratio;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    LOWMEM_CHECK(slots_[i].optimizer != nullptr,
+                 "[trainer] optimizer '", slots_[i].name, "' is null");
+    for (size_t j = 0; j < i; ++j) {
+      LOWMEM_CHECK(slots_[j].name != slots_[i].name,
+                   "[trainer] two optimizers named '", slots_[i].name, "'");
+    }
+    std::vector<double> lrs;
+    for (auto& group : slots_[i].optimizer->param_groups()) {
+      lrs.push_back(group.options().get_lr());
+      for (const auto& p : group.params()) {
+        params_.push_back(p);
+      }
+    }
+    base_lrs_.push_back(std::move(lrs));
+  }
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::emit(const Progress& p) const {
+  if (progress_) {
+    progress_(p);
+  }
+}
+
+void Trainer::apply_schedule() {
+  const double factor = lr_factor(schedule_, step_);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    auto& groups = slots_[i].optimizer->param_groups();
+    for (size_t g = 0; g < groups.size() && g < base_lrs_[i].size(); ++g) {
+      // A group without an external lr (Adafactor's relative step) keeps
+      // its own step-size rule.
+      if (base_lrs_[i][g] != 0.0) {
+        groups[g].options().set_lr(base_lrs_[i][g] * factor);
+      }
+    }
+  }
+}
+
+StepResult Trainer::step(data::BatchSource& source) {
+  const auto t0 = std::chrono::steady_clock::now();
+  model_->train();
+  for (auto& p : params_) {
+    p.mutable_grad() = at::Tensor();
+  }
+  StepResult r;
+  double loss_sum = 0.0;
+  const double inv_accum = 1.0 / static_cast<double>(options_.accum_steps);
+  for (int64_t micro = 0; micro < options_.accum_steps; ++micro) {
+    for (auto& s : slots_) {
+      optim::before_forward(*s.optimizer);
+    }
+    const data::Batch batch = source.next();
+    at::Tensor loss = loss_(batch);
+    LOWMEM_CHECK(loss.defined() && loss.numel() == 1,
+                 "[trainer] the loss must be a single number, got shape ",
+                 loss.sizes());
+    (loss * inv_accum).backward();
+    loss_sum += loss.item<double>();
+    r.items += count_items(batch);
+  }
+  r.loss = loss_sum * inv_accum;
+
+  std::vector<at::Tensor> grads;
+  grads.reserve(params_.size());
+  for (auto& p : params_) {
+    if (p.grad().defined()) {
+      grads.push_back(p.grad());
+    }
+  }
+  if (grad_sync_) {
+    grad_sync_(grads);
+  }
+  // Global L2 norm, as torch.nn.utils.clip_grad_norm_ (per-tensor norms,
+  // then the norm of the norms), accumulated in fp32 at least.
+  double total_norm = 0.0;
+  if (!grads.empty()) {
+    std::vector<at::Tensor> norms;
+    norms.reserve(grads.size());
+    for (const auto& g : grads) {
+      norms.push_back(
+          at::linalg_vector_norm(
+              g, 2, c10::nullopt, false,
+              at::promote_types(g.scalar_type(), at::kFloat)));
+    }
+    total_norm = at::linalg_vector_norm(at::stack(norms), 2).item<double>();
+  }
+  r.grad_norm = total_norm;
+  r.skipped = !std::isfinite(r.loss) || !std::isfinite(total_norm);
+
+  apply_schedule();
+  step_ += 1;
+  items_total_ += r.items;
+  if (r.skipped) {
+    skipped_total_ += 1;
+    consecutive_skips_ += 1;
+    for (auto& p : params_) {
+      p.mutable_grad() = at::Tensor();
+    }
+  } else {
+    consecutive_skips_ = 0;
+    if (options_.clip_norm > 0.0) {
+      // clip_coef = max_norm / (total_norm + 1e-6), applied when < 1.
+      const double coef = options_.clip_norm / (total_norm + 1e-6);
+      if (coef < 1.0) {
+        at::NoGradGuard no_grad;
+        for (auto& g : grads) {
+          g.mul_(coef);
+        }
+      }
+    }
+    for (auto& s : slots_) {
+      s.optimizer->step();
+    }
+    for (auto& p : params_) {
+      p.mutable_grad() = at::Tensor();
+    }
+  }
+
+  const double seconds = std::chrono::duration<double>(
+                             std::chrono::steady_clock::now() - t0)
+                             .count();
+  if (progress_ && (r.skipped || step_ % options_.log_every == 0 ||
+                    step_ == options_.max_steps)) {
+    Progress p;
+    p.kind = r.skipped ? Progress::Kind::kSkip : Progress::Kind::kStep;
+    p.step = step_;
+    p.max_steps = options_.max_steps;
+    p.loss = r.loss;
+    p.grad_norm = total_norm;
+    p.lr = slots_.front().optimizer->param_groups().front().options().get_lr();
+    p.items_per_second =
+        seconds > 0.0 ? static_cast<double>(r.items) / seconds : 0.0;
+    p.items = items_total_;
+    p.eval_loss = last_eval_;
+    p.skipped = skipped_total_;
+    if (MemoryTracker::installed()) {
+      MemoryTracker tracker;
+      p.live_bytes = tracker.current_bytes();
+      p.peak_bytes = tracker.peak_bytes();
+    }
+    emit(p);
+  }
+  LOWMEM_CHECK(
+      consecutive_skips_ < options_.max_consecutive_skips,
+      "[trainer] stopping: ", consecutive_skips_,
+      " consecutive updates had a non-finite loss or gradient (last loss ",
+      r.loss, ", gradient norm ", total_norm, ") at step ", step_,
+      "; lower the learning rate or check the data");
+  return r;
+}
+
+double Trainer::evaluate(data::BatchSource& source, int64_t batches) {
+  LOWMEM_CHECK(batches >= 1, "[trainer] eval batches must be >= 1, got ",
+               batches);
+  const bool was_training = model_->is_training();
+  model_->eval();
+  at::NoGradGuard no_grad;
+  source.seek(0);
+  double sum = 0.0;
+  for (int64_t i = 0; i < batches; ++i) {
+    sum += loss_(source.next()).item<double>();
+  }
+  model_->train(was_training);
+  last_eval_ = sum / static_cast<double>(batches);
+  return last_eval_;
+}
+
+double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
+  auto do_eval = [&] {
+    if (eval == nullptr) {
+      return;
+    }
+    evaluate(*eval, options_.eval_batches);
+    Progress p;
+    p.kind = Progress::Kind::kEval;
+    p.step = step_;
+    p.max_steps = options_.max_steps;
+    p.eval_loss = last_eval_;
+    p.items = items_total_;
+    p.skipped = skipped_total_;
+    emit(p);
+  };
+  const bool saving = !options_.checkpoint_dir.empty();
+  while (step_ < options_.max_steps) {
+    step(train);
+    const bool last = step_ == options_.max_steps;
+    if (last || (options_.eval_every > 0 && step_ % options_.eval_every == 0)) {
+      do_eval();
+    }
+    if (saving && (last || (options_.save_every > 0 &&
+                            step_ % options_.save_every == 0))) {
+      Progress p;
+      p.kind = Progress::Kind::kCheckpoint;
+      p.step = step_;
+      p.max_steps = options_.max_steps;
+      p.path = save_checkpoint(train);
+      emit(p);
+    }
+  }
+  Progress done;
+  done.kind = Progress::Kind::kDone;
+  done.step = step_;
+  done.max_steps = options_.max_steps;
+  done.eval_loss = last_eval_;
+  done.items = items_total_;
+  done.skipped = skipped_total_;
+  if (MemoryTracker::installed()) {
+    MemoryTracker tracker;
+    done.live_bytes = tracker.current_bytes();
+    done.peak_bytes = tracker.peak_bytes();
+  }
+  emit(done);
+  return last_eval_;
+}
+
+namespace {
+
+io::CheckpointState make_state(
+    torch::nn::Module& model,
+    const std::vector<OptimizerSlot>& slots) {
+  io::CheckpointState s;
+  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+    s.tensors.emplace_back(item.key(), item.value());
+  }
+  for (const auto& item : model.named_buffers(/*recurse=*/true)) {
+    s.tensors.emplace_back(item.key(), item.value());
+  }
+  for (const auto& slot : slots) {
+    s.optimizers.emplace_back(slot.name, slot.optimizer.get());
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string Trainer::save_checkpoint(const data::BatchSource& train) {
+  LOWMEM_CHECK(!options_.checkpoint_dir.empty(),
+               "[trainer] no checkpoint directory set");
+  io::CheckpointState s = make_state(*model_, slots_);
+  s.counters["step"] = step_;
+  s.counters["data_position"] = train.position();
+  s.counters["skipped_total"] = skipped_total_;
+  s.counters["consecutive_skips"] = consecutive_skips_;
+  s.counters["items_total"] = items_total_;
+  s.info = info_;
+  return io::save_checkpoint(options_.checkpoint_dir, step_, s,
+                             options_.keep_checkpoints);
+}
+
+void Trainer::load_checkpoint(const std::string& path,
+                              data::BatchSource& train) {
+  io::CheckpointState s = make_state(*model_, slots_);
+  io::load_checkpoint(path, s);
+  auto get = [&](const char* key) {
+    auto it = s.counters.find(key);
+    LOWMEM_CHECK(it != s.counters.end(), "[trainer] checkpoint at '", path,
+                 "' lacks the counter '", key, "'");
+    return it->second;
+  };
+  step_ = get("step");
+  skipped_total_ = get("skipped_total");
+  consecutive_skips_ = get("consecutive_skips");
+  items_total_ = get("items_total");
+  train.seek(get("data_position"));
+  LOWMEM_CHECK(step_ <= options_.max_steps, "[trainer] checkpoint step ",
+               step_, " is past steps = ", options_.max_steps);
+}
+
+}  // namespace lowmem::train

@@ -1,0 +1,274 @@
+#include "lowmem/io/checkpoint.h"
+
+#include <torch/torch.h>
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+namespace fs = std::filesystem;
+
+namespace lowmem::io {
+namespace {
+
+struct TempDir {
+  TempDir() {
+    char tmpl[] = "/tmp/lowmem-ckpt-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string path;
+};
+
+// A model-like set of tensors and an AdamW that has taken a step, so its
+// state is non-trivial.
+struct Rig {
+  explicit Rig(int64_t n = 64) {
+    w = torch::randn({n, 8}, torch::requires_grad());
+    b = torch::randn({8}, torch::requires_grad());
+    buf = torch::arange(5, torch::kLong);
+    opt = std::make_unique<torch::optim::AdamW>(
+        std::vector<at::Tensor>{w, b}, torch::optim::AdamWOptions(0.01));
+  }
+  void train_step() {
+    opt->zero_grad();
+    (w.sum(0) * b).pow(2).sum().backward();
+    opt->step();
+  }
+  void fill(double v) {
+    torch::NoGradGuard g;
+    w.fill_(v);
+    b.fill_(v);
+  }
+  CheckpointState state() {
+    CheckpointState s;
+    s.tensors = {{"w", w}, {"b", b}, {"buf", buf}};
+    s.optimizers = {{"adamw", opt.get()}};
+    return s;
+  }
+  at::Tensor w, b, buf;
+  std::unique_ptr<torch::optim::AdamW> opt;
+};
+
+TEST(Checkpoint, RoundTripRestoresEverythingAndContinuesIdentically) {
+  TempDir dir;
+  torch::manual_seed(0);
+  Rig a;
+  a.train_step();
+  a.train_step();
+  auto s = a.state();
+  s.counters = {{"data_position", 17}, {"skipped_total", 2}};
+  s.info = "model: gpt\nsteps: 10\n";
+  const std::string written = save_checkpoint(dir.path, 2, s);
+  EXPECT_EQ(written, dir.path + "/step-00000002");
+  EXPECT_TRUE(has_checkpoint(dir.path));
+  const auto after_save = torch::rand({3});  // advances the RNG
+
+  torch::manual_seed(123);
+  Rig b;
+  auto t = b.state();
+  const std::string loaded = load_checkpoint(dir.path, t);
+  EXPECT_EQ(loaded, written);
+  EXPECT_TRUE(torch::equal(a.w, b.w));
+  EXPECT_TRUE(torch::equal(a.b, b.b));
+  EXPECT_TRUE(torch::equal(a.buf, b.buf));
+  EXPECT_EQ(t.counters.at("data_position"), 17);
+  EXPECT_EQ(t.counters.at("skipped_total"), 2);
+  EXPECT_EQ(t.counters.at("step"), 2);
+  EXPECT_EQ(t.info, s.info);
+  // The RNG continues where it was at save time.
+  EXPECT_TRUE(torch::equal(torch::rand({3}), after_save));
+  a.train_step();
+  b.train_step();
+  EXPECT_TRUE(torch::equal(a.w, b.w));
+  EXPECT_TRUE(torch::equal(a.b, b.b));
+}
+
+TEST(Checkpoint, MismatchIsRejectedBeforeAnythingChanges) {
+  TempDir dir;
+  Rig a;
+  a.train_step();
+  auto s = a.state();
+  save_checkpoint(dir.path, 1, s);
+  Rig wrong(/*n=*/32);
+  const auto w_before = wrong.w.detach().clone();
+  const auto b_before = wrong.b.detach().clone();
+  auto t = wrong.state();
+  try {
+    load_checkpoint(dir.path, t);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'w' has shape [64, 8], the "
+                                         "model has [32, 8]"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(torch::equal(wrong.w, w_before));
+  EXPECT_TRUE(torch::equal(wrong.b, b_before));
+  Rig other;
+  auto u = other.state();
+  u.tensors.pop_back();  // the checkpoint's "buf" is not in this model
+  EXPECT_THROW(load_checkpoint(dir.path, u), c10::Error);
+  auto v = other.state();
+  v.optimizers[0].first = "came";
+  try {
+    load_checkpoint(dir.path, v);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer 0 is 'adamw', the run has "
+                                         "'came'"),
+              std::string::npos);
+  }
+}
+
+TEST(Checkpoint, DetectsTruncatedFilesAndBadManifests) {
+  TempDir dir;
+  Rig a;
+  auto s = a.state();
+  const std::string d = save_checkpoint(dir.path, 3, s);
+  fs::resize_file(d + "/optimizer-0.pt", fs::file_size(d + "/optimizer-0.pt") - 1);
+  auto t = a.state();
+  try {
+    load_checkpoint(dir.path, t);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer-0.pt' has"),
+              std::string::npos)
+        << e.what();
+  }
+  std::ofstream(d + "/manifest.json") << "{\"format\": \"lowmem-checkpoint\", "
+                                         "\"version\": 99}";
+  try {
+    load_checkpoint(d, t);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("format version 99 is not supported"),
+              std::string::npos)
+        << e.what();
+  }
+  std::ofstream(d + "/manifest.json") << "{\"format\": ";
+  EXPECT_THROW(load_checkpoint(d, t), c10::Error);
+  EXPECT_THROW(resolve_checkpoint(dir.path + "/nothing"), c10::Error);
+}
+
+TEST(Checkpoint, KeepsTheNewestAndResavesAStep) {
+  TempDir dir;
+  Rig a;
+  auto s = a.state();
+  for (int step = 1; step <= 4; ++step) {
+    a.fill(step);
+    save_checkpoint(dir.path, step, s, /*keep_last=*/2);
+  }
+  EXPECT_FALSE(fs::exists(dir.path + "/step-00000001"));
+  EXPECT_FALSE(fs::exists(dir.path + "/step-00000002"));
+  EXPECT_TRUE(fs::exists(dir.path + "/step-00000003"));
+  a.fill(40);
+  save_checkpoint(dir.path, 4, s, 2);  // same step again
+  Rig b;
+  auto t = b.state();
+  EXPECT_EQ(load_checkpoint(dir.path, t), dir.path + "/step-00000004");
+  EXPECT_EQ(b.w[0][0].item<float>(), 40.0f);
+}
+
+// Kill the saving process at a chosen phase: the previous checkpoint must
+// stay loadable, and what loads must be one complete checkpoint.
+const char* g_kill_phase = nullptr;
+void kill_at(const char* phase) {
+  if (g_kill_phase != nullptr && std::strcmp(phase, g_kill_phase) == 0) {
+    ::raise(SIGKILL);
+  }
+}
+
+// Runs `save` in a forked child; returns true if the child died by SIGKILL.
+template <class F>
+bool run_child(F save, int kill_after_us = -1) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    at::set_num_threads(1);
+    save();
+    ::_exit(0);
+  }
+  if (kill_after_us >= 0) {
+    ::usleep(static_cast<useconds_t>(kill_after_us));
+    ::kill(pid, SIGKILL);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+}
+
+TEST(Checkpoint, SigkillAtEveryPhaseLeavesAValidCheckpoint) {
+  struct Case {
+    const char* phase;
+    int64_t expect_step;
+  };
+  for (const Case c : {Case{"weights", 1}, Case{"optimizers", 1},
+                       Case{"manifest", 1}, Case{"renamed", 1},
+                       Case{"latest", 2}}) {
+    TempDir dir;
+    Rig a;
+    a.fill(1);
+    auto s = a.state();
+    save_checkpoint(dir.path, 1, s);
+    const bool killed = run_child([&] {
+      g_kill_phase = c.phase;
+      detail::set_checkpoint_phase_hook(kill_at);
+      a.fill(2);
+      a.train_step();
+      save_checkpoint(dir.path, 2, s);
+    });
+    EXPECT_TRUE(killed) << c.phase;
+    Rig b;
+    auto t = b.state();
+    load_checkpoint(dir.path, t);
+    EXPECT_EQ(t.counters.at("step"), c.expect_step) << c.phase;
+    if (c.expect_step == 1) {
+      EXPECT_EQ(b.w[0][0].item<float>(), 1.0f) << c.phase;
+    }
+    // The next save cleans up and succeeds.
+    save_checkpoint(dir.path, 3, s, 1);
+    for (const auto& e : fs::directory_iterator(dir.path)) {
+      EXPECT_NE(e.path().filename().string().rfind(".tmp-", 0), 0u)
+          << e.path();
+    }
+  }
+}
+
+TEST(Checkpoint, SigkillAtRandomTimesNeverCorrupts) {
+  TempDir dir;
+  Rig a(/*n=*/1 << 17);  // 4 MiB of weights: saves take a while
+  a.fill(1);
+  auto s = a.state();
+  save_checkpoint(dir.path, 1, s);
+  std::mt19937 rng(0);
+  for (int trial = 0; trial < 6; ++trial) {
+    run_child(
+        [&] {
+          for (int step = 2; step < 1000; ++step) {
+            a.fill(step);
+            s.counters["value"] = step;
+            save_checkpoint(dir.path, step, s, 2);
+          }
+        },
+        static_cast<int>(rng() % 60000));
+    Rig b(1 << 17);
+    auto t = b.state();
+    load_checkpoint(dir.path, t);
+    const int64_t step = t.counters.at("step");
+    // Whatever step loads, its weights are that step's, complete.
+    EXPECT_EQ(b.w.min().item<float>(), static_cast<float>(step));
+    EXPECT_EQ(b.w.max().item<float>(), static_cast<float>(step));
+  }
+}
+
+}  // namespace
+}  // namespace lowmem::io

@@ -1,0 +1,155 @@
+#include "lowmem/train/config.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "lowmem/optim/came.h"
+#include "testing/golden.h"
+
+namespace lowmem::train {
+namespace {
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+TEST(Config, KeysComeFromTheVisitors) {
+  Config c;
+  const auto keys = c.keys();
+  auto has = [&](const std::string& k) {
+    return std::find(keys.begin(), keys.end(), k) != keys.end();
+  };
+  EXPECT_TRUE(has("steps"));
+  EXPECT_TRUE(has("came.beta3"));
+  EXPECT_TRUE(has("adafactor.beta1"));
+  EXPECT_TRUE(has("gpt.n_embd"));
+  EXPECT_TRUE(has("galore.rank"));
+  EXPECT_FALSE(has("galore.accumulation_steps"));  // follows accum_steps
+  // Every key round-trips through set/get.
+  for (const auto& k : keys) {
+    const std::string v = c.get(k);
+    EXPECT_NO_THROW(c.set(k, v)) << k << " = " << v;
+    EXPECT_EQ(c.get(k), v) << k;
+  }
+}
+
+TEST(Config, SetParsesAndRejects) {
+  Config c;
+  c.set("steps", "42");
+  EXPECT_EQ(c.steps, 42);
+  c.set("came.beta3", "0.5");
+  EXPECT_EQ(std::get<2>(c.section("came")->get<optim::CameOptions>().betas()),
+            0.5);
+  c.set("adafactor.lr", "0.01");
+  EXPECT_EQ(c.get("adafactor.lr"), "0.01");
+  c.set("adafactor.lr", "none");
+  EXPECT_EQ(c.get("adafactor.lr"), "none");
+  c.set("gpt.bias", "false");
+  EXPECT_EQ(c.get("gpt.bias"), "false");
+  EXPECT_EQ(error_of([&] { c.set("stepz", "1"); }), "unknown key 'stepz'");
+  EXPECT_EQ(error_of([&] { c.set("came.beta9", "1"); }),
+            "unknown key 'came.beta9'");
+  EXPECT_EQ(error_of([&] { c.set("steps", "ten"); }),
+            "bad value 'ten' for steps: expected an integer");
+  EXPECT_EQ(error_of([&] { c.set("steps", "1.5"); }),
+            "bad value '1.5' for steps: expected an integer");
+  EXPECT_EQ(error_of([&] { c.set("came.lr", "fast"); }),
+            "bad value 'fast' for came.lr: expected a number");
+  EXPECT_EQ(error_of([&] { c.set("gpt.bias", "maybe"); }),
+            "bad value 'maybe' for gpt.bias: expected true or false");
+  EXPECT_EQ(error_of([&] { c.set("steps", "99999999999999999999"); }),
+            "value 99999999999999999999 for steps is out of range");
+}
+
+TEST(Config, ValidateNamesAndRanges) {
+  Config c;
+  c.validate();
+  c.optimizer = "adam";
+  EXPECT_NE(error_of([&] { c.validate(); }).find("unknown optimizer 'adam'"),
+            std::string::npos);
+  c = Config();
+  c.steps = 0;
+  EXPECT_EQ(error_of([&] { c.validate(); }), "steps must be >= 1, got 0");
+  c = Config();
+  c.warmup_steps = c.steps + 1;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("warmup_steps must be in"),
+            std::string::npos);
+  c = Config();
+  c.min_lr_ratio = 2;
+  EXPECT_NE(error_of([&] { c.validate(); }).find("min_lr_ratio"),
+            std::string::npos);
+  c = Config();
+  c.resume = "auto";
+  EXPECT_NE(error_of([&] { c.validate(); }).find("out_dir"),
+            std::string::npos);
+}
+
+TEST(Config, YamlRecipeThenOverrides) {
+  Config c;
+  c.apply_yaml(
+      "steps: 50\noptimizer: came\ncame:\n  beta3: 0.99\n  lr: 1e-3\n"
+      "gpt:\n  n_layer: 2\n",
+      "r.yaml");
+  EXPECT_EQ(c.steps, 50);
+  EXPECT_EQ(c.optimizer, "came");
+  EXPECT_EQ(c.get("came.beta3"), "0.99");
+  EXPECT_EQ(c.get("gpt.n_layer"), "2");
+  c.set("came.beta3", "0.9");  // a flag overrides the recipe
+  EXPECT_EQ(c.get("came.beta3"), "0.9");
+  EXPECT_EQ(error_of([&] { c.apply_yaml("stepz: 1\n", "r.yaml"); }),
+            "r.yaml: unknown key 'stepz'");
+  EXPECT_EQ(error_of([&] { c.apply_yaml("came:\n  nope: 1\n", "r.yaml"); }),
+            "r.yaml: unknown key 'came.nope'");
+  EXPECT_EQ(error_of([&] { c.apply_yaml("nope:\n  a: 1\n", "r.yaml"); }),
+            "r.yaml: unknown section 'nope'");
+  EXPECT_EQ(error_of([&] { c.apply_yaml("steps: [1, 2]\n", "r.yaml"); }),
+            "r.yaml: key 'steps' must be a single value");
+  EXPECT_NE(error_of([&] { c.apply_yaml("steps: : :\n", "r.yaml"); })
+                .find("r.yaml: invalid YAML"),
+            std::string::npos);
+}
+
+TEST(Config, ToYamlRoundTrips) {
+  Config c;
+  c.set("optimizer", "came");
+  c.set("came.eps1", "1e-30");
+  c.set("targets", "");
+  c.set("out_dir", "runs/a b");
+  const std::string y = c.to_yaml();
+  EXPECT_NE(y.find("came:"), std::string::npos);
+  EXPECT_EQ(y.find("adafactor:"), std::string::npos);  // inactive section
+  Config d;
+  d.apply_yaml(y, "printed");
+  EXPECT_EQ(d.to_yaml(/*all=*/true), c.to_yaml(/*all=*/true));
+}
+
+TEST(Config, EveryShippedRecipeLoadsAndValidates) {
+  namespace fs = std::filesystem;
+  int n = 0;
+  for (const auto& e :
+       fs::directory_iterator(lowmem::testing::source_path("recipes"))) {
+    if (e.path().extension() != ".yaml") {
+      continue;
+    }
+    Config c;
+    EXPECT_NO_THROW(c.apply_yaml_file(e.path().string())) << e.path();
+    EXPECT_NO_THROW(c.validate()) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 1);
+  Config d;
+  d.apply_yaml_file(lowmem::testing::source_path("recipes/gpt-fortunes.yaml"));
+  EXPECT_EQ(d.model, "gpt");
+  EXPECT_EQ(d.data, "text");
+  EXPECT_EQ(d.optimizer, "adamw");
+}
+
+}  // namespace
+}  // namespace lowmem::train
