@@ -1,5 +1,6 @@
 #include "lowmem/adapters/projected_adapter.h"
 
+#include "lowmem/adapters/slot_module.h"
 #include "lowmem/core/memory.h"
 #include "testing/gradcheck.h"
 #include "testing/pch.h"
@@ -79,7 +80,7 @@ TEST(ProjectedLinear, GradcheckInputAndA) {
 }
 
 TEST(ProjectedLinear, MergeAndRebaseKeepTheFunction) {
-  auto l = make(8, 6, "std");
+  auto l = make(8, 6, "right");
   auto x = torch::randn({2, 8}, torch::kDouble);
   auto y0 = l->forward(x).detach();
   auto old = l->projector().right().clone();
