@@ -115,8 +115,8 @@ class Adafactor(torch.optim.Optimizer):
             scale = max(group["eps"][1], state["RMS"])
         return scale * rel
 
-    _rms = CAME._rms
-    _approx_sq_grad = CAME._approx_sq_grad
+    _rms = staticmethod(CAME._rms)
+    _approx_sq_grad = staticmethod(CAME._approx_sq_grad)
 
     @torch.no_grad()
     def step(self):

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <sstream>
 
 #include "config_json.h"
 #include "lowmem/core/check.h"
@@ -16,9 +17,19 @@ at::ScalarType adapter_dtype(const at::Tensor& base_weight) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
-std::string last_component(const std::string& path) {
-  auto dot = path.find_last_of('.');
-  return dot == std::string::npos ? path : path.substr(dot + 1);
+// The projection type of a slot path: its components without the integer
+// (layer index) ones, joined by '_' ("h.3.attn.proj" -> "h_attn_proj"), so
+// that attn.proj and mlp.proj form different groups.
+std::string type_key(const std::string& path) {
+  std::string out, part;
+  std::stringstream ss(path);
+  while (std::getline(ss, part, '.')) {
+    if (!part.empty() &&
+        std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+      continue;
+    out += (out.empty() ? "" : "_") + part;
+  }
+  return out;
 }
 
 // Top-r left singular vectors of m (exact SVD; the repo uses svd_lowrank).
@@ -90,7 +101,7 @@ std::shared_ptr<LotrModel> inject_lotr(std::shared_ptr<torch::nn::Module> model,
   // appearance.
   std::vector<std::pair<std::string, std::vector<SlotRef>>> groups;
   for (const auto& s : slots) {
-    std::string key = options.grouping() == "shared" ? "all" : last_component(s.path);
+    std::string key = options.grouping() == "shared" ? "all" : type_key(s.path);
     auto it = std::find_if(groups.begin(), groups.end(),
                            [&](const auto& g) { return g.first == key; });
     if (it == groups.end()) {

@@ -5,6 +5,7 @@
 #include <torch/nn/init.h>
 
 #include <cmath>
+#include <limits>
 
 #include "config_json.h"
 #include "lowmem/core/check.h"
@@ -17,50 +18,75 @@ at::ScalarType adapter_dtype(const at::Tensor& base_weight) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
-// The factor G_s is multiplied by to get dL/dK (variant semantics, τ and the
-// code's mask stopped).
-at::Tensor sparsify_grad_factor(const at::Tensor& k, double q, const std::string& variant) {
-  at::Tensor a = k.abs();
-  at::Tensor tau = snell_threshold(a, q, variant);
-  if (variant == "paper") {
-    // d/dK [K·relu(|K|−τ)] = relu(|K|−τ) + |K|·1[|K|>τ]
-    return at::relu(a - tau) + a * (a > tau).to(a.scalar_type());
-  }
-  return a * (a > tau).to(a.scalar_type());
+// K_s for a given threshold τ (variant semantics; τ and the code's mask are
+// gradient-stopped).
+at::Tensor apply_threshold(const at::Tensor& k, const at::Tensor& tau,
+                           const std::string& variant) {
+  if (variant == "paper") return k * at::relu(k.abs() - tau);
+  at::Tensor a = k.abs().detach();
+  return k * (a * (a > tau).to(a.scalar_type()));
 }
 
-// u · K_s, saving only u (and the parameters); K is rebuilt in backward.
+// In-place, gradient-free K -> K_s for a given τ (used by the custom
+// Function; fewer d_in x d_out temporaries than apply_threshold).
+void sparsify_(at::Tensor& k, const at::Tensor& tau, const std::string& variant) {
+  at::Tensor a = k.abs();
+  if (variant == "paper") {
+    k.mul_(a.sub_(tau).clamp_min_(0));
+  } else {
+    at::Tensor keep = a > tau;
+    k.mul_(a.mul_(keep));
+  }
+}
+
+// u · K_s, saving only u, the parameters and τ (a scalar); K is rebuilt in
+// backward.
 struct SnellMatmul : public torch::autograd::Function<SnellMatmul> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& u,
                             const at::Tensor& a, const at::Tensor& b,
                             const at::Tensor& c, double q, std::string variant) {
-    ctx->save_for_backward({u, a, b, c});
+    at::Tensor k = snell_kernel(a, b, c);
+    at::Tensor tau = q > 0.0 ? snell_threshold(k.abs(), q, variant) : at::zeros({}, k.options());
+    ctx->save_for_backward({u, a, b, c, tau});
     ctx->saved_data["q"] = q;
     ctx->saved_data["variant"] = variant;
-    at::Tensor ks = snell_sparsify(snell_kernel(a, b, c), q, variant);
-    return at::mm(u, ks);
+    if (q > 0.0) sparsify_(k, tau, variant);
+    return at::mm(u, k);
   }
 
   static torch::autograd::variable_list backward(
       torch::autograd::AutogradContext* ctx, torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const at::Tensor &u = saved[0], &a = saved[1], &b = saved[2], &c = saved[3];
+    const at::Tensor &u = saved[0], &a = saved[1], &b = saved[2], &c = saved[3],
+                     &tau = saved[4];
     const double q = ctx->saved_data["q"].toDouble();
     const std::string variant = ctx->saved_data["variant"].toStringRef();
     const at::Tensor& g = grads[0];  // [N, d_out]
     const int64_t h_count = a.size(0);
-    // Recompute the distance matrices and K.
+    // Recompute the distance matrices and K (bitwise as in forward, so the
+    // saved τ selects the same entries).
     std::vector<at::Tensor> d(h_count);
     at::Tensor k;
     for (int64_t h = 0; h < h_count; ++h) {
       d[h] = at::cdist(a[h], b[h]);  // [d_in, d_out]
-      k = h == 0 ? d[h] * c[h] : k + d[h] * c[h];
+      k = h == 0 ? d[h] * c[h] : k.add_(d[h] * c[h]);
     }
     at::Tensor du, da, db, dc;
     at::Tensor gk = at::mm(u.t(), g);  // dL/dK_s [d_in, d_out]
     if (q > 0.0) {
-      if (ctx->needs_input_grad(0)) du = at::mm(g, snell_sparsify(k, q, variant).t());
-      gk.mul_(sparsify_grad_factor(k, q, variant));
+      // dK_s/dK: code = the stopped mask S = |K|·1[|K|>τ];
+      // paper = relu(|K|−τ) + |K|·1[|K|>τ] (τ stopped).
+      at::Tensor abs_k = k.abs();
+      at::Tensor keep = abs_k > tau;
+      if (variant == "paper") {
+        at::Tensor soft = (abs_k - tau).clamp_min_(0);
+        if (ctx->needs_input_grad(0)) du = at::mm(g, (k * soft).t());
+        gk.mul_(soft.add_(abs_k.mul_(keep)));
+      } else {
+        abs_k.mul_(keep);  // S
+        if (ctx->needs_input_grad(0)) du = at::mm(g, (k * abs_k).t());
+        gk.mul_(abs_k);
+      }
     } else if (ctx->needs_input_grad(0)) {
       du = at::mm(g, k.t());
     }
@@ -70,7 +96,8 @@ struct SnellMatmul : public torch::autograd::Function<SnellMatmul> {
       db = at::empty_like(b);
       for (int64_t h = 0; h < h_count; ++h) {
         // M = c_h·G ⊘ D_h, 0 where D_h = 0 (as torch.cdist's backward).
-        at::Tensor m = at::where(d[h] > 0, gk / d[h], at::zeros({}, gk.options())) * c[h];
+        at::Tensor m = gk / d[h];
+        m.masked_fill_(d[h] == 0, 0).mul_(c[h]);
         da[h] = m.sum(1, /*keepdim=*/true) * a[h] - at::mm(m, b[h]);
         db[h] = m.sum(0).unsqueeze(1) * b[h] - at::mm(m.t(), a[h]);
       }
@@ -130,16 +157,16 @@ at::Tensor snell_threshold(const at::Tensor& abs_k, double q, const std::string&
   const double frac = p - static_cast<double>(lo);
   at::Tensor v_lo = std::get<0>(at::kthvalue(flat, lo + 1));
   if (frac == 0.0 || lo + 1 >= n) return v_lo;
-  at::Tensor v_hi = std::get<0>(at::kthvalue(flat, lo + 2));
+  // The (lo+2)-th smallest: v_lo again if it is repeated, else the smallest
+  // value above it (one pass instead of a second selection).
+  at::Tensor above = flat.masked_fill(flat <= v_lo, std::numeric_limits<double>::infinity());
+  at::Tensor v_hi = at::where((flat <= v_lo).sum() >= lo + 2, v_lo, above.min());
   return v_lo + (v_hi - v_lo) * frac;
 }
 
 at::Tensor snell_sparsify(const at::Tensor& k, double q, const std::string& variant) {
   if (q <= 0.0) return k;
-  at::Tensor a = k.abs().detach();
-  at::Tensor tau = snell_threshold(a, q, variant);
-  if (variant == "paper") return k * at::relu(k.abs() - tau);
-  return k * (a * (a > tau).to(a.scalar_type()));
+  return apply_threshold(k, snell_threshold(k.abs().detach(), q, variant), variant);
 }
 
 at::Tensor snell_matmul(const at::Tensor& u, const at::Tensor& a, const at::Tensor& b,

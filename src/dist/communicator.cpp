@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <sstream>
+#include <thread>
 
 namespace lowmem::dist {
 
@@ -118,6 +119,10 @@ std::shared_ptr<Communicator> Communicator::init(
       options.timeout_s() > 0,
       "[dist] timeout_s must be > 0, got ",
       options.timeout_s());
+  LOWMEM_CHECK(
+      options.rendezvous_timeout_s() > 0,
+      "[dist] rendezvous_timeout_s must be > 0, got ",
+      options.rendezvous_timeout_s());
   const std::string backend = resolve_backend(options);
   std::shared_ptr<Communicator> comm(new Communicator(env, options));
   if (env.world_size == 1) {
@@ -126,13 +131,14 @@ std::shared_ptr<Communicator> Communicator::init(
   auto impl = std::make_unique<Impl>();
   impl->backend = backend;
   const auto timeout = to_ms(options.timeout_s());
+  const auto join_timeout = to_ms(options.rendezvous_timeout_s());
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(env.master_port);
     so.isServer = env.rank == 0;
     so.numWorkers = static_cast<size_t>(env.world_size);
     so.waitWorkers = true;
-    so.timeout = timeout;
+    so.timeout = join_timeout;
     impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
   } catch (const std::exception& e) {
     LOWMEM_CHECK(
@@ -146,13 +152,48 @@ std::shared_ptr<Communicator> Communicator::init(
         " MASTER_PORT=",
         env.master_port,
         " within ",
-        options.timeout_s(),
+        options.rendezvous_timeout_s(),
         " s (",
         env.rank == 0 ? "another process may hold the port, or a worker "
                         "never arrived"
                       : "rank 0 is not listening there",
         "). Cause: ",
         e.what());
+  }
+  // Everyone meets in the store before the process group connects: Gloo's
+  // connect runs under the collective timeout, which must not have to cover
+  // the workers' start-up skew (timed by the join timeout instead).
+  {
+    const auto deadline = std::chrono::steady_clock::now() + join_timeout;
+    int64_t arrived = 0;
+    try {
+      arrived = impl->store->add("lowmem/joined", 1);
+      while (arrived < env.world_size &&
+             std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        arrived = impl->store->add("lowmem/joined", 0);
+      }
+    } catch (const std::exception& e) {
+      LOWMEM_CHECK(
+          false,
+          "[dist] rendezvous failed for rank ",
+          env.rank,
+          " of ",
+          env.world_size,
+          " while waiting for the other ranks. Cause: ",
+          e.what());
+    }
+    LOWMEM_CHECK(
+        arrived >= env.world_size,
+        "[dist] rendezvous failed for rank ",
+        env.rank,
+        " of ",
+        env.world_size,
+        ": only ",
+        arrived,
+        " ranks arrived within ",
+        options.rendezvous_timeout_s(),
+        " s");
   }
   try {
     if (backend == "gloo") {

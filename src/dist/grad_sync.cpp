@@ -223,4 +223,104 @@ void GradSync::synchronize() {
   reset_step_locked();
 }
 
+int64_t allreduce_mean_bucketed(
+    Communicator& comm,
+    std::vector<at::Tensor>& grads,
+    double bucket_cap_mb) {
+  LOWMEM_CHECK(
+      bucket_cap_mb > 0, "[dist] bucket_cap_mb must be > 0, got ", bucket_cap_mb);
+  if (comm.world_size() == 1 || grads.empty()) {
+    return 0;
+  }
+  at::NoGradGuard no_grad;
+  const auto cap = static_cast<int64_t>(bucket_cap_mb * 1024 * 1024);
+  struct Pack {
+    std::vector<size_t> members;
+    at::Tensor flat;
+    Work work;
+  };
+  std::vector<Pack> packs;
+  int64_t bytes = 0;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const auto& g = grads[i];
+    const int64_t gb = g.numel() * static_cast<int64_t>(g.element_size());
+    bool fresh = packs.empty() || bytes + gb > cap;
+    if (!fresh) {
+      const auto& first = grads[packs.back().members.front()];
+      fresh = first.scalar_type() != g.scalar_type() ||
+          first.device() != g.device();
+    }
+    if (fresh) {
+      packs.emplace_back();
+      bytes = 0;
+    }
+    packs.back().members.push_back(i);
+    bytes += gb;
+  }
+  int64_t total = 0;
+  for (auto& pk : packs) {
+    std::vector<at::Tensor> parts;
+    for (const size_t i : pk.members) {
+      parts.push_back(grads[i].reshape({-1}));
+    }
+    pk.flat = at::cat(parts);
+    total += pk.flat.numel() * static_cast<int64_t>(pk.flat.element_size());
+    pk.work = comm.allreduce_sum_async({pk.flat});
+  }
+  for (auto& pk : packs) {
+    pk.work.wait();
+    pk.flat.div_(comm.world_size());
+    int64_t off = 0;
+    for (const size_t i : pk.members) {
+      auto& g = grads[i];
+      g.copy_(pk.flat.narrow(0, off, g.numel()).view(g.sizes()));
+      off += g.numel();
+    }
+  }
+  return total;
+}
+
+std::function<void(std::vector<at::Tensor>&)> make_trainer_grad_sync(
+    std::shared_ptr<Communicator> comm,
+    double bucket_cap_mb) {
+  LOWMEM_CHECK(comm != nullptr, "[dist] make_trainer_grad_sync needs a communicator");
+  LOWMEM_CHECK(
+      bucket_cap_mb > 0, "[dist] bucket_cap_mb must be > 0, got ", bucket_cap_mb);
+  return [comm, bucket_cap_mb](std::vector<at::Tensor>& grads) {
+    if (comm->world_size() == 1) {
+      return;
+    }
+    // Cheap agreement check on the layout (count and total elements) so a
+    // rank with a missing gradient fails clearly instead of mixing tensors.
+    int64_t numel = 0;
+    for (const auto& g : grads) {
+      numel += g.numel();
+    }
+    auto layout = at::tensor(
+        {static_cast<int64_t>(grads.size()), numel}, at::kLong);
+    layout = layout.to(at::Device(comm->options().device()));
+    const auto all = comm->allgather(layout);
+    for (int r = 0; r < comm->world_size(); ++r) {
+      const auto theirs = all[r].to(at::kCPU);
+      LOWMEM_CHECK(
+          theirs[0].item<int64_t>() == static_cast<int64_t>(grads.size()) &&
+              theirs[1].item<int64_t>() == numel,
+          "[dist] gradient layouts differ: rank ",
+          comm->rank(),
+          " has ",
+          grads.size(),
+          " gradients (",
+          numel,
+          " elements), rank ",
+          r,
+          " has ",
+          theirs[0].item<int64_t>(),
+          " (",
+          theirs[1].item<int64_t>(),
+          " elements); a parameter got no gradient on some ranks");
+    }
+    allreduce_mean_bucketed(*comm, grads, bucket_cap_mb);
+  };
+}
+
 }  // namespace lowmem::dist

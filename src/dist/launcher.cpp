@@ -116,7 +116,7 @@ LaunchResult launch_local(
         {"MASTER_ADDR", options.master_addr()},
         {"MASTER_PORT", std::to_string(port)},
     };
-    if (std::getenv("OMP_NUM_THREADS") == nullptr) {
+    if (n > 1 && std::getenv("OMP_NUM_THREADS") == nullptr) {
       set.emplace_back("OMP_NUM_THREADS", "1");  // as torchrun
     }
     for (const auto& kv : options.env()) {

@@ -1,6 +1,8 @@
 #include "lowmem/dist/low_rank.h"
 
 #include "lowmem/core/check.h"
+#include "lowmem/optim/galore.h"
+#include "lowmem/projection/projector.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -16,10 +18,11 @@ uint64_t mix_seed(uint64_t a, uint64_t b) {
   return h;
 }
 
-// For W [m, n]: project along the smaller side, as GaLore does
-// (m <= n: left, P^T G is r x n; else right, G Q is m x r).
+// GaLore's "std" side for W [m, n]: m >= n: right (G Q, m x r), else left
+// (P^T G, r x n); so a GaLore basis can be used as it is.
 bool left_side(const at::Tensor& p) {
-  return p.size(0) <= p.size(1);
+  return projection::side_for("std", p.size(0), p.size(1)) ==
+      projection::Side::kLeft;
 }
 
 at::Tensor project(const at::Tensor& g, const at::Tensor& basis) {
@@ -174,6 +177,44 @@ void LowRankGradSync::synchronize() {
   }
   bytes_last_step_ = comm_->stats().total_bytes() - before;
   ++step_;
+}
+
+BasisProvider galore_basis_provider(
+    const optim::GaLore& galore,
+    std::vector<at::Tensor> projected) {
+  LOWMEM_CHECK(
+      projected.size() == galore.num_projected(),
+      "[dist] galore_basis_provider needs GaLore's projected parameters (",
+      galore.num_projected(),
+      "), got ",
+      projected.size());
+  LOWMEM_CHECK(
+      !galore.options().layerwise() &&
+          galore.options().accumulation_steps() == 1,
+      "[dist] low-rank sync needs GaLore without layerwise updates or "
+      "accumulation hooks (they consume the gradient during backward)");
+  const optim::GaLore* g = &galore;
+  return [g, projected = std::move(projected)](
+             int64_t, const at::Tensor& param, int64_t) -> at::Tensor {
+    for (size_t i = 0; i < projected.size(); ++i) {
+      if (!projected[i].is_same(param)) {
+        continue;
+      }
+      const auto& proj = g->projector(i);
+      if (!proj.has_basis() || proj.needs_refresh(g->step_count(i))) {
+        return {};  // GaLore draws a new basis from this step's gradient
+      }
+      const bool left = left_side(param);
+      if (proj.side() == projection::Side::kLeft && left) {
+        return proj.left();
+      }
+      if (proj.side() == projection::Side::kRight && !left) {
+        return proj.right();
+      }
+      return {};
+    }
+    return {};
+  };
 }
 
 }  // namespace lowmem::dist

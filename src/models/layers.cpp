@@ -48,11 +48,17 @@ at::Tensor SelfAttention::forward(const at::Tensor& x) {
   const int64_t B = x.size(0), T = x.size(1), H = n_head_, D = n_embd_ / H;
   // One fused projection, then one copy into [3, B*H, T, D] (q, k, v).
   at::Tensor qkv = linear("qkv").forward(x);
-  at::Tensor heads =
-      qkv.view({B, T, 3, H, D}).permute({2, 0, 3, 1, 4}).contiguous();
-  at::Tensor q = heads[0].view({B * H, T, D});
-  at::Tensor k = heads[1].view({B * H, T, D});
-  at::Tensor v = heads[2].view({B * H, T, D});
+  // unbind, not heads[i]: three select()s would each back-propagate through a
+  // zero-filled copy of the whole [3, ...] tensor; unbind's backward is one
+  // stack.
+  auto heads = qkv.view({B, T, 3, H, D})
+                   .permute({2, 0, 3, 1, 4})
+                   .contiguous()
+                   .view({3, B * H, T, D})
+                   .unbind(0);
+  const at::Tensor& q = heads[0];
+  const at::Tensor& k = heads[1];
+  const at::Tensor& v = heads[2];
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   at::Tensor scores;
   if (causal_) {

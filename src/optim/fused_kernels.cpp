@@ -153,28 +153,70 @@ void factors(const float* row, const float* col, int64_t B, int64_t M,
   for (int64_t k = 0; k < B * N; ++k) cfac[k] = 1.f / std::sqrt(col[k]);
 }
 
-// sum_ij ((rfac_i * cfac_j) * g_ij)^2 over all rows.
-double factored_sumsq(const float* g, const float* rfac, const float* cfac,
-                      int64_t B, int64_t M, int64_t N) {
-  const int64_t rows = B * M;
+// Pass 1 of the factored optimizers, one read of g (and of p when `p` is
+// given, for the parameter RMS):
+//   row <- beta*row + (1-beta)*mean_r(g^2 + eps1), col likewise with mean_c;
+// returns sum_ij u_ij^2 for u = rsqrt(row_i/mean(row)) * rsqrt(col_j) * g_ij
+// with the *updated* row/col, without a second pass over g, from
+//   sum u^2 = sum_b mean_b(row) * sum_j (1/col_bj) * sum_i g_bij^2 / row_bi,
+// where row_bi is final as soon as row i has been read (the row is still in
+// L1 for the weighted column sum). *p_sumsq receives sum p^2.
+double sq_pass(const float* g, int64_t B, int64_t M, int64_t N, double eps1_d,
+               double beta, float* row, float* col, const float* p,
+               double* p_sumsq) {
+  const int64_t rows = B * M, BN = B * N;
   const int64_t chunks = std::min(rows, num_chunks(rows * N));
-  std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+  std::vector<float> partial(static_cast<size_t>(chunks * 2 * BN), 0.f);
+  std::vector<double> psq(static_cast<size_t>(chunks), 0.0);
+  const float eps1 = static_cast<float>(eps1_d);
+  const float bb = static_cast<float>(beta);
+  const float aa = static_cast<float>(1.0 - beta);
   for_chunks(rows, chunks, [&](int64_t c, int64_t r0, int64_t r1) {
-    double s = 0.0;
+    float* acc = partial.data() + c * 2 * BN;
+    float* wacc = acc + BN;
+    double ps = 0.0;
     for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / M;
       const float* __restrict gr = g + r * N;
-      const float* __restrict cf = cfac + (r / M) * N;
-      const float rf = rfac[r];
-      s += lane_sum(0, N, [&](int64_t j) {
-        const float u = (rf * cf[j]) * gr[j];
-        return u * u;
-      });
+      const float rs = row_reduce(
+          N, acc + b * N, [&](int64_t j) { return gr[j] * gr[j] + eps1; });
+      const float rn = row[r] * bb + aa * (rs / static_cast<float>(N));
+      row[r] = rn;  // each row belongs to one chunk
+      const float inv = 1.f / rn;
+      float* __restrict w = wacc + b * N;
+      for (int64_t j = 0; j < N; ++j) w[j] += gr[j] * gr[j] * inv;
+      if (p != nullptr) {
+        const float* __restrict pr = p + r * N;
+        ps += lane_sum(0, N, [&](int64_t j) { return pr[j] * pr[j]; });
+      }
     }
-    part[c] = s;
+    psq[c] = ps;
   });
-  double s = 0.0;
-  for (double x : part) s += x;
-  return s;
+  std::vector<double> wsum(static_cast<size_t>(BN));
+  for (int64_t k = 0; k < BN; ++k) {
+    float cs = 0.f;
+    double ws = 0.0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      cs += partial[c * 2 * BN + k];
+      ws += partial[c * 2 * BN + BN + k];
+    }
+    col[k] = col[k] * bb + aa * (cs / static_cast<float>(M));
+    wsum[k] = ws;
+  }
+  double sumsq = 0.0;
+  for (int64_t b = 0; b < B; ++b) {
+    double mean_r = 0.0, s = 0.0;
+    for (int64_t i = 0; i < M; ++i) mean_r += row[b * M + i];
+    mean_r /= static_cast<double>(M);
+    for (int64_t j = 0; j < N; ++j) s += wsum[b * N + j] / col[b * N + j];
+    sumsq += mean_r * s;
+  }
+  if (p_sumsq != nullptr) {
+    double t = 0.0;
+    for (double x : psq) t += x;
+    *p_sumsq = t;
+  }
+  return sumsq;
 }
 
 float clip_div(double sumsq, int64_t n, double threshold) {
@@ -207,22 +249,13 @@ void came_factored(
   float* __restrict pp = fptr(p);
   std::vector<float> rsum(B * M), csum(B * N), rfac(B * M), cfac(B * N);
 
-  // Pass 1 (g): row/col means of q = g^2 + eps1; EMA with beta2.
-  const float eps1 = static_cast<float>(h.eps1);
-  rows_cols(B, M, N, rsum.data(), csum.data(), [&](int64_t r, float* acc) {
-    const float* __restrict gr = g + r * N;
-    return row_reduce(N, acc, [&](int64_t j) { return gr[j] * gr[j] + eps1; });
-  });
-  ema_means(fptr(row), rsum.data(), B * M, N, h.beta2);
-  ema_means(fptr(col), csum.data(), B * N, M, h.beta2);
+  // Pass 1 (g): row/col EMAs of g^2 + eps1 and the RMS of u for the clip.
+  const double sumsq = sq_pass(g, B, M, N, h.eps1, h.beta2, fptr(row),
+                               fptr(col), nullptr, nullptr);
   factors(fptr(row), fptr(col), B, M, N, rfac.data(), cfac.data());
+  const float clip = clip_div(sumsq, p.numel(), h.clip_threshold);
 
-  // Pass 2 (g): RMS of u = rsqrt(V_hat) * g for the clip.
-  const float clip = clip_div(
-      factored_sumsq(g, rfac.data(), cfac.data(), B, M, N), p.numel(),
-      h.clip_threshold);
-
-  // Pass 3 (g, m -> m): u_hat = u / clip; m <- b1 m + (1-b1) u_hat;
+  // Pass 2 (g, m -> m): u_hat = u / clip; m <- b1 m + (1-b1) u_hat;
   // residual (u_hat - m)^2 + eps2 reduced to row/col means; EMA with beta3.
   const float b1 = static_cast<float>(h.beta1);
   const float a1 = static_cast<float>(1.0 - h.beta1);
@@ -246,7 +279,7 @@ void came_factored(
   ema_means(fptr(res_col), csum.data(), B * N, M, h.beta3);
   factors(fptr(res_row), fptr(res_col), B, M, N, rfac.data(), cfac.data());
 
-  // Pass 4 (p, m -> p): p <- p - lr*wd*p; p <- p - lr * (rsqrt(S_hat) * m).
+  // Pass 3 (p, m -> p): p <- p - lr*wd*p; p <- p - lr * (rsqrt(S_hat) * m).
   const float wdc = static_cast<float>(-h.weight_decay * h.lr);
   const bool decay = h.weight_decay != 0;
   const float lr = static_cast<float>(h.lr);
@@ -321,39 +354,25 @@ void adafactor_factored(
   const float* __restrict g = fptr(g_t);
   float* __restrict pp = fptr(p);
   float* __restrict m = h.use_beta1 ? fptr(m_t) : nullptr;
-  std::vector<float> rsum(B * M), csum(B * N), rfac(B * M), cfac(B * N);
+  std::vector<float> rfac(B * M), cfac(B * N);
   const int64_t rows = B * M;
   const int64_t chunks = std::min(rows, num_chunks(rows * N));
 
-  // Pass 1 (g[, p]): row/col means of g^2 + eps1 and, with parameter
-  // scaling, the sum of p^2 (the RMS before the update).
-  const float eps1 = static_cast<float>(h.eps1);
-  std::vector<double> psq(B * M, 0.0);
-  rows_cols(B, M, N, rsum.data(), csum.data(), [&](int64_t r, float* acc) {
-    const float* __restrict gr = g + r * N;
-    if (h.scale_parameter) {
-      const float* __restrict pr = pp + r * N;
-      psq[r] = lane_sum(0, N, [&](int64_t j) { return pr[j] * pr[j]; });
-    }
-    return row_reduce(N, acc, [&](int64_t j) { return gr[j] * gr[j] + eps1; });
-  });
-  ema_means(fptr(row), rsum.data(), B * M, N, h.beta2t);
-  ema_means(fptr(col), csum.data(), B * N, M, h.beta2t);
+  // Pass 1 (g[, p]): row/col EMAs of g^2 + eps1, the RMS of u for the clip
+  // and, with parameter scaling, the RMS of p before the update.
+  double psq = 0.0;
+  const double sumsq =
+      sq_pass(g, B, M, N, h.eps1, h.beta2t, fptr(row), fptr(col),
+              h.scale_parameter ? pp : nullptr, &psq);
   factors(fptr(row), fptr(col), B, M, N, rfac.data(), cfac.data());
   double alpha = h.rho;
   if (h.scale_parameter) {
-    double s = 0.0;
-    for (double x : psq) s += x;
-    const double rms = std::sqrt(s / static_cast<double>(p.numel()));
+    const double rms = std::sqrt(psq / static_cast<double>(p.numel()));
     alpha = std::max(h.eps2, rms) * h.rho;
   }
+  const float clip = clip_div(sumsq, p.numel(), h.clip_threshold);
 
-  // Pass 2 (g): clip divisor.
-  const float clip = clip_div(
-      factored_sumsq(g, rfac.data(), cfac.data(), B, M, N), p.numel(),
-      h.clip_threshold);
-
-  // Pass 3 (g, p[, M] -> p[, M]).
+  // Pass 2 (g, p[, M] -> p[, M]).
   const float al = static_cast<float>(alpha);
   const float wdc = static_cast<float>(-h.weight_decay * alpha);
   const bool decay = h.weight_decay != 0;

@@ -13,8 +13,8 @@ bool fusable(const at::Tensor& p, const at::Tensor& g);
 struct CameHyper {
   double lr, beta1, beta2, beta3, eps1, eps2, clip_threshold, weight_decay;
 };
-/// CAME, ndim >= 2 (factored over the last two dims): 4 passes
-/// (g | g | g, m -> m | p, m -> p): 32 bytes per element.
+/// CAME, ndim >= 2 (factored over the last two dims): 3 passes
+/// (g | g, m -> m | p, m -> p): 28 bytes per element.
 void came_factored(
     at::Tensor& p,
     const at::Tensor& g,
@@ -40,7 +40,7 @@ struct AdafactorHyper {
   bool use_beta1;
   double beta1;
 };
-/// Adafactor, ndim >= 2: 3 passes (g[, p] | g | g, p[, M] -> p[, M]).
+/// Adafactor, ndim >= 2: 2 passes (g[, p] | g, p[, M] -> p[, M]).
 void adafactor_factored(
     at::Tensor& p,
     const at::Tensor& g,

@@ -22,11 +22,11 @@ TEST(Lotr, ParameterCountsPerGroup) {
   EXPECT_EQ(lotr->num_trainable_parameters(), want);
   // The shared factors appear once in the model's parameters.
   auto names = model->named_parameters();
-  EXPECT_TRUE(names.contains("lotr_q.lhs"));
-  EXPECT_TRUE(names.contains("lotr_q.rhs"));
+  EXPECT_TRUE(names.contains("lotr_blocks_q.lhs"));
+  EXPECT_TRUE(names.contains("lotr_blocks_q.rhs"));
   EXPECT_TRUE(names.contains("blocks.1.q.lotr_core"));
-  EXPECT_EQ(names["lotr_up.lhs"].sizes(), (std::vector<int64_t>{r, 2 * d}));
-  EXPECT_EQ(names["lotr_up.rhs"].sizes(), (std::vector<int64_t>{d, r}));
+  EXPECT_EQ(names["lotr_blocks_up.lhs"].sizes(), (std::vector<int64_t>{r, 2 * d}));
+  EXPECT_EQ(names["lotr_blocks_up.rhs"].sizes(), (std::vector<int64_t>{d, r}));
   EXPECT_EQ(static_cast<int64_t>(model->parameters().size()),
             static_cast<int64_t>(names.size()));
   // One group across types (repo experiments): r(d_in+d_out) + 2L r^2.
@@ -150,7 +150,7 @@ TEST(Lotr, MergeUnmergeAndUnload) {
     EXPECT_LE((l.layer->base_weight() - before[l.path + ".weight"]).abs().max().item<double>(),
               1e-6);
   lotr->merge_and_unload();
-  EXPECT_FALSE(model->named_children().contains("lotr_q"));
+  EXPECT_FALSE(model->named_children().contains("lotr_blocks_q"));
   EXPECT_LE((model->forward(x) - unmerged).abs().max().item<double>(), 1e-6);
 }
 

@@ -84,6 +84,50 @@ TEST(DataParallel, TwoProcessesEqualOneProcessSgdAfterBackward) {
   run_two_vs_one(cfg);
 }
 
+TEST(DataParallel, TwoProcessesEqualOneProcessCame) {
+  auto cfg = base_config(temp_dir());
+  cfg.kv["optim"] = "came";
+  run_two_vs_one(cfg);
+}
+
+TEST(DataParallel, TwoProcessesEqualOneProcessLora) {
+  auto cfg = base_config(temp_dir());
+  cfg.kv["model"] = "lora";  // only the adapters train and are all-reduced
+  run_two_vs_one(cfg);
+  const auto r0 = load_result(cfg.get("out", "") + "/rank0.pt");
+  // A [2, in] and B [out, 2] of the three layers.
+  EXPECT_EQ(r0.bytes_per_step, 2 * ((8 + 32) + (32 + 16) + (16 + 4)) * 4);
+}
+
+TEST(DataParallel, TwoProcessesEqualOneProcessGaLoreFullSync) {
+  auto cfg = base_config(temp_dir());
+  cfg.kv["optim"] = "galore";  // rank 4, new SVD basis every 3 steps
+  run_two_vs_one(cfg);
+}
+
+// GaLore with the projected gradients all-reduced (full only on SVD refresh
+// steps) still equals one process with the global batch.
+TEST(DataParallel, TwoProcessesEqualOneProcessGaLoreLowRankSync) {
+  auto cfg = base_config(temp_dir());
+  cfg.kv["optim"] = "galore";
+  cfg.kv["sync"] = "lowrank_galore";
+  cfg.kv["steps"] = "5";  // refreshes at steps 0 and 3; 1, 2, 4 low-rank
+  run_two_vs_one(cfg);
+  const auto r0 = load_result(cfg.get("out", "") + "/rank0.pt");
+  // Last step (4) is low-rank: W1 [32, 8] -> G Q [32, 4]; W2 [16, 32] ->
+  // P^T G [4, 32]; W3 [4, 16] (min dim 4 = r) and the biases go in full.
+  const int64_t low = 32 * 4 + 4 * 32 + 4 * 16 + 32 + 16 + 4;
+  EXPECT_EQ(r0.bytes_per_step, low * 4);
+  const int64_t full = 8 * 32 + 32 + 32 * 16 + 16 + 16 * 4 + 4;
+  EXPECT_EQ(r0.bytes_total, (2 * full + 3 * low) * 4);
+}
+
+TEST(DataParallel, TwoProcessesEqualOneProcessSharedRandomProjection) {
+  auto cfg = base_config(temp_dir());
+  cfg.kv["sync"] = "lowrank_shared";
+  run_two_vs_one(cfg);
+}
+
 TEST(DataParallel, DivergedReplicasAreReported) {
   auto cfg = base_config(temp_dir());
   cfg.kv["corrupt_rank"] = "1";

@@ -2,7 +2,13 @@
 
 #include "lowmem/dist/consistency.h"
 #include "lowmem/dist/grad_sync.h"
+#include "lowmem/dist/low_rank.h"
 #include "lowmem/dist/shard.h"
+#include "lowmem/adapters/linear_like.h"
+#include "lowmem/adapters/lora.h"
+#include "lowmem/optim/came.h"
+#include "lowmem/optim/galore.h"
+#include "lowmem/optim/galore_adamw.h"
 
 #include <torch/torch.h>
 
@@ -61,19 +67,67 @@ RunConfig RunConfig::decode(const std::string& s) {
 
 namespace {
 
-torch::nn::Sequential make_model() {
+torch::nn::Sequential make_model(int64_t width) {
   torch::manual_seed(0);
   return torch::nn::Sequential(
-      torch::nn::Linear(8, 32),
+      torch::nn::Linear(8, 2 * width),
       torch::nn::Tanh(),
-      torch::nn::Linear(32, 16),
+      torch::nn::Linear(2 * width, width),
       torch::nn::Tanh(),
-      torch::nn::Linear(16, 4));
+      torch::nn::Linear(width, 4));
+}
+
+// The same network from lowmem LinearLike layers, each wrapped in LoRA
+// (rank 2, Gaussian A, B = 0); only the adapters train.
+torch::nn::Sequential make_lora_model(int64_t width) {
+  torch::manual_seed(0);
+  torch::nn::Sequential seq;
+  const std::vector<std::pair<int64_t, int64_t>> dims = {
+      {8, 2 * width}, {2 * width, width}, {width, 4}};
+  for (size_t i = 0; i < dims.size(); ++i) {
+    auto base = std::make_shared<lowmem::adapters::Linear>(
+        dims[i].first, dims[i].second);
+    for (auto& p : base->parameters()) {
+      p.set_requires_grad(false);
+    }
+    seq->push_back(std::make_shared<lowmem::adapters::LoraLinear>(
+        base,
+        lowmem::adapters::LoraOptions(2).lora_alpha(4).init_lora_weights(
+            "gaussian")));
+    if (i + 1 < dims.size()) {
+      seq->push_back(torch::nn::Tanh());
+    }
+  }
+  return seq;
 }
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(
     const std::string& name,
-    std::vector<at::Tensor> params) {
+    std::vector<at::Tensor> params,
+    const RunConfig& cfg) {
+  if (name == "came") {
+    return std::make_unique<lowmem::optim::CAME>(
+        params, lowmem::optim::CameOptions(1e-2).weight_decay(0.01));
+  }
+  if (name == "galore") {
+    std::vector<at::Tensor> projected;
+    std::vector<at::Tensor> plain;
+    for (const auto& p : params) {
+      (p.dim() == 2 ? projected : plain).push_back(p);
+    }
+    return std::make_unique<lowmem::optim::GaLore>(
+        projected,
+        plain,
+        [](std::vector<torch::optim::OptimizerParamGroup> g) {
+          return std::make_unique<lowmem::optim::GaLoreAdamW>(
+              std::move(g), lowmem::optim::GaLoreAdamWOptions(1e-2));
+        },
+        lowmem::optim::GaLoreOptions().projector(
+            lowmem::projection::ProjectorOptions()
+                .rank(cfg.get_int("rank_r", 4))
+                .update_proj_gap(cfg.get_int("gap", 3))
+                .proj_type("std")));
+  }
   if (name == "adamw") {
     return std::make_unique<torch::optim::AdamW>(
         params, torch::optim::AdamWOptions(1e-2).weight_decay(0.01));
@@ -103,9 +157,16 @@ RunResult run_training(Communicator& comm, const RunConfig& cfg) {
   const int64_t steps = cfg.get_int("steps", 5);
   const int64_t batch = cfg.get_int("batch", 8);
   const std::string sync_kind = cfg.get("sync", "full");
-  auto model = make_model();
-  std::vector<at::Tensor> params = model->parameters();
-  auto opt = make_optimizer(cfg.get("optim", "adamw"), params);
+  auto model = cfg.get("model", "mlp") == "lora"
+      ? make_lora_model(cfg.get_int("width", 16))
+      : make_model(cfg.get_int("width", 16));
+  std::vector<at::Tensor> params;
+  for (const auto& p : model->parameters()) {
+    if (p.requires_grad()) {
+      params.push_back(p);
+    }
+  }
+  auto opt = make_optimizer(cfg.get("optim", "adamw"), params, cfg);
   auto source = std::make_shared<ShardedSource>(
       std::make_shared<RegressionSource>(batch, 7),
       comm.rank(),
@@ -129,7 +190,31 @@ RunResult run_training(Communicator& comm, const RunConfig& cfg) {
             .overlap(cfg.get_int("overlap", 1) != 0)
             .bucket_cap_mb(cfg.get_double("bucket_mb", 25.0)));
   }
+  std::unique_ptr<LowRankGradSync> low_rank;
+  if (sync_kind.rfind("lowrank", 0) == 0) {
+    auto o = LowRankSyncOptions()
+                 .rank(cfg.get_int("rank_r", 4))
+                 .update_proj_gap(cfg.get_int("gap", 3))
+                 .seed(11)
+                 .mode(sync_kind == "lowrank_per_worker"
+                           ? ProjectionMode::kPerWorker
+                           : ProjectionMode::kShared);
+    if (sync_kind == "lowrank_galore") {
+      auto* g = dynamic_cast<lowmem::optim::GaLore*>(opt.get());
+      std::vector<at::Tensor> projected;
+      for (const auto& p : params) {
+        if (p.dim() == 2) {
+          projected.push_back(p);
+        }
+      }
+      o.basis_provider(galore_basis_provider(*g, projected));
+    }
+    low_rank = std::make_unique<LowRankGradSync>(
+        std::shared_ptr<Communicator>(&comm, [](Communicator*) {}), params, o);
+    low_rank->set_step(start);
+  }
   const int64_t check_every = cfg.get_int("check_every", 1);
+  int64_t bytes_total = 0;
   RunResult res;
   std::vector<double> losses;
   std::vector<double> global;
@@ -152,6 +237,11 @@ RunResult run_training(Communicator& comm, const RunConfig& cfg) {
       res.bytes_per_step = sync->bytes_last_step();
       res.early_buckets = sync->buckets_launched_early_last_step();
     }
+    if (low_rank) {
+      low_rank->synchronize();
+      res.bytes_per_step = low_rank->bytes_last_step();
+    }
+    bytes_total += res.bytes_per_step;
     opt->step();
     losses.push_back(loss.item<double>());
     auto l = loss.detach().clone().reshape({1});
@@ -164,6 +254,8 @@ RunResult run_training(Communicator& comm, const RunConfig& cfg) {
     }
     if (check_every > 0 && (step + 1) % check_every == 0 &&
         sync_kind != "none") {
+      // Per-worker projections give each rank its own optimizer inputs only
+      // before the combination; weights and state still agree.
       check_identical(comm, params, opt.get());
     }
     if (step + 1 == cfg.get_int("save_at", -1)) {
@@ -182,6 +274,7 @@ RunResult run_training(Communicator& comm, const RunConfig& cfg) {
   for (const auto& p : params) {
     res.params.push_back(p.detach().clone());
   }
+  res.bytes_total = bytes_total;
   res.losses = at::tensor(losses, at::kDouble);
   res.global_loss = at::tensor(global, at::kDouble);
   return res;
@@ -194,7 +287,8 @@ void save_result(const RunResult& r, const std::string& path) {
   v.push_back(at::tensor(
       {static_cast<double>(r.bytes_per_step),
        static_cast<double>(r.early_buckets),
-       r.seconds_per_step},
+       r.seconds_per_step,
+       static_cast<double>(r.bytes_total)},
       at::kDouble));
   torch::save(v, path);
 }
@@ -213,6 +307,7 @@ RunResult load_result(const std::string& path) {
   r.bytes_per_step = static_cast<int64_t>(stats[0].item<double>());
   r.early_buckets = static_cast<int64_t>(stats[1].item<double>());
   r.seconds_per_step = stats[2].item<double>();
+  r.bytes_total = static_cast<int64_t>(stats[3].item<double>());
   return r;
 }
 

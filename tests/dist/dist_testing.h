@@ -51,13 +51,15 @@ struct RunResult {
   std::vector<at::Tensor> params;
   at::Tensor losses;       // [steps] this rank's local losses
   at::Tensor global_loss;  // [steps] loss averaged over ranks
-  int64_t bytes_per_step = 0;
+  int64_t bytes_per_step = 0;  // last step
+  int64_t bytes_total = 0;
   int64_t early_buckets = 0;
   double seconds_per_step = 0;
 };
 
-/// Trains the tiny model. Keys: optim (adamw|sgd), steps, batch, overlap,
-/// bucket_mb, sync (full|none|lowrank_shared|lowrank_per_worker), rank_r,
+/// Trains the tiny model. Keys: optim (adamw|sgd|came|galore), width, steps,
+/// batch, overlap, bucket_mb, sync (full|none|lowrank_shared|
+/// lowrank_per_worker|lowrank_galore), rank_r, gap,
 /// save_at + ckpt (dir), resume (dir), die_rank/die_at, hang_rank/hang_at,
 /// check_every, corrupt_rank.
 RunResult run_training(Communicator& comm, const RunConfig& cfg);

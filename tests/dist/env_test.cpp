@@ -147,6 +147,9 @@ TEST(DistEnv, RejectsBadInitOptions) {
   EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().timeout_s(0)); })
                 .find("timeout_s must be > 0, got 0"),
             std::string::npos);
+  EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().rendezvous_timeout_s(-1)); })
+                .find("rendezvous_timeout_s must be > 0, got -1"),
+            std::string::npos);
 #ifndef LOWMEM_WITH_CUDA
   EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().backend("nccl")); })
                 .find("needs a CUDA build"),
@@ -160,7 +163,7 @@ TEST(DistEnv, RendezvousTimesOutWhenPeersNeverArrive) {
   env.world_size = 2;
   env.master_port = find_free_port();
   const auto msg = error_of(
-      [&] { Communicator::init(env, InitOptions().timeout_s(0.5)); });
+      [&] { Communicator::init(env, InitOptions().rendezvous_timeout_s(0.5)); });
   EXPECT_NE(msg.find("[dist] rendezvous failed for rank 0 of 2"), std::string::npos)
       << msg;
 }

@@ -26,9 +26,11 @@ struct LotrOptions {
   /// Core init: "trivial" zeros, "neutral" identity, "svd" U0^T W_l U2.
   TORCH_ARG(std::string, init_middle) = "trivial";
   TORCH_ARG(std::string, init_right) = "normal";   // rhs = V [d_in, r]
-  /// "per_type": one group per slot name (all "q" layers, all "v" layers,
-  /// ...; the paper's framing); "shared": one group for every target (the
-  /// repo's experiments, which need equal shapes).
+  /// "per_type": one group per projection type, i.e. per slot path with its
+  /// integer (layer index) components removed: h.0.attn.q and h.5.attn.q
+  /// share, h.0.mlp.proj and h.0.attn.proj do not (the paper's framing);
+  /// "shared": one group for every target (the repo's experiments, which
+  /// need equal shapes).
   TORCH_ARG(std::string, grouping) = "per_type";
 
  public:
@@ -47,7 +49,8 @@ struct LotrOptions {
 void validate(const LotrOptions& o);
 
 /// The shared factors of one group: lhs [r, d_out] and rhs [d_in, r]. It is
-/// registered once under the model as "lotr_<group>" so that every member's
+/// registered once under the model as "lotr_<group>" (group "blocks_q" for the
+/// per_type group of blocks.<i>.q, "all" when shared) so that every member's
 /// gradient accumulates into the same two parameters.
 class LotrGroup final : public torch::nn::Module {
  public:

@@ -21,10 +21,14 @@ struct InitOptions {
   /// "gloo", "nccl" or "auto" (nccl when LibTorch has CUDA and `device` is a
   /// CUDA device, else gloo), as torch.distributed.init_process_group.
   TORCH_ARG(std::string, backend) = "auto";
-  /// Seconds a rendezvous or collective may wait for peers before failing.
+  /// Seconds a collective may wait for peers before failing.
   /// torch.distributed's default is 1800 s (default_pg_timeout); lowmem uses
   /// 300 s so a dead worker is noticed in minutes, not half an hour.
   TORCH_ARG(double, timeout_s) = 300.0;
+  /// Seconds the rendezvous (all ranks joining the TCPStore and connecting
+  /// Gloo) may take; workers start at different times. torchrun's join
+  /// timeout default is 600 s.
+  TORCH_ARG(double, rendezvous_timeout_s) = 600.0;
   /// Device the collectives run on (tensors passed in must live there).
   TORCH_ARG(std::string, device) = "cpu";
 };

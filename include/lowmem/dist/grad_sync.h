@@ -10,6 +10,7 @@
 #include <torch/arg.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -98,5 +99,23 @@ class GradSync {
   int64_t launched_early_ = 0;
   int64_t launched_early_last_ = 0;
 };
+
+/// Averages `grads` in place across ranks: packed into flat buckets of at
+/// most bucket_cap_mb (same dtype/device), all buckets launched, then waited
+/// for. Every rank must pass the same shapes in the same order. Returns the
+/// payload bytes handed to the all-reduces.
+int64_t allreduce_mean_bucketed(
+    Communicator& comm,
+    std::vector<at::Tensor>& grads,
+    double bucket_cap_mb = 25.0);
+
+/// The train::Trainer data-parallel hook (Trainer::set_grad_sync): called
+/// once per update after the last micro-batch's backward with the defined
+/// gradients in optimizer order; runs allreduce_mean_bucketed. A rank whose
+/// list differs (a parameter without gradient on one rank only) is caught:
+/// the shapes are compared first and a "[dist] ..." error names the mismatch.
+std::function<void(std::vector<at::Tensor>&)> make_trainer_grad_sync(
+    std::shared_ptr<Communicator> comm,
+    double bucket_cap_mb = 25.0);
 
 }  // namespace lowmem::dist

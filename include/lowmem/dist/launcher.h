@@ -1,7 +1,7 @@
 // Starts N local worker processes the way torchrun --nproc-per-node does
-// (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT in
-// each worker's environment; OMP_NUM_THREADS=1 unless set) and forwards their
-// output line by line with the rank. No paper. Single node only.
+// (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+// in each worker's environment; OMP_NUM_THREADS=1 for N > 1 unless set) and
+// forwards their output line by line with the rank. No paper. Single node.
 #pragma once
 
 #include <torch/arg.h>

@@ -17,6 +17,10 @@
 #include <memory>
 #include <vector>
 
+namespace lowmem::optim {
+class GaLore;
+}
+
 namespace lowmem::dist {
 
 enum class ProjectionMode {
@@ -31,9 +35,10 @@ enum class ProjectionMode {
   kPerWorker,
 };
 
-/// Returns the [min(m,n), r] basis to use for parameter `index` this step, or
-/// an undefined tensor to all-reduce this parameter in full (e.g. on GaLore's
-/// SVD refresh steps). Must give the same tensor on every rank (kShared).
+/// Returns the basis to use for parameter `index` (shape [m, n]) this step:
+/// [m, r] (P, left) if m < n, else [n, r] (Q, right), GaLore's "std" side;
+/// or an undefined tensor to all-reduce the parameter in full (e.g. on
+/// GaLore's SVD refresh steps). Must give the same tensor on every rank.
 using BasisProvider =
     std::function<at::Tensor(int64_t index, const at::Tensor& param, int64_t step)>;
 
@@ -54,6 +59,7 @@ struct LowRankSyncOptions {
 /// are averaged in full. Call after backward, before the optimizer step. With
 /// one process it still projects (so 1-process and W-process runs agree).
 class LowRankGradSync {
+  // A basis for [m, n]: [m, r] if m < n (left), else [n, r] (right).
  public:
   LowRankGradSync(
       std::shared_ptr<Communicator> comm,
@@ -99,5 +105,16 @@ class LowRankGradSync {
   int64_t bytes_last_step_ = 0;
   int64_t full_bytes_ = 0;
 };
+
+/// Bases from a GaLore optimizer (optim/galore.h) built over `projected`
+/// (the same list, same order): parameter p uses its projector's current
+/// basis; on GaLore's refresh steps (and for params it does not project, or
+/// projects on the other side / both sides) it returns undefined, so the
+/// full gradient is averaged and every rank's SVD sees the same global
+/// gradient. The GaLore update then equals the one from a full all-reduce
+/// (P^T P = I). Not for GaLore's layerwise / accumulation hook modes.
+BasisProvider galore_basis_provider(
+    const optim::GaLore& galore,
+    std::vector<at::Tensor> projected);
 
 }  // namespace lowmem::dist

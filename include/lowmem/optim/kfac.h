@@ -1,0 +1,99 @@
+// KFAC baseline for SINGD (Martens & Grosse 2015, arXiv 1503.05671; as in the
+// INGD authors' StructuredNGD-DL optimizers/kfac.py, see research/singd.md
+// section 7) on the same curvature taps as SINGD: EMA of dense Kronecker
+// factors from identity, damped inverses refreshed every T steps. Deviation:
+// T_cov = T_inv = T; no KL clipping; inverses by linalg_inv in fp32.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/optim/optimizer.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/optim/extras.h"
+
+namespace lowmem::optim {
+
+struct KfacOptions : torch::optim::OptimizerCloneableOptions<KfacOptions> {
+  KfacOptions() = default;
+  explicit KfacOptions(double lr) : lr_(lr) {}
+  TORCH_ARG(double, lr) = 1e-3;          // kfac.py default
+  TORCH_ARG(double, momentum) = 0.9;     // kfac.py default
+  TORCH_ARG(double, stat_decay) = 0.95;  // kfac.py default (rho of the EMA)
+  TORCH_ARG(double, damping) = 1e-3;     // kfac.py default (lambda)
+  // Default 0 as SINGD (the INGD scripts pass 1e-2); coupled into momentum,
+  // not preconditioned (as SINGD).
+  TORCH_ARG(double, weight_decay) = 0.0;
+  TORCH_ARG(int64_t, T) = 10;            // kfac.py TCov = TInv = 10
+  TORCH_ARG(std::string, kfac_approx) = "expand";  // as SINGD
+  TORCH_ARG(std::string, loss_average) = "batch";  // as SINGD
+  /// Dtype of the factors and their inverses ("" = the weight's dtype, fp32
+  /// for half weights; float32, bfloat16, float16, float64). The inverse is
+  /// always computed in fp32 (linalg_inv has no half kernels) and cast back.
+  TORCH_ARG(std::string, factor_dtype) = "";
+
+ public:
+  template <class V>
+  void for_each_field(V&& v) {
+    v("lr", lr_);
+    v("momentum", momentum_);
+    v("stat_decay", stat_decay_);
+    v("damping", damping_);
+    v("weight_decay", weight_decay_);
+    v("T", T_);
+    v("kfac_approx", kfac_approx_);
+    v("loss_average", loss_average_);
+    v("factor_dtype", factor_dtype_);
+  }
+  double get_lr() const override {
+    return lr();
+  }
+  void set_lr(const double lr) override {
+    this->lr(lr);
+  }
+};
+
+/// Throws "[kfac] <field> ..." naming the bad value.
+void validate(const KfacOptions& options);
+
+class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
+ public:
+  explicit KFAC(torch::nn::Module& model, KfacOptions defaults = {});
+  explicit KFAC(
+      std::vector<adapters::CurvatureLayer> layers, KfacOptions defaults = {});
+  ~KFAC() override;
+  KFAC(const KFAC&) = delete;
+  KFAC& operator=(const KFAC&) = delete;
+
+  at::Tensor step(LossClosure closure = nullptr) override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+  std::vector<at::Tensor> state_tensors() const override;
+  void before_forward() override;
+
+  int64_t steps() const { return steps_; }
+  /// Bytes of the factors and their inverses over all layers.
+  int64_t preconditioner_bytes() const;
+  const std::vector<adapters::CurvatureLayer>& layers() const { return layers_; }
+
+ private:
+  struct LayerState {
+    at::Tensor A, G;          // [d_K, d_K], [d_C, d_C] EMA factors
+    at::Tensor A_inv, G_inv;  // damped inverses
+    at::Tensor U, Gn;         // pending a^T a, g^T g (summed over passes)
+    at::Tensor momentum_weight, momentum_bias;
+  };
+  const KfacOptions& opts() const;
+  void arm_taps();
+
+  std::vector<adapters::CurvatureLayer> layers_;
+  std::vector<LayerState> state_;
+  std::vector<std::shared_ptr<adapters::KroneckerTap>> taps_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace lowmem::optim
