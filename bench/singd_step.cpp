@@ -5,8 +5,8 @@
 // routing does). One iteration = forward + backward + step; T = 10 (official
 // default), 20 iterations, so each timing includes 2 preconditioner refreshes.
 //
-//   build/bench/singd_step --benchmark_repetitions=3 \
-//       --benchmark_report_aggregates_only=true
+//   build/bench/singd_step --benchmark_repetitions=3
+//     (add --benchmark_report_aggregates_only=true for the aggregates)
 #include <ATen/ATen.h>
 #include <benchmark/benchmark.h>
 #include <torch/optim/adamw.h>

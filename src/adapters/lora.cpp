@@ -96,8 +96,13 @@ std::shared_ptr<LoraModel> inject_lora(std::shared_ptr<torch::nn::Module> model,
                                        const LoraOptions& options) {
   validate(options);
   std::shared_ptr<LoraModel> m(new LoraModel(std::move(model), targets, options));
-  for (const auto& slot : m->prepare()) {
-    m->wrap(slot, std::make_shared<LoraLinear>(slot.layer(), options));
+  try {
+    for (const auto& slot : m->prepare()) {
+      m->wrap(slot, std::make_shared<LoraLinear>(slot.layer(), options));
+    }
+  } catch (...) {
+    m->unload();  // leave the model as it was
+    throw;
   }
   return m;
 }

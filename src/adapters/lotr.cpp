@@ -96,6 +96,17 @@ std::shared_ptr<LotrModel> inject_lotr(std::shared_ptr<torch::nn::Module> model,
                                        const LotrOptions& options) {
   validate(options);
   std::shared_ptr<LotrModel> m(new LotrModel(std::move(model), targets, options));
+  try {
+    build_lotr(*m, options);
+  } catch (...) {
+    m->unload();  // leave the model as it was
+    throw;
+  }
+  return m;
+}
+
+void build_lotr(LotrModel& model, const LotrOptions& options) {
+  LotrModel* m = &model;
   std::vector<SlotRef> slots = m->prepare();
   // Group by slot name (per_type) or all together (shared); order of first
   // appearance.
@@ -166,7 +177,6 @@ std::shared_ptr<LotrModel> inject_lotr(std::shared_ptr<torch::nn::Module> model,
     }
     m->groups_.push_back(group);
   }
-  return m;
 }
 
 std::map<std::string, at::Tensor> LotrModel::state_tensors() const {

@@ -238,8 +238,13 @@ std::shared_ptr<SnellModel> inject_snell(std::shared_ptr<torch::nn::Module> mode
                                          const SnellOptions& options) {
   validate(options);
   std::shared_ptr<SnellModel> m(new SnellModel(std::move(model), targets, options));
-  for (const auto& slot : m->prepare()) {
-    m->wrap(slot, std::make_shared<SnellLinear>(slot.layer(), options));
+  try {
+    for (const auto& slot : m->prepare()) {
+      m->wrap(slot, std::make_shared<SnellLinear>(slot.layer(), options));
+    }
+  } catch (...) {
+    m->unload();  // leave the model as it was
+    throw;
   }
   return m;
 }

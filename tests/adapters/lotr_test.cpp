@@ -41,6 +41,11 @@ TEST(Lotr, ParameterCountsPerGroup) {
   });
   EXPECT_NE(msg.find("mixes shapes 8x8 (blocks.0.q) and 16x8 (blocks.0.up)"), std::string::npos)
       << msg;
+  // ... and the failed injection left the model as it was.
+  for (const auto& p : model3->parameters()) EXPECT_TRUE(p.requires_grad());
+  for (const auto& s : find_slots(*model3))
+    EXPECT_NE(dynamic_cast<Linear*>(s.layer().get()), nullptr) << s.path;
+  EXPECT_FALSE(model3->named_children().contains("lotr_all"));
 }
 
 TEST(Lotr, DefaultInitIsANoOpAndMatchesTheCode) {

@@ -99,6 +99,7 @@ class LotrModel final : public AdapterModel {
                                                 const LotrOptions&);
   LotrModel(std::shared_ptr<torch::nn::Module> root, TargetOptions t, LotrOptions o)
       : AdapterModel(std::move(root), std::move(t)), options_(std::move(o)) {}
+  friend void build_lotr(LotrModel&, const LotrOptions&);
   void on_unload() override { groups_.clear(); }
   LotrOptions options_;
   std::vector<std::shared_ptr<LotrGroup>> groups_;
@@ -109,6 +110,9 @@ class LotrModel final : public AdapterModel {
 std::shared_ptr<LotrModel> inject_lotr(std::shared_ptr<torch::nn::Module> model,
                                        const TargetOptions& targets,
                                        const LotrOptions& options = {});
+
+/// Internal: the body of inject_lotr (groups, factors, wrapping).
+void build_lotr(LotrModel& model, const LotrOptions& options);
 
 std::pair<TargetOptions, LotrOptions> lotr_config_from_json(const std::string& json);
 

@@ -1,7 +1,8 @@
 // Lower/upper triangular Toeplitz Kronecker factors of SINGD (arXiv
-// 2312.05705; official singd/structures/tri{l,u}toeplitz.py). Deviation:
-// from_inner computes the projection of Z Z^T (and S^T S) by FFT
-// autocorrelation in float64 instead of forming the dense n x n matrix.
+// 2312.05705; official singd/structures/tri{l,u}toeplitz.py). Deviations:
+// products with dense matrices use float64 FFTs (official: grouped conv1d,
+// O(n^2) per column, in the lower operand precision) and from_inner uses FFT
+// autocorrelation instead of forming the dense n x n matrix.
 #pragma once
 
 #include "lowmem/optim/structures/structured_matrix.h"
