@@ -9,25 +9,25 @@
 // (6 x matrix params x tokens + attention, see GPT::flops_per_token), peak
 // tensor bytes (MemoryTracker, installed before the model is built) and peak
 // RSS. Run one configuration per process: peak RSS is a process lifetime max.
+#include "lowmem/core/memory.h"
+#include "lowmem/core/threads.h"
+#include "lowmem/models/gpt.h"
+#include "lowmem/optim/adamw.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/optim/adamw.h>
 
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include "lowmem/core/memory.h"
-#include "lowmem/core/threads.h"
-#include "lowmem/models/gpt.h"
-#include "lowmem/optim/adamw.h"
 
 namespace {
 
@@ -36,7 +36,8 @@ namespace {
 double cpu_ms() {
   timespec ts{};
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
+  return static_cast<double>(ts.tv_sec) * 1e3 +
+         static_cast<double>(ts.tv_nsec) / 1e6;
 }
 
 double median(std::vector<double> v) {
@@ -55,10 +56,11 @@ struct Args {
 };
 
 [[noreturn]] void usage() {
-  std::fprintf(stderr,
-               "usage: train_step [--size small|large] [--optim torch|lowmem]"
-               " [--steps N] [--warmup N] [--threads N] [--checkpointing]"
-               " [--no-tracker]\n");
+  std::fprintf(
+      stderr,
+      "usage: train_step [--size small|large] [--optim torch|lowmem]"
+      " [--steps N] [--warmup N] [--threads N] [--checkpointing]"
+      " [--no-tracker]\n");
   std::exit(2);
 }
 
@@ -67,7 +69,8 @@ Args parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage();
+      if (i + 1 >= argc)
+        usage();
       return argv[++i];
     };
     if (k == "--size") {
@@ -89,7 +92,8 @@ Args parse(int argc, char** argv) {
     }
   }
   if ((a.size != "small" && a.size != "large") ||
-      (a.optim != "torch" && a.optim != "lowmem") || a.steps < 1 || a.warmup < 0) {
+      (a.optim != "torch" && a.optim != "lowmem") || a.steps < 1 ||
+      a.warmup < 0) {
     usage();
   }
   return a;
@@ -101,7 +105,8 @@ int main(int argc, char** argv) {
   Args args = parse(argc, argv);
   // Installs the counting allocator before anything is allocated.
   std::optional<lowmem::MemoryTracker> tracker;
-  if (args.tracker) tracker.emplace();
+  if (args.tracker)
+    tracker.emplace();
   lowmem::set_default_threads(args.threads);
   at::manual_seed(0);
 
@@ -141,7 +146,8 @@ int main(int argc, char** argv) {
   for (int s = 0; s < args.warmup + args.steps; ++s) {
     auto t0 = std::chrono::steady_clock::now();
     const double c0 = cpu_ms();
-    for (auto& p : params) p.mutable_grad().reset();  // set_to_none
+    for (auto& p : params)
+      p.mutable_grad().reset();  // set_to_none
     at::Tensor loss = model.loss(xs[s % 4], ys[s % 4]);
     const double c1 = cpu_ms();
     loss.backward();
@@ -168,12 +174,21 @@ int main(int argc, char** argv) {
       "\"cpu_ms_fwd\": %.1f, \"cpu_ms_bwd\": %.1f, \"cpu_ms_opt\": %.1f, "
       "\"tokens_per_s\": %.0f, \"gflops\": %.1f, \"peak_tensor_bytes\": %lld, "
       "\"peak_rss_bytes\": %lld, \"final_loss\": %.4f}\n",
-      args.size.c_str(), args.optim.c_str(), args.checkpointing ? "true" : "false",
+      args.size.c_str(),
+      args.optim.c_str(),
+      args.checkpointing ? "true" : "false",
       at::get_num_threads(),
-      static_cast<long long>(lowmem::models::count_parameters(model)), wall,
-      *std::min_element(ms.begin(), ms.end()), median(cpu), median(cpu_fwd),
-      median(cpu_bwd), median(cpu_opt), tokens / (wall / 1e3),
-      flops / (wall / 1e3) / 1e9, static_cast<long long>(tracker ? tracker->peak_bytes() : -1),
-      static_cast<long long>(lowmem::MemoryTracker::peak_rss_bytes()), last_loss);
+      static_cast<long long>(lowmem::models::count_parameters(model)),
+      wall,
+      *std::min_element(ms.begin(), ms.end()),
+      median(cpu),
+      median(cpu_fwd),
+      median(cpu_bwd),
+      median(cpu_opt),
+      tokens / (wall / 1e3),
+      flops / (wall / 1e3) / 1e9,
+      static_cast<long long>(tracker ? tracker->peak_bytes() : -1),
+      static_cast<long long>(lowmem::MemoryTracker::peak_rss_bytes()),
+      last_loss);
   return 0;
 }

@@ -142,6 +142,9 @@ int run_train(const ConfigFlags& flags) {
   if (!result.checkpoint.empty()) {
     std::cout << "checkpoint: " << result.checkpoint << "\n";
   }
+  if (!result.adapter_dir.empty()) {
+    std::cout << "adapter: " << result.adapter_dir << "\n";
+  }
   return kExitOk;
 }
 

@@ -1,7 +1,9 @@
 #include "lowmem/data/fashion_mnist.h"
 
+#include "lowmem/core/check.h"
+#include "lowmem/data/text.h"
+
 #include <ATen/ATen.h>
-#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -9,8 +11,7 @@
 #include <numeric>
 #include <sstream>
 
-#include "lowmem/core/check.h"
-#include "lowmem/data/text.h"
+#include <zlib.h>
 
 namespace lowmem::data {
 
@@ -30,8 +31,12 @@ std::string package_hint(const std::string& path) {
 
 std::string gunzip(const std::string& path) {
   std::error_code ec;
-  LOWMEM_CHECK(fs::is_regular_file(path, ec), "[data] ", path,
-               ": file does not exist", package_hint(path));
+  LOWMEM_CHECK(
+      fs::is_regular_file(path, ec),
+      "[data] ",
+      path,
+      ": file does not exist",
+      package_hint(path));
   gzFile f = gzopen(path.c_str(), "rb");
   LOWMEM_CHECK(f != nullptr, "[data] ", path, ": cannot open");
   std::string out;
@@ -42,25 +47,37 @@ std::string gunzip(const std::string& path) {
       int err = 0;
       std::string msg = gzerror(f, &err);
       gzclose(f);
-      LOWMEM_CHECK(false, "[data] ", path, ": corrupt or truncated gzip (", msg,
-                   ")", package_hint(path));
+      LOWMEM_CHECK(
+          false,
+          "[data] ",
+          path,
+          ": corrupt or truncated gzip (",
+          msg,
+          ")",
+          package_hint(path));
     }
-    if (n == 0) break;
+    if (n == 0)
+      break;
     out.append(buf, static_cast<size_t>(n));
   }
   int err = 0;
   const char* msg = gzerror(f, &err);
   std::string m = msg ? msg : "";
   int rc = gzclose(f);
-  LOWMEM_CHECK(err == Z_OK && rc == Z_OK, "[data] ", path,
-               ": corrupt or truncated gzip (", m.empty() ? "close failed" : m,
-               ")", package_hint(path));
+  LOWMEM_CHECK(
+      err == Z_OK && rc == Z_OK,
+      "[data] ",
+      path,
+      ": corrupt or truncated gzip (",
+      m.empty() ? "close failed" : m,
+      ")",
+      package_hint(path));
   return out;
 }
 
 uint32_t be32(const unsigned char* p) {
-  return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) | (uint32_t(p[2]) << 8) |
-         uint32_t(p[3]);
+  return (uint32_t(p[0]) << 24) | (uint32_t(p[1]) << 16) |
+         (uint32_t(p[2]) << 8) | uint32_t(p[3]);
 }
 
 // train-images-idx3-ubyte.gz, falling back to the uncompressed name.
@@ -78,15 +95,34 @@ std::string idx_path(const std::string& root, const std::string& stem) {
 IdxFile read_idx(const std::string& path) {
   std::string raw = gunzip(path);
   const auto* p = reinterpret_cast<const unsigned char*>(raw.data());
-  LOWMEM_CHECK(raw.size() >= 4, "[data] ", path, ": not an IDX file (", raw.size(),
-               " bytes)");
-  LOWMEM_CHECK(p[0] == 0 && p[1] == 0, "[data] ", path,
-               ": bad IDX magic (first bytes ", int(p[0]), " ", int(p[1]),
-               ", expected 0 0)");
-  LOWMEM_CHECK(p[2] == 0x08, "[data] ", path, ": IDX type 0x", std::hex, int(p[2]),
-               std::dec, " unsupported (only 0x08 unsigned byte)");
+  LOWMEM_CHECK(
+      raw.size() >= 4,
+      "[data] ",
+      path,
+      ": not an IDX file (",
+      raw.size(),
+      " bytes)");
+  LOWMEM_CHECK(
+      p[0] == 0 && p[1] == 0,
+      "[data] ",
+      path,
+      ": bad IDX magic (first bytes ",
+      int(p[0]),
+      " ",
+      int(p[1]),
+      ", expected 0 0)");
+  LOWMEM_CHECK(
+      p[2] == 0x08,
+      "[data] ",
+      path,
+      ": IDX type 0x",
+      std::hex,
+      int(p[2]),
+      std::dec,
+      " unsupported (only 0x08 unsigned byte)");
   const int ndim = p[3];
-  LOWMEM_CHECK(ndim >= 1 && ndim <= 4, "[data] ", path, ": bad IDX rank ", ndim);
+  LOWMEM_CHECK(
+      ndim >= 1 && ndim <= 4, "[data] ", path, ": bad IDX rank ", ndim);
   const size_t header = 4 + 4 * static_cast<size_t>(ndim);
   LOWMEM_CHECK(raw.size() >= header, "[data] ", path, ": IDX header truncated");
   IdxFile out;
@@ -95,38 +131,71 @@ IdxFile read_idx(const std::string& path) {
     out.dims.push_back(be32(p + 4 + 4 * d));
     count *= out.dims.back();
   }
-  LOWMEM_CHECK(raw.size() - header == static_cast<size_t>(count), "[data] ", path,
-               ": IDX payload has ", raw.size() - header, " bytes, header says ",
-               count);
+  LOWMEM_CHECK(
+      raw.size() - header == static_cast<size_t>(count),
+      "[data] ",
+      path,
+      ": IDX payload has ",
+      raw.size() - header,
+      " bytes, header says ",
+      count);
   out.data = at::empty(out.dims, at::kByte);
-  std::memcpy(out.data.data_ptr<uint8_t>(), p + header, static_cast<size_t>(count));
+  std::memcpy(
+      out.data.data_ptr<uint8_t>(), p + header, static_cast<size_t>(count));
   return out;
 }
 
 const std::vector<std::string>& fashion_mnist_classes() {
   static const std::vector<std::string> names = {
-      "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-      "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+      "T-shirt/top",
+      "Trouser",
+      "Pullover",
+      "Dress",
+      "Coat",
+      "Sandal",
+      "Shirt",
+      "Sneaker",
+      "Bag",
+      "Ankle boot"};
   return names;
 }
 
 ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
   std::error_code ec;
-  LOWMEM_CHECK(fs::is_directory(o.root(), ec), "[data] Fashion-MNIST folder '",
-               o.root(), "' does not exist", package_hint(o.root()));
+  LOWMEM_CHECK(
+      fs::is_directory(o.root(), ec),
+      "[data] Fashion-MNIST folder '",
+      o.root(),
+      "' does not exist",
+      package_hint(o.root()));
   const std::string prefix = o.train() ? "train" : "t10k";
   const std::string ip = idx_path(o.root(), prefix + "-images-idx3-ubyte");
   const std::string lp = idx_path(o.root(), prefix + "-labels-idx1-ubyte");
   IdxFile images = read_idx(ip);
   IdxFile labels = read_idx(lp);
-  LOWMEM_CHECK(images.dims.size() == 3, "[data] ", ip,
-               ": expected 3 dims [N, H, W], got ", images.dims.size());
-  LOWMEM_CHECK(labels.dims.size() == 1 && labels.dims[0] == images.dims[0],
-               "[data] ", lp, ": ", labels.dims.size() == 1 ? labels.dims[0] : -1,
-               " labels for ", images.dims[0], " images");
+  LOWMEM_CHECK(
+      images.dims.size() == 3,
+      "[data] ",
+      ip,
+      ": expected 3 dims [N, H, W], got ",
+      images.dims.size());
+  LOWMEM_CHECK(
+      labels.dims.size() == 1 && labels.dims[0] == images.dims[0],
+      "[data] ",
+      lp,
+      ": ",
+      labels.dims.size() == 1 ? labels.dims[0] : -1,
+      " labels for ",
+      images.dims[0],
+      " images");
   at::Tensor lab = labels.data.to(at::kLong);
-  LOWMEM_CHECK(lab.numel() == 0 || lab.max().item<int64_t>() <= 9, "[data] ", lp,
-               ": label ", lab.max().item<int64_t>(), " out of range 0..9");
+  LOWMEM_CHECK(
+      lab.numel() == 0 || lab.max().item<int64_t>() <= 9,
+      "[data] ",
+      lp,
+      ": label ",
+      lab.max().item<int64_t>(),
+      " out of range 0..9");
 
   std::vector<int64_t> classes = o.classes();
   if (classes.empty()) {
@@ -135,28 +204,39 @@ ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
   }
   std::vector<int64_t> remap(10, -1);
   for (size_t i = 0; i < classes.size(); ++i) {
-    LOWMEM_CHECK(classes[i] >= 0 && classes[i] <= 9, "[data] class ", classes[i],
-                 " out of range 0..9");
-    LOWMEM_CHECK(remap[classes[i]] < 0, "[data] class ", classes[i], " listed twice");
+    LOWMEM_CHECK(
+        classes[i] >= 0 && classes[i] <= 9,
+        "[data] class ",
+        classes[i],
+        " out of range 0..9");
+    LOWMEM_CHECK(
+        remap[classes[i]] < 0, "[data] class ", classes[i], " listed twice");
     remap[classes[i]] = static_cast<int64_t>(i);
   }
-  LOWMEM_CHECK(o.per_class() >= 0, "[data] per_class must be >= 0, got ",
-               o.per_class());
+  LOWMEM_CHECK(
+      o.per_class() >= 0, "[data] per_class must be >= 0, got ", o.per_class());
 
   // Indices per class in file order, then a seeded partial Fisher-Yates draw.
   const int64_t* lp_ = lab.data_ptr<int64_t>();
   std::vector<std::vector<int64_t>> by_class(10);
   for (int64_t i = 0; i < lab.numel(); ++i) {
-    if (remap[lp_[i]] >= 0) by_class[lp_[i]].push_back(i);
+    if (remap[lp_[i]] >= 0)
+      by_class[lp_[i]].push_back(i);
   }
   std::vector<int64_t> keep;
   for (int64_t c : classes) {
     auto& idx = by_class[c];
     if (o.per_class() > 0) {
-      LOWMEM_CHECK(static_cast<int64_t>(idx.size()) >= o.per_class(), "[data] class ",
-                   c, " has ", idx.size(), " examples, fewer than per_class ",
-                   o.per_class());
-      const uint64_t stream = mix64(o.seed() ^ mix64(static_cast<uint64_t>(c) + 1));
+      LOWMEM_CHECK(
+          static_cast<int64_t>(idx.size()) >= o.per_class(),
+          "[data] class ",
+          c,
+          " has ",
+          idx.size(),
+          " examples, fewer than per_class ",
+          o.per_class());
+      const uint64_t stream =
+          mix64(o.seed() ^ mix64(static_cast<uint64_t>(c) + 1));
       for (int64_t i = 0; i < o.per_class(); ++i) {
         const uint64_t r = mix64(stream + static_cast<uint64_t>(i));
         const int64_t j =
@@ -172,9 +252,12 @@ ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
 
   ImageSet out;
   const int64_t H = images.dims[1], W = images.dims[2];
-  out.images = images.data.index_select(0, sel).to(at::kFloat).div_(255.0).view(
-      {sel.numel(), 1, H, W});
-  if (o.normalize()) out.images.sub_(kFashionMnistMean).div_(kFashionMnistStd);
+  out.images = images.data.index_select(0, sel)
+                   .to(at::kFloat)
+                   .div_(255.0)
+                   .view({sel.numel(), 1, H, W});
+  if (o.normalize())
+    out.images.sub_(kFashionMnistMean).div_(kFashionMnistStd);
   out.labels = lab.index_select(0, sel);
   if (o.remap_labels()) {
     out.labels = at::tensor(remap, at::kLong).index_select(0, out.labels);
@@ -182,26 +265,40 @@ ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
   return out;
 }
 
-ImageBatches::ImageBatches(ImageSet set, ImageBatchOptions options, std::string name)
+ImageBatches::ImageBatches(
+    ImageSet set, ImageBatchOptions options, std::string name)
     : set_(std::move(set)), options_(options), name_(std::move(name)) {
   LOWMEM_CHECK(set_.size() > 0, "[data] ", name_, ": empty image set");
-  LOWMEM_CHECK(set_.images.size(0) == set_.size(), "[data] ", name_, ": ",
-               set_.images.size(0), " images for ", set_.size(), " labels");
-  LOWMEM_CHECK(options_.batch_size() > 0, "[data] batch_size must be > 0, got ",
-               options_.batch_size());
+  LOWMEM_CHECK(
+      set_.images.size(0) == set_.size(),
+      "[data] ",
+      name_,
+      ": ",
+      set_.images.size(0),
+      " images for ",
+      set_.size(),
+      " labels");
+  LOWMEM_CHECK(
+      options_.batch_size() > 0,
+      "[data] batch_size must be > 0, got ",
+      options_.batch_size());
 }
 
 const std::vector<int64_t>& ImageBatches::order(int64_t epoch) {
-  if (epoch == cached_epoch_) return order_;
+  if (epoch == cached_epoch_)
+    return order_;
   const int64_t n = set_.size();
   order_.resize(static_cast<size_t>(n));
   std::iota(order_.begin(), order_.end(), 0);
   if (options_.shuffle()) {
-    const uint64_t stream =
-        mix64(options_.seed() ^ mix64(static_cast<uint64_t>(epoch) ^ 0x5368756666ULL));
+    const uint64_t stream = mix64(
+        options_.seed() ^
+        mix64(static_cast<uint64_t>(epoch) ^ 0x5368756666ULL));
     for (int64_t i = n - 1; i > 0; --i) {
       const uint64_t r = mix64(stream + static_cast<uint64_t>(i));
-      std::swap(order_[i], order_[static_cast<int64_t>(r % static_cast<uint64_t>(i + 1))]);
+      std::swap(
+          order_[i],
+          order_[static_cast<int64_t>(r % static_cast<uint64_t>(i + 1))]);
     }
   }
   cached_epoch_ = epoch;
@@ -221,14 +318,16 @@ Batch ImageBatches::next() {
 }
 
 void ImageBatches::seek(int64_t position) {
-  LOWMEM_CHECK(position >= 0, "[data] seek position must be >= 0, got ", position);
+  LOWMEM_CHECK(
+      position >= 0, "[data] seek position must be >= 0, got ", position);
   position_ = position;
 }
 
 std::string ImageBatches::describe() const {
   std::ostringstream s;
-  s << name_ << ": " << set_.size() << " images, batch " << options_.batch_size()
-    << (options_.shuffle() ? ", shuffled" : "") << ", seed " << options_.seed();
+  s << name_ << ": " << set_.size() << " images, batch "
+    << options_.batch_size() << (options_.shuffle() ? ", shuffled" : "")
+    << ", seed " << options_.seed();
   return s.str();
 }
 

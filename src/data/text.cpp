@@ -1,5 +1,7 @@
 #include "lowmem/data/text.h"
 
+#include "lowmem/core/check.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -11,8 +13,6 @@
 #include <iterator>
 #include <set>
 #include <sstream>
-
-#include "lowmem/core/check.h"
 
 namespace lowmem::data {
 
@@ -36,18 +36,27 @@ std::string read_file(const fs::path& p) {
 
 }  // namespace
 
-TextCorpus::TextCorpus(const std::string& path, double val_fraction) : path_(path) {
-  LOWMEM_CHECK(val_fraction > 0.0 && val_fraction < 1.0,
-               "[data] val_fraction must be in (0, 1), got ", val_fraction);
+TextCorpus::TextCorpus(const std::string& path, double val_fraction)
+    : path_(path) {
+  LOWMEM_CHECK(
+      val_fraction > 0.0 && val_fraction < 1.0,
+      "[data] val_fraction must be in (0, 1), got ",
+      val_fraction);
   std::error_code ec;
-  LOWMEM_CHECK(fs::exists(path, ec), "[data] text corpus '", path,
-               "' does not exist", package_hint(path));
+  LOWMEM_CHECK(
+      fs::exists(path, ec),
+      "[data] text corpus '",
+      path,
+      "' does not exist",
+      package_hint(path));
   std::vector<fs::path> candidates;
   if (fs::is_directory(path, ec)) {
     for (auto it = fs::recursive_directory_iterator(
              path, fs::directory_options::follow_directory_symlink, ec);
-         !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-      if (it->is_regular_file(ec)) candidates.push_back(it->path());
+         !ec && it != fs::recursive_directory_iterator();
+         it.increment(ec)) {
+      if (it->is_regular_file(ec))
+        candidates.push_back(it->path());
     }
     LOWMEM_CHECK(!ec, "[data] cannot list '", path, "': ", ec.message());
     std::sort(candidates.begin(), candidates.end());
@@ -58,9 +67,11 @@ TextCorpus::TextCorpus(const std::string& path, double val_fraction) : path_(pat
   std::set<fs::path> seen;
   for (const auto& p : candidates) {
     fs::path canon = fs::weakly_canonical(p, ec);
-    if (!seen.insert(ec ? p : canon).second) continue;
+    if (!seen.insert(ec ? p : canon).second)
+      continue;
     std::string s = read_file(p);
-    if (s.empty()) continue;
+    if (s.empty())
+      continue;
     if (std::memchr(s.data(), 0, s.size()) != nullptr) {
       ++skipped_;
       continue;
@@ -68,20 +79,36 @@ TextCorpus::TextCorpus(const std::string& path, double val_fraction) : path_(pat
     files_.push_back(p.string());
     all += s;
   }
-  LOWMEM_CHECK(!all.empty(), "[data] text corpus '", path,
-               "' contains no text files (", candidates.size(), " files, ",
-               skipped_, " binary)", package_hint(path));
+  LOWMEM_CHECK(
+      !all.empty(),
+      "[data] text corpus '",
+      path,
+      "' contains no text files (",
+      candidates.size(),
+      " files, ",
+      skipped_,
+      " binary)",
+      package_hint(path));
   bytes_ = at::empty({static_cast<int64_t>(all.size())}, at::kByte);
   std::memcpy(bytes_.data_ptr<uint8_t>(), all.data(), all.size());
-  split_ = static_cast<int64_t>(std::llround(
-      static_cast<double>(all.size()) * (1.0 - val_fraction)));
-  LOWMEM_CHECK(split_ >= 2 && size() - split_ >= 2, "[data] text corpus '",
-               path, "' is too small to split (", size(), " bytes)");
+  split_ = static_cast<int64_t>(
+      std::llround(static_cast<double>(all.size()) * (1.0 - val_fraction)));
+  LOWMEM_CHECK(
+      split_ >= 2 && size() - split_ >= 2,
+      "[data] text corpus '",
+      path,
+      "' is too small to split (",
+      size(),
+      " bytes)");
 }
 
-at::Tensor TextCorpus::train() const { return bytes_.slice(0, 0, split_); }
+at::Tensor TextCorpus::train() const {
+  return bytes_.slice(0, 0, split_);
+}
 
-at::Tensor TextCorpus::validation() const { return bytes_.slice(0, split_); }
+at::Tensor TextCorpus::validation() const {
+  return bytes_.slice(0, split_);
+}
 
 std::string TextCorpus::describe() const {
   std::ostringstream s;
@@ -92,12 +119,15 @@ std::string TextCorpus::describe() const {
 
 namespace {
 std::array<double, 256> byte_histogram(const at::Tensor& bytes) {
-  LOWMEM_CHECK(bytes.scalar_type() == at::kByte, "[data] expected uint8 bytes, got ",
-               bytes.scalar_type());
+  LOWMEM_CHECK(
+      bytes.scalar_type() == at::kByte,
+      "[data] expected uint8 bytes, got ",
+      bytes.scalar_type());
   at::Tensor b = bytes.contiguous();
   std::array<double, 256> h{};
   const uint8_t* p = b.data_ptr<uint8_t>();
-  for (int64_t i = 0; i < b.numel(); ++i) h[p[i]] += 1.0;
+  for (int64_t i = 0; i < b.numel(); ++i)
+    h[p[i]] += 1.0;
   return h;
 }
 }  // namespace
@@ -108,7 +138,8 @@ double unigram_entropy(const at::Tensor& bytes) {
   LOWMEM_CHECK(n > 0, "[data] unigram_entropy of an empty split");
   double e = 0.0;
   for (double c : h) {
-    if (c > 0) e -= c / n * std::log(c / n);
+    if (c > 0)
+      e -= c / n * std::log(c / n);
   }
   return e;
 }
@@ -120,7 +151,8 @@ double unigram_cross_entropy(const at::Tensor& fit, const at::Tensor& eval) {
   LOWMEM_CHECK(ng > 0, "[data] unigram_cross_entropy on an empty split");
   double e = 0.0;
   for (int i = 0; i < 256; ++i) {
-    if (g[i] > 0) e -= g[i] / ng * std::log((f[i] + 1.0) / nf);
+    if (g[i] > 0)
+      e -= g[i] / ng * std::log((f[i] + 1.0) / nf);
   }
   return e;
 }
@@ -132,18 +164,29 @@ uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-TextBatches::TextBatches(at::Tensor split, TextBatchOptions options, std::string name)
+TextBatches::TextBatches(
+    at::Tensor split, TextBatchOptions options, std::string name)
     : split_(std::move(split)), options_(options), name_(std::move(name)) {
-  LOWMEM_CHECK(split_.defined() && split_.dim() == 1 &&
-                   split_.scalar_type() == at::kByte,
-               "[data] text split must be uint8 [N]");
-  LOWMEM_CHECK(options_.context() > 0, "[data] context must be > 0, got ",
-               options_.context());
-  LOWMEM_CHECK(options_.batch_size() > 0, "[data] batch_size must be > 0, got ",
-               options_.batch_size());
-  LOWMEM_CHECK(split_.numel() >= options_.context() + 1, "[data] ", name_,
-               " split has ", split_.numel(), " bytes, fewer than context + 1 = ",
-               options_.context() + 1);
+  LOWMEM_CHECK(
+      split_.defined() && split_.dim() == 1 &&
+          split_.scalar_type() == at::kByte,
+      "[data] text split must be uint8 [N]");
+  LOWMEM_CHECK(
+      options_.context() > 0,
+      "[data] context must be > 0, got ",
+      options_.context());
+  LOWMEM_CHECK(
+      options_.batch_size() > 0,
+      "[data] batch_size must be > 0, got ",
+      options_.batch_size());
+  LOWMEM_CHECK(
+      split_.numel() >= options_.context() + 1,
+      "[data] ",
+      name_,
+      " split has ",
+      split_.numel(),
+      " bytes, fewer than context + 1 = ",
+      options_.context() + 1);
   split_ = split_.contiguous();
 }
 
@@ -163,7 +206,8 @@ Batch TextBatches::next() {
   for (int64_t b = 0; b < B; ++b) {
     int64_t offset;
     if (options_.random()) {
-      uint64_t r = mix64(stream + mix64(static_cast<uint64_t>(position_ * B + b)));
+      uint64_t r =
+          mix64(stream + mix64(static_cast<uint64_t>(position_ * B + b)));
       offset = static_cast<int64_t>(r % static_cast<uint64_t>(n_offsets));
     } else {
       offset = ((position_ * B + b) % windows()) * T;
@@ -178,15 +222,17 @@ Batch TextBatches::next() {
 }
 
 void TextBatches::seek(int64_t position) {
-  LOWMEM_CHECK(position >= 0, "[data] seek position must be >= 0, got ", position);
+  LOWMEM_CHECK(
+      position >= 0, "[data] seek position must be >= 0, got ", position);
   position_ = position;
 }
 
 std::string TextBatches::describe() const {
   std::ostringstream s;
   s << name_ << ": " << split_.numel() << " bytes, " << options_.batch_size()
-    << " x " << options_.context() << (options_.random() ? " random" : " sequential")
-    << " windows, seed " << options_.seed();
+    << " x " << options_.context()
+    << (options_.random() ? " random" : " sequential") << " windows, seed "
+    << options_.seed();
   return s.str();
 }
 

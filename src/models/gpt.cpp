@@ -1,11 +1,11 @@
 #include "lowmem/models/gpt.h"
 
+#include "lowmem/core/check.h"
+
 #include <ATen/ATen.h>
 #include <torch/nn/modules/container/modulelist.h>
 
 #include <cmath>
-
-#include "lowmem/core/check.h"
 
 namespace lowmem::models {
 
@@ -13,54 +13,74 @@ void validate(const GPTConfig& c) {
   LOWMEM_CHECK(c.n_layer() > 0, "[gpt] n_layer must be > 0, got ", c.n_layer());
   LOWMEM_CHECK(c.n_head() > 0, "[gpt] n_head must be > 0, got ", c.n_head());
   LOWMEM_CHECK(c.n_embd() > 0, "[gpt] n_embd must be > 0, got ", c.n_embd());
-  LOWMEM_CHECK(c.n_embd() % c.n_head() == 0, "[gpt] n_embd ", c.n_embd(),
-               " is not a multiple of n_head ", c.n_head());
-  LOWMEM_CHECK(c.block_size() > 0, "[gpt] block_size must be > 0, got ",
-               c.block_size());
-  LOWMEM_CHECK(c.vocab_size() > 0, "[gpt] vocab_size must be > 0, got ",
-               c.vocab_size());
-  LOWMEM_CHECK(c.dropout() >= 0.0 && c.dropout() < 1.0,
-               "[gpt] dropout must be in [0, 1), got ", c.dropout());
+  LOWMEM_CHECK(
+      c.n_embd() % c.n_head() == 0,
+      "[gpt] n_embd ",
+      c.n_embd(),
+      " is not a multiple of n_head ",
+      c.n_head());
+  LOWMEM_CHECK(
+      c.block_size() > 0, "[gpt] block_size must be > 0, got ", c.block_size());
+  LOWMEM_CHECK(
+      c.vocab_size() > 0, "[gpt] vocab_size must be > 0, got ", c.vocab_size());
+  LOWMEM_CHECK(
+      c.dropout() >= 0.0 && c.dropout() < 1.0,
+      "[gpt] dropout must be in [0, 1), got ",
+      c.dropout());
 }
 
 GPT::GPT(GPTConfig config) : config_(std::move(config)) {
   validate(config_);
   const auto& c = config_;
-  wte = register_module("wte",
-                        std::make_shared<Embedding>(c.vocab_size(), c.n_embd()));
-  wpe = register_module("wpe",
-                        std::make_shared<Embedding>(c.block_size(), c.n_embd()));
+  wte = register_module(
+      "wte", std::make_shared<Embedding>(c.vocab_size(), c.n_embd()));
+  wpe = register_module(
+      "wpe", std::make_shared<Embedding>(c.block_size(), c.n_embd()));
   torch::nn::ModuleList h;
   for (int64_t i = 0; i < c.n_layer(); ++i) {
-    auto b = std::make_shared<Block>(c.n_embd(), c.n_head(), c.bias(),
-                                     /*causal=*/true, c.dropout());
+    auto b = std::make_shared<Block>(
+        c.n_embd(),
+        c.n_head(),
+        c.bias(),
+        /*causal=*/true,
+        c.dropout());
     h->push_back(b);
     blocks_.push_back(b);
   }
   register_module("h", h);
-  ln_f = register_module("ln_f", std::make_shared<LayerNorm>(c.n_embd(), c.bias()));
+  ln_f = register_module(
+      "ln_f", std::make_shared<LayerNorm>(c.n_embd(), c.bias()));
 
   // nanoGPT initialisation: N(0, 0.02) for embeddings and linear weights,
   // zero biases, residual projections N(0, 0.02 / sqrt(2 * n_layer)).
   at::NoGradGuard no_grad;
   wte->weight.normal_(0.0, 0.02);
   wpe->weight.normal_(0.0, 0.02);
-  const double proj_std = 0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layer()));
+  const double proj_std =
+      0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layer()));
   for (const auto& ref : adapters::find_slots(*this)) {
     auto layer = ref.layer();
     layer->base_weight().normal_(0.0, ref.name == "proj" ? proj_std : 0.02);
     at::Tensor bias = layer->bias();
-    if (bias.defined()) bias.zero_();
+    if (bias.defined())
+      bias.zero_();
   }
 }
 
 at::Tensor GPT::forward(const at::Tensor& idx) {
-  LOWMEM_CHECK(idx.dim() == 2 && idx.scalar_type() == at::kLong,
-               "[gpt] expected int64 tokens [B, T], got ", idx.sizes(), " ",
-               idx.scalar_type());
+  LOWMEM_CHECK(
+      idx.dim() == 2 && idx.scalar_type() == at::kLong,
+      "[gpt] expected int64 tokens [B, T], got ",
+      idx.sizes(),
+      " ",
+      idx.scalar_type());
   const int64_t T = idx.size(1);
-  LOWMEM_CHECK(T <= config_.block_size(), "[gpt] sequence length ", T,
-               " exceeds block_size ", config_.block_size());
+  LOWMEM_CHECK(
+      T <= config_.block_size(),
+      "[gpt] sequence length ",
+      T,
+      " exceeds block_size ",
+      config_.block_size());
   at::Tensor pos = at::arange(T, idx.options());
   at::Tensor x = wte->forward(idx) + wpe->forward(pos);
   if (config_.dropout() > 0.0 && is_training()) {
@@ -75,8 +95,12 @@ at::Tensor GPT::forward(const at::Tensor& idx) {
 
 at::Tensor GPT::loss(const at::Tensor& idx, const at::Tensor& target) {
   at::Tensor logits = loss_precision(forward(idx));
-  LOWMEM_CHECK(target.sizes() == idx.sizes(), "[gpt] target shape ",
-               target.sizes(), " != input shape ", idx.sizes());
+  LOWMEM_CHECK(
+      target.sizes() == idx.sizes(),
+      "[gpt] target shape ",
+      target.sizes(),
+      " != input shape ",
+      idx.sizes());
   return at::cross_entropy_loss(
       logits.view({-1, logits.size(-1)}), target.reshape(-1));
 }
@@ -87,8 +111,8 @@ EvalStats GPT::evaluate(const at::Tensor& idx, const at::Tensor& target) {
       loss_precision(forward(idx)).view({-1, config_.vocab_size()});
   at::Tensor t = target.reshape(-1);
   EvalStats s;
-  s.loss_sum = at::cross_entropy_loss(logits, t, {}, at::Reduction::Sum)
-                   .item<double>();
+  s.loss_sum =
+      at::cross_entropy_loss(logits, t, {}, at::Reduction::Sum).item<double>();
   s.count = t.numel();
   s.correct = logits.argmax(-1).eq(t).sum().item<int64_t>();
   return s;
@@ -100,7 +124,8 @@ int64_t GPT::matrix_parameters() {
 
 double GPT::flops_per_token(int64_t seq_len) {
   return 6.0 * static_cast<double>(matrix_parameters()) +
-         12.0 * static_cast<double>(config_.n_layer() * config_.n_embd() * seq_len);
+         12.0 * static_cast<double>(
+                    config_.n_layer() * config_.n_embd() * seq_len);
 }
 
 int64_t gpt_parameter_count(const GPTConfig& c) {

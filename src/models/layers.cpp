@@ -1,15 +1,15 @@
 #include "lowmem/models/layers.h"
 
+#include "lowmem/core/check.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 #include <limits>
 #include <unordered_set>
-
-#include "lowmem/core/check.h"
 
 namespace lowmem::models {
 
@@ -17,7 +17,8 @@ using adapters::Linear;
 
 LayerNorm::LayerNorm(int64_t n, bool bias, double eps) : n_(n), eps_(eps) {
   weight = register_parameter("weight", at::ones({n}));
-  if (bias) this->bias = register_parameter("bias", at::zeros({n}));
+  if (bias)
+    this->bias = register_parameter("bias", at::zeros({n}));
 }
 
 at::Tensor LayerNorm::forward(const at::Tensor& x) {
@@ -32,19 +33,26 @@ at::Tensor Embedding::forward(const at::Tensor& idx) {
   return at::embedding(weight, idx);
 }
 
-SelfAttention::SelfAttention(int64_t n_embd, int64_t n_head, bool bias,
-                             bool causal, double dropout)
+SelfAttention::SelfAttention(
+    int64_t n_embd, int64_t n_head, bool bias, bool causal, double dropout)
     : n_embd_(n_embd), n_head_(n_head), causal_(causal), dropout_(dropout) {
-  LOWMEM_CHECK(n_head > 0 && n_embd % n_head == 0, "[attention] n_embd ",
-               n_embd, " is not a multiple of n_head ", n_head);
+  LOWMEM_CHECK(
+      n_head > 0 && n_embd % n_head == 0,
+      "[attention] n_embd ",
+      n_embd,
+      " is not a multiple of n_head ",
+      n_head);
   register_slot("qkv", std::make_shared<Linear>(n_embd, 3 * n_embd, bias));
   register_slot("proj", std::make_shared<Linear>(n_embd, n_embd, bias));
 }
 
 at::Tensor SelfAttention::forward(const at::Tensor& x) {
-  LOWMEM_CHECK(x.dim() == 3 && x.size(2) == n_embd_,
-               "[attention] expected input [B, T, ", n_embd_, "], got ",
-               x.sizes());
+  LOWMEM_CHECK(
+      x.dim() == 3 && x.size(2) == n_embd_,
+      "[attention] expected input [B, T, ",
+      n_embd_,
+      "], got ",
+      x.sizes());
   const int64_t B = x.size(0), T = x.size(1), H = n_head_, D = n_embd_ / H;
   // One fused projection, then one copy into [3, B*H, T, D] (q, k, v).
   at::Tensor qkv = linear("qkv").forward(x);
@@ -64,28 +72,35 @@ at::Tensor SelfAttention::forward(const at::Tensor& x) {
   if (causal_) {
     // Additive mask (0 on and below the diagonal, -inf above), broadcast over
     // the B*H batch by baddbmm: scale and mask cost no extra pass.
-    at::Tensor mask =
-        at::full({T, T}, -std::numeric_limits<double>::infinity(),
-                 q.options().requires_grad(false))
-            .triu_(1);
-    scores = at::baddbmm(mask, q, k.transpose(1, 2), /*beta=*/1.0,
-                         /*alpha=*/scale);
+    at::Tensor mask = at::full(
+                          {T, T},
+                          -std::numeric_limits<double>::infinity(),
+                          q.options().requires_grad(false))
+                          .triu_(1);
+    scores = at::baddbmm(
+        mask,
+        q,
+        k.transpose(1, 2),
+        /*beta=*/1.0,
+        /*alpha=*/scale);
   } else {
     scores = at::bmm(q, k.transpose(1, 2)).mul_(scale);
   }
   at::Tensor att = at::softmax(scores, -1);
-  if (dropout_ > 0.0 && is_training()) att = at::dropout(att, dropout_, true);
-  at::Tensor y = at::bmm(att, v)                        // [B*H, T, D]
+  if (dropout_ > 0.0 && is_training())
+    att = at::dropout(att, dropout_, true);
+  at::Tensor y = at::bmm(att, v)  // [B*H, T, D]
                      .view({B, H, T, D})
                      .transpose(1, 2)
                      .reshape({B, T, n_embd_});
   y = linear("proj").forward(y);
-  if (dropout_ > 0.0 && is_training()) y = at::dropout(y, dropout_, true);
+  if (dropout_ > 0.0 && is_training())
+    y = at::dropout(y, dropout_, true);
   return y;
 }
 
-FeedForward::FeedForward(int64_t n_embd, int64_t hidden, bool bias,
-                         double dropout)
+FeedForward::FeedForward(
+    int64_t n_embd, int64_t hidden, bool bias, double dropout)
     : dropout_(dropout) {
   register_slot("fc", std::make_shared<Linear>(n_embd, hidden, bias));
   register_slot("proj", std::make_shared<Linear>(hidden, n_embd, bias));
@@ -94,18 +109,27 @@ FeedForward::FeedForward(int64_t n_embd, int64_t hidden, bool bias,
 at::Tensor FeedForward::forward(const at::Tensor& x) {
   at::Tensor h = at::gelu(linear("fc").forward(x), "tanh");
   h = linear("proj").forward(h);
-  if (dropout_ > 0.0 && is_training()) h = at::dropout(h, dropout_, true);
+  if (dropout_ > 0.0 && is_training())
+    h = at::dropout(h, dropout_, true);
   return h;
 }
 
-Block::Block(int64_t n_embd, int64_t n_head, bool bias, bool causal,
-             double dropout, int64_t hidden) {
+Block::Block(
+    int64_t n_embd,
+    int64_t n_head,
+    bool bias,
+    bool causal,
+    double dropout,
+    int64_t hidden) {
   ln_1 = register_module("ln_1", std::make_shared<LayerNorm>(n_embd, bias));
-  attn = register_module("attn", std::make_shared<SelfAttention>(
-                                     n_embd, n_head, bias, causal, dropout));
+  attn = register_module(
+      "attn",
+      std::make_shared<SelfAttention>(n_embd, n_head, bias, causal, dropout));
   ln_2 = register_module("ln_2", std::make_shared<LayerNorm>(n_embd, bias));
-  mlp = register_module("mlp", std::make_shared<FeedForward>(
-                                   n_embd, hidden > 0 ? hidden : 4 * n_embd, bias, dropout));
+  mlp = register_module(
+      "mlp",
+      std::make_shared<FeedForward>(
+          n_embd, hidden > 0 ? hidden : 4 * n_embd, bias, dropout));
 }
 
 at::Tensor Block::forward(const at::Tensor& x) {
@@ -119,9 +143,11 @@ namespace {
 // graph and saves only the input; backward re-runs the block with grad
 // enabled and back-propagates through it (accumulating parameter .grad).
 struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx,
-                            const at::Tensor& x, const at::Tensor& /*dummy*/,
-                            int64_t block_address) {
+  static at::Tensor forward(
+      torch::autograd::AutogradContext* ctx,
+      const at::Tensor& x,
+      const at::Tensor& /*dummy*/,
+      int64_t block_address) {
     ctx->saved_data["block"] = block_address;
     if (x.device().is_cpu()) {
       ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
@@ -160,13 +186,16 @@ struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
 }  // namespace
 
 at::Tensor run_block(Block& block, const at::Tensor& x, bool checkpoint) {
-  if (!checkpoint || !at::GradMode::is_enabled()) return block.forward(x);
+  if (!checkpoint || !at::GradMode::is_enabled())
+    return block.forward(x);
   // The dummy makes the output require grad even when x does not (frozen
   // embeddings), so backward still reaches the block's parameters.
   at::Tensor dummy =
       at::empty({0}, x.options().dtype(at::kFloat)).requires_grad_(true);
-  return CheckpointBlock::apply(x, dummy,
-                                reinterpret_cast<int64_t>(&block));  // NOLINT
+  return CheckpointBlock::apply(
+      x,
+      dummy,
+      reinterpret_cast<int64_t>(&block));  // NOLINT
 }
 
 at::Tensor loss_precision(const at::Tensor& t) {
@@ -178,8 +207,10 @@ int64_t count_parameters(const torch::nn::Module& m, bool trainable_only) {
   int64_t n = 0;
   std::unordered_set<const void*> seen;
   for (const auto& p : m.parameters()) {
-    if (trainable_only && !p.requires_grad()) continue;
-    if (!seen.insert(p.unsafeGetTensorImpl()).second) continue;
+    if (trainable_only && !p.requires_grad())
+      continue;
+    if (!seen.insert(p.unsafeGetTensorImpl()).second)
+      continue;
     n += p.numel();
   }
   return n;

@@ -1,23 +1,31 @@
 #include "lowmem/models/mlp.h"
 
-#include <ATen/ATen.h>
-
 #include "lowmem/core/check.h"
+
+#include <ATen/ATen.h>
 
 namespace lowmem::models {
 
 void validate(const MLPConfig& c) {
-  LOWMEM_CHECK(c.sizes().size() >= 2, "[mlp] sizes needs at least {in, out}, got ",
-               c.sizes().size(), " entries");
+  LOWMEM_CHECK(
+      c.sizes().size() >= 2,
+      "[mlp] sizes needs at least {in, out}, got ",
+      c.sizes().size(),
+      " entries");
   for (int64_t s : c.sizes()) {
     LOWMEM_CHECK(s > 0, "[mlp] sizes must be positive, got ", s);
   }
   const auto& a = c.activation();
-  LOWMEM_CHECK(a == "relu" || a == "gelu" || a == "tanh" || a == "sigmoid",
-               "[mlp] unknown activation '", a,
-               "' (expected relu, gelu, tanh or sigmoid)");
-  LOWMEM_CHECK(c.loss() == "ce" || c.loss() == "mse", "[mlp] unknown loss '",
-               c.loss(), "' (expected ce or mse)");
+  LOWMEM_CHECK(
+      a == "relu" || a == "gelu" || a == "tanh" || a == "sigmoid",
+      "[mlp] unknown activation '",
+      a,
+      "' (expected relu, gelu, tanh or sigmoid)");
+  LOWMEM_CHECK(
+      c.loss() == "ce" || c.loss() == "mse",
+      "[mlp] unknown loss '",
+      c.loss(),
+      "' (expected ce or mse)");
 }
 
 MLP::MLP(MLPConfig config) : config_(std::move(config)) {
@@ -26,8 +34,9 @@ MLP::MLP(MLPConfig config) : config_(std::move(config)) {
   // nn.Sequential indices: Linear at 0, 2, 4, ...; activations in between.
   for (size_t i = 0; i + 1 < s.size(); ++i) {
     names_.push_back(std::to_string(2 * i));
-    register_slot(names_.back(),
-                  std::make_shared<adapters::Linear>(s[i], s[i + 1], config_.bias()));
+    register_slot(
+        names_.back(),
+        std::make_shared<adapters::Linear>(s[i], s[i + 1], config_.bias()));
   }
 }
 
@@ -36,7 +45,8 @@ at::Tensor MLP::forward(const at::Tensor& x) {
   const auto& a = config_.activation();
   for (size_t i = 0; i < names_.size(); ++i) {
     h = linear(names_[i]).forward(h);
-    if (i + 1 == names_.size()) break;
+    if (i + 1 == names_.size())
+      break;
     if (a == "relu") {
       h = at::relu(h);
     } else if (a == "gelu") {
@@ -52,7 +62,8 @@ at::Tensor MLP::forward(const at::Tensor& x) {
 
 at::Tensor MLP::loss(const at::Tensor& x, const at::Tensor& target) {
   at::Tensor out = loss_precision(forward(x));
-  if (config_.loss() == "ce") return at::cross_entropy_loss(out, target);
+  if (config_.loss() == "ce")
+    return at::cross_entropy_loss(out, target);
   return at::mse_loss(out, target.to(out.scalar_type()));
 }
 
@@ -67,9 +78,10 @@ EvalStats MLP::evaluate(const at::Tensor& x, const at::Tensor& target) {
     s.correct = out.argmax(-1).eq(target).sum().item<int64_t>();
   } else {
     // Per-example loss: squared error summed over outputs, mean per element.
-    s.loss_sum = at::mse_loss(out, target.to(out.scalar_type()), at::Reduction::Sum)
-                     .item<double>() /
-                 static_cast<double>(out.numel() / std::max<int64_t>(1, s.count));
+    s.loss_sum =
+        at::mse_loss(out, target.to(out.scalar_type()), at::Reduction::Sum)
+            .item<double>() /
+        static_cast<double>(out.numel() / std::max<int64_t>(1, s.count));
   }
   return s;
 }

@@ -19,6 +19,12 @@
 #include "lowmem/optim/adamw.h"
 #include "lowmem/optim/came.h"
 #include "lowmem/optim/galore.h"
+#include "lowmem/optim/singd.h"
+#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/adapters/inject.h"
+#include "lowmem/adapters/lora.h"
+#include "lowmem/adapters/lotr.h"
+#include "lowmem/adapters/snell.h"
 
 namespace lowmem::train::detail {
 namespace {
@@ -173,10 +179,14 @@ const std::vector<Component>& components() {
       {"data", "fashion-mnist", "fashion_mnist"},
       {"method", "full", ""},
       {"method", "galore", "galore"},
+      {"method", "lora", "lora"},
+      {"method", "lotr", "lotr"},
+      {"method", "snell", "snell"},
       {"optimizer", "adamw", "adamw"},
       {"optimizer", "sgd", "sgd"},
       {"optimizer", "came", "came"},
       {"optimizer", "adafactor", "adafactor"},
+      {"optimizer", "singd", "singd"},
   };
   return table;
 }
@@ -191,11 +201,15 @@ std::vector<Section> make_sections() {
                                   "Fashion-MNIST (data/fashion_mnist.h)"),
       Section::of<GaloreSection>("galore",
                                  "GaLore gradient projection (optim/galore.h)"),
+      Section::of<adapters::LoraOptions>("lora", "LoRA (adapters/lora.h)"),
+      Section::of<adapters::LotrOptions>("lotr", "LoTR (adapters/lotr.h)"),
+      Section::of<adapters::SnellOptions>("snell", "SNELL (adapters/snell.h)"),
       Section::of<optim::AdamWOptions>("adamw", "AdamW (optim/adamw.h)"),
       Section::of<SgdSection>("sgd", "SGD (torch::optim::SGD)"),
       Section::of<optim::CameOptions>("came", "CAME (optim/came.h)"),
       Section::of<optim::AdafactorOptions>("adafactor",
                                            "Adafactor (optim/adafactor.h)"),
+      Section::of<optim::SingdOptions>("singd", "SINGD (optim/singd.h)"),
   };
 }
 
@@ -332,11 +346,56 @@ std::shared_ptr<models::Model> build_model(const Config& c,
   });
 }
 
-void apply_method(const Config& c, models::Model& model) {
+std::shared_ptr<adapters::AdapterModel> apply_method(
+    const Config& c, const std::shared_ptr<models::Model>& model) {
   if (c.method == "full" || c.method == "galore") {
-    return;  // galore acts in the optimizer (build_optimizer)
+    return nullptr;  // galore acts in the optimizer (build_optimizer)
   }
-  throw ConfigError("method '" + c.method + "' is not available in this build");
+  // Default targets: every projection of the transformer blocks; the MLP's
+  // hidden layers. A new classifier head stays trainable (modules_to_save).
+  adapters::TargetOptions t;
+  if (!c.targets.empty()) {
+    t = adapters::TargetOptions::from_list(c.targets);
+  } else if (c.model == "mlp") {
+    std::vector<std::string> names;
+    auto mlp = std::dynamic_pointer_cast<models::MLP>(model);
+    const auto& all = mlp->layer_names();
+    names.assign(all.begin(), all.end() - 1);
+    if (names.empty()) {
+      throw ConfigError("method " + c.method + " needs a hidden MLP layer "
+                        "(mlp.hidden) or --targets");
+    }
+    t.target_modules(names);
+    t.modules_to_save({all.back()});
+  } else if (c.method == "lotr") {
+    // LoTR groups layers by projection type and a group needs equal shapes:
+    // the square attention projections.
+    t.target_modules({"qkv", "attn.proj"});
+    if (c.model == "vit") {
+      t.modules_to_save({"head"});
+    }
+  } else {
+    t.target_modules({"qkv", "proj", "fc"});
+    if (c.model == "vit") {
+      t.modules_to_save({"head"});
+    }
+  }
+  return usage([&]() -> std::shared_ptr<adapters::AdapterModel> {
+    if (c.method == "lora") {
+      return adapters::inject_lora(
+          model, t, opts<adapters::LoraOptions>(c, "lora"));
+    }
+    if (c.method == "lotr") {
+      return adapters::inject_lotr(
+          model, t, opts<adapters::LotrOptions>(c, "lotr"));
+    }
+    if (c.method == "snell") {
+      return adapters::inject_snell(
+          model, t, opts<adapters::SnellOptions>(c, "snell"));
+    }
+    throw ConfigError("method '" + c.method +
+                      "' is not available in this build");
+  });
 }
 
 std::string main_target(const Config& c) {
@@ -348,11 +407,40 @@ std::string aux_target(const Config& c) {
                                            : c.aux_optimizer;
 }
 
-std::vector<RouteRule> routing_rules(const Config& c) {
+namespace {
+
+std::string regex_escape(const std::string& s) {
+  std::string out;
+  for (const char ch : s) {
+    if (std::string("\\^$.|?*+()[]{}").find(ch) != std::string::npos) {
+      out += '\\';
+    }
+    out += ch;
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<RouteRule> routing_rules(const Config& c, models::Model& model) {
+  if (c.optimizer == "singd" && c.route == "auto") {
+    // SINGD takes the weights and biases of the Linear/Conv2d layers it can
+    // tap; everything else goes to the aux optimizer.
+    auto split = adapters::split_curvature_parameters(model);
+    std::string names;
+    for (const auto& [name, p] : split.covered) {
+      names += (names.empty() ? "" : "|") + regex_escape(name);
+    }
+    RouteRule covered;
+    covered.target = main_target(c);
+    covered.pattern = "^(" + names + ")$";
+    RouteRule rest;
+    rest.target = aux_target(c);
+    return {covered, rest};
+  }
   std::string route = c.route;
   if (route == "auto") {
-    const bool matrix_only = c.optimizer == "singd" || c.optimizer == "kfac" ||
-        c.method == "galore";
+    const bool matrix_only = c.optimizer == "singd" || c.method == "galore";
     route = matrix_only ? "matrices" : "all";
   }
   if (route == "matrices") {
@@ -407,7 +495,6 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
 std::shared_ptr<torch::optim::Optimizer> build_optimizer(
     const Config& c, const std::string& name, bool main, const Route& route,
     models::Model& model) {
-  (void)model;
   return usage([&]() -> std::shared_ptr<torch::optim::Optimizer> {
     if (main && c.method == "galore") {
       auto g = opts<GaloreSection>(c, "galore").g;
@@ -425,6 +512,26 @@ std::shared_ptr<torch::optim::Optimizer> build_optimizer(
             return make_optimizer(c, name, std::move(groups));
           },
           g);
+    }
+    if (name == "singd") {
+      if (!main) {
+        throw ConfigError("singd cannot be the aux_optimizer");
+      }
+      // The layers whose weights were routed here.
+      std::vector<adapters::CurvatureLayer> layers;
+      for (auto& layer : adapters::find_curvature_layers(model)) {
+        for (const auto& p : route.params) {
+          if (p.is_same(layer.weight)) {
+            layers.push_back(layer);
+            break;
+          }
+        }
+      }
+      if (layers.empty()) {
+        throw ConfigError("singd: no Linear/Conv2d layer is routed to it");
+      }
+      return std::make_shared<optim::SINGD>(
+          std::move(layers), opts<optim::SingdOptions>(c, "singd"));
     }
     Groups groups;
     groups.emplace_back(route.params);

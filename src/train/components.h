@@ -37,6 +37,9 @@ class Optimizer;
 namespace lowmem::models {
 class Model;
 }
+namespace lowmem::adapters {
+class AdapterModel;
+}
 
 namespace lowmem::train::detail {
 
@@ -53,14 +56,16 @@ std::shared_ptr<models::Model> build_model(const Config& c,
                                            const BuiltData& data);
 /// Applies the method (adapters, projected adapters) to the model; freezes
 /// what the method freezes.
-void apply_method(const Config& c, models::Model& model);
+/// Returns the injected adapters (nullptr for methods without any).
+std::shared_ptr<adapters::AdapterModel> apply_method(
+    const Config& c, const std::shared_ptr<models::Model>& model);
 /// Slot names: the main optimizer's ("galore" for method galore, else the
 /// optimizer's name) and the aux optimizer's (suffixed "_aux" on a clash).
 std::string main_target(const Config& c);
 std::string aux_target(const Config& c);
 /// The routing rules for this configuration (route=auto picks by method and
 /// optimizer).
-std::vector<RouteRule> routing_rules(const Config& c);
+std::vector<RouteRule> routing_rules(const Config& c, models::Model& model);
 /// Builds optimizer `name` for `route`'s parameters (wrapping it in the
 /// method's gradient transform where the method is one, e.g. galore).
 std::shared_ptr<torch::optim::Optimizer> build_optimizer(

@@ -5,14 +5,19 @@
 #include <torch/optim/optimizer.h>
 
 #include <chrono>
+#include <regex>
 #include <cmath>
 #include <filesystem>
+#include <set>
 #include <sstream>
 
 #include "components.h"
 #include "lowmem/core/check.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/core/threads.h"
+#include "lowmem/adapters/adapter_file.h"
+#include "lowmem/adapters/inject.h"
+#include "lowmem/io/safetensors.h"
 #include "lowmem/io/atomic_file.h"
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/models/layers.h"
@@ -71,10 +76,13 @@ std::unique_ptr<Session> build_session(const Config& config) {
   s->data_summary = data.summary;
   s->baseline_loss = data.baseline;
   s->model = detail::build_model(c, data);
-  detail::apply_method(c, *s->model);
+  if (!c.init.empty()) {
+    load_weights(*s->model, c.init, c.init_exclude);
+  }
+  s->adapter = detail::apply_method(c, s->model);
 
   s->routes = route_parameters(named_parameters(*s->model),
-                               detail::routing_rules(c));
+                               detail::routing_rules(c, *s->model));
   LOWMEM_CHECK(!s->routes.empty(), "[run] the model has no trainable "
                "parameters");
   std::vector<OptimizerSlot> slots;
@@ -148,8 +156,90 @@ RunResult run(const Config& config, ProgressFn progress,
                        .count();
   result.steps = trainer.steps_done();
   result.skipped = trainer.skipped_total();
+  if (session->adapter && !c.out_dir.empty()) {
+    result.adapter_dir = c.out_dir + "/adapter";
+    adapters::save_adapter(*session->adapter, result.adapter_dir);
+  }
   result.peak_bytes = MemoryTracker().peak_bytes();
   return result;
+}
+
+void load_weights(torch::nn::Module& model, const std::string& path,
+                  const std::string& exclude) {
+  std::string file = path;
+  if (fs::is_directory(path)) {
+    file = io::resolve_checkpoint(path) + "/weights.safetensors";
+  }
+  std::regex skip;
+  try {
+    skip = std::regex(exclude.empty() ? "$^" : exclude);
+  } catch (const std::regex_error& e) {
+    throw ConfigError("init_exclude: bad regex '" + exclude + "'");
+  }
+  auto excluded = [&](const std::string& n) {
+    return !exclude.empty() && std::regex_search(n, skip);
+  };
+  auto loaded = io::load_safetensors(file);
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;
+  std::set<std::string> used;
+  auto take = [&](const std::string& name, const at::Tensor& t) {
+    if (excluded(name)) {
+      return;
+    }
+    auto it = loaded.tensors.find(name);
+    LOWMEM_CHECK(it != loaded.tensors.end(), "[init] ", file,
+                 " has no tensor '", name, "' (exclude it with init_exclude)");
+    LOWMEM_CHECK(it->second.sizes() == t.sizes(), "[init] ", file,
+                 ": tensor '", name, "' has shape ", it->second.sizes(),
+                 ", the model has ", t.sizes(),
+                 " (exclude it with init_exclude)");
+    copies.emplace_back(t, it->second);
+    used.insert(name);
+  };
+  for (const auto& item : model.named_parameters(true)) {
+    take(item.key(), item.value());
+  }
+  for (const auto& item : model.named_buffers(true)) {
+    take(item.key(), item.value());
+  }
+  for (const auto& [name, t] : loaded.tensors) {
+    LOWMEM_CHECK(used.count(name) != 0 || excluded(name), "[init] ", file,
+                 ": tensor '", name, "' is not in the model");
+  }
+  at::NoGradGuard no_grad;
+  for (auto& [dst, src] : copies) {
+    dst.copy_(src);
+  }
+}
+
+int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
+                      const std::string& out_dir) {
+  const std::string dir = io::resolve_checkpoint(base);
+  Config c;
+  c.apply_yaml(io::read_file(dir + "/info.txt"), dir + "/info.txt");
+  c.method = "full";
+  c.init = dir;
+  c.init_exclude = "";
+  c.out_dir = "";
+  c.resume = "";
+  c.metrics = "";
+  auto session = build_session(c);
+  auto adapter = adapters::load_adapter(session->model, adapter_dir);
+  adapter->merge_and_unload();
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto& item : session->model->named_parameters(true)) {
+    tensors.emplace(item.key(), item.value().detach());
+  }
+  for (const auto& item : session->model->named_buffers(true)) {
+    tensors.emplace(item.key(), item.value().detach());
+  }
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  LOWMEM_CHECK(!ec, "[merge] cannot create '", out_dir, "': ", ec.message());
+  io::save_safetensors(out_dir + "/model.safetensors", tensors,
+                       {{"format", "pt"}});
+  io::atomic_write_file(out_dir + "/config.yaml", c.to_yaml());
+  return static_cast<int64_t>(tensors.size());
 }
 
 InfoReport info(const Config& config) {

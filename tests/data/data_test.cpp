@@ -1,13 +1,15 @@
-#include <gtest/gtest.h>
+#include "lowmem/data/fashion_mnist.h"
+#include "lowmem/data/text.h"
+
 #include <torch/torch.h>
-#include <zlib.h>
+
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 
-#include "lowmem/data/fashion_mnist.h"
-#include "lowmem/data/text.h"
+#include <zlib.h>
 
 namespace {
 
@@ -55,8 +57,9 @@ TEST(TextCorpus, ReadsFolderRecursivelyInSortedOrderSkippingBinary) {
   TextCorpus c(d.path.string(), 0.25);
   EXPECT_EQ(c.files().size(), 3u);
   EXPECT_EQ(c.skipped_binary(), 1);
-  std::string all(reinterpret_cast<const char*>(c.bytes().data_ptr<uint8_t>()),
-                  static_cast<size_t>(c.size()));
+  std::string all(
+      reinterpret_cast<const char*>(c.bytes().data_ptr<uint8_t>()),
+      static_cast<size_t>(c.size()));
   EXPECT_EQ(all, "AAAABBBBCCCCCCCCCCCC");
   EXPECT_EQ(c.train().numel(), 15);
   EXPECT_EQ(c.validation().numel(), 5);
@@ -65,8 +68,10 @@ TEST(TextCorpus, ReadsFolderRecursivelyInSortedOrderSkippingBinary) {
 
 TEST(TextCorpus, ClearErrors) {
   std::string e = error_of([] { TextCorpus c("/nonexistent/lowmem/corpus"); });
-  EXPECT_NE(e.find("[data] text corpus '/nonexistent/lowmem/corpus' does not exist"),
-            std::string::npos) << e;
+  EXPECT_NE(
+      e.find("[data] text corpus '/nonexistent/lowmem/corpus' does not exist"),
+      std::string::npos)
+      << e;
   EXPECT_EQ(e.find("fortunes"), std::string::npos);  // no package hint
   TempDir empty;
   e = error_of([&] { TextCorpus c(empty.path.string()); });
@@ -105,13 +110,15 @@ at::Tensor ramp(int64_t n) {
 }
 
 TEST(TextBatches, TargetsAreInputsShiftedByOne) {
-  TextBatches src(ramp(1000), TextBatchOptions().context(8).batch_size(4).seed(1));
+  TextBatches src(
+      ramp(1000), TextBatchOptions().context(8).batch_size(4).seed(1));
   Batch b = src.next();
   EXPECT_EQ(b.input.sizes(), (std::vector<int64_t>{4, 8}));
   EXPECT_EQ(b.input.scalar_type(), torch::kLong);
   using torch::indexing::Slice;
-  EXPECT_TRUE(torch::equal(b.input.index({Slice(), Slice(1)}),
-                           b.target.index({Slice(), Slice(0, 7)})));
+  EXPECT_TRUE(torch::equal(
+      b.input.index({Slice(), Slice(1)}),
+      b.target.index({Slice(), Slice(0, 7)})));
   EXPECT_EQ(src.position(), 1);
 }
 
@@ -119,18 +126,22 @@ TEST(TextBatches, DeterministicAndSeekResumesExactly) {
   auto opts = TextBatchOptions().context(16).batch_size(3).seed(7);
   TextBatches a(ramp(5000), opts), b(ramp(5000), opts);
   std::vector<Batch> seq;
-  for (int i = 0; i < 6; ++i) seq.push_back(a.next());
-  for (int i = 0; i < 6; ++i) EXPECT_TRUE(torch::equal(seq[i].input, b.next().input));
+  for (int i = 0; i < 6; ++i)
+    seq.push_back(a.next());
+  for (int i = 0; i < 6; ++i)
+    EXPECT_TRUE(torch::equal(seq[i].input, b.next().input));
   TextBatches c(ramp(5000), opts);
   c.seek(4);
   EXPECT_TRUE(torch::equal(c.next().input, seq[4].input));
   EXPECT_TRUE(torch::equal(c.next().target, seq[5].target));
-  TextBatches other(ramp(5000), TextBatchOptions().context(16).batch_size(3).seed(8));
+  TextBatches other(
+      ramp(5000), TextBatchOptions().context(16).batch_size(3).seed(8));
   EXPECT_FALSE(torch::equal(other.next().input, seq[0].input));
 }
 
 TEST(TextBatches, SequentialCoversTheSplitInOrder) {
-  TextBatches s(ramp(41), TextBatchOptions().context(10).batch_size(2).random(false));
+  TextBatches s(
+      ramp(41), TextBatchOptions().context(10).batch_size(2).random(false));
   EXPECT_EQ(s.windows(), 4);
   Batch b1 = s.next(), b2 = s.next(), b3 = s.next();
   EXPECT_EQ(b1.input[0][0].item<int64_t>(), 0);
@@ -151,7 +162,8 @@ TEST(TextBatches, RejectsTooSmallSplit) {
 
 std::string be32(uint32_t v) {
   std::string s(4, '\0');
-  s[0] = char(v >> 24), s[1] = char(v >> 16), s[2] = char(v >> 8), s[3] = char(v);
+  s[0] = char(v >> 24), s[1] = char(v >> 16), s[2] = char(v >> 8),
+  s[3] = char(v);
   return s;
 }
 
@@ -165,7 +177,8 @@ void write_gz(const fs::path& p, const std::string& bytes) {
 // A fake split: n images of 28x28 whose pixels all equal the example index
 // (mod 256) and labels i % 10.
 void write_fake_split(const fs::path& root, const std::string& prefix, int n) {
-  std::string img = std::string("\0\0\x08\x03", 4) + be32(n) + be32(28) + be32(28);
+  std::string img =
+      std::string("\0\0\x08\x03", 4) + be32(n) + be32(28) + be32(28);
   std::string lab = std::string("\0\0\x08\x01", 4) + be32(n);
   for (int i = 0; i < n; ++i) {
     img += std::string(28 * 28, char(i % 256));
@@ -178,8 +191,12 @@ void write_fake_split(const fs::path& root, const std::string& prefix, int n) {
 TEST(FashionMnist, ClassSubsetPerClassSampleAndRemap) {
   TempDir d;
   write_fake_split(d.path, "train", 200);
-  auto o = FashionMnistOptions().root(d.path.string()).classes({7, 2}).per_class(5)
-               .seed(3).normalize(false);
+  auto o = FashionMnistOptions()
+               .root(d.path.string())
+               .classes({7, 2})
+               .per_class(5)
+               .seed(3)
+               .normalize(false);
   ImageSet s = load_fashion_mnist(o);
   ASSERT_EQ(s.size(), 10);
   EXPECT_EQ(s.images.sizes(), (std::vector<int64_t>{10, 1, 28, 28}));
@@ -194,30 +211,41 @@ TEST(FashionMnist, ClassSubsetPerClassSampleAndRemap) {
   EXPECT_TRUE(torch::equal(load_fashion_mnist(o).images, s.images));
   EXPECT_FALSE(torch::equal(load_fashion_mnist(o.seed(4)).images, s.images));
   // No remap keeps the original labels; all classes without per_class: all.
-  auto all = load_fashion_mnist(FashionMnistOptions().root(d.path.string()).remap_labels(false));
+  auto all = load_fashion_mnist(
+      FashionMnistOptions().root(d.path.string()).remap_labels(false));
   EXPECT_EQ(all.size(), 200);
   EXPECT_EQ(all.labels[17].item<int64_t>(), 7);
-  EXPECT_NE(error_of([&] { load_fashion_mnist(o.per_class(21)); })
-                .find("class 7 has 20 examples, fewer than per_class 21"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] {
+        load_fashion_mnist(o.per_class(21));
+      }).find("class 7 has 20 examples, fewer than per_class 21"),
+      std::string::npos);
 }
 
 TEST(FashionMnist, NormalizedPixels) {
   TempDir d;
   write_fake_split(d.path, "t10k", 3);
-  auto s = load_fashion_mnist(FashionMnistOptions().root(d.path.string()).train(false));
-  EXPECT_NEAR(s.images[2][0][0][0].item<double>(),
-              (2.0 / 255.0 - kFashionMnistMean) / kFashionMnistStd, 1e-6);
+  auto s = load_fashion_mnist(
+      FashionMnistOptions().root(d.path.string()).train(false));
+  EXPECT_NEAR(
+      s.images[2][0][0][0].item<double>(),
+      (2.0 / 255.0 - kFashionMnistMean) / kFashionMnistStd,
+      1e-6);
 }
 
 TEST(FashionMnist, MissingDirAndFilesNameThePath) {
   std::string e = error_of([] {
     load_fashion_mnist(FashionMnistOptions().root("/nonexistent/fmnist"));
   });
-  EXPECT_NE(e.find("'/nonexistent/fmnist' does not exist"), std::string::npos) << e;
+  EXPECT_NE(e.find("'/nonexistent/fmnist' does not exist"), std::string::npos)
+      << e;
   TempDir empty;
-  e = error_of([&] { load_fashion_mnist(FashionMnistOptions().root(empty.path.string())); });
-  EXPECT_NE(e.find("train-images-idx3-ubyte.gz: file does not exist"), std::string::npos)
+  e = error_of([&] {
+    load_fashion_mnist(FashionMnistOptions().root(empty.path.string()));
+  });
+  EXPECT_NE(
+      e.find("train-images-idx3-ubyte.gz: file does not exist"),
+      std::string::npos)
       << e;
 }
 
@@ -232,13 +260,18 @@ TEST(FashionMnist, TruncatedGzipAndBadMagic) {
   EXPECT_NE(e.find(p.string()), std::string::npos) << e;
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
 
-  write_gz(p, std::string("\x01\x02\x08\x03", 4) + be32(1) + be32(2) + be32(2) + "abcd");
+  write_gz(
+      p,
+      std::string("\x01\x02\x08\x03", 4) + be32(1) + be32(2) + be32(2) +
+          "abcd");
   e = error_of([&] { read_idx(p.string()); });
   EXPECT_NE(e.find("bad IDX magic"), std::string::npos) << e;
 
-  write_gz(p, std::string("\0\0\x08\x03", 4) + be32(2) + be32(2) + be32(2) + "abc");
+  write_gz(
+      p, std::string("\0\0\x08\x03", 4) + be32(2) + be32(2) + be32(2) + "abc");
   e = error_of([&] { read_idx(p.string()); });
-  EXPECT_NE(e.find("IDX payload has 3 bytes, header says 8"), std::string::npos) << e;
+  EXPECT_NE(e.find("IDX payload has 3 bytes, header says 8"), std::string::npos)
+      << e;
 }
 
 TEST(FashionMnist, RealDatasetIfInstalled) {
@@ -250,33 +283,42 @@ TEST(FashionMnist, RealDatasetIfInstalled) {
   auto test = load_fashion_mnist(FashionMnistOptions().train(false));
   EXPECT_EQ(test.size(), 10000);
   EXPECT_EQ(test.labels.bincount().min().item<int64_t>(), 1000);
-  auto few = load_fashion_mnist(FashionMnistOptions().classes({5, 6}).per_class(10));
+  auto few =
+      load_fashion_mnist(FashionMnistOptions().classes({5, 6}).per_class(10));
   EXPECT_EQ(few.size(), 20);
-  EXPECT_NEAR(load_fashion_mnist(FashionMnistOptions().train(false).normalize(false))
-                  .images.mean().item<double>(), kFashionMnistMean, 0.01);
+  EXPECT_NEAR(
+      load_fashion_mnist(FashionMnistOptions().train(false).normalize(false))
+          .images.mean()
+          .item<double>(),
+      kFashionMnistMean,
+      0.01);
 }
 
 TEST(ImageBatches, EpochShufflesAndSeek) {
-  ImageSet set{torch::arange(10, torch::kFloat).view({10, 1, 1, 1}),
-               torch::arange(10, torch::kLong)};
+  ImageSet set{
+      torch::arange(10, torch::kFloat).view({10, 1, 1, 1}),
+      torch::arange(10, torch::kLong)};
   ImageBatches a(set, ImageBatchOptions().batch_size(4).seed(1));
   std::vector<int64_t> seen;
   std::vector<Batch> batches;
   for (int i = 0; i < 5; ++i) {
     batches.push_back(a.next());
-    for (int64_t j = 0; j < 4; ++j) seen.push_back(batches.back().target[j].item<int64_t>());
+    for (int64_t j = 0; j < 4; ++j)
+      seen.push_back(batches.back().target[j].item<int64_t>());
   }
   // First epoch (examples 0..9) is a permutation of 0..9.
   std::vector<int64_t> first(seen.begin(), seen.begin() + 10);
   std::sort(first.begin(), first.end());
-  for (int64_t i = 0; i < 10; ++i) EXPECT_EQ(first[i], i);
+  for (int64_t i = 0; i < 10; ++i)
+    EXPECT_EQ(first[i], i);
   std::vector<int64_t> second(seen.begin() + 10, seen.begin() + 20);
   EXPECT_NE(std::vector<int64_t>(seen.begin(), seen.begin() + 10), second);
   ImageBatches b(set, ImageBatchOptions().batch_size(4).seed(1));
   b.seek(3);
   EXPECT_TRUE(torch::equal(b.next().input, batches[3].input));
   ImageBatches plain(set, ImageBatchOptions().batch_size(3).shuffle(false));
-  EXPECT_TRUE(torch::equal(plain.next().target, torch::tensor({0, 1, 2}, torch::kLong)));
+  EXPECT_TRUE(torch::equal(
+      plain.next().target, torch::tensor({0, 1, 2}, torch::kLong)));
 }
 
 }  // namespace

@@ -1,11 +1,12 @@
-#include <gtest/gtest.h>
-#include <torch/torch.h>
-
 #include "lowmem/core/memory.h"
 #include "lowmem/models/gpt.h"
 #include "lowmem/models/mlp.h"
 #include "lowmem/models/vit.h"
 #include "testing/gradcheck.h"
+
+#include <torch/torch.h>
+
+#include <gtest/gtest.h>
 
 namespace {
 
@@ -18,7 +19,8 @@ GPTConfig tiny_gpt() {
 
 std::vector<std::string> slot_paths(torch::nn::Module& m) {
   std::vector<std::string> out;
-  for (const auto& r : find_slots(m)) out.push_back(r.path);
+  for (const auto& r : find_slots(m))
+    out.push_back(r.path);
   return out;
 }
 
@@ -28,17 +30,29 @@ TEST(GPT, ShapesAndSlotPaths) {
   auto idx = torch::randint(0, 256, {3, 10}, torch::kLong);
   EXPECT_EQ(gpt.forward(idx).sizes(), (std::vector<int64_t>{3, 10, 256}));
   std::vector<std::string> want = {
-      "h.0.attn.proj", "h.0.attn.qkv", "h.0.mlp.fc", "h.0.mlp.proj",
-      "h.1.attn.proj", "h.1.attn.qkv", "h.1.mlp.fc", "h.1.mlp.proj"};
+      "h.0.attn.proj",
+      "h.0.attn.qkv",
+      "h.0.mlp.fc",
+      "h.0.mlp.proj",
+      "h.1.attn.proj",
+      "h.1.attn.qkv",
+      "h.1.mlp.fc",
+      "h.1.mlp.proj"};
   EXPECT_EQ(slot_paths(gpt), want);
   auto params = gpt.named_parameters();
-  for (const char* n : {"wte.weight", "wpe.weight", "h.0.ln_1.weight",
-                        "h.0.ln_1.bias", "h.0.attn.qkv.weight",
-                        "h.1.mlp.proj.bias", "ln_f.weight", "ln_f.bias"}) {
+  for (const char* n :
+       {"wte.weight",
+        "wpe.weight",
+        "h.0.ln_1.weight",
+        "h.0.ln_1.bias",
+        "h.0.attn.qkv.weight",
+        "h.1.mlp.proj.bias",
+        "ln_f.weight",
+        "ln_f.bias"}) {
     EXPECT_TRUE(params.contains(n)) << n;
   }
-  EXPECT_EQ(params["h.0.attn.qkv.weight"].sizes(),
-            (std::vector<int64_t>{48, 16}));
+  EXPECT_EQ(
+      params["h.0.attn.qkv.weight"].sizes(), (std::vector<int64_t>{48, 16}));
 }
 
 TEST(GPT, ParameterCountMatchesFormula) {
@@ -53,7 +67,8 @@ TEST(GPT, ParameterCountMatchesFormula) {
     EXPECT_EQ(count_parameters(gpt), want);
   }
   // The reference sizes of the benchmark.
-  GPTConfig small = GPTConfig().n_layer(4).n_head(4).n_embd(256).block_size(128);
+  GPTConfig small =
+      GPTConfig().n_layer(4).n_head(4).n_embd(256).block_size(128);
   EXPECT_EQ(gpt_parameter_count(small), 3257856);
 }
 
@@ -73,7 +88,8 @@ TEST(GPT, HeadIsTiedToTokenEmbedding) {
   gpt.zero_grad();
   gpt.loss(idx, idx).backward();
   EXPECT_GT(gpt.wte->weight.grad().index({255}).abs().sum().item<double>(), 0.0)
-      << "row 255 never appears in idx, so only the tied head can give it a grad";
+      << "row 255 never appears in idx, so only the tied head can give it a "
+         "grad";
 }
 
 TEST(GPT, CausalFutureTokensDoNotAffectEarlierLogits) {
@@ -81,15 +97,20 @@ TEST(GPT, CausalFutureTokensDoNotAffectEarlierLogits) {
   GPT gpt(tiny_gpt());
   auto idx = torch::randint(0, 256, {2, 12}, torch::kLong);
   auto changed = idx.clone();
-  changed.index_put_({torch::indexing::Slice(), torch::indexing::Slice(7)},
-                     (idx.index({torch::indexing::Slice(),
-                                 torch::indexing::Slice(7)}) + 1) % 256);
+  changed.index_put_(
+      {torch::indexing::Slice(), torch::indexing::Slice(7)},
+      (idx.index({torch::indexing::Slice(), torch::indexing::Slice(7)}) + 1) %
+          256);
   auto a = gpt.forward(idx), b = gpt.forward(changed);
   using torch::indexing::Slice;
-  EXPECT_TRUE(torch::allclose(a.index({Slice(), Slice(0, 7)}),
-                              b.index({Slice(), Slice(0, 7)})));
-  EXPECT_GT((a.index({Slice(), Slice(7)}) - b.index({Slice(), Slice(7)}))
-                .abs().max().item<double>(), 1e-4);
+  EXPECT_TRUE(torch::allclose(
+      a.index({Slice(), Slice(0, 7)}), b.index({Slice(), Slice(0, 7)})));
+  EXPECT_GT(
+      (a.index({Slice(), Slice(7)}) - b.index({Slice(), Slice(7)}))
+          .abs()
+          .max()
+          .item<double>(),
+      1e-4);
 }
 
 TEST(GPT, RejectsBadConfigAndInput) {
@@ -97,16 +118,19 @@ TEST(GPT, RejectsBadConfigAndInput) {
     GPT g(GPTConfig().n_embd(30).n_head(4));
     FAIL();
   } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("[gpt] n_embd 30 is not a multiple"),
-              std::string::npos) << e.what();
+    EXPECT_NE(
+        std::string(e.what()).find("[gpt] n_embd 30 is not a multiple"),
+        std::string::npos)
+        << e.what();
   }
   GPT gpt(tiny_gpt());
   try {
     gpt.forward(torch::zeros({1, 13}, torch::kLong));
     FAIL();
   } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("exceeds block_size 12"),
-              std::string::npos) << e.what();
+    EXPECT_NE(
+        std::string(e.what()).find("exceeds block_size 12"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -117,7 +141,8 @@ TEST(GPT, DeterministicInitFromSeed) {
   GPT b(tiny_gpt());
   auto pa = a.parameters(), pb = b.parameters();
   ASSERT_EQ(pa.size(), pb.size());
-  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pb[i]));
+  for (size_t i = 0; i < pa.size(); ++i)
+    EXPECT_TRUE(torch::equal(pa[i], pb[i]));
 }
 
 // The block's input gradient (attention + MLP) against float64 central
@@ -144,12 +169,16 @@ TEST(GPT, WeightGradientsMatchFiniteDifferences) {
   gpt.zero_grad();
   gpt.loss(idx, tgt).backward();
   torch::NoGradGuard g;
-  for (const char* name : {"h.0.attn.qkv.weight", "h.0.mlp.fc.weight",
-                           "wte.weight", "h.0.ln_1.weight"}) {
+  for (const char* name :
+       {"h.0.attn.qkv.weight",
+        "h.0.mlp.fc.weight",
+        "wte.weight",
+        "h.0.ln_1.weight"}) {
     auto p = gpt.named_parameters()[name];
     auto grad = p.grad().clone();
     auto flat = p.view(-1);
-    for (int64_t i = 0; i < flat.numel(); i += std::max<int64_t>(1, flat.numel() / 7)) {
+    for (int64_t i = 0; i < flat.numel();
+         i += std::max<int64_t>(1, flat.numel() / 7)) {
       const double eps = 1e-6;
       double old = flat[i].item<double>();
       flat[i].fill_(old + eps);
@@ -158,7 +187,10 @@ TEST(GPT, WeightGradientsMatchFiniteDifferences) {
       double down = gpt.loss(idx, tgt).item<double>();
       flat[i].fill_(old);
       double numeric = (up - down) / (2 * eps);
-      EXPECT_NEAR(grad.view(-1)[i].item<double>(), numeric, 1e-6 + 1e-5 * std::abs(numeric))
+      EXPECT_NEAR(
+          grad.view(-1)[i].item<double>(),
+          numeric,
+          1e-6 + 1e-5 * std::abs(numeric))
           << name << "[" << i << "]";
     }
   }
@@ -179,7 +211,8 @@ TEST(GPT, ActivationCheckpointingGivesSameGradients) {
   auto pa = plain.named_parameters(), pb = ckpt.named_parameters();
   for (const auto& kv : pa) {
     ASSERT_TRUE(pb[kv.key()].grad().defined()) << kv.key();
-    EXPECT_TRUE(torch::allclose(kv.value().grad(), pb[kv.key()].grad(), 1e-5, 1e-7))
+    EXPECT_TRUE(
+        torch::allclose(kv.value().grad(), pb[kv.key()].grad(), 1e-5, 1e-7))
         << kv.key();
   }
 }
@@ -200,7 +233,11 @@ TEST(GPT, ActivationCheckpointingLowersPeakMemory) {
   lowmem::MemoryTracker tracker;
   auto peak = [&](bool ckpt) {
     torch::manual_seed(0);
-    GPT gpt(GPTConfig().n_layer(4).n_head(2).n_embd(32).block_size(64)
+    GPT gpt(GPTConfig()
+                .n_layer(4)
+                .n_head(2)
+                .n_embd(32)
+                .block_size(64)
                 .activation_checkpointing(ckpt));
     auto idx = torch::randint(0, 256, {8, 64}, torch::kLong);
     auto scope = tracker.scope();
@@ -243,34 +280,51 @@ TEST(GPT, FlopsPerTokenFormula) {
   GPT gpt(tiny_gpt());
   const int64_t C = 16, L = 2;
   EXPECT_EQ(gpt.matrix_parameters(), L * 12 * C * C + 256 * C);
-  EXPECT_DOUBLE_EQ(gpt.flops_per_token(12),
-                   6.0 * (L * 12 * C * C + 256 * C) + 12.0 * L * C * 12);
+  EXPECT_DOUBLE_EQ(
+      gpt.flops_per_token(12),
+      6.0 * (L * 12 * C * C + 256 * C) + 12.0 * L * C * 12);
 }
 
 TEST(ViT, ShapesNamesAndCount) {
   torch::manual_seed(0);
-  auto c = ViTConfig().patch_size(7).n_layer(2).n_head(2).n_embd(16).n_classes(5);
+  auto c =
+      ViTConfig().patch_size(7).n_layer(2).n_head(2).n_embd(16).n_classes(5);
   ViT vit(c);
   auto x = torch::randn({3, 1, 28, 28});
   EXPECT_EQ(vit.forward(x).sizes(), (std::vector<int64_t>{3, 5}));
   auto paths = slot_paths(vit);
-  std::vector<std::string> want = {"head", "patch_embed", "h.0.attn.proj",
-                                   "h.0.attn.qkv", "h.0.mlp.fc", "h.0.mlp.proj",
-                                   "h.1.attn.proj", "h.1.attn.qkv", "h.1.mlp.fc",
-                                   "h.1.mlp.proj"};
+  std::vector<std::string> want = {
+      "head",
+      "patch_embed",
+      "h.0.attn.proj",
+      "h.0.attn.qkv",
+      "h.0.mlp.fc",
+      "h.0.mlp.proj",
+      "h.1.attn.proj",
+      "h.1.attn.qkv",
+      "h.1.mlp.fc",
+      "h.1.mlp.proj"};
   EXPECT_EQ(paths, want);
   // By hand: patch 49*16+16, cls 16, pos 17*16, blocks 2*(12*256 + 13*16),
   // ln_f 32, head 16*5+5.
-  int64_t by_hand = 49 * 16 + 16 + 16 + 17 * 16 + 2 * (12 * 256 + 13 * 16) + 32 + 85;
+  int64_t by_hand =
+      49 * 16 + 16 + 16 + 17 * 16 + 2 * (12 * 256 + 13 * 16) + 32 + 85;
   EXPECT_EQ(vit_parameter_count(c), by_hand);
   EXPECT_EQ(count_parameters(vit), by_hand);
-  auto p4 = ViTConfig().patch_size(4).n_layer(1).n_head(1).n_embd(8).mlp_ratio(2);
+  auto p4 =
+      ViTConfig().patch_size(4).n_layer(1).n_head(1).n_embd(8).mlp_ratio(2);
   EXPECT_EQ(count_parameters(ViT(p4)), vit_parameter_count(p4));
 }
 
 TEST(ViT, PatchifyOrderMatchesConvolution) {
   torch::manual_seed(0);
-  auto c = ViTConfig().patch_size(4).channels(2).image_size(8).n_layer(1).n_head(1).n_embd(6);
+  auto c = ViTConfig()
+               .patch_size(4)
+               .channels(2)
+               .image_size(8)
+               .n_layer(1)
+               .n_head(1)
+               .n_embd(6);
   ViT vit(c);
   auto x = torch::randn({2, 2, 8, 8});
   auto w = vit.slot("patch_embed")->base_weight();  // [6, 2*4*4]
@@ -282,10 +336,14 @@ TEST(ViT, PatchifyOrderMatchesConvolution) {
   using torch::indexing::Slice;
   for (int64_t gy = 0; gy < 2; ++gy) {
     for (int64_t gx = 0; gx < 2; ++gx) {
-      auto patch = x.index({Slice(), Slice(), Slice(gy * 4, gy * 4 + 4),
-                            Slice(gx * 4, gx * 4 + 4)}).flatten(1);
+      auto patch = x.index({Slice(),
+                            Slice(),
+                            Slice(gy * 4, gy * 4 + 4),
+                            Slice(gx * 4, gx * 4 + 4)})
+                       .flatten(1);
       auto want = torch::linear(patch, w, b);
-      EXPECT_LT((lin.select(1, gy * 2 + gx) - want).abs().max().item<double>(), 1e-5);
+      EXPECT_LT(
+          (lin.select(1, gy * 2 + gx) - want).abs().max().item<double>(), 1e-5);
     }
   }
 }
@@ -299,9 +357,11 @@ TEST(ViT, ResetHeadAndErrors) {
     vit.forward(torch::randn({2, 1, 27, 28}));
     FAIL();
   } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("[vit] expected images"), std::string::npos);
+    EXPECT_NE(
+        std::string(e.what()).find("[vit] expected images"), std::string::npos);
   }
-  auto loss = vit.loss(torch::randn({4, 1, 28, 28}), torch::tensor({0, 1, 2, 0}));
+  auto loss =
+      vit.loss(torch::randn({4, 1, 28, 28}), torch::tensor({0, 1, 2, 0}));
   loss.backward();
   EXPECT_TRUE(vit.named_parameters()["cls_token"].grad().defined());
 }
@@ -311,19 +371,25 @@ TEST(MLP, SequentialNamesAndCount) {
   auto c = MLPConfig().sizes({784, 32, 16, 10});
   MLP mlp(c);
   std::vector<std::string> names;
-  for (const auto& kv : mlp.named_parameters()) names.push_back(kv.key());
-  EXPECT_EQ(names, (std::vector<std::string>{"0.weight", "0.bias", "2.weight",
-                                             "2.bias", "4.weight", "4.bias"}));
+  for (const auto& kv : mlp.named_parameters())
+    names.push_back(kv.key());
+  EXPECT_EQ(
+      names,
+      (std::vector<std::string>{
+          "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"}));
   EXPECT_EQ(count_parameters(mlp), 784 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10);
   EXPECT_EQ(mlp_parameter_count(c), count_parameters(mlp));
   auto x = torch::randn({5, 1, 28, 28});
   EXPECT_EQ(mlp.forward(x).sizes(), (std::vector<int64_t>{5, 10}));
   // Same numbers as an explicit relu chain.
-  auto h = torch::relu(torch::linear(x.flatten(1), mlp.named_parameters()["0.weight"],
-                                     mlp.named_parameters()["0.bias"]));
-  h = torch::relu(torch::linear(h, mlp.named_parameters()["2.weight"],
-                                mlp.named_parameters()["2.bias"]));
-  h = torch::linear(h, mlp.named_parameters()["4.weight"], mlp.named_parameters()["4.bias"]);
+  auto h = torch::relu(torch::linear(
+      x.flatten(1),
+      mlp.named_parameters()["0.weight"],
+      mlp.named_parameters()["0.bias"]));
+  h = torch::relu(torch::linear(
+      h, mlp.named_parameters()["2.weight"], mlp.named_parameters()["2.bias"]));
+  h = torch::linear(
+      h, mlp.named_parameters()["4.weight"], mlp.named_parameters()["4.bias"]);
   EXPECT_TRUE(torch::allclose(h, mlp.forward(x)));
   EXPECT_THROW(MLP(MLPConfig().activation("swish")), c10::Error);
   EXPECT_THROW(MLP(MLPConfig().sizes({3})), c10::Error);
@@ -334,7 +400,10 @@ TEST(MLP, MseLossAndEvaluate) {
   MLP mlp(MLPConfig().sizes({3, 4, 2}).loss("mse").activation("tanh"));
   auto x = torch::randn({6, 3}), y = torch::randn({6, 2});
   auto out = mlp.forward(x);
-  EXPECT_NEAR(mlp.loss(x, y).item<double>(), (out - y).pow(2).mean().item<double>(), 1e-6);
+  EXPECT_NEAR(
+      mlp.loss(x, y).item<double>(),
+      (out - y).pow(2).mean().item<double>(),
+      1e-6);
   auto s = mlp.evaluate(x, y);
   EXPECT_EQ(s.count, 6);
   EXPECT_NEAR(s.loss_sum / 6, (out - y).pow(2).mean().item<double>(), 1e-6);

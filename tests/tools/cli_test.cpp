@@ -187,4 +187,42 @@ TEST_F(Cli, InfoPrintsParameterCountsAndWritesNothing) {
   EXPECT_TRUE(is_empty_dir());
 }
 
+TEST_F(Cli, EveryMethodAndOptimizerTrains) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"--method", "lora"},          {"--method", "lotr"},
+      {"--method", "snell"},         {"--method", "galore", "--galore.rank", "4"},
+      {"--optimizer", "came"},       {"--optimizer", "adafactor"},
+      {"--optimizer", "singd"},      {"--optimizer", "sgd"},
+  };
+  for (const auto& c : cases) {
+    auto args = tiny(c);
+    args.insert(args.end(), {"--steps", "2"});
+    auto r = run(args);
+    EXPECT_EQ(r.code, 0) << c[1] << ": " << r.err;
+    EXPECT_NE(r.out.find("done: 2 steps"), std::string::npos) << r.out;
+  }
+  // Routing: galore and singd leave the rest to the aux optimizer.
+  auto r = run(tiny({"--optimizer", "singd", "--steps", "1"}));
+  EXPECT_NE(r.out.find("# optimizer singd:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("# optimizer adamw:"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, AdapterRunThenMerge) {
+  const std::string base = dir_ + "/base", ft = dir_ + "/ft";
+  ASSERT_EQ(run(tiny({"--steps", "2", "--out_dir", base})).code, 0);
+  auto r = run(tiny({"--steps", "2", "--method", "lora", "--init",
+                     base + "/checkpoints", "--out_dir", ft}));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(ft + "/adapter/adapter_model.safetensors"));
+  r = run({"merge", "--base", base + "/checkpoints", "--adapter",
+           ft + "/adapter", "--out", dir_ + "/merged"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(dir_ + "/merged/model.safetensors"));
+  r = run(tiny({"--steps", "1", "--warmup_steps", "0", "--init",
+                dir_ + "/merged/model.safetensors"}));
+  EXPECT_EQ(r.code, 0) << r.err;
+  // A merge without its required flags is a usage error.
+  EXPECT_EQ(run({"merge", "--base", base}).code, 2);
+}
+
 }  // namespace

@@ -5,17 +5,18 @@
 // resumable, epoch-shuffled BatchSource over any in-memory image set.
 #pragma once
 
+#include "lowmem/data/batch.h"
+
 #include <torch/arg.h>
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "lowmem/data/batch.h"
-
 namespace lowmem::data {
 
-inline constexpr const char* kDefaultFashionMnist = "/usr/share/datasets/fashion-mnist";
+inline constexpr const char* kDefaultFashionMnist =
+    "/usr/share/datasets/fashion-mnist";
 
 /// Channel statistics of the Fashion-MNIST training images (pixels / 255).
 inline constexpr double kFashionMnistMean = 0.2860;
@@ -41,7 +42,9 @@ struct FashionMnistOptions {
 struct ImageSet {
   at::Tensor images;
   at::Tensor labels;
-  int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
+  int64_t size() const {
+    return labels.defined() ? labels.size(0) : 0;
+  }
 };
 
 /// Raw IDX contents after gunzip: dims from the header and the uint8 payload.
@@ -73,12 +76,17 @@ struct ImageBatchOptions {
 /// epochs), so every batch has batch_size examples.
 class ImageBatches final : public BatchSource {
  public:
-  ImageBatches(ImageSet set, ImageBatchOptions options, std::string name = "images");
+  ImageBatches(
+      ImageSet set, ImageBatchOptions options, std::string name = "images");
   Batch next() override;
-  int64_t position() const override { return position_; }
+  int64_t position() const override {
+    return position_;
+  }
   void seek(int64_t position) override;
   std::string describe() const override;
-  const ImageSet& set() const { return set_; }
+  const ImageSet& set() const {
+    return set_;
+  }
 
  private:
   const std::vector<int64_t>& order(int64_t epoch);

@@ -5,14 +5,14 @@
 // package `fortunes` (/usr/share/games/fortunes).
 #pragma once
 
+#include "lowmem/data/batch.h"
+
 #include <torch/arg.h>
 
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
-
-#include "lowmem/data/batch.h"
 
 namespace lowmem::data {
 
@@ -27,20 +27,30 @@ class TextCorpus {
  public:
   /// Throws "[data] ..." naming `path` if it is missing, unreadable or holds
   /// no text (for the default path, naming the Debian package too).
-  explicit TextCorpus(const std::string& path = kDefaultTextCorpus,
-                      double val_fraction = 0.1);
+  explicit TextCorpus(
+      const std::string& path = kDefaultTextCorpus, double val_fraction = 0.1);
 
-  const std::string& path() const { return path_; }
+  const std::string& path() const {
+    return path_;
+  }
   /// Files read, in order.
-  const std::vector<std::string>& files() const { return files_; }
-  int64_t skipped_binary() const { return skipped_; }
+  const std::vector<std::string>& files() const {
+    return files_;
+  }
+  int64_t skipped_binary() const {
+    return skipped_;
+  }
   /// uint8 tensor of the whole corpus (files concatenated).
-  const at::Tensor& bytes() const { return bytes_; }
+  const at::Tensor& bytes() const {
+    return bytes_;
+  }
   /// Train split: the first (1 - val_fraction) of the bytes.
   at::Tensor train() const;
   /// Validation split: the last val_fraction of the bytes.
   at::Tensor validation() const;
-  int64_t size() const { return bytes_.numel(); }
+  int64_t size() const {
+    return bytes_.numel();
+  }
   std::string describe() const;
 
  private:
@@ -75,14 +85,19 @@ struct TextBatchOptions {
 /// split[o+1 : o+T+1], both int64 [B, T].
 class TextBatches final : public BatchSource {
  public:
-  TextBatches(at::Tensor split, TextBatchOptions options, std::string name = "text");
+  TextBatches(
+      at::Tensor split, TextBatchOptions options, std::string name = "text");
   Batch next() override;
-  int64_t position() const override { return position_; }
+  int64_t position() const override {
+    return position_;
+  }
   void seek(int64_t position) override;
   std::string describe() const override;
   /// Number of windows of the split ((N - 1) / T: one full pass).
   int64_t windows() const;
-  const TextBatchOptions& options() const { return options_; }
+  const TextBatchOptions& options() const {
+    return options_;
+  }
 
  private:
   at::Tensor split_;

@@ -6,9 +6,9 @@
 // weights stored [out, in] as torch::nn::Linear (GPT-2's Conv1D is [in, out]).
 #pragma once
 
-#include <torch/arg.h>
-
 #include "lowmem/models/layers.h"
+
+#include <torch/arg.h>
 
 namespace lowmem::models {
 
@@ -41,9 +41,13 @@ class GPT : public Model {
   /// upcast to fp32 for the loss whatever the weights' dtype.
   at::Tensor loss(const at::Tensor& idx, const at::Tensor& target) override;
   EvalStats evaluate(const at::Tensor& idx, const at::Tensor& target) override;
-  std::string kind() const override { return "gpt"; }
+  std::string kind() const override {
+    return "gpt";
+  }
 
-  const GPTConfig& config() const { return config_; }
+  const GPTConfig& config() const {
+    return config_;
+  }
   /// Matrix parameters that take part in matmuls: every slot weight plus the
   /// tied head (vocab x n_embd).
   int64_t matrix_parameters();
@@ -52,8 +56,12 @@ class GPT : public Model {
   /// without the causal half-saving; PaLM appendix B convention).
   double flops_per_token(int64_t seq_len);
   /// The block count (h.<i>).
-  int64_t n_layer() const { return static_cast<int64_t>(blocks_.size()); }
-  Block& block(int64_t i) { return *blocks_.at(static_cast<size_t>(i)); }
+  int64_t n_layer() const {
+    return static_cast<int64_t>(blocks_.size());
+  }
+  Block& block(int64_t i) {
+    return *blocks_.at(static_cast<size_t>(i));
+  }
 
   std::shared_ptr<Embedding> wte, wpe;
   std::shared_ptr<LayerNorm> ln_f;

@@ -5,6 +5,8 @@
 // 2019); attention is one fused qkv matmul + baddbmm with an additive mask.
 #pragma once
 
+#include "lowmem/adapters/slot_module.h"
+
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 
@@ -12,8 +14,6 @@
 #include <memory>
 #include <string>
 #include <vector>
-
-#include "lowmem/adapters/slot_module.h"
 
 namespace lowmem::models {
 
@@ -36,17 +36,19 @@ class Embedding : public torch::nn::Module {
  public:
   Embedding(int64_t num, int64_t dim);
   at::Tensor forward(const at::Tensor& idx);  // [...] int64 -> [..., dim]
-  at::Tensor weight;  // [num, dim]
+  at::Tensor weight;                          // [num, dim]
 };
 
 /// Multi-head self-attention with slots "qkv" (C -> 3C) and "proj" (C -> C).
 class SelfAttention : public adapters::SlotModule {
  public:
-  SelfAttention(int64_t n_embd, int64_t n_head, bool bias, bool causal,
-                double dropout);
+  SelfAttention(
+      int64_t n_embd, int64_t n_head, bool bias, bool causal, double dropout);
   /// x [B, T, C] -> [B, T, C].
   at::Tensor forward(const at::Tensor& x);
-  int64_t n_head() const { return n_head_; }
+  int64_t n_head() const {
+    return n_head_;
+  }
 
  private:
   int64_t n_embd_, n_head_;
@@ -69,8 +71,13 @@ class FeedForward : public adapters::SlotModule {
 class Block : public torch::nn::Module {
  public:
   /// hidden: the MLP width (0: 4 * n_embd).
-  Block(int64_t n_embd, int64_t n_head, bool bias, bool causal,
-        double dropout, int64_t hidden = 0);
+  Block(
+      int64_t n_embd,
+      int64_t n_head,
+      bool bias,
+      bool causal,
+      double dropout,
+      int64_t hidden = 0);
   at::Tensor forward(const at::Tensor& x);
 
   std::shared_ptr<LayerNorm> ln_1;
@@ -88,8 +95,8 @@ class Block : public torch::nn::Module {
 at::Tensor run_block(Block& block, const at::Tensor& x, bool checkpoint);
 
 /// Sum of numel over parameters (only requires_grad ones if trainable_only).
-int64_t count_parameters(const torch::nn::Module& m,
-                         bool trainable_only = false);
+int64_t count_parameters(
+    const torch::nn::Module& m, bool trainable_only = false);
 
 /// Sum of numel of the base weights of every adapter slot under `m` (the
 /// matrices whose matmuls dominate the FLOPs).
@@ -113,10 +120,11 @@ class Model : public adapters::SlotModule {
  public:
   virtual at::Tensor forward(const at::Tensor& input) = 0;
   /// Mean loss over the batch (tokens for language models).
-  virtual at::Tensor loss(const at::Tensor& input, const at::Tensor& target) = 0;
+  virtual at::Tensor loss(
+      const at::Tensor& input, const at::Tensor& target) = 0;
   /// Loss sum, count and argmax accuracy, computed under no_grad.
-  virtual EvalStats evaluate(const at::Tensor& input,
-                             const at::Tensor& target) = 0;
+  virtual EvalStats evaluate(
+      const at::Tensor& input, const at::Tensor& target) = 0;
   /// "gpt", "vit" or "mlp".
   virtual std::string kind() const = 0;
 };

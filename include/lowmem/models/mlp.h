@@ -3,9 +3,9 @@
 // so parameter names match it ("0.weight", "0.bias", "2.weight", ...).
 #pragma once
 
-#include <torch/arg.h>
-
 #include "lowmem/models/layers.h"
+
+#include <torch/arg.h>
 
 namespace lowmem::models {
 
@@ -29,10 +29,16 @@ class MLP : public Model {
   at::Tensor forward(const at::Tensor& x) override;
   at::Tensor loss(const at::Tensor& x, const at::Tensor& target) override;
   EvalStats evaluate(const at::Tensor& x, const at::Tensor& target) override;
-  std::string kind() const override { return "mlp"; }
-  const MLPConfig& config() const { return config_; }
+  std::string kind() const override {
+    return "mlp";
+  }
+  const MLPConfig& config() const {
+    return config_;
+  }
   /// Slot names in order ("0", "2", ...).
-  const std::vector<std::string>& layer_names() const { return names_; }
+  const std::vector<std::string>& layer_names() const {
+    return names_;
+  }
 
  private:
   MLPConfig config_;

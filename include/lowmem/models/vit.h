@@ -6,9 +6,9 @@
 // final LayerNorm "ln_f" and the classifier slot "head" on the class token.
 #pragma once
 
-#include <torch/arg.h>
-
 #include "lowmem/models/layers.h"
+
+#include <torch/arg.h>
 
 namespace lowmem::models {
 
@@ -37,9 +37,11 @@ class ViT : public Model {
   at::Tensor forward(const at::Tensor& images) override;
   /// Mean classification cross-entropy; target [B] int64.
   at::Tensor loss(const at::Tensor& images, const at::Tensor& target) override;
-  EvalStats evaluate(const at::Tensor& images,
-                     const at::Tensor& target) override;
-  std::string kind() const override { return "vit"; }
+  EvalStats evaluate(
+      const at::Tensor& images, const at::Tensor& target) override;
+  std::string kind() const override {
+    return "vit";
+  }
 
   /// [B, C, H, W] -> [B, N, C*p*p], patches in row-major order, each
   /// flattened channel-major (c, dy, dx) like a conv kernel's weight.
@@ -48,8 +50,12 @@ class ViT : public Model {
   /// new label set); uses the global RNG.
   void reset_head(int64_t n_classes);
   int64_t n_patches() const;
-  const ViTConfig& config() const { return config_; }
-  int64_t n_layer() const { return static_cast<int64_t>(blocks_.size()); }
+  const ViTConfig& config() const {
+    return config_;
+  }
+  int64_t n_layer() const {
+    return static_cast<int64_t>(blocks_.size());
+  }
 
   at::Tensor cls_token;  // [1, 1, C]
   at::Tensor pos_embed;  // [1, N + 1, C]

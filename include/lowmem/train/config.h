@@ -25,6 +25,9 @@ struct Config {
                                         // does not take (route)
   std::string route = "auto";  // auto | all | matrices (see training.md)
   std::string targets;         // adapter target modules ("" = method default)
+  std::string init;            // initial weights: a checkpoint (root or
+                               // step dir) or a .safetensors file
+  std::string init_exclude;    // regex: model tensors not taken from init
   // How long and how.
   int64_t steps = 300;
   int64_t batch_size = 32;
@@ -56,6 +59,8 @@ struct Config {
     v("aux_optimizer", aux_optimizer);
     v("route", route);
     v("targets", targets);
+    v("init", init);
+    v("init_exclude", init_exclude);
     v("steps", steps);
     v("batch_size", batch_size);
     v("accum_steps", accum_steps);

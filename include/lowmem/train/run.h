@@ -18,6 +18,9 @@
 namespace lowmem::models {
 class Model;
 }
+namespace lowmem::adapters {
+class AdapterModel;
+}
 
 namespace lowmem::train {
 
@@ -33,6 +36,8 @@ struct Session {
   /// split, on the validation split (unigram bytes; class prior).
   double baseline_loss = 0.0;
   std::vector<Route> routes;  // which optimizer owns which parameters
+  /// The injected adapters (methods lora, lotr, snell), else nullptr.
+  std::shared_ptr<adapters::AdapterModel> adapter;
   std::unique_ptr<Trainer> trainer;
 };
 
@@ -50,6 +55,7 @@ struct RunResult {
   double seconds = 0.0;
   int64_t peak_bytes = 0;      // MemoryTracker peak (0 if not installed)
   std::string checkpoint;      // last checkpoint written ("" if none)
+  std::string adapter_dir;     // adapter files written ("" if none)
 };
 
 /// Builds the session, calls `on_ready` (print the configuration, plug in a
@@ -59,6 +65,22 @@ struct RunResult {
 RunResult run(const Config& config,
               ProgressFn progress = {},
               const std::function<void(Session&)>& on_ready = {});
+
+/// Copies the tensors of `path` (a checkpoint root or step directory, or a
+/// .safetensors file) into `model`'s parameters and buffers, except names
+/// matching the regex `exclude`. Every other model tensor must be present
+/// with the same shape; extra tensors in the file are an error unless
+/// excluded. Checks everything before copying.
+void load_weights(torch::nn::Module& model, const std::string& path,
+                  const std::string& exclude = "");
+
+/// `lowmem merge`: rebuilds the model described by the configuration stored
+/// in the base checkpoint `base` (its info.txt), loads its weights, loads the
+/// adapter directory `adapter_dir` (adapters::load_adapter), folds it in
+/// (merge_and_unload) and writes out_dir/model.safetensors and
+/// out_dir/config.yaml (method full). Returns the tensor count written.
+int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
+                      const std::string& out_dir);
 
 /// Parameter counts and memory of a model + method + optimizers, measured
 /// over one forward/backward/step on one batch (so lazily created optimizer
