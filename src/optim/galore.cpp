@@ -14,7 +14,10 @@
 
 #include "lowmem/adapters/slot_module.h"
 #include "lowmem/core/check.h"
+#include "lowmem/optim/adafactor.h"
+#include "lowmem/optim/came.h"
 #include "lowmem/optim/galore_adamw.h"
+#include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/galore_state.h"
 
 namespace lowmem::optim {
@@ -78,7 +81,20 @@ double inner_weight_decay(const torch::optim::OptimizerOptions& o) {
     return a->weight_decay();
   if (auto* a = dynamic_cast<const GaLoreAdamWOptions*>(&o))
     return a->weight_decay();
+  if (auto* a = dynamic_cast<const CameOptions*>(&o)) return a->weight_decay();
+  if (auto* a = dynamic_cast<const AdafactorOptions*>(&o))
+    return a->weight_decay();
   return 0.0;
+}
+
+void transfer_copy_state(torch::optim::Optimizer& from, const at::Tensor& from_key,
+torch::optim::Optimizer& to, const at::Tensor& to_key) {
+  auto it = from.state().find(state_key(from_key));
+  if (it == from.state().end()) {
+    to.state().erase(state_key(to_key));
+    return;
+  }
+  to.state()[state_key(to_key)] = it->second->clone();
 }
 
 }  // namespace
@@ -135,6 +151,16 @@ at::Tensor BasisChange::square(const at::Tensor& x) const {
   return y;
 }
 
+at::Tensor BasisChange::rows(const at::Tensor& x) const {
+  if (!x.defined() || x.numel() == 0 || !c.defined()) return x;
+  return at::matmul((c * c).to(x.scalar_type()), x);
+}
+
+at::Tensor BasisChange::cols(const at::Tensor& x) const {
+  if (!x.defined() || x.numel() == 0 || !d.defined()) return x;
+  return at::matmul(x, (d * d).to(x.scalar_type()));
+}
+
 void reproject_state(torch::optim::OptimizerParamState& s,
                      const BasisChange& b) {
   if (auto* a = dynamic_cast<torch::optim::AdamWParamState*>(&s)) {
@@ -150,6 +176,16 @@ void reproject_state(torch::optim::OptimizerParamState& s,
   } else if (auto* a = dynamic_cast<GaLoreAdamWParamState*>(&s)) {
     a->exp_avg(b.linear(a->exp_avg()));
     a->exp_avg_sq(b.square(a->exp_avg_sq()));
+  } else if (auto* a = dynamic_cast<CameState*>(&s)) {
+    a->exp_avg = b.linear(a->exp_avg);
+    a->exp_avg_sq_row = b.rows(a->exp_avg_sq_row);
+    a->exp_avg_sq_col = b.cols(a->exp_avg_sq_col);
+    a->exp_avg_res_row = b.rows(a->exp_avg_res_row);
+    a->exp_avg_res_col = b.cols(a->exp_avg_res_col);
+  } else if (auto* a = dynamic_cast<AdafactorState*>(&s)) {
+    a->exp_avg = b.linear(a->exp_avg);
+    a->exp_avg_sq_row = b.rows(a->exp_avg_sq_row);
+    a->exp_avg_sq_col = b.cols(a->exp_avg_sq_col);
   } else {
     LOWMEM_CHECK(false,
                  "[galore] state_on_refresh 'reproject' does not know this "
@@ -471,6 +507,58 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> GaLore::route(
       plain.push_back(p);
     }
   return {projected, plain};
+}
+
+void transfer_state(GaLore& from, ProjectedAdapterOptimizer& to) {
+  at::NoGradGuard no_grad;
+  LOWMEM_CHECK(from.slots_.size() == to.layers_.size(),
+               "[galore] transfer_state: ", from.slots_.size(),
+               " projected params but ", to.layers_.size(), " adapters");
+  for (size_t i = 0; i < from.slots_.size(); ++i) {
+    auto& s = *from.slots_[i];
+    auto& l = *to.layers_[i];
+    LOWMEM_CHECK(s.micro == 0, "[galore] transfer_state during gradient "
+                               "accumulation (param ", i, ")");
+    LOWMEM_CHECK(s.param.unsafeGetTensorImpl() ==
+                     l.base_weight().unsafeGetTensorImpl(),
+                 "[galore] transfer_state: adapter ", i,
+                 " does not wrap GaLore's projected param ", i);
+    LOWMEM_CHECK(s.projector.low_rank_shape() == l.projector().low_rank_shape(),
+                 "[galore] transfer_state: adapter ", i,
+                 " has another low-rank shape");
+    l.projector() = s.projector;
+    l.a().zero_();
+    to.steps_[i] = s.step;
+    to.rebased_[i] = false;
+    transfer_copy_state(*from.inner_, s.proxy, *to.inner_, l.a());
+  }
+  for (auto& q : from.plains_)
+    transfer_copy_state(*from.inner_, q->param, *to.inner_, q->param);
+}
+
+void transfer_state(ProjectedAdapterOptimizer& from, GaLore& to) {
+  at::NoGradGuard no_grad;
+  LOWMEM_CHECK(to.slots_.size() == from.layers_.size(),
+               "[galore] transfer_state: ", from.layers_.size(),
+               " adapters but ", to.slots_.size(), " projected params");
+  for (size_t i = 0; i < from.layers_.size(); ++i) {
+    auto& l = *from.layers_[i];
+    auto& s = *to.slots_[i];
+    LOWMEM_CHECK(!l.capturing(), "[galore] transfer_state in the middle of a "
+                                 "refresh step (adapter ", i, ")");
+    LOWMEM_CHECK(s.param.unsafeGetTensorImpl() ==
+                     l.base_weight().unsafeGetTensorImpl(),
+                 "[galore] transfer_state: GaLore's projected param ", i,
+                 " is not adapter ", i, "'s base weight");
+    l.merge();
+    s.projector = l.projector();
+    s.step = from.steps_[i];
+    s.acc = at::Tensor();
+    s.micro = 0;
+    transfer_copy_state(*from.inner_, l.a(), *to.inner_, s.proxy);
+  }
+  for (auto& q : to.plains_)
+    transfer_copy_state(*from.inner_, q->param, *to.inner_, q->param);
 }
 
 }  // namespace lowmem::optim

@@ -29,6 +29,11 @@ class Module;
 
 namespace lowmem::optim {
 
+class GaLore;
+class ProjectedAdapterOptimizer;
+void transfer_state(GaLore& from, ProjectedAdapterOptimizer& to);
+void transfer_state(ProjectedAdapterOptimizer& from, GaLore& to);
+
 /// Builds the inner optimizer over the groups it is given (plain params
 /// first, then the low-rank proxies; empty groups are left out).
 using InnerFactory = std::function<std::unique_ptr<torch::optim::Optimizer>(
@@ -125,6 +130,8 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   struct Slot;
   struct Plain;
   friend struct GaLoreHook;
+  friend void transfer_state(GaLore& from, ProjectedAdapterOptimizer& to);
+  friend void transfer_state(ProjectedAdapterOptimizer& from, GaLore& to);
   void on_grad(bool projected, size_t i);
   void prepare(size_t i, const at::Tensor& full_grad);
   void load_proxy(size_t i, const at::Tensor& low);

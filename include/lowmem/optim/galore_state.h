@@ -21,6 +21,10 @@ struct BasisChange {
   at::Tensor d;
   at::Tensor linear(const at::Tensor& x) const;
   at::Tensor square(const at::Tensor& x) const;
+  /// Factored row statistics [rows] (Adafactor/CAME): (C o C) x.
+  at::Tensor rows(const at::Tensor& x) const;
+  /// Factored column statistics [cols]: x (D o D).
+  at::Tensor cols(const at::Tensor& x) const;
 };
 
 /// Re-expresses one param's state (torch SGD/Adam/AdamW, GaLoreAdamW, lowmem

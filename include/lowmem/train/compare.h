@@ -1,0 +1,224 @@
+// `lowmem compare`: trains the same model with every method lowmem offers and
+// measures, side by side, what each costs (parameters, optimizer state, peak
+// tensor bytes, peak RSS, step time) and what it reaches (loss / accuracy).
+// Each method runs in its own forked child process, so RSS peaks are per
+// method and a crash or Ctrl-C loses only that method. See docs/compare.md.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace lowmem::train::compare {
+
+/// Version of the results.json / results.csv schema (docs/compare.md).
+inline constexpr int kSchemaVersion = 1;
+
+/// Everything a compare run needs. Sizes default to the 5-minute budget on a
+/// 2-core machine; `full()` selects the longer, more conclusive run.
+struct CompareOptions {
+  // --- what to run
+  std::vector<std::string> suites = {"pretrain", "finetune"};
+  std::vector<std::string> methods;  // empty: all of the selected suites
+  std::string out_dir = "runs/compare";
+  std::string cache_dir;             // base-model cache; "" = <out_dir>/cache
+  uint64_t seed = 0;
+  int threads = 0;                   // <= 0: all cores
+  bool isolate = true;               // fork one child per method
+  const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to stop
+
+  // --- pretrain suite: byte-level GPT trained from scratch on text
+  std::string text_path = "/usr/share/games/fortunes";
+  int64_t gpt_width = 64;
+  int64_t gpt_layers = 2;
+  int64_t gpt_heads = 4;
+  int64_t gpt_context = 64;
+  int64_t gpt_batch = 16;
+  int64_t pretrain_steps = 250;
+
+  // --- finetune suite: ViT pretrained on Fashion-MNIST classes 0-4 (cached),
+  // adapted on `finetune_examples` examples of classes 5-9
+  std::string fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+  int64_t vit_width = 64;
+  int64_t vit_layers = 2;
+  int64_t vit_heads = 4;
+  int64_t vit_patch = 7;
+  int64_t vit_batch = 32;
+  int64_t base_steps = 400;
+  int64_t finetune_examples = 1000;
+  int64_t finetune_steps = 150;
+  int64_t finetune_eval_examples = 2000;  // test images of classes 5-9 (0: all 5000)
+
+  // --- toy suite (tests and smoke checks only): MLP on synthetic regression
+  int64_t toy_steps = 30;
+
+  // --- shared
+  int64_t eval_every = 0;    // 0: 5 evaluations per run
+  int64_t eval_batches = 8;  // validation batches for the language model
+  int64_t rank = 8;             // LoRA, LoTR, SNELL, projected adapter
+  int64_t projection_rank = 0;  // GaLore, random sketch; 0: model width / 4
+
+  // --- outputs
+  std::string gnuplot = "gnuplot";    // "" or not found: plots skipped
+  bool python_baseline = false;
+  std::string python = "/usr/bin/python3";
+  std::string command_line;          // recorded in results and report
+
+  /// Sets the longer run (more steps, wider models).
+  CompareOptions& full();
+};
+
+/// One method as the registry knows it.
+struct MethodInfo {
+  std::string suite;        // "pretrain", "finetune", "toy"
+  std::string name;         // "came", "galore-adamw", ...
+  std::string label;        // "CAME"
+  std::string paper;        // "CAME (arXiv 2307.02047)" or "" for baselines
+  std::string description;  // one line: what is trained and how
+  std::string unavailable;  // "" if it can run here, else why not
+};
+
+/// Registry of the methods of `suites` (all known suites if empty), with
+/// their availability under `options` (missing data, missing build pieces).
+std::vector<MethodInfo> list_methods(
+    const CompareOptions& options, const std::vector<std::string>& suites = {});
+
+/// One point of a training curve.
+struct CurvePoint {
+  int64_t step = 0;
+  double wall_s = 0;       // training time so far (evaluation excluded)
+  double train_loss = 0;   // loss of this step's batch
+  std::optional<double> val_loss;
+  std::optional<double> val_accuracy;
+};
+
+/// What one method cost and reached. Byte figures are exact tensor-storage
+/// bytes (MemoryTracker) except the RSS figures.
+struct MethodResult {
+  MethodInfo info;
+  std::string status = "ok";  // ok | diverged | failed | skipped | interrupted
+  std::string reason;         // for anything but ok
+  std::string detail;         // method settings ("rank 8, refresh 50")
+  std::string task;           // "gpt 64x2 ctx 64 on fortunes"
+  int64_t total_params = 0;
+  int64_t trainable_params = 0;
+  int64_t steps = 0;          // steps completed
+  // memory, bytes
+  int64_t optimizer_state_bytes = 0;
+  int64_t frozen_weight_bytes = 0;
+  int64_t trainable_weight_bytes = 0;
+  int64_t gradient_bytes = 0;
+  int64_t peak_tensor_bytes = 0;  // peak live tensor bytes of the run
+  int64_t activation_bytes = 0;   // peak - weights - gradients - state (>= 0)
+  int64_t peak_rss_bytes = 0;     // child process peak RSS
+  int64_t start_rss_bytes = 0;    // RSS when the method started
+  // time
+  double step_time_ms = 0;        // median over steps after warm-up
+  double throughput = 0;          // items / s at the median step time
+  std::string throughput_unit;    // "tokens/s" | "samples/s"
+  double train_time_s = 0;        // training time (evaluation excluded)
+  double wall_s = 0;              // whole child, model set-up included
+  // quality
+  double final_train_loss = 0;    // mean of the last 10% of steps
+  std::optional<double> val_loss;
+  std::optional<double> val_accuracy;
+  std::vector<CurvePoint> curve;
+};
+
+/// The Python (Debian python3-torch) run of the pretrain GPT with AdamW.
+struct PythonBaseline {
+  std::string status = "skipped";  // ok | failed | skipped
+  std::string reason;
+  std::string torch_version;
+  double step_time_ms = 0;
+  double throughput = 0;           // tokens/s
+  int64_t peak_rss_bytes = 0;
+  int64_t total_params = 0;
+  double final_train_loss = 0;
+  double val_loss = 0;
+  int64_t steps = 0;
+};
+
+struct PlotSet {
+  std::string status = "skipped";  // ok | skipped | failed
+  std::string reason;
+  std::vector<std::string> files;  // relative to out_dir
+};
+
+/// A seed paper's headline claim, checked against this run's numbers.
+struct ClaimCheck {
+  std::string id;         // "came-vs-adafactor"
+  std::string paper;      // "CAME (arXiv 2307.02047)"
+  std::string claim;      // what the paper says, in one sentence
+  std::string status;     // held | not held | not tested
+  std::string evidence;   // the numbers behind the verdict
+};
+
+struct CompareResults {
+  int schema_version = kSchemaVersion;
+  std::string created;      // ISO 8601 UTC
+  std::string command_line;
+  std::string machine;      // "2 cores, Linux 6.1, libtorch 1.13.1"
+  bool interrupted = false;
+  double wall_s = 0;
+  CompareOptions options;
+  std::vector<std::string> notes;  // base-model training, cache reuse, ...
+  std::vector<MethodResult> methods;
+  std::vector<ClaimCheck> claims;
+  PythonBaseline python;
+  PlotSet plots;
+};
+
+/// Progress reports (the library never prints; tools/ renders these).
+struct CompareCallbacks {
+  /// A method starts (index counts from 0 over the whole plan).
+  std::function<void(const MethodInfo&, int index, int count)> on_start;
+  /// A training step of the running method finished.
+  std::function<void(const MethodInfo&, int64_t step, int64_t steps,
+                     double loss)>
+      on_step;
+  /// A method finished, was skipped, failed or was interrupted.
+  std::function<void(const MethodResult&)> on_result;
+  /// Free-form notes ("base model cached at ...").
+  std::function<void(const std::string&)> on_note;
+};
+
+/// Runs the selected suites and methods and writes results.json,
+/// results.csv, curves.csv, plots/ and report.md into options.out_dir
+/// (rewritten after every method, so an interruption keeps what finished).
+/// With `isolate`, call this before the process runs any parallel torch op
+/// (libgomp does not survive fork() once its thread pool exists).
+CompareResults run_compare(const CompareOptions& options,
+                           const CompareCallbacks& callbacks = {});
+
+/// Runs one method in the current process (what each child does).
+MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
+                        const CompareCallbacks& callbacks = {});
+
+/// Paper claims computed from `methods` (never hard-coded verdicts).
+std::vector<ClaimCheck> check_claims(const std::vector<MethodResult>& methods);
+
+/// Writers (also used by run_compare). Paths are files, not directories.
+std::string results_to_json(const CompareResults& results);
+CompareResults results_from_json(const std::string& json);
+void write_results_json(const CompareResults& results, const std::string& path);
+void write_results_csv(const CompareResults& results, const std::string& path);
+void write_curves_csv(const CompareResults& results, const std::string& path);
+void write_report(const CompareResults& results, const std::string& path);
+/// Writes the gnuplot scripts and data under <out_dir>/plots and runs
+/// `gnuplot` (if it can be executed) to draw PNG and SVG files.
+PlotSet make_plots(const CompareResults& results, const std::string& out_dir,
+                   const std::string& gnuplot);
+
+/// The per-suite results table (plain text aligned for terminals, or
+/// Markdown).
+std::string format_table(const std::vector<MethodResult>& methods,
+                         const std::string& suite, bool markdown);
+
+/// The CSV header (column names, in order) of results.csv.
+std::vector<std::string> csv_columns();
+
+}  // namespace lowmem::train::compare

@@ -1,0 +1,72 @@
+// The method registry of `lowmem compare`. A method whose library piece is
+// not in this build is listed with the reason (never silently dropped).
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+
+#include "compare_internal.h"
+#include "lowmem/core/check.h"
+
+namespace lowmem::train::compare::detail {
+namespace {
+
+std::vector<at::Tensor> trainable(torch::nn::Module& m) {
+  std::vector<at::Tensor> out;
+  for (const auto& p : m.parameters())
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+MethodDef def(std::string suite, std::string name, std::string label,
+              std::string paper, std::string description) {
+  MethodDef d;
+  d.info.suite = std::move(suite);
+  d.info.name = std::move(name);
+  d.info.label = std::move(label);
+  d.info.paper = std::move(paper);
+  d.info.description = std::move(description);
+  return d;
+}
+
+void add_toy(std::vector<MethodDef>& out) {
+  {
+    MethodDef d = def("toy", "adamw", "AdamW", "", "torch::optim::AdamW on all parameters");
+    d.setup = [](Workload& w, const CompareOptions&) {
+      Training t;
+      t.optimizers.push_back(std::make_shared<torch::optim::AdamW>(
+          trainable(*w.model), torch::optim::AdamWOptions(1e-2).weight_decay(0.0)));
+      t.detail = "lr 1e-2";
+      return t;
+    };
+    out.push_back(d);
+  }
+  {
+    MethodDef d = def("toy", "sgd", "SGD", "", "torch::optim::SGD with momentum 0.9");
+    d.setup = [](Workload& w, const CompareOptions&) {
+      Training t;
+      t.optimizers.push_back(std::make_shared<torch::optim::SGD>(
+          trainable(*w.model), torch::optim::SGDOptions(5e-2).momentum(0.9)));
+      t.detail = "lr 5e-2, momentum 0.9";
+      return t;
+    };
+    out.push_back(d);
+  }
+}
+
+}  // namespace
+
+std::vector<MethodDef> method_defs() {
+  std::vector<MethodDef> out;
+  add_toy(out);
+  add_model_methods(out);
+  return out;
+}
+
+const MethodDef& method_def(const std::string& suite, const std::string& name) {
+  static const std::vector<MethodDef> defs = method_defs();
+  for (const auto& d : defs)
+    if (d.info.suite == suite && d.info.name == name) return d;
+  LOWMEM_CHECK(false, "[compare] unknown method '", suite, "/", name, "'");
+  return defs.front();
+}
+
+}  // namespace lowmem::train::compare::detail

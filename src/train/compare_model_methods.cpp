@@ -1,0 +1,461 @@
+// Methods of the pretrain and finetune suites. Each is built only when the
+// library pieces it needs are in this build (__has_include); otherwise it is
+// registered with the reason it is skipped.
+//
+// Common recipe (docs/compare.md): no weight decay anywhere (the claims
+// compare optimizers, and decoupled decay means different things in each);
+// parameters a method does not cover (embeddings, LayerNorms, biases, the new
+// head) go to AdamW with the same learning rate; warm-up + cosine schedule.
+#include <ATen/ATen.h>
+
+#include <set>
+#include <sstream>
+
+#include "compare_internal.h"
+#include "lowmem/core/check.h"
+#include "lowmem/optim/adamw.h"
+
+#if __has_include("lowmem/optim/came.h") && __has_include("lowmem/optim/adafactor.h")
+#define LOWMEM_COMPARE_HAVE_CAME 1
+#include "lowmem/optim/adafactor.h"
+#include "lowmem/optim/came.h"
+#endif
+#if __has_include("lowmem/optim/galore.h") && __has_include("lowmem/optim/galore_adamw.h")
+#define LOWMEM_COMPARE_HAVE_GALORE 1
+#include "lowmem/optim/galore.h"
+#include "lowmem/optim/galore_adamw.h"
+#endif
+#if __has_include("lowmem/adapters/projected_adapter.h") && \
+    __has_include("lowmem/optim/galore_adapter.h")
+#define LOWMEM_COMPARE_HAVE_PROJECTED 1
+#include "lowmem/adapters/projected_adapter.h"
+#include "lowmem/optim/galore_adapter.h"
+#endif
+#if __has_include("lowmem/optim/singd.h") && __has_include("lowmem/adapters/curvature_tap.h")
+#define LOWMEM_COMPARE_HAVE_SINGD 1
+#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/optim/singd.h"
+#endif
+#if __has_include("lowmem/optim/kfac.h")
+#define LOWMEM_COMPARE_HAVE_KFAC 1
+#include "lowmem/optim/kfac.h"
+#endif
+#if __has_include("lowmem/adapters/lora.h") && __has_include("lowmem/adapters/lotr.h") && \
+    __has_include("lowmem/adapters/snell.h")
+#define LOWMEM_COMPARE_HAVE_ADAPTERS 1
+#include "lowmem/adapters/lora.h"
+#include "lowmem/adapters/lotr.h"
+#include "lowmem/adapters/snell.h"
+#endif
+
+namespace lowmem::train::compare::detail {
+namespace {
+
+// Learning rates (peak of the schedule), tuned once on the default sizes.
+constexpr double kPretrainLr = 3e-3;   // AdamW, Adafactor, CAME, GaLore, adapter
+constexpr double kSingdLr = 3e-3;      // SINGD / KFAC step size
+constexpr double kFinetuneFullLr = 1e-3;
+constexpr double kFinetuneAdapterLr = 5e-3;
+
+std::vector<at::Tensor> trainable(torch::nn::Module& m) {
+  std::vector<at::Tensor> out;
+  for (const auto& p : m.parameters())
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+// Trainable params of `m` not in `exclude` (by storage identity).
+std::vector<at::Tensor> trainable_except(torch::nn::Module& m,
+                                         const std::vector<at::Tensor>& exclude) {
+  std::set<const void*> ex;
+  for (const auto& t : exclude) ex.insert(t.unsafeGetTensorImpl());
+  std::vector<at::Tensor> out;
+  for (const auto& p : m.parameters())
+    if (p.requires_grad() && !ex.count(p.unsafeGetTensorImpl())) out.push_back(p);
+  return out;
+}
+
+std::shared_ptr<torch::optim::Optimizer> adamw(std::vector<at::Tensor> params,
+                                               double lr) {
+  return std::make_shared<optim::AdamW>(
+      std::move(params), optim::AdamWOptions(lr).weight_decay(0.0));
+}
+
+MethodDef def(std::string suite, std::string name, std::string label,
+              std::string paper, std::string description) {
+  MethodDef d;
+  d.info = {std::move(suite), std::move(name), std::move(label),
+            std::move(paper), std::move(description), ""};
+  return d;
+}
+
+std::function<std::string()> missing(const std::string& what) {
+  return [what]() { return what + " is not in this build"; };
+}
+
+// GaLore / projected-adapter rank: o.projection_rank or width / 4.
+int64_t projection_rank(const CompareOptions& o, int64_t width) {
+  return o.projection_rank > 0 ? o.projection_rank : std::max<int64_t>(1, width / 4);
+}
+// Basis refresh gap: 5 refreshes per run (GaLore's 200 is for 10k+ steps).
+int64_t refresh_gap(int64_t steps) { return std::max<int64_t>(10, steps / 5); }
+
+// Block projections of the finetune ViT (PEFT-style suffix targets).
+const std::vector<std::string> kBlockTargets = {"qkv", "proj", "fc"};
+
+#if defined(LOWMEM_COMPARE_HAVE_CAME)
+optim::AdafactorOptions adafactor_options(double lr) {
+  // Fixed lr, no relative step or parameter scaling (Adam-like magnitudes, as
+  // the CAME paper's baseline), momentum 0.9 as CAME (arXiv 2307.02047 §4).
+  return optim::AdafactorOptions(lr)
+      .relative_step(false)
+      .scale_parameter(false)
+      .warmup_init(false)
+      .beta1(0.9)
+      .weight_decay(0.0);
+}
+#endif
+
+#if defined(LOWMEM_COMPARE_HAVE_GALORE)
+Training galore(Workload& w, const CompareOptions& o, bool came, int64_t width,
+                int64_t steps) {
+  Training t;
+  auto [projected, plain] = optim::GaLore::route(*w.model);
+  const int64_t r = projection_rank(o, width);
+  const int64_t gap = refresh_gap(steps);
+  optim::GaLoreOptions go;
+  go.projector(projection::ProjectorOptions().rank(r).update_proj_gap(gap).scale(1.0));
+  optim::InnerFactory inner;
+  if (came) {
+#if defined(LOWMEM_COMPARE_HAVE_CAME)
+    inner = [](std::vector<torch::optim::OptimizerParamGroup> g) {
+      return std::unique_ptr<torch::optim::Optimizer>(
+          new optim::CAME(std::move(g), optim::CameOptions(kPretrainLr)));
+    };
+#endif
+  } else {
+    inner = [](std::vector<torch::optim::OptimizerParamGroup> g) {
+      return std::unique_ptr<torch::optim::Optimizer>(new optim::GaLoreAdamW(
+          std::move(g), optim::GaLoreAdamWOptions(kPretrainLr)));
+    };
+  }
+  t.optimizers.push_back(std::make_shared<optim::GaLore>(projected, plain, inner, go));
+  std::ostringstream d;
+  d << "rank " << r << ", SVD refresh every " << gap << " steps, scale 1, "
+    << projected.size() << " projected matrices, lr " << kPretrainLr;
+  t.detail = d.str();
+  return t;
+}
+#endif
+
+#if defined(LOWMEM_COMPARE_HAVE_SINGD)
+Training singd(Workload& w, const std::string& structures, const std::string& dtype) {
+  Training t;
+  auto split = adapters::split_curvature_parameters(*w.model);
+  std::vector<at::Tensor> rest;
+  for (auto& kv : split.uncovered) rest.push_back(kv.second);
+  auto opts = optim::SingdOptions(kSingdLr).structures(structures).preconditioner_dtype(dtype);
+  t.optimizers.push_back(std::make_shared<optim::SINGD>(*w.model, opts));
+  if (!rest.empty()) t.optimizers.push_back(adamw(rest, kPretrainLr));
+  t.detail = "structures " + structures + ", T " + std::to_string(opts.T()) +
+             ", lr " + detail::num(kSingdLr) +
+             (dtype.empty() ? "" : ", preconditioner " + dtype) + "; " +
+             std::to_string(split.covered.size()) + " layer tensors, others AdamW";
+  return t;
+}
+#endif
+
+}  // namespace
+
+void add_model_methods(std::vector<MethodDef>& out) {
+  const std::string P = "pretrain", F = "finetune";
+  // ------------------------------------------------------------ pretrain
+  {
+    MethodDef d = def(P, "adamw", "AdamW", "",
+                      "lowmem fused AdamW on every parameter (the baseline)");
+    d.setup = [](Workload& w, const CompareOptions&) {
+      Training t;
+      t.optimizers.push_back(adamw(trainable(*w.model), kPretrainLr));
+      t.detail = "lr " + num(kPretrainLr) + ", betas (0.9, 0.999)";
+      return t;
+    };
+    out.push_back(d);
+  }
+  {
+    MethodDef d = def(P, "adafactor", "Adafactor", "Adafactor (arXiv 1804.04235)",
+                      "factored second moments, momentum 0.9, on every parameter");
+#if defined(LOWMEM_COMPARE_HAVE_CAME)
+    d.setup = [](Workload& w, const CompareOptions&) {
+      Training t;
+      t.optimizers.push_back(std::make_shared<optim::Adafactor>(
+          trainable(*w.model), adafactor_options(kPretrainLr)));
+      t.detail = "lr " + num(kPretrainLr) + " fixed, beta1 0.9, no parameter scaling";
+      return t;
+    };
+#else
+    d.unavailable = missing("lowmem/optim/adafactor.h");
+#endif
+    out.push_back(d);
+  }
+  {
+    MethodDef d = def(P, "came", "CAME", "CAME (arXiv 2307.02047)",
+                      "confidence-guided factored optimizer on every parameter");
+#if defined(LOWMEM_COMPARE_HAVE_CAME)
+    d.setup = [](Workload& w, const CompareOptions&) {
+      Training t;
+      t.optimizers.push_back(std::make_shared<optim::CAME>(
+          trainable(*w.model), optim::CameOptions(kPretrainLr)));
+      t.detail = "lr " + num(kPretrainLr) + ", betas (0.9, 0.999, 0.9999)";
+      return t;
+    };
+#else
+    d.unavailable = missing("lowmem/optim/came.h");
+#endif
+    out.push_back(d);
+  }
+  for (const bool came : {false, true}) {
+    MethodDef d = def(P, came ? "galore-came" : "galore-adamw",
+                      came ? "GaLore-CAME" : "GaLore-AdamW", "GaLore (arXiv 2403.03507)",
+                      std::string(came ? "CAME" : "AdamW") +
+                          " in an SVD-projected gradient space for the block "
+                          "matrices, AdamW for the rest");
+#if defined(LOWMEM_COMPARE_HAVE_GALORE) && defined(LOWMEM_COMPARE_HAVE_CAME)
+    d.setup = [came](Workload& w, const CompareOptions& o) {
+      return galore(w, o, came, o.gpt_width, o.pretrain_steps);
+    };
+#else
+    d.unavailable = missing("lowmem/optim/galore.h");
+#endif
+    out.push_back(d);
+  }
+  {
+    MethodDef d = def(P, "rsketch-adapter", "Random-sketch adapter",
+                      "Gradient transformations = adapters (arXiv 2502.13811)",
+                      "one-sided adapters W0 + P A on the block matrices with a "
+                      "seeded random sketch P (regenerated, never stored), merged "
+                      "and re-sketched periodically; AdamW on A and the rest");
+#if defined(LOWMEM_COMPARE_HAVE_PROJECTED) && defined(LOWMEM_COMPARE_HAVE_GALORE)
+    d.setup = [](Workload& w, const CompareOptions& o) {
+      Training t;
+      const int64_t r = projection_rank(o, o.gpt_width);
+      const int64_t gap = refresh_gap(o.pretrain_steps);
+      auto po = projection::ProjectorOptions()
+                    .rank(r)
+                    .update_proj_gap(gap)
+                    .basis("orthogonal")
+                    .seed(static_cast<int64_t>(o.seed))
+                    .cache_sketch(false);
+      auto layers = adapters::inject_projected(*w.model, po);
+      std::vector<at::Tensor> as;
+      for (auto& l : layers) as.push_back(l->a());
+      std::vector<at::Tensor> plain = trainable_except(*w.model, as);
+      optim::InnerFactory inner = [](std::vector<torch::optim::OptimizerParamGroup> g) {
+        return std::unique_ptr<torch::optim::Optimizer>(new optim::GaLoreAdamW(
+            std::move(g), optim::GaLoreAdamWOptions(kPretrainLr)));
+      };
+      optim::GaLoreOptions go;
+      go.projector(po);
+      t.optimizers.push_back(std::make_shared<optim::ProjectedAdapterOptimizer>(
+          layers, plain, inner, go));
+      t.detail = "rank " + std::to_string(r) + ", semi-orthogonal sketch, rebase every " +
+                 std::to_string(gap) + " steps, " + std::to_string(layers.size()) +
+                 " adapters, lr " + num(kPretrainLr);
+      return t;
+    };
+#else
+    d.unavailable = missing("lowmem/adapters/projected_adapter.h");
+#endif
+    out.push_back(d);
+  }
+  struct SingdVariant {
+    const char* name;
+    const char* label;
+    const char* structures;
+    const char* dtype;
+    bool bf16;
+  };
+  for (const SingdVariant v :
+       {SingdVariant{"singd-dense", "SINGD (dense)", "dense", "", false},
+        SingdVariant{"singd-diag", "SINGD (diagonal)", "diagonal", "", false},
+        SingdVariant{"singd-bf16", "SINGD (dense, bf16)", "dense", "bfloat16", true}}) {
+    MethodDef d = def(P, v.name, v.label, "SINGD (arXiv 2312.05705)",
+                      std::string("inverse-free Kronecker-factored natural gradient on "
+                                  "the block linears (") +
+                          v.structures + " factors" +
+                          (v.bf16 ? ", model and preconditioner in bfloat16" : "") +
+                          "), AdamW for the rest");
+    d.bf16 = v.bf16;
+#if defined(LOWMEM_COMPARE_HAVE_SINGD)
+    const std::string s = v.structures, dt = v.dtype;
+    d.setup = [s, dt](Workload& w, const CompareOptions&) { return singd(w, s, dt); };
+#else
+    d.unavailable = missing("lowmem/optim/singd.h");
+#endif
+    out.push_back(d);
+  }
+  {
+    MethodDef d = def(P, "kfac", "KFAC", "KFAC (arXiv 1503.05671)",
+                      "Kronecker-factored natural gradient with damped inverses on "
+                      "the block linears, AdamW for the rest");
+#if defined(LOWMEM_COMPARE_HAVE_KFAC) && defined(LOWMEM_COMPARE_HAVE_SINGD)
+    d.setup = [](Workload& w, const CompareOptions&) {
+      Training t;
+      auto split = adapters::split_curvature_parameters(*w.model);
+      std::vector<at::Tensor> rest;
+      for (auto& kv : split.uncovered) rest.push_back(kv.second);
+      auto opts = optim::KfacOptions(kSingdLr);
+      t.optimizers.push_back(std::make_shared<optim::KFAC>(*w.model, opts));
+      if (!rest.empty()) t.optimizers.push_back(adamw(rest, kPretrainLr));
+      t.detail = "lr " + num(kSingdLr) + "; others AdamW";
+      return t;
+    };
+#else
+    d.unavailable = missing("lowmem/optim/kfac.h");
+#endif
+    out.push_back(d);
+  }
+
+  // ------------------------------------------------------------ finetune
+  {
+    MethodDef d = def(F, "full-adamw", "Full FT (AdamW)", "",
+                      "every parameter trainable, AdamW");
+    d.setup = [](Workload& w, const CompareOptions&) {
+      Training t;
+      t.optimizers.push_back(adamw(trainable(*w.model), kFinetuneFullLr));
+      t.detail = "lr " + num(kFinetuneFullLr);
+      return t;
+    };
+    out.push_back(d);
+  }
+  {
+    MethodDef d = def(F, "full-came", "Full FT (CAME)", "CAME (arXiv 2307.02047)",
+                      "every parameter trainable, CAME");
+#if defined(LOWMEM_COMPARE_HAVE_CAME)
+    d.setup = [](Workload& w, const CompareOptions&) {
+      Training t;
+      t.optimizers.push_back(std::make_shared<optim::CAME>(
+          trainable(*w.model), optim::CameOptions(kFinetuneFullLr)));
+      t.detail = "lr " + num(kFinetuneFullLr);
+      return t;
+    };
+#else
+    d.unavailable = missing("lowmem/optim/came.h");
+#endif
+    out.push_back(d);
+  }
+#if defined(LOWMEM_COMPARE_HAVE_ADAPTERS)
+  // Adapter methods: the blocks' qkv/proj/fc get adapters, the new head
+  // stays trainable (PEFT modules_to_save), everything else is frozen.
+  auto adapter_method = [&](const char* name, const char* label, const char* paper,
+                            const char* desc,
+                            std::function<std::shared_ptr<adapters::AdapterModel>(
+                                std::shared_ptr<torch::nn::Module>, const CompareOptions&,
+                                std::string&)>
+                                inject) {
+    MethodDef d = def(F, name, label, paper, desc);
+    d.setup = [inject](Workload& w, const CompareOptions& o) {
+      Training t;
+      std::string detail;
+      auto am = inject(w.model, o, detail);
+      t.optimizers.push_back(adamw(am->trainable_parameters(), kFinetuneAdapterLr));
+      t.keep_alive.push_back(am);
+      t.detail = detail + ", lr " + num(kFinetuneAdapterLr);
+      return t;
+    };
+    out.push_back(d);
+  };
+  const auto targets = adapters::TargetOptions(kBlockTargets).modules_to_save({"head"});
+  adapter_method(
+      "lora", "LoRA", "LoRA (arXiv 2106.09685)",
+      "low-rank adapters B A on every block projection + the new head",
+      [targets](std::shared_ptr<torch::nn::Module> m, const CompareOptions& o,
+                std::string& detail) {
+        detail = "r " + std::to_string(o.rank) + ", alpha " + std::to_string(2 * o.rank);
+        return adapters::inject_lora(
+            m, targets,
+            adapters::LoraOptions().r(o.rank).lora_alpha(static_cast<double>(2 * o.rank)));
+      });
+#else
+  for (const char* n : {"lora"}) {
+    MethodDef d = def(F, n, "LoRA", "LoRA (arXiv 2106.09685)",
+                      "low-rank adapters on every block projection + the new head");
+    d.unavailable = missing("lowmem/adapters/lora.h");
+    out.push_back(d);
+  }
+#endif
+  {
+    MethodDef d = def(F, "projected-adapter", "One-sided projected adapter",
+                      "Gradient transformations = adapters (arXiv 2502.13811)",
+                      "W0 + P A on every block projection with P from the SVD of a "
+                      "gradient (GaLore's dual), merged and rebased periodically; "
+                      "the new head trained directly");
+#if defined(LOWMEM_COMPARE_HAVE_PROJECTED) && defined(LOWMEM_COMPARE_HAVE_GALORE)
+    d.setup = [](Workload& w, const CompareOptions& o) {
+      Training t;
+      const int64_t gap = refresh_gap(o.finetune_steps);
+      auto po = projection::ProjectorOptions().rank(o.rank).update_proj_gap(gap).basis("svd");
+      // Only the blocks: the patch embedding and the head are slots too.
+      for (auto& p : w.model->parameters()) p.set_requires_grad(false);
+      for (auto& kv : w.model->named_parameters())
+        if (kv.key().rfind("head.", 0) == 0) kv.value().set_requires_grad(true);
+      std::vector<std::shared_ptr<adapters::ProjectedLinear>> layers;
+      for (auto& kv : w.model->named_children())
+        if (kv.key() == "h")
+          for (auto& block : kv.value()->children()) {
+            auto ls = adapters::inject_projected(*block, po);
+            layers.insert(layers.end(), ls.begin(), ls.end());
+          }
+      std::vector<at::Tensor> as;
+      for (auto& l : layers) {
+        // the adapters' biases stay frozen like every other base parameter
+        if (l->bias().defined()) l->bias().set_requires_grad(false);
+        as.push_back(l->a());
+      }
+      std::vector<at::Tensor> plain = trainable_except(*w.model, as);
+      optim::InnerFactory inner = [](std::vector<torch::optim::OptimizerParamGroup> g) {
+        return std::unique_ptr<torch::optim::Optimizer>(new optim::GaLoreAdamW(
+            std::move(g), optim::GaLoreAdamWOptions(kFinetuneAdapterLr)));
+      };
+      optim::GaLoreOptions go;
+      go.projector(po);
+      t.optimizers.push_back(std::make_shared<optim::ProjectedAdapterOptimizer>(
+          layers, plain, inner, go));
+      t.detail = "rank " + std::to_string(o.rank) + ", SVD basis, rebase every " +
+                 std::to_string(gap) + " steps, lr " + num(kFinetuneAdapterLr);
+      return t;
+    };
+#else
+    d.unavailable = missing("lowmem/adapters/projected_adapter.h");
+#endif
+    out.push_back(d);
+  }
+#if defined(LOWMEM_COMPARE_HAVE_ADAPTERS)
+  adapter_method(
+      "lotr", "LoTR", "LoTR (arXiv 2402.01376)",
+      "Tucker-2 adapters U G_l V^T with U, V shared across layers per projection "
+      "type + the new head",
+      [targets](std::shared_ptr<torch::nn::Module> m, const CompareOptions& o,
+                std::string& detail) {
+        detail = "rank " + std::to_string(o.rank) + ", factors shared per type";
+        return adapters::inject_lotr(m, targets, adapters::LotrOptions().rank(o.rank));
+      });
+  adapter_method(
+      "snell", "SNELL", "SNELL (arXiv 2411.01800)",
+      "kernelized low-rank (KLoRA) sparse updates on every block projection + the "
+      "new head",
+      [targets](std::shared_ptr<torch::nn::Module> m, const CompareOptions& o,
+                std::string& detail) {
+        detail = "r " + std::to_string(o.rank) + ", sparsity 0.5, recomputing backward";
+        return adapters::inject_snell(
+            m, targets, adapters::SnellOptions(o.rank).sparsity(0.5));
+      });
+#else
+  for (const char* n : {"lotr", "snell"}) {
+    MethodDef d = def(F, n, n, "", "");
+    d.unavailable = missing("lowmem/adapters/" + std::string(n) + ".h");
+    out.push_back(d);
+  }
+#endif
+}
+
+}  // namespace lowmem::train::compare::detail

@@ -1,0 +1,322 @@
+// The model-based suites of `lowmem compare`: pretrain (GPT from scratch on
+// text) and finetune (ViT on Fashion-MNIST classes 5-9 from a base model
+// pretrained on classes 0-4, cached on disk keyed by its configuration).
+#include <filesystem>
+#include <functional>
+#include <sstream>
+
+#include "compare_internal.h"
+
+#if __has_include("lowmem/models/gpt.h") && __has_include("lowmem/data/text.h")
+#define LOWMEM_COMPARE_HAVE_MODELS 1
+#include <ATen/ATen.h>
+#include <torch/optim/adamw.h>
+#include <torch/serialize.h>
+#include <torch/utils.h>
+
+#include <nlohmann/json.hpp>
+
+#include "lowmem/core/check.h"
+#include "lowmem/data/fashion_mnist.h"
+#include "lowmem/data/text.h"
+#include "lowmem/models/gpt.h"
+#include "lowmem/models/vit.h"
+#endif
+
+namespace lowmem::train::compare::detail {
+
+#if defined(LOWMEM_COMPARE_HAVE_MODELS)
+namespace {
+
+namespace fs = std::filesystem;
+
+// ------------------------------------------------------------- pretrain
+struct TextBatchesArgs {
+  int64_t context, batch;
+};
+
+struct TextData : SuiteData {
+  std::unique_ptr<data::TextCorpus> corpus;
+  at::Tensor train, val;
+};
+
+std::string text_unavailable(const CompareOptions& o) {
+  std::error_code ec;
+  if (!fs::exists(o.text_path, ec))
+    return "text corpus '" + o.text_path + "' not found" +
+           (o.text_path == data::kDefaultTextCorpus
+                ? " (Debian package fortunes)"
+                : "");
+  return "";
+}
+
+std::shared_ptr<SuiteData> text_load(const CompareOptions& o) {
+  auto d = std::make_shared<TextData>();
+  d->corpus = std::make_unique<data::TextCorpus>(o.text_path);
+  d->train = d->corpus->train();
+  d->val = d->corpus->validation();
+  return d;
+}
+
+models::GPTConfig gpt_config(const CompareOptions& o) {
+  return models::GPTConfig()
+      .n_layer(o.gpt_layers)
+      .n_head(o.gpt_heads)
+      .n_embd(o.gpt_width)
+      .block_size(o.gpt_context);
+}
+
+Workload text_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
+  auto& d = static_cast<TextData&>(sd);
+  auto model = std::make_shared<models::GPT>(gpt_config(o));
+  if (bf16) model->to(at::kBFloat16);
+  Workload w;
+  std::ostringstream task;
+  task << "byte-level GPT (width " << o.gpt_width << ", " << o.gpt_layers
+       << " layers, " << o.gpt_heads << " heads, context " << o.gpt_context
+       << ") from scratch on " << d.corpus->describe() << ", batch "
+       << o.gpt_batch << (bf16 ? ", bf16 weights" : "");
+  w.task = task.str();
+  w.model = model;
+  w.items_per_step = o.gpt_batch * o.gpt_context;
+  w.item_unit = "tokens/s";
+  auto batches = std::make_shared<data::TextBatches>(
+      d.train, data::TextBatchOptions()
+                   .context(o.gpt_context)
+                   .batch_size(o.gpt_batch)
+                   .seed(o.seed));
+  w.next_batch = [batches]() { return batches->next(); };
+  w.loss = [model](const data::Batch& b) { return model->loss(b.input, b.target); };
+  const int64_t n_eval = o.eval_batches;
+  const TextBatchesArgs args{o.gpt_context, o.gpt_batch};
+  at::Tensor val = d.val;
+  w.evaluate = [model, val, n_eval, args]() {
+    data::TextBatches vb(val, data::TextBatchOptions()
+                                  .context(args.context)
+                                  .batch_size(args.batch)
+                                  .random(false));
+    double loss = 0;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n_eval; ++i) {
+      data::Batch b = vb.next();
+      models::EvalStats s = model->evaluate(b.input, b.target);
+      loss += s.loss_sum;
+      count += s.count;
+    }
+    return Evaluation{loss / static_cast<double>(std::max<int64_t>(1, count)),
+                      std::nullopt};
+  };
+  return w;
+}
+
+int64_t pretrain_steps(const CompareOptions& o) { return o.pretrain_steps; }
+
+// ------------------------------------------------------------- finetune
+constexpr int64_t kBaseLrMilli = 2;  // base model: AdamW lr 2e-3
+
+std::string fmnist_unavailable(const CompareOptions& o) {
+  std::error_code ec;
+  const fs::path root(o.fashion_mnist_dir);
+  for (const char* f : {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"})
+    if (!fs::exists(root / f, ec))
+      return "Fashion-MNIST not found at '" + o.fashion_mnist_dir + "' (missing " +
+             f + "; Debian package dataset-fashion-mnist)";
+  return "";
+}
+
+models::ViTConfig vit_config(const CompareOptions& o) {
+  return models::ViTConfig()
+      .patch_size(o.vit_patch)
+      .n_layer(o.vit_layers)
+      .n_head(o.vit_heads)
+      .n_embd(o.vit_width)
+      .n_classes(5);
+}
+
+std::string base_key(const CompareOptions& o) {
+  std::ostringstream k;
+  k << "vit w" << o.vit_width << " l" << o.vit_layers << " h" << o.vit_heads << " p"
+    << o.vit_patch << " b" << o.vit_batch << " steps" << o.base_steps << " seed"
+    << o.seed << " lr" << kBaseLrMilli << "e-3 classes0-4 data " << o.fashion_mnist_dir;
+  return k.str();
+}
+
+std::string base_path(const CompareOptions& o) {
+  const std::string dir =
+      o.cache_dir.empty() ? (fs::path(o.out_dir) / "cache").string() : o.cache_dir;
+  const std::string key = base_key(o);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx",
+                static_cast<unsigned long long>(data::mix64(std::hash<std::string>()(key))));
+  return (fs::path(dir) / ("vit-base-" + std::string(hex) + ".pt")).string();
+}
+
+data::ImageSet fmnist(const CompareOptions& o, bool train, std::vector<int64_t> classes,
+                      int64_t per_class) {
+  return data::load_fashion_mnist(data::FashionMnistOptions()
+                                      .root(o.fashion_mnist_dir)
+                                      .train(train)
+                                      .classes(std::move(classes))
+                                      .per_class(per_class)
+                                      .seed(o.seed));
+}
+
+Evaluation classify(models::ViT& model, const data::ImageSet& set) {
+  double loss = 0;
+  int64_t count = 0, correct = 0;
+  const int64_t chunk = 1000;
+  for (int64_t s = 0; s < set.size(); s += chunk) {
+    const int64_t n = std::min(chunk, set.size() - s);
+    at::Tensor x = set.images.narrow(0, s, n).to(model.cls_token.scalar_type());
+    models::EvalStats st = model.evaluate(x, set.labels.narrow(0, s, n));
+    loss += st.loss_sum;
+    count += st.count;
+    correct += st.correct;
+  }
+  const double c = static_cast<double>(std::max<int64_t>(1, count));
+  return Evaluation{loss / c, static_cast<double>(correct) / c};
+}
+
+void make_base(const CompareOptions& o, const CompareCallbacks& cb) {
+  const std::string path = base_path(o);
+  fs::create_directories(fs::path(path).parent_path());
+  torch::manual_seed(o.seed);
+  data::ImageSet train = fmnist(o, true, {0, 1, 2, 3, 4}, 0);
+  data::ImageSet test = fmnist(o, false, {0, 1, 2, 3, 4}, 0);
+  auto model = std::make_shared<models::ViT>(vit_config(o));
+  data::ImageBatches batches(train, data::ImageBatchOptions().batch_size(o.vit_batch).seed(o.seed));
+  torch::optim::AdamW opt(model->parameters(),
+                          torch::optim::AdamWOptions(kBaseLrMilli * 1e-3).weight_decay(0.0));
+  MethodInfo info{"finetune", "base", "base model", "", "", ""};
+  for (int64_t step = 1; step <= o.base_steps; ++step) {
+    data::Batch b = batches.next();
+    opt.zero_grad();
+    at::Tensor loss = model->loss(b.input, b.target);
+    loss.backward();
+    opt.step();
+    if (cb.on_step) cb.on_step(info, step, o.base_steps, loss.item<double>());
+  }
+  model->eval();
+  Evaluation e;
+  {
+    torch::NoGradGuard ng;
+    e = classify(*model, test);
+  }
+  const std::string tmp = path + ".tmp";
+  {
+    torch::serialize::OutputArchive ar;
+    model->save(ar);
+    ar.save_to(tmp);
+  }
+  fs::rename(tmp, path);
+  nlohmann::json meta = {{"key", base_key(o)},
+                         {"test_accuracy_classes_0_4", *e.accuracy},
+                         {"test_loss", e.loss},
+                         {"steps", o.base_steps}};
+  write_text_file(path + ".json", meta.dump(1) + "\n");
+  if (cb.on_note) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.2f%%", 100.0 * *e.accuracy);
+    cb.on_note("finetune base: ViT trained " + std::to_string(o.base_steps) +
+               " steps on Fashion-MNIST classes 0-4, test accuracy " + buf +
+               "; cached at " + path);
+  }
+}
+
+struct FinetuneData : SuiteData {
+  data::ImageSet train, test;
+};
+
+std::shared_ptr<SuiteData> finetune_load(const CompareOptions& o) {
+  auto d = std::make_shared<FinetuneData>();
+  LOWMEM_CHECK(o.finetune_examples >= 5, "[compare] finetune_examples must be >= 5, got ",
+               o.finetune_examples);
+  d->train = fmnist(o, true, {5, 6, 7, 8, 9}, o.finetune_examples / 5);
+  d->test = fmnist(o, false, {5, 6, 7, 8, 9}, o.finetune_eval_examples / 5);
+  return d;
+}
+
+Workload finetune_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
+  auto& d = static_cast<FinetuneData&>(sd);
+  auto model = std::make_shared<models::ViT>(vit_config(o));
+  {
+    const std::string path = base_path(o);
+    LOWMEM_CHECK(fs::exists(path), "[compare] base model '", path, "' is missing");
+    torch::serialize::InputArchive ar;
+    ar.load_from(path);
+    model->load(ar);
+  }
+  torch::manual_seed(o.seed + 2);
+  model->reset_head(5);  // classes 5-9, relabelled 0-4
+  if (bf16) model->to(at::kBFloat16);
+  Workload w;
+  std::ostringstream task;
+  task << "ViT (width " << o.vit_width << ", " << o.vit_layers << " layers, patch "
+       << o.vit_patch << ") pretrained on Fashion-MNIST classes 0-4 ("
+       << o.base_steps << " steps, cached), fine-tuned on " << d.train.size()
+       << " examples of classes 5-9, batch " << o.vit_batch << "; accuracy on the "
+       << d.test.size() << " test images of classes 5-9";
+  w.task = task.str();
+  w.model = model;
+  w.items_per_step = o.vit_batch;
+  w.item_unit = "samples/s";
+  w.head_params = {"head.weight", "head.bias"};
+  auto batches = std::make_shared<data::ImageBatches>(
+      d.train, data::ImageBatchOptions().batch_size(o.vit_batch).seed(o.seed));
+  const at::ScalarType dt = bf16 ? at::kBFloat16 : at::kFloat;
+  w.next_batch = [batches]() { return batches->next(); };
+  w.loss = [model, dt](const data::Batch& b) {
+    return model->loss(b.input.to(dt), b.target);
+  };
+  const data::ImageSet* test = &d.test;
+  w.evaluate = [model, test]() { return classify(*model, *test); };
+  return w;
+}
+
+int64_t finetune_steps(const CompareOptions& o) { return o.finetune_steps; }
+
+}  // namespace
+
+void add_model_suites(std::vector<Suite>& s) {
+  {
+    Suite t;
+    t.name = "pretrain";
+    t.metric = "val_loss";
+    t.unavailable = text_unavailable;
+    t.load = text_load;
+    t.build = text_build;
+    t.steps = pretrain_steps;
+    s.push_back(t);
+  }
+  {
+    Suite t;
+    t.name = "finetune";
+    t.metric = "val_accuracy";
+    t.unavailable = fmnist_unavailable;
+    t.load = finetune_load;
+    t.build = finetune_build;
+    t.steps = finetune_steps;
+    t.base_path = base_path;
+    t.make_base = make_base;
+    s.push_back(t);
+  }
+}
+
+#else
+
+void add_model_suites(std::vector<Suite>& s) {
+  for (const char* name : {"pretrain", "finetune"}) {
+    Suite t;
+    t.name = name;
+    t.metric = std::string(name) == "pretrain" ? "val_loss" : "val_accuracy";
+    t.unavailable = [](const CompareOptions&) {
+      return std::string("lowmem::models (GPT, ViT) is not in this build yet");
+    };
+    s.push_back(t);
+  }
+}
+
+#endif
+
+}  // namespace lowmem::train::compare::detail

@@ -1,0 +1,527 @@
+// The training loop of one method and the orchestration of a compare run:
+// one forked child per method, progress and results sent back over a pipe.
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <torch/autograd.h>
+#include <torch/optim/optimizer.h>
+#include <torch/utils.h>
+#include <torch/version.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <numeric>
+#include <set>
+
+#include "compare_internal.h"
+#include "lowmem/core/check.h"
+#include "lowmem/core/memory.h"
+#include "lowmem/core/threads.h"
+#include "lowmem/optim/extras.h"
+
+namespace lowmem::train::compare {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string iso_now() {
+  std::time_t t = std::time(nullptr);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+std::string machine_description() {
+  struct utsname u {};
+  uname(&u);
+  std::string s = std::to_string(hardware_cores()) + " cores, " + u.sysname +
+                  " " + u.release + " " + u.machine + ", libtorch " +
+                  TORCH_VERSION;
+  return s;
+}
+
+bool stop_requested(const CompareOptions& o) {
+  return o.stop && o.stop->load();
+}
+
+// Warm-up (10% of the steps) then cosine decay to 10% of the base rate.
+double lr_factor(int64_t step, int64_t steps) {
+  int64_t warmup = std::max<int64_t>(1, steps / 10);
+  if (step <= warmup) return static_cast<double>(step) / warmup;
+  double p = static_cast<double>(step - warmup) /
+             static_cast<double>(std::max<int64_t>(1, steps - warmup));
+  return 0.1 + 0.9 * 0.5 * (1.0 + std::cos(M_PI * p));
+}
+
+std::vector<at::Tensor> grads_of(const std::vector<at::Tensor>& params) {
+  std::vector<at::Tensor> g;
+  for (const auto& p : params)
+    if (p.grad().defined()) g.push_back(p.grad());
+  return g;
+}
+
+}  // namespace
+
+CompareOptions& CompareOptions::full() {
+  pretrain_steps = 1500;
+  gpt_width = 128;
+  gpt_layers = 4;
+  gpt_context = 128;
+  base_steps = 1500;
+  finetune_steps = 500;
+  vit_width = 96;
+  vit_layers = 4;
+  return *this;
+}
+
+std::vector<MethodInfo> list_methods(const CompareOptions& options,
+                                     const std::vector<std::string>& wanted) {
+  std::vector<MethodInfo> out;
+  for (const auto& def : detail::method_defs()) {
+    if (!wanted.empty() &&
+        std::find(wanted.begin(), wanted.end(), def.info.suite) == wanted.end())
+      continue;
+    MethodInfo info = def.info;
+    const auto& s = detail::suite(info.suite);
+    info.unavailable = s.unavailable ? s.unavailable(options) : "";
+    if (info.unavailable.empty() && def.unavailable)
+      info.unavailable = def.unavailable();
+    out.push_back(info);
+  }
+  return out;
+}
+
+MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
+                        const CompareCallbacks& callbacks) {
+  const auto t_start = Clock::now();
+  const detail::MethodDef& def = detail::method_def(method.suite, method.name);
+  const detail::Suite& s = detail::suite(method.suite);
+  MethodResult r;
+  r.info = method;
+  MemoryTracker::install();
+  set_default_threads(options.threads);
+  r.start_rss_bytes = MemoryTracker::current_rss_bytes();
+
+  auto data = s.load(options);
+  MemoryTracker tracker;
+  MemoryScope setup_scope = tracker.scope();
+  torch::manual_seed(options.seed);
+  detail::Workload w = s.build(*data, options, def.bf16);
+  torch::manual_seed(options.seed + 1);  // same adapter init for every method
+  detail::Training t = def.setup(w, options);
+  r.task = w.task;
+  r.detail = t.detail;
+  r.throughput_unit = w.item_unit;
+  LOWMEM_CHECK(!t.optimizers.empty(),
+               "[compare] method '", method.name, "' made no optimizer");
+
+  std::vector<at::Tensor> params = w.model->parameters();
+  for (const auto& p : params) {
+    r.total_params += p.numel();
+    if (p.requires_grad()) r.trainable_params += p.numel();
+  }
+  std::vector<std::vector<double>> base_lr;
+  for (auto& opt : t.optimizers) {
+    std::vector<double> lrs;
+    for (auto& g : opt->param_groups()) lrs.push_back(g.options().get_lr());
+    base_lr.push_back(std::move(lrs));
+  }
+
+  const int64_t steps = s.steps(options);
+  const int64_t eval_every = options.eval_every > 0
+                                 ? options.eval_every
+                                 : std::max<int64_t>(1, steps / 5);
+  const int64_t curve_stride = std::max<int64_t>(1, (steps + 499) / 500);
+  std::vector<double> step_s, losses;
+  double train_s = 0;
+  MemoryScope train_scope = tracker.scope();
+  for (int64_t step = 1; step <= steps; ++step) {
+    if (stop_requested(options)) {
+      r.status = "interrupted";
+      r.reason = "stopped at step " + std::to_string(step);
+      break;
+    }
+    const double f = lr_factor(step, steps);
+    for (size_t i = 0; i < t.optimizers.size(); ++i) {
+      auto& groups = t.optimizers[i]->param_groups();
+      for (size_t g = 0; g < groups.size(); ++g)
+        groups[g].options().set_lr(base_lr[i][g] * f);
+    }
+    for (auto& p : params)
+      if (p.grad().defined()) p.mutable_grad() = at::Tensor();
+    data::Batch batch = w.next_batch();
+    const auto t0 = Clock::now();
+    for (auto& opt : t.optimizers) optim::before_forward(*opt);
+    if (t.before_forward) t.before_forward();
+    at::Tensor loss = w.loss(batch);
+    loss.backward();
+    for (auto& opt : t.optimizers) opt->step();
+    const double dt = seconds_since(t0);
+    const double lv = loss.item<double>();
+    step_s.push_back(dt);
+    train_s += dt;
+    r.steps = step;
+    if (!std::isfinite(lv)) {
+      r.status = "diverged";
+      r.reason = "non-finite loss at step " + std::to_string(step);
+      break;
+    }
+    losses.push_back(lv);
+    if (step == steps) {
+      // Memory by role right after the last update (gradients still alive).
+      std::vector<at::Tensor> frozen, trainable, state;
+      for (const auto& p : params) (p.requires_grad() ? trainable : frozen).push_back(p);
+      for (auto& opt : t.optimizers) {
+        auto st = optim::state_tensors(*opt);
+        state.insert(state.end(), st.begin(), st.end());
+      }
+      r.frozen_weight_bytes = storage_bytes(frozen);
+      r.trainable_weight_bytes = storage_bytes(trainable);
+      r.gradient_bytes = storage_bytes(grads_of(params));
+      r.optimizer_state_bytes = storage_bytes(state);
+    }
+    CurvePoint cp;
+    cp.step = step;
+    cp.wall_s = train_s;
+    cp.train_loss = lv;
+    const bool eval_now = step % eval_every == 0 || step == steps;
+    if (eval_now) {
+      torch::NoGradGuard ng;
+      w.model->eval();  // dropout / drop-path off
+      detail::Evaluation e = w.evaluate();
+      w.model->train();
+      cp.val_loss = e.loss;
+      cp.val_accuracy = e.accuracy;
+      r.val_loss = e.loss;
+      r.val_accuracy = e.accuracy;
+    }
+    if (eval_now || step % curve_stride == 0 || step == 1)
+      r.curve.push_back(cp);
+    if (callbacks.on_step) callbacks.on_step(method, step, steps, lv);
+  }
+  train_scope.stop();
+  setup_scope.stop();
+  r.peak_tensor_bytes = train_scope.peak_bytes() - setup_scope.start_bytes();
+  r.activation_bytes = std::max<int64_t>(
+      0, r.peak_tensor_bytes - r.frozen_weight_bytes - r.trainable_weight_bytes -
+             r.gradient_bytes - r.optimizer_state_bytes);
+  if (!step_s.empty()) {
+    const size_t skip = std::min<size_t>(3, step_s.size() / 10);
+    std::vector<double> v(step_s.begin() + static_cast<long>(skip), step_s.end());
+    std::nth_element(v.begin(), v.begin() + static_cast<long>(v.size() / 2), v.end());
+    const double med = v[v.size() / 2];
+    r.step_time_ms = med * 1e3;
+    r.throughput = med > 0 ? static_cast<double>(w.items_per_step) / med : 0;
+  }
+  if (!losses.empty()) {
+    const size_t k = std::max<size_t>(1, losses.size() / 10);
+    r.final_train_loss =
+        std::accumulate(losses.end() - static_cast<long>(k), losses.end(), 0.0) /
+        static_cast<double>(k);
+  }
+  r.train_time_s = train_s;
+  r.peak_rss_bytes = MemoryTracker::peak_rss_bytes();
+  r.wall_s = seconds_since(t_start);
+  return r;
+}
+
+namespace {
+
+std::string signal_name(int sig) {
+  const char* d = strsignal(sig);
+  return std::string(d ? d : "signal") + " (" + std::to_string(sig) + ")";
+}
+
+void write_all(int fd, const std::string& s) {
+  const char* p = s.data();
+  size_t left = s.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, p, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+}
+
+std::string one_line(std::string s) {
+  std::replace(s.begin(), s.end(), '\n', ' ');
+  return s;
+}
+
+struct ChildOutcome {
+  std::optional<std::string> result;  // the child's "R" payload
+  std::string error;       // "E" line from the child
+  bool interrupted = false;
+  std::string death;       // exit status / signal when no result came
+};
+
+// Runs `job` in a forked child. The child reports "S step steps loss",
+// "R <json>" or "E <message>" lines; progress is forwarded to `callbacks`.
+ChildOutcome run_in_child(
+    const MethodInfo& info, const CompareOptions& options,
+    const CompareCallbacks& callbacks,
+    const std::function<std::string(const CompareCallbacks&)>& job) {
+  int fds[2];
+  LOWMEM_CHECK(::pipe(fds) == 0, "[compare] pipe() failed: ", std::strerror(errno));
+  std::fflush(nullptr);
+  pid_t pid = ::fork();
+  LOWMEM_CHECK(pid >= 0, "[compare] fork() failed: ", std::strerror(errno));
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::signal(SIGINT, SIG_DFL);
+    ::signal(SIGTERM, SIG_DFL);
+    const int out = fds[1];
+    CompareCallbacks cb;
+    auto last = Clock::now();
+    cb.on_step = [&](const MethodInfo&, int64_t step, int64_t steps, double loss) {
+      if (step != steps && seconds_since(last) < 0.1) return;
+      last = Clock::now();
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "S %lld %lld %.9g\n",
+                    static_cast<long long>(step), static_cast<long long>(steps),
+                    loss);
+      write_all(out, buf);
+    };
+    cb.on_note = [&](const std::string& n) { write_all(out, "N " + one_line(n) + "\n"); };
+    int code = 0;
+    try {
+      write_all(out, "R " + job(cb) + "\n");
+    } catch (const c10::Error& e) {
+      write_all(out, "E " + one_line(e.what_without_backtrace()) + "\n");
+      code = 1;
+    } catch (const std::exception& e) {
+      write_all(out, "E " + one_line(e.what()) + "\n");
+      code = 1;
+    }
+    ::close(out);
+    ::_exit(code);
+  }
+  ::close(fds[1]);
+  ChildOutcome oc;
+  std::string buf;
+  bool killed = false;
+  char chunk[65536];
+  for (;;) {
+    if (stop_requested(options) && !killed) {
+      ::kill(pid, SIGTERM);  // the terminal's SIGINT usually got there first
+      killed = true;
+    }
+    pollfd pfd{fds[0], POLLIN, 0};
+    int pr = ::poll(&pfd, 1, 200);
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr == 0) continue;
+    ssize_t n = ::read(fds[0], chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    buf.append(chunk, static_cast<size_t>(n));
+    size_t nl;
+    while ((nl = buf.find('\n')) != std::string::npos) {
+      std::string line = buf.substr(0, nl);
+      buf.erase(0, nl + 1);
+      if (line.size() < 2) continue;
+      const std::string body = line.substr(2);
+      if (line[0] == 'S' && callbacks.on_step) {
+        long long step = 0, steps = 0;
+        double loss = 0;
+        if (std::sscanf(body.c_str(), "%lld %lld %lf", &step, &steps, &loss) == 3)
+          callbacks.on_step(info, step, steps, loss);
+      } else if (line[0] == 'N' && callbacks.on_note) {
+        callbacks.on_note(body);
+      } else if (line[0] == 'R') {
+        oc.result = body;
+      } else if (line[0] == 'E') {
+        oc.error = body;
+      }
+    }
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(status)) {
+    const int sig = WTERMSIG(status);
+    oc.interrupted = stop_requested(options) && (sig == SIGINT || sig == SIGTERM);
+    oc.death = "child killed by " + signal_name(sig);
+  } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+    oc.death = "child exited with code " + std::to_string(WEXITSTATUS(status));
+  }
+  if (stop_requested(options) && !oc.result) oc.interrupted = true;
+  return oc;
+}
+
+MethodResult not_run(const MethodInfo& info, const std::string& status,
+                     const std::string& reason) {
+  MethodResult r;
+  r.info = info;
+  r.status = status;
+  r.reason = reason;
+  return r;
+}
+
+void write_outputs(CompareResults& res, const CompareOptions& o) {
+  namespace fs = std::filesystem;
+  fs::create_directories(o.out_dir);
+  res.claims = check_claims(res.methods);
+  const fs::path d(o.out_dir);
+  write_results_json(res, (d / "results.json").string());
+  write_results_csv(res, (d / "results.csv").string());
+  write_curves_csv(res, (d / "curves.csv").string());
+  write_report(res, (d / "report.md").string());
+}
+
+}  // namespace
+
+CompareResults run_compare(const CompareOptions& options,
+                           const CompareCallbacks& user_callbacks) {
+  const auto t0 = Clock::now();
+  for (const auto& s : options.suites) detail::suite(s);  // validates names
+  CompareResults res;
+  res.created = iso_now();
+  res.command_line = options.command_line;
+  res.machine = machine_description();
+  res.options = options;
+  res.options.stop = nullptr;
+  res.plots.reason = "not drawn yet";
+  CompareCallbacks callbacks = user_callbacks;
+  callbacks.on_note = [&](const std::string& n) {
+    res.notes.push_back(n);
+    if (user_callbacks.on_note) user_callbacks.on_note(n);
+  };
+
+  std::vector<MethodInfo> plan = list_methods(options, options.suites);
+  if (!options.methods.empty()) {
+    for (const auto& m : options.methods) {
+      const bool known = std::any_of(plan.begin(), plan.end(), [&](const MethodInfo& i) {
+        return i.name == m || i.suite + "/" + i.name == m;
+      });
+      LOWMEM_CHECK(known, "[compare] unknown method '", m,
+                   "' for the selected suites (see `lowmem compare --list`)");
+    }
+    std::vector<MethodInfo> kept;
+    for (const auto& i : plan)
+      if (std::find_if(options.methods.begin(), options.methods.end(),
+                       [&](const std::string& m) {
+                         return m == i.name || m == i.suite + "/" + i.name;
+                       }) != options.methods.end())
+        kept.push_back(i);
+    plan = kept;
+  }
+  std::filesystem::create_directories(options.out_dir);
+
+  std::set<std::string> bases_done;
+  const int count = static_cast<int>(plan.size());
+  for (int idx = 0; idx < count; ++idx) {
+    const MethodInfo& info = plan[static_cast<size_t>(idx)];
+    if (stop_requested(options)) {
+      res.interrupted = true;
+      res.methods.push_back(not_run(info, "interrupted", "not started (interrupted)"));
+      continue;
+    }
+    if (callbacks.on_start) callbacks.on_start(info, idx, count);
+    MethodResult r;
+    const detail::Suite& s = detail::suite(info.suite);
+    std::string base_error;
+    if (info.unavailable.empty() && s.base_path && !bases_done.count(info.suite)) {
+      // Pretrain (or reuse) the suite's base model once.
+      const std::string path = s.base_path(options);
+      if (!std::filesystem::exists(path)) {
+        if (callbacks.on_note)
+          callbacks.on_note(info.suite + ": training the base model (cached at " + path + ")");
+        MethodInfo base_info = info;
+        base_info.name = "base";
+        base_info.label = "base model";
+        auto job = [&](const CompareCallbacks& cb) {
+          s.make_base(options, cb);
+          return std::string("{}");
+        };
+        if (options.isolate) {
+          ChildOutcome oc = run_in_child(base_info, options, callbacks, job);
+          if (!oc.result && !oc.interrupted)
+            base_error = "base model failed: " + (oc.error.empty() ? oc.death : oc.error);
+          if (oc.interrupted) base_error = "interrupted";
+        } else {
+          try {
+            CompareCallbacks cb = callbacks;
+            s.make_base(options, cb);
+          } catch (const std::exception& e) {
+            base_error = std::string("base model failed: ") + e.what();
+          }
+        }
+      } else if (callbacks.on_note) {
+        callbacks.on_note(info.suite + ": reusing cached base model " + path);
+      }
+      if (base_error.empty()) bases_done.insert(info.suite);
+    }
+    if (!info.unavailable.empty()) {
+      r = not_run(info, "skipped", info.unavailable);
+    } else if (base_error == "interrupted") {
+      res.interrupted = true;
+      r = not_run(info, "interrupted", "interrupted while training the base model");
+    } else if (!base_error.empty()) {
+      r = not_run(info, "failed", base_error);
+    } else if (options.isolate) {
+      auto job = [&](const CompareCallbacks& cb) {
+        return detail::method_to_json_line(run_method(info, options, cb));
+      };
+      ChildOutcome oc = run_in_child(info, options, callbacks, job);
+      if (oc.result) {
+        try {
+          r = detail::method_from_json_line(*oc.result);
+        } catch (const std::exception& e) {
+          r = not_run(info, "failed", std::string("unreadable result: ") + e.what());
+        }
+      } else if (oc.interrupted) {
+        res.interrupted = true;
+        r = not_run(info, "interrupted", "interrupted while running");
+      } else {
+        r = not_run(info, "failed", oc.error.empty() ? oc.death : oc.error);
+      }
+    } else {
+      try {
+        r = run_method(info, options, callbacks);
+      } catch (const c10::Error& e) {
+        r = not_run(info, "failed", one_line(e.what_without_backtrace()));
+      } catch (const std::exception& e) {
+        r = not_run(info, "failed", one_line(e.what()));
+      }
+    }
+    if (r.status == "interrupted") res.interrupted = true;
+    res.methods.push_back(r);
+    if (callbacks.on_result) callbacks.on_result(r);
+    res.wall_s = seconds_since(t0);
+    write_outputs(res, options);
+  }
+
+  if (options.python_baseline && !stop_requested(options)) {
+    if (callbacks.on_note) callbacks.on_note("python baseline: running " + options.python);
+    res.python = detail::run_python_baseline(options);
+  } else if (options.python_baseline) {
+    res.python.reason = "interrupted";
+  } else {
+    res.python.reason = "not requested (--python-baseline)";
+  }
+  // Plots are cheap: drawn for whatever finished, interrupted or not.
+  res.plots = make_plots(res, options.out_dir, options.gnuplot);
+  res.wall_s = seconds_since(t0);
+  write_outputs(res, options);
+  return res;
+}
+
+}  // namespace lowmem::train::compare

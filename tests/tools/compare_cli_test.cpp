@@ -1,0 +1,140 @@
+// `lowmem compare` as a user runs it: forked per-method children, the
+// terminal output and files, and Ctrl-C leaving complete partial results.
+#include <nlohmann/json.hpp>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() /
+               ("lowmem_compare_cli_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Starts the CLI in its own process group with stdout/stderr to `log`.
+pid_t spawn(const std::vector<std::string>& args, const fs::path& log) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    FILE* f = std::freopen(log.c_str(), "w", stdout);
+    (void)f;
+    ::dup2(STDOUT_FILENO, STDERR_FILENO);
+    std::vector<char*> argv;
+    std::string exe = LOWMEM_CLI_PATH;
+    argv.push_back(exe.data());
+    std::vector<std::string> copy = args;
+    for (auto& a : copy) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(exe.c_str(), argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + WTERMSIG(status);
+}
+
+}  // namespace
+
+TEST(CompareCliTest, ToyRunWritesTablesAndFilesPerForkedMethod) {
+  const fs::path out = temp_dir("toy");
+  const pid_t pid = spawn({"compare", "--suite", "toy", "--steps", "5", "--out",
+                           out.string(), "--gnuplot", "", "--threads", "1"},
+                          out / "log.txt");
+  ASSERT_EQ(wait_exit(pid), 0) << slurp(out / "log.txt");
+  const std::string log = slurp(out / "log.txt");
+  EXPECT_NE(log.find("== toy"), std::string::npos) << log;
+  EXPECT_NE(log.find("optim state"), std::string::npos) << log;
+  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  EXPECT_EQ(j.at("schema_version"), 1);
+  ASSERT_EQ(j.at("methods").size(), 2u);
+  for (const auto& m : j.at("methods")) {
+    EXPECT_EQ(m.at("status"), "ok") << m.dump();
+    // Each method ran in its own child: its own peak RSS is recorded.
+    EXPECT_GT(m.at("memory").at("peak_rss_bytes").get<int64_t>(), 0);
+  }
+  EXPECT_TRUE(fs::exists(out / "results.csv"));
+  EXPECT_TRUE(fs::exists(out / "report.md"));
+  EXPECT_EQ(j.at("plots").at("status"), "skipped");
+}
+
+TEST(CompareCliTest, ListShowsEveryMethodAndItsAvailability) {
+  const fs::path out = temp_dir("list");
+  const pid_t pid = spawn({"compare", "--list", "--fashion-mnist", "/nonexistent/fm"},
+                          out / "log.txt");
+  ASSERT_EQ(wait_exit(pid), 0);
+  const std::string log = slurp(out / "log.txt");
+  EXPECT_NE(log.find("pretrain  adamw"), std::string::npos) << log;
+  EXPECT_NE(log.find("skipped:"), std::string::npos) << log;
+  EXPECT_NE(log.find("/nonexistent/fm"), std::string::npos) << log;
+}
+
+TEST(CompareCliTest, BadFlagIsAUsageError) {
+  const fs::path out = temp_dir("bad");
+  const pid_t pid = spawn({"compare", "--no-such-flag"}, out / "log.txt");
+  EXPECT_NE(wait_exit(pid), 0);
+  EXPECT_NE(slurp(out / "log.txt").find("--no-such-flag"), std::string::npos);
+}
+
+TEST(CompareCliTest, CtrlCKeepsCompleteResultsOfFinishedMethods) {
+  const fs::path out = temp_dir("sigint");
+  // adamw finishes quickly; sgd is long enough to be interrupted.
+  const pid_t pid = spawn({"compare", "--suite", "toy", "--methods", "adamw,sgd",
+                           "--toy-steps", "8000", "--eval-every", "4000",
+                           "--out", out.string(), "--gnuplot", "", "--threads", "1"},
+                          out / "log.txt");
+  // Wait for adamw's row in results.json (written after each method)...
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(240);
+  bool first_done = false;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!fs::exists(out / "results.json")) continue;
+    try {
+      auto j = nlohmann::json::parse(slurp(out / "results.json"));
+      if (j.at("methods").size() == 1) {
+        first_done = true;
+        break;
+      }
+    } catch (const std::exception&) {
+    }
+  }
+  ASSERT_TRUE(first_done) << slurp(out / "log.txt");
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::kill(-pid, SIGINT);  // the terminal sends it to the whole group
+  EXPECT_EQ(wait_exit(pid), 130) << slurp(out / "log.txt");
+  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  EXPECT_TRUE(j.at("interrupted").get<bool>());
+  ASSERT_EQ(j.at("methods").size(), 2u);
+  EXPECT_EQ(j.at("methods")[0].at("name"), "adamw");
+  EXPECT_EQ(j.at("methods")[0].at("status"), "ok");
+  EXPECT_EQ(j.at("methods")[0].at("steps"), 8000);
+  EXPECT_EQ(j.at("methods")[1].at("name"), "sgd");
+  EXPECT_EQ(j.at("methods")[1].at("status"), "interrupted");
+  const std::string csv = slurp(out / "results.csv");
+  EXPECT_NE(csv.find(",toy,adamw,"), std::string::npos);
+  EXPECT_NE(slurp(out / "report.md").find("interrupted"), std::string::npos);
+}

@@ -1,0 +1,304 @@
+// lowmem compare engine: result schema, skip path, plots, claims (in-process;
+// the forked, CLI-level behaviour is tested in tests/tools/compare_cli_test).
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "lowmem/train/compare.h"
+
+namespace cmp = lowmem::train::compare;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path temp_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() /
+               ("lowmem_compare_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+bool have_gnuplot() {
+  return std::system("command -v gnuplot >/dev/null 2>&1") == 0;
+}
+
+cmp::CompareOptions toy_options(const fs::path& out) {
+  cmp::CompareOptions o;
+  o.suites = {"toy"};
+  o.out_dir = out.string();
+  o.isolate = false;  // in-process: this test binary runs other torch code
+  o.toy_steps = 6;
+  o.eval_every = 3;
+  o.threads = 1;
+  return o;
+}
+
+// Toy MLP 8-32-32-1: (8*32+32) + (32*32+32) + (32+1) parameters.
+constexpr int64_t kToyParams = 288 + 1056 + 33;
+
+cmp::MethodResult fake(const std::string& suite, const std::string& name,
+                       double val_loss, int64_t state, int64_t peak) {
+  cmp::MethodResult r;
+  r.info.suite = suite;
+  r.info.name = name;
+  r.info.label = name;
+  r.val_loss = val_loss;
+  r.optimizer_state_bytes = state;
+  r.peak_tensor_bytes = peak;
+  return r;
+}
+
+const cmp::ClaimCheck& claim(const std::vector<cmp::ClaimCheck>& cs,
+                             const std::string& id) {
+  for (const auto& c : cs)
+    if (c.id == id) return c;
+  throw std::runtime_error("no claim " + id);
+}
+
+}  // namespace
+
+TEST(CompareTest, ToySuiteMeasuresEveryMethodExactly) {
+  const fs::path out = temp_dir("toy");
+  cmp::CompareOptions o = toy_options(out);
+  o.gnuplot = "";
+  cmp::CompareResults res = cmp::run_compare(o);
+  ASSERT_EQ(res.methods.size(), 2u);
+  for (const auto& m : res.methods) {
+    SCOPED_TRACE(m.info.name);
+    EXPECT_EQ(m.status, "ok") << m.reason;
+    EXPECT_EQ(m.steps, 6);
+    EXPECT_EQ(m.total_params, kToyParams);
+    EXPECT_EQ(m.trainable_params, kToyParams);
+    EXPECT_EQ(m.trainable_weight_bytes, 4 * kToyParams);
+    EXPECT_EQ(m.gradient_bytes, 4 * kToyParams);
+    EXPECT_EQ(m.frozen_weight_bytes, 0);
+    // peak covers weights + gradients + state at least
+    EXPECT_GE(m.peak_tensor_bytes,
+              m.trainable_weight_bytes + m.gradient_bytes + m.optimizer_state_bytes);
+    ASSERT_TRUE(m.val_loss.has_value());
+    EXPECT_TRUE(std::isfinite(*m.val_loss));
+    EXPECT_GT(m.step_time_ms, 0);
+    EXPECT_GT(m.throughput, 0);
+    // curve: every step (stride 1) with evaluations at 3 and 6
+    ASSERT_EQ(m.curve.size(), 6u);
+    EXPECT_TRUE(m.curve[2].val_loss.has_value());
+    EXPECT_FALSE(m.curve[3].val_loss.has_value());
+    EXPECT_TRUE(m.curve[5].val_loss.has_value());
+  }
+  // AdamW: exp_avg + exp_avg_sq; SGD with momentum: one buffer.
+  EXPECT_EQ(res.methods[0].info.name, "adamw");
+  EXPECT_EQ(res.methods[0].optimizer_state_bytes, 2 * 4 * kToyParams);
+  EXPECT_EQ(res.methods[1].info.name, "sgd");
+  EXPECT_EQ(res.methods[1].optimizer_state_bytes, 4 * kToyParams);
+  // Same seed and data: the first step's loss is identical for both.
+  EXPECT_DOUBLE_EQ(res.methods[0].curve[0].train_loss,
+                   res.methods[1].curve[0].train_loss);
+}
+
+TEST(CompareTest, ResultsJsonFollowsTheVersionedSchema) {
+  const fs::path out = temp_dir("schema");
+  cmp::CompareOptions o = toy_options(out);
+  o.methods = {"adamw"};
+  o.gnuplot = "";
+  cmp::run_compare(o);
+  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  EXPECT_EQ(j.at("schema"), "lowmem.compare");
+  EXPECT_EQ(j.at("schema_version"), cmp::kSchemaVersion);
+  for (const char* k : {"created", "command_line", "machine", "interrupted",
+                        "wall_s", "options", "notes", "methods", "claims",
+                        "python_baseline", "plots"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  ASSERT_EQ(j.at("methods").size(), 1u);
+  const auto& m = j.at("methods")[0];
+  for (const char* k : {"suite", "name", "label", "paper", "status", "reason",
+                        "total_params", "trainable_params", "steps", "memory",
+                        "time", "quality", "curve"})
+    EXPECT_TRUE(m.contains(k)) << k;
+  for (const char* k : {"optimizer_state_bytes", "peak_tensor_bytes",
+                        "peak_rss_bytes", "gradient_bytes", "activation_bytes"})
+    EXPECT_TRUE(m.at("memory").contains(k)) << k;
+  EXPECT_EQ(m.at("memory").at("optimizer_state_bytes"), 2 * 4 * kToyParams);
+  // Round trip through the reader.
+  cmp::CompareResults back = cmp::results_from_json(slurp(out / "results.json"));
+  ASSERT_EQ(back.methods.size(), 1u);
+  EXPECT_EQ(back.methods[0].optimizer_state_bytes, 2 * 4 * kToyParams);
+  EXPECT_EQ(back.methods[0].curve.size(), 6u);
+  EXPECT_EQ(back.options.toy_steps, 6);
+  // A future schema is rejected with a clear message.
+  auto j2 = j;
+  j2["schema_version"] = cmp::kSchemaVersion + 1;
+  try {
+    cmp::results_from_json(j2.dump());
+    FAIL() << "expected a schema_version error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("schema_version"), std::string::npos);
+  }
+}
+
+TEST(CompareTest, CsvHasTheDocumentedColumns) {
+  const fs::path out = temp_dir("csv");
+  cmp::CompareOptions o = toy_options(out);
+  o.gnuplot = "";
+  cmp::run_compare(o);
+  std::ifstream f(out / "results.csv");
+  std::string header, row;
+  std::getline(f, header);
+  std::string expect;
+  for (const auto& c : cmp::csv_columns()) expect += (expect.empty() ? "" : ",") + c;
+  EXPECT_EQ(header, expect);
+  int rows = 0;
+  while (std::getline(f, row)) {
+    ++rows;
+    EXPECT_EQ(row.rfind(std::to_string(cmp::kSchemaVersion) + ",toy,", 0), 0u) << row;
+  }
+  EXPECT_EQ(rows, 2);
+  std::ifstream c(out / "curves.csv");
+  std::getline(c, header);
+  EXPECT_EQ(header, "suite,method,step,wall_s,train_loss,val_loss,val_accuracy");
+}
+
+TEST(CompareTest, MissingDataIsListedAsSkippedWithTheReason) {
+  const fs::path out = temp_dir("skip");
+  cmp::CompareOptions o = toy_options(out);
+  o.suites = {"finetune"};
+  o.fashion_mnist_dir = "/nonexistent/fashion";
+  o.gnuplot = "";
+  cmp::CompareResults res = cmp::run_compare(o);
+  ASSERT_FALSE(res.methods.empty());
+  for (const auto& m : res.methods) {
+    EXPECT_EQ(m.status, "skipped") << m.info.name;
+    EXPECT_NE(m.reason.find("/nonexistent/fashion"), std::string::npos) << m.reason;
+  }
+  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  EXPECT_EQ(j.at("methods").size(), res.methods.size());
+  EXPECT_EQ(j.at("methods")[0].at("status"), "skipped");
+  // The report names them too.
+  const std::string report = slurp(out / "report.md");
+  EXPECT_NE(report.find("skipped"), std::string::npos);
+  // Claims that need them are "not tested", with the reason.
+  EXPECT_EQ(claim(res.claims, "snell-vs-lora").status, "not tested");
+  EXPECT_NE(claim(res.claims, "snell-vs-lora").evidence.find("skipped"),
+            std::string::npos);
+}
+
+TEST(CompareTest, PlotsAreDrawnWhenGnuplotIsPresent) {
+  if (!have_gnuplot()) GTEST_SKIP() << "gnuplot not installed";
+  const fs::path out = temp_dir("plots");
+  cmp::CompareOptions o = toy_options(out);
+  cmp::CompareResults res = cmp::run_compare(o);
+  EXPECT_EQ(res.plots.status, "ok") << res.plots.reason;
+  for (const char* kind : {"loss_steps", "loss_time", "memory", "quality"})
+    for (const char* ext : {".png", ".svg"}) {
+      const std::string f = std::string("plots/toy_") + kind + ext;
+      EXPECT_NE(std::find(res.plots.files.begin(), res.plots.files.end(), f),
+                res.plots.files.end())
+          << f;
+      const std::string bytes = slurp(out / f);
+      ASSERT_GT(bytes.size(), 100u) << f;
+      if (std::string(ext) == ".png")
+        EXPECT_EQ(bytes.substr(1, 3), "PNG") << f;
+      else
+        EXPECT_NE(bytes.find("<svg"), std::string::npos) << f;
+    }
+  const std::string report = slurp(out / "report.md");
+  EXPECT_NE(report.find("](plots/toy_loss_steps.png)"), std::string::npos);
+}
+
+TEST(CompareTest, PlotsAreReportedSkippedWithoutGnuplot) {
+  const fs::path out = temp_dir("noplots");
+  cmp::CompareOptions o = toy_options(out);
+  o.gnuplot = "/nonexistent/bin/gnuplot";
+  cmp::CompareResults res = cmp::run_compare(o);
+  EXPECT_EQ(res.plots.status, "skipped");
+  EXPECT_NE(res.plots.reason.find("/nonexistent/bin/gnuplot"), std::string::npos);
+  EXPECT_TRUE(res.plots.files.empty());
+  EXPECT_TRUE(fs::exists(out / "plots" / "toy.gp"));  // scripts still written
+  EXPECT_FALSE(fs::exists(out / "plots" / "toy_loss_steps.png"));
+  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  EXPECT_EQ(j.at("plots").at("status"), "skipped");
+  EXPECT_NE(slurp(out / "report.md").find("Plots: skipped"), std::string::npos);
+}
+
+TEST(CompareTest, ClaimsAreComputedFromTheResults) {
+  std::vector<cmp::MethodResult> ms = {fake("pretrain", "came", 2.0, 100, 1000),
+                                       fake("pretrain", "adafactor", 2.1, 90, 1000)};
+  auto c = claim(cmp::check_claims(ms), "came-vs-adafactor");
+  EXPECT_EQ(c.status, "held");
+  EXPECT_NE(c.evidence.find("2.1"), std::string::npos);
+  ms[0].val_loss = 2.2;
+  EXPECT_EQ(claim(cmp::check_claims(ms), "came-vs-adafactor").status, "not held");
+  ms[1].status = "failed";
+  EXPECT_EQ(claim(cmp::check_claims(ms), "came-vs-adafactor").status, "not tested");
+
+  // GaLore: within 5% of AdamW's loss and less state.
+  ms = {fake("pretrain", "galore-adamw", 2.04, 300, 900),
+        fake("pretrain", "adamw", 2.0, 1000, 1200)};
+  EXPECT_EQ(claim(cmp::check_claims(ms), "galore-vs-adamw").status, "held");
+  ms[0].val_loss = 2.2;  // +10%
+  EXPECT_EQ(claim(cmp::check_claims(ms), "galore-vs-adamw").status, "not held");
+
+  // LoTR: fewer parameters and accuracy within a point of LoRA.
+  auto lotr = fake("finetune", "lotr", 0, 0, 0);
+  auto lora = fake("finetune", "lora", 0, 0, 0);
+  lotr.val_accuracy = 0.801;
+  lora.val_accuracy = 0.81;
+  lotr.trainable_params = 500;
+  lora.trainable_params = 2000;
+  EXPECT_EQ(claim(cmp::check_claims({lotr, lora}), "lotr-vs-lora").status, "held");
+  lotr.trainable_params = 3000;
+  EXPECT_EQ(claim(cmp::check_claims({lotr, lora}), "lotr-vs-lora").status, "not held");
+
+  // SINGD in bf16: a diverged bf16 run does not hold.
+  auto bf = fake("pretrain", "singd-bf16", 0, 0, 0);
+  bf.status = "diverged";
+  bf.reason = "non-finite loss at step 3";
+  auto c2 = claim(cmp::check_claims({bf, fake("pretrain", "singd-dense", 2, 1, 1)}),
+                  "singd-bf16");
+  EXPECT_EQ(c2.status, "not held");
+  EXPECT_NE(c2.evidence.find("step 3"), std::string::npos);
+}
+
+TEST(CompareTest, UnknownSuiteOrMethodIsRejected) {
+  const fs::path out = temp_dir("bad");
+  cmp::CompareOptions o = toy_options(out);
+  o.suites = {"nope"};
+  try {
+    cmp::run_compare(o);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown suite 'nope'"), std::string::npos);
+  }
+  o.suites = {"toy"};
+  o.methods = {"adamw", "nosuch"};
+  try {
+    cmp::run_compare(o);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown method 'nosuch'"), std::string::npos);
+  }
+}
+
+TEST(CompareTest, EveryRegisteredMethodIsListed) {
+  cmp::CompareOptions o;
+  const auto all = cmp::list_methods(o, {"pretrain", "finetune"});
+  std::vector<std::string> names;
+  for (const auto& m : all) names.push_back(m.suite + "/" + m.name);
+  for (const char* n :
+       {"pretrain/adamw", "pretrain/adafactor", "pretrain/came",
+        "pretrain/galore-adamw", "pretrain/galore-came", "pretrain/rsketch-adapter",
+        "pretrain/singd-dense", "pretrain/singd-diag", "pretrain/kfac",
+        "finetune/full-adamw", "finetune/full-came", "finetune/lora",
+        "finetune/projected-adapter", "finetune/lotr", "finetune/snell"})
+    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+}
