@@ -30,15 +30,18 @@ TEST_P(ProjectorTypes, OrthonormalBasisAndExactRoundTripForLowRank) {
     auto g = low_rank_matrix(shape.first, shape.second, 5);
     proj.refresh(g);
     auto eye = torch::eye(6, torch::kDouble);
-    if (proj.left().defined())
+    if (proj.left().defined()) {
       EXPECT_LT(max_abs(proj.left().t().matmul(proj.left()) - eye), 1e-10);
-    if (proj.right().defined())
+    }
+    if (proj.right().defined()) {
       EXPECT_LT(max_abs(proj.right().t().matmul(proj.right()) - eye), 1e-10);
+    }
     auto low = proj.project(g);
     EXPECT_EQ(low.sizes(), at::IntArrayRef(proj.low_rank_shape()));
-    if (basis != "orthogonal")  // a random subspace does not contain range(G)
+    if (basis != "orthogonal") {  // a random subspace does not contain range(G)
       EXPECT_LT(max_abs(proj.project_back(low) - g), 1e-9 * max_abs(g))
           << type << " " << basis;
+    }
   }
 }
 
@@ -128,7 +131,9 @@ TEST(Projector, SeededSketchIsReproducibleAndNeedNotBeStored) {
       EXPECT_TRUE(torch::equal(a.right(), b.right()));
       EXPECT_TRUE(torch::equal(a.left(), lean.left()));
       EXPECT_FALSE(torch::equal(a.left(), c.left()));
-      if (before.defined()) EXPECT_FALSE(torch::equal(before, a.left()));
+      if (before.defined()) {
+        EXPECT_FALSE(torch::equal(before, a.left()));
+      }
     }
     EXPECT_TRUE(lean.state_tensors().empty());
     EXPECT_EQ(a.state_tensors().size(), 2u);
