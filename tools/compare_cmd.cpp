@@ -92,7 +92,7 @@ void add_flags(CLI::App& app, CompareFlags& f) {
   app.add_option("--out", o.out_dir, "output directory")->capture_default_str();
   app.add_option("--cache", o.cache_dir, "base-model cache (default <out>/cache)");
   app.add_option("--seed", o.seed)->capture_default_str();
-  app.add_option("--threads", o.threads, "torch threads per method (0: all cores)")
+  app.add_option("--threads", o.threads, "torch threads per method (0: all cores; default 1)")
       ->capture_default_str();
   app.add_option("--rank", o.rank, "rank of LoRA, LoTR, SNELL, the projected adapter")
       ->capture_default_str();

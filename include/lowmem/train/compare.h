@@ -26,7 +26,11 @@ struct CompareOptions {
   std::string out_dir = "runs/compare";
   std::string cache_dir;             // base-model cache; "" = <out_dir>/cache
   uint64_t seed = 0;
-  int threads = 0;                   // <= 0: all cores
+  // torch threads per method (<= 0: all cores). 1 by default: the default
+  // models are tiny (width 64), and the measured default run took 3 min with
+  // one thread, while two threads spun in libgomp under any other load
+  // (docs/benchmarks/compare.md).
+  int threads = 1;
   bool isolate = true;               // fork one child per method
   const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to stop
 
