@@ -32,15 +32,6 @@ void validate(const KfacOptions& o) {
 }
 
 namespace {
-std::vector<torch::optim::OptimizerParamGroup> kfac_groups(
-    const std::vector<adapters::CurvatureLayer>& layers) {
-  std::vector<at::Tensor> params;
-  for (const auto& l : layers) {
-    params.push_back(l.weight);
-    if (l.bias.defined()) params.push_back(l.bias);
-  }
-  return {torch::optim::OptimizerParamGroup(params)};
-}
 KfacOptions kfac_checked(KfacOptions o) {
   validate(o);
   return o;
@@ -65,7 +56,7 @@ KFAC::KFAC(torch::nn::Module& model, KfacOptions defaults)
 
 KFAC::KFAC(std::vector<adapters::CurvatureLayer> layers, KfacOptions defaults)
     : torch::optim::Optimizer(
-          kfac_groups(layers),
+          detail::layer_param_groups(layers),
           std::make_unique<KfacOptions>(kfac_checked(std::move(defaults)))),
       layers_(std::move(layers)) {
   LOWMEM_CHECK(!layers_.empty(), "[kfac] no Linear/Conv2d layer to train");

@@ -3,9 +3,23 @@
 
 #include <ATen/ATen.h>
 
+#include <torch/optim/optimizer.h>
+
 #include "lowmem/adapters/curvature_tap.h"
 
 namespace lowmem::optim::detail {
+
+/// One param group with every layer's weight, then its bias if any (the
+/// official SINGD order; KFAC uses the same).
+inline std::vector<torch::optim::OptimizerParamGroup> layer_param_groups(
+    const std::vector<adapters::CurvatureLayer>& layers) {
+  std::vector<at::Tensor> params;
+  for (const auto& l : layers) {
+    params.push_back(l.weight);
+    if (l.bias.defined()) params.push_back(l.bias);
+  }
+  return {torch::optim::OptimizerParamGroup(params)};
+}
 
 /// V = [grad W (flattened from dim 1) | grad b] : [d_C, d_K], or undefined
 /// when the weight has no gradient.

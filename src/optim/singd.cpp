@@ -65,16 +65,6 @@ void validate(const SingdOptions& o) {
 
 namespace {
 
-std::vector<torch::optim::OptimizerParamGroup> groups_of(
-    const std::vector<adapters::CurvatureLayer>& layers) {
-  std::vector<at::Tensor> params;
-  for (const auto& l : layers) {
-    params.push_back(l.weight);
-    if (l.bias.defined()) params.push_back(l.bias);
-  }
-  return {torch::optim::OptimizerParamGroup(params)};
-}
-
 SingdOptions checked(SingdOptions o) {
   validate(o);
   // Official: kfac_like forces alpha1 = 0 (with a warning).
@@ -97,7 +87,7 @@ SINGD::SINGD(torch::nn::Module& model, SingdOptions defaults)
 
 SINGD::SINGD(std::vector<adapters::CurvatureLayer> layers, SingdOptions defaults)
     : torch::optim::Optimizer(
-          groups_of(layers),
+          detail::layer_param_groups(layers),
           std::make_unique<SingdOptions>(checked(std::move(defaults)))),
       layers_(std::move(layers)) {
   LOWMEM_CHECK(!layers_.empty(), "[singd] no Linear/Conv2d layer to train");
