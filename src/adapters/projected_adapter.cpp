@@ -18,6 +18,7 @@ ProjectedLinear::ProjectedLinear(std::shared_ptr<LinearLike> base,
   register_module("base", base_);
   auto& w = base_->base_weight();
   w.set_requires_grad(false);
+  w.mutable_grad() = at::Tensor();  // frozen: a leftover full gradient is dead
   const auto dtype = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   a_ = register_parameter(
       "a", at::zeros(projector_.low_rank_shape(), w.options().dtype(dtype)));
@@ -73,7 +74,10 @@ void ProjectedLinear::rebase(const at::Tensor& full_grad) {
 
 void ProjectedLinear::capture_full_grad(bool on) {
   auto& w = base_->base_weight();
-  if (!on) w.mutable_grad() = at::Tensor();
+  // Always start (and end) from no gradient: W0 belongs to no optimizer, so
+  // nobody else zeroes it, and a stale .grad (e.g. left by a GaLore-form run
+  // before a conversion) would be summed into the captured one.
+  w.mutable_grad() = at::Tensor();
   w.set_requires_grad(on);
   capturing_ = on;
 }

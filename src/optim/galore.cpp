@@ -528,6 +528,11 @@ void transfer_state(GaLore& from, ProjectedAdapterOptimizer& to) {
                  " has another low-rank shape");
     l.projector() = s.projector;
     l.a().zero_();
+    l.a().mutable_grad() = at::Tensor();
+    // The full gradient GaLore left on W is dead in the adapter form (W0 is
+    // frozen and owned by no optimizer); keeping it would cost m x n bytes and
+    // be summed into the gradient captured on the next SVD refresh.
+    s.param.mutable_grad() = at::Tensor();
     to.steps_[i] = s.step;
     to.rebased_[i] = false;
     transfer_copy_state(*from.inner_, s.proxy, *to.inner_, l.a());
@@ -551,6 +556,8 @@ void transfer_state(ProjectedAdapterOptimizer& from, GaLore& to) {
                  "[galore] transfer_state: GaLore's projected param ", i,
                  " is not adapter ", i, "'s base weight");
     l.merge();
+    l.a().mutable_grad() = at::Tensor();
+    s.param.mutable_grad() = at::Tensor();
     s.projector = l.projector();
     s.step = from.steps_[i];
     s.acc = at::Tensor();

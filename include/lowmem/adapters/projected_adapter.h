@@ -46,7 +46,8 @@ class ProjectedLinear final : public LinearLike {
   /// `full_grad` [out, in], sketches from (seed, stream, refresh index).
   void rebase(const at::Tensor& full_grad);
   /// While on, W0 requires grad so the next backward leaves dL/dW in
-  /// base_weight().grad() (only needed for svd/rsvd refreshes). Off frees it.
+  /// base_weight().grad() (only needed for svd/rsvd refreshes). Both on and
+  /// off free any gradient W0 already holds (nobody else zeroes it).
   void capture_full_grad(bool on);
   bool capturing() const { return capturing_; }
 

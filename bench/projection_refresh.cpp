@@ -1,0 +1,101 @@
+// Cost of one projection refresh for a d x d fp32 gradient at rank r = d/4
+// (d = 512, 1024): full SVD (official GaLore), randomized SVD (range finder,
+// 2 power iterations, oversampling 8) and seeded random sketches (Gaussian,
+// semi-orthogonal). The bound: sgemm throughput of the rsvd's own GEMM shape
+// ([d, d] x [d, k], k = r + 8) measured in the same run (BM_Sgemm runs first).
+// Counters: gemm_GF = GEMM FLOPs of the method (rsvd: 2 d^2 k (2 + 2q);
+// svd: 8/3 d^3, the Householder bidiagonalisation alone, a lower bound),
+// bound_ms = gemm_GF / measured sgemm rate, kept_frac = |P^T G|^2 / |G|^2.
+//   build/bench/projection_refresh --benchmark_min_time=1
+#include <ATen/ATen.h>
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <map>
+
+#include "lowmem/core/threads.h"
+#include "lowmem/projection/projector.h"
+
+namespace {
+
+constexpr int64_t kPowerIters = 2, kOversample = 8;  // ProjectorOptions defaults
+
+int64_t rank_of(int64_t d) { return d / 4; }
+int64_t sketch_width(int64_t d) { return std::min(rank_of(d) + kOversample, d); }
+
+std::map<int64_t, double>& sgemm_rate() {  // d -> FLOP/s, from BM_Sgemm
+  static std::map<int64_t, double> rate;
+  return rate;
+}
+
+// A gradient-like matrix: low-rank part (decaying spectrum) plus noise.
+at::Tensor gradient(int64_t d) {
+  at::manual_seed(0);
+  return at::randn({d, d / 8}).matmul(at::randn({d / 8, d})) +
+         0.1 * at::randn({d, d});
+}
+
+void BM_Sgemm(benchmark::State& state) {
+  lowmem::set_default_threads();
+  const int64_t d = state.range(0), k = sketch_width(d);
+  auto a = at::randn({d, d}), b = at::randn({d, k}), c = at::empty({d, k});
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) {
+    at::mm_out(c, a, b);
+    benchmark::DoNotOptimize(c.data_ptr<float>());
+  }
+  const double s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double flops = 2.0 * d * d * k;
+  sgemm_rate()[d] = flops * state.iterations() / s;
+  state.counters["GFLOP/s"] = sgemm_rate()[d] / 1e9;
+}
+
+void refresh(benchmark::State& state, const char* basis, double gemm_flops) {
+  lowmem::set_default_threads();
+  const int64_t d = state.range(0);
+  auto g = gradient(d);
+  lowmem::projection::Projector p(lowmem::projection::ProjectorOptions()
+                                      .rank(rank_of(d))
+                                      .basis(basis)
+                                      .power_iters(kPowerIters)
+                                      .oversample(kOversample)
+                                      .proj_type("left"),
+                                  d, d);
+  for (auto _ : state) {
+    p.refresh(g);
+    benchmark::DoNotOptimize(p.left().data_ptr());
+  }
+  // How much of G's energy the basis keeps (random sketches: about r/d).
+  const double kept = p.project(g).norm().item<double>() / g.norm().item<double>();
+  state.counters["kept_frac"] = kept * kept;
+  state.counters["rank"] = static_cast<double>(rank_of(d));
+  if (gemm_flops > 0) {
+    state.counters["gemm_GF"] = gemm_flops / 1e9;
+    auto it = sgemm_rate().find(d);
+    if (it != sgemm_rate().end())
+      state.counters["bound_ms"] = 1e3 * gemm_flops / it->second;
+  }
+}
+
+void BM_FullSvd(benchmark::State& s) {
+  const double d = static_cast<double>(s.range(0));
+  refresh(s, "svd", 8.0 / 3.0 * d * d * d);
+}
+void BM_RandomizedSvd(benchmark::State& s) {
+  const double d = static_cast<double>(s.range(0));
+  const double k = static_cast<double>(sketch_width(s.range(0)));
+  // G.Omega, q x (G^T.Q, G.Z), Q^T.G: (2 + 2q) products of [d, d] x [d, k].
+  refresh(s, "rsvd", 2.0 * d * d * k * (2 + 2 * kPowerIters));
+}
+void BM_GaussianSketch(benchmark::State& s) { refresh(s, "gaussian", 0); }
+void BM_OrthogonalSketch(benchmark::State& s) { refresh(s, "orthogonal", 0); }
+
+}  // namespace
+
+BENCHMARK(BM_Sgemm)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_FullSvd)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_RandomizedSvd)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_GaussianSketch)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_OrthogonalSketch)->Arg(512)->Arg(1024)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_MAIN();
