@@ -5,6 +5,8 @@
 // routing does). One iteration = forward + backward + step; T = 10 (official
 // default), 20 iterations, so each timing includes 2 preconditioner refreshes.
 //
+// BM_Precondition times the per-step product S (S^T X) of one factor alone.
+//
 //   build/bench/singd_step --benchmark_repetitions=3
 //     (add --benchmark_report_aggregates_only=true for the aggregates)
 #include <ATen/ATen.h>
@@ -21,15 +23,20 @@
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"
+#include "lowmem/optim/structures/structured_matrix.h"
 
 namespace {
 
 namespace lo = lowmem::optim;
 namespace lm = lowmem::models;
 
+// Every official structure family (block and hierarchical at the official
+// sizes).
 const std::vector<std::string> kStructures = {
-    "dense",        "diagonal",           "block30diagonal", "hierarchical15_15",
-    "triltoeplitz", "trilbottomrightdiag"};
+    "dense",           "diagonal",          "block30diagonal",
+    "hierarchical15_15", "triltoeplitz",    "triutoeplitz",
+    "trilbottomrightdiag", "triltopleftdiag", "triubottomrightdiag",
+    "triutopleftdiag"};
 
 std::shared_ptr<lm::Model> make_model(bool gpt) {
   at::manual_seed(0);
@@ -102,6 +109,33 @@ void Kinds(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_TrainStep, mlp, false)->Apply(Kinds);
 BENCHMARK_CAPTURE(BM_TrainStep, gpt, true)->Apply(Kinds);
+
+// The per-step preconditioning product alone: S (S^T X) for an n x n factor
+// of each structure (random stored numbers) and X [n, m]; the label is the
+// structure, range(1) = n, range(2) = m (the sizes of the MLP's and GPT's
+// layers: 257 x 1024, 1025 x 1024, 1024 x 257).
+void BM_Precondition(benchmark::State& state) {
+  namespace st = lowmem::optim::structures;
+  const auto& key = kStructures.at(static_cast<size_t>(state.range(0)));
+  const int64_t n = state.range(1), m = state.range(2);
+  at::manual_seed(0);
+  auto z = st::make_structured(key, n, at::TensorOptions().dtype(at::kFloat), false);
+  std::vector<at::Tensor> ts;
+  for (auto& t : z->tensors()) ts.push_back(at::randn_like(t));
+  auto s = z->with_tensors(ts);
+  at::Tensor x = at::randn({n, m});
+  for (auto _ : state) benchmark::DoNotOptimize(s->matmul(s->rmatmat(x)));
+  state.SetLabel(key);
+}
+
+void PrecondArgs(benchmark::internal::Benchmark* b) {
+  for (int k = 0; k < static_cast<int>(kStructures.size()); ++k)
+    for (auto nm : {std::pair<int, int>{257, 1024}, {1025, 1024}, {1024, 257}})
+      b->Args({k, nm.first, nm.second});
+  b->Unit(benchmark::kMillisecond);
+}
+
+BENCHMARK(BM_Precondition)->Apply(PrecondArgs);
 
 }  // namespace
 

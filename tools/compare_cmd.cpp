@@ -99,6 +99,10 @@ void add_flags(CLI::App& app, CompareFlags& f) {
   app.add_option("--projection-rank", o.projection_rank,
                  "rank of GaLore and the random sketch (0: width / 4)")
       ->capture_default_str();
+  app.add_option("--lr", o.lr,
+                 "peak learning rate of every method's optimizers (0: each method's "
+                 "tuned default; for sweeps)")
+      ->capture_default_str();
   app.add_option("--gpt-width", o.gpt_width)->capture_default_str();
   app.add_option("--gpt-layers", o.gpt_layers)->capture_default_str();
   app.add_option("--gpt-heads", o.gpt_heads)->capture_default_str();

@@ -83,6 +83,7 @@ json method_json(const MethodResult& r) {
               {"gradient_bytes", r.gradient_bytes},
               {"activation_bytes", r.activation_bytes},
               {"peak_tensor_bytes", r.peak_tensor_bytes},
+              {"eval_peak_tensor_bytes", r.eval_peak_tensor_bytes},
               {"peak_rss_bytes", r.peak_rss_bytes},
               {"start_rss_bytes", r.start_rss_bytes}}},
             {"time",
@@ -116,6 +117,7 @@ MethodResult method_from(const json& j) {
   r.gradient_bytes = m.at("gradient_bytes").get<int64_t>();
   r.activation_bytes = m.at("activation_bytes").get<int64_t>();
   r.peak_tensor_bytes = m.at("peak_tensor_bytes").get<int64_t>();
+  r.eval_peak_tensor_bytes = m.value("eval_peak_tensor_bytes", int64_t{0});
   r.peak_rss_bytes = m.at("peak_rss_bytes").get<int64_t>();
   r.start_rss_bytes = m.at("start_rss_bytes").get<int64_t>();
   const json& t = j.at("time");
@@ -164,6 +166,7 @@ json options_json(const CompareOptions& o) {
           {"eval_batches", o.eval_batches},
           {"rank", o.rank},
           {"projection_rank", o.projection_rank},
+          {"lr", o.lr},
           {"gnuplot", o.gnuplot},
           {"python_baseline", o.python_baseline},
           {"python", o.python}};
@@ -200,6 +203,7 @@ CompareOptions options_from(const json& j) {
   o.eval_batches = j.at("eval_batches");
   o.rank = j.at("rank");
   o.projection_rank = j.at("projection_rank");
+  o.lr = j.value("lr", 0.0);  // absent in files written before the option
   o.gnuplot = j.at("gnuplot").get<std::string>();
   o.python_baseline = j.at("python_baseline").get<bool>();
   o.python = j.at("python").get<std::string>();

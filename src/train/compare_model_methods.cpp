@@ -293,20 +293,24 @@ void add_model_methods(std::vector<MethodDef>& out) {
 #endif
     out.push_back(d);
   }
-  {
-    MethodDef d = def(P, "kfac", "KFAC", "KFAC (arXiv 1503.05671)",
-                      "Kronecker-factored natural gradient with damped inverses on "
-                      "the block linears, AdamW for the rest");
+  for (const bool bf16 : {false, true}) {
+    MethodDef d = def(P, bf16 ? "kfac-bf16" : "kfac", bf16 ? "KFAC (bf16)" : "KFAC",
+                      "KFAC (arXiv 1503.05671)",
+                      std::string("Kronecker-factored natural gradient with damped inverses on "
+                                  "the block linears") +
+                          (bf16 ? " (model and factors in bfloat16, inverted in fp32)" : "") +
+                          ", AdamW for the rest");
+    d.bf16 = bf16;
 #if defined(LOWMEM_COMPARE_HAVE_KFAC) && defined(LOWMEM_COMPARE_HAVE_SINGD)
-    d.setup = [](Workload& w, const CompareOptions&) {
+    d.setup = [bf16](Workload& w, const CompareOptions&) {
       Training t;
       auto split = adapters::split_curvature_parameters(*w.model);
       std::vector<at::Tensor> rest;
       for (auto& kv : split.uncovered) rest.push_back(kv.second);
-      auto opts = optim::KfacOptions(kSingdLr);
+      auto opts = optim::KfacOptions(kSingdLr).factor_dtype(bf16 ? "bfloat16" : "");
       t.optimizers.push_back(std::make_shared<optim::KFAC>(*w.model, opts));
       if (!rest.empty()) t.optimizers.push_back(adamw(rest, kPretrainLr));
-      t.detail = "lr " + num(kSingdLr) + "; others AdamW";
+      t.detail = "lr " + num(kSingdLr) + (bf16 ? ", factors bfloat16" : "") + "; others AdamW";
       return t;
     };
 #else

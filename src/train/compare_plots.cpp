@@ -49,6 +49,21 @@ std::string quoted(const std::string& s) {
 
 double mib(int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); }
 
+// Line style of the i-th method of a plot: 12 well-separated colours (the
+// "Paired"/tab20 families without the near-duplicates) crossed with dash
+// patterns, so every (colour, dash) pair is distinct for the first 12 * 5
+// methods (gnuplot's `lc N` repeats after 8). Solid lines first.
+std::string line_style(size_t i) {
+  static const char* const kColours[] = {
+      "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+      "#e377c2", "#17becf", "#7f7f7f", "#bcbd22", "#000000", "#aec7e8"};
+  constexpr size_t kN = sizeof(kColours) / sizeof(kColours[0]);
+  // dash type cycles 1 (solid), 2 (dashed), 4 (dash-dot), 3 (dotted), 5
+  static const int kDash[] = {1, 2, 4, 3, 5};
+  const size_t c = i % kN, d = (i / kN) % 5;
+  return std::string("lc rgb '") + kColours[c] + "' dt " + std::to_string(kDash[d]);
+}
+
 struct SuitePlots {
   std::string script;               // file name of the .gp script
   std::vector<std::string> outputs; // relative to out_dir
@@ -105,10 +120,10 @@ SuitePlots write_suite(const std::vector<const MethodResult*>& ms,
       gp << t.second << "\nset output " << quoted(name + "." + t.first) << "\nplot ";
       for (size_t i = 0; i < curve_files.size(); ++i) {
         gp << (i ? ", \\\n     " : "") << quoted(curve_files[i]) << " using " << xcol
-           << ":4 with lines lw 2 lc " << i + 1 << " title " << quoted(labels[i]);
+           << ":4 with lines lw 2 " << line_style(i) << " title " << quoted(labels[i]);
         gp << ", " << quoted(eval_files[i]) << " using " << xcol << ":"
-           << (acc ? "4 axes x1y2" : "3") << " with points pt 7 ps 0.8 lc " << i + 1
-           << " notitle";
+           << (acc ? "4 axes x1y2" : "3") << " with points pt 7 ps 0.8 "
+           << line_style(i) << " notitle";
       }
       gp << "\nunset output\n";
     }

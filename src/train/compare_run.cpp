@@ -21,6 +21,7 @@
 #include <ctime>
 #include <filesystem>
 #include <numeric>
+#include <optional>
 #include <set>
 
 #include "compare_internal.h"
@@ -134,12 +135,16 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
     r.total_params += p.numel();
     if (p.requires_grad()) r.trainable_params += p.numel();
   }
+  LOWMEM_CHECK(options.lr >= 0 && std::isfinite(options.lr),
+               "[compare] lr must be >= 0 (0: each method's default), got ", options.lr);
   std::vector<std::vector<double>> base_lr;
   for (auto& opt : t.optimizers) {
     std::vector<double> lrs;
-    for (auto& g : opt->param_groups()) lrs.push_back(g.options().get_lr());
+    for (auto& g : opt->param_groups())
+      lrs.push_back(options.lr > 0 ? options.lr : g.options().get_lr());
     base_lr.push_back(std::move(lrs));
   }
+  if (options.lr > 0) r.detail += " [lr overridden: " + detail::num(options.lr) + "]";
 
   const int64_t steps = s.steps(options);
   const int64_t eval_every = options.eval_every > 0
@@ -148,7 +153,11 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
   const int64_t curve_stride = std::max<int64_t>(1, (steps + 499) / 500);
   std::vector<double> step_s, losses;
   double train_s = 0;
-  MemoryScope train_scope = tracker.scope();
+  // Training peak only: each stretch of training steps between evaluations
+  // gets its own scope; evaluations are measured apart (eval_peak).
+  int64_t train_peak = 0, eval_peak = 0;
+  std::optional<MemoryScope> train_scope;
+  train_scope.emplace(tracker.scope());
   for (int64_t step = 1; step <= steps; ++step) {
     if (stop_requested(options)) {
       r.status = "interrupted";
@@ -200,10 +209,16 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
     cp.train_loss = lv;
     const bool eval_now = step % eval_every == 0 || step == steps;
     if (eval_now) {
+      train_peak = std::max(train_peak, train_scope->peak_bytes());
+      train_scope.reset();
+      MemoryScope eval_scope = tracker.scope();
       torch::NoGradGuard ng;
       w.model->eval();  // dropout / drop-path off
       detail::Evaluation e = w.evaluate();
       w.model->train();
+      eval_scope.stop();
+      eval_peak = std::max(eval_peak, eval_scope.peak_bytes());
+      train_scope.emplace(tracker.scope());
       cp.val_loss = e.loss;
       cp.val_accuracy = e.accuracy;
       r.val_loss = e.loss;
@@ -213,9 +228,12 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
       r.curve.push_back(cp);
     if (callbacks.on_step) callbacks.on_step(method, step, steps, lv);
   }
-  train_scope.stop();
+  train_peak = std::max(train_peak, train_scope->peak_bytes());
+  train_scope.reset();
   setup_scope.stop();
-  r.peak_tensor_bytes = train_scope.peak_bytes() - setup_scope.start_bytes();
+  r.peak_tensor_bytes = train_peak - setup_scope.start_bytes();
+  r.eval_peak_tensor_bytes =
+      eval_peak > 0 ? eval_peak - setup_scope.start_bytes() : 0;
   r.activation_bytes = std::max<int64_t>(
       0, r.peak_tensor_bytes - r.frozen_weight_bytes - r.trainable_weight_bytes -
              r.gradient_bytes - r.optimizer_state_bytes);

@@ -141,6 +141,43 @@ INSTANTIATE_TEST_SUITE_P(
         "trilbottomrightdiag", "triltopleftdiag", "triubottomrightdiag",
         "triutopleftdiag"));
 
+// The Toeplitz products run in row panels of 256: sizes with several panels
+// and a partial last one, against the dense equivalent (float64).
+TEST(Structures, ToeplitzProductsSpanSeveralPanels) {
+  // Toeplitz projection of a symmetric m: d[0] = mean diagonal, d[k] = mean
+  // of the k-th and -k-th diagonals.
+  auto toeplitz_diags = [](const at::Tensor& m) {
+    int64_t n = m.size(0);
+    at::Tensor d = torch::zeros({n}, kF64);
+    d[0] = m.diagonal().mean();
+    for (int64_t k = 1; k < n; ++k)
+      d[k] = (m.diagonal(k).sum() + m.diagonal(-k).sum()) / double(n - k);
+    return d;
+  };
+  for (const char* key : {"triltoeplitz", "triutoeplitz"}) {
+    for (int64_t n : {256, 257, 600}) {
+      torch::manual_seed(n);
+      const std::string ctx = std::string(key) + " n=" + std::to_string(n);
+      auto s = random_like(key, n), s2 = random_like(key, n);
+      at::Tensor d = s->to_dense(), d2 = s2->to_dense();
+      at::Tensor x = torch::randn({n, 5}, kF64);
+      expect_close(s->matmul(x), d.matmul(x), ctx + " S X");
+      expect_close(s->rmatmat(x), d.t().matmul(x), ctx + " S^T X");
+      expect_close(s->rmatmat(x.t().contiguous().t()), d.t().matmul(x), ctx + " strided X");
+      expect_close(s->matmul(*s2)->to_dense(), d.matmul(d2), ctx + " S S'");
+      at::Tensor z = d.t().matmul(x);
+      expect_close(
+          s->from_inner(x)->tensors()[0], toeplitz_diags(z.matmul(z.t())),
+          ctx + " from_inner(X)");
+      expect_close(
+          s->from_inner({})->tensors()[0], toeplitz_diags(d.t().matmul(d)),
+          ctx + " from_inner()");
+      at::Tensor m = sym(n);
+      expect_close(s->project(m)->tensors()[0], toeplitz_diags(m), ctx + " Pi(M)");
+    }
+  }
+}
+
 TEST(Structures, DiagonalAndToeplitzStorageIsLinear) {
   EXPECT_EQ(st::structured_numel("diagonal", 4096), 4096);
   EXPECT_EQ(st::structured_numel("triltoeplitz", 4096), 4096);

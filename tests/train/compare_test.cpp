@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "lowmem/train/compare.h"
@@ -301,4 +302,87 @@ TEST(CompareTest, EveryRegisteredMethodIsListed) {
         "finetune/full-adamw", "finetune/full-came", "finetune/lora",
         "finetune/projected-adapter", "finetune/lotr", "finetune/snell"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+}
+
+TEST(CompareTest, PeakTensorBytesCoverTrainingOnlyNotEvaluation) {
+  // The toy evaluation runs the 256 validation examples at once (a [256, 32]
+  // hidden activation), training runs batches of 32: the evaluation peak is
+  // reported apart and must not leak into the training peak.
+  const fs::path out = temp_dir("evalpeak");
+  cmp::CompareOptions o = toy_options(out);
+  o.methods = {"sgd"};
+  o.gnuplot = "";
+  cmp::CompareResults res = cmp::run_compare(o);
+  ASSERT_EQ(res.methods.size(), 1u);
+  const auto& m = res.methods[0];
+  ASSERT_EQ(m.status, "ok") << m.reason;
+  const int64_t resident =
+      m.trainable_weight_bytes + m.gradient_bytes + m.optimizer_state_bytes;
+  EXPECT_GE(m.peak_tensor_bytes, resident);
+  EXPECT_GE(m.eval_peak_tensor_bytes, resident + 256 * 32 * 4);
+  EXPECT_LT(m.peak_tensor_bytes, m.eval_peak_tensor_bytes);
+  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  EXPECT_EQ(j.at("methods")[0].at("memory").at("eval_peak_tensor_bytes"),
+            m.eval_peak_tensor_bytes);
+}
+
+TEST(CompareTest, LrOverrideSetsEveryOptimizersPeakRate) {
+  const fs::path out = temp_dir("lr");
+  cmp::CompareOptions o = toy_options(out);
+  o.methods = {"adamw"};
+  o.gnuplot = "";
+  const auto base = cmp::run_compare(o).methods.at(0);
+  o.lr = 1e-2;  // the toy AdamW's own rate: same run
+  const auto same = cmp::run_compare(o).methods.at(0);
+  o.lr = 1e-4;
+  const auto low = cmp::run_compare(o).methods.at(0);
+  ASSERT_EQ(base.status, "ok");
+  EXPECT_NE(same.detail.find("lr overridden: 0.01"), std::string::npos) << same.detail;
+  EXPECT_DOUBLE_EQ(*base.val_loss, *same.val_loss);
+  EXPECT_NE(*base.val_loss, *low.val_loss);
+  o.lr = -1;
+  const auto bad = cmp::run_compare(o).methods.at(0);
+  EXPECT_EQ(bad.status, "failed");
+  EXPECT_NE(bad.reason.find("lr must be >= 0"), std::string::npos) << bad.reason;
+}
+
+TEST(CompareTest, EveryMethodOfAPlotGetsADistinctLineStyle) {
+  // 16 methods in one suite: gnuplot's numbered colours repeat after 8, so the
+  // script must give every curve its own (colour, dash) pair.
+  const fs::path out = temp_dir("styles");
+  cmp::CompareResults res;
+  for (int i = 0; i < 16; ++i) {
+    cmp::MethodResult r = fake("pretrain", "m" + std::to_string(i), 2.0 + i, 100, 1000);
+    r.steps = 2;
+    for (int s = 1; s <= 2; ++s) {
+      cmp::CurvePoint p;
+      p.step = s;
+      p.wall_s = 0.1 * s;
+      p.train_loss = 3.0 - 0.1 * s;
+      if (s == 2) p.val_loss = 2.9;
+      r.curve.push_back(p);
+    }
+    res.methods.push_back(r);
+  }
+  const cmp::PlotSet ps = cmp::make_plots(res, out.string(), "");
+  EXPECT_EQ(ps.status, "skipped");
+  const std::string gp = slurp(out / "plots" / "pretrain.gp");
+  // Each `plot` command of the curves: collect the style of every line.
+  size_t pos = 0, plots = 0;
+  while ((pos = gp.find("\nplot \"data/pretrain_m0.dat\"", pos)) != std::string::npos) {
+    const size_t end = gp.find("\nunset output", pos);
+    const std::string cmd = gp.substr(pos, end - pos);
+    std::set<std::string> styles;
+    size_t q = 0, lines = 0;
+    while ((q = cmd.find("with lines lw 2 ", q)) != std::string::npos) {
+      q += 16;
+      styles.insert(cmd.substr(q, cmd.find(" title", q) - q));
+      ++lines;
+    }
+    EXPECT_EQ(lines, 16u);
+    EXPECT_EQ(styles.size(), 16u) << cmd;
+    ++plots;
+    pos = end;
+  }
+  EXPECT_EQ(plots, 4u);  // loss over steps and over time, PNG and SVG each
 }

@@ -64,6 +64,10 @@ struct CompareOptions {
   int64_t eval_batches = 8;  // validation batches for the language model
   int64_t rank = 8;             // LoRA, LoTR, SNELL, projected adapter
   int64_t projection_rank = 0;  // GaLore, random sketch; 0: model width / 4
+  // Peak learning rate of every optimizer (every param group) of every method
+  // of the run; 0: each method's tuned default (src/train/compare_model_methods.cpp).
+  // For learning-rate sweeps (docs/benchmarks/compare.md).
+  double lr = 0;
 
   // --- outputs
   std::string gnuplot = "gnuplot";    // "" or not found: plots skipped
@@ -115,7 +119,8 @@ struct MethodResult {
   int64_t frozen_weight_bytes = 0;
   int64_t trainable_weight_bytes = 0;
   int64_t gradient_bytes = 0;
-  int64_t peak_tensor_bytes = 0;  // peak live tensor bytes of the run
+  int64_t peak_tensor_bytes = 0;  // peak live tensor bytes of the training steps
+  int64_t eval_peak_tensor_bytes = 0;  // peak during evaluations (not in the above)
   int64_t activation_bytes = 0;   // peak - weights - gradients - state (>= 0)
   int64_t peak_rss_bytes = 0;     // child process peak RSS
   int64_t start_rss_bytes = 0;    // RSS when the method started

@@ -2,49 +2,100 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "lowmem/core/check.h"
 
 namespace lowmem::optim::structures {
 
 namespace {
 
+// Rows per panel of the Toeplitz products: the largest temporary is a
+// kPanel x n slice of the matrix (never the whole n x n).
+constexpr int64_t kPanel = 256;
+
 bool is_half(at::ScalarType t) {
   return t == at::kHalf || t == at::kBFloat16;
 }
 
-// Runs `fn` on operands cast to `cdt`; half types on CPU compute in fp32 and
-// are rounded to `cdt` (CPU conv1d has no reliable half kernels).
-template <class F>
-at::Tensor in_precision(at::ScalarType cdt, const at::Tensor& like, F fn) {
-  if (is_half(cdt) && like.device().is_cpu())
-    return fn(at::kFloat).to(cdt);
-  return fn(cdt);
+// The dtype a product with operands of dtypes a, b runs in: the official one
+// (detail::compute_dtype), except half types on CPU, which run in fp32 (CPU
+// has no fast half GEMM) and are rounded afterwards.
+at::ScalarType work_dtype(at::ScalarType a, at::ScalarType b, const at::Device& dev) {
+  at::ScalarType t = detail::compute_dtype(a, b);
+  return (is_half(t) && dev.is_cpu()) ? at::kFloat : t;
 }
 
-// Sums of the diagonals of `m` [n, n]: out[t] = sum over j - i = t - (n-1).
-at::Tensor all_traces(const at::Tensor& m) {
-  int64_t n = m.size(0);
-  at::Tensor ar = at::arange(n, m.options().dtype(at::kLong));
-  at::Tensor idx = (ar.unsqueeze(0) - ar.unsqueeze(1) + (n - 1)).flatten();
-  at::Tensor out = at::zeros({2 * n - 1}, m.options());
-  return out.scatter_add_(0, idx, m.contiguous().flatten());
+// s[t] = sum_{i + j = t} g[i, j] for g [h, w], t = 0..h+w-2, without loops:
+// padding each row with h zeros and re-reading the buffer with row stride
+// w + h - 1 shifts row i right by i, so column t of that view holds g[i, t-i].
+at::Tensor anti_diagonal_sums(const at::Tensor& g) {
+  const int64_t h = g.size(0), w = g.size(1);
+  at::Tensor p = at::constant_pad_nd(g, {0, h}).flatten();
+  return p.narrow(0, 0, h * (w + h - 1)).view({h, w + h - 1}).sum(0);
 }
 
-// c[k] = sum_j u[j] v[j-k], k = 0..n-1, by FFT in float64.
-at::Tensor correlate(const at::Tensor& u, const at::Tensor& v) {
-  int64_t n = u.size(0);
-  at::Tensor fu = at::fft_rfft(u.to(at::kDouble), 2 * n);
-  at::Tensor fv = at::fft_rfft(v.to(at::kDouble), 2 * n);
-  return at::fft_irfft(fu * fv.conj(), 2 * n).slice(0, 0, n);
+// H[i, j] = d[i + j - h + 1] (0 where the index is negative), [h, n]: every
+// row panel of the lower-triangular Toeplitz matrix L[i, j] = d[i - j] with
+// its columns reversed is a slice of H.
+at::Tensor hankel_panel(const at::Tensor& d, int64_t h) {
+  const int64_t n = d.size(0);
+  at::Tensor q = at::cat({at::zeros({h - 1}, d.options()), d});
+  return q.as_strided({h, n}, {1, 1}).contiguous();
+}
+
+// L X for L[i, j] = d[i - j] (i >= j), given xf = X with its rows reversed
+// ([n, m], any strides). Rows r0..r1-1 of L X are H[h-hh:, :r1] xf[n-r1:]
+// (hh = r1 - r0): one GEMM per panel, n^2 m / 2 multiply-adds in all, only
+// the triangle. (The official grouped conv1d is O(n^2 m) too but runs as a
+// direct convolution; a float64 FFT was tried here first and was 5-10x slower
+// than this on CPU for the layer sizes of the benchmarks.)
+at::Tensor lower_apply_flipped(const at::Tensor& d, const at::Tensor& xf) {
+  const int64_t n = d.size(0), m = xf.size(1);
+  LOWMEM_CHECK(
+      xf.dim() == 2 && xf.size(0) == n, "[singd] Toeplitz product needs [", n,
+      ", m], got ", xf.sizes());
+  const int64_t h = std::min(kPanel, n);
+  at::Tensor hk = hankel_panel(d, h);
+  at::Tensor out = at::empty({n, m}, xf.options());
+  for (int64_t r0 = 0; r0 < n; r0 += h) {
+    const int64_t hh = std::min(h, n - r0), r1 = r0 + hh;
+    at::Tensor o = out.narrow(0, r0, hh);
+    at::mm_out(o, hk.narrow(0, h - hh, hh).narrow(1, 0, r1), xf.narrow(0, n - r1, r1));
+  }
+  return out;
+}
+
+// L X (transpose = false) or L^T X = J L J X (J reverses rows).
+at::Tensor lower_apply(const at::Tensor& d, const at::Tensor& x, bool transpose) {
+  return transpose ? lower_apply_flipped(d, x).flip(0)
+                   : lower_apply_flipped(d, x.flip(0));
+}
+
+// r[k] = sum_i <z_i, z_{i-k}>, k = 0..n-1: the sums of the diagonals of
+// Z Z^T on and below the main one, by row panels (no n x n temporary):
+// G = Z[r0:r1] Zf[n-r1:]^T holds <z_{r0+i}, z_{r1-1-j}>, whose anti-diagonal
+// t = i + j is diagonal k = t - hh + 1 of Z Z^T.
+at::Tensor lower_diagonal_sums(const at::Tensor& z) {
+  const int64_t n = z.size(0);
+  const int64_t h = std::min(kPanel, n);
+  at::Tensor zf = z.flip(0);
+  at::Tensor r = at::zeros({n}, z.options());
+  for (int64_t r0 = 0; r0 < n; r0 += h) {
+    const int64_t hh = std::min(h, n - r0), r1 = r0 + hh;
+    at::Tensor g = at::mm(z.narrow(0, r0, hh), zf.narrow(0, n - r1, r1).t());
+    r.narrow(0, 0, r1).add_(anti_diagonal_sums(g).narrow(0, hh - 1, r1));
+  }
+  return r;
 }
 
 // d[0] = r[0]/n, d[k] = 2 r[k]/(n-k): the Toeplitz projection of a symmetric
 // matrix whose k-th diagonal sums are r[k].
-at::Tensor diags_from_sums(at::Tensor r) {
-  int64_t n = r.size(0);
+at::Tensor diags_from_sums(const at::Tensor& r) {
+  const int64_t n = r.size(0);
   at::Tensor denom = at::arange(n, 0, -1, r.options());
   at::Tensor scale = at::full({n}, 2.0, r.options());
-  scale[0] = 1.0;
+  scale.narrow(0, 0, 1).fill_(1.0);
   return r * scale / denom;
 }
 
@@ -70,34 +121,24 @@ at::Tensor ToeplitzMatrix::to_dense() const {
 }
 
 StructuredPtr ToeplitzMatrix::project(const at::Tensor& m) const {
-  int64_t n = m.size(0);
-  at::Tensor t = all_traces(m);
-  at::Tensor sums = t.slice(0, n - 1).clone();
-  sums.slice(0, 1).add_(t.slice(0, 0, n - 1).flip(0));
+  const int64_t n = m.size(0);
+  // s[t] = sum over i - j = t - (n - 1) (columns reversed: anti-diagonals).
+  at::Tensor s = anti_diagonal_sums(m.flip(1));
+  at::Tensor sums = s.narrow(0, n - 1, n).clone();
+  sums.narrow(0, 1, n - 1).add_(s.narrow(0, 0, n - 1).flip(0));
   at::Tensor denom = at::arange(n, 0, -1, m.options());
   return std::make_unique<ToeplitzMatrix>(sums / denom, upper_);
 }
 
-// out_i = sum_{j<=i} d[i-j] X_j (lower) or sum_{j>=i} d[j-i] X_j (upper),
-// per column of x [n, m], by FFT in float64: O(m n log n) where the official
-// grouped conv1d is O(m n^2).
-static at::Tensor toeplitz_apply(const at::Tensor& d, const at::Tensor& x, bool lower) {
-  int64_t n = d.size(0);
-  at::Tensor xd = x.to(at::kDouble);
-  if (!lower) xd = xd.flip(0);
-  at::Tensor fd = at::fft_rfft(d.to(at::kDouble), 2 * n).unsqueeze(1);
-  at::Tensor fx = at::fft_rfft(xd, 2 * n, 0);
-  at::Tensor out = at::fft_irfft(fd * fx, 2 * n, 0).slice(0, 0, n);
-  if (!lower) out = out.flip(0);
-  return out;
-}
-
+// Tril: S = L(d); triu: S = L(d)^T.
 at::Tensor ToeplitzMatrix::matmul(const at::Tensor& x) const {
-  return toeplitz_apply(d_, x, !upper_).to(d_.scalar_type());
+  auto t = work_dtype(d_.scalar_type(), x.scalar_type(), d_.device());
+  return lower_apply(d_.to(t), x.to(t), upper_).to(d_.scalar_type());
 }
 
 at::Tensor ToeplitzMatrix::rmatmat(const at::Tensor& x) const {
-  return toeplitz_apply(d_, x, upper_).to(d_.scalar_type());
+  auto t = work_dtype(d_.scalar_type(), x.scalar_type(), d_.device());
+  return lower_apply(d_.to(t), x.to(t), !upper_).to(d_.scalar_type());
 }
 
 StructuredPtr ToeplitzMatrix::matmul(const StructuredMatrix& other) const {
@@ -105,30 +146,27 @@ StructuredPtr ToeplitzMatrix::matmul(const StructuredMatrix& other) const {
   LOWMEM_CHECK(
       o && o->upper_ == upper_ && o->dim() == dim(), "[singd] cannot multiply ",
       key(), " by ", other.key());
-  int64_t n = dim();
-  // d''[k] = sum_{m<=k} d[m] d'[k-m]: a causal convolution cut to n.
-  at::Tensor out = in_precision(d_.scalar_type(), d_, [&](at::ScalarType t) {
-    at::Tensor input = at::constant_pad_nd(o->d_.to(t), {n - 1, 0}).view({1, 1, -1});
-    at::Tensor weight = d_.to(t).flip(0).view({1, 1, -1});
-    return at::conv1d(input, weight).view({n});
-  });
-  return std::make_unique<ToeplitzMatrix>(out.to(d_.scalar_type()), upper_);
+  // d''[k] = sum_{m<=k} d[m] d'[k-m] = (L(d) d')[k] (tril and triu alike).
+  auto t = work_dtype(d_.scalar_type(), o->d_.scalar_type(), d_.device());
+  at::Tensor out = lower_apply(d_.to(t), o->d_.to(t).unsqueeze(1), false);
+  return std::make_unique<ToeplitzMatrix>(
+      out.squeeze(1).to(d_.scalar_type()), upper_);
 }
 
 StructuredPtr ToeplitzMatrix::from_inner(const at::Tensor& x) const {
-  int64_t n = dim();
+  const int64_t n = dim();
   at::Tensor r;
   if (x.defined()) {
-    // Diagonal sums of Z Z^T, Z = S^T X: autocorrelation of Z's rows.
-    at::Tensor z = rmatmat(x).to(at::kDouble);
-    at::Tensor f = at::fft_rfft(z, 2 * n, 0);
-    at::Tensor p = at::real(f * f.conj()).sum(1);
-    r = at::fft_irfft(p, 2 * n).slice(0, 0, n);
+    // Diagonal sums of Z Z^T, Z = S^T X (kept in the work dtype).
+    auto t = work_dtype(d_.scalar_type(), x.scalar_type(), d_.device());
+    r = lower_diagonal_sums(lower_apply(d_.to(t), x.to(t), !upper_));
   } else {
-    // Diagonal sums of S^T S: r[k] = sum_j (n-j) d[j] d[j-k] (tril and triu).
-    at::Tensor w = at::arange(n, 0, -1, d_.options().dtype(at::kDouble));
-    at::Tensor dd = d_.to(at::kDouble);
-    r = correlate(w * dd, dd);
+    // Diagonal sums of S^T S: r[k] = sum_{j>=k} (n-j) d[j] d[j-k]
+    // = (L(d)^T u)[k] with u[j] = (n-j) d[j] (tril and triu alike).
+    auto t = work_dtype(d_.scalar_type(), d_.scalar_type(), d_.device());
+    at::Tensor dd = d_.to(t);
+    at::Tensor u = at::arange(n, 0, -1, dd.options()) * dd;
+    r = lower_apply(dd, u.unsqueeze(1), true).squeeze(1);
   }
   return std::make_unique<ToeplitzMatrix>(
       diags_from_sums(r).to(d_.scalar_type()), upper_);

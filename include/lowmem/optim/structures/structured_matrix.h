@@ -2,7 +2,7 @@
 // classes of SINGD (Lin et al., arXiv 2312.05705; official f-dangel/singd,
 // singd/structures/). Each class stores only its free numbers. Deviations: the
 // arrow-triangular classes (official: dense fall-backs) and the Toeplitz
-// from_inner (official: dense Z Z^T) use structured O(n) / FFT algorithms.
+// from_inner (official: dense Z Z^T) use O(n) / panel-by-panel algorithms.
 #pragma once
 
 #include <ATen/core/Tensor.h>

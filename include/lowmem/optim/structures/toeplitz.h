@@ -1,8 +1,8 @@
 // Lower/upper triangular Toeplitz Kronecker factors of SINGD (arXiv
 // 2312.05705; official singd/structures/tri{l,u}toeplitz.py). Deviations:
-// products with dense matrices use float64 FFTs (official: grouped conv1d,
-// O(n^2) per column, in the lower operand precision) and from_inner uses FFT
-// autocorrelation instead of forming the dense n x n matrix.
+// products run as row-panel GEMMs of the triangle (official: grouped conv1d),
+// half types on CPU in fp32, and from_inner sums Z Z^T's diagonals panel by
+// panel instead of forming the dense n x n matrix.
 #pragma once
 
 #include "lowmem/optim/structures/structured_matrix.h"
