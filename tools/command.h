@@ -52,6 +52,10 @@ class ConfigFlags {
   std::vector<std::unique_ptr<Flag>> flags_;
 };
 
+/// The command line as main() received it (argv[1..]); re-launching workers
+/// (`lowmem train --nproc-per-node N`) passes it on.
+std::vector<std::string>& program_args();
+
 /// "lowmem: error: ..." on stderr (first line of `what`).
 void print_error(const std::string& what);
 

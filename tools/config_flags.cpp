@@ -10,6 +10,11 @@ std::vector<Command>& command_registry() {
   return registry;
 }
 
+std::vector<std::string>& program_args() {
+  static std::vector<std::string> args;
+  return args;
+}
+
 void print_error(const std::string& what) {
   std::string line = what.substr(0, what.find('\n'));
   std::cerr << "lowmem: error: " << line << std::endl;

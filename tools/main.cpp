@@ -11,6 +11,7 @@
 
 int main(int argc, char** argv) {
   using namespace lowmem::tools;
+  program_args().assign(argv + 1, argv + argc);
   CLI::App app{"lowmem: memory-efficient training on LibTorch"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every subcommand");

@@ -5,11 +5,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 
 #include "command.h"
 #include "lowmem/core/memory.h"
+#include "lowmem/dist/launcher.h"
 #include "lowmem/train/run.h"
 
 namespace lowmem::tools {
@@ -111,6 +113,9 @@ int run_train(const ConfigFlags& flags) {
         }
       },
       [&](train::Session& s) {
+        if (s.rank != 0) {
+          return;  // rank 0 reports for the job
+        }
         std::cout << "# resolved configuration\n"
                   << s.config.to_yaml() << "# data: " << s.data_summary
                   << "\n";
@@ -118,11 +123,20 @@ int run_train(const ConfigFlags& flags) {
           std::cout << "# optimizer " << r.target << ": " << r.params.size()
                     << " parameter tensors\n";
         }
+        if (s.world_size > 1) {
+          std::cout << "# data-parallel: " << s.world_size
+                    << " workers, " << s.config.batch_size / s.world_size
+                    << " rows of each batch of " << s.config.batch_size
+                    << " per worker\n";
+        }
         std::cout << "# baseline loss (input-independent predictor): "
                   << fixed(s.baseline_loss, 4) << "\n"
                   << std::flush;
         printer = std::make_unique<ProgressPrinter>(s.unit, terminal);
       });
+  if (result.rank != 0) {
+    return kExitOk;
+  }
   if (terminal) {
     std::cout << "\r\033[K";
   }
@@ -148,12 +162,69 @@ int run_train(const ConfigFlags& flags) {
   return kExitOk;
 }
 
+/// `--nproc-per-node N`: checks the configuration, then runs this program's
+/// own command line minus that flag as N local workers (dist::launch_local:
+/// RANK, WORLD_SIZE, ... in their environment), their output prefixed with
+/// "[rank i]". Exit code: the first failed worker's, else 0.
+int launch_train(const ConfigFlags& flags, int nproc) {
+  if (nproc < 1) {
+    throw train::ConfigError("--nproc-per-node must be >= 1, got " +
+                             std::to_string(nproc));
+  }
+  const train::Config config = flags.resolve();
+  if (nproc == 1) {
+    return run_train(flags);
+  }
+  if (std::getenv("WORLD_SIZE") != nullptr) {
+    throw train::ConfigError(
+        "--nproc-per-node inside a data-parallel job (WORLD_SIZE is set)");
+  }
+  train::check_data_parallel(config, nproc);
+  std::vector<std::string> argv = {dist::self_executable()};
+  const auto& args = program_args();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--nproc-per-node" || a == "--nproc_per_node") {
+      ++i;  // and its value
+    } else if (a.rfind("--nproc-per-node=", 0) != 0 &&
+               a.rfind("--nproc_per_node=", 0) != 0) {
+      argv.push_back(a);
+    }
+  }
+  std::cout << "# launching " << nproc << " workers on 127.0.0.1\n"
+            << std::flush;
+  const auto r = dist::launch_local(
+      argv, dist::LaunchOptions().nproc_per_node(nproc),
+      dist::prefixed_stream_sink(std::cout));
+  std::cout << std::flush;
+  if (r.exit_code != 0) {
+    print_error("worker rank " + std::to_string(r.first_failed_rank) +
+                " exited with status " + std::to_string(r.exit_code));
+  }
+  return r.exit_code;
+}
+
 const RegisterCommand kTrain{Command{
     "train",
-    "Train a model from a YAML recipe and/or flags",
+    "Train a model from a YAML recipe and/or flags (data-parallel over N "
+    "local processes with --nproc-per-node N)",
     [](CLI::App& sub) -> std::function<int()> {
       auto flags = std::make_shared<ConfigFlags>(sub);
-      return [flags] { return run_train(*flags); };
+      auto nproc = std::make_shared<int>(0);
+      CLI::Option* nproc_flag =
+          sub.add_option(
+                 "--nproc-per-node,--nproc_per_node", *nproc,
+                 "Data-parallel training: launch N local worker processes "
+                 "(as torchrun --nproc-per-node; Gloo on 127.0.0.1). "
+                 "batch_size stays the global batch (each worker takes "
+                 "batch_size/N rows); rank 0 writes the files; output is "
+                 "prefixed [rank i]")
+              ->type_name("INT")
+              ->group("Distributed");
+      return [flags, nproc, nproc_flag] {
+        return nproc_flag->count() > 0 ? launch_train(*flags, *nproc)
+                                       : run_train(*flags);
+      };
     }}};
 
 int run_info(const ConfigFlags& flags) {

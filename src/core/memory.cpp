@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -95,7 +96,19 @@ class TrackingAllocator final : public c10::Allocator {
  public:
   explicit TrackingAllocator(c10::Allocator* inner) : inner_(inner) {}
 
-  c10::DataPtr allocate(size_t n) const override {
+  // c10::Allocator::allocate is const up to LibTorch 2.2 and non-const from
+  // 2.3, which also adds the pure virtual copy_data: declaring both forms
+  // (without `override`) overrides whichever the headers have.
+  c10::DataPtr allocate(size_t n) const { return tracked_allocate(n); }
+  c10::DataPtr allocate(size_t n) { return tracked_allocate(n); }
+  void copy_data(void* dest, const void* src, std::size_t count) const {
+    std::memcpy(dest, src, count);
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &tracked_raw_delete; }
+
+ private:
+  c10::DataPtr tracked_allocate(size_t n) const {
     c10::DataPtr inner = inner_->allocate(n);
     void* data = inner.get();
     c10::Device dev = inner.device();
@@ -113,9 +126,6 @@ class TrackingAllocator final : public c10::Allocator {
     return c10::DataPtr(data, ctx, &tracked_delete, dev);
   }
 
-  c10::DeleterFnPtr raw_deleter() const override { return &tracked_raw_delete; }
-
- private:
   static void count(int64_t n) {
     Counters& c = counters();
     int64_t now = c.current.fetch_add(n, std::memory_order_relaxed) + n;

@@ -1,9 +1,13 @@
 #include "lowmem/dist/communicator.h"
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/compat.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#if LOWMEM_TORCH_AT_LEAST(2, 0)
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#endif
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #ifdef LOWMEM_WITH_CUDA
@@ -19,7 +23,13 @@ namespace lowmem::dist {
 
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
+#if LOWMEM_TORCH_AT_LEAST(2, 0)
+  // Since LibTorch 2.0 ProcessGroupGloo/NCCL are c10d::Backends (a
+  // ProcessGroup dispatches to them); the collectives used here are the same.
+  c10::intrusive_ptr<c10d::Backend> pg;
+#else
   c10::intrusive_ptr<c10d::ProcessGroup> pg;
+#endif
   std::string backend;
 };
 

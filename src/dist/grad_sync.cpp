@@ -2,6 +2,7 @@
 
 #include "lowmem/core/check.h"
 
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 
 namespace lowmem::dist {
@@ -120,7 +121,7 @@ void GradSync::on_grad(int64_t param_index, const at::Tensor& grad) {
   }
   const auto& p = params_[param_index];
   auto view = b.flat.narrow(0, b.offsets[slot], p.numel()).view(p.sizes());
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   if (p.grad().defined()) {
     at::add_out(view, p.grad(), grad);  // what AccumulateGrad will produce
   } else {
@@ -170,7 +171,7 @@ void GradSync::synchronize() {
     bytes_last_step_ = 0;
     return;
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   // Fill whatever the hooks did not see (no overlap, or unused parameters)
   // from .grad, in bucket order, and launch.
   for (size_t bi = next_launch_; bi < buckets_.size(); ++bi) {
@@ -232,7 +233,7 @@ int64_t allreduce_mean_bucketed(
   if (comm.world_size() == 1 || grads.empty()) {
     return 0;
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const auto cap = static_cast<int64_t>(bucket_cap_mb * 1024 * 1024);
   struct Pack {
     std::vector<size_t> members;

@@ -4,6 +4,7 @@
 #include "lowmem/optim/galore.h"
 #include "lowmem/projection/projector.h"
 
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -78,7 +79,7 @@ at::Tensor LowRankGradSync::random_basis(int64_t index, int64_t step,
 }
 
 void LowRankGradSync::synchronize() {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const int world = comm_->world_size();
   const bool per_worker = options_.mode() == ProjectionMode::kPerWorker;
   const auto before = comm_->stats().total_bytes();

@@ -63,9 +63,7 @@ struct GaLoreHook : torch::autograd::FunctionPostHook {
 
 namespace {
 
-std::string state_key(const at::Tensor& t) {
-  return c10::guts::to_string(t.unsafeGetTensorImpl());
-}
+using detail::state_key;
 
 at::ScalarType low_dtype(const at::Tensor& p) {
   return p.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "lowmem/core/check.h"
+#include "lowmem/optim/per_param.h"
 
 namespace lowmem::optim {
 
@@ -77,7 +78,7 @@ at::Tensor GaLoreAdamW::step(LossClosure closure) {
       const auto state_dtype =
           p.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
       auto g = p.grad().to(state_dtype);
-      const auto key = c10::guts::to_string(p.unsafeGetTensorImpl());
+      const auto key = detail::state_key(p);
       auto it = state_.find(key);
       if (it == state_.end()) {
         auto s = std::make_unique<GaLoreAdamWParamState>();

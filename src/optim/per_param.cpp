@@ -1,9 +1,11 @@
 #include "lowmem/optim/per_param.h"
 
-#include <c10/util/string_utils.h>
 #include <torch/serialize/archive.h>
 
 #include <atomic>
+#include <sstream>
+#include <string>
+#include <type_traits>
 
 namespace lowmem::optim::detail {
 
@@ -52,8 +54,22 @@ void FieldReader::operator()(const char* name, at::Tensor& v) const {
   v = archive.try_read(name, t, /*is_buffer=*/true) ? t : at::Tensor();
 }
 
-std::string state_key(const at::Tensor& param) {
-  return c10::guts::to_string(param.unsafeGetTensorImpl());
+namespace {
+// Both forms compile only where instantiated, so each LibTorch sees its own.
+template <class Key>
+Key make_state_key(c10::TensorImpl* impl) {
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream s;  // what c10::guts::to_string did in LibTorch 1.x
+    s << impl;
+    return s.str();
+  } else {
+    return static_cast<Key>(impl);
+  }
+}
+}  // namespace
+
+StateKey state_key(const at::Tensor& param) {
+  return make_state_key<StateKey>(param.unsafeGetTensorImpl());
 }
 
 void set_reference_path(bool on) {

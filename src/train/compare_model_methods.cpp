@@ -13,6 +13,7 @@
 
 #include "compare_internal.h"
 #include "lowmem/core/check.h"
+#include "method_wiring.h"
 #include "lowmem/optim/adamw.h"
 
 #if __has_include("lowmem/optim/came.h") && __has_include("lowmem/optim/adafactor.h")
@@ -128,21 +129,17 @@ Training galore(Workload& w, const CompareOptions& o, bool came, int64_t width,
   optim::InnerFactory inner;
   if (came) {
 #if defined(LOWMEM_COMPARE_HAVE_CAME)
-    inner = [](std::vector<torch::optim::OptimizerParamGroup> g) {
-      return std::unique_ptr<torch::optim::Optimizer>(
-          new optim::CAME(std::move(g), optim::CameOptions(kPretrainLr)));
-    };
+    inner = wiring::inner_factory<optim::CAME>(optim::CameOptions(kPretrainLr));
 #endif
   } else {
-    inner = [](std::vector<torch::optim::OptimizerParamGroup> g) {
-      return std::unique_ptr<torch::optim::Optimizer>(new optim::GaLoreAdamW(
-          std::move(g), optim::GaLoreAdamWOptions(kPretrainLr)));
-    };
+    inner = wiring::inner_factory<optim::GaLoreAdamW>(
+        optim::GaLoreAdamWOptions(kPretrainLr));
   }
-  t.optimizers.push_back(std::make_shared<optim::GaLore>(projected, plain, inner, go));
+  const size_t n_projected = projected.size();
+  t.optimizers.push_back(wiring::make_galore(projected, plain, inner, go));
   std::ostringstream d;
   d << "rank " << r << ", SVD refresh every " << gap << " steps, scale 1, "
-    << projected.size() << " projected matrices, lr " << kPretrainLr;
+    << n_projected << " projected matrices, lr " << kPretrainLr;
   t.detail = d.str();
   return t;
 }
@@ -245,21 +242,19 @@ void add_model_methods(std::vector<MethodDef>& out) {
                     .basis("orthogonal")
                     .seed(static_cast<int64_t>(o.seed))
                     .cache_sketch(false);
-      auto layers = adapters::inject_projected(*w.model, po);
-      std::vector<at::Tensor> as;
-      for (auto& l : layers) as.push_back(l->a());
-      std::vector<at::Tensor> plain = trainable_except(*w.model, as);
-      optim::InnerFactory inner = [](std::vector<torch::optim::OptimizerParamGroup> g) {
-        return std::unique_ptr<torch::optim::Optimizer>(new optim::GaLoreAdamW(
-            std::move(g), optim::GaLoreAdamWOptions(kPretrainLr)));
-      };
-      optim::GaLoreOptions go;
-      go.projector(po);
-      t.optimizers.push_back(std::make_shared<optim::ProjectedAdapterOptimizer>(
-          layers, plain, inner, go));
+      // Every slot; the rest of the model trains with the same inner AdamW.
+      auto pa = wiring::inject_projected_adapters(
+          *w.model, adapters::TargetOptions(), po, /*freeze_rest=*/false);
+      std::vector<at::Tensor> plain = trainable_except(*w.model, pa.a());
+      t.optimizers.push_back(wiring::make_projected_adapter_optimizer(
+          pa, plain,
+          wiring::inner_factory<optim::GaLoreAdamW>(
+              optim::GaLoreAdamWOptions(kPretrainLr)),
+          optim::GaLoreOptions().projector(po)));
       t.detail = "rank " + std::to_string(r) + ", semi-orthogonal sketch, rebase every " +
-                 std::to_string(gap) + " steps, " + std::to_string(layers.size()) +
-                 " adapters, lr " + num(kPretrainLr);
+                 std::to_string(gap) + " steps, " +
+                 std::to_string(pa.layers.size()) + " adapters, lr " +
+                 num(kPretrainLr);
       return t;
     };
 #else
@@ -398,32 +393,17 @@ void add_model_methods(std::vector<MethodDef>& out) {
       Training t;
       const int64_t gap = refresh_gap(o.finetune_steps);
       auto po = projection::ProjectorOptions().rank(o.rank).update_proj_gap(gap).basis("svd");
-      // Only the blocks: the patch embedding and the head are slots too.
-      for (auto& p : w.model->parameters()) p.set_requires_grad(false);
-      for (auto& kv : w.model->named_parameters())
-        if (kv.key().rfind("head.", 0) == 0) kv.value().set_requires_grad(true);
-      std::vector<std::shared_ptr<adapters::ProjectedLinear>> layers;
-      for (auto& kv : w.model->named_children())
-        if (kv.key() == "h")
-          for (auto& block : kv.value()->children()) {
-            auto ls = adapters::inject_projected(*block, po);
-            layers.insert(layers.end(), ls.begin(), ls.end());
-          }
-      std::vector<at::Tensor> as;
-      for (auto& l : layers) {
-        // the adapters' biases stay frozen like every other base parameter
-        if (l->bias().defined()) l->bias().set_requires_grad(false);
-        as.push_back(l->a());
-      }
-      std::vector<at::Tensor> plain = trainable_except(*w.model, as);
-      optim::InnerFactory inner = [](std::vector<torch::optim::OptimizerParamGroup> g) {
-        return std::unique_ptr<torch::optim::Optimizer>(new optim::GaLoreAdamW(
-            std::move(g), optim::GaLoreAdamWOptions(kFinetuneAdapterLr)));
-      };
-      optim::GaLoreOptions go;
-      go.projector(po);
-      t.optimizers.push_back(std::make_shared<optim::ProjectedAdapterOptimizer>(
-          layers, plain, inner, go));
+      // Only the blocks' projections (the patch embedding and the head are
+      // slots too); the new head is trained directly, the rest is frozen.
+      auto pa = wiring::inject_projected_adapters(
+          *w.model, adapters::TargetOptions(kBlockTargets).modules_to_save({"head"}),
+          po, /*freeze_rest=*/true);
+      std::vector<at::Tensor> plain = trainable_except(*w.model, pa.a());
+      t.optimizers.push_back(wiring::make_projected_adapter_optimizer(
+          pa, plain,
+          wiring::inner_factory<optim::GaLoreAdamW>(
+              optim::GaLoreAdamWOptions(kFinetuneAdapterLr)),
+          optim::GaLoreOptions().projector(po)));
       t.detail = "rank " + std::to_string(o.rank) + ", SVD basis, rebase every " +
                  std::to_string(gap) + " steps, lr " + num(kFinetuneAdapterLr);
       return t;

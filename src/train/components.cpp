@@ -19,12 +19,14 @@
 #include "lowmem/optim/adamw.h"
 #include "lowmem/optim/came.h"
 #include "lowmem/optim/galore.h"
+#include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"
 #include "lowmem/adapters/curvature_tap.h"
 #include "lowmem/adapters/inject.h"
 #include "lowmem/adapters/lora.h"
 #include "lowmem/adapters/lotr.h"
 #include "lowmem/adapters/snell.h"
+#include "method_wiring.h"
 
 namespace lowmem::train::detail {
 namespace {
@@ -133,6 +135,25 @@ struct GaloreSection {
   }
 };
 
+// The projected adapter (method "projected-adapter", GaLore's dual): the
+// projector options, the inner state policy on a rebase, and whether the rest
+// of the model is frozen. The driver's weight_decay must be 0 and layerwise
+// false (optim/galore_adapter.h), so they are not keys.
+struct ProjectedAdapterSection {
+  projection::ProjectorOptions p;
+  std::string state_on_refresh = "keep";  // GaLoreOptions default (official)
+  // lowmem: false = GaLore's dual (everything else trains with the aux
+  // optimizer); true = fine-tuning (only the adapters and, for the ViT, the
+  // head train).
+  bool freeze_rest = false;
+  template <class V>
+  void for_each_field(V&& v) {
+    p.for_each_field(v);
+    v("state_on_refresh", state_on_refresh);
+    v("freeze_rest", freeze_rest);
+  }
+};
+
 std::vector<int64_t> parse_list(const std::string& s, const std::string& key) {
   std::vector<int64_t> out;
   std::stringstream ss(s);
@@ -182,11 +203,13 @@ const std::vector<Component>& components() {
       {"method", "lora", "lora"},
       {"method", "lotr", "lotr"},
       {"method", "snell", "snell"},
+      {"method", "projected-adapter", "projected_adapter"},
       {"optimizer", "adamw", "adamw"},
       {"optimizer", "sgd", "sgd"},
       {"optimizer", "came", "came"},
       {"optimizer", "adafactor", "adafactor"},
       {"optimizer", "singd", "singd"},
+      {"optimizer", "kfac", "kfac"},
   };
   return table;
 }
@@ -204,12 +227,16 @@ std::vector<Section> make_sections() {
       Section::of<adapters::LoraOptions>("lora", "LoRA (adapters/lora.h)"),
       Section::of<adapters::LotrOptions>("lotr", "LoTR (adapters/lotr.h)"),
       Section::of<adapters::SnellOptions>("snell", "SNELL (adapters/snell.h)"),
+      Section::of<ProjectedAdapterSection>(
+          "projected_adapter",
+          "one-sided projected adapter (adapters/projected_adapter.h)"),
       Section::of<optim::AdamWOptions>("adamw", "AdamW (optim/adamw.h)"),
       Section::of<SgdSection>("sgd", "SGD (torch::optim::SGD)"),
       Section::of<optim::CameOptions>("came", "CAME (optim/came.h)"),
       Section::of<optim::AdafactorOptions>("adafactor",
                                            "Adafactor (optim/adafactor.h)"),
       Section::of<optim::SingdOptions>("singd", "SINGD (optim/singd.h)"),
+      Section::of<optim::KfacOptions>("kfac", "KFAC (optim/kfac.h)"),
   };
 }
 
@@ -346,10 +373,11 @@ std::shared_ptr<models::Model> build_model(const Config& c,
   });
 }
 
-std::shared_ptr<adapters::AdapterModel> apply_method(
-    const Config& c, const std::shared_ptr<models::Model>& model) {
+AppliedMethod apply_method(const Config& c,
+                           const std::shared_ptr<models::Model>& model) {
+  AppliedMethod applied;
   if (c.method == "full" || c.method == "galore") {
-    return nullptr;  // galore acts in the optimizer (build_optimizer)
+    return applied;  // galore acts in the optimizer (build_optimizer)
   }
   // Default targets: every projection of the transformer blocks; the MLP's
   // hidden layers. A new classifier head stays trainable (modules_to_save).
@@ -380,26 +408,43 @@ std::shared_ptr<adapters::AdapterModel> apply_method(
       t.modules_to_save({"head"});
     }
   }
-  return usage([&]() -> std::shared_ptr<adapters::AdapterModel> {
+  usage([&] {
     if (c.method == "lora") {
-      return adapters::inject_lora(
+      applied.adapter = adapters::inject_lora(
           model, t, opts<adapters::LoraOptions>(c, "lora"));
-    }
-    if (c.method == "lotr") {
-      return adapters::inject_lotr(
+    } else if (c.method == "lotr") {
+      applied.adapter = adapters::inject_lotr(
           model, t, opts<adapters::LotrOptions>(c, "lotr"));
-    }
-    if (c.method == "snell") {
-      return adapters::inject_snell(
+    } else if (c.method == "snell") {
+      applied.adapter = adapters::inject_snell(
           model, t, opts<adapters::SnellOptions>(c, "snell"));
+    } else if (c.method == "projected-adapter") {
+      const auto& o = opts<ProjectedAdapterSection>(c, "projected_adapter");
+      // Checked before anything is injected.
+      optim::validate(optim::GaLoreOptions().projector(o.p).state_on_refresh(
+          o.state_on_refresh));
+      applied.projected =
+          wiring::inject_projected_adapters(*model, t, o.p, o.freeze_rest);
+    } else {
+      throw ConfigError("method '" + c.method +
+                        "' is not available in this build");
     }
-    throw ConfigError("method '" + c.method +
-                      "' is not available in this build");
   });
+  return applied;
 }
 
 std::string main_target(const Config& c) {
-  return c.method == "galore" ? "galore" : c.optimizer;
+  if (c.method == "galore") {
+    return "galore";
+  }
+  if (c.method == "projected-adapter") {
+    return "projected_adapter";
+  }
+  return c.optimizer;
+}
+
+bool is_curvature_optimizer(const std::string& name) {
+  return name == "singd" || name == "kfac";
 }
 
 std::string aux_target(const Config& c) {
@@ -422,25 +467,49 @@ std::string regex_escape(const std::string& s) {
 
 }  // namespace
 
-std::vector<RouteRule> routing_rules(const Config& c, models::Model& model) {
-  if (c.optimizer == "singd" && c.route == "auto") {
-    // SINGD takes the weights and biases of the Linear/Conv2d layers it can
-    // tap; everything else goes to the aux optimizer.
-    auto split = adapters::split_curvature_parameters(model);
-    std::string names;
-    for (const auto& [name, p] : split.covered) {
-      names += (names.empty() ? "" : "|") + regex_escape(name);
+std::vector<RouteRule> routing_rules(const Config& c, models::Model& model,
+                                     const AppliedMethod& applied) {
+  // The main optimizer takes exactly `names`; everything else goes to the aux
+  // optimizer.
+  auto exactly = [&](const std::vector<std::string>& names) {
+    std::string alternatives;
+    for (const auto& name : names) {
+      alternatives += (alternatives.empty() ? "" : "|") + regex_escape(name);
     }
     RouteRule covered;
     covered.target = main_target(c);
-    covered.pattern = "^(" + names + ")$";
+    covered.pattern = "^(" + alternatives + ")$";
     RouteRule rest;
     rest.target = aux_target(c);
-    return {covered, rest};
+    return std::vector<RouteRule>{covered, rest};
+  };
+  if (c.method == "projected-adapter" && c.route == "auto") {
+    // The adapters' A; the rest (if it trains) goes to the aux optimizer.
+    std::vector<std::string> names;
+    const auto as = applied.projected.a();
+    for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+      for (const auto& a : as) {
+        if (item.value().is_same(a)) {
+          names.push_back(item.key());
+        }
+      }
+    }
+    return exactly(names);
+  }
+  if (is_curvature_optimizer(c.optimizer) && c.route == "auto") {
+    // SINGD/KFAC take the weights and biases of the Linear/Conv2d layers they
+    // can tap.
+    std::vector<std::string> names;
+    for (const auto& [name, p] : adapters::split_curvature_parameters(model)
+                                     .covered) {
+      names.push_back(name);
+    }
+    return exactly(names);
   }
   std::string route = c.route;
   if (route == "auto") {
-    const bool matrix_only = c.optimizer == "singd" || c.method == "galore";
+    const bool matrix_only =
+        is_curvature_optimizer(c.optimizer) || c.method == "galore";
     route = matrix_only ? "matrices" : "all";
   }
   if (route == "matrices") {
@@ -487,6 +556,11 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
                                .weight_decay(o.weight_decay)
                                .nesterov(o.nesterov));
   }
+  if (is_curvature_optimizer(name)) {
+    throw ConfigError("optimizer " + name + " preconditions whole layers: it "
+                      "can only be the main optimizer, and not the inner one "
+                      "of method galore or projected-adapter");
+  }
   throw ConfigError("optimizer '" + name + "' is not available in this build");
 }
 
@@ -494,28 +568,47 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
 
 std::shared_ptr<torch::optim::Optimizer> build_optimizer(
     const Config& c, const std::string& name, bool main, const Route& route,
-    models::Model& model) {
+    models::Model& model, const AppliedMethod& applied) {
+  auto inner = [&c, name](Groups groups) {
+    return make_optimizer(c, name, std::move(groups));
+  };
   return usage([&]() -> std::shared_ptr<torch::optim::Optimizer> {
     if (main && c.method == "galore") {
       auto g = opts<GaloreSection>(c, "galore").g;
       g.accumulation_steps(c.accum_steps);
+      return wiring::make_galore(route.params, {}, inner, g);
+    }
+    if (main && c.method == "projected-adapter") {
+      // The adapters' A (all of them) and whatever else the route gives the
+      // main optimizer (route=all: the plain params, trained by the same
+      // inner optimizer).
+      const auto as = applied.projected.a();
+      std::vector<at::Tensor> plain;
+      size_t found = 0;
       for (const auto& p : route.params) {
-        if (p.dim() != 2) {
-          throw ConfigError("method galore projects 2-D weights only, but "
-                            "route=" + c.route + " gives it a " +
-                            std::to_string(p.dim()) + "-D parameter");
+        bool is_a = false;
+        for (const auto& a : as) {
+          is_a = is_a || p.is_same(a);
+        }
+        found += is_a ? 1 : 0;
+        if (!is_a) {
+          plain.push_back(p);
         }
       }
-      return std::make_shared<optim::GaLore>(
-          route.params, std::vector<at::Tensor>{},
-          [&c, name](Groups groups) {
-            return make_optimizer(c, name, std::move(groups));
-          },
-          g);
+      if (found != as.size()) {
+        throw ConfigError("method projected-adapter: route=" + c.route +
+                          " gives " + std::to_string(as.size() - found) +
+                          " adapter factor(s) to the aux optimizer");
+      }
+      const auto& o = opts<ProjectedAdapterSection>(c, "projected_adapter");
+      return wiring::make_projected_adapter_optimizer(
+          applied.projected, std::move(plain), inner,
+          optim::GaLoreOptions().projector(o.p).state_on_refresh(
+              o.state_on_refresh));
     }
-    if (name == "singd") {
+    if (is_curvature_optimizer(name)) {
       if (!main) {
-        throw ConfigError("singd cannot be the aux_optimizer");
+        throw ConfigError(name + " cannot be the aux_optimizer");
       }
       // The layers whose weights were routed here.
       std::vector<adapters::CurvatureLayer> layers;
@@ -528,7 +621,11 @@ std::shared_ptr<torch::optim::Optimizer> build_optimizer(
         }
       }
       if (layers.empty()) {
-        throw ConfigError("singd: no Linear/Conv2d layer is routed to it");
+        throw ConfigError(name + ": no Linear/Conv2d layer is routed to it");
+      }
+      if (name == "kfac") {
+        return std::make_shared<optim::KFAC>(
+            std::move(layers), opts<optim::KfacOptions>(c, "kfac"));
       }
       return std::make_shared<optim::SINGD>(
           std::move(layers), opts<optim::SingdOptions>(c, "singd"));

@@ -175,6 +175,13 @@ void Config::validate() const {
   check_choice("optimizer", optimizer, known_optimizers());
   check_choice("aux_optimizer", aux_optimizer, known_optimizers());
   check_choice("route", route, {"auto", "all", "matrices"});
+  check(!detail::is_curvature_optimizer(aux_optimizer),
+        "aux_optimizer cannot be " + aux_optimizer +
+            " (it preconditions whole layers: main optimizer only)");
+  check(!detail::is_curvature_optimizer(optimizer) ||
+            (method != "galore" && method != "projected-adapter"),
+        "method " + method + " needs an elementwise inner optimizer (adamw, "
+        "sgd, came, adafactor), got " + optimizer);
   check(steps >= 1, "steps must be >= 1, got " + std::to_string(steps));
   check(batch_size >= 1,
         "batch_size must be >= 1, got " + std::to_string(batch_size));
@@ -196,6 +203,8 @@ void Config::validate() const {
         "max_skips must be >= 1, got " + std::to_string(max_skips));
   check(seed >= 0, "seed must be >= 0, got " + std::to_string(seed));
   check(threads >= 0, "threads must be >= 0, got " + std::to_string(threads));
+  check(std::isfinite(dist_timeout_s) && dist_timeout_s > 0.0,
+        "dist_timeout_s must be > 0, got " + format_float(dist_timeout_s));
   check(log_every >= 1,
         "log_every must be >= 1, got " + std::to_string(log_every));
   check(save_every >= 0,

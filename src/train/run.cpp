@@ -5,6 +5,7 @@
 #include <torch/optim/optimizer.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <regex>
 #include <cmath>
 #include <filesystem>
@@ -15,6 +16,10 @@
 #include "lowmem/core/check.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/core/threads.h"
+#include "lowmem/dist/communicator.h"
+#include "lowmem/dist/consistency.h"
+#include "lowmem/dist/grad_sync.h"
+#include "lowmem/dist/shard.h"
 #include "lowmem/adapters/adapter_file.h"
 #include "lowmem/adapters/inject.h"
 #include "lowmem/io/safetensors.h"
@@ -57,6 +62,22 @@ TrainerOptions trainer_options(const Config& c) {
   return o;
 }
 
+/// Intra-op threads: `threads`, else OMP_NUM_THREADS if it is a positive
+/// integer (torch's own default), else 0 (all cores).
+int thread_count(int64_t threads) {
+  if (threads > 0) {
+    return static_cast<int>(threads);
+  }
+  if (const char* omp = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(omp, &end, 10);
+    if (end != omp && *end == '\0' && n > 0) {
+      return static_cast<int>(n);
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 std::unique_ptr<Session> build_session(const Config& config) {
@@ -64,7 +85,7 @@ std::unique_ptr<Session> build_session(const Config& config) {
   auto s = std::make_unique<Session>();
   s->config = config;
   const Config& c = s->config;
-  set_default_threads(static_cast<int>(c.threads));
+  set_default_threads(thread_count(c.threads));
   // Deterministic: model initialisation and dropout draw from the global
   // generator seeded here; data sources have their own seeded streams.
   at::manual_seed(static_cast<uint64_t>(c.seed));
@@ -79,10 +100,11 @@ std::unique_ptr<Session> build_session(const Config& config) {
   if (!c.init.empty()) {
     load_weights(*s->model, c.init, c.init_exclude);
   }
-  s->adapter = detail::apply_method(c, s->model);
+  const auto applied = detail::apply_method(c, s->model);
+  s->adapter = applied.adapter;
 
   s->routes = route_parameters(named_parameters(*s->model),
-                               detail::routing_rules(c, *s->model));
+                               detail::routing_rules(c, *s->model, applied));
   LOWMEM_CHECK(!s->routes.empty(), "[run] the model has no trainable "
                "parameters");
   std::vector<OptimizerSlot> slots;
@@ -90,7 +112,7 @@ std::unique_ptr<Session> build_session(const Config& config) {
     const bool main = r.target == detail::main_target(c);
     const std::string name = main ? c.optimizer : c.aux_optimizer;
     slots.push_back(OptimizerSlot{
-        r.target, detail::build_optimizer(c, name, main, r, *s->model),
+        r.target, detail::build_optimizer(c, name, main, r, *s->model, applied),
         r.names});
   }
   auto model = s->model;
@@ -102,34 +124,123 @@ std::unique_ptr<Session> build_session(const Config& config) {
   return s;
 }
 
+void check_data_parallel(const Config& config, int world_size) {
+  Config c(config);
+  const std::string w = std::to_string(world_size);
+  if (c.batch_size % world_size != 0) {
+    throw ConfigError("batch_size " + std::to_string(c.batch_size) +
+                      " is the global batch and must be divisible by the " +
+                      w + " data-parallel workers");
+  }
+  if (detail::is_curvature_optimizer(c.optimizer)) {
+    throw ConfigError("optimizer " + c.optimizer +
+                      " is not data-parallel yet: its curvature statistics "
+                      "come from each worker's own rows");
+  }
+  if (c.method == "galore" &&
+      (c.accum_steps > 1 || c.get("galore.layerwise") == "true")) {
+    throw ConfigError("method galore with accum_steps > 1 or galore.layerwise "
+                      "is not data-parallel yet: its gradient hooks project "
+                      "each worker's gradient before the all-reduce");
+  }
+  if (c.method == "projected-adapter") {
+    const std::string basis = c.get("projected_adapter.basis");
+    if (basis == "svd" || basis == "rsvd") {
+      throw ConfigError("method projected-adapter with projected_adapter.basis " +
+                        basis + " is not data-parallel yet: each worker would "
+                        "take the basis from its own gradient (use gaussian "
+                        "or orthogonal, seeded alike on every worker)");
+    }
+  }
+}
+
 RunResult run(const Config& config, ProgressFn progress,
               const std::function<void(Session&)>& on_ready) {
   MemoryTracker::install();
+  const dist::DistEnv env = dist::env_from_environment();
+  if (env.distributed()) {
+    config.validate();
+    check_data_parallel(config, env.world_size);
+  }
   auto session = build_session(config);
+  const Config& c = session->config;
+  Trainer& trainer = *session->trainer;
+  std::shared_ptr<dist::Communicator> comm;
+  if (env.distributed()) {
+    comm = dist::Communicator::init(
+        env, dist::InitOptions().timeout_s(c.dist_timeout_s));
+    session->rank = comm->rank();
+    session->world_size = comm->world_size();
+    session->train_data = std::make_shared<dist::ShardedSource>(
+        session->train_data, comm->rank(), comm->world_size());
+    trainer.set_grad_sync(dist::make_trainer_grad_sync(comm));
+    trainer.set_save_hook([comm](const std::function<void()>& write) {
+      dist::run_on_main(*comm, write, "write a checkpoint");
+    });
+    // Same seed, same initialisation: checked, not assumed.
+    dist::check_identical(*comm, trainer.parameters(), "initial weights");
+  }
+  const bool main = session->rank == 0;
+  // On rank 0, or on every rank when there is no job.
+  auto on_main = [&](const std::function<void()>& fn, const std::string& what) {
+    if (comm) {
+      dist::run_on_main(*comm, fn, what);
+    } else {
+      fn();
+    }
+  };
   if (on_ready) {
     on_ready(*session);
   }
-  const Config& c = session->config;
-  Trainer& trainer = *session->trainer;
   RunResult result;
   result.baseline_loss = session->baseline_loss;
+  result.rank = session->rank;
+  result.world_size = session->world_size;
 
   std::string metrics_path = c.metrics;
-  if (!c.out_dir.empty()) {
-    std::error_code ec;
-    fs::create_directories(c.out_dir, ec);
-    LOWMEM_CHECK(!ec, "[run] cannot create out_dir '", c.out_dir, "': ",
-                 ec.message());
-    io::atomic_write_file(c.out_dir + "/config.yaml", c.to_yaml());
-    if (metrics_path.empty()) {
-      metrics_path = c.out_dir + "/metrics.jsonl";
-    }
+  if (!c.out_dir.empty() && metrics_path.empty()) {
+    metrics_path = c.out_dir + "/metrics.jsonl";
   }
   std::unique_ptr<JsonlWriter> metrics;
-  if (!metrics_path.empty()) {
-    metrics = std::make_unique<JsonlWriter>(metrics_path);
-  }
-  trainer.set_progress([&](const Progress& p) {
+  on_main(
+      [&] {
+        if (!c.out_dir.empty()) {
+          std::error_code ec;
+          fs::create_directories(c.out_dir, ec);
+          LOWMEM_CHECK(!ec, "[run] cannot create out_dir '", c.out_dir,
+                       "': ", ec.message());
+          io::atomic_write_file(c.out_dir + "/config.yaml", c.to_yaml());
+        }
+        if (!metrics_path.empty()) {
+          metrics = std::make_unique<JsonlWriter>(metrics_path);
+        }
+      },
+      "create out_dir and the metrics file");
+  trainer.set_progress([&](const Progress& event) {
+    Progress p = event;
+    if (comm) {
+      using K = Progress::Kind;
+      if (p.kind == K::kStep || p.kind == K::kSkip) {
+        // Each rank's loss is the mean over its rows; the global batch's
+        // loss is their mean (equal shards).
+        auto loss = at::full({1}, p.loss, at::kDouble);
+        comm->allreduce_mean({loss});
+        p.loss = loss.item<double>();
+        p.items *= comm->world_size();
+        p.items_per_second *= comm->world_size();
+      } else if (p.kind == K::kEval) {
+        // The periodic checksum: identical weights and optimizer states.
+        dist::check_identical(*comm, trainer.parameters(), nullptr);
+        for (const auto& slot : trainer.optimizers()) {
+          dist::check_identical(*comm, optim::state_tensors(*slot.optimizer),
+                                "optimizer state of " + slot.name,
+                                /*ordered=*/false);
+        }
+      }
+    }
+    if (!main) {
+      return;
+    }
     if (metrics) {
       metrics->write(p);
     }
@@ -157,8 +268,12 @@ RunResult run(const Config& config, ProgressFn progress,
   result.steps = trainer.steps_done();
   result.skipped = trainer.skipped_total();
   if (session->adapter && !c.out_dir.empty()) {
-    result.adapter_dir = c.out_dir + "/adapter";
-    adapters::save_adapter(*session->adapter, result.adapter_dir);
+    on_main(
+        [&] {
+          result.adapter_dir = c.out_dir + "/adapter";
+          adapters::save_adapter(*session->adapter, result.adapter_dir);
+        },
+        "save the adapter");
   }
   result.peak_bytes = MemoryTracker().peak_bytes();
   return result;

@@ -268,7 +268,12 @@ double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
       p.kind = Progress::Kind::kCheckpoint;
       p.step = step_;
       p.max_steps = options_.max_steps;
-      p.path = save_checkpoint(train);
+      auto write = [&] { p.path = save_checkpoint(train); };
+      if (save_hook_) {
+        save_hook_(write);
+      } else {
+        write();
+      }
       emit(p);
     }
   }

@@ -4,9 +4,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <sstream>
+
+#include "lowmem/io/safetensors.h"
 
 namespace fs = std::filesystem;
 
@@ -83,6 +88,29 @@ int lines(const std::string& s) {
   return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
 }
 
+/// Step -> training loss (events "step") and the last eval loss of a
+/// metrics.jsonl file.
+struct Metrics {
+  std::map<int64_t, double> loss;
+  double eval_loss = NAN;
+  int events = 0;
+};
+Metrics read_metrics(const std::string& path) {
+  Metrics m;
+  std::ifstream in(path);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    ++m.events;
+    if (j.at("event") == "step") {
+      m.loss[j.at("step").get<int64_t>()] = j.at("loss").get<double>();
+    } else if (j.at("event") == "eval") {
+      m.eval_loss = j.at("eval_loss").get<double>();
+    }
+  }
+  return m;
+}
+
 TEST_F(Cli, NoSubcommandIsAUsageError) {
   auto r = run({});
   EXPECT_EQ(r.code, 2);
@@ -111,6 +139,22 @@ TEST_F(Cli, BadValuesExit2WithOneLineAndWriteNothing) {
       {{"--optimizer", "came", "--came.beta3", "1.5"}, "[came]"},
       {{"--gpt.n_head", "3"}, "[gpt]"},
       {{"--gpt.bias", "maybe"}, "expected true or false"},
+      {{"--method", "projected-adapter", "--projected_adapter.rank", "0"},
+       "[projection] rank must be >= 1, got 0"},
+      {{"--method", "projected-adapter", "--projected_adapter.basis", "qr"},
+       "[projection]"},
+      {{"--method", "projected-adapter",
+        "--projected_adapter.state_on_refresh", "drop"},
+       "[galore]"},
+      {{"--method", "projected-adapter", "--projected_adapter.freeze_rest",
+        "2"},
+       "expected true or false"},
+      {{"--method", "projected-adapter", "--optimizer", "kfac"},
+       "method projected-adapter needs an elementwise inner optimizer"},
+      {{"--optimizer", "kfac", "--kfac.damping", "-1"},
+       "[kfac] damping must be > 0, got -1"},
+      {{"--optimizer", "kfac", "--kfac.T", "0"}, "[kfac]"},
+      {{"--aux_optimizer", "kfac"}, "aux_optimizer cannot be kfac"},
   };
   for (const auto& c : cases) {
     auto args = tiny(c.args);
@@ -147,7 +191,8 @@ TEST_F(Cli, HelpListsFlagsFromTheVisitors) {
   EXPECT_EQ(r.code, 0);
   for (const char* flag : {"--recipe", "--steps", "--batch-size", "--came.beta3",
                            "--adamw.weight_decay", "--gpt.n_embd",
-                           "--galore.rank"}) {
+                           "--galore.rank", "--projected_adapter.rank",
+                           "--projected_adapter.freeze_rest", "--kfac.damping"}) {
     EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
   }
   EXPECT_EQ(run({"info", "--help"}).code, 0);
@@ -193,6 +238,11 @@ TEST_F(Cli, EveryMethodAndOptimizerTrains) {
       {"--method", "snell"},         {"--method", "galore", "--galore.rank", "4"},
       {"--optimizer", "came"},       {"--optimizer", "adafactor"},
       {"--optimizer", "singd"},      {"--optimizer", "sgd"},
+      {"--optimizer", "kfac"},
+      {"--method", "projected-adapter", "--projected_adapter.rank", "4"},
+      {"--method", "projected-adapter", "--projected_adapter.rank", "4",
+       "--projected_adapter.basis", "orthogonal",
+       "--projected_adapter.freeze_rest", "true", "--optimizer", "came"},
   };
   for (const auto& c : cases) {
     auto args = tiny(c);
@@ -205,6 +255,88 @@ TEST_F(Cli, EveryMethodAndOptimizerTrains) {
   auto r = run(tiny({"--optimizer", "singd", "--steps", "1"}));
   EXPECT_NE(r.out.find("# optimizer singd:"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("# optimizer adamw:"), std::string::npos) << r.out;
+  r = run(tiny({"--optimizer", "kfac", "--steps", "1"}));
+  EXPECT_NE(r.out.find("# optimizer kfac: 8 parameter tensors"),
+            std::string::npos)
+      << r.out;  // weights and biases of qkv, proj, fc, proj
+  EXPECT_NE(r.out.find("# optimizer adamw:"), std::string::npos) << r.out;
+  // The projected adapter: its A factors to the driver, the rest to AdamW;
+  // freeze_rest leaves only the A factors trainable.
+  r = run(tiny({"--method", "projected-adapter", "--projected_adapter.rank",
+                "4", "--steps", "1"}));
+  EXPECT_NE(r.out.find("# optimizer projected_adapter: 4 parameter tensors"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("# optimizer adamw:"), std::string::npos) << r.out;
+  r = run(tiny({"--method", "projected-adapter", "--projected_adapter.rank",
+                "4", "--projected_adapter.freeze_rest", "true", "--steps",
+                "1"}));
+  EXPECT_NE(r.out.find("# optimizer projected_adapter: 4 parameter tensors"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("# optimizer adamw:"), std::string::npos) << r.out;
+}
+
+// GaLore's adapter dual (arXiv 2502.13811): with weight decay 0 and no
+// clipping (clipping sees the full gradients in one form and the projected
+// ones in the other), `--method projected-adapter` trains exactly as
+// `--method galore` with the same projector options.
+TEST_F(Cli, ProjectedAdapterTrainsAsGalore) {
+  auto common = [&](const std::string& method, const std::string& out) {
+    const std::string s = method == "galore" ? "--galore." : "--projected_adapter.";
+    return tiny({"--method", method, s + "rank", "4", s + "update_proj_gap",
+                 "2", "--steps", "6", "--clip_norm", "0", "--adamw.lr",
+                 "0.01", "--adamw.weight_decay", "0", "--out_dir", out});
+  };
+  auto r = run(common("galore", dir_ + "/galore"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run(common("projected-adapter", dir_ + "/adapter"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto g = read_metrics(dir_ + "/galore/metrics.jsonl");
+  const auto a = read_metrics(dir_ + "/adapter/metrics.jsonl");
+  ASSERT_EQ(g.loss.size(), 6u);
+  ASSERT_EQ(a.loss.size(), 6u);
+  EXPECT_GT(std::abs(g.loss.at(6) - g.loss.at(1)), 1e-3);  // it trains
+  for (const auto& [step, loss] : g.loss) {
+    EXPECT_NEAR(a.loss.at(step), loss, 1e-4 * std::abs(loss)) << step;
+  }
+  EXPECT_NEAR(a.eval_loss, g.eval_loss, 1e-4 * std::abs(g.eval_loss));
+  EXPECT_TRUE(fs::exists(dir_ + "/adapter/checkpoints/LATEST"));
+}
+
+// Resuming from a mid-run checkpoint continues exactly (bit for bit on CPU)
+// with the new methods' state (projector bases, KFAC factors) restored.
+TEST_F(Cli, ProjectedAdapterAndKfacResumeExactly) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"--method", "projected-adapter", "--projected_adapter.rank", "4",
+       "--projected_adapter.update_proj_gap", "3"},
+      {"--optimizer", "kfac", "--kfac.T", "3"},
+  };
+  for (const auto& c : cases) {
+    const std::string full = dir_ + "/full", part = dir_ + "/part";
+    auto args = tiny(c);
+    args.insert(args.end(), {"--steps", "6", "--save_every", "2",
+                             "--keep_checkpoints", "3", "--adamw.lr", "0.01"});
+    auto a = args;
+    a.insert(a.end(), {"--out_dir", full});
+    auto r = run(a);
+    ASSERT_EQ(r.code, 0) << c[1] << ": " << r.err;
+    auto b = args;
+    b.insert(b.end(), {"--out_dir", part, "--resume",
+                       full + "/checkpoints/step-00000002"});
+    r = run(b);
+    ASSERT_EQ(r.code, 0) << c[1] << ": " << r.err;
+    EXPECT_NE(r.out.find("resumed from step 2"), std::string::npos) << r.out;
+    const auto f = read_metrics(full + "/metrics.jsonl");
+    const auto p = read_metrics(part + "/metrics.jsonl");
+    ASSERT_EQ(p.loss.size(), 4u) << c[1];
+    for (const auto& [step, loss] : p.loss) {
+      EXPECT_EQ(loss, f.loss.at(step)) << c[1] << " step " << step;
+    }
+    EXPECT_EQ(p.eval_loss, f.eval_loss) << c[1];
+    fs::remove_all(full);
+    fs::remove_all(part);
+  }
 }
 
 TEST_F(Cli, AdapterRunThenMerge) {
@@ -223,6 +355,98 @@ TEST_F(Cli, AdapterRunThenMerge) {
   EXPECT_EQ(r.code, 0) << r.err;
   // A merge without its required flags is a usage error.
   EXPECT_EQ(run({"merge", "--base", base}).code, 2);
+}
+
+// `--nproc-per-node 2`: two Gloo workers on 127.0.0.1, each on half of every
+// batch, train exactly as one process on the whole batch (to float
+// rounding); rank 0 alone reports and writes; all ranks resume from a
+// checkpoint (here one written by a 1-process run).
+TEST_F(Cli, NprocPerNodeTwoTrainsAsOneProcess) {
+  const std::string one = dir_ + "/one", two = dir_ + "/two",
+                    resumed = dir_ + "/resumed";
+  auto args = [&](const std::string& out) {
+    // SGD: Adam would turn the rounding noise of gradients that are exactly
+    // 0 in exact arithmetic (the key bias) into lr-sized steps.
+    return tiny({"--steps", "4", "--save_every", "2", "--keep_checkpoints",
+                 "3", "--eval_every", "2", "--optimizer", "sgd", "--sgd.lr",
+                 "0.5", "--sgd.momentum", "0.9", "--out_dir", out});
+  };
+  auto r1 = run(args(one));
+  ASSERT_EQ(r1.code, 0) << r1.err;
+  auto a = args(two);
+  a.insert(a.begin() + 1, {"--nproc-per-node", "2"});
+  auto r2 = run(a);
+  ASSERT_EQ(r2.code, 0) << r2.err << r2.out;
+  EXPECT_NE(r2.out.find("[rank 0] # data-parallel: 2 workers, 2 rows"),
+            std::string::npos)
+      << r2.out;
+  EXPECT_NE(r2.out.find("[rank 0] done: 4 steps"), std::string::npos)
+      << r2.out;
+  EXPECT_EQ(r2.out.find("[rank 1] step"), std::string::npos) << r2.out;
+
+  const auto m1 = read_metrics(one + "/metrics.jsonl");
+  const auto m2 = read_metrics(two + "/metrics.jsonl");
+  EXPECT_EQ(m2.events, m1.events);  // written once, by rank 0
+  ASSERT_EQ(m2.loss.size(), 4u);
+  EXPECT_GT(std::abs(m1.loss.at(4) - m1.loss.at(1)), 1e-2);  // it trains
+  for (const auto& [step, loss] : m1.loss) {
+    EXPECT_NEAR(m2.loss.at(step), loss, 1e-5 * std::abs(loss)) << step;
+  }
+  EXPECT_NEAR(m2.eval_loss, m1.eval_loss, 1e-5 * std::abs(m1.eval_loss));
+  const auto w1 = lowmem::io::load_safetensors(
+      one + "/checkpoints/step-00000004/weights.safetensors");
+  const auto w2 = lowmem::io::load_safetensors(
+      two + "/checkpoints/step-00000004/weights.safetensors");
+  ASSERT_EQ(w1.tensors.size(), w2.tensors.size());
+  for (const auto& [name, t] : w1.tensors) {
+    ASSERT_EQ(w2.tensors.count(name), 1u) << name;
+    EXPECT_TRUE(torch::allclose(w2.tensors.at(name), t, 1e-4, 1e-6))
+        << name << " max diff "
+        << (w2.tensors.at(name) - t).abs().max().item<double>();
+  }
+
+  // Both workers resume from the 1-process checkpoint of step 2.
+  auto b = args(resumed);
+  b.insert(b.begin() + 1, {"--nproc-per-node", "2"});
+  b.insert(b.end(), {"--resume", one + "/checkpoints/step-00000002"});
+  auto r3 = run(b);
+  ASSERT_EQ(r3.code, 0) << r3.err << r3.out;
+  EXPECT_NE(r3.out.find("[rank 0] resumed from step 2"), std::string::npos)
+      << r3.out;
+  const auto m3 = read_metrics(resumed + "/metrics.jsonl");
+  ASSERT_EQ(m3.loss.size(), 2u);
+  for (const auto& [step, loss] : m3.loss) {
+    EXPECT_NEAR(loss, m1.loss.at(step), 1e-5 * std::abs(loss)) << step;
+  }
+}
+
+TEST_F(Cli, NprocPerNodeUsageErrorsExit2BeforeLaunching) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{"--nproc-per-node", "0"}, "--nproc-per-node must be >= 1, got 0"},
+      {{"--nproc-per-node", "-1"}, "--nproc-per-node"},
+      {{"--nproc-per-node", "two"}, "--nproc-per-node"},
+      {{"--nproc-per-node", "3"}, "batch_size 4 is the global batch and "
+                                  "must be divisible by the 3"},
+      {{"--nproc-per-node", "2", "--optimizer", "kfac"},
+       "optimizer kfac is not data-parallel yet"},
+      {{"--nproc-per-node", "2", "--method", "projected-adapter"},
+       "projected_adapter.basis svd is not data-parallel yet"},
+  };
+  for (const auto& c : cases) {
+    auto args = tiny(c.args);
+    args.insert(args.end(), {"--steps", "2", "--out_dir", dir_ + "/run"});
+    auto r = run(args);
+    EXPECT_EQ(r.code, 2) << c.message << "\n" << r.err;
+    EXPECT_EQ(lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos)
+        << "expected '" << c.message << "' in: " << r.err;
+    EXPECT_EQ(r.out.find("[rank"), std::string::npos) << r.out;
+    EXPECT_TRUE(is_empty_dir()) << c.message;
+  }
 }
 
 }  // namespace

@@ -37,8 +37,12 @@ struct FieldReader {
   void operator()(const char* name, c10::optional<double>& v) const;
   void operator()(const char* name, at::Tensor& v) const;  // absent: undefined
 };
-/// The map key torch::optim uses for a parameter's state (TensorImpl address).
-std::string state_key(const at::Tensor& param);
+/// The key type of torch::optim::Optimizer::state(): the TensorImpl address
+/// printed as a string in LibTorch 1.x, the TensorImpl pointer itself in 2.x.
+using StateKey = typename std::decay_t<
+    decltype(std::declval<torch::optim::Optimizer&>().state())>::key_type;
+/// The map key torch::optim uses for a parameter's state.
+StateKey state_key(const at::Tensor& param);
 
 /// Test/benchmark switch: when true, optimizers skip their fused CPU kernels
 /// and run the device-generic ATen path (what non-CPU tensors always use).

@@ -39,7 +39,12 @@ struct Config {
   int64_t eval_batches = 16;
   int64_t max_skips = 10;
   int64_t seed = 0;
-  int64_t threads = 0;  // intra-op threads; 0 = all cores
+  int64_t threads = 0;  // intra-op threads; 0 = OMP_NUM_THREADS if set (the
+                        // data-parallel launcher sets 1), else all cores
+  // Data-parallel runs (WORLD_SIZE > 1): seconds the rendezvous and every
+  // collective may wait for the other workers before failing
+  // (dist::InitOptions::timeout_s default).
+  double dist_timeout_s = 300.0;
   // Output.
   int64_t log_every = 10;
   int64_t save_every = 0;  // 0: a checkpoint at the end only (if out_dir)
@@ -72,6 +77,7 @@ struct Config {
     v("max_skips", max_skips);
     v("seed", seed);
     v("threads", threads);
+    v("dist_timeout_s", dist_timeout_s);
     v("log_every", log_every);
     v("save_every", save_every);
     v("keep_checkpoints", keep_checkpoints);

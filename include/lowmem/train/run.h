@@ -39,6 +39,10 @@ struct Session {
   /// The injected adapters (methods lora, lotr, snell), else nullptr.
   std::shared_ptr<adapters::AdapterModel> adapter;
   std::unique_ptr<Trainer> trainer;
+  /// Data-parallel position (run() with WORLD_SIZE > 1 in the environment);
+  /// 0 of 1 otherwise. Only rank 0 writes files and reports progress.
+  int rank = 0;
+  int world_size = 1;
 };
 
 /// Validates `config` and builds the session. Usage problems (bad names,
@@ -56,15 +60,37 @@ struct RunResult {
   int64_t peak_bytes = 0;      // MemoryTracker peak (0 if not installed)
   std::string checkpoint;      // last checkpoint written ("" if none)
   std::string adapter_dir;     // adapter files written ("" if none)
+  int rank = 0;                // Session::rank / world_size
+  int world_size = 1;
 };
 
 /// Builds the session, calls `on_ready` (print the configuration, plug in a
 /// GradSync, ...), then creates out_dir (config.yaml, checkpoints/,
 /// metrics.jsonl), resumes if asked, and trains. Nothing is written before
 /// on_ready returns.
+///
+/// Data-parallel (WORLD_SIZE > 1 in the environment, as torchrun or
+/// `lowmem train --nproc-per-node N` set it; docs/distributed.md): joins the
+/// job (dist::Communicator::from_environment, timeout dist_timeout_s), checks
+/// that every rank built identical weights, reads its rows of each global
+/// batch (dist::ShardedSource, so batch_size is the global batch and must be
+/// divisible by WORLD_SIZE), averages gradients across ranks
+/// (dist::make_trainer_grad_sync), reports the rank-averaged loss, compares
+/// weight and optimizer-state fingerprints at every evaluation, and lets only
+/// rank 0 write files (out_dir, metrics, checkpoints, adapter; through
+/// dist::run_on_main) and call `progress`. Every rank resumes from the same
+/// checkpoint. Combinations whose state would differ between ranks
+/// (singd/kfac, galore with accum_steps > 1 or layerwise, projected-adapter
+/// with an svd/rsvd basis) are a ConfigError.
 RunResult run(const Config& config,
               ProgressFn progress = {},
               const std::function<void(Session&)>& on_ready = {});
+
+/// The data-parallel checks run() makes with WORLD_SIZE = `world_size`
+/// (batch_size divisible by it; no optimizer or method whose state would
+/// differ between ranks). Throws ConfigError; launchers call it before
+/// starting workers.
+void check_data_parallel(const Config& config, int world_size);
 
 /// Copies the tensors of `path` (a checkpoint root or step directory, or a
 /// .safetensors file) into `model`'s parameters and buffers, except names

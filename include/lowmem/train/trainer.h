@@ -57,6 +57,11 @@ using LossFn = std::function<at::Tensor(const data::Batch&)>;
 /// mean across ranks).
 using GradSync = std::function<void(std::vector<at::Tensor>& grads)>;
 
+/// Runs `write` (which saves a checkpoint), e.g. on one rank only with a
+/// barrier (data-parallel training: dist::run_on_main). Ranks that do not run
+/// it report the checkpoint event with an empty path.
+using SaveHook = std::function<void(const std::function<void()>& write)>;
+
 /// One optimizer and the names of the parameters it owns (for logs and
 /// checkpoints).
 struct OptimizerSlot {
@@ -105,6 +110,8 @@ class Trainer {
 
   void set_progress(ProgressFn fn) { progress_ = std::move(fn); }
   void set_grad_sync(GradSync fn) { grad_sync_ = std::move(fn); }
+  /// Wraps every checkpoint write of fit() (default: write directly).
+  void set_save_hook(SaveHook fn) { save_hook_ = std::move(fn); }
   /// Stored verbatim in every checkpoint (e.g. the resolved YAML config).
   void set_checkpoint_info(std::string text) { info_ = std::move(text); }
 
@@ -149,6 +156,7 @@ class Trainer {
   std::vector<at::Tensor> params_;
   ProgressFn progress_;
   GradSync grad_sync_;
+  SaveHook save_hook_;
   std::string info_;
   int64_t step_ = 0;
   int64_t skipped_total_ = 0;
