@@ -16,6 +16,7 @@
 #include "lowmem/core/check.h"
 
 #if defined(LOWMEM_WITH_CUDA)
+#include <ATen/ATen.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
 
@@ -211,6 +212,10 @@ MemoryTracker::MemoryTracker(c10::Device device) : device_(device) {
 #if !defined(LOWMEM_WITH_CUDA)
   LOWMEM_CHECK(device_.is_cpu(), "[memory] this build has no CUDA support; "
                "cannot track ", device_);
+#else
+  // The caching allocator's statistics exist only once CUDA is initialised
+  // (lazily, at the first CUDA tensor): make one and free it.
+  if (device_.is_cuda()) (void)at::empty({1}, at::TensorOptions().device(device_));
 #endif
 }
 

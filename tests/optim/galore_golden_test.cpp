@@ -1,7 +1,9 @@
 // Parity with official GaLore-AdamW (tests/golden/galore_adamw_std.pt, see
 // tests/golden/cases.json): std projection, rank 4, refresh every 5 steps,
 // scale 0.25, HF-style AdamW (eps 1e-6, bias correction), plain AdamW on the
-// 1-D param in another group.
+// 1-D param in another group. The trajectory after the first refresh depends
+// on the LAPACK's SVD sign choices (docs/galore.md, "SVD signs"); the case was
+// recorded with Debian's LibTorch 1.13, which CI uses.
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adamw.h"
 #include "testing/golden.h"

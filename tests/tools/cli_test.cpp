@@ -420,6 +420,38 @@ TEST_F(Cli, NprocPerNodeTwoTrainsAsOneProcess) {
   }
 }
 
+// The projection methods data-parallel: GaLore (full gradients all-reduced,
+// then projected alike on every rank) and the projected adapter with a seeded
+// sketch (only the A gradients are all-reduced).
+TEST_F(Cli, NprocPerNodeTwoTrainsGaloreAndProjectedAdapterAsOneProcess) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"--method", "galore", "--galore.rank", "4"},
+      {"--method", "projected-adapter", "--projected_adapter.rank", "4",
+       "--projected_adapter.basis", "orthogonal"},
+  };
+  for (const auto& c : cases) {
+    auto args = tiny(c);
+    args.insert(args.end(), {"--steps", "3", "--optimizer", "sgd",
+                             "--sgd.lr", "0.5", "--sgd.momentum", "0.9"});
+    auto a = args;
+    a.insert(a.end(), {"--metrics", dir_ + "/one.jsonl"});
+    ASSERT_EQ(run(a).code, 0) << c[1];
+    auto b = args;
+    b.insert(b.end(), {"--metrics", dir_ + "/two.jsonl", "--nproc-per-node",
+                       "2"});
+    auto r = run(b);
+    ASSERT_EQ(r.code, 0) << c[1] << ": " << r.err << r.out;
+    const auto m1 = read_metrics(dir_ + "/one.jsonl");
+    const auto m2 = read_metrics(dir_ + "/two.jsonl");
+    ASSERT_EQ(m2.loss.size(), 3u) << c[1];
+    for (const auto& [step, loss] : m1.loss) {
+      EXPECT_NEAR(m2.loss.at(step), loss, 1e-5 * std::abs(loss))
+          << c[1] << " step " << step;
+    }
+    EXPECT_NEAR(m2.eval_loss, m1.eval_loss, 1e-5 * std::abs(m1.eval_loss));
+  }
+}
+
 TEST_F(Cli, NprocPerNodeUsageErrorsExit2BeforeLaunching) {
   struct Case {
     std::vector<std::string> args;
