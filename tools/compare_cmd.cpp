@@ -88,7 +88,7 @@ void add_flags(CLI::App& app, CompareFlags& f) {
                  "steps of the finetune suite's base model (cached)")
       ->capture_default_str();
   app.add_option("--toy-steps", o.toy_steps)->capture_default_str();
-  app.add_flag("--full", f.full, "longer run with larger models (more conclusive)");
+  app.add_flag("--full", f.full, "4x the steps and validation batches (more conclusive)");
   app.add_option("--out", o.out_dir, "output directory")->capture_default_str();
   app.add_option("--cache", o.cache_dir, "base-model cache (default <out>/cache)");
   app.add_option("--seed", o.seed)->capture_default_str();
@@ -150,6 +150,7 @@ int run(CompareFlags& f) {
     o.gpt_context = app.count("--gpt-context") ? o.gpt_context : d.gpt_context;
     o.vit_width = app.count("--vit-width") ? o.vit_width : d.vit_width;
     o.vit_layers = app.count("--vit-layers") ? o.vit_layers : d.vit_layers;
+    o.eval_batches = d.eval_batches;
   }
   if (steps > 0) o.pretrain_steps = o.finetune_steps = o.toy_steps = steps;
   if (suite == "all") o.suites = {"pretrain", "finetune"};

@@ -94,6 +94,10 @@ std::vector<std::pair<std::string, at::Tensor>> trainable_named(
 void freeze_all_but(torch::nn::Module& module,
                     const std::vector<std::string>& keep);
 
+/// Peak learning rate of the pretrain suite's AdamW baseline (the Python
+/// baseline uses the same); compare_model_methods.cpp.
+double pretrain_adamw_lr();
+
 /// Runs the pretrain GPT with AdamW under Debian's python3-torch.
 PythonBaseline run_python_baseline(const CompareOptions& options);
 

@@ -190,7 +190,7 @@ PythonBaseline run_python_baseline(const CompareOptions& o) {
       "--eval_batches", std::to_string(o.eval_batches),
       "--threads", std::to_string(o.threads),
       "--seed", std::to_string(o.seed),
-      "--lr", "0.003",
+      "--lr", num(o.lr > 0 ? o.lr : pretrain_adamw_lr()),
       "--text", o.text_path};
   int fds[2];
   if (::pipe(fds) != 0) {
