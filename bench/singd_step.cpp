@@ -13,6 +13,8 @@
 #include <benchmark/benchmark.h>
 #include <torch/optim/adamw.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -102,9 +104,16 @@ void BM_TrainStep(benchmark::State& state, bool gpt) {
   state.counters["params_M"] = static_cast<double>(params) / 1e6;
 }
 
+// LOWMEM_BENCH_ITERS overrides the 20 iterations (e.g. 1 for the exact
+// memory counters only; timings then include one refresh and mean little).
+int64_t iterations() {
+  const char* v = std::getenv("LOWMEM_BENCH_ITERS");
+  return v ? std::max<int64_t>(1, std::atoll(v)) : 20;
+}
+
 void Kinds(benchmark::internal::Benchmark* b) {
   for (int k = 0; k < 2 + static_cast<int>(kStructures.size()); ++k) b->Arg(k);
-  b->Iterations(20)->Unit(benchmark::kMillisecond);
+  b->Iterations(iterations())->Unit(benchmark::kMillisecond);
 }
 
 BENCHMARK_CAPTURE(BM_TrainStep, mlp, false)->Apply(Kinds);

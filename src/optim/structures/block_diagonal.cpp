@@ -26,6 +26,10 @@ BlockDiagonalMatrix::BlockDiagonalMatrix(
       last_.sizes());
 }
 
+std::vector<at::Tensor> BlockDiagonalMatrix::tensors() const {
+  return {blocks_, last_};
+}
+
 std::string BlockDiagonalMatrix::key() const {
   return "block" + std::to_string(b_) + "diagonal";
 }
@@ -86,10 +90,7 @@ at::Tensor BlockDiagonalMatrix::rmatmat(const at::Tensor& x) const {
 }
 
 StructuredPtr BlockDiagonalMatrix::matmul(const StructuredMatrix& other) const {
-  auto* o = dynamic_cast<const BlockDiagonalMatrix*>(&other);
-  LOWMEM_CHECK(
-      o && o->b_ == b_ && o->dim() == dim(), "[singd] cannot multiply ", key(),
-      " by ", other.key());
+  const auto* o = &same_structure(*this, other);
   return std::make_unique<BlockDiagonalMatrix>(
       b_, at::bmm(blocks_, o->blocks_), at::matmul(last_, o->last_),
       correct_transpose_);

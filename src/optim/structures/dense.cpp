@@ -6,24 +6,23 @@
 
 namespace lowmem::optim::structures {
 
-namespace {
-const DenseMatrix& as_dense(const StructuredMatrix& m) {
-  auto* p = dynamic_cast<const DenseMatrix*>(&m);
-  LOWMEM_CHECK(p, "[singd] expected a dense matrix, got ", m.key());
-  return *p;
-}
-const DiagonalMatrix& as_diag(const StructuredMatrix& m) {
-  auto* p = dynamic_cast<const DiagonalMatrix*>(&m);
-  LOWMEM_CHECK(p, "[singd] expected a diagonal matrix, got ", m.key());
-  return *p;
-}
-}  // namespace
-
 DenseMatrix::DenseMatrix(at::Tensor mat)
     : StructuredMatrix(mat.size(0)), mat_(std::move(mat)) {
   LOWMEM_CHECK(
       mat_.dim() == 2 && mat_.size(0) == mat_.size(1),
       "[singd] dense factor must be square, got ", mat_.sizes());
+}
+
+std::string DenseMatrix::key() const {
+  return "dense";
+}
+
+std::vector<at::Tensor> DenseMatrix::tensors() const {
+  return {mat_};
+}
+
+at::Tensor DenseMatrix::to_dense() const {
+  return mat_;
 }
 
 StructuredPtr DenseMatrix::with_tensors(std::vector<at::Tensor> t) const {
@@ -43,7 +42,7 @@ at::Tensor DenseMatrix::rmatmat(const at::Tensor& x) const {
 }
 
 StructuredPtr DenseMatrix::matmul(const StructuredMatrix& other) const {
-  return std::make_unique<DenseMatrix>(at::matmul(mat_, as_dense(other).mat_));
+  return std::make_unique<DenseMatrix>(at::matmul(mat_, same_structure(*this, other).mat_));
 }
 
 StructuredPtr DenseMatrix::from_inner(const at::Tensor& x) const {
@@ -64,6 +63,14 @@ DiagonalMatrix::DiagonalMatrix(at::Tensor diag)
   LOWMEM_CHECK(
       diag_.dim() == 1, "[singd] diagonal factor must be 1-D, got ",
       diag_.sizes());
+}
+
+std::string DiagonalMatrix::key() const {
+  return "diagonal";
+}
+
+std::vector<at::Tensor> DiagonalMatrix::tensors() const {
+  return {diag_};
 }
 
 StructuredPtr DiagonalMatrix::with_tensors(std::vector<at::Tensor> t) const {
@@ -89,7 +96,7 @@ at::Tensor DiagonalMatrix::rmatmat(const at::Tensor& x) const {
 }
 
 StructuredPtr DiagonalMatrix::matmul(const StructuredMatrix& other) const {
-  return std::make_unique<DiagonalMatrix>(diag_ * as_diag(other).diag_);
+  return std::make_unique<DiagonalMatrix>(diag_ * same_structure(*this, other).diag_);
 }
 
 StructuredPtr DiagonalMatrix::from_inner(const at::Tensor& x) const {

@@ -41,6 +41,10 @@ HierarchicalMatrix::HierarchicalMatrix(
       b_.sizes(), " c", c_.sizes(), " D", d_.sizes(), " E", e_.sizes());
 }
 
+std::vector<at::Tensor> HierarchicalMatrix::tensors() const {
+  return {a_, b_, c_, d_, e_};
+}
+
 std::string HierarchicalMatrix::key() const {
   return "hierarchical" + std::to_string(max_k1_) + "_" +
          std::to_string(max_k2_);
@@ -98,10 +102,7 @@ at::Tensor HierarchicalMatrix::rmatmat(const at::Tensor& x) const {
 }
 
 StructuredPtr HierarchicalMatrix::matmul(const StructuredMatrix& other) const {
-  auto* o = dynamic_cast<const HierarchicalMatrix*>(&other);
-  LOWMEM_CHECK(
-      o && o->key() == key() && o->dim() == dim(), "[singd] cannot multiply ",
-      key(), " by ", other.key());
+  const auto* o = &same_structure(*this, other);
   auto bs = b_.split_with_sizes({nc_, k2_}, 1);
   auto obs = o->b_.split_with_sizes({nc_, k2_}, 1);
   at::Tensor b_c = at::matmul(a_, obs[0]) + bs[0] * o->c_.unsqueeze(0) +

@@ -107,6 +107,14 @@ ToeplitzMatrix::ToeplitzMatrix(at::Tensor diags, bool upper)
       d_.dim() == 1, "[singd] Toeplitz factor must be 1-D, got ", d_.sizes());
 }
 
+std::string ToeplitzMatrix::key() const {
+  return upper_ ? "triutoeplitz" : "triltoeplitz";
+}
+
+std::vector<at::Tensor> ToeplitzMatrix::tensors() const {
+  return {d_};
+}
+
 StructuredPtr ToeplitzMatrix::with_tensors(std::vector<at::Tensor> t) const {
   return std::make_unique<ToeplitzMatrix>(std::move(t.at(0)), upper_);
 }
@@ -142,10 +150,7 @@ at::Tensor ToeplitzMatrix::rmatmat(const at::Tensor& x) const {
 }
 
 StructuredPtr ToeplitzMatrix::matmul(const StructuredMatrix& other) const {
-  auto* o = dynamic_cast<const ToeplitzMatrix*>(&other);
-  LOWMEM_CHECK(
-      o && o->upper_ == upper_ && o->dim() == dim(), "[singd] cannot multiply ",
-      key(), " by ", other.key());
+  const auto* o = &same_structure(*this, other);
   // d''[k] = sum_{m<=k} d[m] d'[k-m] = (L(d) d')[k] (tril and triu alike).
   auto t = work_dtype(d_.scalar_type(), o->d_.scalar_type(), d_.device());
   at::Tensor out = lower_apply(d_.to(t), o->d_.to(t).unsqueeze(1), false);
@@ -205,6 +210,10 @@ std::string ArrowMatrix::key() const {
       return "triutopleftdiag";
   }
   return "";
+}
+
+std::vector<at::Tensor> ArrowMatrix::tensors() const {
+  return {off_, diag_};
 }
 
 bool ArrowMatrix::column() const {
@@ -272,10 +281,7 @@ at::Tensor ArrowMatrix::rmatmat(const at::Tensor& x0) const {
 }
 
 StructuredPtr ArrowMatrix::matmul(const StructuredMatrix& other) const {
-  auto* o = dynamic_cast<const ArrowMatrix*>(&other);
-  LOWMEM_CHECK(
-      o && o->kind_ == kind_ && o->dim() == dim(), "[singd] cannot multiply ",
-      key(), " by ", other.key());
+  const auto* o = &same_structure(*this, other);
   int64_t h = hub();
   at::Tensor v = full_off(), vo = o->full_off();
   at::Tensor off = column() ? diag_ * vo + o->diag_[h] * v

@@ -17,17 +17,7 @@ class BlockDiagonalMatrix final : public StructuredMatrix {
       at::Tensor blocks,
       at::Tensor last,
       bool correct_transpose);
-  std::string key() const override;
-  std::vector<at::Tensor> tensors() const override { return {blocks_, last_}; }
-  StructuredPtr with_tensors(std::vector<at::Tensor> t) const override;
-  at::Tensor to_dense() const override;
-  StructuredPtr project(const at::Tensor& sym) const override;
-  at::Tensor matmul(const at::Tensor& x) const override;
-  at::Tensor rmatmat(const at::Tensor& x) const override;
-  StructuredPtr matmul(const StructuredMatrix& other) const override;
-  StructuredPtr from_inner(const at::Tensor& x) const override;
-  double average_trace() const override;
-  void diag_add_(double value) override;
+  LOWMEM_STRUCTURED_MATRIX_OVERRIDES;
   int64_t block_dim() const { return b_; }
 
  private:

@@ -23,19 +23,7 @@ class HierarchicalMatrix final : public StructuredMatrix {
       at::Tensor c,
       at::Tensor d,
       at::Tensor e);
-  std::string key() const override;
-  std::vector<at::Tensor> tensors() const override {
-    return {a_, b_, c_, d_, e_};
-  }
-  StructuredPtr with_tensors(std::vector<at::Tensor> t) const override;
-  at::Tensor to_dense() const override;
-  StructuredPtr project(const at::Tensor& sym) const override;
-  at::Tensor matmul(const at::Tensor& x) const override;
-  at::Tensor rmatmat(const at::Tensor& x) const override;
-  StructuredPtr matmul(const StructuredMatrix& other) const override;
-  StructuredPtr from_inner(const at::Tensor& x) const override;
-  double average_trace() const override;
-  void diag_add_(double value) override;
+  LOWMEM_STRUCTURED_MATRIX_OVERRIDES;
 
   /// (K1, n_c, K2) for an n x n matrix with maxima (max_k1, max_k2).
   static std::array<int64_t, 3> block_dims(

@@ -7,6 +7,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "lowmem/core/check.h"
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,6 +68,34 @@ class StructuredMatrix {
  private:
   int64_t dim_;
 };
+
+/// The overrides every structure class declares (contracts on
+/// StructuredMatrix above), listed once for all of them.
+#define LOWMEM_STRUCTURED_MATRIX_OVERRIDES                                      \
+  std::string key() const override;                                           \
+  std::vector<at::Tensor> tensors() const override;                           \
+  StructuredPtr with_tensors(std::vector<at::Tensor> tensors) const override; \
+  at::Tensor to_dense() const override;                                       \
+  StructuredPtr project(const at::Tensor& sym) const override;                \
+  at::Tensor matmul(const at::Tensor& x) const override;                      \
+  at::Tensor rmatmat(const at::Tensor& x) const override;                     \
+  StructuredPtr matmul(const StructuredMatrix& other) const override;         \
+  StructuredPtr from_inner(const at::Tensor& x) const override;               \
+  double average_trace() const override;                                      \
+  void diag_add_(double value) override
+
+/// `other` as the class T of `self` after checking that it has the same
+/// structure (same key: block size, triangle, corner) and dim; throws
+/// "[singd] cannot multiply <key>(<n>) by <key>(<n>)" otherwise.
+template <class T>
+const T& same_structure(const T& self, const StructuredMatrix& other) {
+  auto* o = dynamic_cast<const T*>(&other);
+  LOWMEM_CHECK(
+      o && other.key() == self.key() && other.dim() == self.dim(),
+      "[singd] cannot multiply ", self.key(), "(", self.dim(), ") by ",
+      other.key(), "(", other.dim(), ")");
+  return *o;
+}
 
 /// Options of the factory beyond key/dim/dtype.
 struct StructureOptions {

@@ -13,19 +13,7 @@ namespace lowmem::optim::structures {
 class ToeplitzMatrix final : public StructuredMatrix {
  public:
   ToeplitzMatrix(at::Tensor diags, bool upper);
-  std::string key() const override {
-    return upper_ ? "triutoeplitz" : "triltoeplitz";
-  }
-  std::vector<at::Tensor> tensors() const override { return {d_}; }
-  StructuredPtr with_tensors(std::vector<at::Tensor> t) const override;
-  at::Tensor to_dense() const override;
-  StructuredPtr project(const at::Tensor& sym) const override;
-  at::Tensor matmul(const at::Tensor& x) const override;
-  at::Tensor rmatmat(const at::Tensor& x) const override;
-  StructuredPtr matmul(const StructuredMatrix& other) const override;
-  StructuredPtr from_inner(const at::Tensor& x) const override;
-  double average_trace() const override;
-  void diag_add_(double value) override;
+  LOWMEM_STRUCTURED_MATRIX_OVERRIDES;
 
  private:
   at::Tensor d_;  // [n]: first column (tril) or first row (triu)
@@ -49,17 +37,7 @@ class ArrowMatrix final : public StructuredMatrix {
     kTriuTopLeft
   };
   ArrowMatrix(Kind kind, at::Tensor diag, at::Tensor off);
-  std::string key() const override;
-  std::vector<at::Tensor> tensors() const override { return {off_, diag_}; }
-  StructuredPtr with_tensors(std::vector<at::Tensor> t) const override;
-  at::Tensor to_dense() const override;
-  StructuredPtr project(const at::Tensor& sym) const override;
-  at::Tensor matmul(const at::Tensor& x) const override;
-  at::Tensor rmatmat(const at::Tensor& x) const override;
-  StructuredPtr matmul(const StructuredMatrix& other) const override;
-  StructuredPtr from_inner(const at::Tensor& x) const override;
-  double average_trace() const override;
-  void diag_add_(double value) override;
+  LOWMEM_STRUCTURED_MATRIX_OVERRIDES;
 
  private:
   bool column() const;  // off-diagonal entries in column h (else row h)
