@@ -198,6 +198,30 @@ TEST(Structures, UnknownKeyIsRejectedByName) {
   EXPECT_THROW(st::check_structure_key("Dense"), c10::Error);
 }
 
+// bf16 Toeplitz factors on CPU: products, from_inner and S S' compute in
+// fp32 and round the result to bf16 (no n x n temporary either way).
+TEST(Structures, Bf16ToeplitzComputesInFp32AndReturnsBf16) {
+  for (const char* key : {"triltoeplitz", "triutoeplitz"}) {
+    torch::manual_seed(3);
+    const int64_t n = 300;
+    auto f32 = st::make_structured(key, n, kF64.dtype(torch::kFloat), false);
+    at::Tensor d = torch::randn({n}).to(torch::kBFloat16).to(torch::kFloat);
+    auto s32 = f32->with_tensors({d});
+    auto s16 = f32->with_tensors({d.to(torch::kBFloat16)});
+    at::Tensor x = torch::randn({n, 4});
+    at::Tensor y = s16->matmul(x);
+    EXPECT_EQ(y.scalar_type(), torch::kBFloat16) << key;
+    EXPECT_TRUE(torch::equal(y, s32->matmul(x).to(torch::kBFloat16))) << key;
+    EXPECT_TRUE(torch::equal(s16->rmatmat(x), s32->rmatmat(x).to(torch::kBFloat16))) << key;
+    EXPECT_TRUE(torch::equal(s16->from_inner(x)->tensors()[0],
+                             s32->from_inner(x)->tensors()[0].to(torch::kBFloat16)))
+        << key;
+    EXPECT_TRUE(torch::equal(s16->matmul(*s16)->tensors()[0],
+                             s32->matmul(*s32)->tensors()[0].to(torch::kBFloat16)))
+        << key;
+  }
+}
+
 // Products need the same structure (key) and dim on both sides.
 TEST(Structures, ProductOfDifferentStructuresIsRejected) {
   auto expect_msg = [](const st::StructuredMatrix& a, const st::StructuredMatrix& b,
