@@ -53,6 +53,7 @@ struct Args {
   int threads = 0;
   bool checkpointing = false;
   bool tracker = true;
+  bool keep_freed = true;
 };
 
 [[noreturn]] void usage() {
@@ -60,7 +61,7 @@ struct Args {
       stderr,
       "usage: train_step [--size small|large] [--optim torch|lowmem]"
       " [--steps N] [--warmup N] [--threads N] [--checkpointing]"
-      " [--no-tracker]\n");
+      " [--no-tracker] [--no-keep-freed]\n");
   std::exit(2);
 }
 
@@ -85,6 +86,8 @@ Args parse(int argc, char** argv) {
       a.threads = std::atoi(value().c_str());
     } else if (k == "--no-tracker") {
       a.tracker = false;
+    } else if (k == "--no-keep-freed") {
+      a.keep_freed = false;  // glibc's default malloc policy
     } else if (k == "--checkpointing") {
       a.checkpointing = true;
     } else {
@@ -103,6 +106,7 @@ Args parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   Args args = parse(argc, argv);
+  if (args.keep_freed) lowmem::keep_freed_cpu_memory();
   // Installs the counting allocator before anything is allocated.
   std::optional<lowmem::MemoryTracker> tracker;
   if (args.tracker)

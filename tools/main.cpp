@@ -7,10 +7,12 @@
 #include <iostream>
 
 #include "command.h"
+#include "lowmem/core/memory.h"
 #include "lowmem/train/fields.h"
 
 int main(int argc, char** argv) {
   using namespace lowmem::tools;
+  lowmem::keep_freed_cpu_memory();  // reuse activation buffers (core/memory.h)
   program_args().assign(argv + 1, argv + argc);
   CLI::App app{"lowmem: memory-efficient training on LibTorch"};
   app.require_subcommand(1);

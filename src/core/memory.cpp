@@ -4,6 +4,9 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/Storage.h>
 #include <sys/resource.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <unistd.h>
 
 #include <atomic>
@@ -344,6 +347,19 @@ std::string MemoryBreakdown::to_string() const {
          format_bytes(trainable_params) + ", grads " + format_bytes(gradients) +
          ", optimizer " + format_bytes(optimizer_state) + ", other " +
          format_bytes(other) + ", peak RSS " + format_bytes(peak_rss);
+}
+
+bool keep_freed_cpu_memory() {
+#if defined(__GLIBC__)
+  // 32 MiB is the largest mmap threshold glibc accepts on 64-bit
+  // (DEFAULT_MMAP_THRESHOLD_MAX); setting it also fixes the trim threshold's
+  // dynamic adjustment, so set that too.
+  const bool mmap_ok = mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
+  const bool trim_ok = mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1;
+  return mmap_ok && trim_ok;
+#else
+  return false;
+#endif
 }
 
 }  // namespace lowmem

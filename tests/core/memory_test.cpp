@@ -113,3 +113,20 @@ TEST(FormatBytes, Units) {
 }
 
 }  // namespace
+
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))  // mallinfo2
+#include <malloc.h>
+TEST(KeepFreedCpuMemory, SetsGlibcThresholdsAndAllocationsStillWork) {
+  EXPECT_TRUE(lowmem::keep_freed_cpu_memory());
+  // A 16 MiB block now comes from the heap: freeing and reallocating it must
+  // not change the mmap'd byte count glibc reports.
+  struct mallinfo2 before = mallinfo2();
+  void* p = std::malloc(16 << 20);
+  ASSERT_NE(p, nullptr);
+  struct mallinfo2 during = mallinfo2();
+  EXPECT_EQ(during.hblkhd, before.hblkhd) << "16 MiB still went to mmap";
+  std::free(p);
+  auto t = at::ones({4 << 20});  // 16 MiB tensor through the allocator
+  EXPECT_EQ(t.sum().item<double>(), 4 << 20);
+}
+#endif

@@ -104,4 +104,13 @@ MemoryBreakdown memory_breakdown(
 /// "1.50 MiB" style formatting.
 std::string format_bytes(int64_t bytes);
 
+/// Keeps freed CPU memory inside the process for reuse: glibc malloc serves
+/// blocks up to 32 MiB from its heap instead of fresh mmap()s and stops giving
+/// the heap back after every large free. Without it a training step page-faults
+/// its activation buffers in again on every step (measured: the small GPT step
+/// 525 -> 364 ms, one thread, docs/benchmarks/train_step.md). Process-wide, so
+/// the library never calls it by itself: the `lowmem` CLI and the benchmarks do
+/// at start-up. Returns false where the C library has no such control.
+bool keep_freed_cpu_memory();
+
 }  // namespace lowmem
