@@ -144,7 +144,7 @@ void run(benchmark::State& state, const std::string& model, Mode mode) {
   }
   auto step = [&](Row* out) {
     lo::before_forward(*opt);
-    opt->zero_grad();
+    lo::clear_grads(*opt);
     LiveGrads live(trainable(*net));
     net->loss().backward();
     std::vector<at::Tensor> grads;

@@ -91,7 +91,7 @@ void BM_TrainStep(benchmark::State& state, bool gpt) {
   for (auto _ : state) {
     for (auto& o : opts) lo::before_forward(*o);
     at::Tensor loss = model->loss(x, y);
-    for (auto& o : opts) o->zero_grad();
+    for (auto& o : opts) lo::clear_grads(*o);
     loss.backward();
     for (auto& o : opts) o->step();
   }

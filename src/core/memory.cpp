@@ -118,6 +118,11 @@ class TrackingAllocator final : public c10::Allocator {
     c10::Device dev = inner.device();
     count(static_cast<int64_t>(n));
     c10::DeleterFnPtr inner_deleter = inner.get_deleter();
+    if (data == nullptr && inner.get_context() == nullptr) {
+      // Empty allocation (n == 0 on the default CPU allocator): keep
+      // context == data so that raw_allocate(0) works (oneDNN/conv workspaces).
+      return c10::DataPtr(nullptr, nullptr, &tracked_raw_delete, dev);
+    }
     if (data != nullptr && data == inner.get_context() && inner_deleter) {
       inner.release_context();
       {

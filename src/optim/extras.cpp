@@ -39,4 +39,10 @@ void before_forward(torch::optim::Optimizer& opt) {
   if (auto* ex = dynamic_cast<OptimizerExtras*>(&opt)) ex->before_forward();
 }
 
+void clear_grads(torch::optim::Optimizer& opt) {
+  for (auto& group : opt.param_groups())
+    for (auto& p : group.params())
+      if (p.grad().defined()) p.mutable_grad() = at::Tensor();
+}
+
 }  // namespace lowmem::optim

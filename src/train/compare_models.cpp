@@ -21,6 +21,7 @@
 #include "lowmem/data/text.h"
 #include "lowmem/models/gpt.h"
 #include "lowmem/models/vit.h"
+#include "lowmem/optim/extras.h"
 #endif
 
 namespace lowmem::train::compare::detail {
@@ -191,7 +192,7 @@ void make_base(const CompareOptions& o, const CompareCallbacks& cb) {
   MethodInfo info{"finetune", "base", "base model", "", "", ""};
   for (int64_t step = 1; step <= o.base_steps; ++step) {
     data::Batch b = batches.next();
-    opt.zero_grad();
+    optim::clear_grads(opt);
     at::Tensor loss = model->loss(b.input, b.target);
     loss.backward();
     opt.step();

@@ -73,6 +73,28 @@ TEST(MemoryTracker, AutogradTemporariesAreCounted) {
   EXPECT_EQ(lowmem::storage_bytes({w.grad()}), 64 * 64 * 4);
 }
 
+// c10's raw_allocate (used by oneDNN and convolution workspaces) asserts that
+// the DataPtr's context is its data pointer; this must hold under the tracker
+// for empty (0-byte) allocations too, which the default CPU allocator returns
+// as nullptr.
+TEST(MemoryTracker, RawAllocationsIncludingEmptyOnesWork) {
+  MemoryTracker tracker;
+  c10::Allocator* a = c10::GetAllocator(c10::kCPU);
+  const int64_t base = tracker.current_bytes();
+  void* empty = a->raw_allocate(0);
+  EXPECT_EQ(tracker.current_bytes(), base);
+  a->raw_deallocate(empty);
+  void* p = a->raw_allocate(96);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(tracker.current_bytes() - base, 96);
+  a->raw_deallocate(p);
+  EXPECT_EQ(tracker.current_bytes(), base);
+  // Empty tensors and a convolution over an empty batch allocate 0 bytes.
+  at::Tensor e = at::empty({0, 3}, at::kFloat);
+  at::Tensor y = at::conv2d(at::zeros({0, 2, 5, 5}), at::ones({3, 2, 3, 3}));
+  EXPECT_EQ(y.size(0), 0);
+}
+
 TEST(StorageBytes, CountsDistinctStoragesOnce) {
   at::Tensor a = at::zeros({10, 10});
   at::Tensor b = a[3];

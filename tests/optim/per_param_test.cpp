@@ -8,6 +8,7 @@
 #include <memory>
 #include <sstream>
 
+#include "lowmem/core/memory.h"
 #include "lowmem/optim/adafactor.h"
 #include "lowmem/optim/adamw.h"
 #include "lowmem/optim/came.h"
@@ -328,6 +329,29 @@ TEST(Options, SerializeRoundTripAndEquality) {
   ASSERT_NE(fresh.state_of(q), nullptr);
   EXPECT_EQ(fresh.state_of(q)->step, 1);
   EXPECT_FALSE(fresh.state_of(q)->exp_avg_sq_row.defined());
+}
+
+// clear_grads drops every parameter's gradient (zero_grad() keeps zeroed
+// gradients on LibTorch 1.x and drops them on 2.x); parameters without a
+// gradient stay as they are, and the next backward makes fresh gradients.
+TEST(ClearGrads, DropsEveryGradientOfEveryGroup) {
+  auto a = torch::ones({3, 2}).requires_grad_(true);
+  auto b = torch::ones({4}).requires_grad_(true);
+  auto c = torch::ones({2}).requires_grad_(true);
+  torch::optim::AdamW opt({torch::optim::OptimizerParamGroup({a, b}),
+                           torch::optim::OptimizerParamGroup({c})});
+  (a.sum() * 2 + b.sum() + c.sum()).backward();
+  ASSERT_TRUE(a.grad().defined() && b.grad().defined() && c.grad().defined());
+  EXPECT_GT(lowmem::storage_bytes({a.grad(), b.grad(), c.grad()}), 0);
+  lo::clear_grads(opt);
+  EXPECT_FALSE(a.grad().defined());
+  EXPECT_FALSE(b.grad().defined());
+  EXPECT_FALSE(c.grad().defined());
+  lo::clear_grads(opt);  // nothing to drop: no error
+  (a.sum() * 3).backward();
+  ASSERT_TRUE(a.grad().defined());
+  EXPECT_TRUE(torch::equal(a.grad(), torch::full({3, 2}, 3.0)));  // not 2 + 3
+  EXPECT_FALSE(b.grad().defined());
 }
 
 }  // namespace

@@ -31,5 +31,11 @@ std::vector<at::Tensor> state_tensors(const torch::optim::Optimizer& opt);
 int64_t state_bytes(const torch::optim::Optimizer& opt);
 /// Calls before_forward() if `opt` implements OptimizerExtras.
 void before_forward(torch::optim::Optimizer& opt);
+/// Drops the .grad of every parameter of `opt` (sets it to an undefined
+/// tensor), freeing gradient memory between steps. Use it instead of
+/// zero_grad(): LibTorch 1.x's zero_grad() zeroes the gradients in place (they
+/// stay allocated) while 2.x's sets them to none, so memory measurements and
+/// peaks would depend on the LibTorch version.
+void clear_grads(torch::optim::Optimizer& opt);
 
 }  // namespace lowmem::optim
