@@ -33,8 +33,18 @@ rc=$?
 echo "build rc=$rc in ${SECONDS}s"
 grep -E "error:|FAILED:" "$OUT/build.log" | head -40
 [ $rc -eq 0 ] || exit 1
+# PyTorch's own LibTorch >= 2.5 (pip wheels) exports the std::filesystem of
+# the old libstdc++ it links statically (pytorch/pytorch#133437); loaded ahead
+# of the system libstdc++, it takes our std::filesystem calls and they crash
+# (every test that makes a temporary folder). Preloading the compiler's
+# libstdc++ makes its definitions win. See docs/DEVELOPERS.md.
+if [ -z "${LD_PRELOAD:-}" ] && [ "${PRELOAD_LIBSTDCXX:-1}" = 1 ]; then
+  export LD_PRELOAD=$(g++ -print-file-name=libstdc++.so.6)
+  echo "LD_PRELOAD=$LD_PRELOAD"
+fi
 build-cuda/tests/optim_tests --gtest_filter='Cuda.*' 2>&1 | tee "$OUT/cuda_tests.log" | tail -30
 (cd build-cuda && timeout "${TEST_TIMEOUT:-240}" ctest -LE slow -j"$JOBS" --timeout 200 \
   >"$OUT/ctest.log" 2>&1)
 echo "ctest rc=$?"
-grep -E "tests passed|tests failed|\*\*\*Failed|Timeout|Not Run" "$OUT/ctest.log" | head -40
+grep -E "tests passed|tests failed|\*\*\*Failed|\*\*\*Exception|Timeout|Not Run" "$OUT/ctest.log" | head -40
+sed -n '/The following tests FAILED/,$p' "$OUT/ctest.log" | head -60
