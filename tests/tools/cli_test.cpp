@@ -12,8 +12,10 @@
 #include <sstream>
 
 #include "lowmem/io/safetensors.h"
+#include "testing/files.h"
 
 namespace fs = std::filesystem;
+using lowmem::testing::read_file;
 
 namespace {
 
@@ -21,13 +23,6 @@ struct Result {
   int code = -1;
   std::string out, err;
 };
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 class Cli : public ::testing::Test {
  protected:
@@ -61,8 +56,8 @@ class Cli : public ::testing::Test {
     ::waitpid(pid, &status, 0);
     Result r;
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = slurp(out);
-    r.err = slurp(err);
+    r.out = read_file(out);
+    r.err = read_file(err);
     fs::remove(out);
     fs::remove(err);
     return r;
@@ -204,11 +199,11 @@ TEST_F(Cli, RecipeFlagOverrideTrainAndResume) {
   auto r = run(tiny({"--recipe", dir_ + "/r.yaml", "--steps", "4",
                      "--eval_every", "2", "--out_dir", run_dir}));
   ASSERT_EQ(r.code, 0) << r.err << r.out;
-  const std::string config = slurp(run_dir + "/config.yaml");
+  const std::string config = read_file(run_dir + "/config.yaml");
   EXPECT_NE(config.find("steps: 4"), std::string::npos) << config;  // flag
   EXPECT_NE(config.find("seed: 3"), std::string::npos) << config;   // recipe
   EXPECT_NE(config.find("lr: 0.01"), std::string::npos) << config;
-  const std::string metrics = slurp(run_dir + "/metrics.jsonl");
+  const std::string metrics = read_file(run_dir + "/metrics.jsonl");
   EXPECT_EQ(lines(metrics), 4 + 2 + 1 + 1) << metrics;  // steps, evals, ckpt, done
   EXPECT_NE(metrics.find("\"event\":\"eval\""), std::string::npos);
   EXPECT_TRUE(fs::exists(run_dir + "/checkpoints/LATEST"));

@@ -11,25 +11,13 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include "testing/files.h"
 
 namespace fs = std::filesystem;
+using lowmem::testing::fresh_temp_dir;
+using lowmem::testing::read_file;
 
 namespace {
-
-fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() /
-               ("lowmem_compare_cli_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 // Starts the CLI in its own process group with stdout/stderr to `log`.
 pid_t spawn(const std::vector<std::string>& args, const fs::path& log) {
@@ -61,15 +49,15 @@ int wait_exit(pid_t pid) {
 }  // namespace
 
 TEST(CompareCliTest, ToyRunWritesTablesAndFilesPerForkedMethod) {
-  const fs::path out = temp_dir("toy");
+  const fs::path out = fresh_temp_dir("compare_cli_toy");
   const pid_t pid = spawn({"compare", "--suite", "toy", "--steps", "5", "--out",
                            out.string(), "--gnuplot", "", "--threads", "1"},
                           out / "log.txt");
-  ASSERT_EQ(wait_exit(pid), 0) << slurp(out / "log.txt");
-  const std::string log = slurp(out / "log.txt");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(out / "log.txt");
+  const std::string log = read_file(out / "log.txt");
   EXPECT_NE(log.find("== toy"), std::string::npos) << log;
   EXPECT_NE(log.find("optim state"), std::string::npos) << log;
-  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  const auto j = nlohmann::json::parse(read_file(out / "results.json"));
   EXPECT_EQ(j.at("schema_version"), 1);
   ASSERT_EQ(j.at("methods").size(), 2u);
   for (const auto& m : j.at("methods")) {
@@ -83,25 +71,25 @@ TEST(CompareCliTest, ToyRunWritesTablesAndFilesPerForkedMethod) {
 }
 
 TEST(CompareCliTest, ListShowsEveryMethodAndItsAvailability) {
-  const fs::path out = temp_dir("list");
+  const fs::path out = fresh_temp_dir("compare_cli_list");
   const pid_t pid = spawn({"compare", "--list", "--fashion-mnist", "/nonexistent/fm"},
                           out / "log.txt");
   ASSERT_EQ(wait_exit(pid), 0);
-  const std::string log = slurp(out / "log.txt");
+  const std::string log = read_file(out / "log.txt");
   EXPECT_NE(log.find("pretrain  adamw"), std::string::npos) << log;
   EXPECT_NE(log.find("skipped:"), std::string::npos) << log;
   EXPECT_NE(log.find("/nonexistent/fm"), std::string::npos) << log;
 }
 
 TEST(CompareCliTest, BadFlagIsAUsageError) {
-  const fs::path out = temp_dir("bad");
+  const fs::path out = fresh_temp_dir("compare_cli_bad");
   const pid_t pid = spawn({"compare", "--no-such-flag"}, out / "log.txt");
   EXPECT_NE(wait_exit(pid), 0);
-  EXPECT_NE(slurp(out / "log.txt").find("--no-such-flag"), std::string::npos);
+  EXPECT_NE(read_file(out / "log.txt").find("--no-such-flag"), std::string::npos);
 }
 
 TEST(CompareCliTest, CtrlCKeepsCompleteResultsOfFinishedMethods) {
-  const fs::path out = temp_dir("sigint");
+  const fs::path out = fresh_temp_dir("compare_cli_sigint");
   // adamw finishes quickly; sgd is long enough to be interrupted.
   const pid_t pid = spawn({"compare", "--suite", "toy", "--methods", "adamw,sgd",
                            "--toy-steps", "8000", "--eval-every", "4000",
@@ -114,7 +102,7 @@ TEST(CompareCliTest, CtrlCKeepsCompleteResultsOfFinishedMethods) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     if (!fs::exists(out / "results.json")) continue;
     try {
-      auto j = nlohmann::json::parse(slurp(out / "results.json"));
+      auto j = nlohmann::json::parse(read_file(out / "results.json"));
       if (j.at("methods").size() == 1) {
         first_done = true;
         break;
@@ -122,11 +110,11 @@ TEST(CompareCliTest, CtrlCKeepsCompleteResultsOfFinishedMethods) {
     } catch (const std::exception&) {
     }
   }
-  ASSERT_TRUE(first_done) << slurp(out / "log.txt");
+  ASSERT_TRUE(first_done) << read_file(out / "log.txt");
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   ::kill(-pid, SIGINT);  // the terminal sends it to the whole group
-  EXPECT_EQ(wait_exit(pid), 130) << slurp(out / "log.txt");
-  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  EXPECT_EQ(wait_exit(pid), 130) << read_file(out / "log.txt");
+  const auto j = nlohmann::json::parse(read_file(out / "results.json"));
   EXPECT_TRUE(j.at("interrupted").get<bool>());
   ASSERT_EQ(j.at("methods").size(), 2u);
   EXPECT_EQ(j.at("methods")[0].at("name"), "adamw");
@@ -134,7 +122,7 @@ TEST(CompareCliTest, CtrlCKeepsCompleteResultsOfFinishedMethods) {
   EXPECT_EQ(j.at("methods")[0].at("steps"), 8000);
   EXPECT_EQ(j.at("methods")[1].at("name"), "sgd");
   EXPECT_EQ(j.at("methods")[1].at("status"), "interrupted");
-  const std::string csv = slurp(out / "results.csv");
+  const std::string csv = read_file(out / "results.csv");
   EXPECT_NE(csv.find(",toy,adamw,"), std::string::npos);
-  EXPECT_NE(slurp(out / "report.md").find("interrupted"), std::string::npos);
+  EXPECT_NE(read_file(out / "report.md").find("interrupted"), std::string::npos);
 }

@@ -9,26 +9,14 @@
 #include <sstream>
 
 #include "lowmem/train/compare.h"
+#include "testing/files.h"
 
 namespace cmp = lowmem::train::compare;
 namespace fs = std::filesystem;
+using lowmem::testing::fresh_temp_dir;
+using lowmem::testing::read_file;
 
 namespace {
-
-fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() /
-               ("lowmem_compare_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 bool have_gnuplot() {
   return std::system("command -v gnuplot >/dev/null 2>&1") == 0;
@@ -70,7 +58,7 @@ const cmp::ClaimCheck& claim(const std::vector<cmp::ClaimCheck>& cs,
 }  // namespace
 
 TEST(CompareTest, ToySuiteMeasuresEveryMethodExactly) {
-  const fs::path out = temp_dir("toy");
+  const fs::path out = fresh_temp_dir("compare_toy");
   cmp::CompareOptions o = toy_options(out);
   o.gnuplot = "";
   cmp::CompareResults res = cmp::run_compare(o);
@@ -108,12 +96,12 @@ TEST(CompareTest, ToySuiteMeasuresEveryMethodExactly) {
 }
 
 TEST(CompareTest, ResultsJsonFollowsTheVersionedSchema) {
-  const fs::path out = temp_dir("schema");
+  const fs::path out = fresh_temp_dir("compare_schema");
   cmp::CompareOptions o = toy_options(out);
   o.methods = {"adamw"};
   o.gnuplot = "";
   cmp::run_compare(o);
-  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  const auto j = nlohmann::json::parse(read_file(out / "results.json"));
   EXPECT_EQ(j.at("schema"), "lowmem.compare");
   EXPECT_EQ(j.at("schema_version"), cmp::kSchemaVersion);
   for (const char* k : {"created", "command_line", "machine", "interrupted",
@@ -131,7 +119,7 @@ TEST(CompareTest, ResultsJsonFollowsTheVersionedSchema) {
     EXPECT_TRUE(m.at("memory").contains(k)) << k;
   EXPECT_EQ(m.at("memory").at("optimizer_state_bytes"), 2 * 4 * kToyParams);
   // Round trip through the reader.
-  cmp::CompareResults back = cmp::results_from_json(slurp(out / "results.json"));
+  cmp::CompareResults back = cmp::results_from_json(read_file(out / "results.json"));
   ASSERT_EQ(back.methods.size(), 1u);
   EXPECT_EQ(back.methods[0].optimizer_state_bytes, 2 * 4 * kToyParams);
   EXPECT_EQ(back.methods[0].curve.size(), 6u);
@@ -148,7 +136,7 @@ TEST(CompareTest, ResultsJsonFollowsTheVersionedSchema) {
 }
 
 TEST(CompareTest, CsvHasTheDocumentedColumns) {
-  const fs::path out = temp_dir("csv");
+  const fs::path out = fresh_temp_dir("compare_csv");
   cmp::CompareOptions o = toy_options(out);
   o.gnuplot = "";
   cmp::run_compare(o);
@@ -170,7 +158,7 @@ TEST(CompareTest, CsvHasTheDocumentedColumns) {
 }
 
 TEST(CompareTest, MissingDataIsListedAsSkippedWithTheReason) {
-  const fs::path out = temp_dir("skip");
+  const fs::path out = fresh_temp_dir("compare_skip");
   cmp::CompareOptions o = toy_options(out);
   o.suites = {"finetune"};
   o.fashion_mnist_dir = "/nonexistent/fashion";
@@ -181,11 +169,11 @@ TEST(CompareTest, MissingDataIsListedAsSkippedWithTheReason) {
     EXPECT_EQ(m.status, "skipped") << m.info.name;
     EXPECT_NE(m.reason.find("/nonexistent/fashion"), std::string::npos) << m.reason;
   }
-  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  const auto j = nlohmann::json::parse(read_file(out / "results.json"));
   EXPECT_EQ(j.at("methods").size(), res.methods.size());
   EXPECT_EQ(j.at("methods")[0].at("status"), "skipped");
   // The report names them too.
-  const std::string report = slurp(out / "report.md");
+  const std::string report = read_file(out / "report.md");
   EXPECT_NE(report.find("skipped"), std::string::npos);
   // Claims that need them are "not tested", with the reason.
   EXPECT_EQ(claim(res.claims, "snell-vs-lora").status, "not tested");
@@ -195,7 +183,7 @@ TEST(CompareTest, MissingDataIsListedAsSkippedWithTheReason) {
 
 TEST(CompareTest, PlotsAreDrawnWhenGnuplotIsPresent) {
   if (!have_gnuplot()) GTEST_SKIP() << "gnuplot not installed";
-  const fs::path out = temp_dir("plots");
+  const fs::path out = fresh_temp_dir("compare_plots");
   cmp::CompareOptions o = toy_options(out);
   cmp::CompareResults res = cmp::run_compare(o);
   EXPECT_EQ(res.plots.status, "ok") << res.plots.reason;
@@ -205,19 +193,19 @@ TEST(CompareTest, PlotsAreDrawnWhenGnuplotIsPresent) {
       EXPECT_NE(std::find(res.plots.files.begin(), res.plots.files.end(), f),
                 res.plots.files.end())
           << f;
-      const std::string bytes = slurp(out / f);
+      const std::string bytes = read_file(out / f);
       ASSERT_GT(bytes.size(), 100u) << f;
       if (std::string(ext) == ".png")
         EXPECT_EQ(bytes.substr(1, 3), "PNG") << f;
       else
         EXPECT_NE(bytes.find("<svg"), std::string::npos) << f;
     }
-  const std::string report = slurp(out / "report.md");
+  const std::string report = read_file(out / "report.md");
   EXPECT_NE(report.find("](plots/toy_loss_steps.png)"), std::string::npos);
 }
 
 TEST(CompareTest, PlotsAreReportedSkippedWithoutGnuplot) {
-  const fs::path out = temp_dir("noplots");
+  const fs::path out = fresh_temp_dir("compare_noplots");
   cmp::CompareOptions o = toy_options(out);
   o.gnuplot = "/nonexistent/bin/gnuplot";
   cmp::CompareResults res = cmp::run_compare(o);
@@ -226,9 +214,9 @@ TEST(CompareTest, PlotsAreReportedSkippedWithoutGnuplot) {
   EXPECT_TRUE(res.plots.files.empty());
   EXPECT_TRUE(fs::exists(out / "plots" / "toy.gp"));  // scripts still written
   EXPECT_FALSE(fs::exists(out / "plots" / "toy_loss_steps.png"));
-  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  const auto j = nlohmann::json::parse(read_file(out / "results.json"));
   EXPECT_EQ(j.at("plots").at("status"), "skipped");
-  EXPECT_NE(slurp(out / "report.md").find("Plots: skipped"), std::string::npos);
+  EXPECT_NE(read_file(out / "report.md").find("Plots: skipped"), std::string::npos);
 }
 
 TEST(CompareTest, ClaimsAreComputedFromTheResults) {
@@ -271,7 +259,7 @@ TEST(CompareTest, ClaimsAreComputedFromTheResults) {
 }
 
 TEST(CompareTest, UnknownSuiteOrMethodIsRejected) {
-  const fs::path out = temp_dir("bad");
+  const fs::path out = fresh_temp_dir("compare_bad");
   cmp::CompareOptions o = toy_options(out);
   o.suites = {"nope"};
   try {
@@ -308,7 +296,7 @@ TEST(CompareTest, PeakTensorBytesCoverTrainingOnlyNotEvaluation) {
   // The toy evaluation runs the 256 validation examples at once (a [256, 32]
   // hidden activation), training runs batches of 32: the evaluation peak is
   // reported apart and must not leak into the training peak.
-  const fs::path out = temp_dir("evalpeak");
+  const fs::path out = fresh_temp_dir("compare_evalpeak");
   cmp::CompareOptions o = toy_options(out);
   o.methods = {"sgd"};
   o.gnuplot = "";
@@ -321,13 +309,13 @@ TEST(CompareTest, PeakTensorBytesCoverTrainingOnlyNotEvaluation) {
   EXPECT_GE(m.peak_tensor_bytes, resident);
   EXPECT_GE(m.eval_peak_tensor_bytes, resident + 256 * 32 * 4);
   EXPECT_LT(m.peak_tensor_bytes, m.eval_peak_tensor_bytes);
-  const auto j = nlohmann::json::parse(slurp(out / "results.json"));
+  const auto j = nlohmann::json::parse(read_file(out / "results.json"));
   EXPECT_EQ(j.at("methods")[0].at("memory").at("eval_peak_tensor_bytes"),
             m.eval_peak_tensor_bytes);
 }
 
 TEST(CompareTest, LrOverrideSetsEveryOptimizersPeakRate) {
-  const fs::path out = temp_dir("lr");
+  const fs::path out = fresh_temp_dir("compare_lr");
   cmp::CompareOptions o = toy_options(out);
   o.methods = {"adamw"};
   o.gnuplot = "";
@@ -349,7 +337,7 @@ TEST(CompareTest, LrOverrideSetsEveryOptimizersPeakRate) {
 TEST(CompareTest, EveryMethodOfAPlotGetsADistinctLineStyle) {
   // 16 methods in one suite: gnuplot's numbered colours repeat after 8, so the
   // script must give every curve its own (colour, dash) pair.
-  const fs::path out = temp_dir("styles");
+  const fs::path out = fresh_temp_dir("compare_styles");
   cmp::CompareResults res;
   for (int i = 0; i < 16; ++i) {
     cmp::MethodResult r = fake("pretrain", "m" + std::to_string(i), 2.0 + i, 100, 1000);
@@ -366,7 +354,7 @@ TEST(CompareTest, EveryMethodOfAPlotGetsADistinctLineStyle) {
   }
   const cmp::PlotSet ps = cmp::make_plots(res, out.string(), "");
   EXPECT_EQ(ps.status, "skipped");
-  const std::string gp = slurp(out / "plots" / "pretrain.gp");
+  const std::string gp = read_file(out / "plots" / "pretrain.gp");
   // Each `plot` command of the curves: collect the style of every line.
   size_t pos = 0, plots = 0;
   while ((pos = gp.find("\nplot \"data/pretrain_m0.dat\"", pos)) != std::string::npos) {
