@@ -74,29 +74,20 @@ KFAC::KFAC(std::vector<adapters::CurvatureLayer> layers, KfacOptions defaults)
     s.A_inv = s.A.clone();
     s.G_inv = s.G.clone();
     state_.push_back(std::move(s));
-    adapters::KroneckerTapOptions to;
-    to.has_bias = l.bias.defined();
-    to.conv = l.conv;
-    to.loss_average = adapters::parse_loss_average(o.loss_average());
-    to.kfac_approx = adapters::parse_kfac_approx(o.kfac_approx());
-    to.dtype_k = fdt;
-    to.dtype_c = fdt;
-    auto tap = std::make_shared<adapters::KroneckerTap>(
-        to, [this, i](const at::Tensor& a, const at::Tensor& g) {
+    detail::attach_tap(
+        l, taps_, o.loss_average(), o.kfac_approx(), fdt, fdt,
+        [this, i](const at::Tensor& a, const at::Tensor& g) {
           auto& st = state_[i];
           at::Tensor u = at::matmul(a.t(), a), gg = at::matmul(g.t(), g);
           st.U = st.U.defined() ? st.U + u : u;
           st.Gn = st.Gn.defined() ? st.Gn + gg : gg;
         });
-    l.set_tap(tap);
-    taps_.push_back(std::move(tap));
   }
   arm_taps();
 }
 
 KFAC::~KFAC() {
-  for (size_t i = 0; i < layers_.size(); ++i)
-    if (layers_[i].tap() == taps_[i]) layers_[i].set_tap(nullptr);
+  detail::detach_taps(layers_, taps_);
 }
 
 const KfacOptions& KFAC::opts() const {
@@ -132,24 +123,16 @@ at::Tensor KFAC::step(LossClosure closure) {
     // N = G^-1 V A^-1 in the factor dtype.
     at::Tensor nat = at::matmul(at::matmul(s.G_inv, v.to(s.A.scalar_type())), s.A_inv)
                          .to(v.scalar_type());
-    const int64_t dk = l.weight[0].numel();
-    detail::apply_update(
-        l.weight, nat.slice(1, 0, dk), s.momentum_weight, o.lr(), o.momentum(),
-        o.weight_decay());
-    if (l.bias.defined())
-      detail::apply_update(
-          l.bias, nat.select(1, dk), s.momentum_bias, o.lr(), o.momentum(),
-          o.weight_decay());
+    detail::apply_natural_gradient(l, nat, s.momentum_weight, s.momentum_bias, o.lr(),
+                                   o.momentum(), o.weight_decay());
   }
   ++steps_;
-  for (auto& t : taps_) t->clear();
-  arm_taps();
+  detail::finish_step_taps(taps_, steps_, o.T());
   return {};
 }
 
 void KFAC::arm_taps() {
-  const bool on = steps_ % opts().T() == 0;
-  for (auto& t : taps_) t->arm(on);
+  detail::arm_taps(taps_, steps_, opts().T());
 }
 
 void KFAC::before_forward() {

@@ -5,6 +5,11 @@
 
 #include <torch/optim/optimizer.h>
 
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "lowmem/adapters/curvature_tap.h"
 
 namespace lowmem::optim::detail {
@@ -59,6 +64,69 @@ inline void apply_update(
     p.add_(step, -lr);
   else
     p.copy_(p.to(sdt).add_(step, -lr));
+}
+
+/// Applies the natural gradient `nat` ([d_C, d_K], the bias as its last
+/// column when the layer has one) to the layer's weight and bias with
+/// apply_update, each with its own momentum buffer.
+inline void apply_natural_gradient(
+    adapters::CurvatureLayer& l,
+    const at::Tensor& nat,
+    at::Tensor& momentum_weight,
+    at::Tensor& momentum_bias,
+    double lr,
+    double momentum,
+    double weight_decay) {
+  const int64_t dk = l.weight[0].numel();
+  apply_update(l.weight, nat.slice(1, 0, dk), momentum_weight, lr, momentum, weight_decay);
+  if (l.bias.defined())
+    apply_update(l.bias, nat.select(1, dk), momentum_bias, lr, momentum, weight_decay);
+}
+
+/// The curvature taps of a Kronecker-factored optimizer, one per layer.
+using Taps = std::vector<std::shared_ptr<adapters::KroneckerTap>>;
+
+/// Makes the layer's Kronecker tap (factor dtypes, and the loss averaging and
+/// KFAC approximation named in the optimizer's options), attaches it to the
+/// layer and keeps it in `taps`; `sink` receives (a, g) on armed steps.
+inline void attach_tap(
+    const adapters::CurvatureLayer& l,
+    Taps& taps,
+    const std::string& loss_average,
+    const std::string& kfac_approx,
+    at::ScalarType dtype_k,
+    at::ScalarType dtype_c,
+    adapters::KroneckerTap::Sink sink) {
+  adapters::KroneckerTapOptions to;
+  to.has_bias = l.bias.defined();
+  to.conv = l.conv;
+  to.loss_average = adapters::parse_loss_average(loss_average);
+  to.kfac_approx = adapters::parse_kfac_approx(kfac_approx);
+  to.dtype_k = dtype_k;
+  to.dtype_c = dtype_c;
+  auto tap = std::make_shared<adapters::KroneckerTap>(to, std::move(sink));
+  l.set_tap(tap);
+  taps.push_back(std::move(tap));
+}
+
+/// Arms every tap on refresh steps (steps % T == 0), disarms it otherwise.
+inline void arm_taps(const Taps& taps, int64_t steps, int64_t T) {
+  const bool on = steps % T == 0;
+  for (const auto& t : taps) t->arm(on);
+}
+
+/// End of a step: drops what the taps recorded and arms them for the next.
+inline void finish_step_taps(const Taps& taps, int64_t steps, int64_t T) {
+  for (const auto& t : taps) t->clear();
+  arm_taps(taps, steps, T);
+}
+
+/// Detaches the taps from the layers that still hold them (the layers may
+/// outlive the optimizer).
+inline void detach_taps(const std::vector<adapters::CurvatureLayer>& layers,
+                        const Taps& taps) {
+  for (size_t i = 0; i < std::min(layers.size(), taps.size()); ++i)
+    if (layers[i].tap() == taps[i]) layers[i].set_tap(nullptr);
 }
 
 }  // namespace lowmem::optim::detail

@@ -97,8 +97,7 @@ SINGD::SINGD(std::vector<adapters::CurvatureLayer> layers, SingdOptions defaults
 }
 
 SINGD::~SINGD() {
-  for (size_t i = 0; i < layers_.size(); ++i)
-    if (layers_[i].tap() == taps_[i]) layers_[i].set_tap(nullptr);
+  detail::detach_taps(layers_, taps_);
 }
 
 const SingdOptions& SINGD::opts() const {
@@ -128,19 +127,10 @@ void SINGD::init_layers() {
       s.m_C = s.C->zeros_like();
     }
     state_.push_back(std::move(s));
-    adapters::KroneckerTapOptions to;
-    to.has_bias = l.bias.defined();
-    to.conv = l.conv;
-    to.loss_average = adapters::parse_loss_average(o.loss_average());
-    to.kfac_approx = adapters::parse_kfac_approx(o.kfac_approx());
-    to.dtype_k = state_.back().dtype_k;
-    to.dtype_c = state_.back().dtype_c;
-    auto tap = std::make_shared<adapters::KroneckerTap>(
-        to, [this, i](const at::Tensor& a, const at::Tensor& g) {
-          accumulate(i, a, g);
-        });
-    l.set_tap(tap);
-    taps_.push_back(std::move(tap));
+    detail::attach_tap(
+        l, taps_, o.loss_average(), o.kfac_approx(), state_.back().dtype_k,
+        state_.back().dtype_c,
+        [this, i](const at::Tensor& a, const at::Tensor& g) { accumulate(i, a, g); });
   }
 }
 
@@ -227,26 +217,18 @@ at::Tensor SINGD::step(LossClosure closure) {
     // N = C C^T V K K^T, in the dtypes of K and C.
     at::Tensor nat = s.K->matmul(s.K->rmatmat(v.t().to(s.dtype_k))).t();
     nat = s.C->matmul(s.C->rmatmat(nat.to(s.dtype_c))).to(v.scalar_type());
-    const int64_t dk = l.weight[0].numel();
-    detail::apply_update(
-        l.weight, nat.slice(1, 0, dk), s.momentum_weight, o.lr(), o.momentum(),
-        o.weight_decay());
-    if (l.bias.defined())
-      detail::apply_update(
-          l.bias, nat.select(1, dk), s.momentum_bias, o.lr(), o.momentum(),
-          o.weight_decay());
+    detail::apply_natural_gradient(l, nat, s.momentum_weight, s.momentum_bias, o.lr(),
+                                   o.momentum(), o.weight_decay());
   }
   ++steps_;
   prev_grad_scale_ = grad_scale;
   grad_scale_.reset();
-  for (auto& t : taps_) t->clear();
-  arm_taps();
+  detail::finish_step_taps(taps_, steps_, o.T());
   return {};
 }
 
 void SINGD::arm_taps() {
-  const bool on = steps_ % opts().T() == 0;
-  for (auto& t : taps_) t->arm(on);
+  detail::arm_taps(taps_, steps_, opts().T());
 }
 
 void SINGD::before_forward() {
