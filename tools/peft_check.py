@@ -7,7 +7,7 @@ machine's image). Inputs, all written by the lowmem CLI (docs/adapters.md,
   BASE    weights.safetensors of a full-model checkpoint (the base model)
   ADAPTER the adapter directory of a `--method lora` run started from BASE
   MERGED  model.safetensors written by `lowmem merge --base ... --adapter ...`
-The model is bench/train_step.py's GPT, whose module names are the C++ GPT's
+The model is bench/gpt_reference.py's GPT, whose module names are the C++ GPT's
 (h.<i>.attn.qkv, ...). Checks, printed as one JSON line, exit 1 on failure:
   1. PeftModel.from_pretrained(model, ADAPTER) loads every tensor (no missing
      or unexpected LoRA keys) and reads r, lora_alpha and target_modules;
@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
-from train_step import GPT  # noqa: E402
+from gpt_reference import GPT  # noqa: E402
 
 
 def make_model(a, state):

@@ -2,6 +2,7 @@
 // the forked, CLI-level behaviour is tested in tests/tools/compare_cli_test).
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -373,4 +374,40 @@ TEST(CompareTest, EveryMethodOfAPlotGetsADistinctLineStyle) {
     pos = end;
   }
   EXPECT_EQ(plots, 4u);  // loss over steps and over time, PNG and SVG each
+}
+
+// The Python baseline runs bench/gpt_reference.py's GPT (embedded at build
+// time, written next to the script) and builds the same model as the C++
+// pretrain suite: same parameter count. Skipped without Debian's
+// python3-torch.
+TEST(CompareTest, PythonBaselineRunsTheSharedReferenceGpt) {
+  if (std::system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0)
+    GTEST_SKIP() << "no /usr/bin/python3 with torch (Debian python3-torch)";
+  if (!fs::exists("/usr/share/games/fortunes"))
+    GTEST_SKIP() << "no fortunes corpus (Debian package fortunes)";
+  const fs::path out = fresh_temp_dir("compare_python");
+  cmp::CompareOptions o;
+  o.suites = {"pretrain"};
+  o.methods = {"adamw"};
+  o.out_dir = out.string();
+  o.isolate = false;
+  o.threads = 1;
+  o.pretrain_steps = 4;
+  o.eval_batches = 1;
+  o.gpt_width = 16;
+  o.gpt_layers = 1;
+  o.gpt_heads = 2;
+  o.gpt_context = 8;
+  o.gpt_batch = 2;
+  o.gnuplot = "";
+  o.python_baseline = true;
+  cmp::CompareResults res = cmp::run_compare(o);
+  ASSERT_EQ(res.methods.size(), 1u);
+  ASSERT_EQ(res.python.status, "ok") << res.python.reason;
+  EXPECT_EQ(res.python.total_params, res.methods[0].total_params);
+  EXPECT_EQ(res.python.steps, 4);
+  EXPECT_TRUE(std::isfinite(res.python.val_loss));
+  EXPECT_GT(res.python.val_loss, 0.0);
+  EXPECT_NE(read_file(out / "gpt_reference.py").find("class GPT(nn.Module)"),
+            std::string::npos);
 }
