@@ -3,7 +3,6 @@
 #include "lowmem/core/check.h"
 
 #include <ATen/ATen.h>
-#include <torch/nn/modules/container/modulelist.h>
 
 #include <cmath>
 
@@ -36,18 +35,10 @@ GPT::GPT(GPTConfig config) : config_(std::move(config)) {
       "wte", std::make_shared<Embedding>(c.vocab_size(), c.n_embd()));
   wpe = register_module(
       "wpe", std::make_shared<Embedding>(c.block_size(), c.n_embd()));
-  torch::nn::ModuleList h;
-  for (int64_t i = 0; i < c.n_layer(); ++i) {
-    auto b = std::make_shared<Block>(
-        c.n_embd(),
-        c.n_head(),
-        c.bias(),
-        /*causal=*/true,
-        c.dropout());
-    h->push_back(b);
-    blocks_.push_back(b);
-  }
-  register_module("h", h);
+  register_module(
+      "h",
+      make_blocks(c.n_layer(), c.n_embd(), c.n_head(), c.bias(), /*causal=*/true,
+                  c.dropout(), /*hidden=*/0, blocks_));
   ln_f = register_module(
       "ln_f", std::make_shared<LayerNorm>(c.n_embd(), c.bias()));
 
@@ -58,13 +49,9 @@ GPT::GPT(GPTConfig config) : config_(std::move(config)) {
   wpe->weight.normal_(0.0, 0.02);
   const double proj_std =
       0.02 / std::sqrt(2.0 * static_cast<double>(c.n_layer()));
-  for (const auto& ref : adapters::find_slots(*this)) {
-    auto layer = ref.layer();
-    layer->base_weight().normal_(0.0, ref.name == "proj" ? proj_std : 0.02);
-    at::Tensor bias = layer->bias();
-    if (bias.defined())
-      bias.zero_();
-  }
+  init_slots_normal(*this, [&](const std::string& name) {
+    return name == "proj" ? proj_std : 0.02;
+  });
 }
 
 at::Tensor GPT::forward(const at::Tensor& idx) {

@@ -132,6 +132,35 @@ Block::Block(
           n_embd, hidden > 0 ? hidden : 4 * n_embd, bias, dropout));
 }
 
+torch::nn::ModuleList make_blocks(
+    int64_t n_layer,
+    int64_t n_embd,
+    int64_t n_head,
+    bool bias,
+    bool causal,
+    double dropout,
+    int64_t hidden,
+    std::vector<std::shared_ptr<Block>>& blocks) {
+  torch::nn::ModuleList h;
+  for (int64_t i = 0; i < n_layer; ++i) {
+    auto b = std::make_shared<Block>(n_embd, n_head, bias, causal, dropout, hidden);
+    h->push_back(b);
+    blocks.push_back(b);
+  }
+  return h;
+}
+
+void init_slots_normal(
+    torch::nn::Module& m, const std::function<double(const std::string&)>& std_of) {
+  at::NoGradGuard no_grad;
+  for (const auto& ref : adapters::find_slots(m)) {
+    auto layer = ref.layer();
+    layer->base_weight().normal_(0.0, std_of(ref.name));
+    at::Tensor bias = layer->bias();
+    if (bias.defined()) bias.zero_();
+  }
+}
+
 at::Tensor Block::forward(const at::Tensor& x) {
   at::Tensor h = x + attn->forward(ln_1->forward(x));
   return h + mlp->forward(ln_2->forward(h));

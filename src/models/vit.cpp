@@ -3,7 +3,6 @@
 #include "lowmem/core/check.h"
 
 #include <ATen/ATen.h>
-#include <torch/nn/modules/container/modulelist.h>
 
 namespace lowmem::models {
 
@@ -44,19 +43,10 @@ ViT::ViT(ViTConfig config) : config_(std::move(config)) {
   cls_token = register_parameter("cls_token", at::zeros({1, 1, c.n_embd()}));
   pos_embed = register_parameter(
       "pos_embed", at::zeros({1, n_patches() + 1, c.n_embd()}));
-  torch::nn::ModuleList h;
-  for (int64_t i = 0; i < c.n_layer(); ++i) {
-    auto b = std::make_shared<Block>(
-        c.n_embd(),
-        c.n_head(),
-        c.bias(),
-        /*causal=*/false,
-        c.dropout(),
-        c.mlp_ratio() * c.n_embd());
-    h->push_back(b);
-    blocks_.push_back(b);
-  }
-  register_module("h", h);
+  register_module(
+      "h",
+      make_blocks(c.n_layer(), c.n_embd(), c.n_head(), c.bias(), /*causal=*/false,
+                  c.dropout(), c.mlp_ratio() * c.n_embd(), blocks_));
   ln_f = register_module(
       "ln_f", std::make_shared<LayerNorm>(c.n_embd(), c.bias()));
   register_slot(
@@ -68,13 +58,7 @@ ViT::ViT(ViTConfig config) : config_(std::move(config)) {
   at::NoGradGuard no_grad;
   pos_embed.normal_(0.0, 0.02);
   cls_token.normal_(0.0, 0.02);
-  for (const auto& ref : adapters::find_slots(*this)) {
-    auto layer = ref.layer();
-    layer->base_weight().normal_(0.0, 0.02);
-    at::Tensor bias = layer->bias();
-    if (bias.defined())
-      bias.zero_();
-  }
+  init_slots_normal(*this, [](const std::string&) { return 0.02; });
 }
 
 int64_t ViT::n_patches() const {

@@ -9,8 +9,10 @@
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -85,6 +87,23 @@ class Block : public torch::nn::Module {
   std::shared_ptr<LayerNorm> ln_2;
   std::shared_ptr<FeedForward> mlp;
 };
+
+/// `n_layer` blocks in a ModuleList for the owner to register as "h" (HF and
+/// nanoGPT names h.0, h.1, ...); `blocks` receives them in order.
+torch::nn::ModuleList make_blocks(
+    int64_t n_layer,
+    int64_t n_embd,
+    int64_t n_head,
+    bool bias,
+    bool causal,
+    double dropout,
+    int64_t hidden,
+    std::vector<std::shared_ptr<Block>>& blocks);
+
+/// Initialises every adapter slot under `m`, in find_slots order: base weight
+/// N(0, std_of(slot name)), bias zero (GPT-2 / nanoGPT / timm-style init).
+void init_slots_normal(
+    torch::nn::Module& m, const std::function<double(const std::string&)>& std_of);
 
 /// Runs `block` on x; with `checkpoint` the block's activations are not kept:
 /// only x is saved and the block is re-run in backward (a custom autograd
