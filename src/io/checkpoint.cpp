@@ -7,7 +7,10 @@
 #include <torch/serialize/archive.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -15,7 +18,6 @@
 #include <memory>
 #include <mutex>
 #include <set>
-#include <sstream>
 
 #include "lowmem/core/check.h"
 #include "lowmem/io/atomic_file.h"
@@ -69,175 +71,6 @@ std::string optimizer_file(size_t i) {
   return "optimizer-" + std::to_string(i) + ".pt";
 }
 
-// ---- A minimal JSON subset for the manifest: objects, arrays, strings
-// (escapes \" \\ \n \t \uXXXX for ASCII), integers. ----
-
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
-
-struct Json {
-  enum class Type { kInt, kString, kArray, kObject } type = Type::kInt;
-  int64_t i = 0;
-  std::string s;
-  std::vector<Json> items;
-  std::vector<std::pair<std::string, Json>> members;
-
-  const Json* get(const std::string& key) const {
-    for (const auto& m : members) {
-      if (m.first == key) {
-        return &m.second;
-      }
-    }
-    return nullptr;
-  }
-};
-
-class JsonParser {
- public:
-  JsonParser(const std::string& text, std::string source)
-      : t_(text), source_(std::move(source)) {}
-
-  Json parse() {
-    Json v = value();
-    ws();
-    fail_if(pos_ != t_.size(), "trailing characters");
-    return v;
-  }
-
- private:
-  void fail_if(bool bad, const char* what) const {
-    LOWMEM_CHECK(!bad, "[checkpoint] ", source_, ": malformed manifest (",
-                 what, " at byte ", pos_, ")");
-  }
-  void ws() {
-    while (pos_ < t_.size() && std::isspace(static_cast<unsigned char>(t_[pos_]))) {
-      ++pos_;
-    }
-  }
-  char peek() {
-    ws();
-    fail_if(pos_ >= t_.size(), "unexpected end");
-    return t_[pos_];
-  }
-  void expect(char c) {
-    fail_if(peek() != c, "unexpected character");
-    ++pos_;
-  }
-  std::string str() {
-    expect('"');
-    std::string out;
-    while (true) {
-      fail_if(pos_ >= t_.size(), "unterminated string");
-      const char c = t_[pos_++];
-      if (c == '"') {
-        return out;
-      }
-      if (c != '\\') {
-        out += c;
-        continue;
-      }
-      fail_if(pos_ >= t_.size(), "bad escape");
-      const char e = t_[pos_++];
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case 'u': {
-          fail_if(pos_ + 4 > t_.size(), "bad escape");
-          const int code = std::stoi(t_.substr(pos_, 4), nullptr, 16);
-          fail_if(code > 0x7f, "non-ASCII escape");
-          out += static_cast<char>(code);
-          pos_ += 4;
-          break;
-        }
-        default: fail_if(true, "bad escape");
-      }
-    }
-  }
-  Json value() {
-    const char c = peek();
-    Json v;
-    if (c == '{') {
-      v.type = Json::Type::kObject;
-      ++pos_;
-      if (peek() == '}') {
-        ++pos_;
-        return v;
-      }
-      while (true) {
-        std::string key = str();
-        expect(':');
-        v.members.emplace_back(std::move(key), value());
-        if (peek() == ',') {
-          ++pos_;
-          continue;
-        }
-        expect('}');
-        return v;
-      }
-    }
-    if (c == '[') {
-      v.type = Json::Type::kArray;
-      ++pos_;
-      if (peek() == ']') {
-        ++pos_;
-        return v;
-      }
-      while (true) {
-        v.items.push_back(value());
-        if (peek() == ',') {
-          ++pos_;
-          continue;
-        }
-        expect(']');
-        return v;
-      }
-    }
-    if (c == '"') {
-      v.type = Json::Type::kString;
-      v.s = str();
-      return v;
-    }
-    const size_t start = pos_;
-    if (pos_ < t_.size() && t_[pos_] == '-') {
-      ++pos_;
-    }
-    while (pos_ < t_.size() && std::isdigit(static_cast<unsigned char>(t_[pos_]))) {
-      ++pos_;
-    }
-    fail_if(pos_ == start || (pos_ == start + 1 && t_[start] == '-'),
-            "expected a value");
-    v.type = Json::Type::kInt;
-    v.i = std::stoll(t_.substr(start, pos_ - start));
-    return v;
-  }
-
-  const std::string& t_;
-  std::string source_;
-  size_t pos_ = 0;
-};
-
 struct Manifest {
   int64_t version = 0;
   int64_t step = 0;
@@ -247,67 +80,61 @@ struct Manifest {
 };
 
 std::string manifest_json(const Manifest& m) {
-  std::ostringstream o;
-  o << "{\n  \"format\": " << json_string(kFormat) << ",\n  \"version\": "
-    << m.version << ",\n  \"step\": " << m.step << ",\n  \"counters\": {";
-  bool first = true;
-  for (const auto& [k, v] : m.counters) {
-    o << (first ? "" : ",") << "\n    " << json_string(k) << ": " << v;
-    first = false;
-  }
-  o << "\n  },\n  \"optimizers\": [";
-  first = true;
-  for (const auto& n : m.optimizers) {
-    o << (first ? "" : ", ") << json_string(n);
-    first = false;
-  }
-  o << "],\n  \"files\": {";
-  first = true;
-  for (const auto& [k, v] : m.files) {
-    o << (first ? "" : ",") << "\n    " << json_string(k) << ": " << v;
-    first = false;
-  }
-  o << "\n  }\n}\n";
-  return o.str();
+  nlohmann::ordered_json j;
+  j["format"] = kFormat;
+  j["version"] = m.version;
+  j["step"] = m.step;
+  j["counters"] = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : m.counters) j["counters"][k] = v;
+  j["optimizers"] = m.optimizers;
+  j["files"] = nlohmann::ordered_json::object();
+  for (const auto& [k, v] : m.files) j["files"][k] = v;
+  return j.dump(2) + "\n";
 }
 
 Manifest read_manifest(const std::string& dir) {
+  using json = nlohmann::json;
   const std::string path = dir + "/" + kManifest;
   const std::string text = read_file(path);
-  const Json j = JsonParser(text, path).parse();
-  auto need = [&](const char* key, Json::Type type) -> const Json& {
-    const Json* v = j.get(key);
-    LOWMEM_CHECK(v != nullptr && v->type == type, "[checkpoint] ", path,
-                 ": missing or mistyped field '", key, "'");
-    return *v;
-  };
-  LOWMEM_CHECK(j.type == Json::Type::kObject, "[checkpoint] ", path,
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::exception& e) {
+    LOWMEM_CHECK(false, "[checkpoint] ", path, ": malformed manifest (", e.what(), ")");
+  }
+  LOWMEM_CHECK(j.is_object(), "[checkpoint] ", path,
                ": the manifest is not a JSON object");
-  const std::string format = need("format", Json::Type::kString).s;
+  auto need = [&](const char* key, bool (json::*is)() const noexcept) -> const json& {
+    auto it = j.find(key);
+    LOWMEM_CHECK(it != j.end() && ((*it).*is)(), "[checkpoint] ", path,
+                 ": missing or mistyped field '", key, "'");
+    return *it;
+  };
+  const std::string format = need("format", &json::is_string).get<std::string>();
   LOWMEM_CHECK(format == kFormat, "[checkpoint] ", path, ": format '", format,
                "' is not '", kFormat, "'");
   Manifest m;
-  m.version = need("version", Json::Type::kInt).i;
+  m.version = need("version", &json::is_number_integer).get<int64_t>();
   LOWMEM_CHECK(m.version == kCheckpointFormatVersion, "[checkpoint] ", path,
                ": format version ", m.version, " is not supported (this build "
                "reads version ", kCheckpointFormatVersion, ")");
-  m.step = need("step", Json::Type::kInt).i;
-  for (const auto& [k, v] : need("counters", Json::Type::kObject).members) {
-    LOWMEM_CHECK(v.type == Json::Type::kInt, "[checkpoint] ", path,
+  m.step = need("step", &json::is_number_integer).get<int64_t>();
+  for (const auto& [k, v] : need("counters", &json::is_object).items()) {
+    LOWMEM_CHECK(v.is_number_integer(), "[checkpoint] ", path,
                  ": counter '", k, "' is not an integer");
-    m.counters[k] = v.i;
+    m.counters[k] = v.get<int64_t>();
   }
-  for (const auto& v : need("optimizers", Json::Type::kArray).items) {
-    LOWMEM_CHECK(v.type == Json::Type::kString, "[checkpoint] ", path,
+  for (const auto& v : need("optimizers", &json::is_array)) {
+    LOWMEM_CHECK(v.is_string(), "[checkpoint] ", path,
                  ": optimizer names must be strings");
-    m.optimizers.push_back(v.s);
+    m.optimizers.push_back(v.get<std::string>());
   }
-  for (const auto& [k, v] : need("files", Json::Type::kObject).members) {
-    LOWMEM_CHECK(v.type == Json::Type::kInt, "[checkpoint] ", path,
+  for (const auto& [k, v] : need("files", &json::is_object).items()) {
+    LOWMEM_CHECK(v.is_number_integer(), "[checkpoint] ", path,
                  ": file size of '", k, "' is not an integer");
     LOWMEM_CHECK(k.find('/') == std::string::npos && k != ".." && k != ".",
                  "[checkpoint] ", path, ": bad file name '", k, "'");
-    m.files[k] = v.i;
+    m.files[k] = v.get<int64_t>();
   }
   return m;
 }

@@ -156,7 +156,30 @@ TEST(Checkpoint, DetectsTruncatedFilesAndBadManifests) {
         << e.what();
   }
   std::ofstream(d + "/manifest.json") << "{\"format\": ";
-  EXPECT_THROW(load_checkpoint(d, t), c10::Error);
+  try {
+    load_checkpoint(d, t);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("malformed manifest"), std::string::npos)
+        << e.what();
+  }
+  std::ofstream(d + "/manifest.json") << "[1, 2]";
+  try {
+    load_checkpoint(d, t);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a JSON object"), std::string::npos)
+        << e.what();
+  }
+  std::ofstream(d + "/manifest.json")
+      << "{\"format\": \"lowmem-checkpoint\", \"version\": \"1\"}";
+  try {
+    load_checkpoint(d, t);
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("mistyped field 'version'"), std::string::npos)
+        << e.what();
+  }
   EXPECT_THROW(resolve_checkpoint(dir.path + "/nothing"), c10::Error);
 }
 

@@ -6,9 +6,11 @@
 
 #include <cmath>
 #include <limits>
+#include <nlohmann/json.hpp>
 
 #include "lowmem/optim/extras.h"
 #include "lowmem/train/routing.h"
+#include "lowmem/train/metrics.h"
 #include "lowmem/train/schedule.h"
 #include "tiny.h"
 
@@ -488,3 +490,22 @@ TEST(Routing, TrainerWithRoutedOptimizersUpdatesEachSubset) {
 
 }  // namespace
 }  // namespace lowmem::train
+
+// Metrics lines are valid JSON whatever the checkpoint path holds (quotes,
+// control characters, bytes that are not UTF-8), and non-finite numbers are
+// written as null.
+TEST(Metrics, ProgressLinesAreValidJsonForAnyPath) {
+  lowmem::train::Progress p;
+  p.kind = lowmem::train::Progress::Kind::kCheckpoint;
+  p.step = 7;
+  p.path = std::string("runs/a\"b\\c\nd\te\x01") + "\xff" + "end";
+  const auto j = nlohmann::json::parse(lowmem::train::to_json(p));
+  EXPECT_EQ(j.at("event"), "checkpoint");
+  EXPECT_EQ(j.at("step"), 7);
+  EXPECT_EQ(j.at("path").get<std::string>(),
+            std::string("runs/a\"b\\c\nd\te\x01") + "\xEF\xBF\xBD" + "end");
+  lowmem::train::Progress q;
+  q.kind = lowmem::train::Progress::Kind::kEval;
+  q.eval_loss = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_TRUE(nlohmann::json::parse(lowmem::train::to_json(q)).at("eval_loss").is_null());
+}
