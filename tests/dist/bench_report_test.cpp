@@ -1,6 +1,6 @@
 // Numbers for docs/benchmarks/distributed.md (not part of the default suite):
-//   build/tests/dist_tests --gtest_filter=DistBench.DISABLED_Report \
-//       --gtest_also_run_disabled_tests
+//   build/tests/dist_tests --gtest_filter=DistBench.DISABLED_Report
+//       --gtest_also_run_disabled_tests   (one command line)
 // Step time 1 vs 2 processes, bytes per step (full vs low-rank), and the
 // quality of shared vs per-worker projections, all with Gloo on 127.0.0.1.
 #include <gtest/gtest.h>
