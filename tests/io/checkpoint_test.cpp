@@ -12,9 +12,13 @@
 #include <fstream>
 #include <random>
 
+#include "testing/errors.h"
+
 namespace fs = std::filesystem;
 
 namespace lowmem::io {
+using lowmem::testing::expect_error_containing;
+
 namespace {
 
 struct TempDir {
@@ -103,15 +107,8 @@ TEST(Checkpoint, MismatchIsRejectedBeforeAnythingChanges) {
   const auto w_before = wrong.w.detach().clone();
   const auto b_before = wrong.b.detach().clone();
   auto t = wrong.state();
-  try {
-    load_checkpoint(dir.path, t);
-    FAIL();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("tensor 'w' has shape [64, 8], the "
-                                         "model has [32, 8]"),
-              std::string::npos)
-        << e.what();
-  }
+  expect_error_containing([&] { load_checkpoint(dir.path, t); },
+                          "tensor 'w' has shape [64, 8], the model has [32, 8]");
   EXPECT_TRUE(torch::equal(wrong.w, w_before));
   EXPECT_TRUE(torch::equal(wrong.b, b_before));
   Rig other;
@@ -120,14 +117,8 @@ TEST(Checkpoint, MismatchIsRejectedBeforeAnythingChanges) {
   EXPECT_THROW(load_checkpoint(dir.path, u), c10::Error);
   auto v = other.state();
   v.optimizers[0].first = "came";
-  try {
-    load_checkpoint(dir.path, v);
-    FAIL();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("optimizer 0 is 'adamw', the run has "
-                                         "'came'"),
-              std::string::npos);
-  }
+  expect_error_containing([&] { load_checkpoint(dir.path, v); },
+                          "optimizer 0 is 'adamw', the run has 'came'");
 }
 
 TEST(Checkpoint, DetectsTruncatedFilesAndBadManifests) {
@@ -137,49 +128,22 @@ TEST(Checkpoint, DetectsTruncatedFilesAndBadManifests) {
   const std::string d = save_checkpoint(dir.path, 3, s);
   fs::resize_file(d + "/optimizer-0.pt", fs::file_size(d + "/optimizer-0.pt") - 1);
   auto t = a.state();
-  try {
-    load_checkpoint(dir.path, t);
-    FAIL();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("optimizer-0.pt' has"),
-              std::string::npos)
-        << e.what();
-  }
+  expect_error_containing([&] { load_checkpoint(dir.path, t); },
+                          "optimizer-0.pt' has");
   std::ofstream(d + "/manifest.json") << "{\"format\": \"lowmem-checkpoint\", "
                                          "\"version\": 99}";
-  try {
-    load_checkpoint(d, t);
-    FAIL();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("format version 99 is not supported"),
-              std::string::npos)
-        << e.what();
-  }
+  expect_error_containing([&] { load_checkpoint(d, t); },
+                          "format version 99 is not supported");
   std::ofstream(d + "/manifest.json") << "{\"format\": ";
-  try {
-    load_checkpoint(d, t);
-    FAIL();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("malformed manifest"), std::string::npos)
-        << e.what();
-  }
+  expect_error_containing([&] { load_checkpoint(d, t); },
+                          "malformed manifest");
   std::ofstream(d + "/manifest.json") << "[1, 2]";
-  try {
-    load_checkpoint(d, t);
-    FAIL();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("not a JSON object"), std::string::npos)
-        << e.what();
-  }
+  expect_error_containing([&] { load_checkpoint(d, t); },
+                          "not a JSON object");
   std::ofstream(d + "/manifest.json")
       << "{\"format\": \"lowmem-checkpoint\", \"version\": \"1\"}";
-  try {
-    load_checkpoint(d, t);
-    FAIL();
-  } catch (const c10::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("mistyped field 'version'"), std::string::npos)
-        << e.what();
-  }
+  expect_error_containing([&] { load_checkpoint(d, t); },
+                          "mistyped field 'version'");
   EXPECT_THROW(resolve_checkpoint(dir.path + "/nothing"), c10::Error);
 }
 
