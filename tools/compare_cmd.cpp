@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -14,6 +15,7 @@
 #include "command.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/train/compare.h"
+#include "lowmem/train/fields.h"
 
 namespace {
 
@@ -103,6 +105,17 @@ void add_flags(CLI::App& app, CompareFlags& f) {
                  "peak learning rate of every method's optimizers (0: each method's "
                  "tuned default; for sweeps)")
       ->capture_default_str();
+  app.add_option("--set", o.overrides,
+                 "KEY=VALUE, repeatable: an option of `lowmem train`'s sections "
+                 "(came.beta3=0.999, adafactor.clip_threshold=1e9, adamw.beta2=0.95, "
+                 "galore.rank=8, ...) for every method that builds that component; "
+                 "compare's other settings stay (docs/compare.md)")
+      ->type_name("KEY=VALUE")
+      ->allow_extra_args(false);
+  app.add_option("--clip-norm", o.clip_norm,
+                 "clip the global gradient norm of the trainable parameters before "
+                 "every step (0: off)")
+      ->capture_default_str();
   app.add_option("--gpt-width", o.gpt_width)->capture_default_str();
   app.add_option("--gpt-layers", o.gpt_layers)->capture_default_str();
   app.add_option("--gpt-heads", o.gpt_heads)->capture_default_str();
@@ -159,6 +172,15 @@ int run(CompareFlags& f) {
   o.isolate = !no_isolate;
   o.command_line = command_line();
 
+  try {
+    cmp::validate_overrides(o.overrides);
+    if (o.clip_norm < 0 || !std::isfinite(o.clip_norm))
+      throw lowmem::train::ConfigError("--clip-norm must be >= 0 (0: off), got " +
+                                       std::to_string(o.clip_norm));
+  } catch (const lowmem::train::ConfigError& e) {
+    std::fprintf(stderr, "lowmem compare: %s\n", e.what());
+    return 2;
+  }
   try {
     if (list) {
       for (const auto& m : cmp::list_methods(o, o.suites)) {

@@ -6,6 +6,7 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -14,6 +15,7 @@
 
 #include "lowmem/data/batch.h"
 #include "lowmem/train/compare.h"
+#include "lowmem/train/fields.h"
 
 namespace lowmem::train::compare::detail {
 
@@ -47,7 +49,38 @@ struct Training {
   std::function<void()> before_forward;
   /// Keeps objects the optimizers refer to alive (taps, projections).
   std::vector<std::shared_ptr<void>> keep_alive;
+  /// The --set overrides applied (configured() records them).
+  std::vector<std::string> overrides;
 };
+
+/// (field, value) of each of `o.overrides` in `section`, in order.
+std::vector<std::pair<std::string, std::string>> overrides_of(
+    const CompareOptions& o, const std::string& section);
+
+/// `defaults` (the method's own options) with the run's overrides of
+/// `section` applied through the section's field visitor (the fields `lowmem
+/// train` knows as "<section>.<field>"); only the named fields change. A
+/// field T lacks is left out (GaLore's AdamW under "adamw" has no amsgrad).
+/// Each applied override is recorded in `t.overrides`.
+template <class T>
+T configured(const CompareOptions& o, const std::string& section, T defaults,
+             Training& t) {
+  const auto kv = overrides_of(o, section);
+  if (kv.empty()) return defaults;
+  Section s = Section::of<T>(section, "", std::move(defaults));
+  for (const auto& [field, value] : kv) {
+    const Field* f = s.find(field);
+    if (f == nullptr) continue;
+    f->set(value);
+    // One entry per key, with the value that took effect (the last).
+    const std::string key = section + "." + field + "=";
+    auto it = std::find_if(t.overrides.begin(), t.overrides.end(),
+                           [&key](const std::string& x) { return x.rfind(key, 0) == 0; });
+    if (it == t.overrides.end()) it = t.overrides.insert(t.overrides.end(), key);
+    *it = key + value;
+  }
+  return s.get<T>();
+}
 
 /// Data loaded once per child, before the memory scope opens (the corpus
 /// is not charged to the method).

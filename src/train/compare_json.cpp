@@ -72,6 +72,7 @@ json method_json(const MethodResult& r) {
   j.update({{"status", r.status},
             {"reason", r.reason},
             {"detail", r.detail},
+            {"overrides", r.overrides},
             {"task", r.task},
             {"total_params", r.total_params},
             {"trainable_params", r.trainable_params},
@@ -106,6 +107,7 @@ MethodResult method_from(const json& j) {
   r.status = j.at("status").get<std::string>();
   r.reason = get_or<std::string>(j, "reason", "");
   r.detail = get_or<std::string>(j, "detail", "");
+  r.overrides = get_or<std::vector<std::string>>(j, "overrides", {});
   r.task = get_or<std::string>(j, "task", "");
   r.total_params = get_or<int64_t>(j, "total_params", 0);
   r.trainable_params = get_or<int64_t>(j, "trainable_params", 0);
@@ -167,6 +169,8 @@ json options_json(const CompareOptions& o) {
           {"rank", o.rank},
           {"projection_rank", o.projection_rank},
           {"lr", o.lr},
+          {"overrides", o.overrides},
+          {"clip_norm", o.clip_norm},
           {"gnuplot", o.gnuplot},
           {"python_baseline", o.python_baseline},
           {"python", o.python}};
@@ -204,6 +208,8 @@ CompareOptions options_from(const json& j) {
   o.rank = j.at("rank");
   o.projection_rank = j.at("projection_rank");
   o.lr = j.value("lr", 0.0);  // absent in files written before the option
+  o.overrides = j.value("overrides", std::vector<std::string>{});  // idem
+  o.clip_norm = j.value("clip_norm", 0.0);                         // idem
   o.gnuplot = j.at("gnuplot").get<std::string>();
   o.python_baseline = j.at("python_baseline").get<bool>();
   o.python = j.at("python").get<std::string>();

@@ -1,10 +1,11 @@
 // The method registry of `lowmem compare`. A method whose library piece is
 // not in this build is listed with the reason (never silently dropped).
-#include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
 
 #include "compare_internal.h"
+#include "components.h"
 #include "lowmem/core/check.h"
+#include "lowmem/optim/adamw.h"
 
 namespace lowmem::train::compare::detail {
 namespace {
@@ -29,23 +30,28 @@ MethodDef def(std::string suite, std::string name, std::string label,
 
 void add_toy(std::vector<MethodDef>& out) {
   {
-    MethodDef d = def("toy", "adamw", "AdamW", "", "torch::optim::AdamW on all parameters");
-    d.setup = [](Workload& w, const CompareOptions&) {
+    MethodDef d = def("toy", "adamw", "AdamW", "", "lowmem AdamW on all parameters");
+    d.setup = [](Workload& w, const CompareOptions& o) {
       Training t;
-      t.optimizers.push_back(std::make_shared<torch::optim::AdamW>(
-          trainable(*w.model), torch::optim::AdamWOptions(1e-2).weight_decay(0.0)));
-      t.detail = "lr 1e-2";
+      const auto ao =
+          configured(o, "adamw", optim::AdamWOptions(1e-2).weight_decay(0.0), t);
+      t.optimizers.push_back(std::make_shared<optim::AdamW>(trainable(*w.model), ao));
+      t.detail = "lr " + num(ao.lr());
       return t;
     };
     out.push_back(d);
   }
   {
     MethodDef d = def("toy", "sgd", "SGD", "", "torch::optim::SGD with momentum 0.9");
-    d.setup = [](Workload& w, const CompareOptions&) {
+    d.setup = [](Workload& w, const CompareOptions& o) {
       Training t;
-      t.optimizers.push_back(std::make_shared<torch::optim::SGD>(
-          trainable(*w.model), torch::optim::SGDOptions(5e-2).momentum(0.9)));
-      t.detail = "lr 5e-2, momentum 0.9";
+      ::lowmem::train::detail::SgdSection defaults;
+      defaults.lr = 5e-2;
+      defaults.momentum = 0.9;
+      const auto so = configured(o, "sgd", defaults, t);
+      t.optimizers.push_back(
+          std::make_shared<torch::optim::SGD>(trainable(*w.model), so.options()));
+      t.detail = "lr " + num(so.lr) + ", momentum " + num(so.momentum);
       return t;
     };
     out.push_back(d);

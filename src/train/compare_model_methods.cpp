@@ -6,12 +6,15 @@
 // compare optimizers, and decoupled decay means different things in each);
 // parameters a method does not cover (embeddings, LayerNorms, biases, the new
 // head) go to AdamW with the same learning rate; warm-up + cosine schedule.
+// Every options object goes through configured(): the run's `--set` keys of
+// its section (came.beta3, adamw.beta2, ...) change the named fields only.
 #include <ATen/ATen.h>
 
 #include <set>
 #include <sstream>
 
 #include "compare_internal.h"
+#include "components.h"
 #include "lowmem/core/check.h"
 #include "method_wiring.h"
 #include "lowmem/optim/adamw.h"
@@ -96,9 +99,17 @@ std::vector<at::Tensor> trainable_except(torch::nn::Module& m,
 }
 
 std::shared_ptr<torch::optim::Optimizer> adamw(std::vector<at::Tensor> params,
-                                               double lr) {
+                                               double lr, const CompareOptions& o,
+                                               Training& t) {
   return std::make_shared<optim::AdamW>(
-      std::move(params), optim::AdamWOptions(lr).weight_decay(0.0));
+      std::move(params),
+      configured(o, "adamw", optim::AdamWOptions(lr).weight_decay(0.0), t));
+}
+
+// GaLore's own AdamW (inner optimizer of GaLore-AdamW and the projected
+// adapters) takes the adamw keys it has (all but amsgrad).
+optim::GaLoreAdamWOptions galore_adamw(double lr, const CompareOptions& o, Training& t) {
+  return configured(o, "adamw", optim::GaLoreAdamWOptions(lr), t);
 }
 
 MethodDef def(std::string suite, std::string name, std::string label,
@@ -124,15 +135,22 @@ int64_t refresh_gap(int64_t steps) { return std::max<int64_t>(10, steps / 5); }
 const std::vector<std::string> kBlockTargets = {"qkv", "proj", "fc"};
 
 #if defined(LOWMEM_COMPARE_HAVE_CAME)
-optim::AdafactorOptions adafactor_options(double lr) {
+optim::AdafactorOptions adafactor_options(double lr, const CompareOptions& o,
+                                          Training& t) {
   // Fixed lr, no relative step or parameter scaling (Adam-like magnitudes, as
   // the CAME paper's baseline), momentum 0.9 as CAME (arXiv 2307.02047 §4).
-  return optim::AdafactorOptions(lr)
-      .relative_step(false)
-      .scale_parameter(false)
-      .warmup_init(false)
-      .beta1(0.9)
-      .weight_decay(0.0);
+  return configured(o, "adafactor",
+                    optim::AdafactorOptions(lr)
+                        .relative_step(false)
+                        .scale_parameter(false)
+                        .warmup_init(false)
+                        .beta1(0.9)
+                        .weight_decay(0.0),
+                    t);
+}
+
+optim::CameOptions came_options(double lr, const CompareOptions& o, Training& t) {
+  return configured(o, "came", optim::CameOptions(lr), t);
 }
 #endif
 
@@ -141,42 +159,84 @@ Training galore(Workload& w, const CompareOptions& o, bool came, int64_t width,
                 int64_t steps) {
   Training t;
   auto [projected, plain] = optim::GaLore::route(*w.model);
-  const int64_t r = projection_rank(o, width);
-  const int64_t gap = refresh_gap(steps);
-  optim::GaLoreOptions go;
-  go.projector(projection::ProjectorOptions().rank(r).update_proj_gap(gap).scale(1.0));
+  ::lowmem::train::detail::GaloreSection defaults;
+  defaults.g.projector(projection::ProjectorOptions()
+                           .rank(projection_rank(o, width))
+                           .update_proj_gap(refresh_gap(steps))
+                           .scale(1.0));
+  const optim::GaLoreOptions go = configured(o, "galore", defaults, t).g;
   optim::InnerFactory inner;
+  double lr = kPretrainLr;
   if (came) {
 #if defined(LOWMEM_COMPARE_HAVE_CAME)
-    inner = wiring::inner_factory<optim::CAME>(optim::CameOptions(kPretrainLr));
+    const auto co = came_options(kPretrainLr, o, t);
+    lr = co.lr();
+    inner = wiring::inner_factory<optim::CAME>(co);
 #endif
   } else {
-    inner = wiring::inner_factory<optim::GaLoreAdamW>(
-        optim::GaLoreAdamWOptions(kPretrainLr));
+    const auto ao = galore_adamw(kPretrainLr, o, t);
+    lr = ao.lr();
+    inner = wiring::inner_factory<optim::GaLoreAdamW>(ao);
   }
   const size_t n_projected = projected.size();
   t.optimizers.push_back(wiring::make_galore(projected, plain, inner, go));
   std::ostringstream d;
-  d << "rank " << r << ", SVD refresh every " << gap << " steps, scale 1, "
-    << n_projected << " projected matrices, lr " << kPretrainLr;
+  d << "rank " << go.projector().rank() << ", SVD refresh every "
+    << go.projector().update_proj_gap() << " steps, scale " << num(go.projector().scale())
+    << ", " << n_projected << " projected matrices, lr " << num(lr);
   t.detail = d.str();
   return t;
 }
 #endif
 
 #if defined(LOWMEM_COMPARE_HAVE_SINGD)
-Training singd(Workload& w, const std::string& structures, const std::string& dtype) {
+Training singd(Workload& w, const CompareOptions& o, const std::string& structures,
+               const std::string& dtype) {
   Training t;
   auto split = adapters::split_curvature_parameters(*w.model);
   std::vector<at::Tensor> rest;
   for (auto& kv : split.uncovered) rest.push_back(kv.second);
-  auto opts = optim::SingdOptions(kSingdLr).structures(structures).preconditioner_dtype(dtype);
+  const auto opts = configured(
+      o, "singd",
+      optim::SingdOptions(kSingdLr).structures(structures).preconditioner_dtype(dtype), t);
   t.optimizers.push_back(std::make_shared<optim::SINGD>(*w.model, opts));
-  if (!rest.empty()) t.optimizers.push_back(adamw(rest, kPretrainLr));
-  t.detail = "structures " + structures + ", T " + std::to_string(opts.T()) +
-             ", lr " + detail::num(kSingdLr) +
-             (dtype.empty() ? "" : ", preconditioner " + dtype) + "; " +
+  if (!rest.empty()) t.optimizers.push_back(adamw(rest, kPretrainLr, o, t));
+  t.detail = "structures " + opts.structures() + ", T " + std::to_string(opts.T()) +
+             ", lr " + detail::num(opts.lr()) +
+             (opts.preconditioner_dtype().empty()
+                  ? ""
+                  : ", preconditioner " + opts.preconditioner_dtype()) +
+             "; " +
              std::to_string(split.covered.size()) + " layer tensors, others AdamW";
+  return t;
+}
+#endif
+
+#if defined(LOWMEM_COMPARE_HAVE_PROJECTED) && defined(LOWMEM_COMPARE_HAVE_GALORE)
+// The one-sided projected adapter (arXiv 2502.13811's adapter form) on the
+// slots `targets` selects; GaLore's AdamW at `lr` trains the A factors and
+// whatever else still trains. Pretrain: every slot, seeded random sketch, the
+// rest trains; finetune: the block projections, SVD basis, the rest frozen.
+Training projected_adapter(Workload& w, const CompareOptions& o,
+                           const projection::ProjectorOptions& po,
+                           const adapters::TargetOptions& targets, bool freeze_rest,
+                           double lr) {
+  Training t;
+  ::lowmem::train::detail::ProjectedAdapterSection defaults;
+  defaults.p = po;
+  defaults.freeze_rest = freeze_rest;
+  const auto s = configured(o, "projected_adapter", defaults, t);
+  auto pa = wiring::inject_projected_adapters(*w.model, targets, s.p, s.freeze_rest);
+  std::vector<at::Tensor> plain = trainable_except(*w.model, pa.a());
+  const auto ao = galore_adamw(lr, o, t);
+  t.optimizers.push_back(wiring::make_projected_adapter_optimizer(
+      pa, plain, wiring::inner_factory<optim::GaLoreAdamW>(ao),
+      optim::GaLoreOptions().projector(s.p).state_on_refresh(s.state_on_refresh)));
+  t.detail = "rank " + std::to_string(s.p.rank()) + ", " +
+             (s.p.basis() == "svd" ? std::string("SVD basis")
+                                   : "random " + s.p.basis() + " sketch") +
+             ", rebase every " + std::to_string(s.p.update_proj_gap()) + " steps, " +
+             std::to_string(pa.layers.size()) + " adapters, lr " + num(ao.lr());
   return t;
 }
 #endif
@@ -191,10 +251,12 @@ void add_model_methods(std::vector<MethodDef>& out) {
   {
     MethodDef d = def(P, "adamw", "AdamW", "",
                       "lowmem fused AdamW on every parameter (the baseline)");
-    d.setup = [](Workload& w, const CompareOptions&) {
+    d.setup = [](Workload& w, const CompareOptions& o) {
       Training t;
-      t.optimizers.push_back(adamw(trainable(*w.model), kAdamwLr));
-      t.detail = "lr " + num(kAdamwLr) + ", betas (0.9, 0.999)";
+      const auto ao = configured(o, "adamw", optim::AdamWOptions(kAdamwLr).weight_decay(0.0), t);
+      t.optimizers.push_back(std::make_shared<optim::AdamW>(trainable(*w.model), ao));
+      t.detail = "lr " + num(ao.lr()) + ", betas (" + num(std::get<0>(ao.betas())) + ", " +
+                 num(std::get<1>(ao.betas())) + ")";
       return t;
     };
     out.push_back(d);
@@ -203,10 +265,10 @@ void add_model_methods(std::vector<MethodDef>& out) {
     MethodDef d = def(P, "adafactor", "Adafactor", "Adafactor (arXiv 1804.04235)",
                       "factored second moments, momentum 0.9, on every parameter");
 #if defined(LOWMEM_COMPARE_HAVE_CAME)
-    d.setup = [](Workload& w, const CompareOptions&) {
+    d.setup = [](Workload& w, const CompareOptions& o) {
       Training t;
       t.optimizers.push_back(std::make_shared<optim::Adafactor>(
-          trainable(*w.model), adafactor_options(kAdafactorLr)));
+          trainable(*w.model), adafactor_options(kAdafactorLr, o, t)));
       t.detail = "lr " + num(kAdafactorLr) + " fixed, beta1 0.9, no parameter scaling";
       return t;
     };
@@ -219,11 +281,13 @@ void add_model_methods(std::vector<MethodDef>& out) {
     MethodDef d = def(P, "came", "CAME", "CAME (arXiv 2307.02047)",
                       "confidence-guided factored optimizer on every parameter");
 #if defined(LOWMEM_COMPARE_HAVE_CAME)
-    d.setup = [](Workload& w, const CompareOptions&) {
+    d.setup = [](Workload& w, const CompareOptions& o) {
       Training t;
-      t.optimizers.push_back(std::make_shared<optim::CAME>(
-          trainable(*w.model), optim::CameOptions(kCameLr)));
-      t.detail = "lr " + num(kCameLr) + ", betas (0.9, 0.999, 0.9999)";
+      const auto co = came_options(kCameLr, o, t);
+      t.optimizers.push_back(std::make_shared<optim::CAME>(trainable(*w.model), co));
+      const auto& b = co.betas();
+      t.detail = "lr " + num(co.lr()) + ", betas (" + num(std::get<0>(b)) + ", " +
+                 num(std::get<1>(b)) + ", " + num(std::get<2>(b)) + ")";
       return t;
     };
 #else
@@ -236,7 +300,7 @@ void add_model_methods(std::vector<MethodDef>& out) {
                       came ? "GaLore-CAME" : "GaLore-AdamW", "GaLore (arXiv 2403.03507)",
                       std::string(came ? "CAME" : "AdamW") +
                           " in an SVD-projected gradient space for the block "
-                          "matrices, AdamW for the rest");
+                          "matrices, unprojected on the rest");
 #if defined(LOWMEM_COMPARE_HAVE_GALORE) && defined(LOWMEM_COMPARE_HAVE_CAME)
     d.setup = [came](Workload& w, const CompareOptions& o) {
       return galore(w, o, came, o.gpt_width, o.pretrain_steps);
@@ -254,29 +318,16 @@ void add_model_methods(std::vector<MethodDef>& out) {
                       "and re-sketched periodically; AdamW on A and the rest");
 #if defined(LOWMEM_COMPARE_HAVE_PROJECTED) && defined(LOWMEM_COMPARE_HAVE_GALORE)
     d.setup = [](Workload& w, const CompareOptions& o) {
-      Training t;
-      const int64_t r = projection_rank(o, o.gpt_width);
-      const int64_t gap = refresh_gap(o.pretrain_steps);
-      auto po = projection::ProjectorOptions()
-                    .rank(r)
-                    .update_proj_gap(gap)
-                    .basis("orthogonal")
-                    .seed(static_cast<int64_t>(o.seed))
-                    .cache_sketch(false);
       // Every slot; the rest of the model trains with the same inner AdamW.
-      auto pa = wiring::inject_projected_adapters(
-          *w.model, adapters::TargetOptions(), po, /*freeze_rest=*/false);
-      std::vector<at::Tensor> plain = trainable_except(*w.model, pa.a());
-      t.optimizers.push_back(wiring::make_projected_adapter_optimizer(
-          pa, plain,
-          wiring::inner_factory<optim::GaLoreAdamW>(
-              optim::GaLoreAdamWOptions(kPretrainLr)),
-          optim::GaLoreOptions().projector(po)));
-      t.detail = "rank " + std::to_string(r) + ", semi-orthogonal sketch, rebase every " +
-                 std::to_string(gap) + " steps, " +
-                 std::to_string(pa.layers.size()) + " adapters, lr " +
-                 num(kPretrainLr);
-      return t;
+      return projected_adapter(w, o,
+                               projection::ProjectorOptions()
+                                   .rank(projection_rank(o, o.gpt_width))
+                                   .update_proj_gap(refresh_gap(o.pretrain_steps))
+                                   .basis("orthogonal")
+                                   .seed(static_cast<int64_t>(o.seed))
+                                   .cache_sketch(false),
+                               adapters::TargetOptions(), /*freeze_rest=*/false,
+                               kPretrainLr);
     };
 #else
     d.unavailable = missing("lowmem/adapters/projected_adapter.h");
@@ -303,7 +354,7 @@ void add_model_methods(std::vector<MethodDef>& out) {
     d.bf16 = v.bf16;
 #if defined(LOWMEM_COMPARE_HAVE_SINGD)
     const std::string s = v.structures, dt = v.dtype;
-    d.setup = [s, dt](Workload& w, const CompareOptions&) { return singd(w, s, dt); };
+    d.setup = [s, dt](Workload& w, const CompareOptions& o) { return singd(w, o, s, dt); };
 #else
     d.unavailable = missing("lowmem/optim/singd.h");
 #endif
@@ -318,15 +369,18 @@ void add_model_methods(std::vector<MethodDef>& out) {
                           ", AdamW for the rest");
     d.bf16 = bf16;
 #if defined(LOWMEM_COMPARE_HAVE_KFAC) && defined(LOWMEM_COMPARE_HAVE_SINGD)
-    d.setup = [bf16](Workload& w, const CompareOptions&) {
+    d.setup = [bf16](Workload& w, const CompareOptions& o) {
       Training t;
       auto split = adapters::split_curvature_parameters(*w.model);
       std::vector<at::Tensor> rest;
       for (auto& kv : split.uncovered) rest.push_back(kv.second);
-      auto opts = optim::KfacOptions(kSingdLr).factor_dtype(bf16 ? "bfloat16" : "");
+      const auto opts = configured(
+          o, "kfac", optim::KfacOptions(kSingdLr).factor_dtype(bf16 ? "bfloat16" : ""), t);
       t.optimizers.push_back(std::make_shared<optim::KFAC>(*w.model, opts));
-      if (!rest.empty()) t.optimizers.push_back(adamw(rest, kPretrainLr));
-      t.detail = "lr " + num(kSingdLr) + (bf16 ? ", factors bfloat16" : "") + "; others AdamW";
+      if (!rest.empty()) t.optimizers.push_back(adamw(rest, kPretrainLr, o, t));
+      t.detail = "lr " + num(opts.lr()) +
+                 (opts.factor_dtype().empty() ? "" : ", factors " + opts.factor_dtype()) +
+                 "; others AdamW";
       return t;
     };
 #else
@@ -339,9 +393,9 @@ void add_model_methods(std::vector<MethodDef>& out) {
   {
     MethodDef d = def(F, "full-adamw", "Full FT (AdamW)", "",
                       "every parameter trainable, AdamW");
-    d.setup = [](Workload& w, const CompareOptions&) {
+    d.setup = [](Workload& w, const CompareOptions& o) {
       Training t;
-      t.optimizers.push_back(adamw(trainable(*w.model), kFinetuneFullLr));
+      t.optimizers.push_back(adamw(trainable(*w.model), kFinetuneFullLr, o, t));
       t.detail = "lr " + num(kFinetuneFullLr);
       return t;
     };
@@ -351,10 +405,10 @@ void add_model_methods(std::vector<MethodDef>& out) {
     MethodDef d = def(F, "full-came", "Full FT (CAME)", "CAME (arXiv 2307.02047)",
                       "every parameter trainable, CAME");
 #if defined(LOWMEM_COMPARE_HAVE_CAME)
-    d.setup = [](Workload& w, const CompareOptions&) {
+    d.setup = [](Workload& w, const CompareOptions& o) {
       Training t;
       t.optimizers.push_back(std::make_shared<optim::CAME>(
-          trainable(*w.model), optim::CameOptions(kFinetuneCameLr)));
+          trainable(*w.model), came_options(kFinetuneCameLr, o, t)));
       t.detail = "lr " + num(kFinetuneCameLr);
       return t;
     };
@@ -370,16 +424,15 @@ void add_model_methods(std::vector<MethodDef>& out) {
                             const char* desc,
                             std::function<std::shared_ptr<adapters::AdapterModel>(
                                 std::shared_ptr<torch::nn::Module>, const CompareOptions&,
-                                std::string&)>
+                                Training&)>
                                 inject) {
     MethodDef d = def(F, name, label, paper, desc);
     d.setup = [inject](Workload& w, const CompareOptions& o) {
       Training t;
-      std::string detail;
-      auto am = inject(w.model, o, detail);
-      t.optimizers.push_back(adamw(am->trainable_parameters(), kFinetuneAdapterLr));
+      auto am = inject(w.model, o, t);  // sets t.detail
+      t.optimizers.push_back(adamw(am->trainable_parameters(), kFinetuneAdapterLr, o, t));
       t.keep_alive.push_back(am);
-      t.detail = detail + ", lr " + num(kFinetuneAdapterLr);
+      t.detail += ", lr " + num(kFinetuneAdapterLr);
       return t;
     };
     out.push_back(d);
@@ -389,11 +442,12 @@ void add_model_methods(std::vector<MethodDef>& out) {
       "lora", "LoRA", "LoRA (arXiv 2106.09685)",
       "low-rank adapters B A on every block projection + the new head",
       [targets](std::shared_ptr<torch::nn::Module> m, const CompareOptions& o,
-                std::string& detail) {
-        detail = "r " + std::to_string(o.rank) + ", alpha " + std::to_string(2 * o.rank);
-        return adapters::inject_lora(
-            m, targets,
-            adapters::LoraOptions().r(o.rank).lora_alpha(static_cast<double>(2 * o.rank)));
+                Training& t) {
+        const auto lo = configured(
+            o, "lora",
+            adapters::LoraOptions().r(o.rank).lora_alpha(static_cast<double>(2 * o.rank)), t);
+        t.detail = "r " + std::to_string(lo.r()) + ", alpha " + num(lo.lora_alpha());
+        return adapters::inject_lora(m, targets, lo);
       });
 #else
   for (const char* n : {"lora"}) {
@@ -411,23 +465,16 @@ void add_model_methods(std::vector<MethodDef>& out) {
                       "the new head trained directly");
 #if defined(LOWMEM_COMPARE_HAVE_PROJECTED) && defined(LOWMEM_COMPARE_HAVE_GALORE)
     d.setup = [](Workload& w, const CompareOptions& o) {
-      Training t;
-      const int64_t gap = refresh_gap(o.finetune_steps);
-      auto po = projection::ProjectorOptions().rank(o.rank).update_proj_gap(gap).basis("svd");
       // Only the blocks' projections (the patch embedding and the head are
       // slots too); the new head is trained directly, the rest is frozen.
-      auto pa = wiring::inject_projected_adapters(
-          *w.model, adapters::TargetOptions(kBlockTargets).modules_to_save({"head"}),
-          po, /*freeze_rest=*/true);
-      std::vector<at::Tensor> plain = trainable_except(*w.model, pa.a());
-      t.optimizers.push_back(wiring::make_projected_adapter_optimizer(
-          pa, plain,
-          wiring::inner_factory<optim::GaLoreAdamW>(
-              optim::GaLoreAdamWOptions(kFinetuneAdapterLr)),
-          optim::GaLoreOptions().projector(po)));
-      t.detail = "rank " + std::to_string(o.rank) + ", SVD basis, rebase every " +
-                 std::to_string(gap) + " steps, lr " + num(kFinetuneAdapterLr);
-      return t;
+      return projected_adapter(
+          w, o,
+          projection::ProjectorOptions()
+              .rank(o.rank)
+              .update_proj_gap(refresh_gap(o.finetune_steps))
+              .basis("svd"),
+          adapters::TargetOptions(kBlockTargets).modules_to_save({"head"}),
+          /*freeze_rest=*/true, kFinetuneAdapterLr);
     };
 #else
     d.unavailable = missing("lowmem/adapters/projected_adapter.h");
@@ -440,19 +487,22 @@ void add_model_methods(std::vector<MethodDef>& out) {
       "Tucker-2 adapters U G_l V^T with U, V shared across layers per projection "
       "type + the new head",
       [targets](std::shared_ptr<torch::nn::Module> m, const CompareOptions& o,
-                std::string& detail) {
-        detail = "rank " + std::to_string(o.rank) + ", factors shared per type";
-        return adapters::inject_lotr(m, targets, adapters::LotrOptions().rank(o.rank));
+                Training& t) {
+        const auto lo = configured(o, "lotr", adapters::LotrOptions().rank(o.rank), t);
+        t.detail = "rank " + std::to_string(lo.rank()) + ", factors shared per type";
+        return adapters::inject_lotr(m, targets, lo);
       });
   adapter_method(
       "snell", "SNELL", "SNELL (arXiv 2411.01800)",
       "kernelized low-rank (KLoRA) sparse updates on every block projection + the "
       "new head",
       [targets](std::shared_ptr<torch::nn::Module> m, const CompareOptions& o,
-                std::string& detail) {
-        detail = "r " + std::to_string(o.rank) + ", sparsity 0.5, recomputing backward";
-        return adapters::inject_snell(
-            m, targets, adapters::SnellOptions(o.rank).sparsity(0.5));
+                Training& t) {
+        const auto so =
+            configured(o, "snell", adapters::SnellOptions(o.rank).sparsity(0.5), t);
+        t.detail = "r " + std::to_string(so.r()) + ", sparsity " + num(so.sparsity()) +
+                   ", recomputing backward";
+        return adapters::inject_snell(m, targets, so);
       });
 #else
   for (const char* n : {"lotr", "snell"}) {

@@ -281,6 +281,15 @@ void write_report(const CompareResults& res, const std::string& path) {
   o << "- Command: `" << (res.command_line.empty() ? "lowmem compare" : res.command_line)
     << "`\n";
   o << "- Created: " << res.created << " on " << res.machine << "\n";
+  if (!res.options.overrides.empty()) {
+    o << "- Overrides:";
+    for (const auto& kv : res.options.overrides) o << " `--set " << kv << "`";
+    o << " (each method's applied ones are listed with its settings below and in "
+         "`results.json` `methods[].overrides`)\n";
+  }
+  if (res.options.lr > 0) o << "- Learning rate of every optimizer: " << num(res.options.lr) << "\n";
+  if (res.options.clip_norm > 0)
+    o << "- Gradient-norm clipping: " << num(res.options.clip_norm) << "\n";
   o << "- Wall time: " << num(res.wall_s) << " s"
     << (res.interrupted ? " (**interrupted**: results below cover the methods "
                           "that finished)"

@@ -8,6 +8,8 @@
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <torch/autograd.h>
+#include <torch/types.h>  // clip_grad.h needs it first
+#include <torch/nn/utils/clip_grad.h>
 #include <torch/optim/optimizer.h>
 #include <torch/utils.h>
 #include <torch/version.h>
@@ -112,6 +114,9 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
   const auto t_start = Clock::now();
   const detail::MethodDef& def = detail::method_def(method.suite, method.name);
   const detail::Suite& s = detail::suite(method.suite);
+  validate_overrides(options.overrides);
+  LOWMEM_CHECK(options.clip_norm >= 0 && std::isfinite(options.clip_norm),
+               "[compare] clip_norm must be >= 0 (0: off), got ", options.clip_norm);
   MethodResult r;
   r.info = method;
   MemoryTracker::install();
@@ -127,6 +132,12 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
   detail::Training t = def.setup(w, options);
   r.task = w.task;
   r.detail = t.detail;
+  r.overrides = t.overrides;
+  if (!t.overrides.empty()) {
+    std::string list;
+    for (const auto& kv : t.overrides) list += (list.empty() ? "" : ", ") + kv;
+    r.detail += " [set: " + list + "]";
+  }
   r.throughput_unit = w.item_unit;
   LOWMEM_CHECK(!t.optimizers.empty(),
                "[compare] method '", method.name, "' made no optimizer");
@@ -146,6 +157,11 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
     base_lr.push_back(std::move(lrs));
   }
   if (options.lr > 0) r.detail += " [lr overridden: " + detail::num(options.lr) + "]";
+  std::vector<at::Tensor> clipped;  // the trainable parameters
+  for (const auto& p : params)
+    if (p.requires_grad()) clipped.push_back(p);
+  if (options.clip_norm > 0)
+    r.detail += " [gradient norm clipped at " + detail::num(options.clip_norm) + "]";
 
   const int64_t steps = s.steps(options);
   const int64_t eval_every = options.eval_every > 0
@@ -179,6 +195,7 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
     if (t.before_forward) t.before_forward();
     at::Tensor loss = w.loss(batch);
     loss.backward();
+    if (options.clip_norm > 0) torch::nn::utils::clip_grad_norm_(clipped, options.clip_norm);
     for (auto& opt : t.optimizers) opt->step();
     const double dt = seconds_since(t0);
     const double lv = loss.item<double>();
@@ -411,6 +428,7 @@ CompareResults run_compare(const CompareOptions& options,
                            const CompareCallbacks& user_callbacks) {
   const auto t0 = Clock::now();
   for (const auto& s : options.suites) detail::suite(s);  // validates names
+  validate_overrides(options.overrides);  // train::ConfigError before any work
   CompareResults res;
   res.created = iso_now();
   res.command_line = options.command_line;

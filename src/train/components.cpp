@@ -133,58 +133,6 @@ struct FashionSection {
   }
 };
 
-// torch::optim::SGDOptions has no visitor; this mirrors its fields and
-// LibTorch 1.13 defaults (SGD has no default lr there; 0.01 here).
-struct SgdSection {
-  double lr = 1e-2;
-  double momentum = 0.0;
-  double dampening = 0.0;
-  double weight_decay = 0.0;
-  bool nesterov = false;
-  template <class V>
-  void for_each_field(V&& v) {
-    v("lr", lr);
-    v("momentum", momentum);
-    v("dampening", dampening);
-    v("weight_decay", weight_decay);
-    v("nesterov", nesterov);
-  }
-};
-
-// GaLore (method "galore"): projector options + the wrapper's options.
-// accumulation_steps is not a key: it always equals the run's accum_steps.
-struct GaloreSection {
-  optim::GaLoreOptions g;
-  template <class V>
-  void for_each_field(V&& v) {
-    g.projector().for_each_field(v);
-    g.for_each_field([&v](const char* name, auto& ref) {
-      if (std::string(name) != "accumulation_steps") {
-        v(name, ref);
-      }
-    });
-  }
-};
-
-// The projected adapter (method "projected-adapter", GaLore's dual): the
-// projector options, the inner state policy on a rebase, and whether the rest
-// of the model is frozen. The driver's weight_decay must be 0 and layerwise
-// false (optim/galore_adapter.h), so they are not keys.
-struct ProjectedAdapterSection {
-  projection::ProjectorOptions p;
-  std::string state_on_refresh = "keep";  // GaLoreOptions default (official)
-  // lowmem: false = GaLore's dual (everything else trains with the aux
-  // optimizer); true = fine-tuning (only the adapters and, for the ViT, the
-  // head train).
-  bool freeze_rest = false;
-  template <class V>
-  void for_each_field(V&& v) {
-    p.for_each_field(v);
-    v("state_on_refresh", state_on_refresh);
-    v("freeze_rest", freeze_rest);
-  }
-};
-
 std::vector<int64_t> parse_list(const std::string& s, const std::string& key) {
   std::vector<int64_t> out;
   std::stringstream ss(s);
@@ -221,6 +169,20 @@ double class_prior_cross_entropy(const at::Tensor& fit, const at::Tensor& eval,
 }
 
 }  // namespace
+
+torch::optim::SGDOptions SgdSection::options() const {
+  LOWMEM_CHECK(lr >= 0.0, "[sgd] lr must be >= 0, got ", lr);
+  LOWMEM_CHECK(momentum >= 0.0, "[sgd] momentum must be >= 0, got ", momentum);
+  LOWMEM_CHECK(weight_decay >= 0.0, "[sgd] weight_decay must be >= 0, got ",
+               weight_decay);
+  LOWMEM_CHECK(!nesterov || (momentum > 0.0 && dampening == 0.0),
+               "[sgd] nesterov needs momentum > 0 and dampening 0");
+  return torch::optim::SGDOptions(lr)
+      .momentum(momentum)
+      .dampening(dampening)
+      .weight_decay(weight_decay)
+      .nesterov(nesterov);
+}
 
 const std::vector<Component>& components() {
   static const std::vector<Component> table = {
@@ -587,20 +549,8 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
         std::move(groups), opts<optim::AdafactorOptions>(c, "adafactor"));
   }
   if (name == "sgd") {
-    const auto& o = opts<SgdSection>(c, "sgd");
-    LOWMEM_CHECK(o.lr >= 0.0, "[sgd] lr must be >= 0, got ", o.lr);
-    LOWMEM_CHECK(o.momentum >= 0.0, "[sgd] momentum must be >= 0, got ",
-                 o.momentum);
-    LOWMEM_CHECK(o.weight_decay >= 0.0,
-                 "[sgd] weight_decay must be >= 0, got ", o.weight_decay);
-    LOWMEM_CHECK(!o.nesterov || (o.momentum > 0.0 && o.dampening == 0.0),
-                 "[sgd] nesterov needs momentum > 0 and dampening 0");
     return std::make_unique<torch::optim::SGD>(
-        std::move(groups), torch::optim::SGDOptions(o.lr)
-                               .momentum(o.momentum)
-                               .dampening(o.dampening)
-                               .weight_decay(o.weight_decay)
-                               .nesterov(o.nesterov));
+        std::move(groups), opts<SgdSection>(c, "sgd").options());
   }
   if (is_curvature_optimizer(name)) {
     throw ConfigError("optimizer " + name + " preconditions whole layers: it "

@@ -25,6 +25,8 @@ std::vector<std::string> names_of(const std::string& kind);
 
 }  // namespace lowmem::train::detail
 
+#include <torch/optim/sgd.h>
+
 #include <memory>
 
 #include "lowmem/data/batch.h"
@@ -43,6 +45,65 @@ class AdapterModel;
 }
 
 namespace lowmem::train::detail {
+
+// Option sections whose struct is not an options type of the library
+// (the others are LoraOptions, CameOptions, ...). Here, not in
+// components.cpp, because `lowmem compare` applies the same keys to its own
+// defaults (compare_model_methods.cpp).
+
+// torch::optim::SGDOptions has no visitor; this mirrors its fields and
+// LibTorch 1.13 defaults (SGD has no default lr there; 0.01 here).
+struct SgdSection {
+  double lr = 1e-2;
+  double momentum = 0.0;
+  double dampening = 0.0;
+  double weight_decay = 0.0;
+  bool nesterov = false;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("lr", lr);
+    v("momentum", momentum);
+    v("dampening", dampening);
+    v("weight_decay", weight_decay);
+    v("nesterov", nesterov);
+  }
+  /// The torch options; c10::Error ("[sgd] ...") on a bad value.
+  torch::optim::SGDOptions options() const;
+};
+
+// GaLore (method "galore"): projector options + the wrapper's options.
+// accumulation_steps is not a key: it always equals the run's accum_steps.
+struct GaloreSection {
+  optim::GaLoreOptions g;
+  template <class V>
+  void for_each_field(V&& v) {
+    g.projector().for_each_field(v);
+    g.for_each_field([&v](const char* name, auto& ref) {
+      if (std::string(name) != "accumulation_steps") {
+        v(name, ref);
+      }
+    });
+  }
+};
+
+// The projected adapter (method "projected-adapter", GaLore's dual): the
+// projector options, the inner state policy on a rebase, and whether the rest
+// of the model is frozen. The driver's weight_decay must be 0 and layerwise
+// false (optim/galore_adapter.h), so they are not keys.
+struct ProjectedAdapterSection {
+  projection::ProjectorOptions p;
+  std::string state_on_refresh = "keep";  // GaLoreOptions default (official)
+  // lowmem: false = GaLore's dual (everything else trains with the aux
+  // optimizer); true = fine-tuning (only the adapters and, for the ViT, the
+  // head train).
+  bool freeze_rest = false;
+  template <class V>
+  void for_each_field(V&& v) {
+    p.for_each_field(v);
+    v("state_on_refresh", state_on_refresh);
+    v("freeze_rest", freeze_rest);
+  }
+};
 
 struct BuiltData {
   std::shared_ptr<data::BatchSource> train, eval;

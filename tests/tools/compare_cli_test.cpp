@@ -88,6 +88,39 @@ TEST(CompareCliTest, BadFlagIsAUsageError) {
   EXPECT_NE(read_file(out / "log.txt").find("--no-such-flag"), std::string::npos);
 }
 
+TEST(CompareCliTest, SetOverridesAreAppliedAndRecorded) {
+  const fs::path out = fresh_temp_dir("compare_cli_set");
+  const pid_t pid = spawn({"compare", "--suite", "toy", "--steps", "3", "--out",
+                           out.string(), "--gnuplot", "", "--set", "sgd.momentum=0",
+                           "--set", "adamw.beta2=0.95", "--clip-norm", "1"},
+                          out / "log.txt");
+  ASSERT_EQ(wait_exit(pid), 0) << read_file(out / "log.txt");
+  const auto j = nlohmann::json::parse(read_file(out / "results.json"));
+  EXPECT_EQ(j.at("options").at("overrides"),
+            nlohmann::json({"sgd.momentum=0", "adamw.beta2=0.95"}));
+  EXPECT_EQ(j.at("options").at("clip_norm"), 1.0);
+  ASSERT_EQ(j.at("methods").size(), 2u);
+  EXPECT_EQ(j.at("methods")[0].at("overrides"), nlohmann::json({"adamw.beta2=0.95"}));
+  EXPECT_EQ(j.at("methods")[1].at("overrides"), nlohmann::json({"sgd.momentum=0"}));
+  EXPECT_EQ(j.at("methods")[1].at("memory").at("optimizer_state_bytes"), 0);
+}
+
+TEST(CompareCliTest, BadSetIsAUsageErrorNamingTheKey) {
+  const fs::path out = fresh_temp_dir("compare_cli_set_bad");
+  for (const auto& [arg, needle] :
+       std::vector<std::pair<std::string, std::string>>{
+           {"came.beta4=0.5", "unknown key 'came.beta4'"},
+           {"came.beta3=x", "bad value 'x' for came.beta3"}}) {
+    const pid_t pid = spawn({"compare", "--suite", "toy", "--out", out.string(),
+                             "--set", arg},
+                            out / "log.txt");
+    EXPECT_EQ(wait_exit(pid), 2) << arg;
+    EXPECT_NE(read_file(out / "log.txt").find(needle), std::string::npos)
+        << read_file(out / "log.txt");
+  }
+  EXPECT_FALSE(fs::exists(out / "results.json"));
+}
+
 TEST(CompareCliTest, CtrlCKeepsCompleteResultsOfFinishedMethods) {
   const fs::path out = fresh_temp_dir("compare_cli_sigint");
   // adamw finishes quickly; sgd is long enough to be interrupted.

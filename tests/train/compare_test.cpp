@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "lowmem/train/compare.h"
+#include "lowmem/train/fields.h"
 #include "testing/files.h"
 
 namespace cmp = lowmem::train::compare;
@@ -333,6 +334,158 @@ TEST(CompareTest, LrOverrideSetsEveryOptimizersPeakRate) {
   const auto bad = cmp::run_compare(o).methods.at(0);
   EXPECT_EQ(bad.status, "failed");
   EXPECT_NE(bad.reason.find("lr must be >= 0"), std::string::npos) << bad.reason;
+}
+
+TEST(CompareTest, SetOverridesChangeOnlyTheNamedField) {
+  const fs::path out = fresh_temp_dir("compare_set");
+  cmp::CompareOptions o = toy_options(out);
+  o.methods = {"sgd"};
+  o.gnuplot = "";
+  const auto base = cmp::run_compare(o).methods.at(0);
+  ASSERT_EQ(base.status, "ok") << base.reason;
+  EXPECT_EQ(base.optimizer_state_bytes, 4 * kToyParams);  // momentum buffer
+  EXPECT_TRUE(base.overrides.empty());
+  // compare's own momentum, 0.9 (train's sgd default is 0): the same run, so
+  // the key changed that field only (the toy's lr 5e-2 stayed too).
+  o.overrides = {"sgd.momentum=0.9"};
+  const auto same = cmp::run_compare(o).methods.at(0);
+  EXPECT_DOUBLE_EQ(*base.val_loss, *same.val_loss);
+  EXPECT_EQ(same.overrides, std::vector<std::string>{"sgd.momentum=0.9"});
+  // No momentum: SGD keeps no state at all; the last of a repeated key wins.
+  o.overrides = {"sgd.momentum=0.5", "sgd.momentum=0"};
+  const auto plain = cmp::run_compare(o).methods.at(0);
+  ASSERT_EQ(plain.status, "ok") << plain.reason;
+  EXPECT_EQ(plain.optimizer_state_bytes, 0);
+  EXPECT_NE(*plain.val_loss, *base.val_loss);
+  EXPECT_EQ(plain.overrides, std::vector<std::string>{"sgd.momentum=0"});
+  EXPECT_NE(plain.detail.find("momentum 0 [set: sgd.momentum=0]"), std::string::npos)
+      << plain.detail;
+  // A key of a section this method does not build is not applied to it.
+  o.overrides = {"came.beta3=0.5"};
+  const auto other = cmp::run_compare(o).methods.at(0);
+  EXPECT_DOUBLE_EQ(*base.val_loss, *other.val_loss);
+  EXPECT_TRUE(other.overrides.empty());
+  // Recorded in results.json (options and per method) and the report.
+  o.overrides = {"sgd.momentum=0", "adamw.beta2=0.95"};
+  o.methods = {};
+  cmp::run_compare(o);
+  const auto back = cmp::results_from_json(read_file(out / "results.json"));
+  EXPECT_EQ(back.options.overrides, o.overrides);
+  ASSERT_EQ(back.methods.size(), 2u);
+  EXPECT_EQ(back.methods[0].overrides, std::vector<std::string>{"adamw.beta2=0.95"});
+  EXPECT_EQ(back.methods[1].overrides, std::vector<std::string>{"sgd.momentum=0"});
+  EXPECT_NE(read_file(out / "report.md").find("`--set adamw.beta2=0.95`"),
+            std::string::npos);
+  EXPECT_NE(read_file(out / "results.csv").find("[set: sgd.momentum=0]"),
+            std::string::npos);
+}
+
+TEST(CompareTest, SetRejectsUnknownKeysAndBadValuesNamingThem) {
+  auto expect_config_error = [](const std::vector<std::string>& set,
+                                const std::string& needle) {
+    try {
+      cmp::validate_overrides(set);
+      ADD_FAILURE() << "expected an error containing '" << needle << "'";
+    } catch (const lowmem::train::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_config_error({"came.beta4=0.5"}, "unknown key 'came.beta4'");
+  expect_config_error({"nosuch.beta3=0.5"}, "unknown key 'nosuch.beta3'");
+  expect_config_error({"came.beta3=abc"}, "bad value 'abc' for came.beta3");
+  expect_config_error({"singd.T=2.5"}, "bad value '2.5' for singd.T");
+  expect_config_error({"came.beta3"}, "--set 'came.beta3': expected KEY=VALUE");
+  expect_config_error({"steps=3"}, "'steps' is a top-level key");
+  expect_config_error({"gpt.n_layer=3"}, "section 'gpt' is not used by compare");
+  EXPECT_NO_THROW(cmp::validate_overrides(
+      {"came.beta3=0.999", "adafactor.clip_threshold=1e9", "adamw.beta2=0.95",
+       "galore.rank=4", "projected_adapter.rank=4", "singd.T=2", "kfac.damping=0.01",
+       "lora.r=4", "lotr.rank=2", "snell.sparsity=0.25", "sgd.nesterov=true"}));
+  // run_compare checks them before any work.
+  const fs::path out = fresh_temp_dir("compare_set_bad");
+  cmp::CompareOptions o = toy_options(out);
+  o.overrides = {"adamw.beta9=1"};
+  EXPECT_THROW(cmp::run_compare(o), lowmem::train::ConfigError);
+  EXPECT_FALSE(fs::exists(out / "results.json"));
+  // Range checks are the optimizer's: that method fails, naming the value.
+  o.overrides = {"sgd.momentum=-1"};
+  o.methods = {"sgd"};
+  o.gnuplot = "";
+  const auto bad = cmp::run_compare(o).methods.at(0);
+  EXPECT_EQ(bad.status, "failed");
+  EXPECT_NE(bad.reason.find("[sgd] momentum must be >= 0, got -1"), std::string::npos)
+      << bad.reason;
+}
+
+TEST(CompareTest, ClipNormClipsTheGlobalGradientNorm) {
+  const fs::path out = fresh_temp_dir("compare_clip");
+  cmp::CompareOptions o = toy_options(out);
+  o.methods = {"sgd"};
+  o.gnuplot = "";
+  o.overrides = {"sgd.momentum=0"};
+  const auto base = cmp::run_compare(o).methods.at(0);
+  o.clip_norm = 1e6;  // never reached: the same run
+  const auto loose = cmp::run_compare(o).methods.at(0);
+  EXPECT_DOUBLE_EQ(*base.val_loss, *loose.val_loss);
+  EXPECT_NE(loose.detail.find("gradient norm clipped at 1e+06"), std::string::npos)
+      << loose.detail;
+  // Clipped to 1e-9, SGD without momentum barely moves: every step's update
+  // is at most lr * 1e-9 in norm, so the validation loss stays at its start.
+  o.clip_norm = 1e-9;
+  o.toy_steps = 3;
+  o.eval_every = 1;
+  const auto tight = cmp::run_compare(o).methods.at(0);
+  ASSERT_EQ(tight.status, "ok") << tight.reason;
+  ASSERT_TRUE(tight.curve.at(0).val_loss && tight.curve.at(2).val_loss);
+  EXPECT_NEAR(*tight.curve[0].val_loss, *tight.curve[2].val_loss, 1e-6);
+  EXPECT_NE(*base.val_loss, *tight.val_loss);
+  o.clip_norm = -1;
+  const auto bad = cmp::run_compare(o).methods.at(0);
+  EXPECT_EQ(bad.status, "failed");
+  EXPECT_NE(bad.reason.find("clip_norm must be >= 0 (0: off), got -1"), std::string::npos)
+      << bad.reason;
+}
+
+// The pretrain suite's CAME and GaLore-CAME take came.* keys: the run with
+// CAME's compare default written out is the same run, another beta3 is not.
+TEST(CompareTest, SetReachesCameInEveryMethodThatBuildsIt) {
+  if (!fs::exists("/usr/share/games/fortunes"))
+    GTEST_SKIP() << "no fortunes corpus (Debian package fortunes)";
+  const fs::path out = fresh_temp_dir("compare_set_came");
+  cmp::CompareOptions o;
+  o.suites = {"pretrain"};
+  o.methods = {"came", "galore-came", "adafactor"};
+  o.out_dir = out.string();
+  o.isolate = false;
+  o.threads = 1;
+  o.pretrain_steps = 3;
+  o.eval_batches = 1;
+  o.gpt_width = 16;
+  o.gpt_layers = 1;
+  o.gpt_heads = 2;
+  o.gpt_context = 8;
+  o.gpt_batch = 2;
+  o.gnuplot = "";
+  const auto base = cmp::run_compare(o).methods;
+  o.overrides = {"came.beta3=0.9999", "adafactor.beta1=0.9"};
+  const auto same = cmp::run_compare(o).methods;
+  o.overrides = {"came.beta3=0.5", "adafactor.clip_threshold=1e-3"};
+  const auto changed = cmp::run_compare(o).methods;
+  ASSERT_EQ(base.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    SCOPED_TRACE(base[i].info.name);
+    ASSERT_EQ(changed[i].status, "ok") << changed[i].reason;
+    EXPECT_DOUBLE_EQ(*base[i].val_loss, *same[i].val_loss);
+    EXPECT_NE(*base[i].val_loss, *changed[i].val_loss);
+    ASSERT_EQ(changed[i].overrides.size(), 1u);
+  }
+  EXPECT_EQ(changed[0].info.name, "adafactor");
+  EXPECT_EQ(changed[0].overrides[0], "adafactor.clip_threshold=1e-3");
+  EXPECT_EQ(changed[1].overrides[0], "came.beta3=0.5");
+  EXPECT_NE(changed[1].detail.find("betas (0.9, 0.999, 0.5)"), std::string::npos)
+      << changed[1].detail;
+  EXPECT_EQ(changed[2].info.name, "galore-came");
+  EXPECT_EQ(changed[2].overrides[0], "came.beta3=0.5");
 }
 
 TEST(CompareTest, EveryMethodOfAPlotGetsADistinctLineStyle) {

@@ -68,6 +68,17 @@ struct CompareOptions {
   // of the run; 0: each method's tuned default (src/train/compare_model_methods.cpp).
   // For learning-rate sweeps (docs/benchmarks/compare.md).
   double lr = 0;
+  // Option overrides "section.field=value" (`--set`), applied in order (the
+  // last of a key wins). The keys are `lowmem train`'s option-section keys
+  // (came.beta3, adafactor.clip_threshold, adamw.beta2, ...): each changes
+  // that one field of the method's own options, in every method that builds
+  // that component (docs/compare.md, "Overrides"); compare's other defaults
+  // stay. `lr` above applies after them (it sets every optimizer's rate).
+  std::vector<std::string> overrides;
+  // Global gradient-norm clipping before every optimizer step (torch's
+  // clip_grad_norm_ over the trainable parameters); 0: off (the default, as
+  // the learning rates were tuned).
+  double clip_norm = 0;
 
   // --- outputs
   std::string gnuplot = "gnuplot";    // "" or not found: plots skipped
@@ -94,6 +105,17 @@ struct MethodInfo {
 std::vector<MethodInfo> list_methods(
     const CompareOptions& options, const std::vector<std::string>& suites = {});
 
+/// Checks `--set` overrides ("section.field=value") before any work:
+/// train::ConfigError naming the key on a missing '=', an unknown key, a
+/// value that does not parse, or a section no compare method builds. Range
+/// checks (e.g. a beta outside [0, 1)) are the optimizers' own: a method
+/// whose options they reject fails with that message.
+void validate_overrides(const std::vector<std::string>& overrides);
+
+/// The option sections `--set` reaches (those of the components compare's
+/// methods build).
+std::vector<std::string> override_sections();
+
 /// One point of a training curve.
 struct CurvePoint {
   int64_t step = 0;
@@ -110,6 +132,7 @@ struct MethodResult {
   std::string status = "ok";  // ok | diverged | failed | skipped | interrupted
   std::string reason;         // for anything but ok
   std::string detail;         // method settings ("rank 8, refresh 50")
+  std::vector<std::string> overrides;  // the --set "key=value"s it applied
   std::string task;           // "gpt 64x2 ctx 64 on fortunes"
   int64_t total_params = 0;
   int64_t trainable_params = 0;

@@ -1,0 +1,83 @@
+// `lowmem compare --set section.field=value`: the keys are those of `lowmem
+// train`'s option sections (train::Config), checked here before any work and
+// applied by configured() (compare_internal.h) to each method's own options.
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "compare_internal.h"
+#include "lowmem/train/config.h"
+
+namespace lowmem::train::compare {
+namespace {
+
+std::pair<std::string, std::string> split(const std::string& item) {
+  const auto eq = item.find('=');
+  if (eq == std::string::npos || eq == 0) {
+    throw ConfigError("--set '" + item +
+                      "': expected KEY=VALUE (e.g. came.beta3=0.999)");
+  }
+  return {item.substr(0, eq), item.substr(eq + 1)};
+}
+
+std::string joined(const std::vector<std::string>& v) {
+  std::string s;
+  for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+  return s;
+}
+
+}  // namespace
+
+std::vector<std::string> override_sections() {
+  // The components the methods of compare_methods.cpp and
+  // compare_model_methods.cpp build through configured().
+  return {"adamw", "adafactor", "came", "galore", "projected_adapter",
+          "singd", "kfac",      "lora", "lotr",   "snell",
+          "sgd"};
+}
+
+void validate_overrides(const std::vector<std::string>& overrides) {
+  const auto sections = override_sections();
+  for (const auto& item : overrides) {
+    const auto [key, value] = split(item);
+    Config config;
+    try {
+      config.set(key, value);  // unknown key, unparsable value
+    } catch (const ConfigError& e) {
+      throw ConfigError(std::string("--set ") + item + ": " + e.what());
+    }
+    const auto dot = key.find('.');
+    if (dot == std::string::npos) {
+      throw ConfigError("--set " + item + ": '" + key +
+                        "' is a top-level key of lowmem train; compare takes "
+                        "option-section keys (section.field, e.g. came.beta3) "
+                        "and has its own flags for the rest (--lr, --clip-norm, "
+                        "--seed, --steps, ...)");
+    }
+    const std::string section = key.substr(0, dot);
+    if (std::find(sections.begin(), sections.end(), section) == sections.end()) {
+      throw ConfigError("--set " + item + ": section '" + section +
+                        "' is not used by compare (it applies " +
+                        joined(sections) +
+                        "; the models and data are set by compare's own "
+                        "flags, e.g. --gpt-width, --text)");
+    }
+  }
+}
+
+namespace detail {
+
+std::vector<std::pair<std::string, std::string>> overrides_of(
+    const CompareOptions& o, const std::string& section) {
+  std::vector<std::pair<std::string, std::string>> out;
+  const std::string prefix = section + ".";
+  for (const auto& item : o.overrides) {
+    auto [key, value] = split(item);
+    if (key.rfind(prefix, 0) == 0)
+      out.emplace_back(key.substr(prefix.size()), std::move(value));
+  }
+  return out;
+}
+
+}  // namespace detail
+}  // namespace lowmem::train::compare
