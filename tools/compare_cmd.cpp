@@ -112,6 +112,10 @@ void add_flags(CLI::App& app, CompareFlags& f) {
                  "compare's other settings stay (docs/compare.md)")
       ->type_name("KEY=VALUE")
       ->allow_extra_args(false);
+  app.add_option("--device", o.device,
+                 "where each method trains: cpu, cuda, cuda:N (memory columns: "
+                 "CUDA allocated bytes there)")
+      ->capture_default_str();
   app.add_option("--clip-norm", o.clip_norm,
                  "clip the global gradient norm of the trainable parameters before "
                  "every step (0: off)")
@@ -267,6 +271,10 @@ int run(CompareFlags& f) {
       std::printf("\nPython baseline: %s (%s)\n", res.python.status.c_str(), res.python.reason.c_str());
     std::printf("\nPlots: %s%s\n", res.plots.status.c_str(),
                 res.plots.reason.empty() ? "" : (" (" + res.plots.reason + ")").c_str());
+    if (o.device != "cpu")
+      std::printf("Device %s: peak/state bytes are CUDA caching-allocator bytes; "
+                  "RSS is host memory\n",
+                  o.device.c_str());
     std::printf("Wrote %s/{results.json,results.csv,curves.csv,report.md%s} in %s%s\n",
                 o.out_dir.c_str(), res.plots.files.empty() ? "" : ",plots/",
                 fmt_seconds(res.wall_s).c_str(),
@@ -275,6 +283,9 @@ int run(CompareFlags& f) {
     for (const auto& m : res.methods)
       if (m.status == "failed") return 1;
     return 0;
+  } catch (const lowmem::train::ConfigError& e) {
+    std::fprintf(stderr, "lowmem compare: %s\n", e.what());
+    return 2;  // a usage error (e.g. --device), found before any work
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lowmem compare: %s\n", e.what());
     return 1;

@@ -147,7 +147,9 @@ int run_train(const ConfigFlags& flags) {
             << fixed(result.seconds, 1) << " s; validation loss "
             << fixed(result.eval_loss, 4) << " (baseline "
             << fixed(result.baseline_loss, 4) << "); peak tensor memory "
-            << format_bytes(result.peak_bytes) << "; peak RSS "
+            << format_bytes(result.peak_bytes)
+            << (config.device == "cpu" ? "" : " on " + config.device)
+            << "; peak RSS "
             << format_bytes(MemoryTracker::peak_rss_bytes());
   if (result.skipped > 0) {
     std::cout << "; " << result.skipped << " non-finite steps skipped";

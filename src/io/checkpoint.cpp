@@ -368,12 +368,17 @@ std::string load_checkpoint(const std::string& path, CheckpointState& state) {
                dir, ": holds ", m.optimizers.size(), " optimizer(s), the run "
                "has ", state.optimizers.size());
   std::vector<std::unique_ptr<torch::serialize::InputArchive>> archives;
+  c10::optional<c10::Device> map_to;
+  if (!state.tensors.empty()) {
+    map_to = state.tensors.front().second.device();
+  }
   for (size_t i = 0; i < state.optimizers.size(); ++i) {
     LOWMEM_CHECK(m.optimizers[i] == state.optimizers[i].first, "[checkpoint] ",
                  dir, ": optimizer ", i, " is '", m.optimizers[i],
                  "', the run has '", state.optimizers[i].first, "'");
     archives.push_back(std::make_unique<torch::serialize::InputArchive>());
-    archives.back()->load_from(dir + "/" + optimizer_file(i));
+    // Optimizer state onto the model's device, whatever device wrote it.
+    archives.back()->load_from(dir + "/" + optimizer_file(i), map_to);
   }
   at::Tensor rng;
   if (state.cpu_rng) {

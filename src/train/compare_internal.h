@@ -120,6 +120,11 @@ std::vector<MethodDef> method_defs();
 void add_model_methods(std::vector<MethodDef>& defs);
 const MethodDef& method_def(const std::string& suite, const std::string& name);
 
+/// The device of the module's first parameter (CPU if it has none): the
+/// workloads move each batch there, after run_method moved the model to
+/// CompareOptions::device.
+c10::Device device_of(const torch::nn::Module& module);
+
 /// Trainable parameters of `module` (requires_grad), by name.
 std::vector<std::pair<std::string, at::Tensor>> trainable_named(
     torch::nn::Module& module);

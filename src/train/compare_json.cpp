@@ -150,6 +150,7 @@ json options_json(const CompareOptions& o) {
           {"seed", o.seed},
           {"threads", o.threads},
           {"isolate", o.isolate},
+          {"device", o.device},
           {"text_path", o.text_path},
           {"gpt", {{"width", o.gpt_width}, {"layers", o.gpt_layers},
                    {"heads", o.gpt_heads}, {"context", o.gpt_context},
@@ -183,6 +184,7 @@ CompareOptions options_from(const json& j) {
   o.seed = j.at("seed").get<uint64_t>();
   o.threads = j.at("threads").get<int>();
   o.isolate = j.at("isolate").get<bool>();
+  o.device = j.value("device", std::string("cpu"));  // absent in older files
   o.text_path = j.at("text_path").get<std::string>();
   const json& g = j.at("gpt");
   o.gpt_width = g.at("width");

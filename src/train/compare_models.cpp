@@ -87,7 +87,10 @@ Workload text_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
                    .batch_size(o.gpt_batch)
                    .seed(o.seed));
   w.next_batch = [batches]() { return batches->next(); };
-  w.loss = [model](const data::Batch& b) { return model->loss(b.input, b.target); };
+  w.loss = [model](const data::Batch& b) {
+    const c10::Device dev = device_of(*model);
+    return model->loss(b.input.to(dev), b.target.to(dev));
+  };
   const int64_t n_eval = o.eval_batches;
   const TextBatchesArgs args{o.gpt_context, o.gpt_batch};
   at::Tensor val = d.val;
@@ -100,7 +103,8 @@ Workload text_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
     int64_t count = 0;
     for (int64_t i = 0; i < n_eval; ++i) {
       data::Batch b = vb.next();
-      models::EvalStats s = model->evaluate(b.input, b.target);
+      const c10::Device dev = device_of(*model);
+      models::EvalStats s = model->evaluate(b.input.to(dev), b.target.to(dev));
       loss += s.loss_sum;
       count += s.count;
     }
@@ -169,8 +173,10 @@ Evaluation classify(models::ViT& model, const data::ImageSet& set) {
   const int64_t chunk = 1000;
   for (int64_t s = 0; s < set.size(); s += chunk) {
     const int64_t n = std::min(chunk, set.size() - s);
-    at::Tensor x = set.images.narrow(0, s, n).to(model.cls_token.scalar_type());
-    models::EvalStats st = model.evaluate(x, set.labels.narrow(0, s, n));
+    const c10::Device dev = model.cls_token.device();
+    at::Tensor x =
+        set.images.narrow(0, s, n).to(dev, model.cls_token.scalar_type());
+    models::EvalStats st = model.evaluate(x, set.labels.narrow(0, s, n).to(dev));
     loss += st.loss_sum;
     count += st.count;
     correct += st.correct;
@@ -268,7 +274,8 @@ Workload finetune_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
   const at::ScalarType dt = bf16 ? at::kBFloat16 : at::kFloat;
   w.next_batch = [batches]() { return batches->next(); };
   w.loss = [model, dt](const data::Batch& b) {
-    return model->loss(b.input.to(dt), b.target);
+    const c10::Device dev = device_of(*model);
+    return model->loss(b.input.to(dev, dt), b.target.to(dev));
   };
   const data::ImageSet* test = &d.test;
   w.evaluate = [model, test]() { return classify(*model, *test); };

@@ -287,6 +287,10 @@ void write_report(const CompareResults& res, const std::string& path) {
     o << " (each method's applied ones are listed with its settings below and in "
          "`results.json` `methods[].overrides`)\n";
   }
+  if (res.options.device != "cpu")
+    o << "- Device: " << res.options.device
+      << " (tensor bytes: the CUDA caching allocator's allocated bytes; RSS: "
+         "host)\n";
   if (res.options.lr > 0) o << "- Learning rate of every optimizer: " << num(res.options.lr) << "\n";
   if (res.options.clip_norm > 0)
     o << "- Gradient-norm clipping: " << num(res.options.clip_norm) << "\n";

@@ -31,6 +31,8 @@
 #include "lowmem/core/memory.h"
 #include "lowmem/core/threads.h"
 #include "lowmem/optim/extras.h"
+#include "lowmem/train/device.h"
+#include "lowmem/train/fields.h"
 
 namespace lowmem::train::compare {
 namespace {
@@ -115,6 +117,10 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
   const detail::MethodDef& def = detail::method_def(method.suite, method.name);
   const detail::Suite& s = detail::suite(method.suite);
   validate_overrides(options.overrides);
+  const c10::Device device = resolve_device(options.device);
+  LOWMEM_CHECK(device.is_cpu() || device.is_cuda(),
+               "[compare] device ", options.device, ": memory is measured on "
+               "cpu and cuda only");
   LOWMEM_CHECK(options.clip_norm >= 0 && std::isfinite(options.clip_norm),
                "[compare] clip_norm must be >= 0 (0: off), got ", options.clip_norm);
   MethodResult r;
@@ -124,10 +130,13 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
   r.start_rss_bytes = MemoryTracker::current_rss_bytes();
 
   auto data = s.load(options);
-  MemoryTracker tracker;
+  MemoryTracker tracker(device);
   MemoryScope setup_scope = tracker.scope();
   torch::manual_seed(options.seed);
   detail::Workload w = s.build(*data, options, def.bf16);
+  // Built on the CPU (same initial weights on every device), then moved; the
+  // workload moves each batch to the model's device.
+  w.model->to(device);
   torch::manual_seed(options.seed + 1);  // same adapter init for every method
   detail::Training t = def.setup(w, options);
   r.task = w.task;
@@ -197,8 +206,10 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
     loss.backward();
     if (options.clip_norm > 0) torch::nn::utils::clip_grad_norm_(clipped, options.clip_norm);
     for (auto& opt : t.optimizers) opt->step();
-    const double dt = seconds_since(t0);
+    // Reading the loss waits for the device (CUDA runs asynchronously): the
+    // time covers the optimizer step's kernels too.
     const double lv = loss.item<double>();
+    const double dt = seconds_since(t0);
     step_s.push_back(dt);
     train_s += dt;
     r.steps = step;
@@ -402,6 +413,35 @@ ChildOutcome run_in_child(
   return oc;
 }
 
+}  // namespace
+
+void check_device(const CompareOptions& o) {
+  const c10::Device d = parse_device(o.device);
+  if (!d.is_cpu() && !d.is_cuda())
+    throw ConfigError("device '" + o.device +
+                      "': compare measures memory on cpu and cuda only");
+  if (d.is_cpu()) return;
+  if (!o.isolate) {
+    resolve_device(o.device);
+    return;
+  }
+  // In a child: CUDA initialised in this process would not survive fork().
+  MethodInfo probe;
+  probe.name = "device check";
+  CompareOptions quiet = o;
+  quiet.stop = nullptr;
+  ChildOutcome oc = run_in_child(probe, quiet, {}, [&](const CompareCallbacks&) {
+    resolve_device(o.device);
+    return std::string("{}");
+  });
+  if (!oc.result)
+    throw ConfigError(oc.error.empty() ? "device '" + o.device +
+                                             "' could not be checked: " + oc.death
+                                       : oc.error);
+}
+
+namespace {
+
 MethodResult not_run(const MethodInfo& info, const std::string& status,
                      const std::string& reason) {
   MethodResult r;
@@ -429,6 +469,7 @@ CompareResults run_compare(const CompareOptions& options,
   const auto t0 = Clock::now();
   for (const auto& s : options.suites) detail::suite(s);  // validates names
   validate_overrides(options.overrides);  // train::ConfigError before any work
+  check_device(options);                   // idem
   CompareResults res;
   res.created = iso_now();
   res.command_line = options.command_line;

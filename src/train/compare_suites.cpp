@@ -69,12 +69,14 @@ Workload toy_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
                        d.y_train.narrow(0, start, kToyBatch)};
   };
   w.loss = [model, dt](const data::Batch& b) {
-    at::Tensor pred = model->forward(b.input.to(dt)).to(at::kFloat);
-    return at::mse_loss(pred, b.target);
+    const c10::Device dev = device_of(*model);
+    at::Tensor pred = model->forward(b.input.to(dev, dt)).to(at::kFloat);
+    return at::mse_loss(pred, b.target.to(dev));
   };
   w.evaluate = [model, &d, dt]() {
-    at::Tensor pred = model->forward(d.x_val.to(dt)).to(at::kFloat);
-    return Evaluation{at::mse_loss(pred, d.y_val).item<double>(), std::nullopt};
+    const c10::Device dev = device_of(*model);
+    at::Tensor pred = model->forward(d.x_val.to(dev, dt)).to(at::kFloat);
+    return Evaluation{at::mse_loss(pred, d.y_val.to(dev)).item<double>(), std::nullopt};
   };
   return w;
 }
@@ -110,6 +112,11 @@ const Suite& suite(const std::string& name) {
   for (const auto& s : suites()) known += (known.empty() ? "" : ", ") + s.name;
   LOWMEM_CHECK(false, "[compare] unknown suite '", name, "' (known: ", known, ")");
   return suites().front();  // unreachable
+}
+
+c10::Device device_of(const torch::nn::Module& module) {
+  const auto params = module.parameters();
+  return params.empty() ? c10::Device(c10::kCPU) : params.front().device();
 }
 
 std::vector<std::pair<std::string, at::Tensor>> trainable_named(

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "components.h"
+#include "lowmem/train/device.h"
 
 namespace lowmem::train {
 namespace {
@@ -203,6 +204,7 @@ void Config::validate() const {
         "max_skips must be >= 1, got " + std::to_string(max_skips));
   check(seed >= 0, "seed must be >= 0, got " + std::to_string(seed));
   check(threads >= 0, "threads must be >= 0, got " + std::to_string(threads));
+  resolve_device(device);
   check(std::isfinite(dist_timeout_s) && dist_timeout_s > 0.0,
         "dist_timeout_s must be > 0, got " + format_float(dist_timeout_s));
   check(log_every >= 1,

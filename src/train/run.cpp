@@ -9,6 +9,7 @@
 #include <regex>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -27,6 +28,7 @@
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/models/layers.h"
 #include "lowmem/optim/extras.h"
+#include "lowmem/train/device.h"
 #include "lowmem/train/metrics.h"
 
 namespace fs = std::filesystem;
@@ -85,6 +87,7 @@ std::unique_ptr<Session> build_session(const Config& config) {
   auto s = std::make_unique<Session>();
   s->config = config;
   const Config& c = s->config;
+  s->device = resolve_device(c.device);
   set_default_threads(thread_count(c.threads));
   // Deterministic: model initialisation and dropout draw from the global
   // generator seeded here; data sources have their own seeded streams.
@@ -96,11 +99,15 @@ std::unique_ptr<Session> build_session(const Config& config) {
   s->unit = data.unit;
   s->data_summary = data.summary;
   s->baseline_loss = data.baseline;
+  // Built (and initialised, same seed) on the CPU, then moved: every device
+  // starts from the same weights.
   s->model = detail::build_model(c, data);
   if (!c.init.empty()) {
     load_weights(*s->model, c.init, c.init_exclude);
   }
+  s->model->to(s->device);
   const auto applied = detail::apply_method(c, s->model);
+  s->model->to(s->device);  // adapter parameters made by the method
   s->adapter = applied.adapter;
 
   s->routes = route_parameters(named_parameters(*s->model),
@@ -116,9 +123,12 @@ std::unique_ptr<Session> build_session(const Config& config) {
         r.names});
   }
   auto model = s->model;
+  const c10::Device device = s->device;
   s->trainer = std::make_unique<Trainer>(
       s->model,
-      [model](const data::Batch& b) { return model->loss(b.input, b.target); },
+      [model, device](const data::Batch& b) {
+        return model->loss(b.input.to(device), b.target.to(device));
+      },
       std::move(slots), trainer_options(c));
   s->trainer->set_checkpoint_info(c.to_yaml());
   return s;
@@ -127,6 +137,12 @@ std::unique_ptr<Session> build_session(const Config& config) {
 void check_data_parallel(const Config& config, int world_size) {
   Config c(config);
   const std::string w = std::to_string(world_size);
+  if (!parse_device(c.device).is_cpu()) {
+    throw ConfigError("device " + c.device + " is not data-parallel yet: the "
+                      "workers all-reduce over Gloo on the CPU (NCCL is not "
+                      "in this build); train on one device, or use device "
+                      "cpu");
+  }
   if (c.batch_size % world_size != 0) {
     throw ConfigError("batch_size " + std::to_string(c.batch_size) +
                       " is the global batch and must be divisible by the " +
@@ -275,7 +291,7 @@ RunResult run(const Config& config, ProgressFn progress,
         },
         "save the adapter");
   }
-  result.peak_bytes = MemoryTracker().peak_bytes();
+  result.peak_bytes = tensor_memory(session->device).peak;
   return result;
 }
 
@@ -333,6 +349,7 @@ int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
   Config c;
   c.apply_yaml(io::read_file(dir + "/info.txt"), dir + "/info.txt");
   c.method = "full";
+  c.device = "cpu";  // merging needs no GPU, whatever the run trained on
   c.init = dir;
   c.init_exclude = "";
   c.out_dir = "";
@@ -373,14 +390,27 @@ InfoReport info(const Config& config) {
     }
   }
   Trainer& t = *session->trainer;
-  MemoryTracker tracker;
-  auto scope = tracker.scope();
+  const c10::Device device = session->device;
+  // MemoryTracker reads the CPU allocator or the CUDA caching allocator
+  // (CUDA builds); other devices are not measured.
+  std::optional<MemoryTracker> tracker;
+  std::optional<MemoryScope> scope;
+#if defined(LOWMEM_WITH_CUDA)
+  const bool measured = device.is_cpu() || device.is_cuda();
+#else
+  const bool measured = device.is_cpu();
+#endif
+  if (measured) {
+    tracker.emplace(device);
+    scope.emplace(tracker->scope());
+  }
   session->model->train();
   for (const auto& s : t.optimizers()) {
     optim::before_forward(*s.optimizer);
   }
   const auto batch = session->train_data->next();
-  session->model->loss(batch.input, batch.target).backward();
+  session->model->loss(batch.input.to(device), batch.target.to(device))
+      .backward();
   std::vector<at::Tensor> grads;
   for (const auto& p : t.parameters()) {
     if (p.grad().defined()) {
@@ -395,7 +425,7 @@ InfoReport info(const Config& config) {
     r.optimizer_bytes.emplace_back(s.name, b);
     r.optimizer_state_bytes += b;
   }
-  r.peak_step_bytes = scope.peak_delta();
+  r.peak_step_bytes = scope ? scope->peak_delta() : 0;
   for (const auto& route : session->routes) {
     int64_t n = 0;
     for (const auto& p : route.params) {

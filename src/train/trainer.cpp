@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
+#include <torch/cuda.h>
 #include <torch/optim/optimizer.h>
 
 #include <chrono>
@@ -87,9 +88,29 @@ Trainer::Trainer(
     }
     base_lrs_.push_back(std::move(lrs));
   }
+  if (!params_.empty()) {
+    device_ = params_.front().device();
+  }
 }
 
 Trainer::~Trainer() = default;
+
+TensorMemory tensor_memory(c10::Device device) {
+  TensorMemory m;
+  const bool measured =
+      device.is_cpu() ? MemoryTracker::installed() : device.is_cuda();
+#if !defined(LOWMEM_WITH_CUDA)
+  if (!device.is_cpu()) {
+    return m;  // core/memory.h reads the caching allocator in CUDA builds only
+  }
+#endif
+  if (measured) {
+    MemoryTracker tracker(device);
+    m.live = tracker.current_bytes();
+    m.peak = tracker.peak_bytes();
+  }
+  return m;
+}
 
 void Trainer::emit(const Progress& p) const {
   if (progress_) {
@@ -191,6 +212,9 @@ StepResult Trainer::step(data::BatchSource& source) {
     }
   }
 
+  if (device_.is_cuda()) {
+    torch::cuda::synchronize(device_.index());  // the step's kernels ran
+  }
   const double seconds = std::chrono::duration<double>(
                              std::chrono::steady_clock::now() - t0)
                              .count();
@@ -208,11 +232,9 @@ StepResult Trainer::step(data::BatchSource& source) {
     p.items = items_total_;
     p.eval_loss = last_eval_;
     p.skipped = skipped_total_;
-    if (MemoryTracker::installed()) {
-      MemoryTracker tracker;
-      p.live_bytes = tracker.current_bytes();
-      p.peak_bytes = tracker.peak_bytes();
-    }
+    const TensorMemory m = tensor_memory(device_);
+    p.live_bytes = m.live;
+    p.peak_bytes = m.peak;
     emit(p);
   }
   LOWMEM_CHECK(
@@ -284,11 +306,9 @@ double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
   done.eval_loss = last_eval_;
   done.items = items_total_;
   done.skipped = skipped_total_;
-  if (MemoryTracker::installed()) {
-    MemoryTracker tracker;
-    done.live_bytes = tracker.current_bytes();
-    done.peak_bytes = tracker.peak_bytes();
-  }
+  const TensorMemory m = tensor_memory(device_);
+  done.live_bytes = m.live;
+  done.peak_bytes = m.peak;
   emit(done);
   return last_eval_;
 }

@@ -119,6 +119,15 @@ TEST(CompareCliTest, BadSetIsAUsageErrorNamingTheKey) {
         << read_file(out / "log.txt");
   }
   EXPECT_FALSE(fs::exists(out / "results.json"));
+  // An unavailable device: a usage error before any work (checked in a child).
+  const pid_t pid = spawn({"compare", "--suite", "toy", "--out", (out / "d").string(),
+                           "--device", "cuda:99"},
+                          out / "log.txt");
+  EXPECT_EQ(wait_exit(pid), 2);
+  EXPECT_NE(read_file(out / "log.txt").find("device 'cuda:99' is not available"),
+            std::string::npos)
+      << read_file(out / "log.txt");
+  EXPECT_FALSE(fs::exists(out / "d"));
 }
 
 TEST(CompareCliTest, CtrlCKeepsCompleteResultsOfFinishedMethods) {

@@ -56,7 +56,10 @@ std::string resolve_checkpoint(const std::string& path);
 bool has_checkpoint(const std::string& path);
 
 /// Loads the checkpoint at `path` (resolve_checkpoint) into `state`: copies
-/// tensors in place (no_grad), loads every optimizer, replaces `counters`
+/// tensors in place (no_grad, onto whatever device they are on), loads every
+/// optimizer with its state mapped to the device of the first tensor of
+/// `state.tensors` (a checkpoint written on CUDA resumes on the CPU and back;
+/// as saved when there are no tensors), replaces `counters`
 /// and `info`, restores the RNG. Validates the manifest (format, version,
 /// file sizes) and every name and shape first, so a mismatch throws before
 /// anything is modified. Returns the resolved directory.

@@ -32,6 +32,13 @@ struct CompareOptions {
   // (docs/benchmarks/compare.md).
   int threads = 1;
   bool isolate = true;               // fork one child per method
+  // Where each method trains: "cpu" or "cuda[:N]" (train::resolve_device,
+  // checked before any work, in a child when isolating so that the parent
+  // never initialises CUDA before fork()). Models, batches, evaluation and
+  // optimizer state live there; the byte columns then are the CUDA caching
+  // allocator's allocated bytes (peak RSS stays the host's). The finetune
+  // base model is always trained on the CPU (one cache for every device).
+  std::string device = "cpu";
   const std::atomic<bool>* stop = nullptr;  // set (e.g. by SIGINT) to stop
 
   // --- pretrain suite: byte-level GPT trained from scratch on text
@@ -111,6 +118,11 @@ std::vector<MethodInfo> list_methods(
 /// checks (e.g. a beta outside [0, 1)) are the optimizers' own: a method
 /// whose options they reject fails with that message.
 void validate_overrides(const std::vector<std::string>& overrides);
+
+/// Checks `options.device` before any work: train::ConfigError naming it when
+/// it does not parse, is not cpu or cuda[:N], or this build or machine lacks
+/// it. With `isolate`, a CUDA device is checked in a forked child.
+void check_device(const CompareOptions& options);
 
 /// The option sections `--set` reaches (those of the components compare's
 /// methods build).

@@ -39,6 +39,11 @@ struct Config {
   int64_t eval_batches = 16;
   int64_t max_skips = 10;
   int64_t seed = 0;
+  // Where the model, batches, optimizer state and evaluation live: "cpu",
+  // "cuda", "cuda:N" (whatever c10::Device parses and this build and machine
+  // have; checked by validate()). Checkpoints load onto it whatever device
+  // wrote them.
+  std::string device = "cpu";
   int64_t threads = 0;  // intra-op threads; 0 = OMP_NUM_THREADS if set (the
                         // data-parallel launcher sets 1), else all cores
   // Data-parallel runs (WORLD_SIZE > 1): seconds the rendezvous and every
@@ -76,6 +81,7 @@ struct Config {
     v("eval_batches", eval_batches);
     v("max_skips", max_skips);
     v("seed", seed);
+    v("device", device);
     v("threads", threads);
     v("dist_timeout_s", dist_timeout_s);
     v("log_every", log_every);
@@ -108,7 +114,8 @@ struct Config {
   void apply_yaml_file(const std::string& path);
   void apply_yaml(const std::string& text, const std::string& source);
 
-  /// Range and name checks of the top-level keys (ConfigError).
+  /// Range and name checks of the top-level keys, and whether `device` exists
+  /// here (train::resolve_device; a CUDA device initialises CUDA). ConfigError.
   void validate() const;
 
   /// The sections this configuration uses (model, data, method, optimizers).

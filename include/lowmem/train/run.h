@@ -39,6 +39,9 @@ struct Session {
   /// The injected adapters (methods lora, lotr, snell), else nullptr.
   std::shared_ptr<adapters::AdapterModel> adapter;
   std::unique_ptr<Trainer> trainer;
+  /// Config::device, resolved: model, optimizer state and (in the loss
+  /// function) every batch live there.
+  c10::Device device = c10::Device(c10::kCPU);
   /// Data-parallel position (run() with WORLD_SIZE > 1 in the environment);
   /// 0 of 1 otherwise. Only rank 0 writes files and reports progress.
   int rank = 0;
@@ -57,7 +60,8 @@ struct RunResult {
   int64_t skipped = 0;
   int64_t resumed_from = -1;   // step of the checkpoint resumed, -1 if none
   double seconds = 0.0;
-  int64_t peak_bytes = 0;      // MemoryTracker peak (0 if not installed)
+  int64_t peak_bytes = 0;      // tensor_memory(device).peak: CPU tracking
+                               // allocator or CUDA caching allocator
   std::string checkpoint;      // last checkpoint written ("" if none)
   std::string adapter_dir;     // adapter files written ("" if none)
   int rank = 0;                // Session::rank / world_size
@@ -81,7 +85,8 @@ struct RunResult {
 /// dist::run_on_main) and call `progress`. Every rank resumes from the same
 /// checkpoint. Combinations whose state would differ between ranks
 /// (singd/kfac, galore with accum_steps > 1 or layerwise, projected-adapter
-/// with an svd/rsvd basis) are a ConfigError.
+/// with an svd/rsvd basis) are a ConfigError, and so is a device other than
+/// the CPU (the all-reduce runs over Gloo on CPU tensors; NCCL is not built).
 RunResult run(const Config& config,
               ProgressFn progress = {},
               const std::function<void(Session&)>& on_ready = {});

@@ -83,8 +83,11 @@ struct Progress {
   int64_t items = 0;           // targets seen so far
   double eval_loss = 0.0;      // kEval/kDone (NaN when never evaluated)
   int64_t skipped = 0;         // non-finite updates so far
-  int64_t live_bytes = 0;      // MemoryTracker current (0 if not installed)
-  int64_t peak_bytes = 0;      // MemoryTracker peak
+  // Tensor bytes on the training device (tensor_memory): CPU: the tracking
+  // allocator (0 if not installed); CUDA: the caching allocator's allocated
+  // bytes (host memory is not in them).
+  int64_t live_bytes = 0;
+  int64_t peak_bytes = 0;
   std::string path;            // kCheckpoint: the directory written
 };
 using ProgressFn = std::function<void(const Progress&)>;
@@ -97,10 +100,21 @@ struct StepResult {
   int64_t items = 0;
 };
 
+/// Live and peak tensor bytes on `device`: the tracking CPU allocator
+/// (MemoryTracker, when installed) for the CPU, the CUDA caching allocator's
+/// allocated bytes for a CUDA device in CUDA builds; {0, 0} where nothing is
+/// measured.
+struct TensorMemory {
+  int64_t live = 0;
+  int64_t peak = 0;
+};
+TensorMemory tensor_memory(c10::Device device);
+
 class Trainer {
  public:
   /// `model` provides parameters and buffers (checkpoints) and train/eval
-  /// mode; `loss` runs the forward pass.
+  /// mode; `loss` runs the forward pass (and moves the batch to the model's
+  /// device). The training device is the first parameter's.
   Trainer(
       std::shared_ptr<torch::nn::Module> model,
       LossFn loss,
@@ -142,6 +156,7 @@ class Trainer {
   /// Every trainable parameter, in optimizer order.
   const std::vector<at::Tensor>& parameters() const { return params_; }
   torch::nn::Module& model() { return *model_; }
+  c10::Device device() const { return device_; }
 
  private:
   void apply_schedule();
@@ -154,6 +169,7 @@ class Trainer {
   ScheduleOptions schedule_;
   std::vector<std::vector<double>> base_lrs_;  // [optimizer][group]
   std::vector<at::Tensor> params_;
+  c10::Device device_ = c10::Device(c10::kCPU);
   ProgressFn progress_;
   GradSync grad_sync_;
   SaveHook save_hook_;
