@@ -1,7 +1,7 @@
 #!/bin/bash
 # Builds lowmem against the CUDA LibTorch that a GPU machine's python3 torch
-# ships and runs the test suite there, the CUDA tests (tests/optim/cuda_test.cpp)
-# first. Logs go to $OUT (default /tmp/cuda_check). DEPS: a prefix made by
+# ships and runs the test suite there, the CUDA tests (tests/optim/cuda_test.cpp,
+# tests/train/device_test.cpp) first. Logs go to $OUT (default /tmp/cuda_check). DEPS: a prefix made by
 # scripts/pack_deps.sh when the machine has no apt (yaml-cpp, GoogleTest, ...).
 #   DEPS=$PWD/.devdeps scripts/cuda_check.sh
 set -u
@@ -43,6 +43,9 @@ if [ -z "${LD_PRELOAD:-}" ] && [ "${PRELOAD_LIBSTDCXX:-1}" = 1 ]; then
   echo "LD_PRELOAD=$LD_PRELOAD"
 fi
 build-cuda/tests/optim_tests --gtest_filter='Cuda.*' 2>&1 | tee "$OUT/cuda_tests.log" | tail -30
+# lowmem train / compare on the GPU: a short run matching the CPU's, resume
+# across devices, the toy compare suite (tests/train/device_test.cpp).
+build-cuda/tests/train_tests --gtest_filter='Device.*' 2>&1 | tee "$OUT/device_tests.log" | tail -30
 (cd build-cuda && timeout "${TEST_TIMEOUT:-240}" ctest -LE slow -j"$JOBS" --timeout 200 \
   >"$OUT/ctest.log" 2>&1)
 echo "ctest rc=$?"

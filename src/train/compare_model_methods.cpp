@@ -267,9 +267,12 @@ void add_model_methods(std::vector<MethodDef>& out) {
 #if defined(LOWMEM_COMPARE_HAVE_CAME)
     d.setup = [](Workload& w, const CompareOptions& o) {
       Training t;
-      t.optimizers.push_back(std::make_shared<optim::Adafactor>(
-          trainable(*w.model), adafactor_options(kAdafactorLr, o, t)));
-      t.detail = "lr " + num(kAdafactorLr) + " fixed, beta1 0.9, no parameter scaling";
+      const auto ao = adafactor_options(kAdafactorLr, o, t);
+      t.optimizers.push_back(std::make_shared<optim::Adafactor>(trainable(*w.model), ao));
+      t.detail = (ao.relative_step() ? std::string("relative step")
+                                     : "lr " + num(ao.get_lr()) + " fixed") +
+                 ", beta1 " + (ao.beta1() ? num(*ao.beta1()) : std::string("none")) +
+                 (ao.scale_parameter() ? ", parameter scaling" : ", no parameter scaling");
       return t;
     };
 #else

@@ -150,6 +150,8 @@ TEST_F(Cli, BadValuesExit2WithOneLineAndWriteNothing) {
        "[kfac] damping must be > 0, got -1"},
       {{"--optimizer", "kfac", "--kfac.T", "0"}, "[kfac]"},
       {{"--aux_optimizer", "kfac"}, "aux_optimizer cannot be kfac"},
+      {{"--device", "gpu0"}, "bad device 'gpu0'"},
+      {{"--device", "cuda:99"}, "device 'cuda:99' is not available"},
   };
   for (const auto& c : cases) {
     auto args = tiny(c.args);

@@ -35,6 +35,24 @@ cmp::CompareOptions toy_options(const fs::path& out) {
   return o;
 }
 
+// The pretrain suite on a 1-layer width-16 GPT, in-process, no plots.
+cmp::CompareOptions tiny_pretrain_options(const fs::path& out, int64_t steps) {
+  cmp::CompareOptions o;
+  o.suites = {"pretrain"};
+  o.out_dir = out.string();
+  o.isolate = false;
+  o.threads = 1;
+  o.pretrain_steps = steps;
+  o.eval_batches = 1;
+  o.gpt_width = 16;
+  o.gpt_layers = 1;
+  o.gpt_heads = 2;
+  o.gpt_context = 8;
+  o.gpt_batch = 2;
+  o.gnuplot = "";
+  return o;
+}
+
 // Toy MLP 8-32-32-1: (8*32+32) + (32*32+32) + (32+1) parameters.
 constexpr int64_t kToyParams = 288 + 1056 + 33;
 
@@ -452,20 +470,8 @@ TEST(CompareTest, SetReachesCameInEveryMethodThatBuildsIt) {
   if (!fs::exists("/usr/share/games/fortunes"))
     GTEST_SKIP() << "no fortunes corpus (Debian package fortunes)";
   const fs::path out = fresh_temp_dir("compare_set_came");
-  cmp::CompareOptions o;
-  o.suites = {"pretrain"};
+  cmp::CompareOptions o = tiny_pretrain_options(out, 3);
   o.methods = {"came", "galore-came", "adafactor"};
-  o.out_dir = out.string();
-  o.isolate = false;
-  o.threads = 1;
-  o.pretrain_steps = 3;
-  o.eval_batches = 1;
-  o.gpt_width = 16;
-  o.gpt_layers = 1;
-  o.gpt_heads = 2;
-  o.gpt_context = 8;
-  o.gpt_batch = 2;
-  o.gnuplot = "";
   const auto base = cmp::run_compare(o).methods;
   o.overrides = {"came.beta3=0.9999", "adafactor.beta1=0.9"};
   const auto same = cmp::run_compare(o).methods;
@@ -539,20 +545,8 @@ TEST(CompareTest, PythonBaselineRunsTheSharedReferenceGpt) {
   if (!fs::exists("/usr/share/games/fortunes"))
     GTEST_SKIP() << "no fortunes corpus (Debian package fortunes)";
   const fs::path out = fresh_temp_dir("compare_python");
-  cmp::CompareOptions o;
-  o.suites = {"pretrain"};
+  cmp::CompareOptions o = tiny_pretrain_options(out, 4);
   o.methods = {"adamw"};
-  o.out_dir = out.string();
-  o.isolate = false;
-  o.threads = 1;
-  o.pretrain_steps = 4;
-  o.eval_batches = 1;
-  o.gpt_width = 16;
-  o.gpt_layers = 1;
-  o.gpt_heads = 2;
-  o.gpt_context = 8;
-  o.gpt_batch = 2;
-  o.gnuplot = "";
   o.python_baseline = true;
   cmp::CompareResults res = cmp::run_compare(o);
   ASSERT_EQ(res.methods.size(), 1u);
