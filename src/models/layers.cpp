@@ -168,7 +168,7 @@ at::Tensor Block::forward(const at::Tensor& x) {
 
 namespace {
 
-// Reentrant activation checkpointing for one Block: forward runs without a
+// Reentrant activation checkpointing for one block: forward runs without a
 // graph and saves only the input; backward re-runs the block with grad
 // enabled and back-propagates through it (accumulating parameter .grad).
 struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
@@ -182,7 +182,7 @@ struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
       ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
     }
     ctx->save_for_backward({x});
-    auto* block = reinterpret_cast<Block*>(block_address);  // NOLINT
+    auto* block = reinterpret_cast<CheckpointableBlock*>(block_address);  // NOLINT
     return block->forward(x);
   }
 
@@ -190,7 +190,7 @@ struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
       torch::autograd::AutogradContext* ctx,
       torch::autograd::variable_list grads) {
     auto* block =
-        reinterpret_cast<Block*>(ctx->saved_data["block"].toInt());  // NOLINT
+        reinterpret_cast<CheckpointableBlock*>(ctx->saved_data["block"].toInt());  // NOLINT
     at::Tensor x = ctx->get_saved_variables()[0];
     at::Tensor input = x.detach().requires_grad_(true);
     at::Tensor out;
@@ -214,7 +214,8 @@ struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
 
 }  // namespace
 
-at::Tensor run_block(Block& block, const at::Tensor& x, bool checkpoint) {
+at::Tensor run_block(
+    CheckpointableBlock& block, const at::Tensor& x, bool checkpoint) {
   if (!checkpoint || !at::GradMode::is_enabled())
     return block.forward(x);
   // The dummy makes the output require grad even when x does not (frozen

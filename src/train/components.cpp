@@ -13,6 +13,7 @@
 #include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/text.h"
 #include "lowmem/models/gpt.h"
+#include "lowmem/models/llama.h"
 #include "lowmem/models/mlp.h"
 #include "lowmem/models/vit.h"
 #include "lowmem/optim/adafactor.h"
@@ -48,6 +49,36 @@ struct GptSection {
     v("dropout", c.dropout());
     v("bias", c.bias());
     v("activation_checkpointing", c.activation_checkpointing());
+  }
+};
+
+// LLaMA (models/llama.h). preset "" = the sizes below (a small byte-level
+// model); 60m..7b = GaLore's configs (then the size fields are ignored).
+// context: the text batches' sequence length (<= max_position_embeddings).
+struct LlamaSection {
+  std::string preset;
+  models::LlamaConfig c;
+  int64_t context = 64;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("preset", preset);
+    v("vocab_size", c.vocab_size());
+    v("hidden_size", c.hidden_size());
+    v("intermediate_size", c.intermediate_size());
+    v("num_hidden_layers", c.num_hidden_layers());
+    v("num_attention_heads", c.num_attention_heads());
+    v("max_position_embeddings", c.max_position_embeddings());
+    v("rms_norm_eps", c.rms_norm_eps());
+    v("rope_theta", c.rope_theta());
+    v("initializer_range", c.initializer_range());
+    v("activation_checkpointing", c.activation_checkpointing());
+    v("context", context);
+  }
+  models::LlamaConfig config() const {
+    if (preset.empty())
+      return c;
+    return models::llama_preset(preset).activation_checkpointing(
+        c.activation_checkpointing());
   }
 };
 
@@ -156,6 +187,7 @@ torch::optim::SGDOptions SgdSection::options() const {
 const std::vector<Component>& components() {
   static const std::vector<Component> table = {
       {"model", "gpt", "gpt"},
+      {"model", "llama", "llama"},
       {"model", "vit", "vit"},
       {"model", "mlp", "mlp"},
       {"data", "text", "text"},
@@ -179,6 +211,7 @@ const std::vector<Component>& components() {
 std::vector<Section> make_sections() {
   return {
       Section::of<GptSection>("gpt", "GPT model (models/gpt.h)"),
+      Section::of<LlamaSection>("llama", "LLaMA model (models/llama.h)"),
       Section::of<VitSection>("vit", "ViT model (models/vit.h)"),
       Section::of<MlpSection>("mlp", "MLP model (models/mlp.h)"),
       Section::of<TextSection>("text", "byte-level text (data/text.h)"),
@@ -224,15 +257,18 @@ std::vector<std::string> names_of(const std::string& kind) {
 BuiltData build_data(const Config& c) {
   BuiltData d;
   if (c.data == "text") {
-    if (c.model != "gpt") {
-      throw ConfigError("data 'text' needs model gpt, got '" + c.model + "'");
+    if (c.model != "gpt" && c.model != "llama") {
+      throw ConfigError("data 'text' needs model gpt or llama, got '" +
+                        c.model + "'");
     }
     const auto& t = opts<TextSection>(c, "text");
     if (!(t.val_fraction > 0.0 && t.val_fraction < 1.0)) {
       throw ConfigError("text.val_fraction must be in (0, 1), got " +
                         format_float(t.val_fraction));
     }
-    const int64_t context = opts<GptSection>(c, "gpt").c.block_size();
+    const int64_t context = c.model == "llama"
+        ? opts<LlamaSection>(c, "llama").context
+        : opts<GptSection>(c, "gpt").c.block_size();
     data::TextCorpus corpus(t.path, t.val_fraction);
     auto train = std::make_shared<data::TextBatches>(
         corpus.train(),
@@ -313,6 +349,16 @@ std::shared_ptr<models::Model> build_model(const Config& c,
   return usage([&]() -> std::shared_ptr<models::Model> {
     if (c.model == "gpt") {
       return std::make_shared<models::GPT>(opts<GptSection>(c, "gpt").c);
+    }
+    if (c.model == "llama") {
+      const auto& l = opts<LlamaSection>(c, "llama");
+      auto lc = l.config();
+      if (l.context > lc.max_position_embeddings()) {
+        throw ConfigError("llama.context " + std::to_string(l.context) +
+                          " exceeds max_position_embeddings " +
+                          std::to_string(lc.max_position_embeddings()));
+      }
+      return std::make_shared<models::Llama>(lc);
     }
     if (c.model == "vit") {
       auto v = opts<VitSection>(c, "vit").c;

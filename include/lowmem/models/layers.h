@@ -69,8 +69,15 @@ class FeedForward : public adapters::SlotModule {
   double dropout_;
 };
 
+/// A residual block that run_block can checkpoint: forward maps x to a tensor
+/// of the same shape and reads nothing but x and the block's parameters.
+class CheckpointableBlock : public torch::nn::Module {
+ public:
+  virtual at::Tensor forward(const at::Tensor& x) = 0;
+};
+
 /// Pre-LayerNorm block: x + attn(ln_1(x)), then + mlp(ln_2(x)).
-class Block : public torch::nn::Module {
+class Block : public CheckpointableBlock {
  public:
   /// hidden: the MLP width (0: 4 * n_embd).
   Block(
@@ -80,7 +87,7 @@ class Block : public torch::nn::Module {
       bool causal,
       double dropout,
       int64_t hidden = 0);
-  at::Tensor forward(const at::Tensor& x);
+  at::Tensor forward(const at::Tensor& x) override;
 
   std::shared_ptr<LayerNorm> ln_1;
   std::shared_ptr<SelfAttention> attn;
@@ -111,7 +118,8 @@ void init_slots_normal(
 /// gradients are accumulated into .grad during the recomputation, so only
 /// .backward() — not torch::autograd::grad w.r.t. block parameters — sees
 /// them). The CPU RNG state is restored for the re-run, so dropout matches.
-at::Tensor run_block(Block& block, const at::Tensor& x, bool checkpoint);
+at::Tensor run_block(
+    CheckpointableBlock& block, const at::Tensor& x, bool checkpoint);
 
 /// Sum of numel over parameters (only requires_grad ones if trainable_only).
 int64_t count_parameters(
