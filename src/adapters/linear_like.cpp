@@ -34,6 +34,25 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
   reset_parameters();
 }
 
+Linear::Linear(at::Tensor weight, at::Tensor bias)
+    : LinearLike(weight.defined() && weight.dim() == 2 ? weight.size(1) : 0,
+                 weight.defined() && weight.dim() == 2 ? weight.size(0) : 0) {
+  LOWMEM_CHECK(weight.defined() && weight.dim() == 2 && weight.numel() > 0,
+               "[linear] weight must be a non-empty [out, in] matrix, got ",
+               weight.defined() ? weight.sizes() : c10::IntArrayRef{});
+  LOWMEM_CHECK(!bias.defined() ||
+                   (bias.dim() == 1 && bias.size(0) == weight.size(0)),
+               "[linear] bias must be [", weight.size(0), "], got ",
+               bias.sizes());
+  LOWMEM_CHECK(!bias.defined() || (bias.dtype() == weight.dtype() &&
+                                   bias.device() == weight.device()),
+               "[linear] bias must have the weight's dtype and device (",
+               weight.dtype(), ", ", weight.device(), "), got ", bias.dtype(),
+               ", ", bias.device());
+  weight_ = register_parameter("weight", std::move(weight));
+  if (bias.defined()) bias_ = register_parameter("bias", std::move(bias));
+}
+
 void Linear::reset_parameters() {
   at::NoGradGuard g;
   torch::nn::init::kaiming_uniform_(weight_, std::sqrt(5.0));

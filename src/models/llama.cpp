@@ -33,18 +33,14 @@ class WeightOnly : public torch::nn::Module {
   at::Tensor weight;
 };
 
-// A bias-free linear slot initialised N(0, std) and moved to dtype/device.
-// adapters::Linear builds fp32 on the CPU; converting each one right away
-// keeps the transient to a single fp32 matrix.
+// A bias-free linear slot drawn N(0, std) directly in the target dtype and
+// device: no fp32 transient and no Kaiming draw that would be overwritten.
 std::shared_ptr<adapters::Linear> make_linear(
     int64_t in, int64_t out, const LlamaConfig& c) {
-  auto l = std::make_shared<adapters::Linear>(in, out, /*bias=*/false);
-  {
-    at::NoGradGuard no_grad;
-    l->base_weight().normal_(0.0, c.initializer_range());
-  }
-  l->to(c.device(), c.dtype());
-  return l;
+  at::NoGradGuard no_grad;
+  const auto o = at::TensorOptions().dtype(c.dtype()).device(c.device());
+  return std::make_shared<adapters::Linear>(
+      at::empty({out, in}, o).normal_(0.0, c.initializer_range()));
 }
 
 }  // namespace

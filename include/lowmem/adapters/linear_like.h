@@ -69,6 +69,10 @@ struct LinearOptions {
 class Linear final : public LinearLike {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = true);
+  /// Wraps given tensors as the parameters (no initialisation, no copy): a
+  /// layer built directly in its dtype and device, e.g. a bf16 weight drawn
+  /// N(0, 0.02) on the GPU. `weight` is [out, in]; `bias` undefined or [out].
+  explicit Linear(at::Tensor weight, at::Tensor bias = {});
   at::Tensor forward_impl(const at::Tensor& x) override;
   at::Tensor effective_weight() const override { return weight_; }
   at::Tensor bias() const override { return bias_; }
