@@ -94,15 +94,7 @@ at::Tensor GPT::loss(const at::Tensor& idx, const at::Tensor& target) {
 
 EvalStats GPT::evaluate(const at::Tensor& idx, const at::Tensor& target) {
   at::NoGradGuard no_grad;
-  at::Tensor logits =
-      loss_precision(forward(idx)).view({-1, config_.vocab_size()});
-  at::Tensor t = target.reshape(-1);
-  EvalStats s;
-  s.loss_sum =
-      at::cross_entropy_loss(logits, t, {}, at::Reduction::Sum).item<double>();
-  s.count = t.numel();
-  s.correct = logits.argmax(-1).eq(t).sum().item<int64_t>();
-  return s;
+  return cross_entropy_stats(forward(idx), target);
 }
 
 int64_t GPT::matrix_parameters() {

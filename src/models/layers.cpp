@@ -233,6 +233,17 @@ at::Tensor loss_precision(const at::Tensor& t) {
   return (st == at::kBFloat16 || st == at::kHalf) ? t.to(at::kFloat) : t;
 }
 
+EvalStats cross_entropy_stats(const at::Tensor& logits, const at::Tensor& target) {
+  const at::Tensor l = loss_precision(logits).reshape({-1, logits.size(-1)});
+  const at::Tensor t = target.reshape(-1);
+  EvalStats s;
+  s.loss_sum =
+      at::cross_entropy_loss(l, t, {}, at::Reduction::Sum).item<double>();
+  s.count = t.numel();
+  s.correct = l.argmax(-1).eq(t).sum().item<int64_t>();
+  return s;
+}
+
 int64_t count_parameters(const torch::nn::Module& m, bool trainable_only) {
   int64_t n = 0;
   std::unordered_set<const void*> seen;

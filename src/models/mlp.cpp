@@ -69,20 +69,15 @@ at::Tensor MLP::loss(const at::Tensor& x, const at::Tensor& target) {
 
 EvalStats MLP::evaluate(const at::Tensor& x, const at::Tensor& target) {
   at::NoGradGuard no_grad;
+  if (config_.loss() == "ce") return cross_entropy_stats(forward(x), target);
   at::Tensor out = loss_precision(forward(x));
   EvalStats s;
   s.count = out.size(0);
-  if (config_.loss() == "ce") {
-    s.loss_sum = at::cross_entropy_loss(out, target, {}, at::Reduction::Sum)
-                     .item<double>();
-    s.correct = out.argmax(-1).eq(target).sum().item<int64_t>();
-  } else {
-    // Per-example loss: squared error summed over outputs, mean per element.
-    s.loss_sum =
-        at::mse_loss(out, target.to(out.scalar_type()), at::Reduction::Sum)
-            .item<double>() /
-        static_cast<double>(out.numel() / std::max<int64_t>(1, s.count));
-  }
+  // Per-example loss: squared error summed over outputs, mean per element.
+  s.loss_sum =
+      at::mse_loss(out, target.to(out.scalar_type()), at::Reduction::Sum)
+          .item<double>() /
+      static_cast<double>(out.numel() / std::max<int64_t>(1, s.count));
   return s;
 }
 

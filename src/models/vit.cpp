@@ -109,13 +109,7 @@ at::Tensor ViT::loss(const at::Tensor& images, const at::Tensor& target) {
 
 EvalStats ViT::evaluate(const at::Tensor& images, const at::Tensor& target) {
   at::NoGradGuard no_grad;
-  at::Tensor logits = loss_precision(forward(images));
-  EvalStats s;
-  s.loss_sum = at::cross_entropy_loss(logits, target, {}, at::Reduction::Sum)
-                   .item<double>();
-  s.count = target.numel();
-  s.correct = logits.argmax(-1).eq(target).sum().item<int64_t>();
-  return s;
+  return cross_entropy_stats(forward(images), target);
 }
 
 void ViT::reset_head(int64_t n_classes) {

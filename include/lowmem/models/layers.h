@@ -140,6 +140,12 @@ struct EvalStats {
   int64_t correct = 0;    // argmax hits (classification / next byte)
 };
 
+/// Summed cross-entropy, count and argmax hits of `logits` [..., C] against
+/// class indices `target` [...] (leading dims flattened: tokens of a language
+/// model, examples of a classifier); bf16/fp16 logits are upcast first. The
+/// caller holds no_grad.
+EvalStats cross_entropy_stats(const at::Tensor& logits, const at::Tensor& target);
+
 /// What the trainer needs from a model: forward, a scalar training loss and
 /// evaluation figures. All models here derive from it; it is a SlotModule so
 /// top-level linear layers (ViT's head, the MLP's layers) are slots too.
