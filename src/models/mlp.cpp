@@ -36,7 +36,7 @@ MLP::MLP(MLPConfig config) : config_(std::move(config)) {
     names_.push_back(std::to_string(2 * i));
     register_slot(
         names_.back(),
-        std::make_shared<adapters::Linear>(s[i], s[i + 1], config_.bias()));
+        std::make_shared<nn::Linear>(s[i], s[i + 1], config_.bias()));
   }
 }
 

@@ -5,20 +5,15 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/nn/module.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/adamw.h>
-#include <torch/optim/sgd.h>
 #include <torch/serialize/archive.h>
 
 #include <unordered_set>
 
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/core/check.h"
-#include "lowmem/optim/adafactor.h"
-#include "lowmem/optim/came.h"
-#include "lowmem/optim/galore_adamw.h"
 #include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/galore_state.h"
+#include "lowmem/optim/state_roles.h"
 
 namespace lowmem::optim {
 
@@ -67,22 +62,6 @@ using detail::state_key;
 
 at::ScalarType low_dtype(const at::Tensor& p) {
   return p.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// Weight decay of the inner group holding the proxies, for known optimizers.
-double inner_weight_decay(const torch::optim::OptimizerOptions& o) {
-  if (auto* a = dynamic_cast<const torch::optim::AdamWOptions*>(&o))
-    return a->weight_decay();
-  if (auto* a = dynamic_cast<const torch::optim::AdamOptions*>(&o))
-    return a->weight_decay();
-  if (auto* a = dynamic_cast<const torch::optim::SGDOptions*>(&o))
-    return a->weight_decay();
-  if (auto* a = dynamic_cast<const GaLoreAdamWOptions*>(&o))
-    return a->weight_decay();
-  if (auto* a = dynamic_cast<const CameOptions*>(&o)) return a->weight_decay();
-  if (auto* a = dynamic_cast<const AdafactorOptions*>(&o))
-    return a->weight_decay();
-  return 0.0;
 }
 
 void transfer_copy_state(torch::optim::Optimizer& from, const at::Tensor& from_key,
@@ -161,34 +140,29 @@ at::Tensor BasisChange::cols(const at::Tensor& x) const {
 
 void reproject_state(torch::optim::OptimizerParamState& s,
                      const BasisChange& b) {
-  if (auto* a = dynamic_cast<torch::optim::AdamWParamState*>(&s)) {
-    a->exp_avg(b.linear(a->exp_avg()));
-    a->exp_avg_sq(b.square(a->exp_avg_sq()));
-    a->max_exp_avg_sq(b.square(a->max_exp_avg_sq()));
-  } else if (auto* a = dynamic_cast<torch::optim::AdamParamState*>(&s)) {
-    a->exp_avg(b.linear(a->exp_avg()));
-    a->exp_avg_sq(b.square(a->exp_avg_sq()));
-    a->max_exp_avg_sq(b.square(a->max_exp_avg_sq()));
-  } else if (auto* a = dynamic_cast<torch::optim::SGDParamState*>(&s)) {
-    a->momentum_buffer(b.linear(a->momentum_buffer()));
-  } else if (auto* a = dynamic_cast<GaLoreAdamWParamState*>(&s)) {
-    a->exp_avg(b.linear(a->exp_avg()));
-    a->exp_avg_sq(b.square(a->exp_avg_sq()));
-  } else if (auto* a = dynamic_cast<CameState*>(&s)) {
-    a->exp_avg = b.linear(a->exp_avg);
-    a->exp_avg_sq_row = b.rows(a->exp_avg_sq_row);
-    a->exp_avg_sq_col = b.cols(a->exp_avg_sq_col);
-    a->exp_avg_res_row = b.rows(a->exp_avg_res_row);
-    a->exp_avg_res_col = b.cols(a->exp_avg_res_col);
-  } else if (auto* a = dynamic_cast<AdafactorState*>(&s)) {
-    a->exp_avg = b.linear(a->exp_avg);
-    a->exp_avg_sq_row = b.rows(a->exp_avg_sq_row);
-    a->exp_avg_sq_col = b.cols(a->exp_avg_sq_col);
-  } else {
-    LOWMEM_CHECK(false,
-                 "[galore] state_on_refresh 'reproject' does not know this "
-                 "inner optimizer's state; use keep or reset");
-  }
+  const bool known = visit_state(s, [&b](const char*, at::Tensor& t,
+                                         StateRole role) {
+    switch (role) {
+      case StateRole::kScalar:
+        break;
+      case StateRole::kLinear:
+        t = b.linear(t);
+        break;
+      case StateRole::kSquare:
+        t = b.square(t);
+        break;
+      case StateRole::kRowSquares:
+        t = b.rows(t);
+        break;
+      case StateRole::kColSquares:
+        t = b.cols(t);
+        break;
+    }
+  });
+  LOWMEM_CHECK(known,
+               "[galore] state_on_refresh 'reproject' does not know this "
+               "inner optimizer's state (no FieldState and no registered "
+               "optimizer describes it, optim/registry.h); use keep or reset");
 }
 
 GaLore::GaLore(std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
@@ -231,11 +205,16 @@ GaLore::GaLore(std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
                "[galore] the inner factory must build one group per given "
                "group (", inner_groups.size(), ")");
   if (!slots_.empty()) {
-    const auto& o = inner_->param_groups().back().options();
-    const double wd = inner_weight_decay(o);
-    LOWMEM_CHECK(wd == 0.0,
+    // The proxy is 0 when the inner step runs: a decay there would act on
+    // nothing, silently. Every registered optimizer's decay is readable.
+    const auto wd = weight_decay_of(inner_->param_groups().back().options());
+    LOWMEM_CHECK(wd.has_value(),
+                 "[galore] cannot read the inner optimizer's weight_decay "
+                 "(its options are no FieldOptions and no registered "
+                 "optimizer knows them, optim/registry.h)");
+    LOWMEM_CHECK(*wd == 0.0,
                  "[galore] the inner optimizer's weight_decay on projected "
-                 "params must be 0 (got ", wd,
+                 "params must be 0 (got ", *wd,
                  "); set GaLoreOptions::weight_decay, which decays the full "
                  "weight");
   }
@@ -492,7 +471,7 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> GaLore::route(
     torch::nn::Module& module) {
   std::vector<at::Tensor> projected, plain;
   std::unordered_set<const void*> seen;
-  for (const auto& ref : adapters::find_slots(module)) {
+  for (const auto& ref : nn::find_slots(module)) {
     auto layer = ref.layer();
     auto& w = layer->base_weight();
     if (w.defined() && w.requires_grad() && w.dim() == 2 &&

@@ -29,15 +29,15 @@
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adamw.h"
 #endif
-#if __has_include("lowmem/adapters/projected_adapter.h") && \
+#if __has_include("lowmem/projection/projected_linear.h") && \
     __has_include("lowmem/optim/galore_adapter.h")
 #define LOWMEM_COMPARE_HAVE_PROJECTED 1
-#include "lowmem/adapters/projected_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 #include "lowmem/optim/galore_adapter.h"
 #endif
-#if __has_include("lowmem/optim/singd.h") && __has_include("lowmem/adapters/curvature_tap.h")
+#if __has_include("lowmem/optim/singd.h") && __has_include("lowmem/nn/curvature_tap.h")
 #define LOWMEM_COMPARE_HAVE_SINGD 1
-#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/singd.h"
 #endif
 #if __has_include("lowmem/optim/kfac.h")
@@ -193,7 +193,7 @@ Training galore(Workload& w, const CompareOptions& o, bool came, int64_t width,
 Training singd(Workload& w, const CompareOptions& o, const std::string& structures,
                const std::string& dtype) {
   Training t;
-  auto split = adapters::split_curvature_parameters(*w.model);
+  auto split = nn::split_curvature_parameters(*w.model);
   std::vector<at::Tensor> rest;
   for (auto& kv : split.uncovered) rest.push_back(kv.second);
   const auto opts = configured(
@@ -333,7 +333,7 @@ void add_model_methods(std::vector<MethodDef>& out) {
                                kPretrainLr);
     };
 #else
-    d.unavailable = missing("lowmem/adapters/projected_adapter.h");
+    d.unavailable = missing("lowmem/projection/projected_linear.h");
 #endif
     out.push_back(d);
   }
@@ -374,7 +374,7 @@ void add_model_methods(std::vector<MethodDef>& out) {
 #if defined(LOWMEM_COMPARE_HAVE_KFAC) && defined(LOWMEM_COMPARE_HAVE_SINGD)
     d.setup = [bf16](Workload& w, const CompareOptions& o) {
       Training t;
-      auto split = adapters::split_curvature_parameters(*w.model);
+      auto split = nn::split_curvature_parameters(*w.model);
       std::vector<at::Tensor> rest;
       for (auto& kv : split.uncovered) rest.push_back(kv.second);
       const auto opts = configured(
@@ -480,7 +480,7 @@ void add_model_methods(std::vector<MethodDef>& out) {
           /*freeze_rest=*/true, kFinetuneAdapterLr);
     };
 #else
-    d.unavailable = missing("lowmem/adapters/projected_adapter.h");
+    d.unavailable = missing("lowmem/projection/projected_linear.h");
 #endif
     out.push_back(d);
   }

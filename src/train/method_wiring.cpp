@@ -4,7 +4,7 @@
 
 #include <sstream>
 
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/train/fields.h"
 
 namespace lowmem::train::wiring {
@@ -36,9 +36,9 @@ std::vector<at::Tensor> ProjectedAdapters::a() const {
 ProjectedAdapters inject_projected_adapters(
     torch::nn::Module& model, const adapters::TargetOptions& targets,
     const projection::ProjectorOptions& options, bool freeze_rest) {
-  std::vector<adapters::SlotRef> refs;
+  std::vector<nn::SlotRef> refs;
   if (targets.target_modules().empty() && targets.target_regex().empty()) {
-    for (const auto& ref : adapters::find_slots(model)) {
+    for (const auto& ref : nn::find_slots(model)) {
       if (!adapters::in_modules_to_save(ref.path, targets)) {
         refs.push_back(ref);
       }
@@ -59,7 +59,7 @@ ProjectedAdapters inject_projected_adapters(
   ProjectedAdapters out;
   int64_t stream = 0;
   for (const auto& ref : refs) {
-    auto layer = std::make_shared<adapters::ProjectedLinear>(ref.layer(),
+    auto layer = std::make_shared<projection::ProjectedLinear>(ref.layer(),
                                                              options, stream++);
     ref.replace(layer);
     if (freeze_rest && layer->bias().defined()) {

@@ -100,7 +100,7 @@ TEST(GaLoreAccumulation, ProjectedMicroBatchesEqualOneBatch) {
   auto net = make_mlp(sizes, torch::kDouble);
   auto g = make_galore(*net, lo::GaLoreOptions().projector(po).accumulation_steps(2));
   loss_of(*net, data[0]).backward();
-  for (auto& ref : lowmem::adapters::find_slots(*net))
+  for (auto& ref : lowmem::nn::find_slots(*net))
     EXPECT_FALSE(ref.layer()->base_weight().grad().defined());
   bool has_acc = false;
   for (auto& t : g->state_tensors())
@@ -202,7 +202,7 @@ TEST(GaLoreConversion, SwitchFormsMidRunKeepsTheTrajectory) {
     lo::transfer_state(*g1, ad);
     for (auto& l : layers) EXPECT_FALSE(l->base_weight().grad().defined());
     train(*net, ad, data, 4, 7);
-    auto refs = lowmem::adapters::find_slots(*net);
+    auto refs = lowmem::nn::find_slots(*net);
     for (size_t i = 0; i < refs.size(); ++i) {
       refs[i].replace(layers[i]->base());
       layers[i]->base_weight().set_requires_grad(true);

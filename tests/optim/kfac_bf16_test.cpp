@@ -7,13 +7,13 @@
 
 #include <cmath>
 
-#include "lowmem/adapters/linear_like.h"
+#include "lowmem/nn/linear.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"
 
 namespace {
 
-using lowmem::adapters::Linear;
+using lowmem::nn::Linear;
 
 struct Net : torch::nn::Module {
   Net() {

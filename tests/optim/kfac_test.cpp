@@ -6,12 +6,12 @@
 
 #include <sstream>
 
-#include "lowmem/adapters/linear_like.h"
+#include "lowmem/nn/linear.h"
 #include "lowmem/optim/kfac.h"
 
 namespace {
 
-using lowmem::adapters::Linear;
+using lowmem::nn::Linear;
 using lowmem::optim::KFAC;
 using lowmem::optim::KfacOptions;
 

@@ -9,7 +9,7 @@
 
 #include <cmath>
 
-#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/models/gpt.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/kfac.h"
@@ -40,7 +40,7 @@ template <class Make>
 GptRun train_gpt(Make make, int steps) {
   torch::manual_seed(0);
   lm::GPT gpt(lm::GPTConfig().n_layer(2).n_head(2).n_embd(32).block_size(16).vocab_size(32));
-  auto split = lowmem::adapters::split_curvature_parameters(gpt);
+  auto split = lowmem::nn::split_curvature_parameters(gpt);
   std::vector<at::Tensor> rest;
   for (auto& kv : split.uncovered) rest.push_back(kv.second);
   std::shared_ptr<torch::optim::Optimizer> curv = make(gpt);

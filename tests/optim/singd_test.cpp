@@ -6,14 +6,14 @@
 
 #include <sstream>
 
-#include "lowmem/adapters/curvature_tap.h"
-#include "lowmem/adapters/linear_like.h"
+#include "lowmem/nn/curvature_tap.h"
+#include "lowmem/nn/linear.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"
 
 namespace {
 
-using lowmem::adapters::Linear;
+using lowmem::nn::Linear;
 using lowmem::optim::SINGD;
 using lowmem::optim::SingdOptions;
 
@@ -217,7 +217,7 @@ TEST(Singd, ParameterRoutingSplitsCoveredFromUncovered) {
     torch::nn::LayerNorm norm{nullptr};
     std::shared_ptr<Linear> fc, frozen;
   } net;
-  auto split = lowmem::adapters::split_curvature_parameters(net);
+  auto split = lowmem::nn::split_curvature_parameters(net);
   std::vector<std::string> cov, unc;
   for (auto& p : split.covered) cov.push_back(p.first);
   for (auto& p : split.uncovered) unc.push_back(p.first);

@@ -1,5 +1,5 @@
 // Low-rank projections of an m x n matrix, shared by the gradient-transform
-// form (optim/galore.h) and the adapter form (adapters/projected_adapter.h):
+// form (optim/galore.h) and the adapter form (projection/projected_linear.h):
 // GaLore's SVD projector (arXiv 2403.03507, galore_torch/galore_projector.py),
 // a randomized-SVD refresh (Halko et al., arXiv 0909.4061), seeded random
 // sketches and the two-sided (Kronecker) form P.A.Q^T (arXiv 2502.13811).

@@ -1,4 +1,4 @@
-#include "lowmem/adapters/linear_like.h"
+#include "lowmem/nn/linear.h"
 
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
@@ -7,7 +7,7 @@
 
 #include "lowmem/core/check.h"
 
-namespace lowmem::adapters {
+namespace lowmem::nn {
 
 at::Tensor LinearLike::forward(const at::Tensor& x) {
   LOWMEM_CHECK(x.dim() >= 1 && x.size(-1) == in_, "[linear] input's last dim ",
@@ -66,4 +66,4 @@ at::Tensor Linear::forward_impl(const at::Tensor& x) {
   return at::linear(x, weight_, bias_);
 }
 
-}  // namespace lowmem::adapters
+}  // namespace lowmem::nn

@@ -1,5 +1,5 @@
-// adapters::Linear built from given tensors: no init, no copy, checked shapes.
-#include "lowmem/adapters/linear_like.h"
+// nn::Linear built from given tensors: no init, no copy, checked shapes.
+#include "lowmem/nn/linear.h"
 
 #include <gtest/gtest.h>
 
@@ -7,7 +7,7 @@
 
 namespace {
 
-using lowmem::adapters::Linear;
+using lowmem::nn::Linear;
 using lowmem::testing::expect_error_containing;
 
 TEST(Linear, WrapsGivenTensorsWithoutCopyOrInit) {

@@ -1,4 +1,4 @@
-#include "lowmem/adapters/conv2d.h"
+#include "lowmem/nn/conv2d.h"
 
 #include <ATen/ATen.h>
 #include <torch/nn/init.h>
@@ -7,7 +7,7 @@
 
 #include "lowmem/core/check.h"
 
-namespace lowmem::adapters {
+namespace lowmem::nn {
 
 Conv2d::Conv2d(const Conv2dOptions& o) : options_(o) {
   LOWMEM_CHECK(
@@ -59,4 +59,4 @@ at::Tensor Conv2d::forward(const at::Tensor& x) {
   return out;
 }
 
-}  // namespace lowmem::adapters
+}  // namespace lowmem::nn

@@ -1,8 +1,8 @@
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/slot_module.h"
 
 #include "lowmem/core/check.h"
 
-namespace lowmem::adapters {
+namespace lowmem::nn {
 
 std::shared_ptr<LinearLike> SlotModule::register_slot(
     const std::string& name, std::shared_ptr<LinearLike> layer) {
@@ -53,4 +53,4 @@ std::vector<SlotRef> find_slots(torch::nn::Module& root) {
   return out;
 }
 
-}  // namespace lowmem::adapters
+}  // namespace lowmem::nn

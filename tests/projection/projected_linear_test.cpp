@@ -1,22 +1,22 @@
-#include "lowmem/adapters/projected_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/core/memory.h"
 #include "testing/gradcheck.h"
 #include "testing/pch.h"
 
-namespace la = lowmem::adapters;
+namespace la = lowmem::nn;
 namespace lp = lowmem::projection;
 
 namespace {
 
-std::shared_ptr<la::ProjectedLinear> make(int64_t in, int64_t out,
+std::shared_ptr<lowmem::projection::ProjectedLinear> make(int64_t in, int64_t out,
                                           const std::string& type,
                                           torch::Dtype dtype = torch::kDouble) {
   torch::manual_seed(1);
   auto base = std::make_shared<la::Linear>(in, out);
   base->to(dtype);
-  auto l = std::make_shared<la::ProjectedLinear>(
+  auto l = std::make_shared<lowmem::projection::ProjectedLinear>(
       base, lp::ProjectorOptions().rank(3).proj_type(type).basis("orthogonal"));
   l->rebase(at::Tensor());
   torch::NoGradGuard ng;
@@ -92,7 +92,7 @@ TEST(ProjectedLinear, MergeAndRebaseKeepTheFunction) {
   EXPECT_FALSE(torch::allclose(old, l->projector().right()));
   EXPECT_TRUE(torch::allclose(l->forward(x), y0));
   // svd bases need the full gradient, captured on request.
-  auto s = std::make_shared<la::ProjectedLinear>(
+  auto s = std::make_shared<lowmem::projection::ProjectedLinear>(
       std::make_shared<la::Linear>(8, 6), lp::ProjectorOptions().rank(2));
   try {
     s->rebase(at::Tensor());
@@ -113,7 +113,7 @@ TEST(ProjectedLinear, MergeAndRebaseKeepTheFunction) {
 TEST(ProjectedLinear, BackwardNeverFormsTheWeightGradient) {
   const int64_t d = 512;
   torch::manual_seed(0);
-  auto l = std::make_shared<la::ProjectedLinear>(
+  auto l = std::make_shared<lowmem::projection::ProjectedLinear>(
       std::make_shared<la::Linear>(d, d, /*bias=*/false),
       lp::ProjectorOptions().rank(8).basis("gaussian"));
   l->rebase(at::Tensor());
@@ -135,7 +135,7 @@ TEST(ProjectedLinear, InjectUsesSlotOrderAsStream) {
       register_slot("b", std::make_shared<la::Linear>(6, 4));
     }
   } net;
-  auto layers = la::inject_projected(
+  auto layers = lowmem::projection::inject_projected(
       net, lp::ProjectorOptions().rank(2).basis("gaussian").seed(3));
   ASSERT_EQ(layers.size(), 2u);
   EXPECT_EQ(&net.linear("a"), layers[0].get());

@@ -1,16 +1,16 @@
-#include "lowmem/adapters/projected_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 
 #include <ATen/ATen.h>
 
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/core/check.h"
 
-namespace lowmem::adapters {
+namespace lowmem::projection {
 
-ProjectedLinear::ProjectedLinear(std::shared_ptr<LinearLike> base,
-                                 projection::ProjectorOptions options,
+ProjectedLinear::ProjectedLinear(std::shared_ptr<nn::LinearLike> base,
+                                 ProjectorOptions options,
                                  int64_t stream)
-    : LinearLike(base ? base->in_features() : 1,
+    : nn::LinearLike(base ? base->in_features() : 1,
                  base ? base->out_features() : 1),
       base_(std::move(base)),
       projector_(std::move(options), out_features(), in_features(), stream) {
@@ -31,13 +31,13 @@ at::Tensor ProjectedLinear::forward_impl(const at::Tensor& x) {
   at::Tensor z;
   // Thin products only: [.., in] -> [.., r] -> ... -> [.., out].
   switch (projector_.side()) {
-    case projection::Side::kLeft:  // x (P A)^T = (x A^T) P^T
+    case Side::kLeft:  // x (P A)^T = (x A^T) P^T
       z = at::matmul(at::matmul(xa, a_.t()), projector_.left().t());
       break;
-    case projection::Side::kRight:  // x (A Q^T)^T = (x Q) A^T
+    case Side::kRight:  // x (A Q^T)^T = (x Q) A^T
       z = at::matmul(at::matmul(xa, projector_.right()), a_.t());
       break;
-    case projection::Side::kBoth:  // x (P A Q^T)^T = ((x Q) A^T) P^T
+    case Side::kBoth:  // x (P A Q^T)^T = ((x Q) A^T) P^T
       z = at::matmul(at::matmul(at::matmul(xa, projector_.right()), a_.t()),
                      projector_.left().t());
       break;
@@ -83,10 +83,10 @@ void ProjectedLinear::capture_full_grad(bool on) {
 }
 
 std::vector<std::shared_ptr<ProjectedLinear>> inject_projected(
-    torch::nn::Module& root, const projection::ProjectorOptions& options) {
+    torch::nn::Module& root, const ProjectorOptions& options) {
   std::vector<std::shared_ptr<ProjectedLinear>> out;
   int64_t stream = 0;
-  for (const auto& ref : find_slots(root)) {
+  for (const auto& ref : nn::find_slots(root)) {
     auto layer =
         std::make_shared<ProjectedLinear>(ref.layer(), options, stream++);
     ref.replace(layer);
@@ -95,4 +95,4 @@ std::vector<std::shared_ptr<ProjectedLinear>> inject_projected(
   return out;
 }
 
-}  // namespace lowmem::adapters
+}  // namespace lowmem::projection

@@ -1,4 +1,4 @@
-#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/nn/curvature_tap.h"
 
 #include <ATen/ATen.h>
 
@@ -6,10 +6,10 @@
 #include <set>
 #include <unordered_set>
 
-#include "lowmem/adapters/conv2d.h"
+#include "lowmem/nn/conv2d.h"
 #include "lowmem/core/check.h"
 
-namespace lowmem::adapters {
+namespace lowmem::nn {
 
 LossAverage parse_loss_average(const std::string& s) {
   if (s == "none") return LossAverage::kNone;
@@ -187,4 +187,4 @@ CurvatureParamSplit split_curvature_parameters(torch::nn::Module& root) {
   return split;
 }
 
-}  // namespace lowmem::adapters
+}  // namespace lowmem::nn
