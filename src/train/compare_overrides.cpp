@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "compare_internal.h"
+#include "lowmem/adapters/registry.h"
+#include "lowmem/optim/registry.h"
 #include "lowmem/train/config.h"
 
 namespace lowmem::train::compare {
@@ -29,11 +31,14 @@ std::string joined(const std::vector<std::string>& v) {
 }  // namespace
 
 std::vector<std::string> override_sections() {
-  // The components the methods of compare_methods.cpp and
-  // compare_model_methods.cpp build through configured().
-  return {"adamw", "adafactor", "came", "galore", "projected_adapter",
-          "singd", "kfac",      "lora", "lotr",   "snell",
-          "sgd"};
+  // The components compare's methods build: every registered optimizer and
+  // adapter, and the two projection methods.
+  std::vector<std::string> out;
+  for (const auto& o : optim::optimizers()) out.push_back(o.name);
+  out.push_back("galore");
+  out.push_back("projected_adapter");
+  for (const auto& a : adapters::adapter_kinds()) out.push_back(a.method);
+  return out;
 }
 
 void validate_overrides(const std::vector<std::string>& overrides) {

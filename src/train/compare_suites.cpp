@@ -8,20 +8,20 @@
 #include <filesystem>
 
 #include "compare_internal.h"
-#include "lowmem/adapters/linear_like.h"
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/linear.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/core/check.h"
 
 namespace lowmem::train::compare::detail {
 namespace {
 
 // ---------------------------------------------------------------- toy suite
-class ToyMLP : public adapters::SlotModule {
+class ToyMLP : public nn::SlotModule {
  public:
   ToyMLP(int64_t in, int64_t hidden) {
-    register_slot("fc1", std::make_shared<adapters::Linear>(in, hidden));
-    register_slot("fc2", std::make_shared<adapters::Linear>(hidden, hidden));
-    register_slot("head", std::make_shared<adapters::Linear>(hidden, 1));
+    register_slot("fc1", std::make_shared<nn::Linear>(in, hidden));
+    register_slot("fc2", std::make_shared<nn::Linear>(hidden, hidden));
+    register_slot("head", std::make_shared<nn::Linear>(hidden, 1));
   }
   at::Tensor forward(const at::Tensor& x) {
     at::Tensor h = at::tanh(linear("fc1").forward(x));

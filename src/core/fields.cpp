@@ -1,11 +1,11 @@
-#include "lowmem/train/fields.h"
+#include "lowmem/core/fields.h"
 
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 
-namespace lowmem::train {
+namespace lowmem {
 namespace {
 
 std::string trimmed(const std::string& s) {
@@ -96,4 +96,4 @@ const Field* Section::find(const std::string& key) const {
   return nullptr;
 }
 
-}  // namespace lowmem::train
+}  // namespace lowmem
