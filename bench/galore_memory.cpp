@@ -24,13 +24,13 @@
 #include <map>
 #include <string>
 
-#include "lowmem/projection/projected_linear.h"
-#include "lowmem/nn/slot_module.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/models/gpt.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 
 namespace {
 

@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/models/gpt.h"
 #include "lowmem/models/mlp.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"

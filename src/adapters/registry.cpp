@@ -25,9 +25,7 @@ std::vector<AdapterKind>& table() {
 
 }  // namespace
 
-const std::vector<AdapterKind>& adapter_kinds() {
-  return table();
-}
+const std::vector<AdapterKind>& adapter_kinds() { return table(); }
 
 const AdapterKind* find_adapter(const std::string& method) {
   for (const auto& k : table())

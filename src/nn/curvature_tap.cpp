@@ -6,8 +6,8 @@
 #include <set>
 #include <unordered_set>
 
-#include "lowmem/nn/conv2d.h"
 #include "lowmem/core/check.h"
+#include "lowmem/nn/conv2d.h"
 
 namespace lowmem::nn {
 

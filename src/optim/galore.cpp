@@ -9,8 +9,8 @@
 
 #include <unordered_set>
 
-#include "lowmem/nn/slot_module.h"
 #include "lowmem/core/check.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/galore_state.h"
 #include "lowmem/optim/state_roles.h"
@@ -140,25 +140,25 @@ at::Tensor BasisChange::cols(const at::Tensor& x) const {
 
 void reproject_state(torch::optim::OptimizerParamState& s,
                      const BasisChange& b) {
-  const bool known = visit_state(s, [&b](const char*, at::Tensor& t,
-                                         StateRole role) {
-    switch (role) {
-      case StateRole::kScalar:
-        break;
-      case StateRole::kLinear:
-        t = b.linear(t);
-        break;
-      case StateRole::kSquare:
-        t = b.square(t);
-        break;
-      case StateRole::kRowSquares:
-        t = b.rows(t);
-        break;
-      case StateRole::kColSquares:
-        t = b.cols(t);
-        break;
-    }
-  });
+  const bool known =
+      visit_state(s, [&b](const char*, at::Tensor& t, StateRole role) {
+        switch (role) {
+          case StateRole::kScalar:
+            break;
+          case StateRole::kLinear:
+            t = b.linear(t);
+            break;
+          case StateRole::kSquare:
+            t = b.square(t);
+            break;
+          case StateRole::kRowSquares:
+            t = b.rows(t);
+            break;
+          case StateRole::kColSquares:
+            t = b.cols(t);
+            break;
+        }
+      });
   LOWMEM_CHECK(known,
                "[galore] state_on_refresh 'reproject' does not know this "
                "inner optimizer's state (no FieldState and no registered "
@@ -214,7 +214,8 @@ GaLore::GaLore(std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
                  "optimizer knows them, optim/registry.h)");
     LOWMEM_CHECK(*wd == 0.0,
                  "[galore] the inner optimizer's weight_decay on projected "
-                 "params must be 0 (got ", *wd,
+                 "params must be 0 (got ",
+                 *wd,
                  "); set GaLoreOptions::weight_decay, which decays the full "
                  "weight");
   }

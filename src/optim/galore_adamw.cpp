@@ -55,8 +55,8 @@ void GaLoreAdamW::update(at::Tensor& p, const at::Tensor& grad,
   double step_size = o.lr();
   if (o.correct_bias()) {
     const double t = static_cast<double>(s.step);
-    step_size *=
-        std::sqrt(1.0 - std::pow(o.beta2(), t)) / (1.0 - std::pow(o.beta1(), t));
+    step_size *= std::sqrt(1.0 - std::pow(o.beta2(), t)) /
+                 (1.0 - std::pow(o.beta1(), t));
   }
   if (p.scalar_type() == dt) {
     p.addcdiv_(s.exp_avg, denom, -step_size);

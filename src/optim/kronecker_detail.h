@@ -2,7 +2,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-
 #include <torch/optim/optimizer.h>
 
 #include <algorithm>
@@ -69,14 +68,10 @@ inline void apply_update(
 /// Applies the natural gradient `nat` ([d_C, d_K], the bias as its last
 /// column when the layer has one) to the layer's weight and bias with
 /// apply_update, each with its own momentum buffer.
-inline void apply_natural_gradient(
-    nn::CurvatureLayer& l,
-    const at::Tensor& nat,
-    at::Tensor& momentum_weight,
-    at::Tensor& momentum_bias,
-    double lr,
-    double momentum,
-    double weight_decay) {
+inline void apply_natural_gradient(nn::CurvatureLayer& l, const at::Tensor& nat,
+                                   at::Tensor& momentum_weight,
+                                   at::Tensor& momentum_bias, double lr,
+                                   double momentum, double weight_decay) {
   const int64_t dk = l.weight[0].numel();
   apply_update(l.weight, nat.slice(1, 0, dk), momentum_weight, lr, momentum, weight_decay);
   if (l.bias.defined())
@@ -89,14 +84,10 @@ using Taps = std::vector<std::shared_ptr<nn::KroneckerTap>>;
 /// Makes the layer's Kronecker tap (factor dtypes, and the loss averaging and
 /// KFAC approximation named in the optimizer's options), attaches it to the
 /// layer and keeps it in `taps`; `sink` receives (a, g) on armed steps.
-inline void attach_tap(
-    const nn::CurvatureLayer& l,
-    Taps& taps,
-    const std::string& loss_average,
-    const std::string& kfac_approx,
-    at::ScalarType dtype_k,
-    at::ScalarType dtype_c,
-    nn::KroneckerTap::Sink sink) {
+inline void attach_tap(const nn::CurvatureLayer& l, Taps& taps,
+                       const std::string& loss_average,
+                       const std::string& kfac_approx, at::ScalarType dtype_k,
+                       at::ScalarType dtype_c, nn::KroneckerTap::Sink sink) {
   nn::KroneckerTapOptions to;
   to.has_bias = l.bias.defined();
   to.conv = l.conv;

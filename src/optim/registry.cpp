@@ -137,9 +137,7 @@ std::string names(const std::vector<OptimizerKind>& rows) {
 
 }  // namespace
 
-const std::vector<OptimizerKind>& optimizers() {
-  return table();
-}
+const std::vector<OptimizerKind>& optimizers() { return table(); }
 
 const OptimizerKind* find_optimizer(const std::string& name) {
   for (const auto& k : table())

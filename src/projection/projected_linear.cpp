@@ -2,16 +2,15 @@
 
 #include <ATen/ATen.h>
 
-#include "lowmem/nn/slot_module.h"
 #include "lowmem/core/check.h"
+#include "lowmem/nn/slot_module.h"
 
 namespace lowmem::projection {
 
 ProjectedLinear::ProjectedLinear(std::shared_ptr<nn::LinearLike> base,
-                                 ProjectorOptions options,
-                                 int64_t stream)
+                                 ProjectorOptions options, int64_t stream)
     : nn::LinearLike(base ? base->in_features() : 1,
-                 base ? base->out_features() : 1),
+                     base ? base->out_features() : 1),
       base_(std::move(base)),
       projector_(std::move(options), out_features(), in_features(), stream) {
   LOWMEM_CHECK(base_, "[projected_adapter] base layer is null");

@@ -30,12 +30,13 @@
 #include "lowmem/optim/galore_adamw.h"
 #endif
 #if __has_include("lowmem/projection/projected_linear.h") && \
-    __has_include("lowmem/optim/galore_adapter.h")
+                  __has_include("lowmem/optim/galore_adapter.h")
 #define LOWMEM_COMPARE_HAVE_PROJECTED 1
-#include "lowmem/projection/projected_linear.h"
 #include "lowmem/optim/galore_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 #endif
-#if __has_include("lowmem/optim/singd.h") && __has_include("lowmem/nn/curvature_tap.h")
+#if __has_include("lowmem/optim/singd.h") && \
+                  __has_include("lowmem/nn/curvature_tap.h")
 #define LOWMEM_COMPARE_HAVE_SINGD 1
 #include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/singd.h"

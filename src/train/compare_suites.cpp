@@ -8,9 +8,9 @@
 #include <filesystem>
 
 #include "compare_internal.h"
+#include "lowmem/core/check.h"
 #include "lowmem/nn/linear.h"
 #include "lowmem/nn/slot_module.h"
-#include "lowmem/core/check.h"
 
 namespace lowmem::train::compare::detail {
 namespace {

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <sstream>
 
+#include "lowmem/adapters/inject.h"
+#include "lowmem/adapters/registry.h"
 #include "lowmem/core/check.h"
 #include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/text.h"
@@ -16,17 +18,9 @@
 #include "lowmem/models/llama.h"
 #include "lowmem/models/mlp.h"
 #include "lowmem/models/vit.h"
-#include "lowmem/optim/adafactor.h"
-#include "lowmem/optim/adamw.h"
-#include "lowmem/optim/came.h"
-#include "lowmem/optim/galore.h"
-#include "lowmem/optim/kfac.h"
-#include "lowmem/optim/singd.h"
 #include "lowmem/nn/curvature_tap.h"
-#include "lowmem/adapters/inject.h"
-#include "lowmem/adapters/lora.h"
-#include "lowmem/adapters/lotr.h"
-#include "lowmem/adapters/snell.h"
+#include "lowmem/optim/galore.h"
+#include "lowmem/optim/registry.h"
 #include "method_wiring.h"
 
 namespace lowmem::train::detail {
@@ -172,7 +166,8 @@ double class_prior_cross_entropy(const at::Tensor& fit, const at::Tensor& eval,
 
 std::vector<Component> components() {
   std::vector<Component> out;
-  for (const auto& m : model_kinds()) out.push_back({"model", m.name, m.section});
+  for (const auto& m : model_kinds())
+    out.push_back({"model", m.name, m.section});
   for (const auto& d : data_kinds()) out.push_back({"data", d.name, d.section});
   out.push_back({"method", "full", ""});
   out.push_back({"method", "galore", "galore"});
@@ -222,8 +217,8 @@ namespace {
 BuiltData build_text(const Config& c) {
   BuiltData d;
   if (c.model != "gpt" && c.model != "llama") {
-    throw ConfigError("data 'text' needs model gpt or llama, got '" +
-                      c.model + "'");
+    throw ConfigError("data 'text' needs model gpt or llama, got '" + c.model +
+                      "'");
   }
   const auto& t = opts<TextSection>(c, "text");
   if (!(t.val_fraction > 0.0 && t.val_fraction < 1.0)) {
@@ -231,8 +226,8 @@ BuiltData build_text(const Config& c) {
                       format_float(t.val_fraction));
   }
   const int64_t context = c.model == "llama"
-      ? opts<LlamaSection>(c, "llama").context
-      : opts<GptSection>(c, "gpt").c.block_size();
+                              ? opts<LlamaSection>(c, "llama").context
+                              : opts<GptSection>(c, "gpt").c.block_size();
   data::TextCorpus corpus(t.path, t.val_fraction);
   auto train = std::make_shared<data::TextBatches>(
       corpus.train(),
@@ -252,10 +247,9 @@ BuiltData build_text(const Config& c) {
   d.train = train;
   d.eval = eval;
   d.unit = "tokens";
-  d.summary = corpus.describe() + "; " + train->describe() + "; " +
-      eval->describe();
-  d.baseline =
-      data::unigram_cross_entropy(corpus.train(), corpus.validation());
+  d.summary =
+      corpus.describe() + "; " + train->describe() + "; " + eval->describe();
+  d.baseline = data::unigram_cross_entropy(corpus.train(), corpus.validation());
   return d;
 }
 
@@ -282,15 +276,13 @@ BuiltData build_fashion_mnist(const Config& c) {
                   .classes(classes)
                   .normalize(f.normalize)
                   .seed(static_cast<uint64_t>(c.seed));
-  auto train_set =
-      data::load_fashion_mnist(data::FashionMnistOptions(base)
-                                   .train(true)
-                                   .per_class(f.per_class));
+  auto train_set = data::load_fashion_mnist(
+      data::FashionMnistOptions(base).train(true).per_class(f.per_class));
   auto eval_set =
       data::load_fashion_mnist(data::FashionMnistOptions(base).train(false));
   d.n_classes = classes.empty() ? 10 : static_cast<int64_t>(classes.size());
-  d.baseline = class_prior_cross_entropy(train_set.labels, eval_set.labels,
-                                         d.n_classes);
+  d.baseline =
+      class_prior_cross_entropy(train_set.labels, eval_set.labels, d.n_classes);
   auto train = std::make_shared<data::ImageBatches>(
       train_set,
       data::ImageBatchOptions()
@@ -338,10 +330,8 @@ std::shared_ptr<models::Model> build_mlp(const Config& c,
     sizes.push_back(h);
   }
   sizes.push_back(data.n_classes);
-  return std::make_shared<models::MLP>(models::MLPConfig()
-                                           .sizes(sizes)
-                                           .activation(m.activation)
-                                           .bias(m.bias));
+  return std::make_shared<models::MLP>(
+      models::MLPConfig().sizes(sizes).activation(m.activation).bias(m.bias));
 }
 
 template <class T>
@@ -354,7 +344,8 @@ std::function<Section()> section(const char* name, const char* help) {
 const std::vector<DataKind>& data_kinds() {
   // One row per data source: name, section, options, builder.
   static const std::vector<DataKind> rows = {
-      {"text", "text", section<TextSection>("text", "byte-level text (data/text.h)"),
+      {"text", "text",
+       section<TextSection>("text", "byte-level text (data/text.h)"),
        build_text},
       {"fashion-mnist", "fashion_mnist",
        section<FashionSection>("fashion_mnist",
@@ -517,8 +508,8 @@ std::vector<RouteRule> routing_rules(const Config& c, models::Model& model,
     // SINGD/KFAC take the weights and biases of the Linear/Conv2d layers they
     // can tap.
     std::vector<std::string> names;
-    for (const auto& [name, p] : nn::split_curvature_parameters(model)
-                                     .covered) {
+    for (const auto& [name, p] :
+         nn::split_curvature_parameters(model).covered) {
       names.push_back(name);
     }
     return exactly(names);

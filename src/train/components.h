@@ -35,8 +35,8 @@ std::vector<std::string> names_of(const std::string& kind);
 #include <memory>
 
 #include "lowmem/data/batch.h"
-#include "lowmem/train/config.h"
 #include "lowmem/optim/torch_sgd.h"
+#include "lowmem/train/config.h"
 #include "lowmem/train/routing.h"
 #include "method_wiring.h"
 
@@ -114,8 +114,7 @@ struct ModelKind {
   std::string name;
   std::string section;
   std::function<Section()> options;
-  std::function<std::shared_ptr<models::Model>(const Config&,
-                                               const BuiltData&)>
+  std::function<std::shared_ptr<models::Model>(const Config&, const BuiltData&)>
       build;
 };
 const std::vector<DataKind>& data_kinds();

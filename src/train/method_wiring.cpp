@@ -59,8 +59,8 @@ ProjectedAdapters inject_projected_adapters(
   ProjectedAdapters out;
   int64_t stream = 0;
   for (const auto& ref : refs) {
-    auto layer = std::make_shared<projection::ProjectedLinear>(ref.layer(),
-                                                             options, stream++);
+    auto layer = std::make_shared<projection::ProjectedLinear>(
+        ref.layer(), options, stream++);
     ref.replace(layer);
     if (freeze_rest && layer->bias().defined()) {
       layer->bias().set_requires_grad(false);

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "lowmem/adapters/inject.h"
-#include "lowmem/projection/projected_linear.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 
 namespace lowmem::train::wiring {
 

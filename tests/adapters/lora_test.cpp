@@ -147,7 +147,8 @@ TEST(Lora, MergeUnmergeAndMergeAndUnload) {
   EXPECT_TRUE(lora->unloaded());
   // Plain Linear layers are back in the slots, with the merged weights.
   for (const auto& s : lowmem::nn::find_slots(*model)) {
-    EXPECT_NE(dynamic_cast<lowmem::nn::Linear*>(s.layer().get()), nullptr) << s.path;
+    EXPECT_NE(dynamic_cast<lowmem::nn::Linear*>(s.layer().get()), nullptr)
+        << s.path;
   }
   EXPECT_FALSE(model->named_parameters().contains("blocks.0.q.lora_A.weight"));
   EXPECT_LE((model->forward(x) - unmerged).abs().max().item<double>(), 1e-6);

@@ -1,9 +1,8 @@
 // Half-precision Kronecker factors: SINGD (inverse-free) trains with K and C
 // stored and updated in bf16; KFAC with bf16 factors degrades (its damped
 // inverse amplifies the factors' rounding errors). arXiv 2312.05705 Fig. 1.
-#include <torch/torch.h>
-
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <cmath>
 

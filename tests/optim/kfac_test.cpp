@@ -1,13 +1,13 @@
 // KFAC baseline: one closed-form step against a dense float64 reference,
 // refresh period, resume, option validation.
-#include <torch/torch.h>
+#include "lowmem/optim/kfac.h"
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <sstream>
 
 #include "lowmem/nn/linear.h"
-#include "lowmem/optim/kfac.h"
 
 namespace {
 

@@ -1,8 +1,7 @@
 // Golden parity with the official SINGD (f-dangel/singd): tests/golden/
 // singd_dense.pt (dense K and C, T=1) and singd_diagonal.pt (diagonal, T=2).
-#include <torch/torch.h>
-
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include "lowmem/nn/conv2d.h"
 #include "lowmem/nn/linear.h"

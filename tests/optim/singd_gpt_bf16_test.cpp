@@ -3,14 +3,13 @@
 // to the fp32-factor run; KFAC with bf16 factors on the same GPT is compared
 // (arXiv 2312.05705 Fig. 1 / Sec. 3). Uncovered parameters (embeddings,
 // LayerNorms) go to AdamW as the trainer routes them.
-#include <torch/torch.h>
-
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <cmath>
 
-#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/models/gpt.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"

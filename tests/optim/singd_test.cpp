@@ -1,15 +1,15 @@
 // SINGD beyond golden parity: option validation, resume, taps and parameter
 // routing, memory of the structures, half-precision factors.
-#include <torch/torch.h>
+#include "lowmem/optim/singd.h"
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <sstream>
 
 #include "lowmem/nn/curvature_tap.h"
 #include "lowmem/nn/linear.h"
 #include "lowmem/optim/kfac.h"
-#include "lowmem/optim/singd.h"
 
 namespace {
 

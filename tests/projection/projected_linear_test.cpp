@@ -1,7 +1,7 @@
 #include "lowmem/projection/projected_linear.h"
 
-#include "lowmem/nn/slot_module.h"
 #include "lowmem/core/memory.h"
+#include "lowmem/nn/slot_module.h"
 #include "testing/gradcheck.h"
 #include "testing/pch.h"
 
@@ -10,9 +10,9 @@ namespace lp = lowmem::projection;
 
 namespace {
 
-std::shared_ptr<lowmem::projection::ProjectedLinear> make(int64_t in, int64_t out,
-                                          const std::string& type,
-                                          torch::Dtype dtype = torch::kDouble) {
+std::shared_ptr<lowmem::projection::ProjectedLinear> make(
+    int64_t in, int64_t out, const std::string& type,
+    torch::Dtype dtype = torch::kDouble) {
   torch::manual_seed(1);
   auto base = std::make_shared<la::Linear>(in, out);
   base->to(dtype);

@@ -4,15 +4,15 @@
 // takes part in lowmem compare's `--set` keys, and serves as GaLore's inner
 // optimizer with its state re-projected and its weight decay checked through
 // its field lists (optim/state_roles.h), with no type switch anywhere.
-#include <torch/torch.h>
+#include "lowmem/adapters/registry.h"
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 
-#include "lowmem/adapters/registry.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/per_param_impl.h"
 #include "lowmem/optim/registry.h"
@@ -111,8 +111,8 @@ TEST(Registry, TestOptimizerIsAConfigChoiceWithItsOwnSection) {
   EXPECT_NE(c.to_yaml().find("sign_test:"), std::string::npos) << c.to_yaml();
   const auto keys = lowmem::train::compare::override_sections();
   EXPECT_NE(std::find(keys.begin(), keys.end(), "sign_test"), keys.end());
-  EXPECT_NO_THROW(lowmem::train::compare::validate_overrides(
-      {"sign_test.beta=0.7"}));
+  EXPECT_NO_THROW(
+      lowmem::train::compare::validate_overrides({"sign_test.beta=0.7"}));
   EXPECT_THROW(lo::register_optimizer(
                    lo::param_group_optimizer<SignDescent, SignOptions>(
                        "sign_test", "again")),
@@ -140,8 +140,7 @@ TEST(Registry, TestOptimizerTrainsThroughBuildSession) {
   auto* opt = dynamic_cast<SignDescent*>(
       s->trainer->optimizers().front().optimizer.get());
   ASSERT_NE(opt, nullptr);
-  EXPECT_DOUBLE_EQ(
-      opt->param_groups().front().options().get_lr(), 0.003);
+  EXPECT_DOUBLE_EQ(opt->param_groups().front().options().get_lr(), 0.003);
   const auto before = s->model->parameters().front().clone();
   for (int i = 0; i < 2; ++i) s->trainer->step(*s->train_data);
   EXPECT_FALSE(at::equal(before, s->model->parameters().front()));
@@ -158,11 +157,11 @@ TEST(Registry, GaLoreReprojectsAndChecksDecayOfTheTestOptimizer) {
                                            SignOptions(0.01).weight_decay(wd));
     };
   };
-  auto options = lo::GaLoreOptions()
-                     .projector(lowmem::projection::ProjectorOptions()
-                                    .rank(2)
-                                    .update_proj_gap(2))
-                     .state_on_refresh("reproject");
+  auto options =
+      lo::GaLoreOptions()
+          .projector(
+              lowmem::projection::ProjectorOptions().rank(2).update_proj_gap(2))
+          .state_on_refresh("reproject");
   // Its decay is read from its field list: a decay on the proxy is refused.
   try {
     lo::GaLore bad({w}, {}, make(0.1), options);

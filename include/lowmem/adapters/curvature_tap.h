@@ -1,6 +1,6 @@
-// Forwarding header (TRANSITIONAL): moved to lowmem/nn/curvature_tap.h (namespace
-// lowmem::nn) when the nn layer was split out of adapters. Include that
-// header and use nn:: names; this one is removed once no caller is left.
+// Forwarding header (TRANSITIONAL): moved to lowmem/nn/curvature_tap.h
+// (namespace lowmem::nn) when the nn layer was split out of adapters. Include
+// that header and use nn:: names; this one is removed once no caller is left.
 #pragma once
 
 #include "lowmem/nn/curvature_tap.h"

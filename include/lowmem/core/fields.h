@@ -55,8 +55,8 @@ template <class T>
 void add_field(std::vector<Field>& out, const std::string& section,
                const char* name, T& ref) {
   using U = std::decay_t<T>;
-  const std::string key = section.empty() ? std::string(name)
-                                          : section + "." + name;
+  const std::string key =
+      section.empty() ? std::string(name) : section + "." + name;
   T* p = &ref;
   Field f;
   f.name = name;

@@ -5,8 +5,6 @@
 // 2019); attention is one fused qkv matmul + baddbmm with an additive mask.
 #pragma once
 
-#include "lowmem/nn/slot_module.h"
-
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -16,6 +14,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "lowmem/nn/slot_module.h"
 
 namespace lowmem::models {
 

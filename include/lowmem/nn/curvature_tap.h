@@ -56,8 +56,8 @@ struct KroneckerTapOptions {
 at::Tensor kfac_input_matrix(const at::Tensor& x, const KroneckerTapOptions& o);
 /// g [N', d_C] from an output gradient: flattened (expand) or summed
 /// (reduce) over shared dims, times sqrt(L) (loss_average).
-at::Tensor kfac_grad_output_matrix(
-    const at::Tensor& g, const KroneckerTapOptions& o);
+at::Tensor kfac_grad_output_matrix(const at::Tensor& g,
+                                   const KroneckerTapOptions& o);
 
 /// A CurvatureTap that hands (a, g) of each forward/backward pair to a sink.
 class KroneckerTap final : public CurvatureTap {

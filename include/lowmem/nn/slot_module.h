@@ -6,7 +6,8 @@
 //
 //   struct MyBlock : lowmem::nn::SlotModule {
 //     MyBlock() { register_slot("fc", std::make_shared<Linear>(64, 64)); }
-//     at::Tensor forward(const at::Tensor& x) { return linear("fc").forward(x); }
+//     at::Tensor forward(const at::Tensor& x) { return linear("fc").forward(x);
+//     }
 //   };
 #pragma once
 
@@ -24,8 +25,8 @@ class SlotModule : public torch::nn::Module {
   using torch::nn::Module::Module;
 
   /// Registers `layer` as child module `name` and as a slot.
-  std::shared_ptr<LinearLike> register_slot(
-      const std::string& name, std::shared_ptr<LinearLike> layer);
+  std::shared_ptr<LinearLike> register_slot(const std::string& name,
+                                            std::shared_ptr<LinearLike> layer);
   /// The layer currently in slot `name` (throws if there is none).
   LinearLike& linear(const std::string& name) const;
   std::shared_ptr<LinearLike> slot(const std::string& name) const;

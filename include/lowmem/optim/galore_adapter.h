@@ -14,9 +14,9 @@
 #include <memory>
 #include <vector>
 
-#include "lowmem/projection/projected_linear.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/galore.h"
+#include "lowmem/projection/projected_linear.h"
 
 namespace lowmem::optim {
 

@@ -63,8 +63,8 @@ void validate(const KfacOptions& options);
 class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
  public:
   explicit KFAC(torch::nn::Module& model, KfacOptions defaults = {});
-  explicit KFAC(
-      std::vector<nn::CurvatureLayer> layers, KfacOptions defaults = {});
+  explicit KFAC(std::vector<nn::CurvatureLayer> layers,
+                KfacOptions defaults = {});
   ~KFAC() override;
   KFAC(const KFAC&) = delete;
   KFAC& operator=(const KFAC&) = delete;

@@ -93,8 +93,8 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
  public:
   /// All trainable layers from nn::find_curvature_layers(model).
   explicit SINGD(torch::nn::Module& model, SingdOptions defaults = {});
-  explicit SINGD(
-      std::vector<nn::CurvatureLayer> layers, SingdOptions defaults = {});
+  explicit SINGD(std::vector<nn::CurvatureLayer> layers,
+                 SingdOptions defaults = {});
   ~SINGD() override;
   SINGD(const SINGD&) = delete;
   SINGD& operator=(const SINGD&) = delete;

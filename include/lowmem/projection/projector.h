@@ -6,8 +6,9 @@
 // Deviations from the official code: the basis is kept in fp32 (fp64 for fp64
 // gradients) instead of the gradient dtype, the gradient is upcast before the
 // projection matmul, project_back picks its side from the stored basis (not
-// from the low-rank tensor's shape, which breaks reverse_std when m < n, r = m),
-// and the rank is clamped to min(m, n) as the official slicing does silently.
+// from the low-rank tensor's shape, which breaks reverse_std when m < n, r =
+// m), and the rank is clamped to min(m, n) as the official slicing does
+// silently.
 #pragma once
 
 #include <ATen/core/Tensor.h>
