@@ -20,8 +20,14 @@ namespace lowmem::optim {
 struct GaLore::Slot {
   Slot(at::Tensor p, projection::ProjectorOptions o, int64_t index)
       : param(std::move(p)),
-        projector(std::move(o), param.size(0), param.size(1), index) {}
-  at::Tensor param;                 // [m, n]
+        projector(std::move(o), param.size(0), param.numel() / param.size(0),
+                  index) {}
+  /// A gradient as the m x n matrix the projector sees ([m, rest...] ->
+  /// [m, prod(rest)]; a view for 2-D parameters).
+  at::Tensor matrix(const at::Tensor& g) const {
+    return g.dim() == 2 ? g : g.reshape({param.size(0), -1});
+  }
+  at::Tensor param;                 // [m, n] or [m, d1, d2, ...]
   projection::Projector projector;  // shared with the adapter form
   at::Tensor proxy;  // inner optimizer's tensor, low-rank shape while stepping
   at::Tensor acc;    // accumulated projected gradients (hook modes)
@@ -175,8 +181,10 @@ GaLore::GaLore(std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
   LOWMEM_CHECK(!projected.empty() || !plain.empty(), "[galore] no params");
   for (size_t i = 0; i < projected.size(); ++i) {
     const auto& p = projected[i];
-    LOWMEM_CHECK(p.defined() && p.dim() == 2,
-                 "[galore] projected param ", i, " must be 2-D, got ",
+    LOWMEM_CHECK(p.defined() && p.dim() >= 2 && p.numel() > 0,
+                 "[galore] projected param ", i,
+                 " must have 2 or more dims (a matrix, or a tensor seen as "
+                 "[size(0), rest]), got ",
                  p.defined() ? p.dim() : -1, " dims");
     auto s = std::make_unique<Slot>(p, options_.projector(),
                                     static_cast<int64_t>(i));
@@ -291,7 +299,7 @@ void GaLore::prepare(size_t i, const at::Tensor& full_grad) {
     old_p = s.projector.left();
     old_q = s.projector.right();
   }
-  s.projector.refresh(full_grad);
+  s.projector.refresh(s.matrix(full_grad));
   if (had)
     on_basis_change(*inner_, s.proxy, options_.state_on_refresh(), old_p,
                     old_q, s.projector);
@@ -308,7 +316,7 @@ void GaLore::load_proxy(size_t i, const at::Tensor& low) {
 void GaLore::apply(size_t i) {
   auto& s = *slots_[i];
   auto update = s.projector.project_back(s.proxy);
-  s.param.add_(update.to(s.param.scalar_type()));
+  s.param.add_(update.reshape(s.param.sizes()).to(s.param.scalar_type()));
   if (options_.weight_decay() > 0) {
     const double lr = param_groups_[s.group].options().get_lr();
     s.param.mul_(1.0 - lr * options_.weight_decay());
@@ -340,7 +348,7 @@ at::Tensor GaLore::step(LossClosure closure) {
       const auto& g = s.param.grad();
       if (!g.defined()) continue;
       prepare(i, g);
-      low = s.projector.project(g);
+      low = s.projector.project(s.matrix(g));
     }
     load_proxy(i, low);
     stepped.push_back(i);
@@ -387,7 +395,7 @@ void GaLore::on_grad(bool projected, size_t i) {
     auto g = s.param.grad();
     if (!g.defined()) return;
     if (s.micro == 0) prepare(i, g);
-    auto low = s.projector.project(g);
+    auto low = s.projector.project(s.matrix(g));
     s.acc = s.micro == 0 ? low : s.acc.add_(low);
     g = at::Tensor();
     s.param.mutable_grad() = at::Tensor();  // the full gradient dies here

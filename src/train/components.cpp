@@ -350,7 +350,12 @@ const std::vector<DataKind>& data_kinds() {
       {"fashion-mnist", "fashion_mnist",
        section<FashionSection>("fashion_mnist",
                                "Fashion-MNIST (data/fashion_mnist.h)"),
-       build_fashion_mnist},
+       build_fashion_mnist,
+       [](const Config& c) {
+         const auto& f = opts<FashionSection>(c, "fashion_mnist");
+         const auto n = parse_list(f.classes, "fashion_mnist.classes").size();
+         return n == 0 ? int64_t{10} : static_cast<int64_t>(n);
+       }},
   };
   return rows;
 }
@@ -377,6 +382,13 @@ BuiltData build_data(const Config& c) {
   throw ConfigError("unknown data '" + c.data + "'");
 }
 
+BuiltData data_shape(const Config& c) {
+  BuiltData d;
+  for (const auto& k : data_kinds())
+    if (k.name == c.data && k.classes) d.n_classes = k.classes(c);
+  return d;
+}
+
 std::shared_ptr<models::Model> build_model(const Config& c,
                                            const BuiltData& data) {
   for (const auto& k : model_kinds()) {
@@ -388,7 +400,7 @@ std::shared_ptr<models::Model> build_model(const Config& c,
 }
 
 AppliedMethod apply_method(const Config& c,
-                           const std::shared_ptr<models::Model>& model) {
+                           const std::shared_ptr<torch::nn::Module>& model) {
   AppliedMethod applied;
   if (c.method == "full" || c.method == "galore") {
     return applied;  // galore acts in the optimizer (build_optimizer)
@@ -398,6 +410,9 @@ AppliedMethod apply_method(const Config& c,
   adapters::TargetOptions t;
   if (!c.targets.empty()) {
     t = adapters::TargetOptions::from_list(c.targets);
+    if (c.model == "vit") {
+      t.modules_to_save({"head"});  // a new classifier head keeps training
+    }
   } else if (c.model == "mlp") {
     std::vector<std::string> names;
     auto mlp = std::dynamic_pointer_cast<models::MLP>(model);
@@ -475,7 +490,7 @@ std::string regex_escape(const std::string& s) {
 
 }  // namespace
 
-std::vector<RouteRule> routing_rules(const Config& c, models::Model& model,
+std::vector<RouteRule> routing_rules(const Config& c, torch::nn::Module& model,
                                      const AppliedMethod& applied) {
   // The main optimizer takes exactly `names`; everything else goes to the aux
   // optimizer.
@@ -514,6 +529,16 @@ std::vector<RouteRule> routing_rules(const Config& c, models::Model& model,
     }
     return exactly(names);
   }
+  const std::string& galore_targets = opts<GaloreSection>(c, "galore").targets;
+  if (c.method == "galore" && c.route == "auto" && !galore_targets.empty()) {
+    RouteRule projected;
+    projected.target = main_target(c);
+    projected.pattern = galore_targets;
+    projected.min_dim = 2;
+    RouteRule rest;
+    rest.target = aux_target(c);
+    return {projected, rest};
+  }
   std::string route = c.route;
   if (route == "auto") {
     const bool matrix_only =
@@ -549,7 +574,7 @@ std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
 
 std::shared_ptr<torch::optim::Optimizer> build_optimizer(
     const Config& c, const std::string& name, bool main, const Route& route,
-    models::Model& model, const AppliedMethod& applied) {
+    torch::nn::Module& model, const AppliedMethod& applied) {
   auto inner = [&c, name](Groups groups) {
     return make_optimizer(c, name, std::move(groups));
   };

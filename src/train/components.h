@@ -59,12 +59,18 @@ namespace lowmem::train::detail {
 // torch SGD's section (optim/torch_sgd.h).
 using SgdSection = optim::TorchSgdOptions;
 
-// GaLore (method "galore"): projector options + the wrapper's options.
-// accumulation_steps is not a key: it always equals the run's accum_steps.
+// GaLore (method "galore"): projector options + the wrapper's options, and
+// which parameters it projects: `targets`, an ECMAScript regex searched in
+// the parameter names (any parameter of 2+ dims that matches, slot or not;
+// like HF's optim_target_modules), or "" for every 2-D weight but the
+// embeddings (route=matrices). accumulation_steps is not a key: it always
+// equals the run's accum_steps.
 struct GaloreSection {
   optim::GaLoreOptions g;
+  std::string targets;
   template <class V>
   void for_each_field(V&& v) {
+    v("targets", targets);
     g.projector().for_each_field(v);
     g.for_each_field([&v](const char* name, auto& ref) {
       if (std::string(name) != "accumulation_steps") {
@@ -108,6 +114,9 @@ struct DataKind {
   std::string section;
   std::function<Section()> options;
   std::function<BuiltData(const Config&)> build;
+  /// Classes the data has, without loading it (0: not a classification
+  /// source); models sized by the data (vit, mlp) read it.
+  std::function<int64_t(const Config&)> classes;
 };
 /// A model: `model: <name>`, options in section `section`.
 struct ModelKind {
@@ -121,6 +130,8 @@ const std::vector<DataKind>& data_kinds();
 const std::vector<ModelKind>& model_kinds();
 
 BuiltData build_data(const Config& c);
+/// What a model needs to know about the data without loading it (classes).
+BuiltData data_shape(const Config& c);
 std::shared_ptr<models::Model> build_model(const Config& c,
                                            const BuiltData& data);
 /// What apply_method put into the model.
@@ -133,14 +144,14 @@ struct AppliedMethod {
 /// Applies the method (adapters, projected adapters) to the model; freezes
 /// what the method freezes.
 AppliedMethod apply_method(const Config& c,
-                           const std::shared_ptr<models::Model>& model);
+                           const std::shared_ptr<torch::nn::Module>& model);
 /// Slot names: the main optimizer's ("galore" for method galore,
 /// "projected_adapter" for the projected adapter, else the optimizer's name) and the aux optimizer's (suffixed "_aux" on a clash).
 std::string main_target(const Config& c);
 std::string aux_target(const Config& c);
 /// The routing rules for this configuration (route=auto picks by method and
 /// optimizer).
-std::vector<RouteRule> routing_rules(const Config& c, models::Model& model,
+std::vector<RouteRule> routing_rules(const Config& c, torch::nn::Module& model,
                                      const AppliedMethod& applied);
 /// singd or kfac: optimizers that precondition whole layers (main only).
 bool is_curvature_optimizer(const std::string& name);
@@ -148,6 +159,6 @@ bool is_curvature_optimizer(const std::string& name);
 /// method's gradient transform where the method is one, e.g. galore).
 std::shared_ptr<torch::optim::Optimizer> build_optimizer(
     const Config& c, const std::string& name, bool main, const Route& route,
-    models::Model& model, const AppliedMethod& applied);
+    torch::nn::Module& model, const AppliedMethod& applied);
 
 }  // namespace lowmem::train::detail

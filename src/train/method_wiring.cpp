@@ -13,9 +13,10 @@ std::shared_ptr<optim::GaLore> make_galore(
     std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
     const optim::InnerFactory& inner, const optim::GaLoreOptions& options) {
   for (const auto& p : projected) {
-    if (p.dim() != 2) {
+    if (p.dim() < 2) {
       std::ostringstream s;
-      s << "method galore projects 2-D weights only, but a parameter of shape "
+      s << "method galore projects parameters of 2 or more dims, but one of "
+           "shape "
         << p.sizes() << " is routed to it";
       throw ConfigError(s.str());
     }

@@ -45,6 +45,9 @@ class LinearLike : public torch::nn::Module {
   virtual at::Tensor bias() const = 0;
   /// The frozen or trainable base layer's weight parameter [out, in].
   virtual at::Tensor& base_weight() = 0;
+  /// True for layers whose weight is stored quantized (no dense weight to
+  /// merge an update into).
+  virtual bool is_quantized() const { return false; }
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

@@ -18,6 +18,10 @@
 
 #include "lowmem/nn/linear.h"
 
+namespace torch::nn {
+class SequentialImpl;
+}  // namespace torch::nn
+
 namespace lowmem::nn {
 
 class SlotModule : public torch::nn::Module {
@@ -40,20 +44,35 @@ class SlotModule : public torch::nn::Module {
   std::map<std::string, std::shared_ptr<LinearLike>> slots_;
 };
 
-/// One slot found by visit_slots: its full module path ("h.0.attn.qkv"), its
-/// owner and the slot name inside the owner.
+/// One slot found by find_slots: its full module path ("h.0.attn.qkv") and
+/// where it sits -- a slot of a SlotModule (`owner`, slot `name`) or an entry
+/// of a torch::nn::Sequential (`sequence`, child `name`, position `index`)
+/// that holds a LinearLike (e.g. after adopt_linears).
 struct SlotRef {
   std::string path;
-  SlotModule* owner;
+  SlotModule* owner = nullptr;
+  torch::nn::SequentialImpl* sequence = nullptr;
   std::string name;
-  std::shared_ptr<LinearLike> layer() const { return owner->slot(name); }
-  void replace(std::shared_ptr<LinearLike> l) const {
-    owner->replace_slot(name, std::move(l));
-  }
+  size_t index = 0;
+  std::shared_ptr<LinearLike> layer() const;
+  /// Puts `l` where the slot's layer was (the Sequential's forward and its
+  /// registered children both see it).
+  void replace(std::shared_ptr<LinearLike> l) const;
 };
 
 /// Every slot under `root` (root included), in module-path order.
 std::vector<SlotRef> find_slots(torch::nn::Module& root);
+
+/// Makes a plain LibTorch model reachable by adapters, SINGD/KFAC taps and
+/// GaLore's slot routing: every torch::nn::Linear that is an entry of a
+/// torch::nn::Sequential under `root` is replaced by an nn::Linear wrapping
+/// the same weight and bias tensors (no copy; parameter names unchanged).
+/// Returns how many were adopted. A torch::nn::Linear anywhere else (a typed
+/// member of a custom module, a ModuleList entry) cannot be swapped safely,
+/// since its parent calls it through its own handle: throws, naming its path
+/// and what to change (hold an nn::Linear in a SlotModule slot, or use a
+/// Sequential). Checks everything before changing anything.
+int64_t adopt_linears(torch::nn::Module& root);
 
 }  // namespace lowmem::nn
 

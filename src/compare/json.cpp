@@ -1,16 +1,16 @@
 // results.json, results.csv and curves.csv (schema: docs/compare.md).
-#include <nlohmann/json.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "compare_internal.h"
+#include "internal.h"
 #include "lowmem/core/check.h"
+#include "lowmem/io/atomic_file.h"
 
-namespace lowmem::train::compare {
+namespace lowmem::compare {
 namespace detail {
 
 std::string num(double v) {
@@ -144,91 +144,46 @@ MethodResult method_from(const json& j) {
   return r;
 }
 
-json options_json(const CompareOptions& o) {
-  return {{"suites", o.suites},
-          {"methods", o.methods},
-          {"seed", o.seed},
-          {"threads", o.threads},
-          {"isolate", o.isolate},
-          {"device", o.device},
-          {"text_path", o.text_path},
-          {"gpt", {{"width", o.gpt_width}, {"layers", o.gpt_layers},
-                   {"heads", o.gpt_heads}, {"context", o.gpt_context},
-                   {"batch", o.gpt_batch}}},
-          {"pretrain_steps", o.pretrain_steps},
-          {"fashion_mnist_dir", o.fashion_mnist_dir},
-          {"vit", {{"width", o.vit_width}, {"layers", o.vit_layers},
-                   {"heads", o.vit_heads}, {"patch", o.vit_patch},
-                   {"batch", o.vit_batch}}},
-          {"base_steps", o.base_steps},
-          {"finetune_examples", o.finetune_examples},
-          {"finetune_steps", o.finetune_steps},
-          {"finetune_eval_examples", o.finetune_eval_examples},
-          {"toy_steps", o.toy_steps},
-          {"eval_every", o.eval_every},
-          {"eval_batches", o.eval_batches},
-          {"rank", o.rank},
-          {"projection_rank", o.projection_rank},
-          {"lr", o.lr},
-          {"overrides", o.overrides},
-          {"clip_norm", o.clip_norm},
-          {"gnuplot", o.gnuplot},
-          {"python_baseline", o.python_baseline},
-          {"python", o.python}};
+// The options' JSON, written and read through CompareOptions::for_each_field
+// (a dotted key nests). Reading keeps the default of an absent key (files
+// written before an option existed).
+json options_json(const CompareOptions& options) {
+  CompareOptions o = options;
+  json j = json::object();
+  o.for_each_field(
+      [&j](const char* key, auto& field, const char*, const char*) {
+        const std::string k = key;
+        if (k.empty()) return;
+        const auto dot = k.find('.');
+        if (dot == std::string::npos) {
+          j[k] = field;
+        } else {
+          j[k.substr(0, dot)][k.substr(dot + 1)] = field;
+        }
+      });
+  return j;
 }
 
 CompareOptions options_from(const json& j) {
   CompareOptions o;
-  o.suites = j.at("suites").get<std::vector<std::string>>();
-  o.methods = j.at("methods").get<std::vector<std::string>>();
-  o.seed = j.at("seed").get<uint64_t>();
-  o.threads = j.at("threads").get<int>();
-  o.isolate = j.at("isolate").get<bool>();
-  o.device = j.value("device", std::string("cpu"));  // absent in older files
-  o.text_path = j.at("text_path").get<std::string>();
-  const json& g = j.at("gpt");
-  o.gpt_width = g.at("width");
-  o.gpt_layers = g.at("layers");
-  o.gpt_heads = g.at("heads");
-  o.gpt_context = g.at("context");
-  o.gpt_batch = g.at("batch");
-  o.pretrain_steps = j.at("pretrain_steps");
-  o.fashion_mnist_dir = j.at("fashion_mnist_dir").get<std::string>();
-  const json& v = j.at("vit");
-  o.vit_width = v.at("width");
-  o.vit_layers = v.at("layers");
-  o.vit_heads = v.at("heads");
-  o.vit_patch = v.at("patch");
-  o.vit_batch = v.at("batch");
-  o.base_steps = j.at("base_steps");
-  o.finetune_examples = j.at("finetune_examples");
-  o.finetune_steps = j.at("finetune_steps");
-  o.finetune_eval_examples = j.at("finetune_eval_examples");
-  o.toy_steps = j.at("toy_steps");
-  o.eval_every = j.at("eval_every");
-  o.eval_batches = j.at("eval_batches");
-  o.rank = j.at("rank");
-  o.projection_rank = j.at("projection_rank");
-  o.lr = j.value("lr", 0.0);  // absent in files written before the option
-  o.overrides = j.value("overrides", std::vector<std::string>{});  // idem
-  o.clip_norm = j.value("clip_norm", 0.0);                         // idem
-  o.gnuplot = j.at("gnuplot").get<std::string>();
-  o.python_baseline = j.at("python_baseline").get<bool>();
-  o.python = j.at("python").get<std::string>();
+  o.for_each_field(
+      [&j](const char* key, auto& field, const char*, const char*) {
+        const std::string k = key;
+        if (k.empty()) return;
+        const auto dot = k.find('.');
+        const json* node = &j;
+        std::string leaf = k;
+        if (dot != std::string::npos) {
+          const std::string head = k.substr(0, dot);
+          if (!j.contains(head)) return;
+          node = &j.at(head);
+          leaf = k.substr(dot + 1);
+        }
+        if (node->contains(leaf) && !node->at(leaf).is_null()) {
+          field = node->at(leaf).get<std::decay_t<decltype(field)>>();
+        }
+      });
   return o;
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  // Temp file + rename: a reader (or an interruption) never sees half a file.
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    LOWMEM_CHECK(f.good(), "[compare] cannot write '", tmp, "'");
-    f << text;
-    f.flush();
-    LOWMEM_CHECK(f.good(), "[compare] write failed for '", tmp, "'");
-  }
-  std::filesystem::rename(tmp, path);
 }
 
 std::string csv_field(const std::string& s) {
@@ -253,7 +208,7 @@ MethodResult method_from_json_line(const std::string& s) {
   return method_from(nlohmann::json::parse(s));
 }
 void write_text_file(const std::string& path, const std::string& text) {
-  write_file(path, text);
+  io::atomic_write_file(path, text);  // temp file, fsync, rename
 }
 
 }  // namespace detail
@@ -341,7 +296,7 @@ CompareResults results_from_json(const std::string& text) {
 }
 
 void write_results_json(const CompareResults& results, const std::string& path) {
-  detail::write_file(path, results_to_json(results));
+  detail::write_text_file(path, results_to_json(results));
 }
 
 std::vector<std::string> csv_columns() {
@@ -411,7 +366,7 @@ void write_results_csv(const CompareResults& results, const std::string& path) {
     for (size_t i = 0; i < f.size(); ++i) o << (i ? "," : "") << csv_field(f[i]);
     o << "\n";
   }
-  detail::write_file(path, o.str());
+  detail::write_text_file(path, o.str());
 }
 
 void write_curves_csv(const CompareResults& results, const std::string& path) {
@@ -423,7 +378,7 @@ void write_curves_csv(const CompareResults& results, const std::string& path) {
         << detail::csv_num(p.wall_s) << "," << detail::csv_num(p.train_loss) << ","
         << detail::csv_opt(p.val_loss) << "," << detail::csv_opt(p.val_accuracy)
         << "\n";
-  detail::write_file(path, o.str());
+  detail::write_text_file(path, o.str());
 }
 
-}  // namespace lowmem::train::compare
+}  // namespace lowmem::compare

@@ -7,12 +7,12 @@
 #include <algorithm>
 #include <filesystem>
 
-#include "compare_internal.h"
+#include "internal.h"
 #include "lowmem/core/check.h"
 #include "lowmem/nn/linear.h"
 #include "lowmem/nn/slot_module.h"
 
-namespace lowmem::train::compare::detail {
+namespace lowmem::compare::detail {
 namespace {
 
 // ---------------------------------------------------------------- toy suite
@@ -59,7 +59,6 @@ Workload toy_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
   w.model = model;
   w.items_per_step = kToyBatch;
   w.item_unit = "samples/s";
-  w.head_params = {"head.weight", "head.bias"};
   auto cursor = std::make_shared<int64_t>(0);
   w.next_batch = [&d, cursor]() {
     const int64_t n = d.x_train.size(0);
@@ -89,6 +88,7 @@ std::vector<Suite> make_suites() {
     Suite t;
     t.name = "toy";
     t.metric = "val_loss";
+    t.config = {};  // no adapters: the default model key is never read
     t.load = toy_load;
     t.build = toy_build;
     t.steps = toy_steps;
@@ -119,20 +119,4 @@ c10::Device device_of(const torch::nn::Module& module) {
   return params.empty() ? c10::Device(c10::kCPU) : params.front().device();
 }
 
-std::vector<std::pair<std::string, at::Tensor>> trainable_named(
-    torch::nn::Module& module) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& kv : module.named_parameters())
-    if (kv.value().requires_grad()) out.emplace_back(kv.key(), kv.value());
-  return out;
-}
-
-void freeze_all_but(torch::nn::Module& module,
-                    const std::vector<std::string>& keep) {
-  for (auto& kv : module.named_parameters()) {
-    const bool k = std::find(keep.begin(), keep.end(), kv.key()) != keep.end();
-    kv.value().set_requires_grad(k);
-  }
-}
-
-}  // namespace lowmem::train::compare::detail
+}  // namespace lowmem::compare::detail

@@ -1,32 +1,27 @@
 // The model-based suites of `lowmem compare`: pretrain (GPT from scratch on
 // text) and finetune (ViT on Fashion-MNIST classes 5-9 from a base model
-// pretrained on classes 0-4, cached on disk keyed by its configuration).
-#include <filesystem>
-#include <functional>
-#include <sstream>
-
-#include "compare_internal.h"
-
-#if __has_include("lowmem/models/gpt.h") && __has_include("lowmem/data/text.h")
-#define LOWMEM_COMPARE_HAVE_MODELS 1
+// pretrained on classes 0-4 by train::Trainer, cached on disk keyed by its
+// configuration).
 #include <ATen/ATen.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize.h>
 #include <torch/utils.h>
 
+#include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
+#include "internal.h"
 #include "lowmem/core/check.h"
 #include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/text.h"
+#include "lowmem/io/atomic_file.h"
 #include "lowmem/models/gpt.h"
 #include "lowmem/models/vit.h"
-#include "lowmem/optim/extras.h"
-#endif
+#include "lowmem/train/trainer.h"
 
-namespace lowmem::train::compare::detail {
-
-#if defined(LOWMEM_COMPARE_HAVE_MODELS)
+namespace lowmem::compare::detail {
 namespace {
 
 namespace fs = std::filesystem;
@@ -192,31 +187,40 @@ void make_base(const CompareOptions& o, const CompareCallbacks& cb) {
   data::ImageSet train = fmnist(o, true, {0, 1, 2, 3, 4}, 0);
   data::ImageSet test = fmnist(o, false, {0, 1, 2, 3, 4}, 0);
   auto model = std::make_shared<models::ViT>(vit_config(o));
-  data::ImageBatches batches(train, data::ImageBatchOptions().batch_size(o.vit_batch).seed(o.seed));
-  torch::optim::AdamW opt(model->parameters(),
-                          torch::optim::AdamWOptions(kBaseLrMilli * 1e-3).weight_decay(0.0));
-  MethodInfo info{"finetune", "base", "base model", "", "", ""};
-  for (int64_t step = 1; step <= o.base_steps; ++step) {
-    data::Batch b = batches.next();
-    optim::clear_grads(opt);
-    at::Tensor loss = model->loss(b.input, b.target);
-    loss.backward();
-    opt.step();
-    if (cb.on_step) cb.on_step(info, step, o.base_steps, loss.item<double>());
-  }
+  data::ImageBatches batches(
+      train, data::ImageBatchOptions().batch_size(o.vit_batch).seed(o.seed));
+  // The trainer at a constant rate (no warm-up, floor 1), no clipping.
+  train::TrainerOptions to;
+  to.max_steps = o.base_steps;
+  to.warmup_steps = 0;
+  to.min_lr_ratio = 1.0;
+  to.clip_norm = 0.0;
+  train::Trainer trainer(
+      model,
+      [model](const data::Batch& b) { return model->loss(b.input, b.target); },
+      {{"adamw",
+        std::make_shared<torch::optim::AdamW>(
+            model->parameters(),
+            torch::optim::AdamWOptions(kBaseLrMilli * 1e-3).weight_decay(0.0)),
+        {}}},
+      to);
+  const MethodInfo info{"finetune", "base", "base model", "", "", ""};
+  trainer.set_progress([&](const train::Progress& p) {
+    if (p.kind == train::Progress::Kind::kStep && cb.on_step)
+      cb.on_step(info, p.step, o.base_steps, p.loss);
+  });
+  trainer.fit(batches, nullptr);
   model->eval();
   Evaluation e;
   {
     torch::NoGradGuard ng;
     e = classify(*model, test);
   }
-  const std::string tmp = path + ".tmp";
-  {
+  io::atomic_write_file(path, [&model](std::ostream& out) {
     torch::serialize::OutputArchive ar;
     model->save(ar);
-    ar.save_to(tmp);
-  }
-  fs::rename(tmp, path);
+    ar.save_to(out);
+  });
   nlohmann::json meta = {{"key", base_key(o)},
                          {"test_accuracy_classes_0_4", *e.accuracy},
                          {"test_loss", e.loss},
@@ -268,7 +272,6 @@ Workload finetune_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
   w.model = model;
   w.items_per_step = o.vit_batch;
   w.item_unit = "samples/s";
-  w.head_params = {"head.weight", "head.bias"};
   auto batches = std::make_shared<data::ImageBatches>(
       d.train, data::ImageBatchOptions().batch_size(o.vit_batch).seed(o.seed));
   const at::ScalarType dt = bf16 ? at::kBFloat16 : at::kFloat;
@@ -291,6 +294,7 @@ void add_model_suites(std::vector<Suite>& s) {
     Suite t;
     t.name = "pretrain";
     t.metric = "val_loss";
+    t.config = {"model=gpt", "data=text"};
     t.unavailable = text_unavailable;
     t.load = text_load;
     t.build = text_build;
@@ -301,6 +305,7 @@ void add_model_suites(std::vector<Suite>& s) {
     Suite t;
     t.name = "finetune";
     t.metric = "val_accuracy";
+    t.config = {"model=vit", "data=fashion-mnist"};
     t.unavailable = fmnist_unavailable;
     t.load = finetune_load;
     t.build = finetune_build;
@@ -311,20 +316,4 @@ void add_model_suites(std::vector<Suite>& s) {
   }
 }
 
-#else
-
-void add_model_suites(std::vector<Suite>& s) {
-  for (const char* name : {"pretrain", "finetune"}) {
-    Suite t;
-    t.name = name;
-    t.metric = std::string(name) == "pretrain" ? "val_loss" : "val_accuracy";
-    t.unavailable = [](const CompareOptions&) {
-      return std::string("lowmem::models (GPT, ViT) is not in this build yet");
-    };
-    s.push_back(t);
-  }
-}
-
-#endif
-
-}  // namespace lowmem::train::compare::detail
+}  // namespace lowmem::compare::detail

@@ -12,9 +12,9 @@
 #include <filesystem>
 #include <sstream>
 
-#include "compare_internal.h"
+#include "internal.h"
 
-namespace lowmem::train::compare {
+namespace lowmem::compare {
 namespace {
 
 namespace fs = std::filesystem;
@@ -281,4 +281,4 @@ PlotSet make_plots(const CompareResults& results, const std::string& out_dir,
   return ps;
 }
 
-}  // namespace lowmem::train::compare
+}  // namespace lowmem::compare

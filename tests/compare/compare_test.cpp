@@ -1,19 +1,19 @@
 // lowmem compare engine: result schema, skip path, plots, claims (in-process;
 // the forked, CLI-level behaviour is tested in tests/tools/compare_cli_test).
-#include <nlohmann/json.hpp>
+#include "lowmem/compare/compare.h"
 
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
-#include "lowmem/train/compare.h"
 #include "lowmem/train/fields.h"
 #include "testing/files.h"
 
-namespace cmp = lowmem::train::compare;
+namespace cmp = lowmem::compare;
 namespace fs = std::filesystem;
 using lowmem::testing::fresh_temp_dir;
 using lowmem::testing::read_file;

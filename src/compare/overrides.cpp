@@ -1,16 +1,16 @@
 // `lowmem compare --set section.field=value`: the keys are those of `lowmem
 // train`'s option sections (train::Config), checked here before any work and
-// applied by configured() (compare_internal.h) to each method's own options.
+// applied over each method's own keys (method_config, methods.cpp).
 #include <string>
 #include <utility>
 #include <vector>
 
-#include "compare_internal.h"
+#include "internal.h"
 #include "lowmem/adapters/registry.h"
 #include "lowmem/optim/registry.h"
 #include "lowmem/train/config.h"
 
-namespace lowmem::train::compare {
+namespace lowmem::compare {
 namespace {
 
 std::pair<std::string, std::string> split(const std::string& item) {
@@ -45,7 +45,7 @@ void validate_overrides(const std::vector<std::string>& overrides) {
   const auto sections = override_sections();
   for (const auto& item : overrides) {
     const auto [key, value] = split(item);
-    Config config;
+    train::Config config;
     try {
       config.set(key, value);  // unknown key, unparsable value
     } catch (const ConfigError& e) {
@@ -70,19 +70,4 @@ void validate_overrides(const std::vector<std::string>& overrides) {
   }
 }
 
-namespace detail {
-
-std::vector<std::pair<std::string, std::string>> overrides_of(
-    const CompareOptions& o, const std::string& section) {
-  std::vector<std::pair<std::string, std::string>> out;
-  const std::string prefix = section + ".";
-  for (const auto& item : o.overrides) {
-    auto [key, value] = split(item);
-    if (key.rfind(prefix, 0) == 0)
-      out.emplace_back(key.substr(prefix.size()), std::move(value));
-  }
-  return out;
-}
-
-}  // namespace detail
-}  // namespace lowmem::train::compare
+}  // namespace lowmem::compare

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-namespace lowmem::train::compare {
+namespace lowmem::compare {
 
 /// Version of the results.json / results.csv schema (docs/compare.md).
 inline constexpr int kSchemaVersion = 1;
@@ -72,7 +72,7 @@ struct CompareOptions {
   int64_t rank = 8;             // LoRA, LoTR, SNELL, projected adapter
   int64_t projection_rank = 0;  // GaLore, random sketch; 0: model width / 4
   // Peak learning rate of every optimizer (every param group) of every method
-  // of the run; 0: each method's tuned default (src/train/compare_model_methods.cpp).
+  // of the run; 0: each method's tuned default (src/compare/methods.cpp).
   // For learning-rate sweeps (docs/benchmarks/compare.md).
   double lr = 0;
   // Option overrides "section.field=value" (`--set`), applied in order (the
@@ -95,6 +95,69 @@ struct CompareOptions {
 
   /// Sets the longer run: 4x the steps and validation batches, same models.
   CompareOptions& full();
+
+  /// Every option once, as v(key, field, flag, help): `key` names it in
+  /// results.json ("gpt.width" nests as {"gpt": {"width": ...}}; "" = not
+  /// recorded), `flag` is its `lowmem compare` flag ("" = set otherwise, e.g.
+  /// --suite fills `suites`), `help` its flag's help. The CLI flags and the
+  /// JSON reader and writer are generated from this list.
+  template <class V>
+  void for_each_field(V&& v) {
+    v("suites", suites, "", "");
+    v("methods", methods, "", "");
+    v("", out_dir, "--out", "output directory");
+    v("", cache_dir, "--cache", "base-model cache (default <out>/cache)");
+    v("seed", seed, "--seed", "");
+    v("threads", threads, "--threads",
+      "torch threads per method (0: all cores; default 1)");
+    v("isolate", isolate, "", "");
+    v("device", device, "--device",
+      "where each method trains: cpu, cuda, cuda:N (memory columns: CUDA "
+      "allocated bytes there)");
+    v("text_path", text_path, "--text",
+      "text file or folder (pretrain corpus)");
+    v("gpt.width", gpt_width, "--gpt-width", "");
+    v("gpt.layers", gpt_layers, "--gpt-layers", "");
+    v("gpt.heads", gpt_heads, "--gpt-heads", "");
+    v("gpt.context", gpt_context, "--gpt-context", "");
+    v("gpt.batch", gpt_batch, "--gpt-batch", "");
+    v("pretrain_steps", pretrain_steps, "--pretrain-steps", "");
+    v("fashion_mnist_dir", fashion_mnist_dir, "--fashion-mnist", "");
+    v("vit.width", vit_width, "--vit-width", "");
+    v("vit.layers", vit_layers, "--vit-layers", "");
+    v("vit.heads", vit_heads, "--vit-heads", "");
+    v("vit.patch", vit_patch, "", "");
+    v("vit.batch", vit_batch, "--vit-batch", "");
+    v("base_steps", base_steps, "--base-steps",
+      "steps of the finetune suite's base model (cached)");
+    v("finetune_examples", finetune_examples, "--finetune-examples", "");
+    v("finetune_steps", finetune_steps, "--finetune-steps", "");
+    v("finetune_eval_examples", finetune_eval_examples,
+      "--finetune-eval-examples",
+      "test images of classes 5-9 to evaluate on (0: all 5000)");
+    v("toy_steps", toy_steps, "--toy-steps", "");
+    v("eval_every", eval_every, "--eval-every", "0: five evaluations per run");
+    v("eval_batches", eval_batches, "", "");
+    v("rank", rank, "--rank",
+      "rank of LoRA, LoTR, SNELL, the projected adapter");
+    v("projection_rank", projection_rank, "--projection-rank",
+      "rank of GaLore and the random sketch (0: width / 4)");
+    v("lr", lr, "--lr",
+      "peak learning rate of every method's optimizers (0: each method's "
+      "tuned default; for sweeps)");
+    v("overrides", overrides, "--set",
+      "KEY=VALUE, repeatable: an option of `lowmem train`'s sections "
+      "(came.beta3=0.999, adafactor.clip_threshold=1e9, adamw.beta2=0.95, "
+      "galore.rank=8, ...) for every method that builds that component; "
+      "compare's other settings stay (docs/compare.md)");
+    v("clip_norm", clip_norm, "--clip-norm",
+      "clip the global gradient norm of the trainable parameters before "
+      "every step (0: off)");
+    v("gnuplot", gnuplot, "--gnuplot", "gnuplot executable (\"\": no plots)");
+    v("python_baseline", python_baseline, "--python-baseline",
+      "also train the pretrain GPT with Debian's python3-torch");
+    v("python", python, "--python", "");
+  }
 };
 
 /// One method as the registry knows it.
@@ -265,4 +328,4 @@ std::string format_table(const std::vector<MethodResult>& methods,
 /// The CSV header (column names, in order) of results.csv.
 std::vector<std::string> csv_columns();
 
-}  // namespace lowmem::train::compare
+}  // namespace lowmem::compare

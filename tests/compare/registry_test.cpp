@@ -13,10 +13,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "lowmem/compare/compare.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/per_param_impl.h"
 #include "lowmem/optim/registry.h"
-#include "lowmem/train/compare.h"
 #include "lowmem/train/config.h"
 #include "lowmem/train/run.h"
 #include "testing/files.h"
@@ -109,10 +109,9 @@ TEST(Registry, TestOptimizerIsAConfigChoiceWithItsOwnSection) {
   EXPECT_THROW(c.set("sign_test.nope", "1"), lowmem::ConfigError);
   EXPECT_NO_THROW(c.validate());
   EXPECT_NE(c.to_yaml().find("sign_test:"), std::string::npos) << c.to_yaml();
-  const auto keys = lowmem::train::compare::override_sections();
+  const auto keys = lowmem::compare::override_sections();
   EXPECT_NE(std::find(keys.begin(), keys.end(), "sign_test"), keys.end());
-  EXPECT_NO_THROW(
-      lowmem::train::compare::validate_overrides({"sign_test.beta=0.7"}));
+  EXPECT_NO_THROW(lowmem::compare::validate_overrides({"sign_test.beta=0.7"}));
   EXPECT_THROW(lo::register_optimizer(
                    lo::param_group_optimizer<SignDescent, SignOptions>(
                        "sign_test", "again")),
