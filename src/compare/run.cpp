@@ -447,13 +447,13 @@ ChildOutcome run_in_child(
 }  // namespace
 
 void check_device(const CompareOptions& o) {
-  const c10::Device d = parse_device(o.device);
+  const c10::Device d = train::parse_device(o.device);
   if (!d.is_cpu() && !d.is_cuda())
     throw ConfigError("device '" + o.device +
                       "': compare measures memory on cpu and cuda only");
   if (d.is_cpu()) return;
   if (!o.isolate) {
-    resolve_device(o.device);
+    train::resolve_device(o.device);
     return;
   }
   // In a child: CUDA initialised in this process would not survive fork().
@@ -462,7 +462,7 @@ void check_device(const CompareOptions& o) {
   CompareOptions quiet = o;
   quiet.stop = nullptr;
   ChildOutcome oc = run_in_child(probe, quiet, {}, [&](const CompareCallbacks&) {
-    resolve_device(o.device);
+    train::resolve_device(o.device);
     return std::string("{}");
   });
   if (!oc.result)
