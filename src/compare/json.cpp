@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <type_traits>
 
 #include "internal.h"
 #include "lowmem/core/check.h"
@@ -14,7 +15,8 @@ namespace lowmem::compare {
 namespace detail {
 
 std::string num(double v) {
-  if (!std::isfinite(v)) return std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf");
+  if (!std::isfinite(v))
+    return std::isnan(v) ? "nan" : (v > 0 ? "inf" : "-inf");
   char buf[40];
   std::snprintf(buf, sizeof buf, "%.6g", v);
   return buf;
@@ -24,166 +26,109 @@ namespace {
 
 using nlohmann::json;
 
-json opt(const std::optional<double>& v) {
-  if (!v || !std::isfinite(*v)) return nullptr;
-  return *v;
-}
-std::optional<double> opt_from(const json& j, const char* key) {
-  if (!j.contains(key) || j.at(key).is_null()) return std::nullopt;
-  return j.at(key).get<double>();
-}
-json finite(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
-double dbl(const json& j, const char* key) {
-  if (!j.contains(key) || j.at(key).is_null()) return std::nan("");
-  return j.at(key).get<double>();
-}
 template <class T>
-T get_or(const json& j, const char* key, T def) {
-  if (!j.contains(key) || j.at(key).is_null()) return def;
-  return j.at(key).get<T>();
+json to_json(const T& object);
+template <class T>
+T from_json(const json& j, T o = T());
+
+// Whether T lists its fields (for_each_field): written as a JSON object.
+struct AnyVisitor {
+  template <class... A>
+  void operator()(A&&...) const {}
+};
+template <class T, class = void>
+struct has_fields : std::false_type {};
+template <class T>
+struct has_fields<
+    T, std::void_t<decltype(std::declval<T&>().for_each_field(AnyVisitor{}))>>
+    : std::true_type {};
+template <class T>
+struct is_vector : std::false_type {};
+template <class T>
+struct is_vector<std::vector<T>> : std::true_type {};
+
+// One field at a dotted key ("memory.peak_tensor_bytes" nests). Doubles that
+// are not finite and unset optionals are null; objects with a field list and
+// vectors of them nest.
+template <class T>
+void put(json& j, const std::string& key, const T& field) {
+  const auto dot = key.find('.');
+  if (dot != std::string::npos) {
+    put(j[key.substr(0, dot)], key.substr(dot + 1), field);
+  } else if constexpr (std::is_same_v<T, double>) {
+    j[key] = std::isfinite(field) ? json(field) : json(nullptr);
+  } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+    j[key] = field && std::isfinite(*field) ? json(*field) : json(nullptr);
+  } else if constexpr (has_fields<T>::value) {
+    j[key] = to_json(field);
+  } else if constexpr (is_vector<T>::value &&
+                       has_fields<typename T::value_type>::value) {
+    json a = json::array();
+    for (const auto& x : field) a.push_back(to_json(x));
+    j[key] = a;
+  } else {
+    j[key] = field;
+  }
 }
 
-json info_json(const MethodInfo& i) {
-  return {{"suite", i.suite},
-          {"name", i.name},
-          {"label", i.label},
-          {"paper", i.paper},
-          {"description", i.description}};
+// Reading keeps the default of an absent key (files written before a field
+// existed); null reads as NaN / unset.
+template <class T>
+void get(const json& j, const std::string& key, T& field) {
+  const auto dot = key.find('.');
+  if (dot != std::string::npos) {
+    const std::string head = key.substr(0, dot);
+    if (j.contains(head)) get(j.at(head), key.substr(dot + 1), field);
+    return;
+  }
+  if (!j.contains(key)) return;
+  const json& v = j.at(key);
+  if constexpr (std::is_same_v<T, double>) {
+    field = v.is_null() ? std::nan("") : v.get<double>();
+  } else if constexpr (std::is_same_v<T, std::optional<double>>) {
+    field = v.is_null() ? std::nullopt : std::optional<double>(v.get<double>());
+  } else if constexpr (has_fields<T>::value) {
+    field = from_json<T>(v);
+  } else if constexpr (is_vector<T>::value &&
+                       has_fields<typename T::value_type>::value) {
+    field.clear();
+    for (const auto& x : v)
+      field.push_back(from_json<typename T::value_type>(x));
+  } else if (!v.is_null()) {
+    field = v.get<T>();
+  }
 }
-MethodInfo info_from(const json& j) {
-  MethodInfo i;
-  i.suite = j.at("suite").get<std::string>();
-  i.name = j.at("name").get<std::string>();
-  i.label = get_or<std::string>(j, "label", i.name);
-  i.paper = get_or<std::string>(j, "paper", "");
-  i.description = get_or<std::string>(j, "description", "");
-  return i;
+
+// An object's fields (its for_each_field list) as JSON and back.
+template <class T>
+json to_json(const T& object) {
+  T o = object;
+  json j = json::object();
+  o.for_each_field([&j](const char* key, auto& field, auto&&...) {
+    if (*key != '\0') put(j, key, field);
+  });
+  return j;
+}
+
+template <class T>
+T from_json(const json& j, T o) {
+  o.for_each_field([&j](const char* key, auto& field, auto&&...) {
+    if (*key != '\0') get(j, key, field);
+  });
+  return o;
 }
 
 json method_json(const MethodResult& r) {
-  json curve = json::array();
-  for (const auto& p : r.curve)
-    curve.push_back({{"step", p.step},
-                     {"wall_s", p.wall_s},
-                     {"train_loss", finite(p.train_loss)},
-                     {"val_loss", opt(p.val_loss)},
-                     {"val_accuracy", opt(p.val_accuracy)}});
-  json j = info_json(r.info);
-  j.update({{"status", r.status},
-            {"reason", r.reason},
-            {"detail", r.detail},
-            {"overrides", r.overrides},
-            {"task", r.task},
-            {"total_params", r.total_params},
-            {"trainable_params", r.trainable_params},
-            {"steps", r.steps},
-            {"memory",
-             {{"optimizer_state_bytes", r.optimizer_state_bytes},
-              {"frozen_weight_bytes", r.frozen_weight_bytes},
-              {"trainable_weight_bytes", r.trainable_weight_bytes},
-              {"gradient_bytes", r.gradient_bytes},
-              {"activation_bytes", r.activation_bytes},
-              {"peak_tensor_bytes", r.peak_tensor_bytes},
-              {"eval_peak_tensor_bytes", r.eval_peak_tensor_bytes},
-              {"peak_rss_bytes", r.peak_rss_bytes},
-              {"start_rss_bytes", r.start_rss_bytes}}},
-            {"time",
-             {{"step_time_ms", finite(r.step_time_ms)},
-              {"throughput", finite(r.throughput)},
-              {"throughput_unit", r.throughput_unit},
-              {"train_time_s", finite(r.train_time_s)},
-              {"wall_s", finite(r.wall_s)}}},
-            {"quality",
-             {{"final_train_loss", finite(r.final_train_loss)},
-              {"val_loss", opt(r.val_loss)},
-              {"val_accuracy", opt(r.val_accuracy)}}},
-            {"curve", curve}});
+  json j = to_json(r.info);
+  j.update(to_json(r));
   return j;
 }
 
 MethodResult method_from(const json& j) {
-  MethodResult r;
-  r.info = info_from(j);
-  r.status = j.at("status").get<std::string>();
-  r.reason = get_or<std::string>(j, "reason", "");
-  r.detail = get_or<std::string>(j, "detail", "");
-  r.overrides = get_or<std::vector<std::string>>(j, "overrides", {});
-  r.task = get_or<std::string>(j, "task", "");
-  r.total_params = get_or<int64_t>(j, "total_params", 0);
-  r.trainable_params = get_or<int64_t>(j, "trainable_params", 0);
-  r.steps = get_or<int64_t>(j, "steps", 0);
-  const json& m = j.at("memory");
-  r.optimizer_state_bytes = m.at("optimizer_state_bytes").get<int64_t>();
-  r.frozen_weight_bytes = m.at("frozen_weight_bytes").get<int64_t>();
-  r.trainable_weight_bytes = m.at("trainable_weight_bytes").get<int64_t>();
-  r.gradient_bytes = m.at("gradient_bytes").get<int64_t>();
-  r.activation_bytes = m.at("activation_bytes").get<int64_t>();
-  r.peak_tensor_bytes = m.at("peak_tensor_bytes").get<int64_t>();
-  r.eval_peak_tensor_bytes = m.value("eval_peak_tensor_bytes", int64_t{0});
-  r.peak_rss_bytes = m.at("peak_rss_bytes").get<int64_t>();
-  r.start_rss_bytes = m.at("start_rss_bytes").get<int64_t>();
-  const json& t = j.at("time");
-  r.step_time_ms = dbl(t, "step_time_ms");
-  r.throughput = dbl(t, "throughput");
-  r.throughput_unit = get_or<std::string>(t, "throughput_unit", "");
-  r.train_time_s = dbl(t, "train_time_s");
-  r.wall_s = dbl(t, "wall_s");
-  const json& q = j.at("quality");
-  r.final_train_loss = dbl(q, "final_train_loss");
-  r.val_loss = opt_from(q, "val_loss");
-  r.val_accuracy = opt_from(q, "val_accuracy");
-  for (const auto& p : j.at("curve")) {
-    CurvePoint c;
-    c.step = p.at("step").get<int64_t>();
-    c.wall_s = dbl(p, "wall_s");
-    c.train_loss = dbl(p, "train_loss");
-    c.val_loss = opt_from(p, "val_loss");
-    c.val_accuracy = opt_from(p, "val_accuracy");
-    r.curve.push_back(c);
-  }
+  MethodResult r = from_json<MethodResult>(j);
+  r.info = from_json<MethodInfo>(j);
+  if (r.info.label.empty()) r.info.label = r.info.name;
   return r;
-}
-
-// The options' JSON, written and read through CompareOptions::for_each_field
-// (a dotted key nests). Reading keeps the default of an absent key (files
-// written before an option existed).
-json options_json(const CompareOptions& options) {
-  CompareOptions o = options;
-  json j = json::object();
-  o.for_each_field(
-      [&j](const char* key, auto& field, const char*, const char*) {
-        const std::string k = key;
-        if (k.empty()) return;
-        const auto dot = k.find('.');
-        if (dot == std::string::npos) {
-          j[k] = field;
-        } else {
-          j[k.substr(0, dot)][k.substr(dot + 1)] = field;
-        }
-      });
-  return j;
-}
-
-CompareOptions options_from(const json& j) {
-  CompareOptions o;
-  o.for_each_field(
-      [&j](const char* key, auto& field, const char*, const char*) {
-        const std::string k = key;
-        if (k.empty()) return;
-        const auto dot = k.find('.');
-        const json* node = &j;
-        std::string leaf = k;
-        if (dot != std::string::npos) {
-          const std::string head = k.substr(0, dot);
-          if (!j.contains(head)) return;
-          node = &j.at(head);
-          leaf = k.substr(dot + 1);
-        }
-        if (node->contains(leaf) && !node->at(leaf).is_null()) {
-          field = node->at(leaf).get<std::decay_t<decltype(field)>>();
-        }
-      });
-  return o;
 }
 
 std::string csv_field(const std::string& s) {
@@ -216,43 +161,11 @@ void write_text_file(const std::string& path, const std::string& text) {
 using nlohmann::json;
 
 std::string results_to_json(const CompareResults& res) {
+  json j = detail::to_json(res);
+  j["schema"] = "lowmem.compare";
   json methods = json::array();
   for (const auto& m : res.methods) methods.push_back(detail::method_json(m));
-  json claims = json::array();
-  for (const auto& c : res.claims)
-    claims.push_back({{"id", c.id},
-                      {"paper", c.paper},
-                      {"claim", c.claim},
-                      {"status", c.status},
-                      {"evidence", c.evidence}});
-  const PythonBaseline& p = res.python;
-  json j = {
-      {"schema", "lowmem.compare"},
-      {"schema_version", res.schema_version},
-      {"created", res.created},
-      {"command_line", res.command_line},
-      {"machine", res.machine},
-      {"interrupted", res.interrupted},
-      {"wall_s", res.wall_s},
-      {"options", detail::options_json(res.options)},
-      {"notes", res.notes},
-      {"methods", methods},
-      {"claims", claims},
-      {"python_baseline",
-       {{"status", p.status},
-        {"reason", p.reason},
-        {"torch_version", p.torch_version},
-        {"step_time_ms", detail::finite(p.step_time_ms)},
-        {"throughput", detail::finite(p.throughput)},
-        {"peak_rss_bytes", p.peak_rss_bytes},
-        {"total_params", p.total_params},
-        {"final_train_loss", detail::finite(p.final_train_loss)},
-        {"val_loss", detail::finite(p.val_loss)},
-        {"steps", p.steps}}},
-      {"plots",
-       {{"status", res.plots.status},
-        {"reason", res.plots.reason},
-        {"files", res.plots.files}}}};
+  j["methods"] = methods;
   return j.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
@@ -264,38 +177,14 @@ CompareResults results_from_json(const std::string& text) {
   const int v = j.at("schema_version").get<int>();
   LOWMEM_CHECK(v == kSchemaVersion, "[compare] results schema_version ", v,
                " is not the supported version ", kSchemaVersion);
-  CompareResults r;
-  r.schema_version = v;
-  r.created = j.at("created").get<std::string>();
-  r.command_line = j.at("command_line").get<std::string>();
-  r.machine = j.at("machine").get<std::string>();
-  r.interrupted = j.at("interrupted").get<bool>();
-  r.wall_s = j.at("wall_s").get<double>();
-  r.options = detail::options_from(j.at("options"));
-  r.notes = j.at("notes").get<std::vector<std::string>>();
-  for (const auto& m : j.at("methods")) r.methods.push_back(detail::method_from(m));
-  for (const auto& c : j.at("claims"))
-    r.claims.push_back({c.at("id"), c.at("paper"), c.at("claim"), c.at("status"),
-                        c.at("evidence")});
-  const json& p = j.at("python_baseline");
-  r.python.status = p.at("status");
-  r.python.reason = p.at("reason");
-  r.python.torch_version = p.at("torch_version");
-  r.python.step_time_ms = detail::dbl(p, "step_time_ms");
-  r.python.throughput = detail::dbl(p, "throughput");
-  r.python.peak_rss_bytes = p.at("peak_rss_bytes");
-  r.python.total_params = p.at("total_params");
-  r.python.final_train_loss = detail::dbl(p, "final_train_loss");
-  r.python.val_loss = detail::dbl(p, "val_loss");
-  r.python.steps = p.at("steps");
-  const json& pl = j.at("plots");
-  r.plots.status = pl.at("status");
-  r.plots.reason = pl.at("reason");
-  r.plots.files = pl.at("files").get<std::vector<std::string>>();
+  CompareResults r = detail::from_json<CompareResults>(j);
+  for (const auto& m : j.at("methods"))
+    r.methods.push_back(detail::method_from(m));
   return r;
 }
 
-void write_results_json(const CompareResults& results, const std::string& path) {
+void write_results_json(const CompareResults& results,
+                        const std::string& path) {
   detail::write_text_file(path, results_to_json(results));
 }
 
@@ -336,34 +225,34 @@ void write_results_csv(const CompareResults& results, const std::string& path) {
   using detail::csv_field;
   using detail::csv_num;
   for (const auto& r : results.methods) {
-    std::vector<std::string> f = {
-        std::to_string(results.schema_version),
-        r.info.suite,
-        r.info.name,
-        r.info.label,
-        r.info.paper,
-        r.status,
-        r.reason,
-        r.detail,
-        r.task,
-        std::to_string(r.total_params),
-        std::to_string(r.trainable_params),
-        std::to_string(r.steps),
-        std::to_string(r.optimizer_state_bytes),
-        std::to_string(r.frozen_weight_bytes),
-        std::to_string(r.trainable_weight_bytes),
-        std::to_string(r.gradient_bytes),
-        std::to_string(r.activation_bytes),
-        std::to_string(r.peak_tensor_bytes),
-        std::to_string(r.peak_rss_bytes),
-        csv_num(r.step_time_ms),
-        csv_num(r.throughput),
-        r.throughput_unit,
-        csv_num(r.train_time_s),
-        csv_num(r.final_train_loss),
-        detail::csv_opt(r.val_loss),
-        detail::csv_opt(r.val_accuracy)};
-    for (size_t i = 0; i < f.size(); ++i) o << (i ? "," : "") << csv_field(f[i]);
+    std::vector<std::string> f = {std::to_string(results.schema_version),
+                                  r.info.suite,
+                                  r.info.name,
+                                  r.info.label,
+                                  r.info.paper,
+                                  r.status,
+                                  r.reason,
+                                  r.detail,
+                                  r.task,
+                                  std::to_string(r.total_params),
+                                  std::to_string(r.trainable_params),
+                                  std::to_string(r.steps),
+                                  std::to_string(r.optimizer_state_bytes),
+                                  std::to_string(r.frozen_weight_bytes),
+                                  std::to_string(r.trainable_weight_bytes),
+                                  std::to_string(r.gradient_bytes),
+                                  std::to_string(r.activation_bytes),
+                                  std::to_string(r.peak_tensor_bytes),
+                                  std::to_string(r.peak_rss_bytes),
+                                  csv_num(r.step_time_ms),
+                                  csv_num(r.throughput),
+                                  r.throughput_unit,
+                                  csv_num(r.train_time_s),
+                                  csv_num(r.final_train_loss),
+                                  detail::csv_opt(r.val_loss),
+                                  detail::csv_opt(r.val_accuracy)};
+    for (size_t i = 0; i < f.size(); ++i)
+      o << (i ? "," : "") << csv_field(f[i]);
     o << "\n";
   }
   detail::write_text_file(path, o.str());
@@ -375,9 +264,9 @@ void write_curves_csv(const CompareResults& results, const std::string& path) {
   for (const auto& r : results.methods)
     for (const auto& p : r.curve)
       o << r.info.suite << "," << r.info.name << "," << p.step << ","
-        << detail::csv_num(p.wall_s) << "," << detail::csv_num(p.train_loss) << ","
-        << detail::csv_opt(p.val_loss) << "," << detail::csv_opt(p.val_accuracy)
-        << "\n";
+        << detail::csv_num(p.wall_s) << "," << detail::csv_num(p.train_loss)
+        << "," << detail::csv_opt(p.val_loss) << ","
+        << detail::csv_opt(p.val_accuracy) << "\n";
   detail::write_text_file(path, o.str());
 }
 

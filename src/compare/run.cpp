@@ -461,10 +461,11 @@ void check_device(const CompareOptions& o) {
   probe.name = "device check";
   CompareOptions quiet = o;
   quiet.stop = nullptr;
-  ChildOutcome oc = run_in_child(probe, quiet, {}, [&](const CompareCallbacks&) {
-    train::resolve_device(o.device);
-    return std::string("{}");
-  });
+  ChildOutcome oc =
+      run_in_child(probe, quiet, {}, [&](const CompareCallbacks&) {
+        train::resolve_device(o.device);
+        return std::string("{}");
+      });
   if (!oc.result)
     throw ConfigError(oc.error.empty() ? "device '" + o.device +
                                              "' could not be checked: " + oc.death

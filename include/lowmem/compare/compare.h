@@ -168,6 +168,15 @@ struct MethodInfo {
   std::string paper;        // "CAME (arXiv 2307.02047)" or "" for baselines
   std::string description;  // one line: what is trained and how
   std::string unavailable;  // "" if it can run here, else why not
+  /// The fields results.json records, v(key, field).
+  template <class V>
+  void for_each_field(V&& v) {
+    v("suite", suite);
+    v("name", name);
+    v("label", label);
+    v("paper", paper);
+    v("description", description);
+  }
 };
 
 /// Registry of the methods of `suites` (all known suites if empty), with
@@ -198,6 +207,14 @@ struct CurvePoint {
   double train_loss = 0;   // loss of this step's batch
   std::optional<double> val_loss;
   std::optional<double> val_accuracy;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("step", step);
+    v("wall_s", wall_s);
+    v("train_loss", train_loss);
+    v("val_loss", val_loss);
+    v("val_accuracy", val_accuracy);
+  }
 };
 
 /// What one method cost and reached. Byte figures are exact tensor-storage
@@ -233,6 +250,39 @@ struct MethodResult {
   std::optional<double> val_loss;
   std::optional<double> val_accuracy;
   std::vector<CurvePoint> curve;
+
+  /// Every field once, v(key, field), `key` its results.json path
+  /// ("memory.peak_tensor_bytes" nests); `info` is written apart (its fields
+  /// sit at the top of the method's object).
+  template <class V>
+  void for_each_field(V&& v) {
+    v("status", status);
+    v("reason", reason);
+    v("detail", detail);
+    v("overrides", overrides);
+    v("task", task);
+    v("total_params", total_params);
+    v("trainable_params", trainable_params);
+    v("steps", steps);
+    v("memory.optimizer_state_bytes", optimizer_state_bytes);
+    v("memory.frozen_weight_bytes", frozen_weight_bytes);
+    v("memory.trainable_weight_bytes", trainable_weight_bytes);
+    v("memory.gradient_bytes", gradient_bytes);
+    v("memory.activation_bytes", activation_bytes);
+    v("memory.peak_tensor_bytes", peak_tensor_bytes);
+    v("memory.eval_peak_tensor_bytes", eval_peak_tensor_bytes);
+    v("memory.peak_rss_bytes", peak_rss_bytes);
+    v("memory.start_rss_bytes", start_rss_bytes);
+    v("time.step_time_ms", step_time_ms);
+    v("time.throughput", throughput);
+    v("time.throughput_unit", throughput_unit);
+    v("time.train_time_s", train_time_s);
+    v("time.wall_s", wall_s);
+    v("quality.final_train_loss", final_train_loss);
+    v("quality.val_loss", val_loss);
+    v("quality.val_accuracy", val_accuracy);
+    v("curve", curve);
+  }
 };
 
 /// The Python (Debian python3-torch) run of the pretrain GPT with AdamW.
@@ -247,12 +297,30 @@ struct PythonBaseline {
   double final_train_loss = 0;
   double val_loss = 0;
   int64_t steps = 0;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("status", status);
+    v("reason", reason);
+    v("torch_version", torch_version);
+    v("step_time_ms", step_time_ms);
+    v("throughput", throughput);
+    v("peak_rss_bytes", peak_rss_bytes);
+    v("total_params", total_params);
+    v("final_train_loss", final_train_loss);
+    v("val_loss", val_loss);
+    v("steps", steps);
+  }
 };
 
 struct PlotSet {
   std::string status = "skipped";  // ok | skipped | failed
   std::string reason;
-  std::vector<std::string> files;  // relative to out_dir
+  std::vector<std::string> files;  // relative to out_dir  template <class V>
+  void for_each_field(V&& v) {
+    v("status", status);
+    v("reason", reason);
+    v("files", files);
+  }
 };
 
 /// A seed paper's headline claim, checked against this run's numbers.
@@ -261,7 +329,14 @@ struct ClaimCheck {
   std::string paper;      // "CAME (arXiv 2307.02047)"
   std::string claim;      // what the paper says, in one sentence
   std::string status;     // held | not held | not tested
-  std::string evidence;   // the numbers behind the verdict
+  std::string evidence;   // the numbers behind the verdict  template <class V>
+  void for_each_field(V&& v) {
+    v("id", id);
+    v("paper", paper);
+    v("claim", claim);
+    v("status", status);
+    v("evidence", evidence);
+  }
 };
 
 struct CompareResults {
@@ -276,7 +351,23 @@ struct CompareResults {
   std::vector<MethodResult> methods;
   std::vector<ClaimCheck> claims;
   PythonBaseline python;
-  PlotSet plots;
+  PlotSet plots;  /// The results.json fields (`methods`, whose entries flatten
+                  /// their
+  /// MethodInfo, is written apart).
+  template <class V>
+  void for_each_field(V&& v) {
+    v("schema_version", schema_version);
+    v("created", created);
+    v("command_line", command_line);
+    v("machine", machine);
+    v("interrupted", interrupted);
+    v("wall_s", wall_s);
+    v("options", options);
+    v("notes", notes);
+    v("claims", claims);
+    v("python_baseline", python);
+    v("plots", plots);
+  }
 };
 
 /// Progress reports (the library never prints; tools/ renders these).
