@@ -290,30 +290,24 @@ int64_t finetune_steps(const CompareOptions& o) { return o.finetune_steps; }
 }  // namespace
 
 void add_model_suites(std::vector<Suite>& s) {
-  {
-    Suite t;
-    t.name = "pretrain";
-    t.metric = "val_loss";
-    t.config = {"model=gpt", "data=text"};
-    t.unavailable = text_unavailable;
-    t.load = text_load;
-    t.build = text_build;
-    t.steps = pretrain_steps;
-    s.push_back(t);
-  }
-  {
-    Suite t;
-    t.name = "finetune";
-    t.metric = "val_accuracy";
-    t.config = {"model=vit", "data=fashion-mnist"};
-    t.unavailable = fmnist_unavailable;
-    t.load = finetune_load;
-    t.build = finetune_build;
-    t.steps = finetune_steps;
-    t.base_path = base_path;
-    t.make_base = make_base;
-    s.push_back(t);
-  }
+  s.push_back(Suite{"pretrain",
+                    "val_loss",
+                    {"model=gpt", "data=text"},
+                    text_unavailable,
+                    text_load,
+                    text_build,
+                    pretrain_steps,
+                    nullptr,
+                    nullptr});
+  s.push_back(Suite{"finetune",
+                    "val_accuracy",
+                    {"model=vit", "data=fashion-mnist"},
+                    fmnist_unavailable,
+                    finetune_load,
+                    finetune_build,
+                    finetune_steps,
+                    base_path,
+                    make_base});
 }
 
 }  // namespace lowmem::compare::detail

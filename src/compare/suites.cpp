@@ -84,16 +84,16 @@ int64_t toy_steps(const CompareOptions& o) { return o.toy_steps; }
 
 std::vector<Suite> make_suites() {
   std::vector<Suite> s;
-  {
-    Suite t;
-    t.name = "toy";
-    t.metric = "val_loss";
-    t.config = {};  // no adapters: the default model key is never read
-    t.load = toy_load;
-    t.build = toy_build;
-    t.steps = toy_steps;
-    s.push_back(t);
-  }
+  // No adapters in the toy suite: the default model key is never read.
+  s.push_back(Suite{"toy",
+                    "val_loss",
+                    {},
+                    nullptr,
+                    toy_load,
+                    toy_build,
+                    toy_steps,
+                    nullptr,
+                    nullptr});
   add_model_suites(s);
   return s;
 }

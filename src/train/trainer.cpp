@@ -133,6 +133,20 @@ MemoryBreakdown memory_breakdown(torch::nn::Module& model,
   return m;
 }
 
+Progress Trainer::event(Progress::Kind kind) const {
+  Progress p;
+  p.kind = kind;
+  p.step = step_;
+  p.max_steps = options_.max_steps;
+  p.eval_loss = last_eval_;
+  p.items = items_total_;
+  p.skipped = skipped_total_;
+  const TensorMemory m = tensor_memory(device_);
+  p.live_bytes = m.live;
+  p.peak_bytes = m.peak;
+  return p;
+}
+
 void Trainer::emit(const Progress& p) const {
   if (progress_) {
     progress_(p);
@@ -224,21 +238,12 @@ void Trainer::report(const StepResult& r, double seconds) {
                       step_ == options_.max_steps)) {
     return;
   }
-  Progress p;
-  p.kind = r.skipped ? Progress::Kind::kSkip : Progress::Kind::kStep;
-  p.step = step_;
-  p.max_steps = options_.max_steps;
+  Progress p = event(r.skipped ? Progress::Kind::kSkip : Progress::Kind::kStep);
   p.loss = r.loss;
   p.grad_norm = r.grad_norm;
   p.lr = slots_.front().optimizer->param_groups().front().options().get_lr();
   p.items_per_second =
       seconds > 0.0 ? static_cast<double>(r.items) / seconds : 0.0;
-  p.items = items_total_;
-  p.eval_loss = last_eval_;
-  p.skipped = skipped_total_;
-  const TensorMemory m = tensor_memory(device_);
-  p.live_bytes = m.live;
-  p.peak_bytes = m.peak;
   emit(p);
 }
 
@@ -310,14 +315,7 @@ double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
       return;
     }
     evaluate(*eval, options_.eval_batches);
-    Progress p;
-    p.kind = Progress::Kind::kEval;
-    p.step = step_;
-    p.max_steps = options_.max_steps;
-    p.eval_loss = last_eval_;
-    p.items = items_total_;
-    p.skipped = skipped_total_;
-    emit(p);
+    emit(event(Progress::Kind::kEval));
   };
   const bool saving = !options_.checkpoint_dir.empty();
   while (step_ < options_.max_steps) {
@@ -328,10 +326,7 @@ double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
     }
     if (saving && (last || (options_.save_every > 0 &&
                             step_ % options_.save_every == 0))) {
-      Progress p;
-      p.kind = Progress::Kind::kCheckpoint;
-      p.step = step_;
-      p.max_steps = options_.max_steps;
+      Progress p = event(Progress::Kind::kCheckpoint);
       auto write = [&] { p.path = save_checkpoint(train); };
       if (save_hook_) {
         save_hook_(write);
@@ -341,17 +336,7 @@ double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
       emit(p);
     }
   }
-  Progress done;
-  done.kind = Progress::Kind::kDone;
-  done.step = step_;
-  done.max_steps = options_.max_steps;
-  done.eval_loss = last_eval_;
-  done.items = items_total_;
-  done.skipped = skipped_total_;
-  const TensorMemory m = tensor_memory(device_);
-  done.live_bytes = m.live;
-  done.peak_bytes = m.peak;
-  emit(done);
+  emit(event(Progress::Kind::kDone));
   return last_eval_;
 }
 

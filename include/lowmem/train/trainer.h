@@ -182,6 +182,8 @@ class Trainer {
  private:
   void apply_schedule();
   void emit(const Progress& p) const;
+  /// An event of `kind` with the counters, last evaluation and memory.
+  Progress event(Progress::Kind kind) const;
   /// The micro-batches' forward and backward passes (loss, items).
   StepResult accumulate(data::BatchSource& source);
   /// Clipping, the optimizer steps and the after-update probe.
