@@ -13,6 +13,7 @@
 #include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/galore_state.h"
+#include "lowmem/optim/per_param.h"
 #include "lowmem/optim/state_roles.h"
 
 namespace lowmem::optim {
