@@ -42,10 +42,11 @@ template <class T>
 struct has_fields<
     T, std::void_t<decltype(std::declval<T&>().for_each_field(AnyVisitor{}))>>
     : std::true_type {};
+// A vector of objects with a field list: a JSON array of objects.
 template <class T>
-struct is_vector : std::false_type {};
+struct is_field_vector : std::false_type {};
 template <class T>
-struct is_vector<std::vector<T>> : std::true_type {};
+struct is_field_vector<std::vector<T>> : has_fields<T> {};
 
 // One field at a dotted key ("memory.peak_tensor_bytes" nests). Doubles that
 // are not finite and unset optionals are null; objects with a field list and
@@ -61,8 +62,7 @@ void put(json& j, const std::string& key, const T& field) {
     j[key] = field && std::isfinite(*field) ? json(*field) : json(nullptr);
   } else if constexpr (has_fields<T>::value) {
     j[key] = to_json(field);
-  } else if constexpr (is_vector<T>::value &&
-                       has_fields<typename T::value_type>::value) {
+  } else if constexpr (is_field_vector<T>::value) {
     json a = json::array();
     for (const auto& x : field) a.push_back(to_json(x));
     j[key] = a;
@@ -89,8 +89,7 @@ void get(const json& j, const std::string& key, T& field) {
     field = v.is_null() ? std::nullopt : std::optional<double>(v.get<double>());
   } else if constexpr (has_fields<T>::value) {
     field = from_json<T>(v);
-  } else if constexpr (is_vector<T>::value &&
-                       has_fields<typename T::value_type>::value) {
+  } else if constexpr (is_field_vector<T>::value) {
     field.clear();
     for (const auto& x : v)
       field.push_back(from_json<typename T::value_type>(x));

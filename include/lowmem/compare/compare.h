@@ -297,6 +297,7 @@ struct PythonBaseline {
   double final_train_loss = 0;
   double val_loss = 0;
   int64_t steps = 0;
+
   template <class V>
   void for_each_field(V&& v) {
     v("status", status);
@@ -315,7 +316,8 @@ struct PythonBaseline {
 struct PlotSet {
   std::string status = "skipped";  // ok | skipped | failed
   std::string reason;
-  std::vector<std::string> files;  // relative to out_dir  template <class V>
+  std::vector<std::string> files;  // relative to out_dir
+  template <class V>
   void for_each_field(V&& v) {
     v("status", status);
     v("reason", reason);
@@ -329,7 +331,8 @@ struct ClaimCheck {
   std::string paper;      // "CAME (arXiv 2307.02047)"
   std::string claim;      // what the paper says, in one sentence
   std::string status;     // held | not held | not tested
-  std::string evidence;   // the numbers behind the verdict  template <class V>
+  std::string evidence;   // the numbers behind the verdict
+  template <class V>
   void for_each_field(V&& v) {
     v("id", id);
     v("paper", paper);
@@ -351,8 +354,9 @@ struct CompareResults {
   std::vector<MethodResult> methods;
   std::vector<ClaimCheck> claims;
   PythonBaseline python;
-  PlotSet plots;  /// The results.json fields (`methods`, whose entries flatten
-                  /// their
+  PlotSet plots;
+
+  /// The results.json fields (`methods`, whose entries flatten their
   /// MethodInfo, is written apart).
   template <class V>
   void for_each_field(V&& v) {
