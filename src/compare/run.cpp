@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
+#include <torch/optim/optimizer.h>
 #include <torch/utils.h>
 #include <torch/version.h>
 #include <unistd.h>

@@ -2,8 +2,10 @@
 // state-role / weight-decay lookups that read it (optim/state_roles.h).
 #include "lowmem/optim/registry.h"
 
+#include <torch/optim/adagrad.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
+#include <torch/optim/rmsprop.h>
 #include <torch/optim/sgd.h>
 
 #include <mutex>
@@ -103,6 +105,9 @@ const std::vector<std::pair<StateVisitor, DecayReader>>& torch_builtins() {
        decay_of<torch::optim::AdamWOptions>},
       {visit_adam_like<torch::optim::AdamParamState>,
        decay_of<torch::optim::AdamOptions>},
+      // Decay readable; state roles unknown (reproject refuses them).
+      {nullptr, decay_of<torch::optim::RMSpropOptions>},
+      {nullptr, decay_of<torch::optim::AdagradOptions>},
   };
   return b;
 }
@@ -176,7 +181,7 @@ bool visit_state(torch::optim::OptimizerParamState& state,
   for (const auto& k : table())
     if (k.visit_state && k.visit_state(state, fn)) return true;
   for (const auto& b : torch_builtins())
-    if (b.first(state, fn)) return true;
+    if (b.first && b.first(state, fn)) return true;
   return false;
 }
 

@@ -582,7 +582,32 @@ std::shared_ptr<torch::optim::Optimizer> build_optimizer(
     if (main && c.method == "galore") {
       auto g = opts<GaloreSection>(c, "galore").g;
       g.accumulation_steps(c.accum_steps);
-      return wiring::make_galore(route.params, {}, inner, g);
+      // galore_torch/adamw.py decays the FULL weight with the group's
+      // weight_decay after the projected update; on the proxy it would act on
+      // nothing. The inner section's decay moves to GaLoreOptions.
+      const optim::OptimizerKind& kind = optim::optimizer_kind(name);
+      Section section = *c.section(kind.name);
+      if (const Field* wd = section.find("weight_decay")) {
+        const double inner_wd = std::stod(wd->get());
+        if (inner_wd != 0.0 && g.weight_decay() != 0.0 &&
+            inner_wd != g.weight_decay()) {
+          throw ConfigError("method galore: " + kind.name + ".weight_decay (" +
+                            wd->get() + ") and galore.weight_decay (" +
+                            std::to_string(g.weight_decay()) +
+                            ") disagree; set one of them");
+        }
+        if (inner_wd != 0.0) g.weight_decay(inner_wd);
+        wd->set("0");
+      }
+      auto inner_no_decay = [&kind, section](Groups groups) {
+        if (!kind.make) {
+          throw ConfigError("optimizer " + kind.name +
+                            " preconditions whole layers: it can only be the "
+                            "main optimizer, not the inner one of galore");
+        }
+        return kind.make(std::move(groups), section);
+      };
+      return wiring::make_galore(route.params, {}, inner_no_decay, g);
     }
     if (main && c.method == "projected-adapter") {
       // The adapters' A (all of them) and whatever else the route gives the

@@ -14,6 +14,7 @@
 #include <fstream>
 
 #include "lowmem/compare/compare.h"
+#include "lowmem/models/layers.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/per_param_impl.h"
 #include "lowmem/optim/registry.h"

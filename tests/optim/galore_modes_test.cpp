@@ -114,7 +114,8 @@ TEST(GaLoreAccumulation, AdapterFormAccumulatesLowRankGradients) {
   auto data = make_data(6, 8, 6, 4, torch::kDouble);
   auto po = lp::ProjectorOptions().rank(3).update_proj_gap(2).basis("svd");
   auto one = make_mlp(sizes, torch::kDouble), acc = make_mlp(sizes, torch::kDouble);
-  auto l1 = la::inject_projected(*one, po), l2 = la::inject_projected(*acc, po);
+  auto l1 = lpj::inject_projected(*one, po),
+       l2 = lpj::inject_projected(*acc, po);
   lo::ProjectedAdapterOptimizer o1(l1, plain_params(*one, l1), adamw());
   lo::ProjectedAdapterOptimizer o2(l2, plain_params(*acc, l2), adamw());
   train(*one, o1, data, 0, 6);
@@ -159,7 +160,7 @@ TEST(GaLoreResume, AdapterFormSaveLoad) {
   auto data = make_data(8, 8, 6, 4, torch::kDouble);
   auto po = lp::ProjectorOptions().rank(3).update_proj_gap(3);
   auto a = make_mlp(sizes, torch::kDouble), b = make_mlp(sizes, torch::kDouble);
-  auto la_ = la::inject_projected(*a, po), lb = la::inject_projected(*b, po);
+  auto la_ = lpj::inject_projected(*a, po), lb = lpj::inject_projected(*b, po);
   lo::ProjectedAdapterOptimizer oa(la_, plain_params(*a, la_), adamw());
   lo::ProjectedAdapterOptimizer ob(lb, plain_params(*b, lb), adamw());
   train(*a, oa, data, 0, 4);
@@ -198,7 +199,7 @@ TEST(GaLoreConversion, SwitchFormsMidRunKeepsTheTrajectory) {
     auto net = make_mlp(sizes, torch::kDouble);
     auto g1 = make_galore(*net, lo::GaLoreOptions().projector(po));
     train(*net, *g1, data, 0, 4);
-    auto layers = la::inject_projected(*net, po);
+    auto layers = lpj::inject_projected(*net, po);
     lo::ProjectedAdapterOptimizer ad(layers, plain_params(*net, layers), adamw());
     lo::transfer_state(*g1, ad);
     for (auto& l : layers) EXPECT_FALSE(l->base_weight().grad().defined());
@@ -245,7 +246,7 @@ TEST(GaLoreOptions, ValidationMessages) {
               lo::GaLore g({plain[0]}, {}, adamw(), {});
             }).find("[galore] projected param 0 must have 2 or more dims"),
             std::string::npos);
-  auto layers = la::inject_projected(*net, {});
+  auto layers = lpj::inject_projected(*net, {});
   EXPECT_NE(error_of([&] {
               lo::ProjectedAdapterOptimizer o(
                   layers, {}, adamw(), lo::GaLoreOptions().weight_decay(0.1));

@@ -13,7 +13,8 @@
 
 namespace galore_test {
 
-namespace la = lowmem::adapters;
+namespace la = lowmem::nn;
+namespace lpj = lowmem::projection;
 namespace lo = lowmem::optim;
 
 struct Mlp : la::SlotModule {

@@ -231,7 +231,7 @@ TEST(Singd, ParameterRoutingSplitsCoveredFromUncovered) {
 // a and g of a linear layer on sequences: expand flattens, reduce averages
 // inputs and sums gradients; the loss_average factor sqrt(L).
 TEST(CurvatureTap, LinearSequenceMatrices) {
-  using namespace lowmem::adapters;
+  using namespace lowmem::nn;
   torch::manual_seed(0);
   at::Tensor x = torch::randn({2, 3, 4}), g = torch::randn({2, 3, 5});
   KroneckerTapOptions o;
@@ -254,7 +254,7 @@ TEST(CurvatureTap, LinearSequenceMatrices) {
 // Micro-batches: two forward/backward passes before step() sum their H terms
 // (official); the tap pairs each gradient with its own input.
 TEST(CurvatureTap, PairsInputsAndGradientsPerPass) {
-  using namespace lowmem::adapters;
+  using namespace lowmem::nn;
   std::vector<std::pair<at::Tensor, at::Tensor>> got;
   KroneckerTapOptions o;
   o.has_bias = false;
