@@ -51,8 +51,17 @@ function(lowmem_add_test_folder folder)
   if(NOT CMAKE_DISABLE_PRECOMPILE_HEADERS)
     target_precompile_headers(${_t} REUSE_FROM lowmem_testing)
   endif()
+  # Test suites whose name ends in "Slow" (e.g. HfParitySlow.*) get the ctest
+  # label `slow`: `ctest -LE slow` is the default run.
   gtest_discover_tests(${_t}
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
+    TEST_FILTER "-*Slow.*"
     PROPERTIES ENVIRONMENT "LOWMEM_SOURCE_DIR=${PROJECT_SOURCE_DIR}"
+    DISCOVERY_TIMEOUT 120)
+  gtest_discover_tests(${_t}
+    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
+    TEST_FILTER "*Slow.*"
+    TEST_LIST ${_t}_SLOW_TESTS
+    PROPERTIES ENVIRONMENT "LOWMEM_SOURCE_DIR=${PROJECT_SOURCE_DIR}" LABELS slow TIMEOUT 1800
     DISCOVERY_TIMEOUT 120)
 endfunction()
