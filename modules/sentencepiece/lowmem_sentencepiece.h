@@ -9,7 +9,7 @@
 extern "C" {
 #endif
 
-#define LOWMEM_SPM_ABI_VERSION 1
+#define LOWMEM_SPM_ABI_VERSION 2
 #define LOWMEM_SPM_API __attribute__((visibility("default")))
 
 enum {
@@ -22,6 +22,8 @@ enum {
 typedef struct lowmem_spm lowmem_spm;
 typedef void (*lowmem_spm_ids_fn)(void* ctx, const int* ids, size_t n);
 typedef void (*lowmem_spm_text_fn)(void* ctx, const char* text, size_t n);
+/* One piece: its id and the byte range [begin, end) of the input it covers. */
+typedef void (*lowmem_spm_piece_fn)(void* ctx, int id, size_t begin, size_t end);
 
 LOWMEM_SPM_API int lowmem_spm_abi_version(void);
 LOWMEM_SPM_API lowmem_spm* lowmem_spm_load(const char* bytes, size_t n, char* err, size_t errcap);
@@ -33,6 +35,8 @@ LOWMEM_SPM_API int lowmem_spm_piece_type(const lowmem_spm* m, int id);
 LOWMEM_SPM_API void lowmem_spm_special_ids(const lowmem_spm* m, int* bos, int* eos, int* pad, int* unk);
 LOWMEM_SPM_API int lowmem_spm_encode(const lowmem_spm* m, const char* text, size_t n,
                       lowmem_spm_ids_fn emit, void* ctx, char* err, size_t errcap);
+LOWMEM_SPM_API int lowmem_spm_encode_offsets(const lowmem_spm* m, const char* text, size_t n,
+                      lowmem_spm_piece_fn emit, void* ctx, char* err, size_t errcap);
 LOWMEM_SPM_API int lowmem_spm_decode(const lowmem_spm* m, const int* ids, size_t n,
                       lowmem_spm_text_fn emit, void* ctx, char* err, size_t errcap);
 

@@ -108,6 +108,28 @@ int lowmem_spm_encode(const lowmem_spm* m, const char* text, size_t n,
   return -1;
 }
 
+int lowmem_spm_encode_offsets(const lowmem_spm* m, const char* text, size_t n,
+                              lowmem_spm_piece_fn emit, void* ctx, char* err, size_t errcap) {
+  try {
+    sentencepiece::ImmutableSentencePieceText spt;
+    const auto st = m->sp.Encode(std::string(text, n), spt.mutable_proto());
+    if (!st.ok()) {
+      set_error(err, errcap, st.ToString());
+      return -1;
+    }
+    for (size_t i = 0; i < spt.pieces_size(); ++i) {
+      const auto p = spt.pieces(static_cast<int>(i));
+      emit(ctx, static_cast<int>(p.id()), p.begin(), p.end());
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, errcap, e.what());
+  } catch (...) {
+    set_error(err, errcap, "unknown error");
+  }
+  return -1;
+}
+
 int lowmem_spm_decode(const lowmem_spm* m, const int* ids, size_t n,
                       lowmem_spm_text_fn emit, void* ctx, char* err, size_t errcap) {
   try {

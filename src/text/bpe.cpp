@@ -146,6 +146,7 @@ WordCache& cache_for(uint64_t instance, bool bytes) {
 struct Symbol {
   TokenId id;
   int32_t prev, next;
+  int32_t len;  // bytes of the word it covers
   bool removed;
 };
 
@@ -262,6 +263,23 @@ Bpe::Bpe(std::vector<std::string> vocab_tokens, std::vector<TokenId> vocab_ids,
   }
 }
 
+std::vector<std::pair<std::string, std::string>> Bpe::merges() const {
+  std::vector<const MergeEntry*> by_rank;
+  by_rank.reserve(merge_count_);
+  for (const MergeEntry& e : merges_) {
+    if (e.key != ~uint64_t{0}) by_rank.push_back(&e);
+  }
+  std::sort(by_rank.begin(), by_rank.end(),
+            [](const MergeEntry* a, const MergeEntry* b) { return a->rank < b->rank; });
+  std::vector<std::pair<std::string, std::string>> out;
+  out.reserve(by_rank.size());
+  for (const MergeEntry* e : by_rank) {
+    out.emplace_back(tokens_[static_cast<size_t>(e->key >> 32)],
+                     tokens_[static_cast<size_t>(e->key & 0xFFFFFFFFu)]);
+  }
+  return out;
+}
+
 void Bpe::prefetch_merge(TokenId a, TokenId b) const {
   __builtin_prefetch(&merges_[pair_slot(pair_key(a, b), merge_mask_)]);
 }
@@ -328,8 +346,8 @@ void Bpe::add_symbols(std::string_view s, size_t byte_len,
   }
 }
 
-void Bpe::merge_word(std::string_view word, bool bytes,
-                     std::vector<TokenId>& out) const {
+void Bpe::merge_word(std::string_view word, bool bytes, std::vector<TokenId>& out,
+                     std::vector<std::pair<uint32_t, uint32_t>>* spans) const {
   thread_local std::vector<int32_t> ids, lens;
   thread_local std::vector<Symbol> symbols;
   thread_local std::vector<MergeItem> heap;
@@ -399,13 +417,17 @@ void Bpe::merge_word(std::string_view word, bool bytes,
   const auto n = static_cast<int32_t>(ids.size());
   if (n <= 1) {
     out.insert(out.end(), ids.begin(), ids.end());
+    if (spans != nullptr && n == 1) {
+      spans->emplace_back(0, static_cast<uint32_t>(lens[0]));
+    }
     return;
   }
   symbols.resize(static_cast<size_t>(n));
   heap.clear();
   for (int32_t k = 0; k < n; ++k) {
-    symbols[static_cast<size_t>(k)] =
-        Symbol{ids[static_cast<size_t>(k)], k - 1, k + 1 < n ? k + 1 : -1, false};
+    symbols[static_cast<size_t>(k)] = Symbol{ids[static_cast<size_t>(k)], k - 1,
+                                             k + 1 < n ? k + 1 : -1,
+                                             lens[static_cast<size_t>(k)], false};
   }
   // The merge table is large (Gemma-3: 16 MB): prefetch a few pairs ahead so
   // the cache misses overlap.
@@ -440,6 +462,7 @@ void Bpe::merge_word(std::string_view word, bool bytes,
       continue;
     }
     left.id = top.merged;
+    left.len += right.len;
     right.removed = true;
     left.next = right.next;
     if (right.next >= 0) {
@@ -464,12 +487,19 @@ void Bpe::merge_word(std::string_view word, bool bytes,
       }
     }
   }
+  uint32_t at = 0;
   for (int32_t k = 0; k >= 0; k = symbols[static_cast<size_t>(k)].next) {
     out.push_back(symbols[static_cast<size_t>(k)].id);
+    if (spans != nullptr) {
+      const auto len = static_cast<uint32_t>(symbols[static_cast<size_t>(k)].len);
+      spans->emplace_back(at, at + len);
+      at += len;
+    }
   }
 }
 
-void Bpe::tokenize(const Piece& piece, std::vector<TokenId>& out) const {
+void Bpe::tokenize(const Piece& piece, std::vector<TokenId>& out,
+                   std::vector<std::pair<uint32_t, uint32_t>>* spans) const {
   const std::string& word = piece.text;
   if (word.empty()) {
     return;
@@ -479,11 +509,14 @@ void Bpe::tokenize(const Piece& piece, std::vector<TokenId>& out) const {
                                    : vocab_.find(word);
     if (id >= 0) {
       out.push_back(id);
+      if (spans != nullptr) {
+        spans->emplace_back(0, static_cast<uint32_t>(word.size()));
+      }
       return;
     }
   }
-  if (word.size() >= kCacheMaxWordBytes) {
-    merge_word(word, piece.bytes, out);
+  if (word.size() >= kCacheMaxWordBytes || spans != nullptr) {
+    merge_word(word, piece.bytes, out, spans);
     return;
   }
   WordCache& cache = cache_for(instance_id_, piece.bytes);
@@ -493,7 +526,7 @@ void Bpe::tokenize(const Piece& piece, std::vector<TokenId>& out) const {
     return;
   }
   const size_t before = out.size();
-  merge_word(word, piece.bytes, out);
+  merge_word(word, piece.bytes, out, nullptr);
   if (cache.words.size() < kCacheCapacity) {
     cache.words.emplace(word, std::vector<TokenId>(out.begin() + static_cast<std::ptrdiff_t>(before), out.end()));
   }

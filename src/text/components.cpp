@@ -79,45 +79,37 @@ char32_t get_char(const json& j, const char* key, const char* where) {
   return c;
 }
 
-void replace_all(std::string& s, std::string_view from, std::string_view to) {
+// Non-overlapping occurrences of `from` in `s`, left to right.
+void literal_matches(std::string_view s, std::string_view from,
+                     std::vector<std::pair<size_t, size_t>>& m) {
+  m.clear();
   if (from.empty()) {
     return;
   }
-  std::string out;
   size_t pos = 0;
-  while (true) {
-    size_t hit = s.find(from, pos);
-    if (hit == std::string::npos) {
-      break;
-    }
-    out.append(s, pos, hit - pos);
-    out.append(to);
-    pos = hit + from.size();
+  while ((pos = s.find(from, pos)) != std::string_view::npos) {
+    m.emplace_back(pos, pos + from.size());
+    pos += from.size();
   }
-  if (pos == 0) {
-    return;
-  }
-  out.append(s, pos, std::string::npos);
-  s.swap(out);
 }
 
-// Replace with a regex pattern (normalizers/replace.rs: NormalizedString::
-// replace over find_matches).
-void regex_replace(std::string& s, const Regex& re, std::string_view content) {
+void replace_all(std::string& s, std::string_view from, std::string_view to,
+                 Offsets* o = nullptr) {
   thread_local std::vector<std::pair<size_t, size_t>> m;
-  re.find_all(s, m);
-  if (m.empty()) {
-    return;
+  literal_matches(s, from, m);
+  replace_spans(s, o, m, to);
+}
+
+// Inserts `bytes` before the string, mapped to its first character's range
+// (the crate's NormalizedString::prepend).
+void prepend_aligned(std::string& s, Offsets* o, std::string_view bytes) {
+  if (o != nullptr) {
+    const auto first = s.empty() ? std::pair<uint32_t, uint32_t>{0, 0}
+                                 : std::pair<uint32_t, uint32_t>{o->b[0], o->e[0]};
+    o->b.insert(o->b.begin(), bytes.size(), first.first);
+    o->e.insert(o->e.begin(), bytes.size(), first.second);
   }
-  std::string out;
-  size_t pos = 0;
-  for (auto [b, e] : m) {
-    out.append(s, pos, b - pos);
-    out.append(content);
-    pos = e;
-  }
-  out.append(s, pos, std::string::npos);
-  s.swap(out);
+  s.insert(0, bytes);
 }
 
 // ------------------------------------------------------------ normalizers
@@ -125,8 +117,8 @@ void regex_replace(std::string& s, const Regex& re, std::string_view content) {
 class NfNormalizer final : public Normalizer {
  public:
   explicit NfNormalizer(UnicodeForm f) : form_(f) {}
-  void normalize(std::string& s) const override {
-    unicode_normalize(s, form_);
+  void normalize(std::string& s, Offsets* o) const override {
+    unicode_normalize(s, form_, o);
   }
 
  private:
@@ -135,8 +127,8 @@ class NfNormalizer final : public Normalizer {
 
 class LowercaseNormalizer final : public Normalizer {
  public:
-  void normalize(std::string& s) const override {
-    unicode_lowercase(s);
+  void normalize(std::string& s, Offsets* o) const override {
+    unicode_lowercase(s, o);
   }
 };
 
@@ -144,7 +136,7 @@ class LowercaseNormalizer final : public Normalizer {
 class StripNormalizer final : public Normalizer {
  public:
   StripNormalizer(bool left, bool right) : left_(left), right_(right) {}
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, Offsets* o) const override {
     size_t b = 0, e = s.size();
     if (left_) {
       while (b < e) {
@@ -166,6 +158,12 @@ class StripNormalizer final : public Normalizer {
       }
     }
     s = s.substr(b, e - b);
+    if (o != nullptr) {
+      o->b = std::vector<uint32_t>(o->b.begin() + static_cast<std::ptrdiff_t>(b),
+                                   o->b.begin() + static_cast<std::ptrdiff_t>(e));
+      o->e = std::vector<uint32_t>(o->e.begin() + static_cast<std::ptrdiff_t>(b),
+                                   o->e.begin() + static_cast<std::ptrdiff_t>(e));
+    }
   }
 
  private:
@@ -176,8 +174,10 @@ class StripNormalizer final : public Normalizer {
 class StripAccentsNormalizer final : public Normalizer {
  public:
   StripAccentsNormalizer() : re_("\\p{M}") {}
-  void normalize(std::string& s) const override {
-    regex_replace(s, re_, "");
+  void normalize(std::string& s, Offsets* o) const override {
+    thread_local std::vector<std::pair<size_t, size_t>> m;
+    re_.find_all(s, m);
+    replace_spans(s, o, m, "");
   }
 
  private:
@@ -188,9 +188,9 @@ class PrependNormalizer final : public Normalizer {
  public:
   explicit PrependNormalizer(std::string p) : prepend_(std::move(p)) {}
   // normalizers/prepend.rs: only a non-empty string gets the prefix.
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, Offsets* o) const override {
     if (!s.empty()) {
-      s.insert(0, prepend_);
+      prepend_aligned(s, o, prepend_);
     }
   }
 
@@ -210,12 +210,14 @@ class ReplaceNormalizer final : public Normalizer {
       re_ = std::make_unique<Regex>(make_pattern(p, where));
     }
   }
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, Offsets* o) const override {
+    thread_local std::vector<std::pair<size_t, size_t>> m;
     if (is_literal_) {
-      replace_all(s, literal_, content_);
+      literal_matches(s, literal_, m);
     } else {
-      regex_replace(s, *re_, content_);
+      re_->find_all(s, m);
     }
+    replace_spans(s, o, m, content_);
   }
 
  private:
@@ -229,9 +231,9 @@ class SequenceNormalizer final : public Normalizer {
  public:
   explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> parts)
       : parts_(std::move(parts)) {}
-  void normalize(std::string& s) const override {
+  void normalize(std::string& s, Offsets* o) const override {
     for (const auto& p : parts_) {
-      p->normalize(s);
+      p->normalize(s, o);
     }
   }
 
@@ -241,11 +243,26 @@ class SequenceNormalizer final : public Normalizer {
 
 // ------------------------------------------------------------ pre-tokenizers
 
+// GPT-2's byte-to-unicode mapping of a piece, its offsets following.
+void byte_map_piece(Piece& p) {
+  if (p.track) {
+    const auto& t = byte_to_unicode();
+    Offsets o;
+    for (size_t i = 0; i < p.text.size(); ++i) {
+      const size_t n = t[static_cast<unsigned char>(p.text[i])].size();
+      o.b.insert(o.b.end(), n, p.offs.b[i]);
+      o.e.insert(o.e.end(), n, p.offs.e[i]);
+    }
+    p.offs = std::move(o);
+  }
+  p.text = byte_level_map(p.text);
+}
+
 // Materializes a deferred ByteLevel mapping before another step reads text.
 void materialize(std::vector<Piece>& pieces) {
   for (Piece& p : pieces) {
     if (p.bytes) {
-      p.text = byte_level_map(p.text);
+      byte_map_piece(p);
       p.bytes = false;
     }
   }
@@ -265,7 +282,14 @@ void split_pieces(std::vector<Piece>& pieces, bool invert,
       if (b == e) {
         continue;
       }
-      out.push_back(Piece{p.text.substr(b, e - b), p.at_origin && b == 0, false});
+      Piece q{p.text.substr(b, e - b), p.at_origin && b == 0, false, p.track, {}};
+      if (p.track) {
+        q.offs.b.assign(p.offs.b.begin() + static_cast<std::ptrdiff_t>(b),
+                        p.offs.b.begin() + static_cast<std::ptrdiff_t>(e));
+        q.offs.e.assign(p.offs.e.begin() + static_cast<std::ptrdiff_t>(b),
+                        p.offs.e.begin() + static_cast<std::ptrdiff_t>(e));
+      }
+      out.push_back(std::move(q));
     }
   }
   pieces.swap(out);
@@ -290,7 +314,7 @@ class ByteLevelPre final : public PreTokenizer {
     if (add_prefix_space_) {
       for (Piece& p : pieces) {
         if (p.text.empty() || p.text[0] != ' ') {
-          p.text.insert(0, 1, ' ');
+          prepend_aligned(p.text, p.track ? &p.offs : nullptr, " ");
         }
       }
     }
@@ -302,7 +326,7 @@ class ByteLevelPre final : public PreTokenizer {
       if (last) {
         p.bytes = true;
       } else {
-        p.text = byte_level_map(p.text);
+        byte_map_piece(p);
       }
     }
   }
@@ -353,10 +377,11 @@ class MetaspacePre final : public PreTokenizer {
   void apply(std::vector<Piece>& pieces, bool) const override {
     materialize(pieces);
     for (Piece& p : pieces) {
-      replace_all(p.text, " ", replacement_);
+      Offsets* o = p.track ? &p.offs : nullptr;
+      replace_all(p.text, " ", replacement_, o);
       const bool starts = p.text.compare(0, replacement_.size(), replacement_) == 0;
       if (!starts && (scheme_ == "always" || (scheme_ == "first" && p.at_origin))) {
-        p.text.insert(0, replacement_);
+        prepend_aligned(p.text, o, replacement_);
       }
     }
     if (split_) {
@@ -630,7 +655,7 @@ class ReplaceDecoder final : public Decoder {
   ReplaceDecoder(const json& j, const char* where) : norm_(j, where) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (std::string& t : tokens) {
-      norm_.normalize(t);
+      norm_.normalize(t, nullptr);
     }
   }
 
@@ -676,6 +701,70 @@ const json& array_member(const json& j, const char* key, const char* where) {
 }  // namespace
 
 // ------------------------------------------------------------ shared helpers
+
+void identity_offsets(std::string_view s, uint32_t base, Offsets& o) {
+  o.b.resize(s.size());
+  o.e.resize(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto len = static_cast<size_t>(utf8_length(static_cast<unsigned char>(s[i])));
+    for (size_t k = i; k < i + len && k < s.size(); ++k) {
+      o.b[k] = base + static_cast<uint32_t>(i);
+      o.e[k] = base + static_cast<uint32_t>(i + len);
+    }
+    i += len;
+  }
+}
+
+std::pair<uint32_t, uint32_t> span_of(const Offsets& o, size_t b, size_t e) {
+  if (b >= e) {
+    if (o.b.empty()) return {0, 0};
+    const uint32_t p = b < o.b.size() ? o.b[b] : o.e.back();
+    return {p, p};
+  }
+  uint32_t lo = o.b[b], hi = o.e[b];
+  for (size_t k = b + 1; k < e; ++k) {
+    lo = std::min(lo, o.b[k]);
+    hi = std::max(hi, o.e[k]);
+  }
+  return {lo, hi};
+}
+
+void replace_spans(std::string& s, Offsets* o,
+                   const std::vector<std::pair<size_t, size_t>>& spans,
+                   std::string_view content) {
+  if (spans.empty()) {
+    return;
+  }
+  std::string out;
+  out.reserve(s.size() + spans.size() * content.size());
+  Offsets no;
+  size_t pos = 0;
+  auto keep = [&](size_t b, size_t e) {
+    out.append(s, b, e - b);
+    if (o != nullptr) {
+      no.b.insert(no.b.end(), o->b.begin() + static_cast<std::ptrdiff_t>(b),
+                  o->b.begin() + static_cast<std::ptrdiff_t>(e));
+      no.e.insert(no.e.end(), o->e.begin() + static_cast<std::ptrdiff_t>(b),
+                  o->e.begin() + static_cast<std::ptrdiff_t>(e));
+    }
+  };
+  for (auto [b, e] : spans) {
+    keep(pos, b);
+    out.append(content);
+    if (o != nullptr) {
+      const auto r = span_of(*o, b, e);
+      no.b.insert(no.b.end(), content.size(), r.first);
+      no.e.insert(no.e.end(), content.size(), r.second);
+    }
+    pos = e;
+  }
+  keep(pos, s.size());
+  s.swap(out);
+  if (o != nullptr) {
+    *o = std::move(no);
+  }
+}
 
 const std::array<std::string, 256>& byte_to_unicode() {
   static const std::array<std::string, 256> table = [] {
@@ -1040,15 +1129,19 @@ bool is_numeric(char32_t c) {
   return (mask & U_GC_N_MASK) != 0;
 }
 
-void unicode_normalize(std::string& s, UnicodeForm form) {
-  bool ascii = true;
+namespace {
+
+bool is_ascii(std::string_view s) {
   for (char c : s) {
-    if (static_cast<unsigned char>(c) >= 0x80) {
-      ascii = false;
-      break;
-    }
+    if (static_cast<unsigned char>(c) >= 0x80) return false;
   }
-  if (ascii) {
+  return true;
+}
+
+}  // namespace
+
+void unicode_normalize(std::string& s, UnicodeForm form, Offsets* o) {
+  if (is_ascii(s)) {
     return;  // ASCII is invariant under all four forms
   }
   UErrorCode st = U_ZERO_ERROR;
@@ -1066,33 +1159,77 @@ void unicode_normalize(std::string& s, UnicodeForm form) {
   }
   st = U_ZERO_ERROR;
   std::string out;
-  icu::StringByteSink<std::string> sink(&out, static_cast<int32_t>(s.size()));
-  n->normalizeUTF8(0, s, sink, nullptr, st);
-  LOWMEM_CHECK(U_SUCCESS(st), "[text] Unicode normalization failed: ",
-               u_errorName(st));
+  Offsets no;
+  // Normalization acts within segments that start at a normalization
+  // boundary; with offsets, each segment is normalized alone and its output
+  // maps to the segment's original range.
+  auto normalize_part = [&](size_t b, size_t e) {
+    const size_t before = out.size();
+    icu::StringByteSink<std::string> sink(&out, static_cast<int32_t>(e - b));
+    n->normalizeUTF8(0, icu::StringPiece(s.data() + b, static_cast<int32_t>(e - b)), sink,
+                     nullptr, st);
+    LOWMEM_CHECK(U_SUCCESS(st), "[text] Unicode normalization failed: ", u_errorName(st));
+    if (o != nullptr) {
+      const auto r = span_of(*o, b, e);
+      no.b.insert(no.b.end(), out.size() - before, r.first);
+      no.e.insert(no.e.end(), out.size() - before, r.second);
+    }
+  };
+  if (o == nullptr) {
+    normalize_part(0, s.size());
+  } else {
+    size_t seg = 0, i = 0;
+    while (i < s.size()) {
+      int len = 0;
+      const char32_t c = decode_utf8(s.data(), i, &len);
+      if (i > seg && n->hasBoundaryBefore(static_cast<UChar32>(c))) {
+        normalize_part(seg, i);
+        seg = i;
+      }
+      i += static_cast<size_t>(len);
+    }
+    normalize_part(seg, s.size());
+    *o = std::move(no);
+  }
   s.swap(out);
 }
 
-void unicode_lowercase(std::string& s) {
-  bool ascii = true;
-  for (char& c : s) {
-    if (static_cast<unsigned char>(c) >= 0x80) {
-      ascii = false;
-      break;
-    }
-  }
-  if (ascii) {
+// normalizers/utils.rs Lowercase: NormalizedString::lowercase maps every
+// character through Rust's char::to_lowercase (the full mapping, without the
+// context rules a whole-string lowercase applies to a final sigma).
+void unicode_lowercase(std::string& s, Offsets* o) {
+  if (is_ascii(s)) {
     for (char& c : s) {
       if (c >= 'A' && c <= 'Z') c = static_cast<char>(c + 32);
     }
     return;
   }
-  UErrorCode st = U_ZERO_ERROR;
   std::string out;
-  icu::StringByteSink<std::string> sink(&out, static_cast<int32_t>(s.size()));
-  icu::CaseMap::utf8ToLower("", 0, s, sink, nullptr, st);
-  LOWMEM_CHECK(U_SUCCESS(st), "[text] lowercasing failed: ", u_errorName(st));
+  out.reserve(s.size());
+  Offsets no;
+  size_t i = 0;
+  while (i < s.size()) {
+    int len = 0;
+    const char32_t c = decode_utf8(s.data(), i, &len);
+    const size_t before = out.size();
+    if (c < 0x80) {
+      out += static_cast<char>(c >= 'A' && c <= 'Z' ? c + 32 : c);
+    } else {
+      UErrorCode st = U_ZERO_ERROR;
+      icu::StringByteSink<std::string> sink(&out, 8);
+      icu::CaseMap::utf8ToLower("", 0, icu::StringPiece(s.data() + i, len), sink, nullptr, st);
+      LOWMEM_CHECK(U_SUCCESS(st), "[text] lowercasing failed: ", u_errorName(st));
+    }
+    if (o != nullptr) {
+      no.b.insert(no.b.end(), out.size() - before, o->b[i]);
+      no.e.insert(no.e.end(), out.size() - before, o->e[i]);
+    }
+    i += static_cast<size_t>(len);
+  }
   s.swap(out);
+  if (o != nullptr) {
+    *o = std::move(no);
+  }
 }
 
 }  // namespace lowmem::text::detail

@@ -54,14 +54,35 @@ uint64_t hash_bytes(std::string_view s);
 
 // ---------------------------------------------------------------- pieces
 
+/// The original byte range [b, e) of every byte of a transformed string (the
+/// crate's NormalizedString alignments, per byte): a byte of an unchanged
+/// character maps to that character's range, bytes a transform produced map
+/// to the range of what they replaced.
+struct Offsets {
+  std::vector<uint32_t> b, e;
+};
+
+/// Offsets of `s` itself, starting at `base` in the original text.
+void identity_offsets(std::string_view s, uint32_t base, Offsets& o);
+/// The original range covered by bytes [b, e) (for b == e, the point before
+/// byte b).
+std::pair<uint32_t, uint32_t> span_of(const Offsets& o, size_t b, size_t e);
+/// Replaces each span of `s` by `content` (spans sorted, disjoint); `o`, when
+/// given, follows (the content maps to the span it replaced).
+void replace_spans(std::string& s, Offsets* o,
+                   const std::vector<std::pair<size_t, size_t>>& spans,
+                   std::string_view content);
+
 /// A pre-token. `bytes` pieces hold raw text whose bytes the model maps
 /// through GPT-2's byte-to-unicode table itself (ByteLevel's transform,
 /// deferred when ByteLevel is the last pre-tokenizer, so the model can look
-/// bytes up directly).
+/// bytes up directly). `offs` is filled when offsets are asked for.
 struct Piece {
   std::string text;
   bool at_origin = false;  // starts at offset 0 of the original input
   bool bytes = false;
+  bool track = false;  // offs is maintained
+  Offsets offs;
 };
 
 /// GPT-2's bytes_to_unicode(): byte -> the UTF-8 of its printable stand-in.
@@ -76,7 +97,11 @@ std::string byte_level_map(std::string_view raw);
 class Normalizer {
  public:
   virtual ~Normalizer() = default;
-  virtual void normalize(std::string& s) const = 0;
+  /// Normalizes `s` in place; `o` (may be null) follows the bytes.
+  virtual void normalize(std::string& s, Offsets* o) const = 0;
+  void normalize(std::string& s) const {
+    normalize(s, nullptr);
+  }
 };
 
 class PreTokenizer {
@@ -117,8 +142,10 @@ class Bpe {
       const std::vector<std::pair<std::string, std::string>>& merges,
       BpeOptions options, const TokenizerLimits& limits);
 
-  /// Appends the ids of one pre-token.
-  void tokenize(const Piece& piece, std::vector<TokenId>& out) const;
+  /// Appends the ids of one pre-token; with `spans`, also each token's byte
+  /// range [b, e) in piece.text.
+  void tokenize(const Piece& piece, std::vector<TokenId>& out,
+                std::vector<std::pair<uint32_t, uint32_t>>* spans = nullptr) const;
 
   TokenId find(std::string_view token) const {
     return vocab_.find(token);
@@ -139,6 +166,8 @@ class Bpe {
   size_t merge_count() const {
     return merge_count_;
   }
+  /// The merges in rank order, as token strings.
+  std::vector<std::pair<std::string, std::string>> merges() const;
   const BpeOptions& options() const {
     return options_;
   }
@@ -154,8 +183,8 @@ class Bpe {
   };
   const MergeEntry* find_merge(TokenId a, TokenId b) const;
   void prefetch_merge(TokenId a, TokenId b) const;
-  void merge_word(std::string_view word, bool bytes,
-                  std::vector<TokenId>& out) const;
+  void merge_word(std::string_view word, bool bytes, std::vector<TokenId>& out,
+                  std::vector<std::pair<uint32_t, uint32_t>>* spans) const;
   void add_symbols(std::string_view s, size_t byte_len,
                    std::vector<int32_t>& ids, std::vector<int32_t>& lens,
                    std::optional<std::pair<TokenId, size_t>>& unk) const;
@@ -239,7 +268,8 @@ std::string type_of(const nlohmann::json& j, const char* where);
 
 /// Unicode normalization form (ICU Normalizer2), in place.
 enum class UnicodeForm { kNFC, kNFD, kNFKC, kNFKD };
-void unicode_normalize(std::string& s, UnicodeForm form);
-void unicode_lowercase(std::string& s);
+void unicode_normalize(std::string& s, UnicodeForm form, Offsets* o = nullptr);
+/// Rust's char::to_lowercase per character (no context: Σ becomes σ).
+void unicode_lowercase(std::string& s, Offsets* o = nullptr);
 
 }  // namespace lowmem::text::detail

@@ -21,6 +21,7 @@ struct Module {
   decltype(&lowmem_spm_piece_type) piece_type = nullptr;
   decltype(&lowmem_spm_special_ids) special_ids = nullptr;
   decltype(&lowmem_spm_encode) encode = nullptr;
+  decltype(&lowmem_spm_encode_offsets) encode_offsets = nullptr;
   decltype(&lowmem_spm_decode) decode = nullptr;
 };
 
@@ -72,6 +73,7 @@ const Module& module() {
     LOWMEM_SPM_SYM(piece_type, "lowmem_spm_piece_type");
     LOWMEM_SPM_SYM(special_ids, "lowmem_spm_special_ids");
     LOWMEM_SPM_SYM(encode, "lowmem_spm_encode");
+    LOWMEM_SPM_SYM(encode_offsets, "lowmem_spm_encode_offsets");
     LOWMEM_SPM_SYM(decode, "lowmem_spm_decode");
 #undef LOWMEM_SPM_SYM
     if (m.abi_version == nullptr || m.abi_version() != LOWMEM_SPM_ABI_VERSION ||
@@ -119,8 +121,25 @@ int SentencePiece::find(std::string_view piece) const {
   return ids_.find(piece);
 }
 
-void SentencePiece::encode(std::string_view text, std::vector<TokenId>& out) const {
+void SentencePiece::encode(std::string_view text, std::vector<TokenId>& out,
+                           std::vector<std::pair<size_t, size_t>>* offsets) const {
   char err[512] = {0};
+  if (offsets != nullptr) {
+    struct Ctx {
+      std::vector<TokenId>* ids;
+      std::vector<std::pair<size_t, size_t>>* offsets;
+    } ctx{&out, offsets};
+    const int rc = module().encode_offsets(
+        model_, text.data(), text.size(),
+        [](void* c, int id, size_t b, size_t e) {
+          auto* x = static_cast<Ctx*>(c);
+          x->ids->push_back(id);
+          x->offsets->emplace_back(b, e);
+        },
+        &ctx, err, sizeof err);
+    LOWMEM_CHECK(rc == 0, "[text] sentencepiece encode failed: ", err);
+    return;
+  }
   const int rc = module().encode(
       model_, text.data(), text.size(),
       [](void* ctx, const int* ids, size_t n) {

@@ -34,7 +34,9 @@ class SentencePiece {
   }
   /// -1 when `piece` is not a piece of the model.
   int find(std::string_view piece) const;
-  void encode(std::string_view text, std::vector<TokenId>& out) const;
+  /// Appends the ids of `text`; with `offsets`, each piece's byte range.
+  void encode(std::string_view text, std::vector<TokenId>& out,
+              std::vector<std::pair<size_t, size_t>>* offsets = nullptr) const;
   std::string decode(const std::vector<int>& ids) const;
 
   int bos = -1, eos = -1, pad = -1, unk = -1;

@@ -459,77 +459,116 @@ const std::string* Tokenizer::Impl::token(TokenId id) const {
   return nullptr;
 }
 
-void Tokenizer::Impl::encode_json(std::string_view text,
-                                  std::vector<TokenId>& out) const {
+void Tokenizer::Impl::encode_json(std::string_view text, std::vector<TokenId>& out,
+                                  Spans* offsets) const {
   thread_local std::vector<detail::AddedMatcher::Split> outer, inner;
   thread_local std::vector<Piece> pieces;
+  thread_local std::vector<std::pair<uint32_t, uint32_t>> spans;
+  const bool track = offsets != nullptr;
   const bool skip_special = config.split_special_tokens;
   raw_matcher.split(text, added, skip_special, outer);
   // Copy: `inner` is reused below while `outer` is still being read.
   const std::vector<detail::AddedMatcher::Split> sections = outer;
+  detail::Offsets o;
   for (const auto& sec : sections) {
     if (sec.token >= 0) {
       out.push_back(added[static_cast<size_t>(sec.token)].id);
+      if (track) offsets->emplace_back(sec.begin, sec.end);
       continue;
     }
     std::string normalized(text.substr(sec.begin, sec.end - sec.begin));
     if (normalized.empty()) {
       continue;
     }
+    if (track) {
+      detail::identity_offsets(normalized, static_cast<uint32_t>(sec.begin), o);
+    }
     if (normalizer) {
-      normalizer->normalize(normalized);
+      normalizer->normalize(normalized, track ? &o : nullptr);
     }
     normalized_matcher.split(normalized, added, skip_special, inner);
     for (const auto& sub : inner) {
       if (sub.token >= 0) {
         out.push_back(added[static_cast<size_t>(sub.token)].id);
+        if (track) {
+          const auto r = detail::span_of(o, sub.begin, sub.end);
+          offsets->emplace_back(r.first, r.second);
+        }
         continue;
       }
       if (sub.end == sub.begin) {
         continue;
       }
       pieces.clear();
-      pieces.push_back(Piece{normalized.substr(sub.begin, sub.end - sub.begin),
-                             sec.begin == 0 && sub.begin == 0, false});
+      Piece first{normalized.substr(sub.begin, sub.end - sub.begin),
+                  sec.begin == 0 && sub.begin == 0, false, track, {}};
+      if (track) {
+        first.offs.b.assign(o.b.begin() + static_cast<std::ptrdiff_t>(sub.begin),
+                            o.b.begin() + static_cast<std::ptrdiff_t>(sub.end));
+        first.offs.e.assign(o.e.begin() + static_cast<std::ptrdiff_t>(sub.begin),
+                            o.e.begin() + static_cast<std::ptrdiff_t>(sub.end));
+      }
+      pieces.push_back(std::move(first));
       if (pre_tokenizer) {
         pre_tokenizer->apply(pieces, true);
       }
       for (const Piece& p : pieces) {
-        bpe->tokenize(p, out);
+        if (!track) {
+          bpe->tokenize(p, out);
+          continue;
+        }
+        spans.clear();
+        bpe->tokenize(p, out, &spans);
+        for (auto [b, e] : spans) {
+          const auto r = detail::span_of(p.offs, b, e);
+          offsets->emplace_back(r.first, r.second);
+        }
       }
     }
   }
 }
 
-void Tokenizer::Impl::encode_sp(std::string_view text,
-                                std::vector<TokenId>& out) const {
+void Tokenizer::Impl::encode_sp(std::string_view text, std::vector<TokenId>& out,
+                                Spans* offsets) const {
   thread_local std::vector<detail::AddedMatcher::Split> sections;
   raw_matcher.split(text, added, config.split_special_tokens, sections);
   for (const auto& sec : sections) {
     if (sec.token >= 0) {
       out.push_back(added[static_cast<size_t>(sec.token)].id);
+      if (offsets != nullptr) offsets->emplace_back(sec.begin, sec.end);
       continue;
     }
     if (sec.end == sec.begin) {
       continue;
     }
-    sp->encode(text.substr(sec.begin, sec.end - sec.begin), out);
+    const size_t before = offsets != nullptr ? offsets->size() : 0;
+    sp->encode(text.substr(sec.begin, sec.end - sec.begin), out, offsets);
+    if (offsets != nullptr) {
+      for (size_t k = before; k < offsets->size(); ++k) {
+        (*offsets)[k].first += sec.begin;
+        (*offsets)[k].second += sec.begin;
+      }
+    }
   }
 }
 
 void Tokenizer::Impl::encode(std::string_view text, bool add_special,
-                             std::vector<TokenId>& out) const {
+                             std::vector<TokenId>& out, Spans* offsets) const {
   detail::validate_utf8(text, "text to encode");
   if (add_special) {
     out.insert(out.end(), post.prefix.begin(), post.prefix.end());
+    if (offsets != nullptr) offsets->resize(offsets->size() + post.prefix.size(), {0, 0});
   }
   if (sp) {
-    encode_sp(text, out);
+    encode_sp(text, out, offsets);
   } else {
-    encode_json(text, out);
+    encode_json(text, out, offsets);
   }
   if (add_special) {
     out.insert(out.end(), post.suffix.begin(), post.suffix.end());
+    if (offsets != nullptr) {
+      offsets->resize(offsets->size() + post.suffix.size(), {text.size(), text.size()});
+    }
   }
 }
 
@@ -607,7 +646,7 @@ void Tokenizer::encode_into(std::string_view text, bool add_special_tokens,
 Encoding Tokenizer::encode_with_pieces(std::string_view text,
                                        bool add_special_tokens) const {
   Encoding e;
-  impl_->encode(text, add_special_tokens, e.ids);
+  impl_->encode(text, add_special_tokens, e.ids, &e.offsets);
   e.pieces.reserve(e.ids.size());
   for (TokenId id : e.ids) {
     e.pieces.push_back(id_to_token(id));
@@ -683,6 +722,15 @@ std::string Tokenizer::id_to_token(TokenId id) const {
 
 int64_t Tokenizer::vocab_size() const {
   return impl_->vocab_size;
+}
+
+std::vector<std::pair<std::string, std::string>> Tokenizer::merges() const {
+  return impl_->bpe ? impl_->bpe->merges()
+                    : std::vector<std::pair<std::string, std::string>>{};
+}
+
+const std::string& Tokenizer::kind() const {
+  return impl_->kind;
 }
 std::optional<TokenId> Tokenizer::bos_id() const { return impl_->bos; }
 std::optional<TokenId> Tokenizer::eos_id() const { return impl_->eos; }

@@ -71,10 +71,12 @@ struct Tokenizer::Impl {
   int64_t vocab_size = 0;
   std::optional<TokenId> bos, eos, pad, unk;
 
-  void encode(std::string_view text, bool add_special,
-              std::vector<TokenId>& out) const;
-  void encode_json(std::string_view text, std::vector<TokenId>& out) const;
-  void encode_sp(std::string_view text, std::vector<TokenId>& out) const;
+  using Spans = std::vector<std::pair<size_t, size_t>>;
+  /// Appends the ids of `text`; with `offsets`, each token's byte range in it.
+  void encode(std::string_view text, bool add_special, std::vector<TokenId>& out,
+              Spans* offsets = nullptr) const;
+  void encode_json(std::string_view text, std::vector<TokenId>& out, Spans* offsets) const;
+  void encode_sp(std::string_view text, std::vector<TokenId>& out, Spans* offsets) const;
   std::optional<TokenId> find(std::string_view token) const;
   const std::string* token(TokenId id) const;
 };

