@@ -24,13 +24,13 @@
 #include <map>
 #include <string>
 
-#include "lowmem/adapters/projected_adapter.h"
-#include "lowmem/adapters/slot_module.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/models/gpt.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 
 namespace {
 
@@ -126,7 +126,7 @@ void run(benchmark::State& state, const std::string& model, Mode mode) {
   if (mode == kAdamW) {
     opt = adamw()({torch::optim::OptimizerParamGroup(trainable(*net))});
   } else if (mode == kAdapter) {
-    auto layers = la::inject_projected(
+    auto layers = lowmem::projection::inject_projected(
         *net, po.basis("orthogonal").cache_sketch(false));
     std::vector<at::Tensor> plain;
     for (auto& p : trainable(*net)) {

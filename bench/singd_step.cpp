@@ -19,9 +19,9 @@
 #include <string>
 #include <vector>
 
-#include "lowmem/adapters/curvature_tap.h"
 #include "lowmem/models/gpt.h"
 #include "lowmem/models/mlp.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"
@@ -66,7 +66,7 @@ void BM_TrainStep(benchmark::State& state, bool gpt) {
         model->parameters(), torch::optim::AdamWOptions(1e-4)));
     state.SetLabel("adamw");
   } else {
-    auto split = lowmem::adapters::split_curvature_parameters(*model);
+    auto split = lowmem::nn::split_curvature_parameters(*model);
     if (kind == 1) {
       auto k = std::make_unique<lo::KFAC>(*model, lo::KfacOptions().lr(1e-4));
       precond = k->preconditioner_bytes();

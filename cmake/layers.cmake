@@ -1,7 +1,15 @@
 # lowmem_add_layer(<name> <deps...>): one static library per layer folder,
 # sources globbed from src/<name>/, public headers in include/lowmem/<name>/.
+# The deps are the layer's arrows: the only layers whose headers it may
+# include (directly or through their own deps). They are recorded in the
+# global property LOWMEM_LAYER_ARROWS ("name:dep1,dep2"), which the `layers`
+# test (cmake/check_layers.cmake) checks every #include against: these calls
+# are the single source of the arrows.
 set(LOWMEM_LAYERS "" CACHE INTERNAL "")
+set_property(GLOBAL PROPERTY LOWMEM_LAYER_ARROWS "")
 function(lowmem_add_layer name)
+  string(REPLACE ";" "," _arrow "${ARGN}")
+  set_property(GLOBAL APPEND PROPERTY LOWMEM_LAYER_ARROWS "${name}:${_arrow}")
   file(GLOB_RECURSE _src CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/${name}/*.cpp)
   set(_t lowmem_${name})
   if(NOT _src)
@@ -33,6 +41,19 @@ function(lowmem_add_layer name)
   set(LOWMEM_LAYERS ${LOWMEM_LAYERS} ${_t} CACHE INTERNAL "")
 endfunction()
 
+# Optimisation level of the test executables and their shared helpers in
+# optimised builds: test code is mostly set-up around calls into the library
+# (compiled at the build type's level) and LibTorch, so -O1 costs little run
+# time and compiles much faster than -O3. "" keeps the build type's flags.
+set(LOWMEM_TESTS_OPT "-O1" CACHE STRING
+  "Optimisation flag for tests/ in non-Debug builds (\"\" = build type's)")
+function(lowmem_test_flags target)
+  if(LOWMEM_TESTS_OPT)
+    target_compile_options(${target} PRIVATE
+      $<$<NOT:$<CONFIG:Debug>>:${LOWMEM_TESTS_OPT}>)
+  endif()
+endfunction()
+
 # lowmem_add_test_folder(<folder> <layers...>): one test executable per folder.
 function(lowmem_add_test_folder folder)
   file(GLOB _src CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/${folder}/*.cpp)
@@ -46,22 +67,25 @@ function(lowmem_add_test_folder folder)
     target_link_libraries(${_t} PRIVATE lowmem_${d})
   endforeach()
   lowmem_warnings(${_t})
+  lowmem_test_flags(${_t})
   # Same PIC setting as lowmem_testing, whose precompiled header it reuses.
   set_target_properties(${_t} PROPERTIES POSITION_INDEPENDENT_CODE OFF)
   if(NOT CMAKE_DISABLE_PRECOMPILE_HEADERS)
     target_precompile_headers(${_t} REUSE_FROM lowmem_testing)
   endif()
-  # Test suites whose name ends in "Slow" (e.g. HfParitySlow.*) get the ctest
-  # label `slow`: `ctest -LE slow` is the default run.
   gtest_discover_tests(${_t}
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-    TEST_FILTER "-*Slow.*"
     PROPERTIES ENVIRONMENT "LOWMEM_SOURCE_DIR=${PROJECT_SOURCE_DIR}"
     DISCOVERY_TIMEOUT 120)
-  gtest_discover_tests(${_t}
-    WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-    TEST_FILTER "*Slow.*"
-    TEST_LIST ${_t}_SLOW_TESTS
-    PROPERTIES ENVIRONMENT "LOWMEM_SOURCE_DIR=${PROJECT_SOURCE_DIR}" LABELS slow TIMEOUT 1800
-    DISCOVERY_TIMEOUT 120)
+  # Tests whose name starts with "Slow" (TEST(Suite, SlowWhatever): over 20 s
+  # on 2 cores) get the ctest label `slow`; `ctest -LE slow` skips them. Run
+  # after the discovered list is loaded (TEST_INCLUDE_FILES keep their order).
+  set(_labels ${CMAKE_CURRENT_BINARY_DIR}/${_t}_labels.cmake)
+  file(WRITE ${_labels}
+    "foreach(_n IN LISTS ${_t}_TESTS)\n"
+    "  if(_n MATCHES \"[.]Slow\")\n"
+    "    set_tests_properties(\"\${_n}\" PROPERTIES LABELS slow)\n"
+    "  endif()\n"
+    "endforeach()\n")
+  set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${_labels})
 endfunction()

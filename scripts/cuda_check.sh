@@ -44,8 +44,10 @@ if [ -z "${LD_PRELOAD:-}" ] && [ "${PRELOAD_LIBSTDCXX:-1}" = 1 ]; then
 fi
 build-cuda/tests/optim_tests --gtest_filter='Cuda.*' 2>&1 | tee "$OUT/cuda_tests.log" | tail -30
 # lowmem train / compare on the GPU: a short run matching the CPU's, resume
-# across devices, the toy compare suite (tests/train/device_test.cpp).
+# across devices (tests/train/device_test.cpp), the toy compare suite
+# (tests/compare/device_test.cpp).
 build-cuda/tests/train_tests --gtest_filter='Device.*' 2>&1 | tee "$OUT/device_tests.log" | tail -30
+build-cuda/tests/compare_tests --gtest_filter='Device.*' 2>&1 | tee -a "$OUT/device_tests.log" | tail -30
 (cd build-cuda && timeout "${TEST_TIMEOUT:-240}" ctest -LE slow -j"$JOBS" --timeout 200 \
   >"$OUT/ctest.log" 2>&1)
 echo "ctest rc=$?"

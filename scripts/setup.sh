@@ -10,7 +10,7 @@ PKGS=(
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libfmt-dev zlib1g-dev
   gnuplot-nox python3-torch
   libsentencepiece-dev sentencepiece python3-sentencepiece libicu-dev
-  clang libclang-rt-14-dev
+  clang libclang-rt-14-dev clang-format
   dataset-fashion-mnist fortunes fortunes-min
 )
 

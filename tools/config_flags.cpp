@@ -26,6 +26,15 @@ std::string describe(const train::Field& f) {
   std::string d = f.type;
   const std::string v = f.get();
   d += " (default: " + (f.type == "string" && v.empty() ? "\"\"" : v) + ")";
+  // The choices of the component keys, from the registries.
+  std::vector<std::string> choices;
+  if (f.name == "model") choices = train::known_models();
+  if (f.name == "data") choices = train::known_data();
+  if (f.name == "method") choices = train::known_methods();
+  if (f.name == "optimizer" || f.name == "aux_optimizer")
+    choices = train::known_optimizers();
+  for (size_t i = 0; i < choices.size(); ++i)
+    d += (i == 0 ? ": " : " | ") + choices[i];
   return d;
 }
 

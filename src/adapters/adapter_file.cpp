@@ -7,9 +7,7 @@
 #include <cstring>
 
 #include "config_json.h"
-#include "lowmem/adapters/lora.h"
-#include "lowmem/adapters/lotr.h"
-#include "lowmem/adapters/snell.h"
+#include "lowmem/adapters/registry.h"
 #include "lowmem/core/check.h"
 #include "lowmem/io/atomic_file.h"
 #include "lowmem/io/safetensors.h"
@@ -87,20 +85,16 @@ std::shared_ptr<AdapterModel> load_adapter(std::shared_ptr<torch::nn::Module> mo
   const std::string text = io::read_file(dir + "/" + kAdapterConfigFile);
   detail::json j = detail::parse_config(text, "adapter_file");
   const std::string type = detail::get_or<std::string>(j, "peft_type", "", "adapter_file");
-  std::shared_ptr<AdapterModel> adapter;
-  if (type == "LORA") {
-    auto [t, o] = lora_config_from_json(text);
-    adapter = inject_lora(model, t, o);
-  } else if (type == "LOTR") {
-    auto [t, o] = lotr_config_from_json(text);
-    adapter = inject_lotr(model, t, o);
-  } else if (type == "SNELL") {
-    auto [t, o] = snell_config_from_json(text);
-    adapter = inject_snell(model, t, o);
-  } else {
+  const AdapterKind* kind = find_adapter_by_peft_type(type);
+  if (kind == nullptr) {
+    std::string known;
+    for (const auto& k : adapter_kinds())
+      known += (known.empty() ? "" : ", ") + k.peft_type;
     LOWMEM_CHECK(false, "[adapter_file] ", dir, "/", kAdapterConfigFile,
-                 ": unsupported peft_type '", type, "' (LORA, LOTR, SNELL)");
+                 ": unsupported peft_type '", type, "' (", known, ")");
   }
+  auto [targets, options] = kind->from_json(text);
+  std::shared_ptr<AdapterModel> adapter = kind->inject(model, targets, options);
   if (auto* b = j.find("base_model_name_or_path") != j.end() &&
                         j["base_model_name_or_path"].is_string()
                     ? &j["base_model_name_or_path"]

@@ -18,16 +18,21 @@ at::ScalarType adapter_dtype(const at::Tensor& base_weight) {
 }
 
 // The projection type of a slot path: its components without the integer
-// (layer index) ones, joined by '_' ("h.3.attn.proj" -> "h_attn_proj"), so
-// that attn.proj and mlp.proj form different groups.
+// (layer index) ones, joined by '_' with every '_' inside a component
+// doubled, so the path structure survives ("h.3.attn.proj" -> "h_attn_proj",
+// "layers.0.attn_in" -> "layers_attn__in", "layers.0.attn.in" ->
+// "layers_attn_in": two groups) and the key is a valid module name.
 std::string type_key(const std::string& path) {
   std::string out, part;
   std::stringstream ss(path);
   while (std::getline(ss, part, '.')) {
-    if (!part.empty() &&
-        std::all_of(part.begin(), part.end(), [](char ch) { return ch >= '0' && ch <= '9'; }))
+    if (!part.empty() && std::all_of(part.begin(), part.end(), [](char ch) {
+          return ch >= '0' && ch <= '9';
+        }))
       continue;
-    out += (out.empty() ? "" : "_") + part;
+    std::string escaped;
+    for (const char ch : part) escaped += ch == '_' ? "__" : std::string(1, ch);
+    out += (out.empty() ? "" : "_") + escaped;
   }
   return out;
 }

@@ -78,106 +78,118 @@ at::Tensor LowRankGradSync::random_basis(int64_t index, int64_t step,
   return q.to(p.device(), p.scalar_type());
 }
 
+namespace {
+
+// Concatenates `tensors` (flattened) into one buffer.
+at::Tensor flatten(const std::vector<at::Tensor>& tensors) {
+  std::vector<at::Tensor> parts;
+  parts.reserve(tensors.size());
+  for (const auto& t : tensors) {
+    parts.push_back(t.reshape({-1}));
+  }
+  return at::cat(parts);
+}
+
+// Piece k of a flat buffer of `shapes` (the tensors flatten() took).
+at::Tensor piece_of(const at::Tensor& flat,
+                    const std::vector<at::Tensor>& shapes, size_t k) {
+  int64_t off = 0;
+  for (size_t j = 0; j < k; ++j) {
+    off += shapes[j].numel();
+  }
+  return flat.narrow(0, off, shapes[k].numel()).view(shapes[k].sizes());
+}
+
+}  // namespace
+
 void LowRankGradSync::synchronize() {
   c10::NoGradGuard no_grad;
   const int world = comm_->world_size();
   const bool per_worker = options_.mode() == ProjectionMode::kPerWorker;
   const auto before = comm_->stats().total_bytes();
-  std::vector<at::Tensor> full;        // averaged in full
-  std::vector<int64_t> full_idx;
-  std::vector<at::Tensor> low;         // projected pieces
+  std::vector<at::Tensor> full;  // averaged in full
+  std::vector<at::Tensor> low;   // projected pieces
   std::vector<int64_t> low_idx;
   for (size_t i = 0; i < params_.size(); ++i) {
     auto& p = params_[i];
     if (!p.grad().defined()) {
       p.mutable_grad() = at::zeros_like(p);
     }
-    at::Tensor basis;
-    if (projected_[i]) {
-      if (options_.basis_provider()) {
-        basis = options_.basis_provider()(static_cast<int64_t>(i), p, step_);
-      } else {
-        basis = random_basis(static_cast<int64_t>(i), step_,
-                             per_worker ? comm_->rank() : 0);
-      }
-    }
+    const at::Tensor basis = basis_for(i, per_worker);
     last_basis_[i] = basis;
     if (basis.defined()) {
-      const int64_t d = std::min(p.size(0), p.size(1));
-      LOWMEM_CHECK(
-          basis.dim() == 2 && basis.size(0) == d,
-          "[dist] basis for parameter ",
-          i,
-          " must be [",
-          d,
-          ", r], got ",
-          basis.sizes());
       low.push_back(project(p.grad(), basis.to(p.grad().scalar_type())));
       low_idx.push_back(static_cast<int64_t>(i));
     } else {
       full.push_back(p.grad());
-      full_idx.push_back(static_cast<int64_t>(i));
     }
   }
   // Full part: one flat all-reduce (mean).
   if (!full.empty() && world > 1) {
-    std::vector<at::Tensor> flat_parts;
-    for (const auto& g : full) {
-      flat_parts.push_back(g.reshape({-1}));
-    }
-    auto flat = at::cat(flat_parts);
+    auto flat = flatten(full);
     comm_->allreduce_mean({flat});
-    int64_t off = 0;
-    for (auto& g : full) {
-      g.copy_(flat.narrow(0, off, g.numel()).view(g.sizes()));
-      off += g.numel();
+    for (size_t k = 0; k < full.size(); ++k) {
+      full[k].copy_(piece_of(flat, full, k));
     }
   }
-  // Low-rank part.
   if (!low.empty()) {
-    std::vector<at::Tensor> flat_parts;
-    for (const auto& l : low) {
-      flat_parts.push_back(l.reshape({-1}));
-    }
-    auto flat = at::cat(flat_parts);
-    if (!per_worker) {
+    if (per_worker) {
+      average_per_worker(low, low_idx);
+    } else {
+      auto flat = flatten(low);
       comm_->allreduce_mean({flat});
-      int64_t off = 0;
       for (size_t k = 0; k < low.size(); ++k) {
         auto& p = params_[low_idx[k]];
-        auto piece = flat.narrow(0, off, low[k].numel()).view(low[k].sizes());
-        off += low[k].numel();
+        const auto piece = piece_of(flat, low, k);
         p.mutable_grad().copy_(project_back(
             piece, last_basis_[low_idx[k]].to(piece.scalar_type()), p));
-      }
-    } else {
-      LOWMEM_CHECK(
-          !options_.basis_provider(),
-          "[dist] the per-worker mode uses seeded random bases (each rank "
-          "regenerates the others'); a basis_provider is not supported");
-      const auto pieces = comm_->allgather(flat);
-      for (size_t k = 0; k < low.size(); ++k) {
-        auto& p = params_[low_idx[k]];
-        at::Tensor sum;
-        int64_t off = 0;
-        for (size_t j = 0; j < k; ++j) {
-          off += low[j].numel();
-        }
-        for (int w = 0; w < world; ++w) {
-          auto piece =
-              pieces[w].narrow(0, off, low[k].numel()).view(low[k].sizes());
-          const auto basis = w == comm_->rank()
-              ? last_basis_[low_idx[k]]
-              : random_basis(low_idx[k], step_, w);
-          auto g = project_back(piece, basis.to(piece.scalar_type()), p);
-          sum = sum.defined() ? sum.add_(g) : g;
-        }
-        p.mutable_grad().copy_(sum.div_(world));
       }
     }
   }
   bytes_last_step_ = comm_->stats().total_bytes() - before;
   ++step_;
+}
+
+at::Tensor LowRankGradSync::basis_for(size_t i, bool per_worker) {
+  if (!projected_[i]) {
+    return at::Tensor();
+  }
+  const auto& p = params_[i];
+  const at::Tensor basis =
+      options_.basis_provider()
+          ? options_.basis_provider()(static_cast<int64_t>(i), p, step_)
+          : random_basis(static_cast<int64_t>(i), step_,
+                         per_worker ? comm_->rank() : 0);
+  if (basis.defined()) {
+    const int64_t d = std::min(p.size(0), p.size(1));
+    LOWMEM_CHECK(basis.dim() == 2 && basis.size(0) == d,
+                 "[dist] basis for parameter ", i, " must be [", d,
+                 ", r], got ", basis.sizes());
+  }
+  return basis;
+}
+
+void LowRankGradSync::average_per_worker(const std::vector<at::Tensor>& low,
+                                         const std::vector<int64_t>& low_idx) {
+  LOWMEM_CHECK(!options_.basis_provider(),
+               "[dist] the per-worker mode uses seeded random bases (each "
+               "rank regenerates the others'); a basis_provider is not "
+               "supported");
+  const int world = comm_->world_size();
+  const auto pieces = comm_->allgather(flatten(low));
+  for (size_t k = 0; k < low.size(); ++k) {
+    auto& p = params_[low_idx[k]];
+    at::Tensor sum;
+    for (int w = 0; w < world; ++w) {
+      const auto piece = piece_of(pieces[w], low, k);
+      const auto basis = w == comm_->rank()
+                             ? last_basis_[low_idx[k]]
+                             : random_basis(low_idx[k], step_, w);
+      auto g = project_back(piece, basis.to(piece.scalar_type()), p);
+      sum = sum.defined() ? sum.add_(g) : g;
+    }
+    p.mutable_grad().copy_(sum.div_(world));
+  }
 }
 
 BasisProvider galore_basis_provider(

@@ -13,7 +13,7 @@
 
 namespace lowmem::models {
 
-using adapters::Linear;
+using nn::Linear;
 
 LayerNorm::LayerNorm(int64_t n, bool bias, double eps) : n_(n), eps_(eps) {
   weight = register_parameter("weight", at::ones({n}));
@@ -153,7 +153,7 @@ torch::nn::ModuleList make_blocks(
 void init_slots_normal(
     torch::nn::Module& m, const std::function<double(const std::string&)>& std_of) {
   at::NoGradGuard no_grad;
-  for (const auto& ref : adapters::find_slots(m)) {
+  for (const auto& ref : nn::find_slots(m)) {
     auto layer = ref.layer();
     layer->base_weight().normal_(0.0, std_of(ref.name));
     at::Tensor bias = layer->bias();
@@ -259,7 +259,7 @@ int64_t count_parameters(const torch::nn::Module& m, bool trainable_only) {
 
 int64_t count_slot_weights(torch::nn::Module& m) {
   int64_t n = 0;
-  for (const auto& ref : adapters::find_slots(m)) {
+  for (const auto& ref : nn::find_slots(m)) {
     n += ref.layer()->base_weight().numel();
   }
   return n;

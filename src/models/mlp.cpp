@@ -34,9 +34,8 @@ MLP::MLP(MLPConfig config) : config_(std::move(config)) {
   // nn.Sequential indices: Linear at 0, 2, 4, ...; activations in between.
   for (size_t i = 0; i + 1 < s.size(); ++i) {
     names_.push_back(std::to_string(2 * i));
-    register_slot(
-        names_.back(),
-        std::make_shared<adapters::Linear>(s[i], s[i + 1], config_.bias()));
+    register_slot(names_.back(),
+                  std::make_shared<nn::Linear>(s[i], s[i + 1], config_.bias()));
   }
 }
 

@@ -37,9 +37,8 @@ ViT::ViT(ViTConfig config) : config_(std::move(config)) {
   validate(config_);
   const auto& c = config_;
   const int64_t patch_dim = c.channels() * c.patch_size() * c.patch_size();
-  register_slot(
-      "patch_embed",
-      std::make_shared<adapters::Linear>(patch_dim, c.n_embd(), c.bias()));
+  register_slot("patch_embed",
+                std::make_shared<nn::Linear>(patch_dim, c.n_embd(), c.bias()));
   cls_token = register_parameter("cls_token", at::zeros({1, 1, c.n_embd()}));
   pos_embed = register_parameter(
       "pos_embed", at::zeros({1, n_patches() + 1, c.n_embd()}));
@@ -49,9 +48,8 @@ ViT::ViT(ViTConfig config) : config_(std::move(config)) {
                   c.dropout(), c.mlp_ratio() * c.n_embd(), blocks_));
   ln_f = register_module(
       "ln_f", std::make_shared<LayerNorm>(c.n_embd(), c.bias()));
-  register_slot(
-      "head",
-      std::make_shared<adapters::Linear>(c.n_embd(), c.n_classes(), c.bias()));
+  register_slot("head", std::make_shared<nn::Linear>(c.n_embd(), c.n_classes(),
+                                                     c.bias()));
 
   // N(0, 0.02) weights and zero biases everywhere (timm uses a truncated
   // normal with the same std; the truncation at 2 std is dropped here).
@@ -114,8 +112,8 @@ EvalStats ViT::evaluate(const at::Tensor& images, const at::Tensor& target) {
 
 void ViT::reset_head(int64_t n_classes) {
   LOWMEM_CHECK(n_classes > 0, "[vit] n_classes must be > 0, got ", n_classes);
-  auto head = std::make_shared<adapters::Linear>(
-      config_.n_embd(), n_classes, config_.bias());
+  auto head =
+      std::make_shared<nn::Linear>(config_.n_embd(), n_classes, config_.bias());
   at::NoGradGuard no_grad;
   head->base_weight().normal_(0.0, 0.02);
   if (head->bias().defined())

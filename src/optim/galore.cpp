@@ -5,28 +5,30 @@
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 #include <torch/nn/module.h>
-#include <torch/optim/adam.h>
-#include <torch/optim/adamw.h>
-#include <torch/optim/sgd.h>
 #include <torch/serialize/archive.h>
 
 #include <unordered_set>
 
-#include "lowmem/adapters/slot_module.h"
 #include "lowmem/core/check.h"
-#include "lowmem/optim/adafactor.h"
-#include "lowmem/optim/came.h"
-#include "lowmem/optim/galore_adamw.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/galore_state.h"
+#include "lowmem/optim/per_param.h"
+#include "lowmem/optim/state_roles.h"
 
 namespace lowmem::optim {
 
 struct GaLore::Slot {
   Slot(at::Tensor p, projection::ProjectorOptions o, int64_t index)
       : param(std::move(p)),
-        projector(std::move(o), param.size(0), param.size(1), index) {}
-  at::Tensor param;                 // [m, n]
+        projector(std::move(o), param.size(0), param.numel() / param.size(0),
+                  index) {}
+  /// A gradient as the m x n matrix the projector sees ([m, rest...] ->
+  /// [m, prod(rest)]; a view for 2-D parameters).
+  at::Tensor matrix(const at::Tensor& g) const {
+    return g.dim() == 2 ? g : g.reshape({param.size(0), -1});
+  }
+  at::Tensor param;                 // [m, n] or [m, d1, d2, ...]
   projection::Projector projector;  // shared with the adapter form
   at::Tensor proxy;  // inner optimizer's tensor, low-rank shape while stepping
   at::Tensor acc;    // accumulated projected gradients (hook modes)
@@ -67,22 +69,6 @@ using detail::state_key;
 
 at::ScalarType low_dtype(const at::Tensor& p) {
   return p.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-// Weight decay of the inner group holding the proxies, for known optimizers.
-double inner_weight_decay(const torch::optim::OptimizerOptions& o) {
-  if (auto* a = dynamic_cast<const torch::optim::AdamWOptions*>(&o))
-    return a->weight_decay();
-  if (auto* a = dynamic_cast<const torch::optim::AdamOptions*>(&o))
-    return a->weight_decay();
-  if (auto* a = dynamic_cast<const torch::optim::SGDOptions*>(&o))
-    return a->weight_decay();
-  if (auto* a = dynamic_cast<const GaLoreAdamWOptions*>(&o))
-    return a->weight_decay();
-  if (auto* a = dynamic_cast<const CameOptions*>(&o)) return a->weight_decay();
-  if (auto* a = dynamic_cast<const AdafactorOptions*>(&o))
-    return a->weight_decay();
-  return 0.0;
 }
 
 void transfer_copy_state(torch::optim::Optimizer& from, const at::Tensor& from_key,
@@ -161,34 +147,29 @@ at::Tensor BasisChange::cols(const at::Tensor& x) const {
 
 void reproject_state(torch::optim::OptimizerParamState& s,
                      const BasisChange& b) {
-  if (auto* a = dynamic_cast<torch::optim::AdamWParamState*>(&s)) {
-    a->exp_avg(b.linear(a->exp_avg()));
-    a->exp_avg_sq(b.square(a->exp_avg_sq()));
-    a->max_exp_avg_sq(b.square(a->max_exp_avg_sq()));
-  } else if (auto* a = dynamic_cast<torch::optim::AdamParamState*>(&s)) {
-    a->exp_avg(b.linear(a->exp_avg()));
-    a->exp_avg_sq(b.square(a->exp_avg_sq()));
-    a->max_exp_avg_sq(b.square(a->max_exp_avg_sq()));
-  } else if (auto* a = dynamic_cast<torch::optim::SGDParamState*>(&s)) {
-    a->momentum_buffer(b.linear(a->momentum_buffer()));
-  } else if (auto* a = dynamic_cast<GaLoreAdamWParamState*>(&s)) {
-    a->exp_avg(b.linear(a->exp_avg()));
-    a->exp_avg_sq(b.square(a->exp_avg_sq()));
-  } else if (auto* a = dynamic_cast<CameState*>(&s)) {
-    a->exp_avg = b.linear(a->exp_avg);
-    a->exp_avg_sq_row = b.rows(a->exp_avg_sq_row);
-    a->exp_avg_sq_col = b.cols(a->exp_avg_sq_col);
-    a->exp_avg_res_row = b.rows(a->exp_avg_res_row);
-    a->exp_avg_res_col = b.cols(a->exp_avg_res_col);
-  } else if (auto* a = dynamic_cast<AdafactorState*>(&s)) {
-    a->exp_avg = b.linear(a->exp_avg);
-    a->exp_avg_sq_row = b.rows(a->exp_avg_sq_row);
-    a->exp_avg_sq_col = b.cols(a->exp_avg_sq_col);
-  } else {
-    LOWMEM_CHECK(false,
-                 "[galore] state_on_refresh 'reproject' does not know this "
-                 "inner optimizer's state; use keep or reset");
-  }
+  const bool known =
+      visit_state(s, [&b](const char*, at::Tensor& t, StateRole role) {
+        switch (role) {
+          case StateRole::kScalar:
+            break;
+          case StateRole::kLinear:
+            t = b.linear(t);
+            break;
+          case StateRole::kSquare:
+            t = b.square(t);
+            break;
+          case StateRole::kRowSquares:
+            t = b.rows(t);
+            break;
+          case StateRole::kColSquares:
+            t = b.cols(t);
+            break;
+        }
+      });
+  LOWMEM_CHECK(known,
+               "[galore] state_on_refresh 'reproject' does not know this "
+               "inner optimizer's state (no FieldState and no registered "
+               "optimizer describes it, optim/registry.h); use keep or reset");
 }
 
 GaLore::GaLore(std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
@@ -201,8 +182,10 @@ GaLore::GaLore(std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
   LOWMEM_CHECK(!projected.empty() || !plain.empty(), "[galore] no params");
   for (size_t i = 0; i < projected.size(); ++i) {
     const auto& p = projected[i];
-    LOWMEM_CHECK(p.defined() && p.dim() == 2,
-                 "[galore] projected param ", i, " must be 2-D, got ",
+    LOWMEM_CHECK(p.defined() && p.dim() >= 2 && p.numel() > 0,
+                 "[galore] projected param ", i,
+                 " must have 2 or more dims (a matrix, or a tensor seen as "
+                 "[size(0), rest]), got ",
                  p.defined() ? p.dim() : -1, " dims");
     auto s = std::make_unique<Slot>(p, options_.projector(),
                                     static_cast<int64_t>(i));
@@ -231,11 +214,17 @@ GaLore::GaLore(std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
                "[galore] the inner factory must build one group per given "
                "group (", inner_groups.size(), ")");
   if (!slots_.empty()) {
-    const auto& o = inner_->param_groups().back().options();
-    const double wd = inner_weight_decay(o);
-    LOWMEM_CHECK(wd == 0.0,
+    // The proxy is 0 when the inner step runs: a decay there would act on
+    // nothing, silently. Every registered optimizer's decay is readable.
+    const auto wd = weight_decay_of(inner_->param_groups().back().options());
+    LOWMEM_CHECK(wd.has_value(),
+                 "[galore] cannot read the inner optimizer's weight_decay "
+                 "(its options are no FieldOptions and no registered "
+                 "optimizer knows them, optim/registry.h)");
+    LOWMEM_CHECK(*wd == 0.0,
                  "[galore] the inner optimizer's weight_decay on projected "
-                 "params must be 0 (got ", wd,
+                 "params must be 0 (got ",
+                 *wd,
                  "); set GaLoreOptions::weight_decay, which decays the full "
                  "weight");
   }
@@ -311,7 +300,7 @@ void GaLore::prepare(size_t i, const at::Tensor& full_grad) {
     old_p = s.projector.left();
     old_q = s.projector.right();
   }
-  s.projector.refresh(full_grad);
+  s.projector.refresh(s.matrix(full_grad));
   if (had)
     on_basis_change(*inner_, s.proxy, options_.state_on_refresh(), old_p,
                     old_q, s.projector);
@@ -328,7 +317,7 @@ void GaLore::load_proxy(size_t i, const at::Tensor& low) {
 void GaLore::apply(size_t i) {
   auto& s = *slots_[i];
   auto update = s.projector.project_back(s.proxy);
-  s.param.add_(update.to(s.param.scalar_type()));
+  s.param.add_(update.reshape(s.param.sizes()).to(s.param.scalar_type()));
   if (options_.weight_decay() > 0) {
     const double lr = param_groups_[s.group].options().get_lr();
     s.param.mul_(1.0 - lr * options_.weight_decay());
@@ -360,7 +349,7 @@ at::Tensor GaLore::step(LossClosure closure) {
       const auto& g = s.param.grad();
       if (!g.defined()) continue;
       prepare(i, g);
-      low = s.projector.project(g);
+      low = s.projector.project(s.matrix(g));
     }
     load_proxy(i, low);
     stepped.push_back(i);
@@ -407,7 +396,7 @@ void GaLore::on_grad(bool projected, size_t i) {
     auto g = s.param.grad();
     if (!g.defined()) return;
     if (s.micro == 0) prepare(i, g);
-    auto low = s.projector.project(g);
+    auto low = s.projector.project(s.matrix(g));
     s.acc = s.micro == 0 ? low : s.acc.add_(low);
     g = at::Tensor();
     s.param.mutable_grad() = at::Tensor();  // the full gradient dies here
@@ -492,7 +481,7 @@ std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> GaLore::route(
     torch::nn::Module& module) {
   std::vector<at::Tensor> projected, plain;
   std::unordered_set<const void*> seen;
-  for (const auto& ref : adapters::find_slots(module)) {
+  for (const auto& ref : nn::find_slots(module)) {
     auto layer = ref.layer();
     auto& w = layer->base_weight();
     if (w.defined() && w.requires_grad() && w.dim() == 2 &&

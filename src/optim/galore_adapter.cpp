@@ -8,7 +8,7 @@
 namespace lowmem::optim {
 
 ProjectedAdapterOptimizer::ProjectedAdapterOptimizer(
-    std::vector<std::shared_ptr<adapters::ProjectedLinear>> layers,
+    std::vector<std::shared_ptr<projection::ProjectedLinear>> layers,
     std::vector<at::Tensor> plain, const InnerFactory& make_inner,
     GaLoreOptions options)
     : torch::optim::Optimizer(std::vector<torch::optim::OptimizerParamGroup>{},

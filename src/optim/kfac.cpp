@@ -52,9 +52,9 @@ at::Tensor damped_inverse(const at::Tensor& m, double damping, int64_t step) {
 }  // namespace
 
 KFAC::KFAC(torch::nn::Module& model, KfacOptions defaults)
-    : KFAC(adapters::find_curvature_layers(model), std::move(defaults)) {}
+    : KFAC(nn::find_curvature_layers(model), std::move(defaults)) {}
 
-KFAC::KFAC(std::vector<adapters::CurvatureLayer> layers, KfacOptions defaults)
+KFAC::KFAC(std::vector<nn::CurvatureLayer> layers, KfacOptions defaults)
     : torch::optim::Optimizer(
           detail::layer_param_groups(layers),
           std::make_unique<KfacOptions>(kfac_checked(std::move(defaults)))),

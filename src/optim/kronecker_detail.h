@@ -2,7 +2,6 @@
 #pragma once
 
 #include <ATen/ATen.h>
-
 #include <torch/optim/optimizer.h>
 
 #include <algorithm>
@@ -10,14 +9,14 @@
 #include <string>
 #include <vector>
 
-#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/nn/curvature_tap.h"
 
 namespace lowmem::optim::detail {
 
 /// One param group with every layer's weight, then its bias if any (the
 /// official SINGD order; KFAC uses the same).
 inline std::vector<torch::optim::OptimizerParamGroup> layer_param_groups(
-    const std::vector<adapters::CurvatureLayer>& layers) {
+    const std::vector<nn::CurvatureLayer>& layers) {
   std::vector<at::Tensor> params;
   for (const auto& l : layers) {
     params.push_back(l.weight);
@@ -28,7 +27,7 @@ inline std::vector<torch::optim::OptimizerParamGroup> layer_param_groups(
 
 /// V = [grad W (flattened from dim 1) | grad b] : [d_C, d_K], or undefined
 /// when the weight has no gradient.
-inline at::Tensor grad_matrix(const adapters::CurvatureLayer& l) {
+inline at::Tensor grad_matrix(const nn::CurvatureLayer& l) {
   const at::Tensor& gw = l.weight.grad();
   if (!gw.defined()) return {};
   at::Tensor v = gw.flatten(1);
@@ -69,14 +68,10 @@ inline void apply_update(
 /// Applies the natural gradient `nat` ([d_C, d_K], the bias as its last
 /// column when the layer has one) to the layer's weight and bias with
 /// apply_update, each with its own momentum buffer.
-inline void apply_natural_gradient(
-    adapters::CurvatureLayer& l,
-    const at::Tensor& nat,
-    at::Tensor& momentum_weight,
-    at::Tensor& momentum_bias,
-    double lr,
-    double momentum,
-    double weight_decay) {
+inline void apply_natural_gradient(nn::CurvatureLayer& l, const at::Tensor& nat,
+                                   at::Tensor& momentum_weight,
+                                   at::Tensor& momentum_bias, double lr,
+                                   double momentum, double weight_decay) {
   const int64_t dk = l.weight[0].numel();
   apply_update(l.weight, nat.slice(1, 0, dk), momentum_weight, lr, momentum, weight_decay);
   if (l.bias.defined())
@@ -84,27 +79,23 @@ inline void apply_natural_gradient(
 }
 
 /// The curvature taps of a Kronecker-factored optimizer, one per layer.
-using Taps = std::vector<std::shared_ptr<adapters::KroneckerTap>>;
+using Taps = std::vector<std::shared_ptr<nn::KroneckerTap>>;
 
 /// Makes the layer's Kronecker tap (factor dtypes, and the loss averaging and
 /// KFAC approximation named in the optimizer's options), attaches it to the
 /// layer and keeps it in `taps`; `sink` receives (a, g) on armed steps.
-inline void attach_tap(
-    const adapters::CurvatureLayer& l,
-    Taps& taps,
-    const std::string& loss_average,
-    const std::string& kfac_approx,
-    at::ScalarType dtype_k,
-    at::ScalarType dtype_c,
-    adapters::KroneckerTap::Sink sink) {
-  adapters::KroneckerTapOptions to;
+inline void attach_tap(const nn::CurvatureLayer& l, Taps& taps,
+                       const std::string& loss_average,
+                       const std::string& kfac_approx, at::ScalarType dtype_k,
+                       at::ScalarType dtype_c, nn::KroneckerTap::Sink sink) {
+  nn::KroneckerTapOptions to;
   to.has_bias = l.bias.defined();
   to.conv = l.conv;
-  to.loss_average = adapters::parse_loss_average(loss_average);
-  to.kfac_approx = adapters::parse_kfac_approx(kfac_approx);
+  to.loss_average = nn::parse_loss_average(loss_average);
+  to.kfac_approx = nn::parse_kfac_approx(kfac_approx);
   to.dtype_k = dtype_k;
   to.dtype_c = dtype_c;
-  auto tap = std::make_shared<adapters::KroneckerTap>(to, std::move(sink));
+  auto tap = std::make_shared<nn::KroneckerTap>(to, std::move(sink));
   l.set_tap(tap);
   taps.push_back(std::move(tap));
 }
@@ -123,7 +114,7 @@ inline void finish_step_taps(const Taps& taps, int64_t steps, int64_t T) {
 
 /// Detaches the taps from the layers that still hold them (the layers may
 /// outlive the optimizer).
-inline void detach_taps(const std::vector<adapters::CurvatureLayer>& layers,
+inline void detach_taps(const std::vector<nn::CurvatureLayer>& layers,
                         const Taps& taps) {
   for (size_t i = 0; i < std::min(layers.size(), taps.size()); ++i)
     if (layers[i].tap() == taps[i]) layers[i].set_tap(nullptr);

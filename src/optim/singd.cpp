@@ -83,9 +83,9 @@ at::ScalarType resolve_dtype(
 }  // namespace
 
 SINGD::SINGD(torch::nn::Module& model, SingdOptions defaults)
-    : SINGD(adapters::find_curvature_layers(model), std::move(defaults)) {}
+    : SINGD(nn::find_curvature_layers(model), std::move(defaults)) {}
 
-SINGD::SINGD(std::vector<adapters::CurvatureLayer> layers, SingdOptions defaults)
+SINGD::SINGD(std::vector<nn::CurvatureLayer> layers, SingdOptions defaults)
     : torch::optim::Optimizer(
           detail::layer_param_groups(layers),
           std::make_unique<SingdOptions>(checked(std::move(defaults)))),

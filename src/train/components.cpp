@@ -1,14 +1,16 @@
-// The components the configuration knows. Adding a model, data source,
-// method or optimizer: one row in components(), one section in
-// make_sections(), one branch in the matching build function.
+// The components the configuration knows: models and data sources as rows
+// here (a row: name, section, options, builder), optimizers and adapters from
+// their registries (optim/registry.h, adapters/registry.h). Adding a model or
+// data source: its section struct, its builder and one row below.
 #include "components.h"
 
 #include <ATen/ATen.h>
-#include <torch/optim/sgd.h>
 
 #include <cmath>
 #include <sstream>
 
+#include "lowmem/adapters/inject.h"
+#include "lowmem/adapters/registry.h"
 #include "lowmem/core/check.h"
 #include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/text.h"
@@ -16,17 +18,9 @@
 #include "lowmem/models/llama.h"
 #include "lowmem/models/mlp.h"
 #include "lowmem/models/vit.h"
-#include "lowmem/optim/adafactor.h"
-#include "lowmem/optim/adamw.h"
-#include "lowmem/optim/came.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/galore.h"
-#include "lowmem/optim/kfac.h"
-#include "lowmem/optim/singd.h"
-#include "lowmem/adapters/curvature_tap.h"
-#include "lowmem/adapters/inject.h"
-#include "lowmem/adapters/lora.h"
-#include "lowmem/adapters/lotr.h"
-#include "lowmem/adapters/snell.h"
+#include "lowmem/optim/registry.h"
 #include "method_wiring.h"
 
 namespace lowmem::train::detail {
@@ -170,69 +164,33 @@ double class_prior_cross_entropy(const at::Tensor& fit, const at::Tensor& eval,
 
 }  // namespace
 
-torch::optim::SGDOptions SgdSection::options() const {
-  LOWMEM_CHECK(lr >= 0.0, "[sgd] lr must be >= 0, got ", lr);
-  LOWMEM_CHECK(momentum >= 0.0, "[sgd] momentum must be >= 0, got ", momentum);
-  LOWMEM_CHECK(weight_decay >= 0.0, "[sgd] weight_decay must be >= 0, got ",
-               weight_decay);
-  LOWMEM_CHECK(!nesterov || (momentum > 0.0 && dampening == 0.0),
-               "[sgd] nesterov needs momentum > 0 and dampening 0");
-  return torch::optim::SGDOptions(lr)
-      .momentum(momentum)
-      .dampening(dampening)
-      .weight_decay(weight_decay)
-      .nesterov(nesterov);
-}
-
-const std::vector<Component>& components() {
-  static const std::vector<Component> table = {
-      {"model", "gpt", "gpt"},
-      {"model", "llama", "llama"},
-      {"model", "vit", "vit"},
-      {"model", "mlp", "mlp"},
-      {"data", "text", "text"},
-      {"data", "fashion-mnist", "fashion_mnist"},
-      {"method", "full", ""},
-      {"method", "galore", "galore"},
-      {"method", "lora", "lora"},
-      {"method", "lotr", "lotr"},
-      {"method", "snell", "snell"},
-      {"method", "projected-adapter", "projected_adapter"},
-      {"optimizer", "adamw", "adamw"},
-      {"optimizer", "sgd", "sgd"},
-      {"optimizer", "came", "came"},
-      {"optimizer", "adafactor", "adafactor"},
-      {"optimizer", "singd", "singd"},
-      {"optimizer", "kfac", "kfac"},
-  };
-  return table;
+std::vector<Component> components() {
+  std::vector<Component> out;
+  for (const auto& m : model_kinds())
+    out.push_back({"model", m.name, m.section});
+  for (const auto& d : data_kinds()) out.push_back({"data", d.name, d.section});
+  out.push_back({"method", "full", ""});
+  out.push_back({"method", "galore", "galore"});
+  for (const auto& a : adapters::adapter_kinds())
+    out.push_back({"method", a.method, a.method});
+  out.push_back({"method", "projected-adapter", "projected_adapter"});
+  for (const auto& o : optim::optimizers())
+    out.push_back({"optimizer", o.name, o.name});
+  return out;
 }
 
 std::vector<Section> make_sections() {
-  return {
-      Section::of<GptSection>("gpt", "GPT model (models/gpt.h)"),
-      Section::of<LlamaSection>("llama", "LLaMA model (models/llama.h)"),
-      Section::of<VitSection>("vit", "ViT model (models/vit.h)"),
-      Section::of<MlpSection>("mlp", "MLP model (models/mlp.h)"),
-      Section::of<TextSection>("text", "byte-level text (data/text.h)"),
-      Section::of<FashionSection>("fashion_mnist",
-                                  "Fashion-MNIST (data/fashion_mnist.h)"),
-      Section::of<GaloreSection>("galore",
-                                 "GaLore gradient projection (optim/galore.h)"),
-      Section::of<adapters::LoraOptions>("lora", "LoRA (adapters/lora.h)"),
-      Section::of<adapters::LotrOptions>("lotr", "LoTR (adapters/lotr.h)"),
-      Section::of<adapters::SnellOptions>("snell", "SNELL (adapters/snell.h)"),
-      Section::of<ProjectedAdapterSection>(
-          "projected_adapter",
-          "one-sided projected adapter (adapters/projected_adapter.h)"),
-      Section::of<optim::AdamWOptions>("adamw", "AdamW (optim/adamw.h)"),
-      Section::of<SgdSection>("sgd", "SGD (torch::optim::SGD)"),
-      Section::of<optim::CameOptions>("came", "CAME (optim/came.h)"),
-      Section::of<optim::AdafactorOptions>("adafactor",
-                                           "Adafactor (optim/adafactor.h)"),
-      Section::of<optim::SingdOptions>("singd", "SINGD (optim/singd.h)"),
-      Section::of<optim::KfacOptions>("kfac", "KFAC (optim/kfac.h)"),
-  };
+  std::vector<Section> out;
+  for (const auto& m : model_kinds()) out.push_back(m.options());
+  for (const auto& d : data_kinds()) out.push_back(d.options());
+  out.push_back(Section::of<GaloreSection>(
+      "galore", "GaLore gradient projection (optim/galore.h)"));
+  for (const auto& a : adapters::adapter_kinds()) out.push_back(a.options());
+  out.push_back(Section::of<ProjectedAdapterSection>(
+      "projected_adapter",
+      "one-sided projected adapter (projection/projected_linear.h)"));
+  for (const auto& o : optim::optimizers()) out.push_back(o.options());
+  return out;
 }
 
 std::string section_of(const std::string& kind, const std::string& name) {
@@ -254,135 +212,195 @@ std::vector<std::string> names_of(const std::string& kind) {
   return out;
 }
 
-BuiltData build_data(const Config& c) {
+namespace {
+
+BuiltData build_text(const Config& c) {
   BuiltData d;
-  if (c.data == "text") {
-    if (c.model != "gpt" && c.model != "llama") {
-      throw ConfigError("data 'text' needs model gpt or llama, got '" +
-                        c.model + "'");
-    }
-    const auto& t = opts<TextSection>(c, "text");
-    if (!(t.val_fraction > 0.0 && t.val_fraction < 1.0)) {
-      throw ConfigError("text.val_fraction must be in (0, 1), got " +
-                        format_float(t.val_fraction));
-    }
-    const int64_t context = c.model == "llama"
-        ? opts<LlamaSection>(c, "llama").context
-        : opts<GptSection>(c, "gpt").c.block_size();
-    data::TextCorpus corpus(t.path, t.val_fraction);
-    auto train = std::make_shared<data::TextBatches>(
-        corpus.train(),
-        data::TextBatchOptions()
-            .context(context)
-            .batch_size(c.batch_size)
-            .seed(static_cast<uint64_t>(c.seed)),
-        "train");
-    auto eval = std::make_shared<data::TextBatches>(
-        corpus.validation(),
-        data::TextBatchOptions()
-            .context(context)
-            .batch_size(c.batch_size)
-            .seed(static_cast<uint64_t>(c.seed))
-            .random(false),
-        "validation");
-    d.train = train;
-    d.eval = eval;
-    d.unit = "tokens";
-    d.summary = corpus.describe() + "; " + train->describe() + "; " +
-        eval->describe();
-    d.baseline =
-        data::unigram_cross_entropy(corpus.train(), corpus.validation());
-    return d;
+  if (c.model != "gpt" && c.model != "llama") {
+    throw ConfigError("data 'text' needs model gpt or llama, got '" + c.model +
+                      "'");
   }
-  if (c.data == "fashion-mnist") {
-    if (c.model != "vit" && c.model != "mlp") {
-      throw ConfigError("data 'fashion-mnist' needs model vit or mlp, got '" +
-                        c.model + "'");
-    }
-    const auto& f = opts<FashionSection>(c, "fashion_mnist");
-    const auto classes = parse_list(f.classes, "fashion_mnist.classes");
-    for (auto k : classes) {
-      if (k < 0 || k > 9) {
-        throw ConfigError("fashion_mnist.classes: label " + std::to_string(k) +
-                          " is outside 0..9");
-      }
-    }
-    if (f.per_class < 0) {
-      throw ConfigError("fashion_mnist.per_class must be >= 0, got " +
-                        std::to_string(f.per_class));
-    }
-    auto base = data::FashionMnistOptions()
-                    .root(f.root)
-                    .classes(classes)
-                    .normalize(f.normalize)
-                    .seed(static_cast<uint64_t>(c.seed));
-    auto train_set =
-        data::load_fashion_mnist(data::FashionMnistOptions(base)
-                                     .train(true)
-                                     .per_class(f.per_class));
-    auto eval_set =
-        data::load_fashion_mnist(data::FashionMnistOptions(base).train(false));
-    d.n_classes = classes.empty() ? 10 : static_cast<int64_t>(classes.size());
-    d.baseline = class_prior_cross_entropy(train_set.labels, eval_set.labels,
-                                           d.n_classes);
-    auto train = std::make_shared<data::ImageBatches>(
-        train_set,
-        data::ImageBatchOptions()
-            .batch_size(c.batch_size)
-            .seed(static_cast<uint64_t>(c.seed)),
-        "train");
-    auto eval = std::make_shared<data::ImageBatches>(
-        eval_set,
-        data::ImageBatchOptions().batch_size(c.batch_size).shuffle(false),
-        "test");
-    d.train = train;
-    d.eval = eval;
-    d.unit = "samples";
-    d.summary = train->describe() + "; " + eval->describe();
-    return d;
+  const auto& t = opts<TextSection>(c, "text");
+  if (!(t.val_fraction > 0.0 && t.val_fraction < 1.0)) {
+    throw ConfigError("text.val_fraction must be in (0, 1), got " +
+                      format_float(t.val_fraction));
   }
+  const int64_t context = c.model == "llama"
+                              ? opts<LlamaSection>(c, "llama").context
+                              : opts<GptSection>(c, "gpt").c.block_size();
+  data::TextCorpus corpus(t.path, t.val_fraction);
+  auto train = std::make_shared<data::TextBatches>(
+      corpus.train(),
+      data::TextBatchOptions()
+          .context(context)
+          .batch_size(c.batch_size)
+          .seed(static_cast<uint64_t>(c.seed)),
+      "train");
+  auto eval = std::make_shared<data::TextBatches>(
+      corpus.validation(),
+      data::TextBatchOptions()
+          .context(context)
+          .batch_size(c.batch_size)
+          .seed(static_cast<uint64_t>(c.seed))
+          .random(false),
+      "validation");
+  d.train = train;
+  d.eval = eval;
+  d.unit = "tokens";
+  d.summary =
+      corpus.describe() + "; " + train->describe() + "; " + eval->describe();
+  d.baseline = data::unigram_cross_entropy(corpus.train(), corpus.validation());
+  return d;
+}
+
+BuiltData build_fashion_mnist(const Config& c) {
+  BuiltData d;
+  if (c.model != "vit" && c.model != "mlp") {
+    throw ConfigError("data 'fashion-mnist' needs model vit or mlp, got '" +
+                      c.model + "'");
+  }
+  const auto& f = opts<FashionSection>(c, "fashion_mnist");
+  const auto classes = parse_list(f.classes, "fashion_mnist.classes");
+  for (auto k : classes) {
+    if (k < 0 || k > 9) {
+      throw ConfigError("fashion_mnist.classes: label " + std::to_string(k) +
+                        " is outside 0..9");
+    }
+  }
+  if (f.per_class < 0) {
+    throw ConfigError("fashion_mnist.per_class must be >= 0, got " +
+                      std::to_string(f.per_class));
+  }
+  auto base = data::FashionMnistOptions()
+                  .root(f.root)
+                  .classes(classes)
+                  .normalize(f.normalize)
+                  .seed(static_cast<uint64_t>(c.seed));
+  auto train_set = data::load_fashion_mnist(
+      data::FashionMnistOptions(base).train(true).per_class(f.per_class));
+  auto eval_set =
+      data::load_fashion_mnist(data::FashionMnistOptions(base).train(false));
+  d.n_classes = classes.empty() ? 10 : static_cast<int64_t>(classes.size());
+  d.baseline =
+      class_prior_cross_entropy(train_set.labels, eval_set.labels, d.n_classes);
+  auto train = std::make_shared<data::ImageBatches>(
+      train_set,
+      data::ImageBatchOptions()
+          .batch_size(c.batch_size)
+          .seed(static_cast<uint64_t>(c.seed)),
+      "train");
+  auto eval = std::make_shared<data::ImageBatches>(
+      eval_set,
+      data::ImageBatchOptions().batch_size(c.batch_size).shuffle(false),
+      "test");
+  d.train = train;
+  d.eval = eval;
+  d.unit = "samples";
+  d.summary = train->describe() + "; " + eval->describe();
+  return d;
+}
+
+std::shared_ptr<models::Model> build_gpt(const Config& c, const BuiltData&) {
+  return std::make_shared<models::GPT>(opts<GptSection>(c, "gpt").c);
+}
+
+std::shared_ptr<models::Model> build_llama(const Config& c, const BuiltData&) {
+  const auto& l = opts<LlamaSection>(c, "llama");
+  auto lc = l.config();
+  if (l.context > lc.max_position_embeddings()) {
+    throw ConfigError("llama.context " + std::to_string(l.context) +
+                      " exceeds max_position_embeddings " +
+                      std::to_string(lc.max_position_embeddings()));
+  }
+  return std::make_shared<models::Llama>(lc);
+}
+
+std::shared_ptr<models::Model> build_vit(const Config& c,
+                                         const BuiltData& data) {
+  auto v = opts<VitSection>(c, "vit").c;
+  v.n_classes(data.n_classes);
+  return std::make_shared<models::ViT>(v);
+}
+
+std::shared_ptr<models::Model> build_mlp(const Config& c,
+                                         const BuiltData& data) {
+  const auto& m = opts<MlpSection>(c, "mlp");
+  std::vector<int64_t> sizes{28 * 28};
+  for (auto h : parse_list(m.hidden, "mlp.hidden")) {
+    sizes.push_back(h);
+  }
+  sizes.push_back(data.n_classes);
+  return std::make_shared<models::MLP>(
+      models::MLPConfig().sizes(sizes).activation(m.activation).bias(m.bias));
+}
+
+template <class T>
+std::function<Section()> section(const char* name, const char* help) {
+  return [name, help] { return Section::of<T>(name, help); };
+}
+
+}  // namespace
+
+const std::vector<DataKind>& data_kinds() {
+  // One row per data source: name, section, options, builder.
+  static const std::vector<DataKind> rows = {
+      {"text", "text",
+       section<TextSection>("text", "byte-level text (data/text.h)"),
+       build_text},
+      {"fashion-mnist", "fashion_mnist",
+       section<FashionSection>("fashion_mnist",
+                               "Fashion-MNIST (data/fashion_mnist.h)"),
+       build_fashion_mnist,
+       [](const Config& c) {
+         const auto& f = opts<FashionSection>(c, "fashion_mnist");
+         const auto n = parse_list(f.classes, "fashion_mnist.classes").size();
+         return n == 0 ? int64_t{10} : static_cast<int64_t>(n);
+       }},
+  };
+  return rows;
+}
+
+const std::vector<ModelKind>& model_kinds() {
+  // One row per model: name, section, options, builder.
+  static const std::vector<ModelKind> rows = {
+      {"gpt", "gpt", section<GptSection>("gpt", "GPT model (models/gpt.h)"),
+       build_gpt},
+      {"llama", "llama",
+       section<LlamaSection>("llama", "LLaMA model (models/llama.h)"),
+       build_llama},
+      {"vit", "vit", section<VitSection>("vit", "ViT model (models/vit.h)"),
+       build_vit},
+      {"mlp", "mlp", section<MlpSection>("mlp", "MLP model (models/mlp.h)"),
+       build_mlp},
+  };
+  return rows;
+}
+
+BuiltData build_data(const Config& c) {
+  for (const auto& k : data_kinds())
+    if (k.name == c.data) return k.build(c);
   throw ConfigError("unknown data '" + c.data + "'");
+}
+
+BuiltData data_shape(const Config& c) {
+  BuiltData d;
+  for (const auto& k : data_kinds())
+    if (k.name == c.data && k.classes) d.n_classes = k.classes(c);
+  return d;
 }
 
 std::shared_ptr<models::Model> build_model(const Config& c,
                                            const BuiltData& data) {
-  return usage([&]() -> std::shared_ptr<models::Model> {
-    if (c.model == "gpt") {
-      return std::make_shared<models::GPT>(opts<GptSection>(c, "gpt").c);
+  for (const auto& k : model_kinds()) {
+    if (k.name == c.model) {
+      return usage([&] { return k.build(c, data); });
     }
-    if (c.model == "llama") {
-      const auto& l = opts<LlamaSection>(c, "llama");
-      auto lc = l.config();
-      if (l.context > lc.max_position_embeddings()) {
-        throw ConfigError("llama.context " + std::to_string(l.context) +
-                          " exceeds max_position_embeddings " +
-                          std::to_string(lc.max_position_embeddings()));
-      }
-      return std::make_shared<models::Llama>(lc);
-    }
-    if (c.model == "vit") {
-      auto v = opts<VitSection>(c, "vit").c;
-      v.n_classes(data.n_classes);
-      return std::make_shared<models::ViT>(v);
-    }
-    if (c.model == "mlp") {
-      const auto& m = opts<MlpSection>(c, "mlp");
-      std::vector<int64_t> sizes{28 * 28};
-      for (auto h : parse_list(m.hidden, "mlp.hidden")) {
-        sizes.push_back(h);
-      }
-      sizes.push_back(data.n_classes);
-      return std::make_shared<models::MLP>(models::MLPConfig()
-                                               .sizes(sizes)
-                                               .activation(m.activation)
-                                               .bias(m.bias));
-    }
-    throw ConfigError("unknown model '" + c.model + "'");
-  });
+  }
+  throw ConfigError("unknown model '" + c.model + "'");
 }
 
 AppliedMethod apply_method(const Config& c,
-                           const std::shared_ptr<models::Model>& model) {
+                           const std::shared_ptr<torch::nn::Module>& model) {
   AppliedMethod applied;
   if (c.method == "full" || c.method == "galore") {
     return applied;  // galore acts in the optimizer (build_optimizer)
@@ -392,6 +410,9 @@ AppliedMethod apply_method(const Config& c,
   adapters::TargetOptions t;
   if (!c.targets.empty()) {
     t = adapters::TargetOptions::from_list(c.targets);
+    if (c.model == "vit") {
+      t.modules_to_save({"head"});  // a new classifier head keeps training
+    }
   } else if (c.model == "mlp") {
     std::vector<std::string> names;
     auto mlp = std::dynamic_pointer_cast<models::MLP>(model);
@@ -417,15 +438,8 @@ AppliedMethod apply_method(const Config& c,
     }
   }
   usage([&] {
-    if (c.method == "lora") {
-      applied.adapter = adapters::inject_lora(
-          model, t, opts<adapters::LoraOptions>(c, "lora"));
-    } else if (c.method == "lotr") {
-      applied.adapter = adapters::inject_lotr(
-          model, t, opts<adapters::LotrOptions>(c, "lotr"));
-    } else if (c.method == "snell") {
-      applied.adapter = adapters::inject_snell(
-          model, t, opts<adapters::SnellOptions>(c, "snell"));
+    if (const auto* kind = adapters::find_adapter(c.method)) {
+      applied.adapter = kind->inject(model, t, *c.section(kind->method));
     } else if (c.method == "projected-adapter") {
       const auto& o = opts<ProjectedAdapterSection>(c, "projected_adapter");
       // Checked before anything is injected.
@@ -452,7 +466,8 @@ std::string main_target(const Config& c) {
 }
 
 bool is_curvature_optimizer(const std::string& name) {
-  return name == "singd" || name == "kfac";
+  const auto* kind = optim::find_optimizer(name);
+  return kind != nullptr && static_cast<bool>(kind->make_for_layers);
 }
 
 std::string aux_target(const Config& c) {
@@ -475,7 +490,7 @@ std::string regex_escape(const std::string& s) {
 
 }  // namespace
 
-std::vector<RouteRule> routing_rules(const Config& c, models::Model& model,
+std::vector<RouteRule> routing_rules(const Config& c, torch::nn::Module& model,
                                      const AppliedMethod& applied) {
   // The main optimizer takes exactly `names`; everything else goes to the aux
   // optimizer.
@@ -508,11 +523,21 @@ std::vector<RouteRule> routing_rules(const Config& c, models::Model& model,
     // SINGD/KFAC take the weights and biases of the Linear/Conv2d layers they
     // can tap.
     std::vector<std::string> names;
-    for (const auto& [name, p] : adapters::split_curvature_parameters(model)
-                                     .covered) {
+    for (const auto& [name, p] :
+         nn::split_curvature_parameters(model).covered) {
       names.push_back(name);
     }
     return exactly(names);
+  }
+  const std::string& galore_targets = opts<GaloreSection>(c, "galore").targets;
+  if (c.method == "galore" && c.route == "auto" && !galore_targets.empty()) {
+    RouteRule projected;
+    projected.target = main_target(c);
+    projected.pattern = galore_targets;
+    projected.min_dim = 2;
+    RouteRule rest;
+    rest.target = aux_target(c);
+    return {projected, rest};
   }
   std::string route = c.route;
   if (route == "auto") {
@@ -536,35 +561,20 @@ using Groups = std::vector<torch::optim::OptimizerParamGroup>;
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
                                                         const std::string& name,
                                                         Groups groups) {
-  if (name == "adamw") {
-    return std::make_unique<optim::AdamW>(
-        std::move(groups), opts<optim::AdamWOptions>(c, "adamw"));
-  }
-  if (name == "came") {
-    return std::make_unique<optim::CAME>(std::move(groups),
-                                         opts<optim::CameOptions>(c, "came"));
-  }
-  if (name == "adafactor") {
-    return std::make_unique<optim::Adafactor>(
-        std::move(groups), opts<optim::AdafactorOptions>(c, "adafactor"));
-  }
-  if (name == "sgd") {
-    return std::make_unique<torch::optim::SGD>(
-        std::move(groups), opts<SgdSection>(c, "sgd").options());
-  }
-  if (is_curvature_optimizer(name)) {
+  const optim::OptimizerKind& kind = optim::optimizer_kind(name);
+  if (!kind.make) {
     throw ConfigError("optimizer " + name + " preconditions whole layers: it "
                       "can only be the main optimizer, and not the inner one "
                       "of method galore or projected-adapter");
   }
-  throw ConfigError("optimizer '" + name + "' is not available in this build");
+  return kind.make(std::move(groups), *c.section(kind.name));
 }
 
 }  // namespace
 
 std::shared_ptr<torch::optim::Optimizer> build_optimizer(
     const Config& c, const std::string& name, bool main, const Route& route,
-    models::Model& model, const AppliedMethod& applied) {
+    torch::nn::Module& model, const AppliedMethod& applied) {
   auto inner = [&c, name](Groups groups) {
     return make_optimizer(c, name, std::move(groups));
   };
@@ -572,7 +582,32 @@ std::shared_ptr<torch::optim::Optimizer> build_optimizer(
     if (main && c.method == "galore") {
       auto g = opts<GaloreSection>(c, "galore").g;
       g.accumulation_steps(c.accum_steps);
-      return wiring::make_galore(route.params, {}, inner, g);
+      // galore_torch/adamw.py decays the FULL weight with the group's
+      // weight_decay after the projected update; on the proxy it would act on
+      // nothing. The inner section's decay moves to GaLoreOptions.
+      const optim::OptimizerKind& kind = optim::optimizer_kind(name);
+      Section section = *c.section(kind.name);
+      if (const Field* wd = section.find("weight_decay")) {
+        const double inner_wd = std::stod(wd->get());
+        if (inner_wd != 0.0 && g.weight_decay() != 0.0 &&
+            inner_wd != g.weight_decay()) {
+          throw ConfigError("method galore: " + kind.name + ".weight_decay (" +
+                            wd->get() + ") and galore.weight_decay (" +
+                            std::to_string(g.weight_decay()) +
+                            ") disagree; set one of them");
+        }
+        if (inner_wd != 0.0) g.weight_decay(inner_wd);
+        wd->set("0");
+      }
+      auto inner_no_decay = [&kind, section](Groups groups) {
+        if (!kind.make) {
+          throw ConfigError("optimizer " + kind.name +
+                            " preconditions whole layers: it can only be the "
+                            "main optimizer, not the inner one of galore");
+        }
+        return kind.make(std::move(groups), section);
+      };
+      return wiring::make_galore(route.params, {}, inner_no_decay, g);
     }
     if (main && c.method == "projected-adapter") {
       // The adapters' A (all of them) and whatever else the route gives the
@@ -607,8 +642,8 @@ std::shared_ptr<torch::optim::Optimizer> build_optimizer(
         throw ConfigError(name + " cannot be the aux_optimizer");
       }
       // The layers whose weights were routed here.
-      std::vector<adapters::CurvatureLayer> layers;
-      for (auto& layer : adapters::find_curvature_layers(model)) {
+      std::vector<nn::CurvatureLayer> layers;
+      for (auto& layer : nn::find_curvature_layers(model)) {
         for (const auto& p : route.params) {
           if (p.is_same(layer.weight)) {
             layers.push_back(layer);
@@ -619,12 +654,9 @@ std::shared_ptr<torch::optim::Optimizer> build_optimizer(
       if (layers.empty()) {
         throw ConfigError(name + ": no Linear/Conv2d layer is routed to it");
       }
-      if (name == "kfac") {
-        return std::make_shared<optim::KFAC>(
-            std::move(layers), opts<optim::KfacOptions>(c, "kfac"));
-      }
-      return std::make_shared<optim::SINGD>(
-          std::move(layers), opts<optim::SingdOptions>(c, "singd"));
+      const auto& kind = optim::optimizer_kind(name);
+      return std::shared_ptr<torch::optim::Optimizer>(
+          kind.make_for_layers(std::move(layers), *c.section(kind.name)));
     }
     Groups groups;
     groups.emplace_back(route.params);

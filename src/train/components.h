@@ -1,8 +1,14 @@
-// Internal: the table of models, data sources, methods and optimizers the
-// configuration knows, with their option sections. One row per component;
-// adding one touches only components.cpp.
+// Internal: what lowmem train can build by name, as tables of rows. Models
+// and data sources are rows here (model_kinds(), data_kinds() in
+// components.cpp); optimizers come from the optimizer registry
+// (optim/registry.h) and adapter methods from the adapter registry
+// (adapters/registry.h); the methods galore and projected-adapter wrap an
+// optimizer. Every option section, every `known_*` list and the CLI's help
+// are generated from these rows: adding a model or data source is one row
+// (name, section, builder) in components.cpp.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -16,7 +22,8 @@ struct Component {
   std::string section;  // its option section ("" if none)
 };
 
-const std::vector<Component>& components();
+/// Every component, generated from the rows and registries.
+std::vector<Component> components();
 /// Fresh sections with defaults, one per distinct Component::section.
 std::vector<Section> make_sections();
 /// The section of component `name` of `kind` ("" if none or unknown).
@@ -25,11 +32,10 @@ std::vector<std::string> names_of(const std::string& kind);
 
 }  // namespace lowmem::train::detail
 
-#include <torch/optim/sgd.h>
-
 #include <memory>
 
 #include "lowmem/data/batch.h"
+#include "lowmem/optim/torch_sgd.h"
 #include "lowmem/train/config.h"
 #include "lowmem/train/routing.h"
 #include "method_wiring.h"
@@ -46,37 +52,25 @@ class AdapterModel;
 
 namespace lowmem::train::detail {
 
-// Option sections whose struct is not an options type of the library
-// (the others are LoraOptions, CameOptions, ...). Here, not in
+// Option sections of the methods that wrap an optimizer. Here, not in
 // components.cpp, because `lowmem compare` applies the same keys to its own
 // defaults (compare_model_methods.cpp).
 
-// torch::optim::SGDOptions has no visitor; this mirrors its fields and
-// LibTorch 1.13 defaults (SGD has no default lr there; 0.01 here).
-struct SgdSection {
-  double lr = 1e-2;
-  double momentum = 0.0;
-  double dampening = 0.0;
-  double weight_decay = 0.0;
-  bool nesterov = false;
-  template <class V>
-  void for_each_field(V&& v) {
-    v("lr", lr);
-    v("momentum", momentum);
-    v("dampening", dampening);
-    v("weight_decay", weight_decay);
-    v("nesterov", nesterov);
-  }
-  /// The torch options; c10::Error ("[sgd] ...") on a bad value.
-  torch::optim::SGDOptions options() const;
-};
+// torch SGD's section (optim/torch_sgd.h).
+using SgdSection = optim::TorchSgdOptions;
 
-// GaLore (method "galore"): projector options + the wrapper's options.
-// accumulation_steps is not a key: it always equals the run's accum_steps.
+// GaLore (method "galore"): projector options + the wrapper's options, and
+// which parameters it projects: `targets`, an ECMAScript regex searched in
+// the parameter names (any parameter of 2+ dims that matches, slot or not;
+// like HF's optim_target_modules), or "" for every 2-D weight but the
+// embeddings (route=matrices). accumulation_steps is not a key: it always
+// equals the run's accum_steps.
 struct GaloreSection {
   optim::GaLoreOptions g;
+  std::string targets;
   template <class V>
   void for_each_field(V&& v) {
+    v("targets", targets);
     g.projector().for_each_field(v);
     g.for_each_field([&v](const char* name, auto& ref) {
       if (std::string(name) != "accumulation_steps") {
@@ -113,7 +107,31 @@ struct BuiltData {
   int64_t n_classes = 0;  // images
 };
 
+/// A data source lowmem train knows: `data: <name>`, options in section
+/// `section`, built by `build` (which checks that the model fits it).
+struct DataKind {
+  std::string name;
+  std::string section;
+  std::function<Section()> options;
+  std::function<BuiltData(const Config&)> build;
+  /// Classes the data has, without loading it (0: not a classification
+  /// source); models sized by the data (vit, mlp) read it.
+  std::function<int64_t(const Config&)> classes;
+};
+/// A model: `model: <name>`, options in section `section`.
+struct ModelKind {
+  std::string name;
+  std::string section;
+  std::function<Section()> options;
+  std::function<std::shared_ptr<models::Model>(const Config&, const BuiltData&)>
+      build;
+};
+const std::vector<DataKind>& data_kinds();
+const std::vector<ModelKind>& model_kinds();
+
 BuiltData build_data(const Config& c);
+/// What a model needs to know about the data without loading it (classes).
+BuiltData data_shape(const Config& c);
 std::shared_ptr<models::Model> build_model(const Config& c,
                                            const BuiltData& data);
 /// What apply_method put into the model.
@@ -126,14 +144,14 @@ struct AppliedMethod {
 /// Applies the method (adapters, projected adapters) to the model; freezes
 /// what the method freezes.
 AppliedMethod apply_method(const Config& c,
-                           const std::shared_ptr<models::Model>& model);
+                           const std::shared_ptr<torch::nn::Module>& model);
 /// Slot names: the main optimizer's ("galore" for method galore,
 /// "projected_adapter" for the projected adapter, else the optimizer's name) and the aux optimizer's (suffixed "_aux" on a clash).
 std::string main_target(const Config& c);
 std::string aux_target(const Config& c);
 /// The routing rules for this configuration (route=auto picks by method and
 /// optimizer).
-std::vector<RouteRule> routing_rules(const Config& c, models::Model& model,
+std::vector<RouteRule> routing_rules(const Config& c, torch::nn::Module& model,
                                      const AppliedMethod& applied);
 /// singd or kfac: optimizers that precondition whole layers (main only).
 bool is_curvature_optimizer(const std::string& name);
@@ -141,6 +159,6 @@ bool is_curvature_optimizer(const std::string& name);
 /// method's gradient transform where the method is one, e.g. galore).
 std::shared_ptr<torch::optim::Optimizer> build_optimizer(
     const Config& c, const std::string& name, bool main, const Route& route,
-    models::Model& model, const AppliedMethod& applied);
+    torch::nn::Module& model, const AppliedMethod& applied);
 
 }  // namespace lowmem::train::detail

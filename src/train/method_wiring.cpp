@@ -4,7 +4,7 @@
 
 #include <sstream>
 
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/train/fields.h"
 
 namespace lowmem::train::wiring {
@@ -13,9 +13,10 @@ std::shared_ptr<optim::GaLore> make_galore(
     std::vector<at::Tensor> projected, std::vector<at::Tensor> plain,
     const optim::InnerFactory& inner, const optim::GaLoreOptions& options) {
   for (const auto& p : projected) {
-    if (p.dim() != 2) {
+    if (p.dim() < 2) {
       std::ostringstream s;
-      s << "method galore projects 2-D weights only, but a parameter of shape "
+      s << "method galore projects parameters of 2 or more dims, but one of "
+           "shape "
         << p.sizes() << " is routed to it";
       throw ConfigError(s.str());
     }
@@ -36,9 +37,9 @@ std::vector<at::Tensor> ProjectedAdapters::a() const {
 ProjectedAdapters inject_projected_adapters(
     torch::nn::Module& model, const adapters::TargetOptions& targets,
     const projection::ProjectorOptions& options, bool freeze_rest) {
-  std::vector<adapters::SlotRef> refs;
+  std::vector<nn::SlotRef> refs;
   if (targets.target_modules().empty() && targets.target_regex().empty()) {
-    for (const auto& ref : adapters::find_slots(model)) {
+    for (const auto& ref : nn::find_slots(model)) {
       if (!adapters::in_modules_to_save(ref.path, targets)) {
         refs.push_back(ref);
       }
@@ -59,8 +60,8 @@ ProjectedAdapters inject_projected_adapters(
   ProjectedAdapters out;
   int64_t stream = 0;
   for (const auto& ref : refs) {
-    auto layer = std::make_shared<adapters::ProjectedLinear>(ref.layer(),
-                                                             options, stream++);
+    auto layer = std::make_shared<projection::ProjectedLinear>(
+        ref.layer(), options, stream++);
     ref.replace(layer);
     if (freeze_rest && layer->bias().defined()) {
       layer->bias().set_requires_grad(false);

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "lowmem/adapters/inject.h"
-#include "lowmem/adapters/projected_adapter.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 
 namespace lowmem::train::wiring {
 
@@ -35,14 +35,14 @@ std::shared_ptr<optim::GaLore> make_galore(
 
 /// Projected adapters injected into a model (in slot path order).
 struct ProjectedAdapters {
-  std::vector<std::shared_ptr<adapters::ProjectedLinear>> layers;
+  std::vector<std::shared_ptr<projection::ProjectedLinear>> layers;
   /// The trainable factors A, one per layer.
   std::vector<at::Tensor> a() const;
 };
 
-/// Puts an adapters::ProjectedLinear into every slot `targets` selects (every
+/// Puts an projection::ProjectedLinear into every slot `targets` selects (every
 /// slot outside modules_to_save when it names no target), stream = position,
-/// as adapters::inject_projected. The wrapped weights are frozen. With
+/// as projection::inject_projected. The wrapped weights are frozen. With
 /// `freeze_rest` every other parameter is frozen too (adapter biases
 /// included) except those of targets.modules_to_save: the fine-tuning form.
 /// Without it the rest keeps training: GaLore's dual.

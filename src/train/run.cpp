@@ -4,16 +4,19 @@
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
+#include <algorithm>
 #include <chrono>
-#include <cstdlib>
-#include <regex>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
+#include <regex>
 #include <set>
 #include <sstream>
 
 #include "components.h"
+#include "lowmem/adapters/adapter_file.h"
+#include "lowmem/adapters/inject.h"
 #include "lowmem/core/check.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/core/threads.h"
@@ -21,11 +24,9 @@
 #include "lowmem/dist/consistency.h"
 #include "lowmem/dist/grad_sync.h"
 #include "lowmem/dist/shard.h"
-#include "lowmem/adapters/adapter_file.h"
-#include "lowmem/adapters/inject.h"
-#include "lowmem/io/safetensors.h"
 #include "lowmem/io/atomic_file.h"
 #include "lowmem/io/checkpoint.h"
+#include "lowmem/io/safetensors.h"
 #include "lowmem/models/layers.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/train/device.h"
@@ -106,22 +107,10 @@ std::unique_ptr<Session> build_session(const Config& config) {
     load_weights(*s->model, c.init, c.init_exclude);
   }
   s->model->to(s->device);
-  const auto applied = detail::apply_method(c, s->model);
-  s->model->to(s->device);  // adapter parameters made by the method
-  s->adapter = applied.adapter;
-
-  s->routes = route_parameters(named_parameters(*s->model),
-                               detail::routing_rules(c, *s->model, applied));
-  LOWMEM_CHECK(!s->routes.empty(), "[run] the model has no trainable "
-               "parameters");
-  std::vector<OptimizerSlot> slots;
-  for (const auto& r : s->routes) {
-    const bool main = r.target == detail::main_target(c);
-    const std::string name = main ? c.optimizer : c.aux_optimizer;
-    slots.push_back(OptimizerSlot{
-        r.target, detail::build_optimizer(c, name, main, r, *s->model, applied),
-        r.names});
-  }
+  MethodSetup setup = setup_method(c, s->model, s->device);
+  s->adapter = setup.adapter;
+  s->routes = setup.routes;
+  std::vector<OptimizerSlot> slots = std::move(setup.optimizers);
   auto model = s->model;
   const c10::Device device = s->device;
   s->trainer = std::make_unique<Trainer>(
@@ -132,6 +121,43 @@ std::unique_ptr<Session> build_session(const Config& config) {
       std::move(slots), trainer_options(c));
   s->trainer->set_checkpoint_info(c.to_yaml());
   return s;
+}
+
+std::shared_ptr<models::Model> build_model(const Config& config) {
+  config.validate();
+  at::manual_seed(static_cast<uint64_t>(config.seed));
+  return detail::build_model(config, detail::data_shape(config));
+}
+
+MethodSetup setup_method(const Config& c,
+                         const std::shared_ptr<torch::nn::Module>& model,
+                         c10::Device device) {
+  MethodSetup setup;
+  const auto applied = detail::apply_method(c, model);
+  model->to(device);  // adapter parameters made by the method
+  setup.adapter = applied.adapter;
+  setup.projected_adapters =
+      static_cast<int64_t>(applied.projected.layers.size());
+  setup.routes = route_parameters(named_parameters(*model),
+                                  detail::routing_rules(c, *model, applied));
+  LOWMEM_CHECK(!setup.routes.empty(),
+               "[run] the model has no trainable parameters");
+  auto add_section = [&setup](const std::string& s) {
+    if (!s.empty() && std::find(setup.sections.begin(), setup.sections.end(),
+                                s) == setup.sections.end()) {
+      setup.sections.push_back(s);
+    }
+  };
+  add_section(detail::section_of("method", c.method));
+  for (const auto& r : setup.routes) {
+    const bool main = r.target == detail::main_target(c);
+    const std::string name = main ? c.optimizer : c.aux_optimizer;
+    setup.optimizers.push_back(OptimizerSlot{
+        r.target, detail::build_optimizer(c, name, main, r, *model, applied),
+        r.names});
+    add_section(detail::section_of("optimizer", name));
+  }
+  return setup;
 }
 
 void check_data_parallel(const Config& config, int world_size) {
@@ -404,27 +430,21 @@ InfoReport info(const Config& config) {
     tracker.emplace(device);
     scope.emplace(tracker->scope());
   }
-  session->model->train();
-  for (const auto& s : t.optimizers()) {
-    optim::before_forward(*s.optimizer);
-  }
-  const auto batch = session->train_data->next();
-  session->model->loss(batch.input.to(device), batch.target.to(device))
-      .backward();
-  std::vector<at::Tensor> grads;
-  for (const auto& p : t.parameters()) {
-    if (p.grad().defined()) {
-      grads.push_back(p.grad());
+  // One trainer step, measured by its probe: the gradients once backward is
+  // done, each optimizer's state once it has stepped.
+  t.set_step_probe([&](ProbePoint p) {
+    if (p == ProbePoint::kAfterBackward) {
+      r.gradient_bytes = memory_breakdown(*session->model, {}).gradients;
+      return;
     }
-  }
-  r.gradient_bytes = storage_bytes(grads);
-  grads.clear();
-  for (const auto& s : t.optimizers()) {
-    s.optimizer->step();
-    const int64_t b = optim::state_bytes(*s.optimizer);
-    r.optimizer_bytes.emplace_back(s.name, b);
-    r.optimizer_state_bytes += b;
-  }
+    for (const auto& s : t.optimizers()) {
+      const int64_t b = optim::state_bytes(*s.optimizer);
+      r.optimizer_bytes.emplace_back(s.name, b);
+      r.optimizer_state_bytes += b;
+    }
+  });
+  t.step(*session->train_data);
+  t.set_step_probe({});
   r.peak_step_bytes = scope ? scope->peak_delta() : 0;
   for (const auto& route : session->routes) {
     int64_t n = 0;

@@ -112,6 +112,41 @@ TensorMemory tensor_memory(c10::Device device) {
   return m;
 }
 
+MemoryBreakdown memory_breakdown(torch::nn::Module& model,
+                                 const std::vector<OptimizerSlot>& optimizers) {
+  std::vector<at::Tensor> frozen, trainable, grads, state;
+  for (const auto& p : model.parameters(/*recurse=*/true)) {
+    (p.requires_grad() ? trainable : frozen).push_back(p);
+    if (p.grad().defined()) {
+      grads.push_back(p.grad());
+    }
+  }
+  for (const auto& slot : optimizers) {
+    auto st = optim::state_tensors(*slot.optimizer);
+    state.insert(state.end(), st.begin(), st.end());
+  }
+  MemoryBreakdown m;
+  m.frozen_weights = storage_bytes(frozen);
+  m.trainable_weights = storage_bytes(trainable);
+  m.gradients = storage_bytes(grads);
+  m.optimizer_state = storage_bytes(state);
+  return m;
+}
+
+Progress Trainer::event(Progress::Kind kind) const {
+  Progress p;
+  p.kind = kind;
+  p.step = step_;
+  p.max_steps = options_.max_steps;
+  p.eval_loss = last_eval_;
+  p.items = items_total_;
+  p.skipped = skipped_total_;
+  const TensorMemory m = tensor_memory(device_);
+  p.live_bytes = m.live;
+  p.peak_bytes = m.peak;
+  return p;
+}
+
 void Trainer::emit(const Progress& p) const {
   if (progress_) {
     progress_(p);
@@ -132,12 +167,33 @@ void Trainer::apply_schedule() {
   }
 }
 
-StepResult Trainer::step(data::BatchSource& source) {
-  const auto t0 = std::chrono::steady_clock::now();
-  model_->train();
-  for (auto& p : params_) {
+namespace {
+
+void drop_grads(std::vector<at::Tensor>& params) {
+  for (auto& p : params) {
     p.mutable_grad() = at::Tensor();
   }
+}
+
+// Global L2 norm, as torch.nn.utils.clip_grad_norm_ (per-tensor norms, then
+// the norm of the norms), accumulated in fp32 at least.
+double global_norm(const std::vector<at::Tensor>& grads) {
+  if (grads.empty()) {
+    return 0.0;
+  }
+  std::vector<at::Tensor> norms;
+  norms.reserve(grads.size());
+  for (const auto& g : grads) {
+    norms.push_back(
+        at::linalg_vector_norm(g, 2, c10::nullopt, false,
+                               at::promote_types(g.scalar_type(), at::kFloat)));
+  }
+  return at::linalg_vector_norm(at::stack(norms), 2).item<double>();
+}
+
+}  // namespace
+
+StepResult Trainer::accumulate(data::BatchSource& source) {
   StepResult r;
   double loss_sum = 0.0;
   const double inv_accum = 1.0 / static_cast<double>(options_.accum_steps);
@@ -155,7 +211,47 @@ StepResult Trainer::step(data::BatchSource& source) {
     r.items += count_items(batch);
   }
   r.loss = loss_sum * inv_accum;
+  return r;
+}
 
+void Trainer::update(std::vector<at::Tensor>& grads, double total_norm) {
+  if (options_.clip_norm > 0.0) {
+    // clip_coef = max_norm / (total_norm + 1e-6), applied when < 1.
+    const double coef = options_.clip_norm / (total_norm + 1e-6);
+    if (coef < 1.0) {
+      at::NoGradGuard no_grad;
+      for (auto& g : grads) {
+        g.mul_(coef);
+      }
+    }
+  }
+  for (auto& s : slots_) {
+    s.optimizer->step();
+  }
+  if (probe_) {
+    probe_(ProbePoint::kAfterUpdate);
+  }
+}
+
+void Trainer::report(const StepResult& r, double seconds) {
+  if (!progress_ || !(r.skipped || step_ % options_.log_every == 0 ||
+                      step_ == options_.max_steps)) {
+    return;
+  }
+  Progress p = event(r.skipped ? Progress::Kind::kSkip : Progress::Kind::kStep);
+  p.loss = r.loss;
+  p.grad_norm = r.grad_norm;
+  p.lr = slots_.front().optimizer->param_groups().front().options().get_lr();
+  p.items_per_second =
+      seconds > 0.0 ? static_cast<double>(r.items) / seconds : 0.0;
+  emit(p);
+}
+
+StepResult Trainer::step(data::BatchSource& source) {
+  const auto t0 = std::chrono::steady_clock::now();
+  model_->train();
+  drop_grads(params_);
+  StepResult r = accumulate(source);
   std::vector<at::Tensor> grads;
   grads.reserve(params_.size());
   for (auto& p : params_) {
@@ -166,82 +262,33 @@ StepResult Trainer::step(data::BatchSource& source) {
   if (grad_sync_) {
     grad_sync_(grads);
   }
-  // Global L2 norm, as torch.nn.utils.clip_grad_norm_ (per-tensor norms,
-  // then the norm of the norms), accumulated in fp32 at least.
-  double total_norm = 0.0;
-  if (!grads.empty()) {
-    std::vector<at::Tensor> norms;
-    norms.reserve(grads.size());
-    for (const auto& g : grads) {
-      norms.push_back(
-          at::linalg_vector_norm(
-              g, 2, c10::nullopt, false,
-              at::promote_types(g.scalar_type(), at::kFloat)));
-    }
-    total_norm = at::linalg_vector_norm(at::stack(norms), 2).item<double>();
+  if (probe_) {
+    probe_(ProbePoint::kAfterBackward);
   }
-  r.grad_norm = total_norm;
-  r.skipped = !std::isfinite(r.loss) || !std::isfinite(total_norm);
-
+  r.grad_norm = global_norm(grads);
+  r.skipped = !std::isfinite(r.loss) || !std::isfinite(r.grad_norm);
   apply_schedule();
   step_ += 1;
   items_total_ += r.items;
   if (r.skipped) {
     skipped_total_ += 1;
     consecutive_skips_ += 1;
-    for (auto& p : params_) {
-      p.mutable_grad() = at::Tensor();
-    }
   } else {
     consecutive_skips_ = 0;
-    if (options_.clip_norm > 0.0) {
-      // clip_coef = max_norm / (total_norm + 1e-6), applied when < 1.
-      const double coef = options_.clip_norm / (total_norm + 1e-6);
-      if (coef < 1.0) {
-        at::NoGradGuard no_grad;
-        for (auto& g : grads) {
-          g.mul_(coef);
-        }
-      }
-    }
-    for (auto& s : slots_) {
-      s.optimizer->step();
-    }
-    for (auto& p : params_) {
-      p.mutable_grad() = at::Tensor();
-    }
+    update(grads, r.grad_norm);
   }
-
+  grads.clear();
+  drop_grads(params_);
   if (device_.is_cuda()) {
     torch::cuda::synchronize(device_.index());  // the step's kernels ran
   }
-  const double seconds = std::chrono::duration<double>(
-                             std::chrono::steady_clock::now() - t0)
-                             .count();
-  if (progress_ && (r.skipped || step_ % options_.log_every == 0 ||
-                    step_ == options_.max_steps)) {
-    Progress p;
-    p.kind = r.skipped ? Progress::Kind::kSkip : Progress::Kind::kStep;
-    p.step = step_;
-    p.max_steps = options_.max_steps;
-    p.loss = r.loss;
-    p.grad_norm = total_norm;
-    p.lr = slots_.front().optimizer->param_groups().front().options().get_lr();
-    p.items_per_second =
-        seconds > 0.0 ? static_cast<double>(r.items) / seconds : 0.0;
-    p.items = items_total_;
-    p.eval_loss = last_eval_;
-    p.skipped = skipped_total_;
-    const TensorMemory m = tensor_memory(device_);
-    p.live_bytes = m.live;
-    p.peak_bytes = m.peak;
-    emit(p);
-  }
+  report(r, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+                .count());
   LOWMEM_CHECK(
       consecutive_skips_ < options_.max_consecutive_skips,
       "[trainer] stopping: ", consecutive_skips_,
       " consecutive updates had a non-finite loss or gradient (last loss ",
-      r.loss, ", gradient norm ", total_norm, ") at step ", step_,
+      r.loss, ", gradient norm ", r.grad_norm, ") at step ", step_,
       "; lower the learning rate or check the data");
   return r;
 }
@@ -268,14 +315,7 @@ double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
       return;
     }
     evaluate(*eval, options_.eval_batches);
-    Progress p;
-    p.kind = Progress::Kind::kEval;
-    p.step = step_;
-    p.max_steps = options_.max_steps;
-    p.eval_loss = last_eval_;
-    p.items = items_total_;
-    p.skipped = skipped_total_;
-    emit(p);
+    emit(event(Progress::Kind::kEval));
   };
   const bool saving = !options_.checkpoint_dir.empty();
   while (step_ < options_.max_steps) {
@@ -286,10 +326,7 @@ double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
     }
     if (saving && (last || (options_.save_every > 0 &&
                             step_ % options_.save_every == 0))) {
-      Progress p;
-      p.kind = Progress::Kind::kCheckpoint;
-      p.step = step_;
-      p.max_steps = options_.max_steps;
+      Progress p = event(Progress::Kind::kCheckpoint);
       auto write = [&] { p.path = save_checkpoint(train); };
       if (save_hook_) {
         save_hook_(write);
@@ -299,17 +336,7 @@ double Trainer::fit(data::BatchSource& train, data::BatchSource* eval) {
       emit(p);
     }
   }
-  Progress done;
-  done.kind = Progress::Kind::kDone;
-  done.step = step_;
-  done.max_steps = options_.max_steps;
-  done.eval_loss = last_eval_;
-  done.items = items_total_;
-  done.skipped = skipped_total_;
-  const TensorMemory m = tensor_memory(device_);
-  done.live_bytes = m.live;
-  done.peak_bytes = m.peak;
-  emit(done);
+  emit(event(Progress::Kind::kDone));
   return last_eval_;
 }
 

@@ -96,7 +96,7 @@ TEST(Lora, ZeroInitLeavesOutputsUnchangedAndInitBounds) {
   EXPECT_GT(l->lora_A().abs().max().item<double>(), 0.5 / std::sqrt(16.0));
   // gaussian: std 1/r.
   torch::manual_seed(2);
-  auto big = std::make_shared<lowmem::adapters::Linear>(4096, 4);
+  auto big = std::make_shared<lowmem::nn::Linear>(4096, 4);
   LoraLinear g(big, LoraOptions(8).init_lora_weights("gaussian"));
   EXPECT_NEAR(g.lora_A().std().item<double>(), 1.0 / 8, 0.005);
   EXPECT_TRUE(torch::equal(g.lora_B(), torch::zeros_like(g.lora_B())));
@@ -110,7 +110,7 @@ TEST(Lora, ScalingFollowsPeft) {
   EXPECT_DOUBLE_EQ(LoraOptions(16).lora_alpha(32).scaling(), 2.0);
   EXPECT_DOUBLE_EQ(LoraOptions(16).lora_alpha(32).use_rslora(true).scaling(), 8.0);
   torch::manual_seed(3);
-  auto base = std::make_shared<lowmem::adapters::Linear>(6, 5);
+  auto base = std::make_shared<lowmem::nn::Linear>(6, 5);
   LoraLinear l(base, LoraOptions(2).lora_alpha(6));
   torch::NoGradGuard g;
   l.lora_B().normal_();
@@ -146,8 +146,9 @@ TEST(Lora, MergeUnmergeAndMergeAndUnload) {
   lora->merge_and_unload();
   EXPECT_TRUE(lora->unloaded());
   // Plain Linear layers are back in the slots, with the merged weights.
-  for (const auto& s : lowmem::adapters::find_slots(*model)) {
-    EXPECT_NE(dynamic_cast<lowmem::adapters::Linear*>(s.layer().get()), nullptr) << s.path;
+  for (const auto& s : lowmem::nn::find_slots(*model)) {
+    EXPECT_NE(dynamic_cast<lowmem::nn::Linear*>(s.layer().get()), nullptr)
+        << s.path;
   }
   EXPECT_FALSE(model->named_parameters().contains("blocks.0.q.lora_A.weight"));
   EXPECT_LE((model->forward(x) - unmerged).abs().max().item<double>(), 1e-6);
@@ -170,7 +171,7 @@ TEST(Lora, UnloadRestoresModelAndFlags) {
 
 TEST(Lora, Float64Gradcheck) {
   torch::manual_seed(6);
-  auto base = std::make_shared<lowmem::adapters::Linear>(5, 4);
+  auto base = std::make_shared<lowmem::nn::Linear>(5, 4);
   base->to(torch::kDouble);
   LoraLinear l(base, LoraOptions(3).lora_alpha(6));
   {
@@ -210,7 +211,7 @@ TEST(Lora, OptionValidationMessages) {
 
 TEST(Lora, DropoutOnlyInTraining) {
   torch::manual_seed(7);
-  auto base = std::make_shared<lowmem::adapters::Linear>(32, 8);
+  auto base = std::make_shared<lowmem::nn::Linear>(32, 8);
   LoraLinear l(base, LoraOptions(4).lora_dropout(0.5));
   {
     torch::NoGradGuard g;

@@ -170,3 +170,36 @@ TEST(Lotr, OptionValidationMessages) {
 }
 
 }  // namespace
+
+// Regression: the group key keeps the path structure. "layers.0.attn_in" and
+// "layers.0.attn.in" are different projection types (they used to share the
+// key "layers_attn_in", one group, and fail on their different shapes).
+TEST(Lotr, GroupKeyKeepsThePathStructure) {
+  struct Attn : lowmem::nn::SlotModule {
+    Attn() { register_slot("in", std::make_shared<lowmem::nn::Linear>(4, 6)); }
+  };
+  struct Layer : lowmem::nn::SlotModule {
+    Layer() {
+      register_slot("attn_in", std::make_shared<lowmem::nn::Linear>(4, 4));
+      register_module("attn", std::make_shared<Attn>());
+    }
+  };
+  struct Net : torch::nn::Module {
+    Net() {
+      auto layers = register_module("layers", torch::nn::ModuleList());
+      layers->push_back(std::make_shared<Layer>());
+      layers->push_back(std::make_shared<Layer>());
+    }
+  };
+  auto net = std::make_shared<Net>();
+  auto lotr =
+      inject_lotr(net, TargetOptions({"attn_in", "in"}), LotrOptions(2));
+  ASSERT_EQ(lotr->groups().size(), 2u);
+  auto names = net->named_parameters();
+  EXPECT_TRUE(names.contains("lotr_layers_attn__in.lhs"));
+  EXPECT_TRUE(names.contains("lotr_layers_attn_in.lhs"));
+  EXPECT_EQ(names["lotr_layers_attn__in.lhs"].sizes(),
+            (std::vector<int64_t>{2, 4}));
+  EXPECT_EQ(names["lotr_layers_attn_in.lhs"].sizes(),
+            (std::vector<int64_t>{2, 6}));
+}

@@ -5,17 +5,17 @@
 
 #include <torch/torch.h>
 
-#include "lowmem/adapters/linear_like.h"
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/linear.h"
+#include "lowmem/nn/slot_module.h"
 
 namespace lowmem::testing {
 
-struct TinyBlock : adapters::SlotModule {
+struct TinyBlock : nn::SlotModule {
   explicit TinyBlock(int64_t d) {
-    register_slot("q", std::make_shared<adapters::Linear>(d, d));
-    register_slot("v", std::make_shared<adapters::Linear>(d, d));
-    register_slot("up", std::make_shared<adapters::Linear>(d, 2 * d));
-    register_slot("down", std::make_shared<adapters::Linear>(2 * d, d));
+    register_slot("q", std::make_shared<nn::Linear>(d, d));
+    register_slot("v", std::make_shared<nn::Linear>(d, d));
+    register_slot("up", std::make_shared<nn::Linear>(d, 2 * d));
+    register_slot("down", std::make_shared<nn::Linear>(2 * d, d));
   }
   at::Tensor forward(at::Tensor x) {
     x = x + linear("v").forward(torch::tanh(linear("q").forward(x)));

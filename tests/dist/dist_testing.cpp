@@ -1,24 +1,23 @@
 #include "dist_testing.h"
 
-#include "lowmem/dist/consistency.h"
-#include "lowmem/dist/grad_sync.h"
-#include "lowmem/dist/low_rank.h"
-#include "lowmem/dist/shard.h"
-#include "lowmem/adapters/linear_like.h"
-#include "lowmem/adapters/lora.h"
-#include "lowmem/optim/came.h"
-#include "lowmem/optim/galore.h"
-#include "lowmem/optim/galore_adamw.h"
-
+#include <stdlib.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <sstream>
 #include <thread>
 
-#include <stdlib.h>
-#include <unistd.h>
+#include "lowmem/adapters/lora.h"
+#include "lowmem/dist/consistency.h"
+#include "lowmem/dist/grad_sync.h"
+#include "lowmem/dist/low_rank.h"
+#include "lowmem/dist/shard.h"
+#include "lowmem/nn/linear.h"
+#include "lowmem/optim/came.h"
+#include "lowmem/optim/galore.h"
+#include "lowmem/optim/galore_adamw.h"
 
 namespace lowmem::dist::testing {
 
@@ -85,8 +84,8 @@ torch::nn::Sequential make_lora_model(int64_t width) {
   const std::vector<std::pair<int64_t, int64_t>> dims = {
       {8, 2 * width}, {2 * width, width}, {width, 4}};
   for (size_t i = 0; i < dims.size(); ++i) {
-    auto base = std::make_shared<lowmem::adapters::Linear>(
-        dims[i].first, dims[i].second);
+    auto base =
+        std::make_shared<lowmem::nn::Linear>(dims[i].first, dims[i].second);
     for (auto& p : base->parameters()) {
       p.set_requires_grad(false);
     }

@@ -10,7 +10,7 @@
 namespace {
 
 using namespace lowmem::models;  // NOLINT
-using lowmem::adapters::find_slots;
+using lowmem::nn::find_slots;
 using torch::indexing::Slice;
 
 LlamaConfig tiny_llama() {

@@ -11,7 +11,7 @@
 namespace {
 
 using namespace lowmem::models;  // NOLINT
-using lowmem::adapters::find_slots;
+using lowmem::nn::find_slots;
 
 GPTConfig tiny_gpt() {
   return GPTConfig().n_layer(2).n_head(2).n_embd(16).block_size(12);

@@ -32,7 +32,7 @@ Run run_both(const lo::InnerFactory& inner, const lp::ProjectorOptions& po,
   lo::GaLore galore(proj, plain, inner,
                     lo::GaLoreOptions().projector(po).state_on_refresh(policy)
                         .weight_decay(galore_wd));
-  auto layers = la::inject_projected(*a_net, po);
+  auto layers = lpj::inject_projected(*a_net, po);
   lo::ProjectedAdapterOptimizer adapter(
       layers, plain_params(*a_net, layers),
       adapter_inner ? adapter_inner : inner,

@@ -80,7 +80,7 @@ TEST(GaLoreLlama, BFloat16LayerwiseCheckpointedEqualsPlainSteps) {
   // Moments (x2) of embed + lm_head + 5 norms (full size), and of every
   // projected slot: m x r for m >= n (std: right side), else r x n.
   int64_t want = 2 * (2 * 64 * 16 + 5 * 16);
-  for (const auto& ref : lowmem::adapters::find_slots(b)) {
+  for (const auto& ref : lowmem::nn::find_slots(b)) {
     auto w = ref.layer()->base_weight();
     const int64_t m = w.size(0), n = w.size(1);
     want += 2 * (m >= n ? m * 4 : 4 * n);

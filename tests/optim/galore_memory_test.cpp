@@ -45,12 +45,13 @@ Measured measure(Form form) {
   for (auto& p : net->parameters())
     out.largest_param = std::max(out.largest_param, lowmem::storage_bytes({p}));
   std::unique_ptr<torch::optim::Optimizer> opt;
-  std::vector<std::shared_ptr<la::ProjectedLinear>> layers;
+  std::vector<std::shared_ptr<lpj::ProjectedLinear>> layers;
   if (form == Form::kAdamW) {
     opt = std::make_unique<torch::optim::AdamW>(
         trainable(*net), torch::optim::AdamWOptions(1e-3).weight_decay(0.0));
   } else if (form == Form::kAdapter) {
-    layers = la::inject_projected(*net, po.basis("orthogonal").cache_sketch(false));
+    layers =
+        lpj::inject_projected(*net, po.basis("orthogonal").cache_sketch(false));
     opt = std::make_unique<lo::ProjectedAdapterOptimizer>(
         layers, plain_params(*net, layers), adamw(1e-3));
   } else {

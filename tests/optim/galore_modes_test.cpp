@@ -4,6 +4,7 @@
 
 #include "galore_test_util.h"
 #include "lowmem/core/memory.h"
+#include "lowmem/optim/adamw.h"
 #include "lowmem/optim/extras.h"
 
 using namespace galore_test;
@@ -100,7 +101,7 @@ TEST(GaLoreAccumulation, ProjectedMicroBatchesEqualOneBatch) {
   auto net = make_mlp(sizes, torch::kDouble);
   auto g = make_galore(*net, lo::GaLoreOptions().projector(po).accumulation_steps(2));
   loss_of(*net, data[0]).backward();
-  for (auto& ref : lowmem::adapters::find_slots(*net))
+  for (auto& ref : lowmem::nn::find_slots(*net))
     EXPECT_FALSE(ref.layer()->base_weight().grad().defined());
   bool has_acc = false;
   for (auto& t : g->state_tensors())
@@ -113,7 +114,8 @@ TEST(GaLoreAccumulation, AdapterFormAccumulatesLowRankGradients) {
   auto data = make_data(6, 8, 6, 4, torch::kDouble);
   auto po = lp::ProjectorOptions().rank(3).update_proj_gap(2).basis("svd");
   auto one = make_mlp(sizes, torch::kDouble), acc = make_mlp(sizes, torch::kDouble);
-  auto l1 = la::inject_projected(*one, po), l2 = la::inject_projected(*acc, po);
+  auto l1 = lpj::inject_projected(*one, po),
+       l2 = lpj::inject_projected(*acc, po);
   lo::ProjectedAdapterOptimizer o1(l1, plain_params(*one, l1), adamw());
   lo::ProjectedAdapterOptimizer o2(l2, plain_params(*acc, l2), adamw());
   train(*one, o1, data, 0, 6);
@@ -158,7 +160,7 @@ TEST(GaLoreResume, AdapterFormSaveLoad) {
   auto data = make_data(8, 8, 6, 4, torch::kDouble);
   auto po = lp::ProjectorOptions().rank(3).update_proj_gap(3);
   auto a = make_mlp(sizes, torch::kDouble), b = make_mlp(sizes, torch::kDouble);
-  auto la_ = la::inject_projected(*a, po), lb = la::inject_projected(*b, po);
+  auto la_ = lpj::inject_projected(*a, po), lb = lpj::inject_projected(*b, po);
   lo::ProjectedAdapterOptimizer oa(la_, plain_params(*a, la_), adamw());
   lo::ProjectedAdapterOptimizer ob(lb, plain_params(*b, lb), adamw());
   train(*a, oa, data, 0, 4);
@@ -197,12 +199,12 @@ TEST(GaLoreConversion, SwitchFormsMidRunKeepsTheTrajectory) {
     auto net = make_mlp(sizes, torch::kDouble);
     auto g1 = make_galore(*net, lo::GaLoreOptions().projector(po));
     train(*net, *g1, data, 0, 4);
-    auto layers = la::inject_projected(*net, po);
+    auto layers = lpj::inject_projected(*net, po);
     lo::ProjectedAdapterOptimizer ad(layers, plain_params(*net, layers), adamw());
     lo::transfer_state(*g1, ad);
     for (auto& l : layers) EXPECT_FALSE(l->base_weight().grad().defined());
     train(*net, ad, data, 4, 7);
-    auto refs = lowmem::adapters::find_slots(*net);
+    auto refs = lowmem::nn::find_slots(*net);
     for (size_t i = 0; i < refs.size(); ++i) {
       refs[i].replace(layers[i]->base());
       layers[i]->base_weight().set_requires_grad(true);
@@ -242,9 +244,9 @@ TEST(GaLoreOptions, ValidationMessages) {
             std::string::npos);
   EXPECT_NE(error_of([&] {
               lo::GaLore g({plain[0]}, {}, adamw(), {});
-            }).find("[galore] projected param 0 must be 2-D, got 1 dims"),
+            }).find("[galore] projected param 0 must have 2 or more dims"),
             std::string::npos);
-  auto layers = la::inject_projected(*net, {});
+  auto layers = lpj::inject_projected(*net, {});
   EXPECT_NE(error_of([&] {
               lo::ProjectedAdapterOptimizer o(
                   layers, {}, adamw(), lo::GaLoreOptions().weight_decay(0.1));
@@ -288,4 +290,72 @@ TEST(GaLoreOptions, ForEachFieldAndStateAccounting) {
   w.mutable_grad() = torch::randn({64, 32});
   g.step();
   EXPECT_EQ(lowmem::optim::state_bytes(g), (2 * 64 * 8 + 32 * 8) * 4);
+}
+
+// Regression: the inner optimizer's weight decay is read through one
+// interface for every optimizer (optim/state_roles.h). lowmem's own AdamW
+// with decay used to be accepted, its decay acting on the zero proxy.
+TEST(GaLoreModes, InnerWeightDecayIsRefusedForEveryOptimizer) {
+  auto w = torch::randn({6, 4}).set_requires_grad(true);
+  auto with = [](auto make_options) {
+    return
+        [make_options](Groups g) -> std::unique_ptr<torch::optim::Optimizer> {
+          return make_options(std::move(g));
+        };
+  };
+  const std::vector<std::pair<std::string, lo::InnerFactory>> inners = {
+      {"lowmem AdamW", with([](Groups g) {
+         return std::make_unique<lo::AdamW>(
+             std::move(g), lo::AdamWOptions(1e-2).weight_decay(0.01));
+       })},
+      {"GaLoreAdamW", with([](Groups g) {
+         return std::make_unique<lo::GaLoreAdamW>(
+             std::move(g), lo::GaLoreAdamWOptions(1e-2).weight_decay(0.01));
+       })},
+      {"CAME", with([](Groups g) {
+         return std::make_unique<lo::CAME>(
+             std::move(g), lo::CameOptions(1e-2).weight_decay(0.01));
+       })},
+      {"torch SGD", with([](Groups g) {
+         return std::make_unique<torch::optim::SGD>(
+             std::move(g), torch::optim::SGDOptions(1e-2).weight_decay(0.01));
+       })},
+      {"torch AdamW", adamw(1e-2, 0.01)},
+  };
+  for (const auto& [name, inner] : inners) {
+    SCOPED_TRACE(name);
+    EXPECT_NE(error_of([&] {
+                lo::GaLore g({w}, {}, inner, {});
+              }).find("weight_decay on projected params must be 0 (got 0.01)"),
+              std::string::npos);
+  }
+  // Without decay every one of them is accepted.
+  EXPECT_NO_THROW(lo::GaLore({w}, {}, with([](Groups g) {
+                               return std::make_unique<lo::AdamW>(
+                                   std::move(g),
+                                   lo::AdamWOptions(1e-2).weight_decay(0));
+                             }),
+                             {}));
+}
+
+// Any parameter of 2 or more dims: a conv kernel [out, in, k, k] is projected
+// as the matrix [out, in k k], and its update has the parameter's shape.
+TEST(GaLoreModes, ProjectsTensorsOfMoreThanTwoDims) {
+  torch::manual_seed(0);
+  auto w = torch::randn({8, 3, 2, 2}).set_requires_grad(true);
+  lo::GaLore g({w}, {}, sgd(0.1, 0.0),
+               lo::GaLoreOptions().projector(
+                   lp::ProjectorOptions().rank(2).update_proj_gap(10)));
+  const auto before = w.detach().clone();
+  const auto grad = torch::randn({8, 3, 2, 2});
+  w.mutable_grad() = grad.clone();
+  g.step();
+  EXPECT_EQ(g.projector(0).low_rank_shape(), (std::vector<int64_t>{2, 12}));
+  // SGD without momentum: W -= lr * P P^T G, in the matrix view.
+  const auto m = grad.reshape({8, 12});
+  const auto expect =
+      before - 0.1 * g.projector(0)
+                         .project_back(g.projector(0).project(m))
+                         .reshape({8, 3, 2, 2});
+  EXPECT_TRUE(at::allclose(w.detach(), expect, 1e-5, 1e-6));
 }

@@ -2,18 +2,19 @@
 // MLP built from SlotModule linears, fixed data, and inner-optimizer factories.
 #pragma once
 
-#include "lowmem/adapters/projected_adapter.h"
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/adafactor.h"
 #include "lowmem/optim/came.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adamw.h"
 #include "lowmem/optim/galore_adapter.h"
+#include "lowmem/projection/projected_linear.h"
 #include "testing/pch.h"
 
 namespace galore_test {
 
-namespace la = lowmem::adapters;
+namespace la = lowmem::nn;
+namespace lpj = lowmem::projection;
 namespace lo = lowmem::optim;
 
 struct Mlp : la::SlotModule {
@@ -90,7 +91,8 @@ inline lo::InnerFactory adafactor(bool scale_parameter, double lr = 1e-2) {
 /// Params of `m` with requires_grad that are not adapter A's.
 inline std::vector<at::Tensor> plain_params(
     torch::nn::Module& m,
-    const std::vector<std::shared_ptr<la::ProjectedLinear>>& layers) {
+    const std::vector<std::shared_ptr<lowmem::projection::ProjectedLinear>>&
+        layers) {
   std::vector<at::Tensor> out;
   for (auto& p : m.parameters()) {
     bool is_a = false;

@@ -1,19 +1,18 @@
 // Half-precision Kronecker factors: SINGD (inverse-free) trains with K and C
 // stored and updated in bf16; KFAC with bf16 factors degrades (its damped
 // inverse amplifies the factors' rounding errors). arXiv 2312.05705 Fig. 1.
-#include <torch/torch.h>
-
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <cmath>
 
-#include "lowmem/adapters/linear_like.h"
+#include "lowmem/nn/linear.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"
 
 namespace {
 
-using lowmem::adapters::Linear;
+using lowmem::nn::Linear;
 
 struct Net : torch::nn::Module {
   Net() {

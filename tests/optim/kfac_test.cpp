@@ -1,17 +1,17 @@
 // KFAC baseline: one closed-form step against a dense float64 reference,
 // refresh period, resume, option validation.
-#include <torch/torch.h>
+#include "lowmem/optim/kfac.h"
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <sstream>
 
-#include "lowmem/adapters/linear_like.h"
-#include "lowmem/optim/kfac.h"
+#include "lowmem/nn/linear.h"
 
 namespace {
 
-using lowmem::adapters::Linear;
+using lowmem::nn::Linear;
 using lowmem::optim::KFAC;
 using lowmem::optim::KfacOptions;
 

@@ -1,17 +1,16 @@
 // Golden parity with the official SINGD (f-dangel/singd): tests/golden/
 // singd_dense.pt (dense K and C, T=1) and singd_diagonal.pt (diagonal, T=2).
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
-#include <gtest/gtest.h>
-
-#include "lowmem/adapters/conv2d.h"
-#include "lowmem/adapters/linear_like.h"
+#include "lowmem/nn/conv2d.h"
+#include "lowmem/nn/linear.h"
 #include "lowmem/optim/singd.h"
 #include "testing/golden.h"
 
 namespace {
 
-using lowmem::adapters::Linear;
+using lowmem::nn::Linear;
 using lowmem::optim::SINGD;
 using lowmem::optim::SingdOptions;
 
@@ -96,18 +95,18 @@ struct Mlp975 : torch::nn::Module {
 
 struct ConvNet : torch::nn::Module {
   ConvNet() {
-    lowmem::adapters::Conv2dOptions o;
+    lowmem::nn::Conv2dOptions o;
     o.in_channels = 2;
     o.out_channels = 3;
     o.kernel_size = {3, 3};
     o.padding = {1, 1};
-    conv = register_module("conv", std::make_shared<lowmem::adapters::Conv2d>(o));
+    conv = register_module("conv", std::make_shared<lowmem::nn::Conv2d>(o));
     fc = register_module("fc", std::make_shared<Linear>(48, 2));
   }
   at::Tensor forward(const at::Tensor& x) {
     return fc->forward(torch::tanh(conv->forward(x)).flatten(1));
   }
-  std::shared_ptr<lowmem::adapters::Conv2d> conv;
+  std::shared_ptr<lowmem::nn::Conv2d> conv;
   std::shared_ptr<Linear> fc;
 };
 

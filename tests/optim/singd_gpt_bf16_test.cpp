@@ -3,14 +3,13 @@
 // to the fp32-factor run; KFAC with bf16 factors on the same GPT is compared
 // (arXiv 2312.05705 Fig. 1 / Sec. 3). Uncovered parameters (embeddings,
 // LayerNorms) go to AdamW as the trainer routes them.
-#include <torch/torch.h>
-
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <cmath>
 
-#include "lowmem/adapters/curvature_tap.h"
 #include "lowmem/models/gpt.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"
@@ -40,7 +39,7 @@ template <class Make>
 GptRun train_gpt(Make make, int steps) {
   torch::manual_seed(0);
   lm::GPT gpt(lm::GPTConfig().n_layer(2).n_head(2).n_embd(32).block_size(16).vocab_size(32));
-  auto split = lowmem::adapters::split_curvature_parameters(gpt);
+  auto split = lowmem::nn::split_curvature_parameters(gpt);
   std::vector<at::Tensor> rest;
   for (auto& kv : split.uncovered) rest.push_back(kv.second);
   std::shared_ptr<torch::optim::Optimizer> curv = make(gpt);

@@ -1,19 +1,19 @@
 // SINGD beyond golden parity: option validation, resume, taps and parameter
 // routing, memory of the structures, half-precision factors.
-#include <torch/torch.h>
+#include "lowmem/optim/singd.h"
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <sstream>
 
-#include "lowmem/adapters/curvature_tap.h"
-#include "lowmem/adapters/linear_like.h"
+#include "lowmem/nn/curvature_tap.h"
+#include "lowmem/nn/linear.h"
 #include "lowmem/optim/kfac.h"
-#include "lowmem/optim/singd.h"
 
 namespace {
 
-using lowmem::adapters::Linear;
+using lowmem::nn::Linear;
 using lowmem::optim::SINGD;
 using lowmem::optim::SingdOptions;
 
@@ -217,7 +217,7 @@ TEST(Singd, ParameterRoutingSplitsCoveredFromUncovered) {
     torch::nn::LayerNorm norm{nullptr};
     std::shared_ptr<Linear> fc, frozen;
   } net;
-  auto split = lowmem::adapters::split_curvature_parameters(net);
+  auto split = lowmem::nn::split_curvature_parameters(net);
   std::vector<std::string> cov, unc;
   for (auto& p : split.covered) cov.push_back(p.first);
   for (auto& p : split.uncovered) unc.push_back(p.first);
@@ -231,7 +231,7 @@ TEST(Singd, ParameterRoutingSplitsCoveredFromUncovered) {
 // a and g of a linear layer on sequences: expand flattens, reduce averages
 // inputs and sums gradients; the loss_average factor sqrt(L).
 TEST(CurvatureTap, LinearSequenceMatrices) {
-  using namespace lowmem::adapters;
+  using namespace lowmem::nn;
   torch::manual_seed(0);
   at::Tensor x = torch::randn({2, 3, 4}), g = torch::randn({2, 3, 5});
   KroneckerTapOptions o;
@@ -254,7 +254,7 @@ TEST(CurvatureTap, LinearSequenceMatrices) {
 // Micro-batches: two forward/backward passes before step() sum their H terms
 // (official); the tap pairs each gradient with its own input.
 TEST(CurvatureTap, PairsInputsAndGradientsPerPass) {
-  using namespace lowmem::adapters;
+  using namespace lowmem::nn;
   std::vector<std::pair<at::Tensor, at::Tensor>> got;
   KroneckerTapOptions o;
   o.has_bias = false;

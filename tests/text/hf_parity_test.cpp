@@ -100,10 +100,10 @@ TEST(HfParity, Gemma3) { expect_parity("gemma3", corpus(1500, 50)); }
 TEST(HfParity, Gpt2StyleByteLevel) {
   expect_parity_in(gpt2_style_dir(), "gpt2-style", corpus(1500, 50));
 }
-TEST(HfParitySlow, Llama2) { expect_parity("llama2", corpus(20000, 500)); }
-TEST(HfParitySlow, Llama3) { expect_parity("llama3", corpus(20000, 500)); }
-TEST(HfParitySlow, Qwen3) { expect_parity("qwen3", corpus(20000, 500)); }
-TEST(HfParitySlow, Gemma3) { expect_parity("gemma3", corpus(20000, 500)); }
+TEST(HfParity, SlowLlama2) { expect_parity("llama2", corpus(20000, 500)); }
+TEST(HfParity, SlowLlama3) { expect_parity("llama3", corpus(20000, 500)); }
+TEST(HfParity, SlowQwen3) { expect_parity("qwen3", corpus(20000, 500)); }
+TEST(HfParity, SlowGemma3) { expect_parity("gemma3", corpus(20000, 500)); }
 
 }  // namespace
 }  // namespace lowmem::testing

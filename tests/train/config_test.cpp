@@ -5,7 +5,9 @@
 #include <filesystem>
 #include <fstream>
 
+#include "lowmem/models/layers.h"
 #include "lowmem/optim/came.h"
+#include "lowmem/train/run.h"
 #include "testing/golden.h"
 
 namespace lowmem::train {
@@ -153,3 +155,22 @@ TEST(Config, EveryShippedRecipeLoadsAndValidates) {
 
 }  // namespace
 }  // namespace lowmem::train
+
+// build_model(config): the model alone, sized from the data section without
+// reading any data (generate/eval/export load weights into it).
+TEST(Config, BuildModelNeedsNoData) {
+  lowmem::train::Config c;
+  c.set("model", "vit");
+  c.set("data", "fashion-mnist");
+  c.set("fashion_mnist.root", "/nonexistent/fashion");
+  c.set("fashion_mnist.classes", "5,6,7");
+  auto m = lowmem::train::build_model(c);
+  EXPECT_EQ(m->named_parameters()["head.weight"].size(0), 3);
+  c.set("model", "gpt");
+  c.set("data", "text");
+  c.set("text.path", "/nonexistent/corpus.txt");
+  c.set("gpt.n_embd", "32");
+  EXPECT_EQ(
+      lowmem::train::build_model(c)->named_parameters()["wte.weight"].size(1),
+      32);
+}

@@ -1,9 +1,10 @@
-// The `device` key of lowmem train and `device` of lowmem compare: parsing and
-// availability errors before any work on every machine; CUDA runs (matching
-// the CPU run, resuming across devices) only where a GPU is visible.
-#include <torch/torch.h>
+// The `device` key of lowmem train: parsing and availability errors before
+// any work on every machine; CUDA runs (matching the CPU run, resuming across
+// devices) only where a GPU is visible. lowmem compare's: tests/compare.
+#include "lowmem/train/device.h"
 
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <cmath>
 #include <filesystem>
@@ -11,9 +12,7 @@
 #include <string>
 
 #include "lowmem/models/layers.h"
-#include "lowmem/train/compare.h"
 #include "lowmem/train/config.h"
-#include "lowmem/train/device.h"
 #include "lowmem/train/run.h"
 #include "testing/files.h"
 
@@ -131,34 +130,6 @@ TEST(Device, DataParallelTrainsOnTheCpuOnly) {
   EXPECT_NO_THROW(check_data_parallel(c, 2));
 }
 
-TEST(Device, CompareChecksTheDeviceBeforeAnyWork) {
-  const fs::path out = fresh_temp_dir("device_compare");
-  compare::CompareOptions o;
-  o.suites = {"toy"};
-  o.out_dir = (out / "run").string();
-  o.toy_steps = 3;
-  o.threads = 1;
-  o.gnuplot = "";
-  for (const bool isolate : {true, false}) {
-    o.isolate = isolate;  // isolated: checked in a forked child
-    o.device = "gpu";
-    expect_config_error([&] { compare::run_compare(o); }, "bad device 'gpu'");
-    o.device = "cuda:99";
-    expect_config_error([&] { compare::run_compare(o); },
-                        "device 'cuda:99' is not available");
-  }
-  EXPECT_FALSE(fs::exists(out / "run"));
-  // Explicit cpu: the default run.
-  o.isolate = false;
-  o.methods = {"adamw"};
-  o.device = "cpu";
-  const auto a = compare::run_compare(o).methods.at(0);
-  ASSERT_EQ(a.status, "ok") << a.reason;
-  o.device = compare::CompareOptions().device;
-  EXPECT_EQ(o.device, "cpu");
-  EXPECT_DOUBLE_EQ(*compare::run_compare(o).methods.at(0).val_loss, *a.val_loss);
-}
-
 // ---- CUDA (skipped without a GPU; scripts/cuda_check.sh runs them there)
 
 TEST(Device, CudaRunMatchesTheCpuRun) {
@@ -193,29 +164,6 @@ TEST(Device, ResumeAcrossDevices) {
     EXPECT_EQ(resumed.resumed_from, 3);
     EXPECT_NEAR(resumed.eval_loss, whole.eval_loss,
                 2e-3 * std::abs(whole.eval_loss));
-  }
-}
-
-TEST(Device, CompareToySuiteOnCuda) {
-  if (!have_cuda()) GTEST_SKIP() << "no CUDA device";
-  const fs::path out = fresh_temp_dir("device_cuda_compare");
-  compare::CompareOptions o;
-  o.suites = {"toy"};
-  o.out_dir = out.string();
-  o.toy_steps = 6;
-  o.threads = 1;
-  o.gnuplot = "";
-  o.isolate = false;
-  const auto cpu = compare::run_compare(o).methods;
-  o.device = "cuda";
-  const auto gpu = compare::run_compare(o).methods;
-  ASSERT_EQ(gpu.size(), cpu.size());
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    SCOPED_TRACE(gpu[i].info.name);
-    ASSERT_EQ(gpu[i].status, "ok") << gpu[i].reason;
-    EXPECT_NEAR(*gpu[i].val_loss, *cpu[i].val_loss, 1e-3 * std::abs(*cpu[i].val_loss));
-    EXPECT_EQ(gpu[i].optimizer_state_bytes, cpu[i].optimizer_state_bytes);
-    EXPECT_GT(gpu[i].peak_tensor_bytes, 0);
   }
 }
 

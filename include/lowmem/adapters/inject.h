@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "lowmem/adapters/linear_like.h"
-#include "lowmem/adapters/slot_module.h"
+#include "lowmem/nn/linear.h"
+#include "lowmem/nn/slot_module.h"
 
 namespace lowmem::adapters {
 

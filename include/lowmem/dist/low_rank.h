@@ -96,6 +96,13 @@ class LowRankGradSync {
   }
 
  private:
+  /// The basis parameter i is projected onto this step (undefined: averaged
+  /// in full), checked.
+  at::Tensor basis_for(size_t i, bool per_worker);
+  /// Per-worker mode: every rank's projected pieces, each projected back
+  /// with that rank's regenerated basis, averaged.
+  void average_per_worker(const std::vector<at::Tensor>& low,
+                          const std::vector<int64_t>& low_idx);
   std::shared_ptr<Communicator> comm_;
   std::vector<at::Tensor> params_;
   LowRankSyncOptions options_;

@@ -5,8 +5,6 @@
 // 2019); attention is one fused qkv matmul + baddbmm with an additive mask.
 #pragma once
 
-#include "lowmem/adapters/slot_module.h"
-
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
@@ -16,6 +14,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include "lowmem/nn/slot_module.h"
 
 namespace lowmem::models {
 
@@ -42,7 +42,7 @@ class Embedding : public torch::nn::Module {
 };
 
 /// Multi-head self-attention with slots "qkv" (C -> 3C) and "proj" (C -> C).
-class SelfAttention : public adapters::SlotModule {
+class SelfAttention : public nn::SlotModule {
  public:
   SelfAttention(
       int64_t n_embd, int64_t n_head, bool bias, bool causal, double dropout);
@@ -60,7 +60,7 @@ class SelfAttention : public adapters::SlotModule {
 
 /// Feed-forward: slots "fc" (C -> 4C) and "proj" (4C -> C), GELU between
 /// (tanh approximation, as GPT-2's "gelu_new").
-class FeedForward : public adapters::SlotModule {
+class FeedForward : public nn::SlotModule {
  public:
   FeedForward(int64_t n_embd, int64_t hidden, bool bias, double dropout);
   at::Tensor forward(const at::Tensor& x);
@@ -149,7 +149,7 @@ EvalStats cross_entropy_stats(const at::Tensor& logits, const at::Tensor& target
 /// What the trainer needs from a model: forward, a scalar training loss and
 /// evaluation figures. All models here derive from it; it is a SlotModule so
 /// top-level linear layers (ViT's head, the MLP's layers) are slots too.
-class Model : public adapters::SlotModule {
+class Model : public nn::SlotModule {
  public:
   virtual at::Tensor forward(const at::Tensor& input) = 0;
   /// Mean loss over the batch (tokens for language models).

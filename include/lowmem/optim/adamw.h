@@ -55,8 +55,8 @@ struct AdamWState : FieldState<AdamWState> {
   template <class V>
   void for_each_field(V&& v) {
     v("step", step);
-    v("exp_avg", exp_avg);
-    v("exp_avg_sq", exp_avg_sq);
+    v("exp_avg", exp_avg, StateRole::kLinear);
+    v("exp_avg_sq", exp_avg_sq, StateRole::kSquare);
   }
 };
 

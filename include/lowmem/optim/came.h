@@ -69,12 +69,12 @@ struct CameState : FieldState<CameState> {
   template <class V>
   void for_each_field(V&& v) {
     v("step", step);
-    v("exp_avg", exp_avg);
-    v("exp_avg_sq_row", exp_avg_sq_row);
-    v("exp_avg_sq_col", exp_avg_sq_col);
-    v("exp_avg_res_row", exp_avg_res_row);
-    v("exp_avg_res_col", exp_avg_res_col);
-    v("exp_avg_sq", exp_avg_sq);
+    v("exp_avg", exp_avg, StateRole::kLinear);
+    v("exp_avg_sq_row", exp_avg_sq_row, StateRole::kRowSquares);
+    v("exp_avg_sq_col", exp_avg_sq_col, StateRole::kColSquares);
+    v("exp_avg_res_row", exp_avg_res_row, StateRole::kRowSquares);
+    v("exp_avg_res_col", exp_avg_res_col, StateRole::kColSquares);
+    v("exp_avg_sq", exp_avg_sq, StateRole::kSquare);
   }
 };
 

@@ -6,7 +6,10 @@
 // the inner optimizer is pluggable (use GaLoreAdamW for the official numbers),
 // the inner state may be reset or re-projected on a basis refresh (official:
 // kept), gradient accumulation accumulates projected gradients, and the
-// layer-wise mode keeps accumulation working (official: silently broken).
+// layer-wise mode keeps accumulation working (official: silently broken), and
+// a parameter with more than 2 dims is projected as the matrix [size(0),
+// rest] (official: 2-D only; GaLoreProjectorTensor's Tucker form is not
+// implemented).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -93,7 +96,9 @@ struct GaLoreGroupOptions
 
 class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
  public:
-  /// `projected`: 2-D params updated in the projected space; `plain`: params
+  /// `projected`: params of 2+ dims updated in the projected space (any
+  /// tensors: chosen by name or regex with train::route_parameters, no slot
+  /// needed); `plain`: params
   /// the inner optimizer updates directly. The wrapper's groups are
   /// {plain, projected} (non-empty ones) and their lr is copied into the
   /// matching inner group before every update (LR schedulers work on either).

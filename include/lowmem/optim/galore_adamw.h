@@ -3,22 +3,21 @@
 // correction, which is folded into the step size, and decoupled weight decay
 // applied after the update. Used as GaLore's inner optimizer for parity with
 // the official runs, and for plain (unprojected) params. Deviation: state in
-// fp32 (fp64 for fp64 params) whatever the param dtype.
+// fp32 (fp64 for fp64 params) whatever the param dtype. Built on
+// PerParamOptimizer like CAME, Adafactor and AdamW (save/load, state roles).
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <torch/optim/optimizer.h>
+#include <torch/arg.h>
 
 #include <vector>
 
-#include "lowmem/optim/extras.h"
+#include "lowmem/optim/per_param.h"
 
 namespace lowmem::optim {
 
-struct GaLoreAdamWOptions
-    : torch::optim::OptimizerCloneableOptions<GaLoreAdamWOptions> {
-  GaLoreAdamWOptions() = default;
-  explicit GaLoreAdamWOptions(double lr) : lr_(lr) {}
+struct GaLoreAdamWOptions : FieldOptions<GaLoreAdamWOptions> {
+  GaLoreAdamWOptions(double lr = 1e-3) : lr_(lr) {}  // NOLINT: torch loader
   TORCH_ARG(double, lr) = 1e-3;           // galore_torch/adamw.py default
   TORCH_ARG(double, beta1) = 0.9;         // betas[0], adamw.py default
   TORCH_ARG(double, beta2) = 0.999;       // betas[1], adamw.py default
@@ -38,34 +37,37 @@ struct GaLoreAdamWOptions
   }
   double get_lr() const override { return lr_; }
   void set_lr(const double lr) override { lr_ = lr; }
-  void serialize(torch::serialize::InputArchive& archive) override;
-  void serialize(torch::serialize::OutputArchive& archive) const override;
 };
 
 /// Throws "[galore_adamw] ..." naming the bad value.
 void validate(const GaLoreAdamWOptions& options);
 
-struct GaLoreAdamWParamState
-    : torch::optim::OptimizerCloneableParamState<GaLoreAdamWParamState> {
-  TORCH_ARG(int64_t, step) = 0;
-  TORCH_ARG(at::Tensor, exp_avg);     // m, like the param, fp32
-  TORCH_ARG(at::Tensor, exp_avg_sq);  // v, like the param, fp32
-
- public:
-  void serialize(torch::serialize::InputArchive& archive) override;
-  void serialize(torch::serialize::OutputArchive& archive) const override;
+struct GaLoreAdamWState : FieldState<GaLoreAdamWState> {
+  int64_t step = 0;
+  at::Tensor exp_avg;     // m, like the param, fp32 (fp64 for fp64 params)
+  at::Tensor exp_avg_sq;  // v, like the param
+  template <class V>
+  void for_each_field(V&& v) {
+    v("step", step);
+    v("exp_avg", exp_avg, StateRole::kLinear);
+    v("exp_avg_sq", exp_avg_sq, StateRole::kSquare);
+  }
 };
 
-class GaLoreAdamW : public torch::optim::Optimizer, public OptimizerExtras {
+class GaLoreAdamW final
+    : public PerParamOptimizer<GaLoreAdamWOptions, GaLoreAdamWState> {
  public:
   explicit GaLoreAdamW(std::vector<torch::optim::OptimizerParamGroup> groups,
                        GaLoreAdamWOptions defaults = {});
   explicit GaLoreAdamW(std::vector<at::Tensor> params,
                        GaLoreAdamWOptions defaults = {});
-  at::Tensor step(LossClosure closure = nullptr) override;
-  void save(torch::serialize::OutputArchive& archive) const override;
-  void load(torch::serialize::InputArchive& archive) override;
-  std::vector<at::Tensor> state_tensors() const override;
+
+ private:
+  void init_state(const at::Tensor& p, GaLoreAdamWState& s,
+                  const GaLoreAdamWOptions& o) const override;
+  void update(at::Tensor& p, const at::Tensor& grad, GaLoreAdamWState& s,
+              const GaLoreAdamWOptions& o) override;
+  const char* tag() const override { return "galore_adamw"; }
 };
 
 }  // namespace lowmem::optim

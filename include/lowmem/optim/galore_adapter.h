@@ -1,4 +1,4 @@
-// Training driver of the adapter form (adapters/projected_adapter.h), the dual
+// Training driver of the adapter form (projection/projected_linear.h), the dual
 // of optim::GaLore (arXiv 2502.13811): the inner optimizer steps each layer's
 // A (and the plain params) directly; every update_proj_gap steps each layer is
 // merged and rebased (W0 += P.A, A = 0, new P) with the inner state of A kept,
@@ -14,9 +14,9 @@
 #include <memory>
 #include <vector>
 
-#include "lowmem/adapters/projected_adapter.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/galore.h"
+#include "lowmem/projection/projected_linear.h"
 
 namespace lowmem::optim {
 
@@ -29,7 +29,7 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   /// frozen W0 cannot decay; the inner optimizer's decay acts on A) and
   /// layerwise false (no full gradients exist to free).
   ProjectedAdapterOptimizer(
-      std::vector<std::shared_ptr<adapters::ProjectedLinear>> layers,
+      std::vector<std::shared_ptr<projection::ProjectedLinear>> layers,
       std::vector<at::Tensor> plain, const InnerFactory& make_inner,
       GaLoreOptions options = {});
 
@@ -46,7 +46,7 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
 
   torch::optim::Optimizer& inner() { return *inner_; }
   size_t num_layers() const { return layers_.size(); }
-  adapters::ProjectedLinear& layer(size_t i) { return *layers_.at(i); }
+  projection::ProjectedLinear& layer(size_t i) { return *layers_.at(i); }
   int64_t step_count(size_t i) const { return steps_.at(i); }
   const GaLoreOptions& options() const { return options_; }
 
@@ -57,7 +57,7 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   void sync_lr();
 
   GaLoreOptions options_;
-  std::vector<std::shared_ptr<adapters::ProjectedLinear>> layers_;
+  std::vector<std::shared_ptr<projection::ProjectedLinear>> layers_;
   std::vector<int64_t> steps_;
   std::vector<bool> rebased_;  // rebased in this step's before_forward
   std::unique_ptr<torch::optim::Optimizer> inner_;
@@ -66,7 +66,7 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
 
 /// GaLore form -> adapter form, mid-run. `to` must be built over adapters
 /// injected into the same model (adapter i wraps GaLore's projected param i,
-/// e.g. GaLore::route + adapters::inject_projected, both in slot order) with
+/// e.g. GaLore::route + projection::inject_projected, both in slot order) with
 /// the same plain params and the same inner optimizer type. Copies bases,
 /// step counters and the inner state (proxy i -> A_i; plain -> plain); A = 0.
 void transfer_state(GaLore& from, ProjectedAdapterOptimizer& to);

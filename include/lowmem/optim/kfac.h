@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/extras.h"
 
 namespace lowmem::optim {
@@ -63,8 +63,8 @@ void validate(const KfacOptions& options);
 class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
  public:
   explicit KFAC(torch::nn::Module& model, KfacOptions defaults = {});
-  explicit KFAC(
-      std::vector<adapters::CurvatureLayer> layers, KfacOptions defaults = {});
+  explicit KFAC(std::vector<nn::CurvatureLayer> layers,
+                KfacOptions defaults = {});
   ~KFAC() override;
   KFAC(const KFAC&) = delete;
   KFAC& operator=(const KFAC&) = delete;
@@ -78,7 +78,7 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
   int64_t steps() const { return steps_; }
   /// Bytes of the factors and their inverses over all layers.
   int64_t preconditioner_bytes() const;
-  const std::vector<adapters::CurvatureLayer>& layers() const { return layers_; }
+  const std::vector<nn::CurvatureLayer>& layers() const { return layers_; }
 
  private:
   struct LayerState {
@@ -90,9 +90,9 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
   const KfacOptions& opts() const;
   void arm_taps();
 
-  std::vector<adapters::CurvatureLayer> layers_;
+  std::vector<nn::CurvatureLayer> layers_;
   std::vector<LayerState> state_;
-  std::vector<std::shared_ptr<adapters::KroneckerTap>> taps_;
+  std::vector<std::shared_ptr<nn::KroneckerTap>> taps_;
   int64_t steps_ = 0;
 };
 

@@ -13,7 +13,9 @@
 #include <type_traits>
 #include <vector>
 
+#include "lowmem/core/check.h"
 #include "lowmem/optim/extras.h"
+#include "lowmem/optim/state_roles.h"
 
 namespace lowmem::optim {
 
@@ -28,6 +30,9 @@ struct FieldWriter {
   void operator()(const char* name, int64_t& v) const;
   void operator()(const char* name, c10::optional<double>& v) const;
   void operator()(const char* name, at::Tensor& v) const;  // skips undefined
+  void operator()(const char* name, at::Tensor& v, StateRole) const {
+    (*this)(name, v);
+  }
 };
 struct FieldReader {
   torch::serialize::InputArchive& archive;
@@ -36,6 +41,23 @@ struct FieldReader {
   void operator()(const char* name, int64_t& v) const;
   void operator()(const char* name, c10::optional<double>& v) const;
   void operator()(const char* name, at::Tensor& v) const;  // absent: undefined
+  void operator()(const char* name, at::Tensor& v, StateRole) const {
+    (*this)(name, v);
+  }
+};
+/// Hands a FieldState's tensor fields and their roles to a StateTensorFn; a
+/// tensor field listed without a role is an error.
+struct RoleVisitor {
+  const StateTensorFn& fn;
+  template <class T>
+  void operator()(const char*, T&) const {}
+  void operator()(const char* name, at::Tensor&) const {
+    LOWMEM_CHECK(false, "[optim] state field '", name,
+                 "' declares no StateRole (v(name, tensor, role))");
+  }
+  void operator()(const char* name, at::Tensor& t, StateRole role) const {
+    fn(name, t, role);
+  }
 };
 /// The key type of torch::optim::Optimizer::state(): the TensorImpl address
 /// printed as a string in LibTorch 1.x, the TensorImpl pointer itself in 2.x.
@@ -56,7 +78,18 @@ bool reference_path();
 /// field_ a double&, bool&, int64_t& or c10::optional<double>&. Save/load and
 /// equality are derived from that list (the CLI/YAML layer uses it too).
 template <class Derived>
-struct FieldOptions : torch::optim::OptimizerCloneableOptions<Derived> {
+struct FieldOptions : torch::optim::OptimizerCloneableOptions<Derived>,
+                      detail::DecayOptions {
+  /// The "weight_decay" field (0 without one): optim::weight_decay_of.
+  double weight_decay_field() const override {
+    double wd = 0.0;
+    self().for_each_field([&wd](const char* name, auto& f) {
+      if constexpr (std::is_same_v<std::decay_t<decltype(f)>, double>) {
+        if (std::string(name) == "weight_decay") wd = f;
+      }
+    });
+    return wd;
+  }
   void serialize(torch::serialize::OutputArchive& archive) const override {
     self().for_each_field(detail::FieldWriter{archive});
   }
@@ -87,10 +120,15 @@ struct FieldOptions : torch::optim::OptimizerCloneableOptions<Derived> {
 };
 
 /// Param-state base: `Derived` has `int64_t step` and lists its fields once in
-/// for_each_field (v("step", step), v("exp_avg", exp_avg), ...). Tensors that
-/// are undefined (unused branches) are neither saved nor counted.
+/// for_each_field: v("step", step), and each tensor with its role,
+/// v("exp_avg", exp_avg, StateRole::kLinear) (optim/state_roles.h). Tensors
+/// that are undefined (unused branches) are neither saved nor counted.
 template <class Derived>
-struct FieldState : torch::optim::OptimizerCloneableParamState<Derived> {
+struct FieldState : torch::optim::OptimizerCloneableParamState<Derived>,
+                    detail::RoledState {
+  void visit_roles(const StateTensorFn& fn) override {
+    self().for_each_field(detail::RoleVisitor{fn});
+  }
   void serialize(torch::serialize::OutputArchive& archive) const override {
     self().for_each_field(detail::FieldWriter{archive});
   }
@@ -100,7 +138,7 @@ struct FieldState : torch::optim::OptimizerCloneableParamState<Derived> {
   /// Every defined state tensor.
   std::vector<at::Tensor> tensors() const {
     std::vector<at::Tensor> out;
-    self().for_each_field([&](const char*, auto& f) {
+    self().for_each_field([&](const char*, auto& f, auto...) {
       if constexpr (std::is_same_v<std::decay_t<decltype(f)>, at::Tensor>) {
         if (f.defined()) out.push_back(f);
       }

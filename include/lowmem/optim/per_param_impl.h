@@ -86,11 +86,13 @@ void PerParamOptimizer<Options, State>::load(
     for (auto& p : group.params()) {
       auto it = state_.find(detail::state_key(p));
       if (it == state_.end()) continue;
-      static_cast<State&>(*it->second).for_each_field([&](const char*, auto& f) {
-        if constexpr (std::is_same_v<std::decay_t<decltype(f)>, at::Tensor>) {
-          if (f.defined() && f.device() != p.device()) f = f.to(p.device());
-        }
-      });
+      static_cast<State&>(*it->second)
+          .for_each_field([&](const char*, auto& f, auto...) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(f)>,
+                                         at::Tensor>) {
+              if (f.defined() && f.device() != p.device()) f = f.to(p.device());
+            }
+          });
     }
   }
 }

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "lowmem/adapters/curvature_tap.h"
+#include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/structures/structured_matrix.h"
 
@@ -86,15 +86,15 @@ std::pair<std::string, std::string> split_pair(const std::string& s);
 /// "" -> nullopt; float32/bfloat16/float16/float64 -> the type; else throws.
 c10::optional<at::ScalarType> parse_dtype(const std::string& s);
 
-/// SINGD over the Linear/Conv2d layers of a model (adapters::Linear and
-/// adapters::Conv2d; see adapters::split_curvature_parameters for routing
+/// SINGD over the Linear/Conv2d layers of a model (nn::Linear and
+/// nn::Conv2d; see nn::split_curvature_parameters for routing
 /// the other parameters to a second optimizer).
 class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
  public:
-  /// All trainable layers from adapters::find_curvature_layers(model).
+  /// All trainable layers from nn::find_curvature_layers(model).
   explicit SINGD(torch::nn::Module& model, SingdOptions defaults = {});
-  explicit SINGD(
-      std::vector<adapters::CurvatureLayer> layers, SingdOptions defaults = {});
+  explicit SINGD(std::vector<nn::CurvatureLayer> layers,
+                 SingdOptions defaults = {});
   ~SINGD() override;
   SINGD(const SINGD&) = delete;
   SINGD& operator=(const SINGD&) = delete;
@@ -113,7 +113,7 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   int64_t steps() const { return steps_; }
   /// Bytes of K, C, m_K, m_C over all layers.
   int64_t preconditioner_bytes() const;
-  const std::vector<adapters::CurvatureLayer>& layers() const { return layers_; }
+  const std::vector<nn::CurvatureLayer>& layers() const { return layers_; }
   /// Factors of layer i (tests, inspection).
   const structures::StructuredMatrix& K(size_t i) const;
   const structures::StructuredMatrix& C(size_t i) const;
@@ -131,9 +131,9 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   void update_preconditioner(size_t i, double grad_scale);
   void arm_taps();
 
-  std::vector<adapters::CurvatureLayer> layers_;
+  std::vector<nn::CurvatureLayer> layers_;
   std::vector<LayerState> state_;
-  std::vector<std::shared_ptr<adapters::KroneckerTap>> taps_;
+  std::vector<std::shared_ptr<nn::KroneckerTap>> taps_;
   int64_t steps_ = 0;
   double prev_grad_scale_ = 1.0;
   c10::optional<double> grad_scale_;

@@ -1,13 +1,14 @@
 // Low-rank projections of an m x n matrix, shared by the gradient-transform
-// form (optim/galore.h) and the adapter form (adapters/projected_adapter.h):
+// form (optim/galore.h) and the adapter form (projection/projected_linear.h):
 // GaLore's SVD projector (arXiv 2403.03507, galore_torch/galore_projector.py),
 // a randomized-SVD refresh (Halko et al., arXiv 0909.4061), seeded random
 // sketches and the two-sided (Kronecker) form P.A.Q^T (arXiv 2502.13811).
 // Deviations from the official code: the basis is kept in fp32 (fp64 for fp64
 // gradients) instead of the gradient dtype, the gradient is upcast before the
 // projection matmul, project_back picks its side from the stored basis (not
-// from the low-rank tensor's shape, which breaks reverse_std when m < n, r = m),
-// and the rank is clamped to min(m, n) as the official slicing does silently.
+// from the low-rank tensor's shape, which breaks reverse_std when m < n, r =
+// m), and the rank is clamped to min(m, n) as the official slicing does
+// silently.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,162 +1,19 @@
-// Type-erased option sections for configuration files and command lines. A
-// Section owns one options object (CameOptions, LoraOptions, ...) and exposes
-// the scalar fields its `for_each_field` visitor lists as string-settable
-// Fields, so CLI flags (--came.beta3), YAML keys and the printed configuration
-// all come from that one list. Unknown keys and unparsable values throw
-// ConfigError (the CLI maps it to exit code 2).
+// The option sections moved to lowmem/core/fields.h (namespace lowmem) so the
+// optimizer and adapter registries (optim/registry.h, adapters/registry.h)
+// can describe their options with them. The train names stay valid.
 #pragma once
 
-#include <c10/util/Optional.h>
-
-#include <cstdint>
-#include <functional>
-#include <memory>
-#include <stdexcept>
-#include <string>
-#include <type_traits>
-#include <typeinfo>
-#include <utility>
-#include <vector>
+#include "lowmem/core/fields.h"
 
 namespace lowmem::train {
-
-/// A usage error: unknown key, unparsable or out-of-range value.
-class ConfigError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-/// Strict parsers: the whole string must be consumed. `what` names the key in
-/// the error ("bad value 'x' for --steps: expected an integer").
-double parse_float(const std::string& s, const std::string& what);
-int64_t parse_int(const std::string& s, const std::string& what);
-bool parse_bool(const std::string& s, const std::string& what);
-/// Shortest text that parses back to the same double ("0.001", "1e-30").
-std::string format_float(double v);
-
-/// One settable scalar field.
-struct Field {
-  std::string name;  // "beta3"
-  std::string type;  // "float", "int", "bool" or "string"
-  std::function<std::string()> get;
-  std::function<void(const std::string&)> set;  // throws ConfigError
-};
-
+using lowmem::ConfigError;
+using lowmem::Field;
+using lowmem::format_float;
+using lowmem::parse_bool;
+using lowmem::parse_float;
+using lowmem::parse_int;
+using lowmem::Section;
 namespace detail {
-
-template <class T>
-struct is_optional : std::false_type {};
-template <class T>
-struct is_optional<c10::optional<T>> : std::true_type {};
-
-/// Appends a Field for `ref` when its type is supported; other field types
-/// (tensors, vectors) are not settable from text and are skipped.
-template <class T>
-void add_field(std::vector<Field>& out, const std::string& section,
-               const char* name, T& ref) {
-  using U = std::decay_t<T>;
-  const std::string key = section.empty() ? std::string(name)
-                                          : section + "." + name;
-  T* p = &ref;
-  Field f;
-  f.name = name;
-  if constexpr (std::is_same_v<U, bool>) {
-    f.type = "bool";
-    f.get = [p] { return std::string(*p ? "true" : "false"); };
-    f.set = [p, key](const std::string& s) { *p = parse_bool(s, key); };
-  } else if constexpr (std::is_integral_v<U>) {
-    f.type = "int";
-    f.get = [p] { return std::to_string(*p); };
-    f.set = [p, key](const std::string& s) {
-      const int64_t v = parse_int(s, key);
-      if (static_cast<int64_t>(static_cast<U>(v)) != v) {
-        throw ConfigError("value " + s + " for " + key + " is out of range");
-      }
-      *p = static_cast<U>(v);
-    };
-  } else if constexpr (std::is_floating_point_v<U>) {
-    f.type = "float";
-    f.get = [p] { return format_float(static_cast<double>(*p)); };
-    f.set = [p, key](const std::string& s) {
-      *p = static_cast<U>(parse_float(s, key));
-    };
-  } else if constexpr (is_optional<U>::value &&
-                       std::is_floating_point_v<typename U::value_type>) {
-    // An optional number: "none" (or empty) leaves it unset.
-    f.type = "float";
-    f.get = [p] { return *p ? format_float(**p) : std::string("none"); };
-    f.set = [p, key](const std::string& s) {
-      if (s.empty() || s == "none" || s == "null" || s == "~") {
-        *p = c10::nullopt;
-      } else {
-        *p = parse_float(s, key);
-      }
-    };
-  } else if constexpr (std::is_same_v<U, std::string>) {
-    f.type = "string";
-    f.get = [p] { return *p; };
-    f.set = [p](const std::string& s) { *p = s; };
-  } else {
-    return;
-  }
-  out.push_back(std::move(f));
-}
-
+using lowmem::detail::add_field;
 }  // namespace detail
-
-/// The fields of one options object, collected from its for_each_field.
-class Section {
- public:
-  Section() = default;
-  Section(const Section& other) { *this = other; }
-  Section& operator=(const Section& other) {
-    if (this != &other) {
-      *this = other.clone_ ? other.clone_(other.object_.get()) : Section();
-    }
-    return *this;
-  }
-  Section(Section&&) = default;
-  Section& operator=(Section&&) = default;
-
-  /// A section named `name` holding a copy of `initial`.
-  template <class T>
-  static Section of(std::string name, std::string help, T initial = T{}) {
-    Section s;
-    auto obj = std::make_shared<T>(std::move(initial));
-    s.name_ = std::move(name);
-    s.help_ = std::move(help);
-    s.type_ = &typeid(T);
-    const std::string section = s.name_;
-    obj->for_each_field([&s, &section](const char* field, auto& ref) {
-      detail::add_field(s.fields_, section, field, ref);
-    });
-    s.object_ = obj;
-    s.clone_ = [name = s.name_, help = s.help_](const void* o) {
-      return Section::of<T>(name, help, *static_cast<const T*>(o));
-    };
-    return s;
-  }
-
-  const std::string& name() const { return name_; }
-  const std::string& help() const { return help_; }
-  const std::vector<Field>& fields() const { return fields_; }
-  /// The field called `key`, or nullptr.
-  const Field* find(const std::string& key) const;
-  /// The options object (throws std::bad_cast if T is not its type).
-  template <class T>
-  const T& get() const {
-    if (type_ == nullptr || *type_ != typeid(T)) {
-      throw std::bad_cast();
-    }
-    return *static_cast<const T*>(object_.get());
-  }
-
- private:
-  std::string name_, help_;
-  std::shared_ptr<void> object_;
-  const std::type_info* type_ = nullptr;
-  std::vector<Field> fields_;
-  std::function<Section(const void*)> clone_;
-};
-
 }  // namespace lowmem::train

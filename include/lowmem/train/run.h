@@ -48,6 +48,34 @@ struct Session {
   int world_size = 1;
 };
 
+/// What a configuration's method and optimizers make of a built model.
+struct MethodSetup {
+  std::vector<Route> routes;  // which optimizer owns which parameters
+  std::vector<OptimizerSlot> optimizers;  // one per route, in route order
+  /// The injected adapters (methods lora, lotr, snell, ...), else nullptr.
+  std::shared_ptr<adapters::AdapterModel> adapter;
+  /// projected-adapter: the number of projected adapters injected.
+  int64_t projected_adapters = 0;
+  /// The option sections the optimizers and the method were built from
+  /// (e.g. {"galore", "galore_adamw"}).
+  std::vector<std::string> sections;
+};
+
+/// Applies `config`'s method to `model` (adapters or projected adapters
+/// injected on `device`, frozen as the method freezes), routes the trainable
+/// parameters (`route`) and builds one optimizer per route from the
+/// registries. build_session does this after building the model; lowmem
+/// compare does it for its own models. ConfigError on usage problems.
+MethodSetup setup_method(const Config& config,
+                         const std::shared_ptr<torch::nn::Module>& model,
+                         c10::Device device);
+
+/// The model `config` describes, initialised from its seed on the CPU, without
+/// building its data source (a classifier's number of classes comes from the
+/// data section, e.g. fashion_mnist.classes): for commands that load weights
+/// into it (generate, eval, export). ConfigError on usage problems.
+std::shared_ptr<models::Model> build_model(const Config& config);
+
 /// Validates `config` and builds the session. Usage problems (bad names,
 /// option values an optimizer or adapter rejects) throw ConfigError;
 /// everything else (missing data files, ...) c10::Error.

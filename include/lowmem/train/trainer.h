@@ -110,6 +110,25 @@ struct TensorMemory {
 };
 TensorMemory tensor_memory(c10::Device device);
 
+/// Where a step probe runs inside Trainer::step: after every micro-batch's
+/// backward pass and the gradient sync (gradients complete, nothing updated
+/// yet), and after the optimizer steps (gradients still alive; not on a
+/// skipped update).
+enum class ProbePoint { kAfterBackward, kAfterUpdate };
+/// Called at both points of every update (memory measurements, e.g. lowmem
+/// compare's breakdown by role and `lowmem info`).
+using StepProbe = std::function<void(ProbePoint)>;
+
+/// Distinct-storage bytes of a model and its optimizers by role.
+struct MemoryBreakdown {
+  int64_t frozen_weights = 0;     // parameters without requires_grad
+  int64_t trainable_weights = 0;  // parameters with requires_grad
+  int64_t gradients = 0;          // defined .grad of the parameters
+  int64_t optimizer_state = 0;    // optim::state_tensors of every optimizer
+};
+MemoryBreakdown memory_breakdown(torch::nn::Module& model,
+                                 const std::vector<OptimizerSlot>& optimizers);
+
 class Trainer {
  public:
   /// `model` provides parameters and buffers (checkpoints) and train/eval
@@ -126,6 +145,8 @@ class Trainer {
   void set_grad_sync(GradSync fn) { grad_sync_ = std::move(fn); }
   /// Wraps every checkpoint write of fit() (default: write directly).
   void set_save_hook(SaveHook fn) { save_hook_ = std::move(fn); }
+  /// Runs `fn` at the probe points of every update (see ProbePoint).
+  void set_step_probe(StepProbe fn) { probe_ = std::move(fn); }
   /// Stored verbatim in every checkpoint (e.g. the resolved YAML config).
   void set_checkpoint_info(std::string text) { info_ = std::move(text); }
 
@@ -161,6 +182,14 @@ class Trainer {
  private:
   void apply_schedule();
   void emit(const Progress& p) const;
+  /// An event of `kind` with the counters, last evaluation and memory.
+  Progress event(Progress::Kind kind) const;
+  /// The micro-batches' forward and backward passes (loss, items).
+  StepResult accumulate(data::BatchSource& source);
+  /// Clipping, the optimizer steps and the after-update probe.
+  void update(std::vector<at::Tensor>& grads, double total_norm);
+  /// The step's Progress event, every log_every updates.
+  void report(const StepResult& r, double seconds);
 
   std::shared_ptr<torch::nn::Module> model_;
   LossFn loss_;
@@ -173,6 +202,7 @@ class Trainer {
   ProgressFn progress_;
   GradSync grad_sync_;
   SaveHook save_hook_;
+  StepProbe probe_;
   std::string info_;
   int64_t step_ = 0;
   int64_t skipped_total_ = 0;

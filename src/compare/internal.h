@@ -1,0 +1,120 @@
+// Internals of `lowmem compare`: suites (a model, its data and its
+// evaluation) and the method table (rows of lowmem train configuration keys,
+// built by train::setup_method and run by train::Trainer).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lowmem/compare/compare.h"
+#include "lowmem/data/batch.h"
+#include "lowmem/train/config.h"
+#include "lowmem/train/run.h"
+
+namespace lowmem::compare {
+using lowmem::ConfigError;
+}  // namespace lowmem::compare
+
+namespace lowmem::compare::detail {
+
+struct Evaluation {
+  double loss = 0;
+  std::optional<double> accuracy;
+};
+
+/// A model to train plus its data and evaluation, built fresh per method
+/// (same seed: same initial weights and batch order for every method).
+struct Workload {
+  std::string task;  // one-line description
+  std::shared_ptr<torch::nn::Module> model;
+  std::function<at::Tensor(const data::Batch&)> loss;  // forward + loss
+  std::function<data::Batch()> next_batch;
+  std::function<Evaluation()> evaluate;  // under NoGradGuard
+  int64_t items_per_step = 0;            // tokens or samples
+  std::string item_unit;                 // "tokens/s" | "samples/s"
+};
+
+/// Data loaded once per child, before the memory scope opens (the corpus
+/// is not charged to the method).
+struct SuiteData {
+  virtual ~SuiteData() = default;
+};
+
+struct Suite {
+  std::string name;
+  std::string metric;  // "val_loss" | "val_accuracy"
+  /// lowmem train keys every method of the suite starts from (the model
+  /// key selects the methods' default adapter targets).
+  std::vector<std::string> config;
+  /// "" if the suite can run here, else why not (missing data files).
+  std::function<std::string(const CompareOptions&)> unavailable;
+  std::function<std::shared_ptr<SuiteData>(const CompareOptions&)> load;
+  std::function<Workload(SuiteData&, const CompareOptions&, bool bf16)> build;
+  int64_t (*steps)(const CompareOptions&) = nullptr;
+  /// Finetune: path of the cached base model ("" if the suite has none).
+  std::function<std::string(const CompareOptions&)> base_path;
+  /// Trains and saves the base model (in a child process).
+  std::function<void(const CompareOptions&, const CompareCallbacks&)> make_base;
+};
+
+/// What one method's configuration made of a workload.
+struct Built {
+  train::Config config;
+  train::MethodSetup setup;
+};
+
+/// One method: a row of lowmem train configuration keys ("optimizer=came",
+/// "came.lr=0.0003", ...) applied over the suite's keys, then the run's
+/// `--set` overrides.
+struct MethodDef {
+  MethodInfo info;
+  bool bf16 = false;
+  /// The row's keys (some depend on the run's options: ranks, refresh gaps).
+  std::function<std::vector<std::string>(const CompareOptions&)> config;
+  /// The settings shown in the results ("rank 8, refresh 50, lr 0.003").
+  std::function<std::string(const Built&)> detail;
+};
+
+const std::vector<Suite>& suites();
+/// Appends the model-based suites (pretrain, finetune); model_suites.cpp.
+void add_model_suites(std::vector<Suite>& suites);
+const Suite& suite(const std::string& name);
+/// The method table; methods.cpp.
+const std::vector<MethodDef>& method_defs();
+const MethodDef& method_def(const std::string& suite, const std::string& name);
+
+/// The lowmem train configuration of `method` in `suite` under `options`:
+/// the suite's keys, the method's keys, then options.overrides.
+train::Config method_config(const MethodDef& method, const Suite& suite,
+                            const CompareOptions& options);
+
+/// The device of the module's first parameter (CPU if it has none): the
+/// workloads move each batch there, after run_method moved the model to
+/// CompareOptions::device.
+c10::Device device_of(const torch::nn::Module& module);
+
+/// Peak learning rate of the pretrain suite's AdamW baseline (the Python
+/// baseline uses the same); methods.cpp.
+double pretrain_adamw_lr();
+
+/// Runs the pretrain GPT with AdamW under Debian's python3-torch.
+PythonBaseline run_python_baseline(const CompareOptions& options);
+
+/// One MethodResult as a single-line JSON object and back (child -> parent).
+std::string method_to_json_line(const MethodResult& r);
+MethodResult method_from_json_line(const std::string& s);
+
+/// Writes `text` to `path` atomically (io::atomic_write_file: temp file,
+/// fsync, rename).
+void write_text_file(const std::string& path, const std::string& text);
+
+/// Formats a double for JSON/CSV/Markdown ("%.6g").
+std::string num(double v);
+
+}  // namespace lowmem::compare::detail

@@ -1,0 +1,97 @@
+#include "lowmem/projection/projected_linear.h"
+
+#include <ATen/ATen.h>
+
+#include "lowmem/core/check.h"
+#include "lowmem/nn/slot_module.h"
+
+namespace lowmem::projection {
+
+ProjectedLinear::ProjectedLinear(std::shared_ptr<nn::LinearLike> base,
+                                 ProjectorOptions options, int64_t stream)
+    : nn::LinearLike(base ? base->in_features() : 1,
+                     base ? base->out_features() : 1),
+      base_(std::move(base)),
+      projector_(std::move(options), out_features(), in_features(), stream) {
+  LOWMEM_CHECK(base_, "[projected_adapter] base layer is null");
+  register_module("base", base_);
+  auto& w = base_->base_weight();
+  w.set_requires_grad(false);
+  w.mutable_grad() = at::Tensor();  // frozen: a leftover full gradient is dead
+  const auto dtype = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  a_ = register_parameter(
+      "a", at::zeros(projector_.low_rank_shape(), w.options().dtype(dtype)));
+}
+
+at::Tensor ProjectedLinear::forward_impl(const at::Tensor& x) {
+  auto y = base_->forward_impl(x);
+  if (!projector_.has_basis()) return y;
+  auto xa = x.to(a_.scalar_type());
+  at::Tensor z;
+  // Thin products only: [.., in] -> [.., r] -> ... -> [.., out].
+  switch (projector_.side()) {
+    case Side::kLeft:  // x (P A)^T = (x A^T) P^T
+      z = at::matmul(at::matmul(xa, a_.t()), projector_.left().t());
+      break;
+    case Side::kRight:  // x (A Q^T)^T = (x Q) A^T
+      z = at::matmul(at::matmul(xa, projector_.right()), a_.t());
+      break;
+    case Side::kBoth:  // x (P A Q^T)^T = ((x Q) A^T) P^T
+      z = at::matmul(at::matmul(at::matmul(xa, projector_.right()), a_.t()),
+                     projector_.left().t());
+      break;
+  }
+  return y + z.to(y.scalar_type());
+}
+
+at::Tensor ProjectedLinear::effective_weight() const {
+  auto w = base_->effective_weight();
+  if (!projector_.has_basis()) return w;
+  return w + projector_.expand(a_.detach()).to(w.scalar_type());
+}
+
+void ProjectedLinear::merge() {
+  if (!projector_.has_basis()) return;
+  at::NoGradGuard no_grad;
+  auto& w = base_->base_weight();
+  w.add_(projector_.expand(a_).to(w.scalar_type()));
+  a_.zero_();
+}
+
+void ProjectedLinear::rebase(const at::Tensor& full_grad) {
+  merge();
+  if (projector_.needs_gradient()) {
+    LOWMEM_CHECK(full_grad.defined(), "[projected_adapter] basis '",
+                 projector_.options().basis(),
+                 "' needs the full weight gradient; capture it with "
+                 "capture_full_grad(true) before the forward pass");
+    projector_.refresh(full_grad);
+  } else {
+    projector_.refresh(a_.scalar_type(), a_.device());
+  }
+}
+
+void ProjectedLinear::capture_full_grad(bool on) {
+  auto& w = base_->base_weight();
+  // Always start (and end) from no gradient: W0 belongs to no optimizer, so
+  // nobody else zeroes it, and a stale .grad (e.g. left by a GaLore-form run
+  // before a conversion) would be summed into the captured one.
+  w.mutable_grad() = at::Tensor();
+  w.set_requires_grad(on);
+  capturing_ = on;
+}
+
+std::vector<std::shared_ptr<ProjectedLinear>> inject_projected(
+    torch::nn::Module& root, const ProjectorOptions& options) {
+  std::vector<std::shared_ptr<ProjectedLinear>> out;
+  int64_t stream = 0;
+  for (const auto& ref : nn::find_slots(root)) {
+    auto layer =
+        std::make_shared<ProjectedLinear>(ref.layer(), options, stream++);
+    ref.replace(layer);
+    out.push_back(layer);
+  }
+  return out;
+}
+
+}  // namespace lowmem::projection
