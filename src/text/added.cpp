@@ -29,7 +29,8 @@ bool is_word_char(char32_t c) {
 
 }  // namespace
 
-void AddedMatcher::build(const std::vector<std::pair<std::string, int>>& patterns) {
+void AddedMatcher::build(
+    const std::vector<std::pair<std::string, int>>& patterns) {
   nodes_.assign(1, NodeT{});
   first_.fill(false);
   for (const auto& [text, token] : patterns) {
@@ -40,11 +41,9 @@ void AddedMatcher::build(const std::vector<std::pair<std::string, int>>& pattern
     for (char ch : text) {
       const auto c = static_cast<unsigned char>(ch);
       auto& next = nodes_[static_cast<size_t>(node)].next;
-      auto it = std::lower_bound(
-          next.begin(), next.end(), c,
-          [](const std::pair<unsigned char, int>& e, unsigned char v) {
-            return e.first < v;
-          });
+      auto it = std::lower_bound(next.begin(), next.end(), c,
+                                 [](const std::pair<unsigned char, int>& e,
+                                    unsigned char v) { return e.first < v; });
       if (it != next.end() && it->first == c) {
         node = it->second;
       } else {
@@ -63,7 +62,8 @@ void AddedMatcher::build(const std::vector<std::pair<std::string, int>>& pattern
   }
 }
 
-void AddedMatcher::split(std::string_view s, const std::vector<AddedToken>& tokens,
+void AddedMatcher::split(std::string_view s,
+                         const std::vector<AddedToken>& tokens,
                          bool skip_special, std::vector<Split>& out) const {
   out.clear();
   size_t start_offset = 0;
@@ -81,11 +81,9 @@ void AddedMatcher::split(std::string_view s, const std::vector<AddedToken>& toke
     for (size_t j = i; j < n; ++j) {
       const auto c = static_cast<unsigned char>(s[j]);
       const auto& next = nodes_[static_cast<size_t>(node)].next;
-      auto it = std::lower_bound(
-          next.begin(), next.end(), c,
-          [](const std::pair<unsigned char, int>& e, unsigned char v) {
-            return e.first < v;
-          });
+      auto it = std::lower_bound(next.begin(), next.end(), c,
+                                 [](const std::pair<unsigned char, int>& e,
+                                    unsigned char v) { return e.first < v; });
       if (it == next.end() || it->first != c) {
         break;
       }

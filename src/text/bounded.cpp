@@ -1,13 +1,12 @@
 #include "bounded.h"
 
-#include <nlohmann/json.hpp>
-
 #include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "lowmem/core/check.h"
 
@@ -16,10 +15,10 @@ namespace lowmem::text::detail {
 std::string read_file_bounded(const std::string& path, int64_t max_bytes,
                               const std::string& what) {
   struct stat st {};
-  LOWMEM_CHECK(::stat(path.c_str(), &st) == 0, "[text] cannot open ", what, " '",
-               quote_for_error(path), "': ", std::strerror(errno));
-  LOWMEM_CHECK(S_ISREG(st.st_mode), "[text] ", what, " '", quote_for_error(path),
-               "' is not a regular file");
+  LOWMEM_CHECK(::stat(path.c_str(), &st) == 0, "[text] cannot open ", what,
+               " '", quote_for_error(path), "': ", std::strerror(errno));
+  LOWMEM_CHECK(S_ISREG(st.st_mode), "[text] ", what, " '",
+               quote_for_error(path), "' is not a regular file");
   LOWMEM_CHECK(static_cast<int64_t>(st.st_size) <= max_bytes, "[text] ", what,
                " '", quote_for_error(path), "' is ", st.st_size,
                " bytes, over the limit of ", max_bytes);
@@ -32,8 +31,8 @@ std::string read_file_bounded(const std::string& path, int64_t max_bytes,
   LOWMEM_CHECK(in.gcount() == static_cast<std::streamsize>(s.size()), "[text] ",
                what, " '", quote_for_error(path), "' changed while read");
   // The file may have grown since stat(): never read past the limit.
-  LOWMEM_CHECK(in.peek() == std::char_traits<char>::eof(), "[text] ", what, " '",
-               quote_for_error(path), "' grew past ", s.size(),
+  LOWMEM_CHECK(in.peek() == std::char_traits<char>::eof(), "[text] ", what,
+               " '", quote_for_error(path), "' grew past ", s.size(),
                " bytes while read");
   return s;
 }
@@ -60,8 +59,8 @@ nlohmann::json parse_json(std::string_view text, const JsonLimits& limits,
   } catch (const nlohmann::json::parse_error& e) {
     LOWMEM_CHECK(false, "[text] ", what, " is not valid JSON: ", e.what());
   } catch (const std::runtime_error&) {
-    LOWMEM_CHECK(!too_deep, "[text] ", what, " nests arrays/objects deeper than ",
-                 max_depth, " levels");
+    LOWMEM_CHECK(!too_deep, "[text] ", what,
+                 " nests arrays/objects deeper than ", max_depth, " levels");
     throw;
   }
   return {};

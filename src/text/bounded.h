@@ -4,9 +4,8 @@
 // core/json.h once they land (coord/hostile.md).
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 

@@ -10,8 +10,8 @@
 #include <cstring>
 #include <queue>
 
-#include "lowmem/core/check.h"
 #include "bounded.h"
+#include "lowmem/core/check.h"
 #include "pipeline.h"
 #include "utf8.h"
 
@@ -61,9 +61,7 @@ void StringIdMap::reserve(size_t n) {
   }
 }
 
-void StringIdMap::grow() {
-  reserve(std::max<size_t>(16, slots_.size()));
-}
+void StringIdMap::grow() { reserve(std::max<size_t>(16, slots_.size())); }
 
 bool StringIdMap::insert(std::string_view key, TokenId id) {
   if ((count_ + 1) * 2 > slots_.size()) {
@@ -167,8 +165,7 @@ struct MergeItem {
 Bpe::Bpe(std::vector<std::string> vocab_tokens, std::vector<TokenId> vocab_ids,
          const std::vector<std::pair<std::string, std::string>>& merges,
          BpeOptions options, const TokenizerLimits& limits)
-    : options_(std::move(options)),
-      instance_id_(next_instance.fetch_add(1)) {
+    : options_(std::move(options)), instance_id_(next_instance.fetch_add(1)) {
   LOWMEM_CHECK(static_cast<int64_t>(vocab_tokens.size()) <= limits.max_vocab(),
                "[text] BPE vocabulary of ", vocab_tokens.size(),
                " entries is over the limit of ", limits.max_vocab());
@@ -212,7 +209,8 @@ Bpe::Bpe(std::vector<std::string> vocab_tokens, std::vector<TokenId> vocab_ids,
     }
   }
   for (int b = 0; b < 256; ++b) {
-    byte_ids_[static_cast<size_t>(b)] = vocab_.find(byte_to_unicode()[static_cast<size_t>(b)]);
+    byte_ids_[static_cast<size_t>(b)] =
+        vocab_.find(byte_to_unicode()[static_cast<size_t>(b)]);
     char code[8];
     std::snprintf(code, sizeof code, "<0x%02X>", b);
     fallback_ids_[static_cast<size_t>(b)] = vocab_.find(code);
@@ -270,7 +268,9 @@ std::vector<std::pair<std::string, std::string>> Bpe::merges() const {
     if (e.key != ~uint64_t{0}) by_rank.push_back(&e);
   }
   std::sort(by_rank.begin(), by_rank.end(),
-            [](const MergeEntry* a, const MergeEntry* b) { return a->rank < b->rank; });
+            [](const MergeEntry* a, const MergeEntry* b) {
+              return a->rank < b->rank;
+            });
   std::vector<std::pair<std::string, std::string>> out;
   out.reserve(by_rank.size());
   for (const MergeEntry* e : by_rank) {
@@ -346,7 +346,8 @@ void Bpe::add_symbols(std::string_view s, size_t byte_len,
   }
 }
 
-void Bpe::merge_word(std::string_view word, bool bytes, std::vector<TokenId>& out,
+void Bpe::merge_word(std::string_view word, bool bytes,
+                     std::vector<TokenId>& out,
                      std::vector<std::pair<uint32_t, uint32_t>>* spans) const {
   thread_local std::vector<int32_t> ids, lens;
   thread_local std::vector<Symbol> symbols;
@@ -355,14 +356,13 @@ void Bpe::merge_word(std::string_view word, bool bytes, std::vector<TokenId>& ou
   ids.clear();
   lens.clear();
   std::optional<std::pair<TokenId, size_t>> unk;
-  const bool plain = !options_.continuing_subword_prefix &&
-                     !options_.end_of_word_suffix;
+  const bool plain =
+      !options_.continuing_subword_prefix && !options_.end_of_word_suffix;
   const auto& table = byte_to_unicode();
   size_t i = 0;
   while (i < word.size()) {
     const auto c0 = static_cast<unsigned char>(word[i]);
-    const size_t len =
-        bytes ? 1 : static_cast<size_t>(utf8_length(c0));
+    const size_t len = bytes ? 1 : static_cast<size_t>(utf8_length(c0));
     const bool first = i == 0;
     const bool last = i + len >= word.size();
     if (bytes && plain && byte_ids_[c0] >= 0) {
@@ -425,15 +425,16 @@ void Bpe::merge_word(std::string_view word, bool bytes, std::vector<TokenId>& ou
   symbols.resize(static_cast<size_t>(n));
   heap.clear();
   for (int32_t k = 0; k < n; ++k) {
-    symbols[static_cast<size_t>(k)] = Symbol{ids[static_cast<size_t>(k)], k - 1,
-                                             k + 1 < n ? k + 1 : -1,
-                                             lens[static_cast<size_t>(k)], false};
+    symbols[static_cast<size_t>(k)] =
+        Symbol{ids[static_cast<size_t>(k)], k - 1, k + 1 < n ? k + 1 : -1,
+               lens[static_cast<size_t>(k)], false};
   }
   // The merge table is large (Gemma-3: 16 MB): prefetch a few pairs ahead so
   // the cache misses overlap.
   constexpr int32_t kAhead = 8;
   for (int32_t k = 0; k + 1 < n && k < kAhead; ++k) {
-    prefetch_merge(ids[static_cast<size_t>(k)], ids[static_cast<size_t>(k + 1)]);
+    prefetch_merge(ids[static_cast<size_t>(k)],
+                   ids[static_cast<size_t>(k + 1)]);
   }
   for (int32_t k = 0; k + 1 < n; ++k) {
     if (k + kAhead + 1 < n) {
@@ -442,7 +443,8 @@ void Bpe::merge_word(std::string_view word, bool bytes, std::vector<TokenId>& ou
     }
     if (const MergeEntry* m = find_merge(ids[static_cast<size_t>(k)],
                                          ids[static_cast<size_t>(k + 1)])) {
-      heap.push_back(MergeItem{m->rank, k, m->merged, ids[static_cast<size_t>(k)],
+      heap.push_back(MergeItem{m->rank, k, m->merged,
+                               ids[static_cast<size_t>(k)],
                                ids[static_cast<size_t>(k + 1)]});
     }
   }
@@ -475,14 +477,16 @@ void Bpe::merge_word(std::string_view word, bool bytes, std::vector<TokenId>& ou
     if (left.prev >= 0) {
       const Symbol& prev = symbols[static_cast<size_t>(left.prev)];
       if (const MergeEntry* pm = find_merge(prev.id, left.id)) {
-        heap.push_back(MergeItem{pm->rank, left.prev, pm->merged, prev.id, left.id});
+        heap.push_back(
+            MergeItem{pm->rank, left.prev, pm->merged, prev.id, left.id});
         std::push_heap(heap.begin(), heap.end());
       }
     }
     if (left.next >= 0) {
       const Symbol& next = symbols[static_cast<size_t>(left.next)];
       if (const MergeEntry* nm = find_merge(left.id, next.id)) {
-        heap.push_back(MergeItem{nm->rank, top.pos, nm->merged, left.id, next.id});
+        heap.push_back(
+            MergeItem{nm->rank, top.pos, nm->merged, left.id, next.id});
         std::push_heap(heap.begin(), heap.end());
       }
     }
@@ -491,7 +495,8 @@ void Bpe::merge_word(std::string_view word, bool bytes, std::vector<TokenId>& ou
   for (int32_t k = 0; k >= 0; k = symbols[static_cast<size_t>(k)].next) {
     out.push_back(symbols[static_cast<size_t>(k)].id);
     if (spans != nullptr) {
-      const auto len = static_cast<uint32_t>(symbols[static_cast<size_t>(k)].len);
+      const auto len =
+          static_cast<uint32_t>(symbols[static_cast<size_t>(k)].len);
       spans->emplace_back(at, at + len);
       at += len;
     }
@@ -505,8 +510,8 @@ void Bpe::tokenize(const Piece& piece, std::vector<TokenId>& out,
     return;
   }
   if (options_.ignore_merges) {
-    const TokenId id = piece.bytes ? vocab_.find(byte_level_map(word))
-                                   : vocab_.find(word);
+    const TokenId id =
+        piece.bytes ? vocab_.find(byte_level_map(word)) : vocab_.find(word);
     if (id >= 0) {
       out.push_back(id);
       if (spans != nullptr) {
@@ -528,7 +533,10 @@ void Bpe::tokenize(const Piece& piece, std::vector<TokenId>& out,
   const size_t before = out.size();
   merge_word(word, piece.bytes, out, nullptr);
   if (cache.words.size() < kCacheCapacity) {
-    cache.words.emplace(word, std::vector<TokenId>(out.begin() + static_cast<std::ptrdiff_t>(before), out.end()));
+    cache.words.emplace(
+        word,
+        std::vector<TokenId>(out.begin() + static_cast<std::ptrdiff_t>(before),
+                             out.end()));
   }
 }
 

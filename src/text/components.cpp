@@ -1,15 +1,15 @@
 // Normalizers, pre-tokenizers, post-processors and decoders of tokenizer.json,
 // each following its huggingface/tokenizers source file (named per class).
+#include <unicode/bytestream.h>
 #include <unicode/casemap.h>
 #include <unicode/normalizer2.h>
-#include <unicode/bytestream.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <functional>
 
-#include "lowmem/core/check.h"
 #include "bounded.h"
+#include "lowmem/core/check.h"
 #include "pipeline.h"
 #include "utf8.h"
 
@@ -104,8 +104,9 @@ void replace_all(std::string& s, std::string_view from, std::string_view to,
 // (the crate's NormalizedString::prepend).
 void prepend_aligned(std::string& s, Offsets* o, std::string_view bytes) {
   if (o != nullptr) {
-    const auto first = s.empty() ? std::pair<uint32_t, uint32_t>{0, 0}
-                                 : std::pair<uint32_t, uint32_t>{o->b[0], o->e[0]};
+    const auto first = s.empty()
+                           ? std::pair<uint32_t, uint32_t>{0, 0}
+                           : std::pair<uint32_t, uint32_t>{o->b[0], o->e[0]};
     o->b.insert(o->b.begin(), bytes.size(), first.first);
     o->e.insert(o->e.begin(), bytes.size(), first.second);
   }
@@ -159,10 +160,12 @@ class StripNormalizer final : public Normalizer {
     }
     s = s.substr(b, e - b);
     if (o != nullptr) {
-      o->b = std::vector<uint32_t>(o->b.begin() + static_cast<std::ptrdiff_t>(b),
-                                   o->b.begin() + static_cast<std::ptrdiff_t>(e));
-      o->e = std::vector<uint32_t>(o->e.begin() + static_cast<std::ptrdiff_t>(b),
-                                   o->e.begin() + static_cast<std::ptrdiff_t>(e));
+      o->b =
+          std::vector<uint32_t>(o->b.begin() + static_cast<std::ptrdiff_t>(b),
+                                o->b.begin() + static_cast<std::ptrdiff_t>(e));
+      o->e =
+          std::vector<uint32_t>(o->e.begin() + static_cast<std::ptrdiff_t>(b),
+                                o->e.begin() + static_cast<std::ptrdiff_t>(e));
     }
   }
 
@@ -282,7 +285,8 @@ void split_pieces(std::vector<Piece>& pieces, bool invert,
       if (b == e) {
         continue;
       }
-      Piece q{p.text.substr(b, e - b), p.at_origin && b == 0, false, p.track, {}};
+      Piece q{
+          p.text.substr(b, e - b), p.at_origin && b == 0, false, p.track, {}};
       if (p.track) {
         q.offs.b.assign(p.offs.b.begin() + static_cast<std::ptrdiff_t>(b),
                         p.offs.b.begin() + static_cast<std::ptrdiff_t>(e));
@@ -319,8 +323,9 @@ class ByteLevelPre final : public PreTokenizer {
       }
     }
     if (use_regex_) {
-      split_pieces(pieces, false, SplitBehavior::kIsolated,
-                   [this](const std::string& s, auto& m) { re_->find_all(s, m); });
+      split_pieces(
+          pieces, false, SplitBehavior::kIsolated,
+          [this](const std::string& s, auto& m) { re_->find_all(s, m); });
     }
     for (Piece& p : pieces) {
       if (last) {
@@ -362,9 +367,10 @@ class MetaspacePre final : public PreTokenizer {
     replacement_.clear();
     append_utf8(replacement_, replacement_char_);
     scheme_ = opt_string(j, "prepend_scheme", "always", where);
-    LOWMEM_CHECK(scheme_ == "always" || scheme_ == "first" || scheme_ == "never",
-                 "[text] tokenizer.json ", where, ": unknown prepend_scheme '",
-                 quote_for_error(scheme_), "'");
+    LOWMEM_CHECK(
+        scheme_ == "always" || scheme_ == "first" || scheme_ == "never",
+        "[text] tokenizer.json ", where, ": unknown prepend_scheme '",
+        quote_for_error(scheme_), "'");
     auto aps = j.find("add_prefix_space");
     if (aps != j.end() && aps->is_boolean() && !aps->get<bool>()) {
       LOWMEM_CHECK(scheme_ == "never" || !j.contains("prepend_scheme"),
@@ -379,8 +385,10 @@ class MetaspacePre final : public PreTokenizer {
     for (Piece& p : pieces) {
       Offsets* o = p.track ? &p.offs : nullptr;
       replace_all(p.text, " ", replacement_, o);
-      const bool starts = p.text.compare(0, replacement_.size(), replacement_) == 0;
-      if (!starts && (scheme_ == "always" || (scheme_ == "first" && p.at_origin))) {
+      const bool starts =
+          p.text.compare(0, replacement_.size(), replacement_) == 0;
+      if (!starts &&
+          (scheme_ == "always" || (scheme_ == "first" && p.at_origin))) {
         prepend_aligned(p.text, o, replacement_);
       }
     }
@@ -425,12 +433,10 @@ class DigitsPre final : public PreTokenizer {
   explicit DigitsPre(bool individual) : individual_(individual) {}
   void apply(std::vector<Piece>& pieces, bool) const override {
     materialize(pieces);
-    split_pieces(pieces, false,
-                 individual_ ? SplitBehavior::kIsolated
-                             : SplitBehavior::kContiguous,
-                 [](const std::string& s, auto& m) {
-                   char_matches(s, is_numeric, m);
-                 });
+    split_pieces(
+        pieces, false,
+        individual_ ? SplitBehavior::kIsolated : SplitBehavior::kContiguous,
+        [](const std::string& s, auto& m) { char_matches(s, is_numeric, m); });
   }
 
  private:
@@ -621,14 +627,16 @@ class StripDecoder final : public Decoder {
         i += static_cast<size_t>(len);
       }
       size_t start_cut = 0;
-      for (size_t k = 0; k < chars.size() && static_cast<int64_t>(k) < start_; ++k) {
+      for (size_t k = 0; k < chars.size() && static_cast<int64_t>(k) < start_;
+           ++k) {
         if (chars[k].second != content_) {
           break;
         }
         start_cut = k + 1;
       }
       size_t stop_cut = chars.size();
-      for (int64_t k = 0; k < stop_ && static_cast<size_t>(k) < chars.size(); ++k) {
+      for (int64_t k = 0; k < stop_ && static_cast<size_t>(k) < chars.size();
+           ++k) {
         const size_t index = chars.size() - static_cast<size_t>(k) - 1;
         if (chars[index].second != content_) {
           break;
@@ -639,8 +647,10 @@ class StripDecoder final : public Decoder {
         t.clear();
         continue;
       }
-      const size_t b = start_cut < chars.size() ? chars[start_cut].first : t.size();
-      const size_t e = stop_cut < chars.size() ? chars[stop_cut].first : t.size();
+      const size_t b =
+          start_cut < chars.size() ? chars[start_cut].first : t.size();
+      const size_t e =
+          stop_cut < chars.size() ? chars[stop_cut].first : t.size();
       t = t.substr(b, e - b);
     }
   }
@@ -707,7 +717,8 @@ void identity_offsets(std::string_view s, uint32_t base, Offsets& o) {
   o.e.resize(s.size());
   size_t i = 0;
   while (i < s.size()) {
-    const auto len = static_cast<size_t>(utf8_length(static_cast<unsigned char>(s[i])));
+    const auto len =
+        static_cast<size_t>(utf8_length(static_cast<unsigned char>(s[i])));
     for (size_t k = i; k < i + len && k < s.size(); ++k) {
       o.b[k] = base + static_cast<uint32_t>(i);
       o.e[k] = base + static_cast<uint32_t>(i + len);
@@ -792,7 +803,8 @@ int unicode_to_byte(char32_t c) {
     const auto& fwd = byte_to_unicode();
     for (int b = 0; b < 256; ++b) {
       int len = 0;
-      const char32_t cp = decode_utf8(fwd[static_cast<size_t>(b)].data(), 0, &len);
+      const char32_t cp =
+          decode_utf8(fwd[static_cast<size_t>(b)].data(), 0, &len);
       t[cp] = static_cast<int16_t>(b);
     }
     return t;
@@ -941,8 +953,9 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j) {
   if (type == "Lowercase") return std::make_unique<LowercaseNormalizer>();
   if (type == "StripAccents") return std::make_unique<StripAccentsNormalizer>();
   if (type == "Strip") {
-    return std::make_unique<StripNormalizer>(opt_bool(j, "strip_left", true, where),
-                                             opt_bool(j, "strip_right", true, where));
+    return std::make_unique<StripNormalizer>(
+        opt_bool(j, "strip_left", true, where),
+        opt_bool(j, "strip_right", true, where));
   }
   if (type == "Prepend") {
     return std::make_unique<PrependNormalizer>(get_string(j, "prepend", where));
@@ -956,10 +969,10 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j) {
     }
     return std::make_unique<SequenceNormalizer>(std::move(parts));
   }
-  LOWMEM_CHECK(false, "[text] tokenizer.json: normalizer type '",
-               quote_for_error(type),
-               "' is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, "
-               "Strip, StripAccents, Prepend, Replace, Sequence)");
+  LOWMEM_CHECK(
+      false, "[text] tokenizer.json: normalizer type '", quote_for_error(type),
+      "' is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, "
+      "Strip, StripAccents, Prepend, Replace, Sequence)");
   return nullptr;
 }
 
@@ -970,13 +983,15 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j) {
   const char* where = "pre_tokenizer";
   const std::string type = type_of(j, where);
   if (type == "ByteLevel") {
-    return std::make_unique<ByteLevelPre>(opt_bool(j, "add_prefix_space", true, where),
-                                          opt_bool(j, "use_regex", true, where));
+    return std::make_unique<ByteLevelPre>(
+        opt_bool(j, "add_prefix_space", true, where),
+        opt_bool(j, "use_regex", true, where));
   }
   if (type == "Split") return std::make_unique<SplitPre>(j, where);
   if (type == "Metaspace") return std::make_unique<MetaspacePre>(j, where);
   if (type == "Digits") {
-    return std::make_unique<DigitsPre>(opt_bool(j, "individual_digits", false, where));
+    return std::make_unique<DigitsPre>(
+        opt_bool(j, "individual_digits", false, where));
   }
   if (type == "WhitespaceSplit") return std::make_unique<WhitespaceSplitPre>();
   if (type == "Whitespace") return std::make_unique<WhitespacePre>();
@@ -1055,8 +1070,8 @@ void add_post_processor(
         std::vector<TokenId> ids;
         auto it = specials.find(name);
         LOWMEM_CHECK(it != specials.end(), "[text] tokenizer.json ", where,
-                     ": template names special token '",
-                     quote_for_error(name), "' missing from special_tokens");
+                     ": template names special token '", quote_for_error(name),
+                     "' missing from special_tokens");
         for (const json& id : array_member(*it, "ids", where)) {
           LOWMEM_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 &&
                            id.get<int64_t>() < (int64_t{1} << 31),
@@ -1067,7 +1082,8 @@ void add_post_processor(
         auto& dst = seen_a ? pp.suffix : pp.prefix;
         dst.insert(dst.end(), ids.begin(), ids.end());
       } else if (item.contains("Sequence")) {
-        const std::string id = get_string(member(item, "Sequence", where), "id", where);
+        const std::string id =
+            get_string(member(item, "Sequence", where), "id", where);
         LOWMEM_CHECK(id == "A" && !seen_a, "[text] tokenizer.json ", where,
                      ": the single template may hold sequence A once, got '",
                      quote_for_error(id), "'");
@@ -1085,11 +1101,13 @@ void add_post_processor(
     // processors/{roberta,bert}.rs: [cls] A [sep], cls/sep = [token, id].
     const json& cls = array_member(j, "cls", where);
     const json& sep = array_member(j, "sep", where);
-    LOWMEM_CHECK(cls.size() == 2 && sep.size() == 2 && cls[1].is_number_integer() &&
-                     sep[1].is_number_integer(),
-                 "[text] tokenizer.json ", where, ": cls/sep must be [token, id]");
+    LOWMEM_CHECK(cls.size() == 2 && sep.size() == 2 &&
+                     cls[1].is_number_integer() && sep[1].is_number_integer(),
+                 "[text] tokenizer.json ", where,
+                 ": cls/sep must be [token, id]");
     pp.prefix.push_back(static_cast<TokenId>(cls[1].get<int64_t>()));
-    pp.suffix.insert(pp.suffix.begin(), static_cast<TokenId>(sep[1].get<int64_t>()));
+    pp.suffix.insert(pp.suffix.begin(),
+                     static_cast<TokenId>(sep[1].get<int64_t>()));
     return;
   }
   if (type == "Sequence") {
@@ -1147,10 +1165,18 @@ void unicode_normalize(std::string& s, UnicodeForm form, Offsets* o) {
   UErrorCode st = U_ZERO_ERROR;
   const icu::Normalizer2* n = nullptr;
   switch (form) {
-    case UnicodeForm::kNFC: n = icu::Normalizer2::getNFCInstance(st); break;
-    case UnicodeForm::kNFD: n = icu::Normalizer2::getNFDInstance(st); break;
-    case UnicodeForm::kNFKC: n = icu::Normalizer2::getNFKCInstance(st); break;
-    case UnicodeForm::kNFKD: n = icu::Normalizer2::getNFKDInstance(st); break;
+    case UnicodeForm::kNFC:
+      n = icu::Normalizer2::getNFCInstance(st);
+      break;
+    case UnicodeForm::kNFD:
+      n = icu::Normalizer2::getNFDInstance(st);
+      break;
+    case UnicodeForm::kNFKC:
+      n = icu::Normalizer2::getNFKCInstance(st);
+      break;
+    case UnicodeForm::kNFKD:
+      n = icu::Normalizer2::getNFKDInstance(st);
+      break;
   }
   LOWMEM_CHECK(U_SUCCESS(st) && n != nullptr,
                "[text] ICU normalizer unavailable: ", u_errorName(st));
@@ -1166,9 +1192,11 @@ void unicode_normalize(std::string& s, UnicodeForm form, Offsets* o) {
   auto normalize_part = [&](size_t b, size_t e) {
     const size_t before = out.size();
     icu::StringByteSink<std::string> sink(&out, static_cast<int32_t>(e - b));
-    n->normalizeUTF8(0, icu::StringPiece(s.data() + b, static_cast<int32_t>(e - b)), sink,
-                     nullptr, st);
-    LOWMEM_CHECK(U_SUCCESS(st), "[text] Unicode normalization failed: ", u_errorName(st));
+    n->normalizeUTF8(
+        0, icu::StringPiece(s.data() + b, static_cast<int32_t>(e - b)), sink,
+        nullptr, st);
+    LOWMEM_CHECK(U_SUCCESS(st),
+                 "[text] Unicode normalization failed: ", u_errorName(st));
     if (o != nullptr) {
       const auto r = span_of(*o, b, e);
       no.b.insert(no.b.end(), out.size() - before, r.first);
@@ -1217,8 +1245,10 @@ void unicode_lowercase(std::string& s, Offsets* o) {
     } else {
       UErrorCode st = U_ZERO_ERROR;
       icu::StringByteSink<std::string> sink(&out, 8);
-      icu::CaseMap::utf8ToLower("", 0, icu::StringPiece(s.data() + i, len), sink, nullptr, st);
-      LOWMEM_CHECK(U_SUCCESS(st), "[text] lowercasing failed: ", u_errorName(st));
+      icu::CaseMap::utf8ToLower("", 0, icu::StringPiece(s.data() + i, len),
+                                sink, nullptr, st);
+      LOWMEM_CHECK(U_SUCCESS(st),
+                   "[text] lowercasing failed: ", u_errorName(st));
     }
     if (o != nullptr) {
       no.b.insert(no.b.end(), out.size() - before, o->b[i]);

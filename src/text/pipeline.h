@@ -5,12 +5,11 @@
 // crate consults them, Metaspace's prepend_scheme "first", uses `at_origin`.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,9 +31,7 @@ class StringIdMap {
   bool insert(std::string_view key, TokenId id);
   /// -1 when absent.
   TokenId find(std::string_view key) const;
-  size_t size() const {
-    return count_;
-  }
+  size_t size() const { return count_; }
 
  private:
   struct Slot {
@@ -99,9 +96,7 @@ class Normalizer {
   virtual ~Normalizer() = default;
   /// Normalizes `s` in place; `o` (may be null) follows the bytes.
   virtual void normalize(std::string& s, Offsets* o) const = 0;
-  void normalize(std::string& s) const {
-    normalize(s, nullptr);
-  }
+  void normalize(std::string& s) const { normalize(s, nullptr); }
 };
 
 class PreTokenizer {
@@ -144,12 +139,11 @@ class Bpe {
 
   /// Appends the ids of one pre-token; with `spans`, also each token's byte
   /// range [b, e) in piece.text.
-  void tokenize(const Piece& piece, std::vector<TokenId>& out,
-                std::vector<std::pair<uint32_t, uint32_t>>* spans = nullptr) const;
+  void tokenize(
+      const Piece& piece, std::vector<TokenId>& out,
+      std::vector<std::pair<uint32_t, uint32_t>>* spans = nullptr) const;
 
-  TokenId find(std::string_view token) const {
-    return vocab_.find(token);
-  }
+  TokenId find(std::string_view token) const { return vocab_.find(token); }
   /// The token string of `id`, or nullptr when the model has none.
   const std::string* token(TokenId id) const {
     return id >= 0 && static_cast<size_t>(id) < tokens_.size() &&
@@ -160,20 +154,12 @@ class Bpe {
   int64_t max_id_plus_one() const {
     return static_cast<int64_t>(tokens_.size());
   }
-  size_t vocab_entries() const {
-    return vocab_.size();
-  }
-  size_t merge_count() const {
-    return merge_count_;
-  }
+  size_t vocab_entries() const { return vocab_.size(); }
+  size_t merge_count() const { return merge_count_; }
   /// The merges in rank order, as token strings.
   std::vector<std::pair<std::string, std::string>> merges() const;
-  const BpeOptions& options() const {
-    return options_;
-  }
-  uint64_t instance_id() const {
-    return instance_id_;
-  }
+  const BpeOptions& options() const { return options_; }
+  uint64_t instance_id() const { return instance_id_; }
 
  private:
   struct MergeEntry {
@@ -197,7 +183,8 @@ class Bpe {
   size_t merge_count_ = 0;
   BpeOptions options_;
   TokenId unk_id_ = -1;
-  std::vector<TokenId> char_ids_;  // BMP code point -> id of that one-character token, or -1
+  std::vector<TokenId>
+      char_ids_;  // BMP code point -> id of that one-character token, or -1
   std::array<TokenId, 256> byte_ids_{};  // id of each byte's stand-in, or -1
   std::array<TokenId, 256> fallback_ids_{};  // id of <0xHH>, or -1
   uint64_t instance_id_ = 0;
@@ -221,9 +208,7 @@ class AddedMatcher {
  public:
   /// `patterns`: (string to match, index into `tokens`).
   void build(const std::vector<std::pair<std::string, int>>& patterns);
-  bool empty() const {
-    return nodes_.size() <= 1;
-  }
+  bool empty() const { return nodes_.size() <= 1; }
   struct Split {
     size_t begin, end;
     int token;  // index into the token list, -1 for text
@@ -254,7 +239,13 @@ PostProcessor make_post_processor(
 Regex make_pattern(const nlohmann::json& j, const char* where);
 
 /// The crate's SplitDelimiterBehavior applied to the matches of `re` in `s`.
-enum class SplitBehavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
+enum class SplitBehavior {
+  kRemoved,
+  kIsolated,
+  kMergedWithPrevious,
+  kMergedWithNext,
+  kContiguous
+};
 SplitBehavior parse_behavior(const std::string& s);
 void split_by_matches(std::string_view s,
                       const std::vector<std::pair<size_t, size_t>>& matches,

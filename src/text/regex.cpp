@@ -14,8 +14,8 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "lowmem/core/check.h"
 #include "bounded.h"
+#include "lowmem/core/check.h"
 #include "utf8.h"
 
 namespace lowmem::text {
@@ -64,7 +64,7 @@ struct Node {
   Assert assertion = Assert::kLineStart;
   uint8_t nchars = 0;  // kChar: the code point and its case variants
   std::array<char32_t, 4> chars{};
-  int cls = -1;  // kClass
+  int cls = -1;           // kClass
   int min = 0, max = -1;  // kRepeat; max -1 = unbounded
   std::vector<int> kids;
 };
@@ -125,16 +125,12 @@ class Parser {
   bool icase_ = false;
 
   [[noreturn]] void fail(const std::string& why) const {
-    LOWMEM_CHECK(false, "[text] regex '", detail::quote_for_error(s_), "': ", why,
-                 " at offset ", pos_);
+    LOWMEM_CHECK(false, "[text] regex '", detail::quote_for_error(s_),
+                 "': ", why, " at offset ", pos_);
     throw std::logic_error("unreachable");
   }
-  bool at_end() const {
-    return pos_ >= s_.size();
-  }
-  char peek() const {
-    return s_[pos_];
-  }
+  bool at_end() const { return pos_ >= s_.size(); }
+  char peek() const { return s_[pos_]; }
   bool starts_with(std::string_view t) const {
     return s_.substr(pos_, t.size()) == t;
   }
@@ -262,9 +258,8 @@ class Parser {
     } else if (!at_end() && peek() == '+') {
       fail("possessive quantifiers are not supported");
     }
-    if (!at_end() &&
-        (peek() == '*' || peek() == '+' || peek() == '?' ||
-         (peek() == '{' && c != '{'))) {
+    if (!at_end() && (peek() == '*' || peek() == '+' || peek() == '?' ||
+                      (peek() == '{' && c != '{'))) {
       fail("nested quantifier");
     }
     const Op op = prog_.nodes[atom_id].op;
@@ -555,13 +550,27 @@ class Parser {
     }
     const char c = s_[pos_++];
     switch (c) {
-      case 't': *cp = '\t'; return true;
-      case 'n': *cp = '\n'; return true;
-      case 'r': *cp = '\r'; return true;
-      case 'f': *cp = '\f'; return true;
-      case 'v': *cp = '\v'; return true;
-      case 'a': *cp = 0x07; return true;
-      case 'e': *cp = 0x1B; return true;
+      case 't':
+        *cp = '\t';
+        return true;
+      case 'n':
+        *cp = '\n';
+        return true;
+      case 'r':
+        *cp = '\r';
+        return true;
+      case 'f':
+        *cp = '\f';
+        return true;
+      case 'v':
+        *cp = '\v';
+        return true;
+      case 'a':
+        *cp = 0x07;
+        return true;
+      case 'e':
+        *cp = 0x1B;
+        return true;
       case 'x':
         if (!at_end() && peek() == '{') {
           size_t close = s_.find('}', pos_);
@@ -582,8 +591,14 @@ class Parser {
       case 'u':
         *cp = hex(4);
         return true;
-      case 's': case 'S': case 'd': case 'D': case 'w': case 'W':
-      case 'h': case 'H':
+      case 's':
+      case 'S':
+      case 'd':
+      case 'D':
+      case 'w':
+      case 'W':
+      case 'h':
+      case 'H':
         add_shorthand(set, c);
         return false;
       case 'p':
@@ -691,7 +706,8 @@ class Parser {
         if (hi < lo) {
           fail("character range out of order");
         }
-        uset_addRange(set.p, static_cast<UChar32>(lo), static_cast<UChar32>(hi));
+        uset_addRange(set.p, static_cast<UChar32>(lo),
+                      static_cast<UChar32>(hi));
       } else {
         uset_add(set.p, static_cast<UChar32>(lo));
       }
@@ -703,7 +719,7 @@ class Parser {
 struct Cont {
   enum Kind : uint8_t { kAccept, kLookAccept, kSeq, kRepeat } kind;
   int node;
-  int idx;  // kSeq: next child; kRepeat: iterations done
+  int idx;       // kSeq: next child; kRepeat: iterations done
   size_t start;  // kRepeat: where this iteration started
   const Cont* next;
 };
@@ -733,13 +749,10 @@ class Matcher {
   struct DepthGuard {
     int& d;
     explicit DepthGuard(int& depth) : d(depth) {
-      LOWMEM_CHECK(++d <= kMaxDepth,
-                   "[text] regex: backtracking deeper than ", kMaxDepth,
-                   " levels (a quantified group over a long input)");
+      LOWMEM_CHECK(++d <= kMaxDepth, "[text] regex: backtracking deeper than ",
+                   kMaxDepth, " levels (a quantified group over a long input)");
     }
-    ~DepthGuard() {
-      --d;
-    }
+    ~DepthGuard() { --d; }
   };
 
   bool char_at(const Node& nd, size_t i, size_t* next) const {
@@ -759,8 +772,8 @@ class Matcher {
 
   bool match(int id, size_t i, const Cont* k) {
     LOWMEM_CHECK(++steps_ <= kMaxSteps, "[text] regex '",
-                 detail::quote_for_error(p_.pattern),
-                 "': more than ", kMaxSteps, " backtracking steps in one search");
+                 detail::quote_for_error(p_.pattern), "': more than ",
+                 kMaxSteps, " backtracking steps in one search");
     const Node& nd = p_.nodes[static_cast<size_t>(id)];
     switch (nd.op) {
       case Op::kChar:
@@ -823,8 +836,7 @@ class Matcher {
 
   // A quantifier over one character: scan, then back off (greedy) or extend
   // (lazy) one character at a time.
-  bool repeat_char(const Node& nd, const Node& child, size_t i,
-                   const Cont* k) {
+  bool repeat_char(const Node& nd, const Node& child, size_t i, const Cont* k) {
     size_t j = i;
     int count = 0;
     if (nd.greedy) {
@@ -919,7 +931,8 @@ class Matcher {
 
 Regex::Regex(std::string_view pattern) : program_(std::make_unique<Program>()) {
   LOWMEM_CHECK(pattern.size() <= kMaxPatternBytes, "[text] regex of ",
-               pattern.size(), " bytes is over the limit of ", kMaxPatternBytes);
+               pattern.size(), " bytes is over the limit of ",
+               kMaxPatternBytes);
   LOWMEM_CHECK(detail::find_invalid_utf8(pattern) == std::string_view::npos,
                "[text] regex '", detail::quote_for_error(pattern),
                "' is not valid UTF-8");
@@ -932,9 +945,7 @@ Regex::~Regex() = default;
 Regex::Regex(Regex&&) noexcept = default;
 Regex& Regex::operator=(Regex&&) noexcept = default;
 
-const std::string& Regex::pattern() const {
-  return program_->pattern;
-}
+const std::string& Regex::pattern() const { return program_->pattern; }
 
 bool Regex::search(std::string_view text, size_t from, size_t* begin,
                    size_t* end) const {

@@ -25,8 +25,8 @@ struct Module {
   decltype(&lowmem_spm_decode) decode = nullptr;
 };
 
-// The module, loaded once per process; candidates: $LOWMEM_SENTENCEPIECE_MODULE,
-// the build tree's copy, the installed copy.
+// The module, loaded once per process; candidates:
+// $LOWMEM_SENTENCEPIECE_MODULE, the build tree's copy, the installed copy.
 const Module& module() {
   static std::once_flag once;
   static Module m;
@@ -121,8 +121,9 @@ int SentencePiece::find(std::string_view piece) const {
   return ids_.find(piece);
 }
 
-void SentencePiece::encode(std::string_view text, std::vector<TokenId>& out,
-                           std::vector<std::pair<size_t, size_t>>* offsets) const {
+void SentencePiece::encode(
+    std::string_view text, std::vector<TokenId>& out,
+    std::vector<std::pair<size_t, size_t>>* offsets) const {
   char err[512] = {0};
   if (offsets != nullptr) {
     struct Ctx {

@@ -22,16 +22,12 @@ class SentencePiece {
   SentencePiece(const SentencePiece&) = delete;
   SentencePiece& operator=(const SentencePiece&) = delete;
 
-  int size() const {
-    return static_cast<int>(pieces_.size());
-  }
+  int size() const { return static_cast<int>(pieces_.size()); }
   const std::string& piece(int id) const {
     return pieces_[static_cast<size_t>(id)];
   }
   /// LOWMEM_SPM_* bits of the piece.
-  int type(int id) const {
-    return types_[static_cast<size_t>(id)];
-  }
+  int type(int id) const { return types_[static_cast<size_t>(id)]; }
   /// -1 when `piece` is not a piece of the model.
   int find(std::string_view piece) const;
   /// Appends the ids of `text`; with `offsets`, each piece's byte range.

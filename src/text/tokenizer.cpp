@@ -9,9 +9,9 @@
 #include <filesystem>
 #include <sstream>
 
-#include "lowmem/core/check.h"
-#include "bounded.h"
 #include "../../modules/sentencepiece/lowmem_sentencepiece.h"
+#include "bounded.h"
+#include "lowmem/core/check.h"
 #include "tokenizer_impl.h"
 #include "utf8.h"
 
@@ -62,8 +62,8 @@ std::optional<bool> bool_setting(const json& cfg, const char* key) {
 // transformers' clean_up_tokenization (tokenization_utils_base.py).
 std::string clean_up_tokenization(std::string s) {
   static const std::pair<const char*, const char*> rules[] = {
-      {" .", "."},   {" ?", "?"},     {" !", "!"},     {" ,", ","},
-      {" ' ", "'"},  {" n't", "n't"}, {" 'm", "'m"},   {" 's", "'s"},
+      {" .", "."},     {" ?", "?"},     {" !", "!"},   {" ,", ","},
+      {" ' ", "'"},    {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"},
       {" 've", "'ve"}, {" 're", "'re"}};
   for (const auto& [from, to] : rules) {
     std::string out;
@@ -103,10 +103,10 @@ TokenizerConfig parse_tokenizer_config(const std::string& text,
     return c;
   }
   const json cfg = detail::parse_json(
-      text,
-      JsonLimits{limits.max_config_bytes(), limits.max_json_depth()},
+      text, JsonLimits{limits.max_config_bytes(), limits.max_json_depth()},
       "tokenizer_config.json");
-  LOWMEM_CHECK(cfg.is_object(), "[text] tokenizer_config.json is not an object");
+  LOWMEM_CHECK(cfg.is_object(),
+               "[text] tokenizer_config.json is not an object");
   c.bos_token = token_setting(cfg, "bos_token");
   c.eos_token = token_setting(cfg, "eos_token");
   c.pad_token = token_setting(cfg, "pad_token");
@@ -115,19 +115,23 @@ TokenizerConfig parse_tokenizer_config(const std::string& text,
   c.add_eos_token = bool_setting(cfg, "add_eos_token");
   c.clean_up_tokenization_spaces =
       bool_setting(cfg, "clean_up_tokenization_spaces").value_or(false);
-  c.split_special_tokens = bool_setting(cfg, "split_special_tokens").value_or(false);
-  if (auto it = cfg.find("tokenizer_class"); it != cfg.end() && it->is_string()) {
+  c.split_special_tokens =
+      bool_setting(cfg, "split_special_tokens").value_or(false);
+  if (auto it = cfg.find("tokenizer_class");
+      it != cfg.end() && it->is_string()) {
     c.tokenizer_class = it->get<std::string>();
   }
   if (auto it = cfg.find("chat_template"); it != cfg.end() && !it->is_null()) {
     if (it->is_string()) {
       c.chat_templates.emplace_back("default", it->get<std::string>());
     } else {
-      LOWMEM_CHECK(it->is_array(), "[text] tokenizer_config.json: \"chat_template\" "
-                                   "is neither a string nor a list");
+      LOWMEM_CHECK(it->is_array(),
+                   "[text] tokenizer_config.json: \"chat_template\" "
+                   "is neither a string nor a list");
       for (const json& t : *it) {
-        LOWMEM_CHECK(t.is_object() && t.contains("name") && t.contains("template") &&
-                         t["name"].is_string() && t["template"].is_string(),
+        LOWMEM_CHECK(t.is_object() && t.contains("name") &&
+                         t.contains("template") && t["name"].is_string() &&
+                         t["template"].is_string(),
                      "[text] tokenizer_config.json: a chat_template list entry "
                      "lacks a string \"name\" or \"template\"");
         c.chat_templates.emplace_back(t["name"].get<std::string>(),
@@ -151,11 +155,12 @@ std::string describe_component(const json& j) {
     return "none";
   }
   std::string t = j.value("type", std::string("?"));
-  const char* list = t == "Sequence" ? (j.contains("normalizers")     ? "normalizers"
-                                        : j.contains("pretokenizers") ? "pretokenizers"
-                                        : j.contains("decoders")      ? "decoders"
-                                                                      : "processors")
-                                     : nullptr;
+  const char* list = t == "Sequence"
+                         ? (j.contains("normalizers")     ? "normalizers"
+                            : j.contains("pretokenizers") ? "pretokenizers"
+                            : j.contains("decoders")      ? "decoders"
+                                                          : "processors")
+                         : nullptr;
   if (list != nullptr && j.contains(list) && j[list].is_array()) {
     std::string s = "Sequence[";
     for (size_t i = 0; i < j[list].size(); ++i) {
@@ -170,7 +175,8 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
                          const TokenizerLimits& limits) {
   const json& root = loaded.root;
   const json& model = detail::member(root, "model", "root");
-  LOWMEM_CHECK(model.is_object(), "[text] tokenizer.json: \"model\" is not an object");
+  LOWMEM_CHECK(model.is_object(),
+               "[text] tokenizer.json: \"model\" is not an object");
   std::string type = model.value("type", std::string());
   if (type.empty() && loaded.has_merges) {
     type = "BPE";  // older files omit the model type (the crate infers it)
@@ -179,8 +185,9 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
                detail::quote_for_error(type),
                "' is not supported (supported: BPE; Unigram and WordPiece "
                "models are not implemented)");
-  LOWMEM_CHECK(loaded.has_vocab && loaded.has_merges,
-               "[text] tokenizer.json: the BPE model lacks \"vocab\" or \"merges\"");
+  LOWMEM_CHECK(
+      loaded.has_vocab && loaded.has_merges,
+      "[text] tokenizer.json: the BPE model lacks \"vocab\" or \"merges\"");
   if (auto d = model.find("dropout"); d != model.end() && !d->is_null()) {
     LOWMEM_CHECK(d->is_number() && d->get<double>() == 0.0,
                  "[text] tokenizer.json: BPE dropout ", d->dump(),
@@ -227,16 +234,19 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
   loaded.merges.shrink_to_fit();
 
   m.normalizer = detail::make_normalizer(root.value("normalizer", json()));
-  m.pre_tokenizer = detail::make_pre_tokenizer(root.value("pre_tokenizer", json()));
+  m.pre_tokenizer =
+      detail::make_pre_tokenizer(root.value("pre_tokenizer", json()));
   m.decoder = detail::make_decoder(root.value("decoder", json()));
 
   // Added tokens (tokenizer/added_vocabulary.rs).
   int64_t max_id = m.bpe->max_id_plus_one() - 1;
   if (auto it = root.find("added_tokens"); it != root.end() && !it->is_null()) {
-    LOWMEM_CHECK(it->is_array(), "[text] tokenizer.json: \"added_tokens\" is not a list");
+    LOWMEM_CHECK(it->is_array(),
+                 "[text] tokenizer.json: \"added_tokens\" is not a list");
     LOWMEM_CHECK(static_cast<int64_t>(it->size()) <= limits.max_added_tokens(),
                  "[text] tokenizer.json: ", it->size(),
-                 " added tokens is over the limit of ", limits.max_added_tokens());
+                 " added tokens is over the limit of ",
+                 limits.max_added_tokens());
     for (const json& a : *it) {
       const char* where = "added_tokens entry";
       AddedToken t;
@@ -247,9 +257,10 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
                    "\"content\" and an integer \"id\"");
       t.content = content.get<std::string>();
       detail::validate_utf8(t.content, "an added token");
-      LOWMEM_CHECK(static_cast<int64_t>(t.content.size()) <= limits.max_token_bytes(),
-                   "[text] tokenizer.json: added token of ", t.content.size(),
-                   " bytes is over the limit of ", limits.max_token_bytes());
+      LOWMEM_CHECK(
+          static_cast<int64_t>(t.content.size()) <= limits.max_token_bytes(),
+          "[text] tokenizer.json: added token of ", t.content.size(),
+          " bytes is over the limit of ", limits.max_token_bytes());
       const int64_t raw_id = id.get<int64_t>();
       LOWMEM_CHECK(raw_id >= 0 && raw_id < limits.max_vocab(),
                    "[text] tokenizer.json: added token '",
@@ -265,7 +276,8 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
         continue;  // the crate ignores empty added tokens
       }
       const TokenId in_model = m.bpe->find(t.content);
-      LOWMEM_CHECK(in_model < 0 || in_model == t.id, "[text] tokenizer.json: added token '",
+      LOWMEM_CHECK(in_model < 0 || in_model == t.id,
+                   "[text] tokenizer.json: added token '",
                    detail::quote_for_error(t.content), "' has id ", t.id,
                    " but the model's vocabulary gives it id ", in_model);
       if (m.added_by_content.find(t.content) >= 0) {
@@ -307,9 +319,10 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
       root.value("post_processor", json()),
       [&m](const std::string& s) { return m.find(s); });
   const std::string& cls = m.config.tokenizer_class;
-  const bool rebuilds = cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast" ||
-                        cls == "GemmaTokenizer" || cls == "GemmaTokenizerFast" ||
-                        cls == "CodeLlamaTokenizer" || cls == "CodeLlamaTokenizerFast";
+  const bool rebuilds =
+      cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast" ||
+      cls == "GemmaTokenizer" || cls == "GemmaTokenizerFast" ||
+      cls == "CodeLlamaTokenizer" || cls == "CodeLlamaTokenizerFast";
   if (rebuilds) {
     const bool add_bos = m.config.add_bos_token.value_or(true);
     const bool add_eos = m.config.add_eos_token.value_or(false);
@@ -343,7 +356,8 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
   if (opt.byte_fallback) s << " (byte fallback)";
   s << ", " << m.bpe->vocab_entries() << " tokens + " << m.added.size()
     << " added, " << m.bpe->merge_count() << " merges; normalizer "
-    << describe_component(root.value("normalizer", json())) << ", pre-tokenizer "
+    << describe_component(root.value("normalizer", json()))
+    << ", pre-tokenizer "
     << describe_component(root.value("pre_tokenizer", json())) << ", decoder "
     << describe_component(root.value("decoder", json()));
   m.summary = s.str();
@@ -459,7 +473,8 @@ const std::string* Tokenizer::Impl::token(TokenId id) const {
   return nullptr;
 }
 
-void Tokenizer::Impl::encode_json(std::string_view text, std::vector<TokenId>& out,
+void Tokenizer::Impl::encode_json(std::string_view text,
+                                  std::vector<TokenId>& out,
                                   Spans* offsets) const {
   thread_local std::vector<detail::AddedMatcher::Split> outer, inner;
   thread_local std::vector<Piece> pieces;
@@ -501,12 +516,17 @@ void Tokenizer::Impl::encode_json(std::string_view text, std::vector<TokenId>& o
       }
       pieces.clear();
       Piece first{normalized.substr(sub.begin, sub.end - sub.begin),
-                  sec.begin == 0 && sub.begin == 0, false, track, {}};
+                  sec.begin == 0 && sub.begin == 0,
+                  false,
+                  track,
+                  {}};
       if (track) {
-        first.offs.b.assign(o.b.begin() + static_cast<std::ptrdiff_t>(sub.begin),
-                            o.b.begin() + static_cast<std::ptrdiff_t>(sub.end));
-        first.offs.e.assign(o.e.begin() + static_cast<std::ptrdiff_t>(sub.begin),
-                            o.e.begin() + static_cast<std::ptrdiff_t>(sub.end));
+        first.offs.b.assign(
+            o.b.begin() + static_cast<std::ptrdiff_t>(sub.begin),
+            o.b.begin() + static_cast<std::ptrdiff_t>(sub.end));
+        first.offs.e.assign(
+            o.e.begin() + static_cast<std::ptrdiff_t>(sub.begin),
+            o.e.begin() + static_cast<std::ptrdiff_t>(sub.end));
       }
       pieces.push_back(std::move(first));
       if (pre_tokenizer) {
@@ -528,7 +548,8 @@ void Tokenizer::Impl::encode_json(std::string_view text, std::vector<TokenId>& o
   }
 }
 
-void Tokenizer::Impl::encode_sp(std::string_view text, std::vector<TokenId>& out,
+void Tokenizer::Impl::encode_sp(std::string_view text,
+                                std::vector<TokenId>& out,
                                 Spans* offsets) const {
   thread_local std::vector<detail::AddedMatcher::Split> sections;
   raw_matcher.split(text, added, config.split_special_tokens, sections);
@@ -557,7 +578,8 @@ void Tokenizer::Impl::encode(std::string_view text, bool add_special,
   detail::validate_utf8(text, "text to encode");
   if (add_special) {
     out.insert(out.end(), post.prefix.begin(), post.prefix.end());
-    if (offsets != nullptr) offsets->resize(offsets->size() + post.prefix.size(), {0, 0});
+    if (offsets != nullptr)
+      offsets->resize(offsets->size() + post.prefix.size(), {0, 0});
   }
   if (sp) {
     encode_sp(text, out, offsets);
@@ -567,14 +589,16 @@ void Tokenizer::Impl::encode(std::string_view text, bool add_special,
   if (add_special) {
     out.insert(out.end(), post.suffix.begin(), post.suffix.end());
     if (offsets != nullptr) {
-      offsets->resize(offsets->size() + post.suffix.size(), {text.size(), text.size()});
+      offsets->resize(offsets->size() + post.suffix.size(),
+                      {text.size(), text.size()});
     }
   }
 }
 
 // ------------------------------------------------------------ Tokenizer
 
-Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl)
+    : impl_(std::move(impl)) {}
 
 std::string resolve_tokenizer_path(const std::string& path) {
   if (detail::is_dir(path)) {
@@ -598,19 +622,21 @@ Tokenizer Tokenizer::from_file(const std::string& path,
   auto m = std::make_shared<Impl>();
   m->path = file;
   const std::string config_path =
-      (std::filesystem::path(file).parent_path() / "tokenizer_config.json").string();
+      (std::filesystem::path(file).parent_path() / "tokenizer_config.json")
+          .string();
   if (detail::is_file(config_path)) {
     m->config = detail::parse_tokenizer_config(
         detail::read_file_bounded(config_path, limits.max_config_bytes(),
-                              "tokenizer_config.json"),
+                                  "tokenizer_config.json"),
         limits);
   }
-  const std::string bytes =
-      detail::read_file_bounded(file, limits.max_file_bytes(), "tokenizer file");
+  const std::string bytes = detail::read_file_bounded(
+      file, limits.max_file_bytes(), "tokenizer file");
   size_t first = bytes.find_first_not_of(" \t\r\n");
   if (first != std::string::npos && bytes[first] == '{') {
     m->kind = "tokenizer.json";
-    build_json_pipeline(*m, detail::parse_tokenizer_json(bytes, limits), limits);
+    build_json_pipeline(*m, detail::parse_tokenizer_json(bytes, limits),
+                        limits);
   } else {
     m->kind = "sentencepiece";
     build_sentencepiece(*m, bytes);
@@ -684,8 +710,9 @@ std::string Tokenizer::decode(const std::vector<TokenId>& ids,
       }
     }
     flush();
-    return m.config.clean_up_tokenization_spaces ? detail::clean_up_tokenization(out)
-                                                 : out;
+    return m.config.clean_up_tokenization_spaces
+               ? detail::clean_up_tokenization(out)
+               : out;
   }
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
@@ -705,8 +732,9 @@ std::string Tokenizer::decode(const std::vector<TokenId>& ids,
       out += (i ? " " : "") + tokens[i];
     }
   }
-  return m.config.clean_up_tokenization_spaces ? detail::clean_up_tokenization(out)
-                                               : out;
+  return m.config.clean_up_tokenization_spaces
+             ? detail::clean_up_tokenization(out)
+             : out;
 }
 
 std::optional<TokenId> Tokenizer::token_to_id(std::string_view token) const {
@@ -720,38 +748,43 @@ std::string Tokenizer::id_to_token(TokenId id) const {
   return *t;
 }
 
-int64_t Tokenizer::vocab_size() const {
-  return impl_->vocab_size;
-}
+int64_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
 
 std::vector<std::pair<std::string, std::string>> Tokenizer::merges() const {
   return impl_->bpe ? impl_->bpe->merges()
                     : std::vector<std::pair<std::string, std::string>>{};
 }
 
-const std::string& Tokenizer::kind() const {
-  return impl_->kind;
-}
+const std::string& Tokenizer::kind() const { return impl_->kind; }
 std::optional<TokenId> Tokenizer::bos_id() const { return impl_->bos; }
 std::optional<TokenId> Tokenizer::eos_id() const { return impl_->eos; }
 std::optional<TokenId> Tokenizer::pad_id() const { return impl_->pad; }
 std::optional<TokenId> Tokenizer::unk_id() const { return impl_->unk; }
-const std::string& Tokenizer::bos_token() const { return impl_->config.bos_token; }
-const std::string& Tokenizer::eos_token() const { return impl_->config.eos_token; }
-const std::string& Tokenizer::pad_token() const { return impl_->config.pad_token; }
-const std::string& Tokenizer::unk_token() const { return impl_->config.unk_token; }
+const std::string& Tokenizer::bos_token() const {
+  return impl_->config.bos_token;
+}
+const std::string& Tokenizer::eos_token() const {
+  return impl_->config.eos_token;
+}
+const std::string& Tokenizer::pad_token() const {
+  return impl_->config.pad_token;
+}
+const std::string& Tokenizer::unk_token() const {
+  return impl_->config.unk_token;
+}
 
 bool Tokenizer::is_special(TokenId id) const {
   const Impl& m = *impl_;
   if (m.sp) {
-    return id >= 0 && id < m.vocab_size && m.sp_special[static_cast<size_t>(id)];
+    return id >= 0 && id < m.vocab_size &&
+           m.sp_special[static_cast<size_t>(id)];
   }
   const std::string* t = m.token(id);
   return t != nullptr && m.special_contents.find(*t) >= 0;
 }
 
-std::pair<std::vector<TokenId>, std::vector<TokenId>> Tokenizer::special_affixes()
-    const {
+std::pair<std::vector<TokenId>, std::vector<TokenId>>
+Tokenizer::special_affixes() const {
   return {impl_->post.prefix, impl_->post.suffix};
 }
 
@@ -762,20 +795,14 @@ std::string Tokenizer::chat_template(const std::string& name) const {
   return "";
 }
 
-const std::string& Tokenizer::config_json() const {
-  return impl_->config.text;
-}
-const std::string& Tokenizer::hash() const {
-  return impl_->hash;
-}
-const std::string& Tokenizer::path() const {
-  return impl_->path;
-}
+const std::string& Tokenizer::config_json() const { return impl_->config.text; }
+const std::string& Tokenizer::hash() const { return impl_->hash; }
+const std::string& Tokenizer::path() const { return impl_->path; }
 
 std::string Tokenizer::describe() const {
   std::ostringstream s;
-  s << (impl_->path.empty() ? impl_->kind : impl_->path) << ": " << impl_->summary
-    << "; " << impl_->vocab_size << " ids";
+  s << (impl_->path.empty() ? impl_->kind : impl_->path) << ": "
+    << impl_->summary << "; " << impl_->vocab_size << " ids";
   if (impl_->bos) s << ", bos " << *impl_->bos;
   if (impl_->eos) s << ", eos " << *impl_->eos;
   return s.str();

@@ -1,9 +1,8 @@
 // Internal: the state behind lowmem::text::Tokenizer.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -34,7 +33,8 @@ struct TokenizerConfig {
   bool clean_up_tokenization_spaces = false;
   bool split_special_tokens = false;
   std::string tokenizer_class;
-  std::vector<std::pair<std::string, std::string>> chat_templates;  // (name, source)
+  std::vector<std::pair<std::string, std::string>>
+      chat_templates;  // (name, source)
 };
 
 TokenizerConfig parse_tokenizer_config(const std::string& text,
@@ -73,10 +73,12 @@ struct Tokenizer::Impl {
 
   using Spans = std::vector<std::pair<size_t, size_t>>;
   /// Appends the ids of `text`; with `offsets`, each token's byte range in it.
-  void encode(std::string_view text, bool add_special, std::vector<TokenId>& out,
-              Spans* offsets = nullptr) const;
-  void encode_json(std::string_view text, std::vector<TokenId>& out, Spans* offsets) const;
-  void encode_sp(std::string_view text, std::vector<TokenId>& out, Spans* offsets) const;
+  void encode(std::string_view text, bool add_special,
+              std::vector<TokenId>& out, Spans* offsets = nullptr) const;
+  void encode_json(std::string_view text, std::vector<TokenId>& out,
+                   Spans* offsets) const;
+  void encode_sp(std::string_view text, std::vector<TokenId>& out,
+                 Spans* offsets) const;
   std::optional<TokenId> find(std::string_view token) const;
   const std::string* token(TokenId id) const;
 };

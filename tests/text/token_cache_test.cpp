@@ -1,11 +1,12 @@
 // Token files: round trip, validation of damaged files, atomic writing, and
 // the corpus cache (built once, reused, rebuilt when the source changes).
+#include "lowmem/text/token_cache.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
 
-#include "lowmem/text/token_cache.h"
 #include "reference.h"
 #include "testing/errors.h"
 #include "testing/files.h"
@@ -30,7 +31,8 @@ TEST(TokenFile, RoundTripWithDocumentsAndMask) {
     w.add_document(a.data(), a.size(), ma.data());
     w.add_document(b.data(), 0, nullptr);
     w.add_document(c.data(), c.size(), mc.data());
-    EXPECT_FALSE(fs::exists(path)) << "nothing at the final path before finish()";
+    EXPECT_FALSE(fs::exists(path))
+        << "nothing at the final path before finish()";
     const TokenFile f = w.finish();
     EXPECT_EQ(f.size(), 5);
   }
@@ -44,8 +46,9 @@ TEST(TokenFile, RoundTripWithDocumentsAndMask) {
   EXPECT_EQ(f.document(2), (std::pair<int64_t, int64_t>{3, 5}));
   const at::Tensor t = f.tokens_tensor();
   EXPECT_EQ(t.scalar_type(), at::kInt);
-  EXPECT_EQ(std::vector<int32_t>(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + 5),
-            (std::vector<int32_t>{1, 2, 3, 99, 0}));
+  EXPECT_EQ(
+      std::vector<int32_t>(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + 5),
+      (std::vector<int32_t>{1, 2, 3, 99, 0}));
   const at::Tensor m = f.mask_tensor();
   EXPECT_EQ(m.sum().item<int64_t>(), 3);
   // The tensor keeps the mapping alive past the TokenFile.
@@ -53,7 +56,8 @@ TEST(TokenFile, RoundTripWithDocumentsAndMask) {
   { kept = TokenFile::open(path).tokens_tensor(); }
   EXPECT_EQ(kept[3].item<int32_t>(), 99);
   for (const auto& e : fs::directory_iterator(dir)) {
-    EXPECT_EQ(e.path().filename(), "x.tokens") << "temporary files left: " << e.path();
+    EXPECT_EQ(e.path().filename(), "x.tokens")
+        << "temporary files left: " << e.path();
   }
 }
 
@@ -70,7 +74,8 @@ TEST(TokenFile, DamagedFilesAreRejectedNamingTheProblem) {
     std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
   };
   write(good.substr(0, good.size() - 1));
-  expect_error_containing([&] { TokenFile::open(path); }, "but its header describes");
+  expect_error_containing([&] { TokenFile::open(path); },
+                          "but its header describes");
   std::string bad = good;
   bad[0] = 'X';
   write(bad);
@@ -78,16 +83,23 @@ TEST(TokenFile, DamagedFilesAreRejectedNamingTheProblem) {
   bad = good;
   bad[104] = 50;  // first token 50 >= vocabulary 10
   write(bad);
-  expect_error_containing([&] { TokenFile::open(path); }, "token 0 = 50 is outside the vocabulary");
+  expect_error_containing([&] { TokenFile::open(path); },
+                          "token 0 = 50 is outside the vocabulary");
   bad = good;
   bad[80] = static_cast<char>(0xFF);  // token count
   write(bad);
   expect_error_containing([&] { TokenFile::open(path); }, "do not fit");
   write("short");
-  expect_error_containing([&] { TokenFile::open(path); }, "shorter than its header");
-  expect_error_containing([&] { TokenFile::open((dir / "missing").string()); }, "cannot open");
+  expect_error_containing([&] { TokenFile::open(path); },
+                          "shorter than its header");
+  expect_error_containing([&] { TokenFile::open((dir / "missing").string()); },
+                          "cannot open");
   TokenFileWriter w((dir / "y.tokens").string(), kKey, 10, false);
-  expect_error_containing([&] { w.add_document({3, 10}); }, "token 10 is outside the vocabulary of 10");
+  expect_error_containing(
+      [&] {
+        w.add_document({3, 10});
+      },
+      "token 10 is outside the vocabulary of 10");
 }
 
 TEST(TokenFile, AbandonedWriterLeavesNothing) {
@@ -107,11 +119,15 @@ TEST(TokenCache, CorpusIsTokenizedOnceAndRebuiltWhenItChanges) {
   const std::string a = (dir / "a.txt").string(), b = (dir / "b.txt").string();
   std::ofstream(a) << "Hello world.\nSecond line here.\n";
   std::string big;
-  for (int i = 0; i < 400; ++i) big += "Line " + std::to_string(i) + " of a longer file.\n";
+  for (int i = 0; i < 400; ++i)
+    big += "Line " + std::to_string(i) + " of a longer file.\n";
   std::ofstream(b) << big;
-  const auto opts = text::CorpusTokenOptions().cache_dir((dir / "cache").string()).max_document_bytes(4096);
+  const auto opts = text::CorpusTokenOptions()
+                        .cache_dir((dir / "cache").string())
+                        .max_document_bytes(4096);
   const TokenFile f = text::tokenize_files_cached(tok, {a, b}, opts);
-  // Documents: a.txt whole, b.txt (about 11 KB) cut at line ends into <= 4 KiB pieces.
+  // Documents: a.txt whole, b.txt (about 11 KB) cut at line ends into <= 4 KiB
+  // pieces.
   ASSERT_GE(f.documents(), 4);
   std::vector<TokenId> expect = tok.encode("Hello world.\nSecond line here.\n");
   auto [b0, e0] = f.document(0);
@@ -121,7 +137,8 @@ TEST(TokenCache, CorpusIsTokenizedOnceAndRebuiltWhenItChanges) {
     auto [bd, ed] = f.document(d);
     const std::vector<TokenId> ids(f.tokens() + bd, f.tokens() + ed);
     const std::string text = tok.decode(ids, /*skip_special_tokens=*/true);
-    EXPECT_EQ(ids, tok.encode(text)) << "document " << d << " is its text encoded alone";
+    EXPECT_EQ(ids, tok.encode(text))
+        << "document " << d << " is its text encoded alone";
     EXPECT_LE(text.size(), 4096u);
     EXPECT_EQ(text.back(), '\n') << "cut at a line end";
     bytes += text.size();
@@ -135,10 +152,12 @@ TEST(TokenCache, CorpusIsTokenizedOnceAndRebuiltWhenItChanges) {
   std::ofstream(a) << "Hello world!\n";
   const TokenFile changed = text::tokenize_files_cached(tok, {a, b}, opts);
   EXPECT_NE(changed.key(), f.key());
-  EXPECT_EQ(changed.document(0).second, static_cast<int64_t>(tok.encode("Hello world!\n").size()));
+  EXPECT_EQ(changed.document(0).second,
+            static_cast<int64_t>(tok.encode("Hello world!\n").size()));
   // A damaged cache entry is rebuilt.
   std::ofstream(changed.path(), std::ios::trunc) << "garbage";
-  EXPECT_EQ(text::tokenize_files_cached(tok, {a, b}, opts).size(), changed.size());
+  EXPECT_EQ(text::tokenize_files_cached(tok, {a, b}, opts).size(),
+            changed.size());
   std::ofstream(a, std::ios::trunc) << "bad \xff byte";
   expect_error_containing([&] { text::tokenize_files_cached(tok, {a}, opts); },
                           "is not valid UTF-8 at byte 4");

@@ -1,14 +1,15 @@
 // A small backtracking regular-expression engine for the split patterns of
 // Hugging Face tokenizers (tokenizer.json "Split"/"Replace" patterns, the
 // GPT-2 byte-level pattern). Semantics follow Oniguruma, which the Rust
-// `tokenizers` crate uses (huggingface/tokenizers, tokenizers/src/utils/onig.rs):
-// leftmost-first alternation, greedy quantifiers by default, `\s` = White_Space,
+// `tokenizers` crate uses (huggingface/tokenizers,
+// tokenizers/src/utils/onig.rs): leftmost-first alternation, greedy quantifiers
+// by default, `\s` = White_Space,
 // `\d` = Nd, `\w` = L|M|Nd|Pc, `.` = any code point but \n, `^`/`$` at line
 // boundaries, `(?i:...)` with Unicode simple case folding (closure from ICU),
 // and find_iter's rule that an empty match right after the previous match is
 // skipped. Character classes (\p{...} general categories, scripts and binary
-// properties as ICU names them) are resolved once through ICU (Debian libicu-dev)
-// into a BMP bitmap plus supplementary ranges.
+// properties as ICU names them) are resolved once through ICU (Debian
+// libicu-dev) into a BMP bitmap plus supplementary ranges.
 //
 // Supported: literals, escapes (\t \n \r \f \v \a \e \xHH \x{H...} \uHHHH,
 // escaped punctuation), classes [...] with ranges and negation, \s \S \d \D

@@ -70,7 +70,8 @@ class TokenFileWriter {
   TokenFileWriter& operator=(const TokenFileWriter&) = delete;
 
   /// Appends one document; `mask` (n bytes) is required iff with_mask.
-  void add_document(const TokenId* ids, size_t n, const uint8_t* mask = nullptr);
+  void add_document(const TokenId* ids, size_t n,
+                    const uint8_t* mask = nullptr);
   void add_document(const std::vector<TokenId>& ids) {
     add_document(ids.data(), ids.size());
   }
@@ -110,8 +111,8 @@ std::string corpus_token_key(const Tokenizer& tokenizer,
 /// than max_document_bytes), from the cache when it holds a valid file with
 /// this key, else tokenized now and written there atomically. Files must be
 /// valid UTF-8 (an error names the file and byte).
-TokenFile tokenize_files_cached(const Tokenizer& tokenizer,
-                                const std::vector<std::string>& files,
-                                const CorpusTokenOptions& options = CorpusTokenOptions());
+TokenFile tokenize_files_cached(
+    const Tokenizer& tokenizer, const std::vector<std::string>& files,
+    const CorpusTokenOptions& options = CorpusTokenOptions());
 
 }  // namespace lowmem::text

@@ -1,8 +1,9 @@
 // Tokenizers as Hugging Face ships them with a model:
 //  - tokenizer.json, the format of huggingface/tokenizers (Rust crate
-//    `tokenizers` 0.2x; serialization in tokenizers/src/tokenizer/serialization.rs),
-//    with the BPE model and the components LLaMA-2/Mistral/TinyLlama, LLaMA-3,
-//    Qwen2/Qwen3, Gemma and GPT-2 use (docs/data.md lists them);
+//    `tokenizers` 0.2x; serialization in
+//    tokenizers/src/tokenizer/serialization.rs), with the BPE model and the
+//    components LLaMA-2/Mistral/TinyLlama, LLaMA-3, Qwen2/Qwen3, Gemma and
+//    GPT-2 use (docs/data.md lists them);
 //  - a sentencepiece tokenizer.model through Debian's libsentencepiece-dev;
 //  - tokenizer_config.json beside either (transformers' PreTrainedTokenizer
 //    settings: bos/eos/pad/unk tokens, add_bos_token/add_eos_token,
