@@ -16,6 +16,7 @@ using text::Tokenizer;
 using Offs = std::vector<std::pair<size_t, size_t>>;
 
 TEST(Offsets, HandCheckedOnRealTokenizers) {
+  LOWMEM_SKIP_WITHOUT_NODE_REFERENCE();
   const auto llama3 = Tokenizer::from_file(lenml_model_dir("llama3"));
   auto e = llama3.encode_with_pieces("Hello world", false);
   EXPECT_EQ(e.pieces, (std::vector<std::string>{"Hello", "\u0120world"}));
@@ -158,15 +159,19 @@ void check_model(const std::string& name, Kind kind) {
 }
 
 TEST(Offsets, TokensCoverTheirTextLlama3) {
+  LOWMEM_SKIP_WITHOUT_NODE_REFERENCE();
   check_model("llama3", Kind::kByteLevel);
 }
 TEST(Offsets, TokensCoverTheirTextQwen3) {
+  LOWMEM_SKIP_WITHOUT_NODE_REFERENCE();
   check_model("qwen3", Kind::kByteLevelNfc);
 }
 TEST(Offsets, TokensCoverTheirTextLlama2) {
+  LOWMEM_SKIP_WITHOUT_NODE_REFERENCE();
   check_model("llama2", Kind::kMetaspace);
 }
 TEST(Offsets, TokensCoverTheirTextGemma3) {
+  LOWMEM_SKIP_WITHOUT_NODE_REFERENCE();
   check_model("gemma3", Kind::kMetaspace);
 }
 

