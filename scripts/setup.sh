@@ -9,7 +9,7 @@ PKGS=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev librapidcheck-dev
   libcli11-dev libyaml-cpp-dev nlohmann-json3-dev libfmt-dev zlib1g-dev
   gnuplot-nox python3-torch
-  libsentencepiece-dev sentencepiece python3-sentencepiece
+  libsentencepiece-dev sentencepiece python3-sentencepiece libicu-dev
   clang libclang-rt-14-dev clang-format
   dataset-fashion-mnist fortunes fortunes-min
 )

@@ -1,10 +1,11 @@
 #include "lowmem/dist/communicator.h"
 
+#include <ATen/ATen.h>
+
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
 #include "lowmem/core/check.h"
 #include "lowmem/core/compat.h"
-
-#include <ATen/ATen.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #if LOWMEM_TORCH_AT_LEAST(2, 0)
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #endif
@@ -21,15 +22,17 @@
 
 namespace lowmem::dist {
 
+#if LOWMEM_TORCH_AT_LEAST(2, 0)
+// Since LibTorch 2.0 ProcessGroupGloo/NCCL are c10d::Backends (a
+// ProcessGroup dispatches to them); the collectives used here are the same.
+using GroupPtr = c10::intrusive_ptr<c10d::Backend>;
+#else
+using GroupPtr = c10::intrusive_ptr<c10d::ProcessGroup>;
+#endif
+
 struct Communicator::Impl {
   c10::intrusive_ptr<c10d::Store> store;
-#if LOWMEM_TORCH_AT_LEAST(2, 0)
-  // Since LibTorch 2.0 ProcessGroupGloo/NCCL are c10d::Backends (a
-  // ProcessGroup dispatches to them); the collectives used here are the same.
-  c10::intrusive_ptr<c10d::Backend> pg;
-#else
-  c10::intrusive_ptr<c10d::ProcessGroup> pg;
-#endif
+  GroupPtr pg;
   std::string backend;
 };
 
@@ -69,22 +72,18 @@ std::string resolve_backend(const InitOptions& o) {
     b = "gloo";
 #endif
   }
-  LOWMEM_CHECK(
-      b == "gloo" || b == "nccl",
-      "[dist] backend must be gloo, nccl or auto, got '",
-      o.backend(),
-      "'");
+  LOWMEM_CHECK(b == "gloo" || b == "nccl",
+               "[dist] backend must be gloo, nccl or auto, got '", o.backend(),
+               "'");
 #ifndef LOWMEM_WITH_CUDA
   LOWMEM_CHECK(
       b != "nccl",
       "[dist] backend nccl needs a CUDA build of LibTorch; this one is "
       "CPU-only (use gloo)");
 #endif
-  LOWMEM_CHECK(
-      b != "nccl" || device.is_cuda(),
-      "[dist] backend nccl needs a CUDA device, got device '",
-      o.device(),
-      "'");
+  LOWMEM_CHECK(b != "nccl" || device.is_cuda(),
+               "[dist] backend nccl needs a CUDA device, got device '",
+               o.device(), "'");
   return b;
 }
 
@@ -98,14 +97,9 @@ void Work::wait() {
     impl_->work->wait();
   } catch (const std::exception& e) {
     impl_->done = true;
-    LOWMEM_CHECK(
-        false,
-        "[dist] ",
-        impl_->what,
-        " failed: a peer died, hung or disagreed (timeout ",
-        impl_->timeout_s,
-        " s). Cause: ",
-        e.what());
+    LOWMEM_CHECK(false, "[dist] ", impl_->what,
+                 " failed: a peer died, hung or disagreed (timeout ",
+                 impl_->timeout_s, " s). Cause: ", e.what());
   }
   impl_->done = true;
   impl_->keep_alive.clear();
@@ -121,27 +115,13 @@ std::shared_ptr<Communicator> Communicator::from_environment(
   return init(env_from_environment(), options);
 }
 
-std::shared_ptr<Communicator> Communicator::init(
-    const DistEnv& env,
-    const InitOptions& options) {
-  validate(env);
-  LOWMEM_CHECK(
-      options.timeout_s() > 0,
-      "[dist] timeout_s must be > 0, got ",
-      options.timeout_s());
-  LOWMEM_CHECK(
-      options.rendezvous_timeout_s() > 0,
-      "[dist] rendezvous_timeout_s must be > 0, got ",
-      options.rendezvous_timeout_s());
-  const std::string backend = resolve_backend(options);
-  std::shared_ptr<Communicator> comm(new Communicator(env, options));
-  if (env.world_size == 1) {
-    return comm;
-  }
-  auto impl = std::make_unique<Impl>();
-  impl->backend = backend;
-  const auto timeout = to_ms(options.timeout_s());
-  const auto join_timeout = to_ms(options.rendezvous_timeout_s());
+namespace {
+
+/// Connects to (rank 0: serves) the TCP store at MASTER_ADDR:MASTER_PORT.
+c10::intrusive_ptr<c10d::Store> connect_store(
+    const DistEnv& env, const InitOptions& options,
+    std::chrono::milliseconds join_timeout) {
+  c10::intrusive_ptr<c10d::Store> store;
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(env.master_port);
@@ -149,62 +129,51 @@ std::shared_ptr<Communicator> Communicator::init(
     so.numWorkers = static_cast<size_t>(env.world_size);
     so.waitWorkers = true;
     so.timeout = join_timeout;
-    impl->store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+    store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
   } catch (const std::exception& e) {
-    LOWMEM_CHECK(
-        false,
-        "[dist] rendezvous failed for rank ",
-        env.rank,
-        " of ",
-        env.world_size,
-        " at MASTER_ADDR=",
-        env.master_addr,
-        " MASTER_PORT=",
-        env.master_port,
-        " within ",
-        options.rendezvous_timeout_s(),
-        " s (",
-        env.rank == 0 ? "another process may hold the port, or a worker "
-                        "never arrived"
-                      : "rank 0 is not listening there",
-        "). Cause: ",
-        e.what());
+    LOWMEM_CHECK(false, "[dist] rendezvous failed for rank ", env.rank, " of ",
+                 env.world_size, " at MASTER_ADDR=", env.master_addr,
+                 " MASTER_PORT=", env.master_port, " within ",
+                 options.rendezvous_timeout_s(), " s (",
+                 env.rank == 0
+                     ? "another process may hold the port, or a worker "
+                       "never arrived"
+                     : "rank 0 is not listening there",
+                 "). Cause: ", e.what());
   }
-  // Everyone meets in the store before the process group connects: Gloo's
-  // connect runs under the collective timeout, which must not have to cover
-  // the workers' start-up skew (timed by the join timeout instead).
-  {
-    const auto deadline = std::chrono::steady_clock::now() + join_timeout;
-    int64_t arrived = 0;
-    try {
-      arrived = impl->store->add("lowmem/joined", 1);
-      while (arrived < env.world_size &&
-             std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-        arrived = impl->store->add("lowmem/joined", 0);
-      }
-    } catch (const std::exception& e) {
-      LOWMEM_CHECK(
-          false,
-          "[dist] rendezvous failed for rank ",
-          env.rank,
-          " of ",
-          env.world_size,
-          " while waiting for the other ranks. Cause: ",
-          e.what());
+  return store;
+}
+
+/// Everyone meets in the store before the process group connects: Gloo's
+/// connect runs under the collective timeout, which must not have to cover
+/// the workers' start-up skew (timed by the join timeout instead).
+void wait_for_all_ranks(c10d::Store* store, const DistEnv& env,
+                        const InitOptions& options,
+                        std::chrono::milliseconds join_timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + join_timeout;
+  int64_t arrived = 0;
+  try {
+    arrived = store->add("lowmem/joined", 1);
+    while (arrived < env.world_size &&
+           std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      arrived = store->add("lowmem/joined", 0);
     }
-    LOWMEM_CHECK(
-        arrived >= env.world_size,
-        "[dist] rendezvous failed for rank ",
-        env.rank,
-        " of ",
-        env.world_size,
-        ": only ",
-        arrived,
-        " ranks arrived within ",
-        options.rendezvous_timeout_s(),
-        " s");
+  } catch (const std::exception& e) {
+    LOWMEM_CHECK(false, "[dist] rendezvous failed for rank ", env.rank, " of ",
+                 env.world_size,
+                 " while waiting for the other ranks. Cause: ", e.what());
   }
+  LOWMEM_CHECK(arrived >= env.world_size, "[dist] rendezvous failed for rank ",
+               env.rank, " of ", env.world_size, ": only ", arrived,
+               " ranks arrived within ", options.rendezvous_timeout_s(), " s");
+}
+
+/// The gloo or nccl process group over `store`.
+GroupPtr connect_group(const std::string& backend,
+                       const c10::intrusive_ptr<c10d::Store>& store,
+                       const DistEnv& env, std::chrono::milliseconds timeout) {
+  GroupPtr pg;
   try {
     if (backend == "gloo") {
       auto go = c10d::ProcessGroupGloo::Options::create(timeout);
@@ -217,30 +186,48 @@ std::shared_ptr<Communicator> Communicator::init(
       } else {
         go->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
       }
-      impl->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(
-          impl->store, env.rank, env.world_size, go);
+      pg = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env.rank,
+                                                       env.world_size, go);
     } else {
 #ifdef LOWMEM_WITH_CUDA
       // Without blocking wait, NCCL collectives never report a timeout.
       ::setenv("NCCL_BLOCKING_WAIT", "1", 0);
       auto no = c10d::ProcessGroupNCCL::Options::create();
       no->timeout = timeout;
-      impl->pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(
-          impl->store, env.rank, env.world_size, no);
+      pg = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, env.rank,
+                                                       env.world_size, no);
 #endif
     }
   } catch (const std::exception& e) {
-    LOWMEM_CHECK(
-        false,
-        "[dist] creating the ",
-        backend,
-        " process group failed on rank ",
-        env.rank,
-        " of ",
-        env.world_size,
-        ". Cause: ",
-        e.what());
+    LOWMEM_CHECK(false, "[dist] creating the ", backend,
+                 " process group failed on rank ", env.rank, " of ",
+                 env.world_size, ". Cause: ", e.what());
   }
+  return pg;
+}
+
+}  // namespace
+
+std::shared_ptr<Communicator> Communicator::init(const DistEnv& env,
+                                                 const InitOptions& options) {
+  validate(env);
+  LOWMEM_CHECK(options.timeout_s() > 0, "[dist] timeout_s must be > 0, got ",
+               options.timeout_s());
+  LOWMEM_CHECK(options.rendezvous_timeout_s() > 0,
+               "[dist] rendezvous_timeout_s must be > 0, got ",
+               options.rendezvous_timeout_s());
+  const std::string backend = resolve_backend(options);
+  std::shared_ptr<Communicator> comm(new Communicator(env, options));
+  if (env.world_size == 1) {
+    return comm;
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->backend = backend;
+  const auto timeout = to_ms(options.timeout_s());
+  const auto join_timeout = to_ms(options.rendezvous_timeout_s());
+  impl->store = connect_store(env, options, join_timeout);
+  wait_for_all_ranks(impl->store.get(), env, options, join_timeout);
+  impl->pg = connect_group(backend, impl->store, env, timeout);
   comm->impl_ = std::move(impl);
   return comm;
 }
@@ -250,18 +237,9 @@ std::string Communicator::backend() const {
 }
 
 void Communicator::rethrow(const char* op, const std::exception& e) const {
-  LOWMEM_CHECK(
-      false,
-      "[dist] ",
-      op,
-      " failed on rank ",
-      env_.rank,
-      " of ",
-      env_.world_size,
-      ": a peer died, hung or disagreed (timeout ",
-      options_.timeout_s(),
-      " s). Cause: ",
-      e.what());
+  LOWMEM_CHECK(false, "[dist] ", op, " failed on rank ", env_.rank, " of ",
+               env_.world_size, ": a peer died, hung or disagreed (timeout ",
+               options_.timeout_s(), " s). Cause: ", e.what());
 }
 
 Work Communicator::allreduce_sum_async(std::vector<at::Tensor> tensors) {
@@ -302,12 +280,9 @@ void Communicator::allreduce_mean(std::vector<at::Tensor> tensors) {
 }
 
 void Communicator::broadcast(at::Tensor tensor, int root) {
-  LOWMEM_CHECK(
-      root >= 0 && root < env_.world_size,
-      "[dist] broadcast root must be in [0, ",
-      env_.world_size,
-      "), got ",
-      root);
+  LOWMEM_CHECK(root >= 0 && root < env_.world_size,
+               "[dist] broadcast root must be in [0, ", env_.world_size,
+               "), got ", root);
   if (!impl_) {
     return;
   }

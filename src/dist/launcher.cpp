@@ -1,8 +1,5 @@
 #include "lowmem/dist/launcher.h"
 
-#include "lowmem/core/check.h"
-#include "lowmem/dist/env.h"
-
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -15,6 +12,9 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+
+#include "lowmem/core/check.h"
+#include "lowmem/dist/env.h"
 
 namespace lowmem::dist {
 namespace {
@@ -70,8 +70,8 @@ void flush_lines(Stream& s, const OutputSink& sink, bool final) {
 std::string self_executable() {
   char buf[PATH_MAX];
   const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof(buf) - 1);
-  LOWMEM_CHECK(
-      n > 0, "[dist] cannot read /proc/self/exe: ", std::strerror(errno));
+  LOWMEM_CHECK(n > 0,
+               "[dist] cannot read /proc/self/exe: ", std::strerror(errno));
   return std::string(buf, static_cast<size_t>(n));
 }
 
@@ -82,75 +82,55 @@ OutputSink prefixed_stream_sink(std::ostream& out) {
   };
 }
 
-LaunchResult launch_local(
-    const std::vector<std::string>& argv,
-    const LaunchOptions& options,
-    const OutputSink& sink) {
-  LOWMEM_CHECK(!argv.empty(), "[dist] launch_local needs a program to run");
-  const int n = options.nproc_per_node();
-  LOWMEM_CHECK(
-      n >= 1, "[dist] nproc_per_node must be >= 1, got ", n);
-  const int port =
-      options.master_port() == 0 ? find_free_port() : options.master_port();
-  LOWMEM_CHECK(
-      port >= 1 && port <= 65535,
-      "[dist] master_port must be in [0, 65535], got ",
-      options.master_port());
+namespace {
 
-  // Everything the child needs is prepared before fork(): after fork in a
-  // multithreaded parent only async-signal-safe calls are allowed.
-  std::vector<char*> cargv;
-  std::vector<std::string> argv_copy = argv;
-  for (auto& a : argv_copy) {
-    cargv.push_back(a.data());
+/// Rank r's environment: the parent's, with the torchrun variables and the
+/// options' env overriding entries of the same name.
+std::vector<std::string> worker_env(int r, int n, int port,
+                                    const LaunchOptions& options) {
+  std::vector<std::pair<std::string, std::string>> set = {
+      {"RANK", std::to_string(r)},
+      {"WORLD_SIZE", std::to_string(n)},
+      {"LOCAL_RANK", std::to_string(r)},
+      {"LOCAL_WORLD_SIZE", std::to_string(n)},
+      {"MASTER_ADDR", options.master_addr()},
+      {"MASTER_PORT", std::to_string(port)},
+  };
+  if (n > 1 && std::getenv("OMP_NUM_THREADS") == nullptr) {
+    set.emplace_back("OMP_NUM_THREADS", "1");  // as torchrun
   }
-  cargv.push_back(nullptr);
-  std::vector<std::vector<std::string>> envs(n);
-  std::vector<std::vector<char*>> cenvs(n);
-  for (int r = 0; r < n; ++r) {
-    std::vector<std::pair<std::string, std::string>> set = {
-        {"RANK", std::to_string(r)},
-        {"WORLD_SIZE", std::to_string(n)},
-        {"LOCAL_RANK", std::to_string(r)},
-        {"LOCAL_WORLD_SIZE", std::to_string(n)},
-        {"MASTER_ADDR", options.master_addr()},
-        {"MASTER_PORT", std::to_string(port)},
-    };
-    if (n > 1 && std::getenv("OMP_NUM_THREADS") == nullptr) {
-      set.emplace_back("OMP_NUM_THREADS", "1");  // as torchrun
-    }
-    for (const auto& kv : options.env()) {
-      set.push_back(kv);
-    }
-    for (char** e = environ; *e != nullptr; ++e) {
-      const std::string entry(*e);
-      const std::string name = entry.substr(0, entry.find('='));
-      bool overridden = false;
-      for (const auto& kv : set) {
-        overridden = overridden || kv.first == name;
-      }
-      if (!overridden) {
-        envs[r].push_back(entry);
-      }
-    }
+  for (const auto& kv : options.env()) {
+    set.push_back(kv);
+  }
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string entry(*e);
+    const std::string name = entry.substr(0, entry.find('='));
+    bool overridden = false;
     for (const auto& kv : set) {
-      envs[r].push_back(kv.first + "=" + kv.second);
+      overridden = overridden || kv.first == name;
     }
-    for (auto& e : envs[r]) {
-      cenvs[r].push_back(e.data());
+    if (!overridden) {
+      env.push_back(entry);
     }
-    cenvs[r].push_back(nullptr);
   }
+  for (const auto& kv : set) {
+    env.push_back(kv.first + "=" + kv.second);
+  }
+  return env;
+}
 
-  std::vector<Worker> workers(n);
-  std::vector<Stream> streams;
-  for (int r = 0; r < n; ++r) {
+/// Forks one worker per prepared environment, its stdout/stderr on pipes.
+/// Everything the child needs is prepared before fork(): after fork in a
+/// multithreaded parent only async-signal-safe calls are allowed.
+void spawn_workers(std::vector<char*>& cargv,
+                   std::vector<std::vector<char*>>& cenvs,
+                   std::vector<Worker>& workers, std::vector<Stream>& streams) {
+  for (size_t r = 0; r < cenvs.size(); ++r) {
     int out[2];
     int err[2];
-    LOWMEM_CHECK(
-        ::pipe2(out, O_CLOEXEC) == 0 && ::pipe2(err, O_CLOEXEC) == 0,
-        "[dist] pipe failed: ",
-        std::strerror(errno));
+    LOWMEM_CHECK(::pipe2(out, O_CLOEXEC) == 0 && ::pipe2(err, O_CLOEXEC) == 0,
+                 "[dist] pipe failed: ", std::strerror(errno));
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     LOWMEM_CHECK(pid >= 0, "[dist] fork failed: ", std::strerror(errno));
@@ -170,92 +150,148 @@ LaunchResult launch_local(
     ::close(out[1]);
     ::close(err[1]);
     workers[r].pid = pid;
-    streams.push_back({out[0], r, false, {}});
-    streams.push_back({err[0], r, true, {}});
+    const int rank = static_cast<int>(r);
+    streams.push_back({out[0], rank, false, {}});
+    streams.push_back({err[0], rank, true, {}});
   }
+}
 
-  LaunchResult result;
-  result.exit_codes.assign(n, 0);
+/// Reads whatever the open streams hold (waiting up to 100 ms) and hands
+/// complete lines to the sink; returns poll's result.
+int pump_streams(std::vector<Stream>& streams, size_t& open_streams,
+                 const OutputSink& sink) {
+  char buf[4096];
+  std::vector<pollfd> fds;
+  std::vector<size_t> idx;
+  for (size_t i = 0; i < streams.size(); ++i) {
+    if (streams[i].fd >= 0) {
+      fds.push_back({streams[i].fd, POLLIN, 0});
+      idx.push_back(i);
+    }
+  }
+  const int ready = ::poll(fds.data(), static_cast<nfds_t>(fds.size()), 100);
+  if (ready <= 0) return ready;
+  for (size_t k = 0; k < fds.size(); ++k) {
+    if ((fds[k].revents & (POLLIN | POLLHUP | POLLERR)) == 0) {
+      continue;
+    }
+    Stream& s = streams[idx[k]];
+    const ssize_t got = ::read(s.fd, buf, sizeof(buf));
+    if (got > 0) {
+      s.pending.append(buf, static_cast<size_t>(got));
+      flush_lines(s, sink, false);
+    } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
+      flush_lines(s, sink, true);
+      ::close(s.fd);
+      s.fd = -1;
+      --open_streams;
+    }
+  }
+  return ready;
+}
+
+/// The supervision state of a launch: the first failure and the SIGTERM /
+/// SIGKILL deadlines of the others that follow it.
+struct Supervisor {
+  const LaunchOptions& options;
+  LaunchResult& result;
   bool failed = false;
   Clock::time_point term_at{};
   Clock::time_point kill_at{};
   bool termed = false;
   bool killed = false;
-  int running = n;
-  size_t open_streams = streams.size();
-  char buf[4096];
-  while (running > 0 || open_streams > 0) {
-    std::vector<pollfd> fds;
-    std::vector<size_t> idx;
-    for (size_t i = 0; i < streams.size(); ++i) {
-      if (streams[i].fd >= 0) {
-        fds.push_back({streams[i].fd, POLLIN, 0});
-        idx.push_back(i);
-      }
-    }
-    const int ready =
-        ::poll(fds.data(), static_cast<nfds_t>(fds.size()), 100);
-    if (ready > 0) {
-      for (size_t k = 0; k < fds.size(); ++k) {
-        if ((fds[k].revents & (POLLIN | POLLHUP | POLLERR)) == 0) {
-          continue;
-        }
-        Stream& s = streams[idx[k]];
-        const ssize_t got = ::read(s.fd, buf, sizeof(buf));
-        if (got > 0) {
-          s.pending.append(buf, static_cast<size_t>(got));
-          flush_lines(s, sink, false);
-        } else if (got == 0 || (errno != EINTR && errno != EAGAIN)) {
-          flush_lines(s, sink, true);
-          ::close(s.fd);
-          s.fd = -1;
-          --open_streams;
-        }
-      }
-    }
-    for (int r = 0; r < n; ++r) {
+
+  /// Reaps exited workers; returns how many are still running.
+  int reap(std::vector<Worker>& workers, int running) {
+    for (size_t r = 0; r < workers.size(); ++r) {
       if (!workers[r].running) {
         continue;
       }
       int wstatus = 0;
       const pid_t w = ::waitpid(workers[r].pid, &wstatus, WNOHANG);
-      if (w == workers[r].pid) {
-        workers[r].running = false;
-        --running;
-        const int code = decode_status(wstatus);
-        result.exit_codes[r] = code;
-        if (code != 0 && !failed) {
-          failed = true;
-          result.exit_code = code;
-          result.first_failed_rank = r;
-          if (options.kill_grace_s() >= 0) {
-            term_at = Clock::now() +
-                std::chrono::milliseconds(
-                          static_cast<int64_t>(options.kill_grace_s() * 1000));
-            kill_at = term_at + std::chrono::seconds(5);
-          }
+      if (w != workers[r].pid) continue;
+      workers[r].running = false;
+      --running;
+      const int code = decode_status(wstatus);
+      result.exit_codes[r] = code;
+      if (code != 0 && !failed) {
+        failed = true;
+        result.exit_code = code;
+        result.first_failed_rank = static_cast<int>(r);
+        if (options.kill_grace_s() >= 0) {
+          term_at = Clock::now() +
+                    std::chrono::milliseconds(
+                        static_cast<int64_t>(options.kill_grace_s() * 1000));
+          kill_at = term_at + std::chrono::seconds(5);
         }
       }
     }
-    if (failed && options.kill_grace_s() >= 0 && running > 0) {
-      const auto now = Clock::now();
-      if (!termed && now >= term_at) {
-        termed = true;
-        for (const auto& w : workers) {
-          if (w.running) {
-            ::kill(w.pid, SIGTERM);
-          }
-        }
+    return running;
+  }
+
+  /// After a failure: SIGTERM the others at term_at, SIGKILL at kill_at.
+  void stop_others(const std::vector<Worker>& workers, int running) {
+    if (!failed || options.kill_grace_s() < 0 || running == 0) return;
+    const auto now = Clock::now();
+    auto signal_all = [&workers](int sig) {
+      for (const auto& w : workers) {
+        if (w.running) ::kill(w.pid, sig);
       }
-      if (!killed && now >= kill_at) {
-        killed = true;
-        for (const auto& w : workers) {
-          if (w.running) {
-            ::kill(w.pid, SIGKILL);
-          }
-        }
-      }
+    };
+    if (!termed && now >= term_at) {
+      termed = true;
+      signal_all(SIGTERM);
     }
+    if (!killed && now >= kill_at) {
+      killed = true;
+      signal_all(SIGKILL);
+    }
+  }
+};
+
+}  // namespace
+
+LaunchResult launch_local(const std::vector<std::string>& argv,
+                          const LaunchOptions& options,
+                          const OutputSink& sink) {
+  LOWMEM_CHECK(!argv.empty(), "[dist] launch_local needs a program to run");
+  const int n = options.nproc_per_node();
+  LOWMEM_CHECK(n >= 1, "[dist] nproc_per_node must be >= 1, got ", n);
+  const int port =
+      options.master_port() == 0 ? find_free_port() : options.master_port();
+  LOWMEM_CHECK(port >= 1 && port <= 65535,
+               "[dist] master_port must be in [0, 65535], got ",
+               options.master_port());
+
+  std::vector<char*> cargv;
+  std::vector<std::string> argv_copy = argv;
+  for (auto& a : argv_copy) {
+    cargv.push_back(a.data());
+  }
+  cargv.push_back(nullptr);
+  std::vector<std::vector<std::string>> envs(n);
+  std::vector<std::vector<char*>> cenvs(n);
+  for (int r = 0; r < n; ++r) {
+    envs[r] = worker_env(r, n, port, options);
+    for (auto& e : envs[r]) {
+      cenvs[r].push_back(e.data());
+    }
+    cenvs[r].push_back(nullptr);
+  }
+
+  std::vector<Worker> workers(n);
+  std::vector<Stream> streams;
+  spawn_workers(cargv, cenvs, workers, streams);
+
+  LaunchResult result;
+  result.exit_codes.assign(n, 0);
+  Supervisor supervisor{options, result};
+  int running = n;
+  size_t open_streams = streams.size();
+  while (running > 0 || open_streams > 0) {
+    const int ready = pump_streams(streams, open_streams, sink);
+    running = supervisor.reap(workers, running);
+    supervisor.stop_others(workers, running);
     if (running == 0 && ready <= 0) {
       // All exited; grandchildren may still hold the pipes open. Drain what
       // is there and stop.

@@ -1,0 +1,152 @@
+// A C interface over Debian's libsentencepiece (0.1.97), built as a separate
+// shared module that lowmem's text layer loads with dlopen(RTLD_LOCAL |
+// RTLD_DEEPBIND), after loading libsentencepiece itself the same way.
+// Linking libsentencepiece into a LibTorch program directly crashes at start
+// up: sentencepiece embeds protobuf-lite 3.14 and exports its symbols, Debian's
+// LibTorch pulls in the system libprotobuf 3.21, and the two copies interpose
+// on each other (a segfault in static initialization; without DEEPBIND,
+// protobuf's version check aborts). Bound to itself, sentencepiece coexists
+// with the system copy. No C++ type or exception crosses this interface.
+#include <sentencepiece_processor.h>
+
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "lowmem_sentencepiece.h"
+
+struct lowmem_spm {
+  sentencepiece::SentencePieceProcessor sp;
+};
+
+namespace {
+
+void set_error(char* err, size_t cap, const std::string& msg) {
+  if (err == nullptr || cap == 0) return;
+  const size_t n = std::min(cap - 1, msg.size());
+  std::memcpy(err, msg.data(), n);
+  err[n] = '\0';
+}
+
+}  // namespace
+
+extern "C" {
+
+int lowmem_spm_abi_version(void) {
+  return LOWMEM_SPM_ABI_VERSION;
+}
+
+lowmem_spm* lowmem_spm_load(const char* bytes, size_t n, char* err, size_t errcap) {
+  try {
+    auto* m = new lowmem_spm();
+    const auto st = m->sp.LoadFromSerializedProto(std::string(bytes, n));
+    if (!st.ok()) {
+      set_error(err, errcap, st.ToString());
+      delete m;
+      return nullptr;
+    }
+    return m;
+  } catch (const std::exception& e) {
+    set_error(err, errcap, e.what());
+  } catch (...) {
+    set_error(err, errcap, "unknown error");
+  }
+  return nullptr;
+}
+
+void lowmem_spm_free(lowmem_spm* m) {
+  delete m;
+}
+
+int lowmem_spm_piece_size(const lowmem_spm* m) {
+  return m->sp.GetPieceSize();
+}
+
+const char* lowmem_spm_id_to_piece(const lowmem_spm* m, int id, size_t* len) {
+  const std::string& s = m->sp.IdToPiece(id);
+  *len = s.size();
+  return s.data();
+}
+
+int lowmem_spm_piece_to_id(const lowmem_spm* m, const char* s, size_t n) {
+  return m->sp.PieceToId(std::string(s, n));
+}
+
+int lowmem_spm_piece_type(const lowmem_spm* m, int id) {
+  int t = 0;
+  if (m->sp.IsControl(id)) t |= LOWMEM_SPM_CONTROL;
+  if (m->sp.IsUnknown(id)) t |= LOWMEM_SPM_UNKNOWN;
+  if (m->sp.IsByte(id)) t |= LOWMEM_SPM_BYTE;
+  if (m->sp.IsUnused(id)) t |= LOWMEM_SPM_UNUSED;
+  return t;
+}
+
+void lowmem_spm_special_ids(const lowmem_spm* m, int* bos, int* eos, int* pad, int* unk) {
+  *bos = m->sp.bos_id();
+  *eos = m->sp.eos_id();
+  *pad = m->sp.pad_id();
+  *unk = m->sp.unk_id();
+}
+
+int lowmem_spm_encode(const lowmem_spm* m, const char* text, size_t n,
+                      lowmem_spm_ids_fn emit, void* ctx, char* err, size_t errcap) {
+  try {
+    std::vector<int> ids;
+    const auto st = m->sp.Encode(std::string(text, n), &ids);
+    if (!st.ok()) {
+      set_error(err, errcap, st.ToString());
+      return -1;
+    }
+    emit(ctx, ids.data(), ids.size());
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, errcap, e.what());
+  } catch (...) {
+    set_error(err, errcap, "unknown error");
+  }
+  return -1;
+}
+
+int lowmem_spm_encode_offsets(const lowmem_spm* m, const char* text, size_t n,
+                              lowmem_spm_piece_fn emit, void* ctx, char* err, size_t errcap) {
+  try {
+    sentencepiece::ImmutableSentencePieceText spt;
+    const auto st = m->sp.Encode(std::string(text, n), spt.mutable_proto());
+    if (!st.ok()) {
+      set_error(err, errcap, st.ToString());
+      return -1;
+    }
+    for (size_t i = 0; i < spt.pieces_size(); ++i) {
+      const auto p = spt.pieces(static_cast<int>(i));
+      emit(ctx, static_cast<int>(p.id()), p.begin(), p.end());
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, errcap, e.what());
+  } catch (...) {
+    set_error(err, errcap, "unknown error");
+  }
+  return -1;
+}
+
+int lowmem_spm_decode(const lowmem_spm* m, const int* ids, size_t n,
+                      lowmem_spm_text_fn emit, void* ctx, char* err, size_t errcap) {
+  try {
+    std::string out;
+    const auto st = m->sp.Decode(std::vector<int>(ids, ids + n), &out);
+    if (!st.ok()) {
+      set_error(err, errcap, st.ToString());
+      return -1;
+    }
+    emit(ctx, out.data(), out.size());
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, errcap, e.what());
+  } catch (...) {
+    set_error(err, errcap, "unknown error");
+  }
+  return -1;
+}
+
+}  // extern "C"

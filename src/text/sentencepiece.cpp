@@ -1,0 +1,167 @@
+#include "sentencepiece.h"
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <mutex>
+
+#include "../../modules/sentencepiece/lowmem_sentencepiece.h"
+#include "lowmem/core/check.h"
+
+namespace lowmem::text::detail {
+namespace {
+
+struct Module {
+  decltype(&lowmem_spm_abi_version) abi_version = nullptr;
+  decltype(&lowmem_spm_load) load = nullptr;
+  decltype(&lowmem_spm_free) free = nullptr;
+  decltype(&lowmem_spm_piece_size) piece_size = nullptr;
+  decltype(&lowmem_spm_id_to_piece) id_to_piece = nullptr;
+  decltype(&lowmem_spm_piece_to_id) piece_to_id = nullptr;
+  decltype(&lowmem_spm_piece_type) piece_type = nullptr;
+  decltype(&lowmem_spm_special_ids) special_ids = nullptr;
+  decltype(&lowmem_spm_encode) encode = nullptr;
+  decltype(&lowmem_spm_encode_offsets) encode_offsets = nullptr;
+  decltype(&lowmem_spm_decode) decode = nullptr;
+};
+
+// The module, loaded once per process; candidates:
+// $LOWMEM_SENTENCEPIECE_MODULE, the build tree's copy, the installed copy.
+const Module& module() {
+  static std::once_flag once;
+  static Module m;
+  static std::string error;
+  std::call_once(once, [] {
+    std::vector<std::string> candidates;
+    if (const char* env = std::getenv("LOWMEM_SENTENCEPIECE_MODULE")) {
+      candidates.emplace_back(env);
+    }
+#ifdef LOWMEM_SPM_MODULE_BUILD_PATH
+    candidates.emplace_back(LOWMEM_SPM_MODULE_BUILD_PATH);
+#endif
+#ifdef LOWMEM_SPM_MODULE_INSTALL_PATH
+    candidates.emplace_back(LOWMEM_SPM_MODULE_INSTALL_PATH);
+#endif
+    candidates.emplace_back("liblowmem_sentencepiece.so");
+    // sentencepiece first, with RTLD_DEEPBIND: it must bind to its own
+    // embedded protobuf, not to the system libprotobuf a LibTorch program
+    // has in its global scope (else protobuf's version check aborts).
+#ifdef LOWMEM_SPM_LIBRARY
+    ::dlopen(LOWMEM_SPM_LIBRARY, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+#endif
+    void* h = nullptr;
+    for (const auto& c : candidates) {
+      h = ::dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      if (h != nullptr) {
+        break;
+      }
+      const char* e = ::dlerror();
+      error += "\n  " + c + ": " + (e != nullptr ? e : "not loadable");
+    }
+    if (h == nullptr) {
+      return;
+    }
+    auto sym = [h](const char* name) { return ::dlsym(h, name); };
+#define LOWMEM_SPM_SYM(field, name) \
+  m.field = reinterpret_cast<decltype(m.field)>(sym(name))
+    LOWMEM_SPM_SYM(abi_version, "lowmem_spm_abi_version");
+    LOWMEM_SPM_SYM(load, "lowmem_spm_load");
+    LOWMEM_SPM_SYM(free, "lowmem_spm_free");
+    LOWMEM_SPM_SYM(piece_size, "lowmem_spm_piece_size");
+    LOWMEM_SPM_SYM(id_to_piece, "lowmem_spm_id_to_piece");
+    LOWMEM_SPM_SYM(piece_to_id, "lowmem_spm_piece_to_id");
+    LOWMEM_SPM_SYM(piece_type, "lowmem_spm_piece_type");
+    LOWMEM_SPM_SYM(special_ids, "lowmem_spm_special_ids");
+    LOWMEM_SPM_SYM(encode, "lowmem_spm_encode");
+    LOWMEM_SPM_SYM(encode_offsets, "lowmem_spm_encode_offsets");
+    LOWMEM_SPM_SYM(decode, "lowmem_spm_decode");
+#undef LOWMEM_SPM_SYM
+    if (m.abi_version == nullptr || m.abi_version() != LOWMEM_SPM_ABI_VERSION ||
+        m.decode == nullptr) {
+      error += "\n  the module found has another interface version";
+      m = Module{};
+    }
+  });
+  LOWMEM_CHECK(m.load != nullptr,
+               "[text] a sentencepiece tokenizer.model needs lowmem's "
+               "sentencepiece module (liblowmem_sentencepiece.so, built when "
+               "Debian's libsentencepiece-dev is installed); tried:",
+               error);
+  return m;
+}
+
+}  // namespace
+
+SentencePiece::SentencePiece(const std::string& bytes) {
+  const Module& m = module();
+  char err[512] = {0};
+  model_ = m.load(bytes.data(), bytes.size(), err, sizeof err);
+  LOWMEM_CHECK(model_ != nullptr, "[text] not a sentencepiece model: ", err);
+  const int n = m.piece_size(model_);
+  pieces_.reserve(static_cast<size_t>(n));
+  types_.reserve(static_cast<size_t>(n));
+  ids_.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    size_t len = 0;
+    const char* p = m.id_to_piece(model_, i, &len);
+    pieces_.emplace_back(p, len);
+    types_.push_back(m.piece_type(model_, i));
+    ids_.insert(pieces_.back(), i);
+  }
+  m.special_ids(model_, &bos, &eos, &pad, &unk);
+}
+
+SentencePiece::~SentencePiece() {
+  if (model_ != nullptr) {
+    module().free(model_);
+  }
+}
+
+int SentencePiece::find(std::string_view piece) const {
+  return ids_.find(piece);
+}
+
+void SentencePiece::encode(
+    std::string_view text, std::vector<TokenId>& out,
+    std::vector<std::pair<size_t, size_t>>* offsets) const {
+  char err[512] = {0};
+  if (offsets != nullptr) {
+    struct Ctx {
+      std::vector<TokenId>* ids;
+      std::vector<std::pair<size_t, size_t>>* offsets;
+    } ctx{&out, offsets};
+    const int rc = module().encode_offsets(
+        model_, text.data(), text.size(),
+        [](void* c, int id, size_t b, size_t e) {
+          auto* x = static_cast<Ctx*>(c);
+          x->ids->push_back(id);
+          x->offsets->emplace_back(b, e);
+        },
+        &ctx, err, sizeof err);
+    LOWMEM_CHECK(rc == 0, "[text] sentencepiece encode failed: ", err);
+    return;
+  }
+  const int rc = module().encode(
+      model_, text.data(), text.size(),
+      [](void* ctx, const int* ids, size_t n) {
+        auto* v = static_cast<std::vector<TokenId>*>(ctx);
+        v->insert(v->end(), ids, ids + n);
+      },
+      &out, err, sizeof err);
+  LOWMEM_CHECK(rc == 0, "[text] sentencepiece encode failed: ", err);
+}
+
+std::string SentencePiece::decode(const std::vector<int>& ids) const {
+  std::string out;
+  char err[512] = {0};
+  const int rc = module().decode(
+      model_, ids.data(), ids.size(),
+      [](void* ctx, const char* text, size_t n) {
+        static_cast<std::string*>(ctx)->append(text, n);
+      },
+      &out, err, sizeof err);
+  LOWMEM_CHECK(rc == 0, "[text] sentencepiece decode failed: ", err);
+  return out;
+}
+
+}  // namespace lowmem::text::detail
