@@ -71,7 +71,7 @@ struct SuitePlots {
 };
 
 // What the plots of one suite share while its script is written.
-struct PlotContext {
+struct SuitePlotWriter {
   const std::vector<const MethodResult*>& ms;
   const std::string& suite;
   const fs::path& dir;
@@ -79,85 +79,72 @@ struct PlotContext {
   std::ostringstream& gp;
   SuitePlots& sp;
   const std::vector<std::pair<std::string, std::string>>& terms;
-};
 
-// Loss curves (by step and by time) with the evaluation points.
-void write_curve_plots(const PlotContext& x) {
-  const auto& ms = x.ms;
-  const std::string& suite = x.suite;
-  const fs::path& dir = x.dir;
-  const bool acc = x.acc;
-  std::ostringstream& gp = x.gp;
-  SuitePlots& sp = x.sp;
-  const auto& terms = x.terms;
-  // Curves: per method, step wall_s train_loss ema(train_loss); eval points.
-  std::vector<std::string> curve_files, eval_files, labels;
-  for (const MethodResult* m : ms) {
-    const std::string base = "data/" + suite + "_" + m->info.name;
-    std::ostringstream c, e;
-    c << "# step wall_s train_loss train_loss_ema\n";
-    e << "# step wall_s val_loss val_accuracy_percent\n";
-    double ema = NAN;
-    const double alpha = 2.0 / (1.0 + std::max<double>(1.0, m->steps / 20.0));
-    for (const auto& p : m->curve) {
-      ema = std::isnan(ema) ? p.train_loss : ema + alpha * (p.train_loss - ema);
-      c << p.step << " " << num(p.wall_s) << " " << num(p.train_loss) << " "
-        << num(ema) << "\n";
-      if (p.val_loss || p.val_accuracy)
-        e << p.step << " " << num(p.wall_s) << " "
-          << (p.val_loss ? num(*p.val_loss) : "nan") << " "
-          << (p.val_accuracy ? num(100.0 * *p.val_accuracy) : "nan") << "\n";
-    }
-    detail::write_text_file((dir / (base + ".dat")).string(), c.str());
-    detail::write_text_file((dir / (base + "_eval.dat")).string(), e.str());
-    curve_files.push_back(base + ".dat");
-    eval_files.push_back(base + "_eval.dat");
-    labels.push_back(m->info.label);
-  }
-  auto curves = [&](const char* xcol, const char* xlabel,
-                    const std::string& name) {
-    gp << "\n# " << name << "\n";
-    gp << "set title "
-       << quoted(suite + ": training loss (EMA lines) and validation " +
-                 (acc ? "accuracy" : "loss") + " (points)")
-       << "\nset xlabel " << quoted(xlabel) << "\nset ylabel 'training loss'\n";
-    if (acc)
-      gp << "set y2label 'validation accuracy (%)'\nset y2tics\nset ytics "
-            "nomirror\n";
-    else
-      gp << "unset y2label\nunset y2tics\nset ytics mirror\n";
-    for (const auto& t : terms) {
-      gp << t.second << "\nset output " << quoted(name + "." + t.first)
-         << "\nplot ";
-      for (size_t i = 0; i < curve_files.size(); ++i) {
-        gp << (i ? ", \\\n     " : "") << quoted(curve_files[i]) << " using "
-           << xcol << ":4 with lines lw 2 " << line_style(i) << " title "
-           << quoted(labels[i]);
-        gp << ", " << quoted(eval_files[i]) << " using " << xcol << ":"
-           << (acc ? "4 axes x1y2" : "3") << " with points pt 7 ps 0.8 "
-           << line_style(i) << " notitle";
+  // Loss curves (by step and by time) with the evaluation points.
+  void loss_curves() {
+    // Curves: per method, step wall_s train_loss ema(train_loss); eval points.
+    std::vector<std::string> curve_files, eval_files, labels;
+    for (const MethodResult* m : ms) {
+      const std::string base = "data/" + suite + "_" + m->info.name;
+      std::ostringstream c, e;
+      c << "# step wall_s train_loss train_loss_ema\n";
+      e << "# step wall_s val_loss val_accuracy_percent\n";
+      double ema = NAN;
+      const double alpha = 2.0 / (1.0 + std::max<double>(1.0, m->steps / 20.0));
+      for (const auto& p : m->curve) {
+        ema =
+            std::isnan(ema) ? p.train_loss : ema + alpha * (p.train_loss - ema);
+        c << p.step << " " << num(p.wall_s) << " " << num(p.train_loss) << " "
+          << num(ema) << "\n";
+        if (p.val_loss || p.val_accuracy)
+          e << p.step << " " << num(p.wall_s) << " "
+            << (p.val_loss ? num(*p.val_loss) : "nan") << " "
+            << (p.val_accuracy ? num(100.0 * *p.val_accuracy) : "nan") << "\n";
       }
-      gp << "\nunset output\n";
+      detail::write_text_file((dir / (base + ".dat")).string(), c.str());
+      detail::write_text_file((dir / (base + "_eval.dat")).string(), e.str());
+      curve_files.push_back(base + ".dat");
+      eval_files.push_back(base + "_eval.dat");
+      labels.push_back(m->info.label);
     }
-    sp.outputs.push_back("plots/" + name + ".png");
-    sp.outputs.push_back("plots/" + name + ".svg");
-  };
-  if (!curve_files.empty()) {
-    curves("1", "step", suite + "_loss_steps");
-    curves("2", "training time (s)", suite + "_loss_time");
+    auto curves = [&](const char* xcol, const char* xlabel,
+                      const std::string& name) {
+      gp << "\n# " << name << "\n";
+      gp << "set title "
+         << quoted(suite + ": training loss (EMA lines) and validation " +
+                   (acc ? "accuracy" : "loss") + " (points)")
+         << "\nset xlabel " << quoted(xlabel)
+         << "\nset ylabel 'training loss'\n";
+      if (acc)
+        gp << "set y2label 'validation accuracy (%)'\nset y2tics\nset ytics "
+              "nomirror\n";
+      else
+        gp << "unset y2label\nunset y2tics\nset ytics mirror\n";
+      for (const auto& t : terms) {
+        gp << t.second << "\nset output " << quoted(name + "." + t.first)
+           << "\nplot ";
+        for (size_t i = 0; i < curve_files.size(); ++i) {
+          gp << (i ? ", \\\n     " : "") << quoted(curve_files[i]) << " using "
+             << xcol << ":4 with lines lw 2 " << line_style(i) << " title "
+             << quoted(labels[i]);
+          gp << ", " << quoted(eval_files[i]) << " using " << xcol << ":"
+             << (acc ? "4 axes x1y2" : "3") << " with points pt 7 ps 0.8 "
+             << line_style(i) << " notitle";
+        }
+        gp << "\nunset output\n";
+      }
+      sp.outputs.push_back("plots/" + name + ".png");
+      sp.outputs.push_back("plots/" + name + ".svg");
+    };
+    if (!curve_files.empty()) {
+      curves("1", "step", suite + "_loss_steps");
+      curves("2", "training time (s)", suite + "_loss_time");
+    }
+    gp << "unset y2label\nunset y2tics\nset ytics mirror\n";
   }
-  gp << "unset y2label\nunset y2tics\nset ytics mirror\n";
-}
 
-// Memory breakdown: stacked bars per method (MiB).
-void write_memory_plot(const PlotContext& x) {
-  const auto& ms = x.ms;
-  const std::string& suite = x.suite;
-  const fs::path& dir = x.dir;
-  std::ostringstream& gp = x.gp;
-  SuitePlots& sp = x.sp;
-  const auto& terms = x.terms;
-  {
+  // Memory breakdown: stacked bars per method (MiB).
+  void memory() {
     std::ostringstream d;
     d << "# label frozen_weights trainable_weights gradients optimizer_state "
          "activations_other (MiB)\n";
@@ -173,35 +160,26 @@ void write_memory_plot(const PlotContext& x) {
     gp << "\n# " << name << "\nset title "
        << quoted(suite + ": peak tensor memory by role")
        << "\nset xlabel ''\nset ylabel 'MiB'\nset style data histograms\n"
-          "set style histogram rowstacked\nset style fill solid 0.85 border "
-          "-1\n"
+          "set style histogram rowstacked\n"
+          "set style fill solid 0.85 border -1\n"
           "set boxwidth 0.7\nset xtics rotate by -30\n";
     for (const auto& t : terms) {
       gp << t.second << "\nset output " << quoted(name + "." + t.first) << "\n";
       gp << "plot " << quoted(f)
          << " using 2:xtic(1) title 'frozen weights', '' "
-         << "using 3 title 'trainable weights', '' using 4 title 'gradients', "
-            "'' "
-         << "using 5 title 'optimizer state', '' using 6 title 'activations + "
-            "other'"
+         << "using 3 title 'trainable weights', "
+         << "'' using 4 title 'gradients', "
+         << "'' using 5 title 'optimizer state', "
+         << "'' using 6 title 'activations + other'"
          << "\nunset output\n";
     }
     gp << "set xtics norotate\nset style data lines\n";
     sp.outputs.push_back("plots/" + name + ".png");
     sp.outputs.push_back("plots/" + name + ".svg");
   }
-}
 
-// Peak memory vs final quality, one labelled point per method.
-void write_quality_plot(const PlotContext& x) {
-  const auto& ms = x.ms;
-  const std::string& suite = x.suite;
-  const fs::path& dir = x.dir;
-  const bool acc = x.acc;
-  std::ostringstream& gp = x.gp;
-  SuitePlots& sp = x.sp;
-  const auto& terms = x.terms;
-  {
+  // Peak memory vs final quality, one labelled point per method.
+  void quality() {
     std::ostringstream d;
     d << "# label peak_tensor_MiB "
       << (acc ? "val_accuracy_percent" : "val_loss")
@@ -243,7 +221,7 @@ void write_quality_plot(const PlotContext& x) {
       sp.outputs.push_back("plots/" + name + ".svg");
     }
   }
-}
+};
 
 // Writes the data files and the script of one suite; returns the outputs.
 SuitePlots write_suite(const std::vector<const MethodResult*>& ms,
@@ -265,10 +243,10 @@ SuitePlots write_suite(const std::vector<const MethodResult*>& ms,
        "set terminal svg size 1000,600 enhanced font 'DejaVu Sans,10' "
        "background rgb 'white'"}};
 
-  const PlotContext x{ms, suite, dir, acc, gp, sp, terms};
-  write_curve_plots(x);
-  write_memory_plot(x);
-  write_quality_plot(x);
+  SuitePlotWriter w{ms, suite, dir, acc, gp, sp, terms};
+  w.loss_curves();
+  w.memory();
+  w.quality();
   sp.script = suite + ".gp";
   detail::write_text_file((dir / sp.script).string(), gp.str());
   return sp;

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 
 namespace lowmem::text::detail {
 
@@ -67,37 +68,7 @@ nlohmann::json parse_json(std::string_view text, const JsonLimits& limits,
 }
 
 std::string quote_for_error(std::string_view s, size_t max_chars) {
-  std::string out;
-  size_t n = s.size();
-  bool cut = false;
-  if (n > max_chars) {
-    n = max_chars;
-    // Back up to a UTF-8 lead byte so the cut never splits a character.
-    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) {
-      --n;
-    }
-    cut = true;
-  }
-  for (size_t i = 0; i < n; ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c < 0x20 || c == 0x7F) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02X", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  if (cut) {
-    out += "...";
-  }
-  return out;
+  return clip(s, max_chars);
 }
 
 }  // namespace lowmem::text::detail

@@ -69,8 +69,7 @@ struct LlamaSection {
     v("context", context);
   }
   models::LlamaConfig config() const {
-    if (preset.empty())
-      return c;
+    if (preset.empty()) return c;
     return models::llama_preset(preset).activation_checkpointing(
         c.activation_checkpointing());
   }
@@ -115,8 +114,8 @@ struct TextSection {
 
 struct FashionSection {
   std::string root = data::kDefaultFashionMnist;
-  std::string classes;     // comma-separated labels; "" = all ten
-  int64_t per_class = 0;   // training examples per class; 0 = all
+  std::string classes;    // comma-separated labels; "" = all ten
+  int64_t per_class = 0;  // training examples per class; 0 = all
   bool normalize = true;
   template <class V>
   void for_each_field(V&& v) {
@@ -419,7 +418,8 @@ AppliedMethod apply_method(const Config& c,
     const auto& all = mlp->layer_names();
     names.assign(all.begin(), all.end() - 1);
     if (names.empty()) {
-      throw ConfigError("method " + c.method + " needs a hidden MLP layer "
+      throw ConfigError("method " + c.method +
+                        " needs a hidden MLP layer "
                         "(mlp.hidden) or --targets");
     }
     t.target_modules(names);
@@ -558,16 +558,25 @@ namespace {
 using Groups = std::vector<torch::optim::OptimizerParamGroup>;
 
 /// Optimizer `name` over `groups` with the options of its section.
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
-                                                        const std::string& name,
+/// Optimizer `name` over `groups` with the options of `section`.
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const std::string& name,
+                                                        const Section& section,
                                                         Groups groups) {
   const optim::OptimizerKind& kind = optim::optimizer_kind(name);
   if (!kind.make) {
-    throw ConfigError("optimizer " + name + " preconditions whole layers: it "
+    throw ConfigError("optimizer " + name +
+                      " preconditions whole layers: it "
                       "can only be the main optimizer, and not the inner one "
                       "of method galore or projected-adapter");
   }
-  return kind.make(std::move(groups), *c.section(kind.name));
+  return kind.make(std::move(groups), section);
+}
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const Config& c,
+                                                        const std::string& name,
+                                                        Groups groups) {
+  return make_optimizer(name, *c.section(optim::optimizer_kind(name).name),
+                        std::move(groups));
 }
 
 }  // namespace
@@ -599,13 +608,8 @@ std::shared_ptr<torch::optim::Optimizer> build_optimizer(
         if (inner_wd != 0.0) g.weight_decay(inner_wd);
         wd->set("0");
       }
-      auto inner_no_decay = [&kind, section](Groups groups) {
-        if (!kind.make) {
-          throw ConfigError("optimizer " + kind.name +
-                            " preconditions whole layers: it can only be the "
-                            "main optimizer, not the inner one of galore");
-        }
-        return kind.make(std::move(groups), section);
+      auto inner_no_decay = [name, section](Groups groups) {
+        return make_optimizer(name, section, std::move(groups));
       };
       return wiring::make_galore(route.params, {}, inner_no_decay, g);
     }
