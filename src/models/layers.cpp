@@ -237,10 +237,14 @@ EvalStats cross_entropy_stats(const at::Tensor& logits, const at::Tensor& target
   const at::Tensor l = loss_precision(logits).reshape({-1, logits.size(-1)});
   const at::Tensor t = target.reshape(-1);
   EvalStats s;
+  // cross_entropy's default ignore_index is kIgnoreIndex (-100): those
+  // targets add nothing to the sum and are neither counted nor scored.
   s.loss_sum =
-      at::cross_entropy_loss(l, t, {}, at::Reduction::Sum).item<double>();
-  s.count = t.numel();
-  s.correct = l.argmax(-1).eq(t).sum().item<int64_t>();
+      at::cross_entropy_loss(l, t, {}, at::Reduction::Sum, kIgnoreIndex)
+          .item<double>();
+  const at::Tensor kept = t.ne(kIgnoreIndex);
+  s.count = kept.sum().item<int64_t>();
+  s.correct = l.argmax(-1).eq(t).logical_and(kept).sum().item<int64_t>();
   return s;
 }
 

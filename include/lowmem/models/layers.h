@@ -149,15 +149,48 @@ EvalStats cross_entropy_stats(const at::Tensor& logits, const at::Tensor& target
 /// What the trainer needs from a model: forward, a scalar training loss and
 /// evaluation figures. All models here derive from it; it is a SlotModule so
 /// top-level linear layers (ViT's head, the MLP's layers) are slots too.
+/// Target value excluded from losses and evaluation counts (PyTorch's and
+/// Hugging Face's ignore_index): prompt tokens, padding, the last token of a
+/// packed sample.
+constexpr int64_t kIgnoreIndex = -100;
+
+/// How the samples of a language-model batch [B, T] sit in its rows when
+/// several are packed into one. segments [B, T] int64: the sample number of
+/// each token within its row (nondecreasing along T); a token attends only to
+/// earlier tokens of its own segment. positions [B, T] int64: rotary/learned
+/// position of each token, restarting at 0 with each segment. Both undefined:
+/// one sample per row at positions 0..T-1 (the plain causal case).
+struct PackedLayout {
+  at::Tensor segments;
+  at::Tensor positions;
+  bool packed() const { return segments.defined(); }
+};
+
 class Model : public nn::SlotModule {
  public:
   virtual at::Tensor forward(const at::Tensor& input) = 0;
-  /// Mean loss over the batch (tokens for language models).
+  /// Mean loss over the batch (tokens for language models); targets equal to
+  /// kIgnoreIndex are excluded from the mean.
   virtual at::Tensor loss(
       const at::Tensor& input, const at::Tensor& target) = 0;
-  /// Loss sum, count and argmax accuracy, computed under no_grad.
+  /// Loss sum, count and argmax accuracy, computed under no_grad; targets
+  /// equal to kIgnoreIndex are not counted.
   virtual EvalStats evaluate(
       const at::Tensor& input, const at::Tensor& target) = 0;
+  /// The same on packed rows. Models that cannot keep packed samples apart
+  /// throw when layout.packed(); the defaults forward unpacked batches.
+  virtual at::Tensor loss(const at::Tensor& input, const at::Tensor& target,
+                          const PackedLayout& layout) {
+    TORCH_CHECK(!layout.packed(), "[model] ", kind(),
+                " does not support packed samples (use padding instead)");
+    return loss(input, target);
+  }
+  virtual EvalStats evaluate(const at::Tensor& input, const at::Tensor& target,
+                             const PackedLayout& layout) {
+    TORCH_CHECK(!layout.packed(), "[model] ", kind(),
+                " does not support packed samples (use padding instead)");
+    return evaluate(input, target);
+  }
   /// "gpt", "vit" or "mlp".
   virtual std::string kind() const = 0;
 };
