@@ -172,18 +172,18 @@ namespace {
 // graph and saves only the input; backward re-runs the block with grad
 // enabled and back-propagates through it (accumulating parameter .grad).
 struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
-  static at::Tensor forward(
-      torch::autograd::AutogradContext* ctx,
-      const at::Tensor& x,
-      const at::Tensor& /*dummy*/,
-      int64_t block_address) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx,
+                            const at::Tensor& x, const at::Tensor& /*dummy*/,
+                            int64_t block_address,
+                            const std::vector<at::Tensor>& context) {
     ctx->saved_data["block"] = block_address;
     if (x.device().is_cpu()) {
       ctx->saved_data["rng"] = at::detail::getDefaultCPUGenerator().get_state();
     }
     ctx->save_for_backward({x});
+    ctx->saved_data["context"] = context;
     auto* block = reinterpret_cast<CheckpointableBlock*>(block_address);  // NOLINT
-    return block->forward(x);
+    return block->forward_with(x, context);
   }
 
   static torch::autograd::variable_list backward(
@@ -192,6 +192,8 @@ struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
     auto* block =
         reinterpret_cast<CheckpointableBlock*>(ctx->saved_data["block"].toInt());  // NOLINT
     at::Tensor x = ctx->get_saved_variables()[0];
+    const std::vector<at::Tensor> context =
+        ctx->saved_data["context"].toTensorVector();
     at::Tensor input = x.detach().requires_grad_(true);
     at::Tensor out;
     {
@@ -201,31 +203,35 @@ struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
         std::lock_guard<std::mutex> lock(gen.mutex());
         at::Tensor now = gen.get_state();
         gen.set_state(ctx->saved_data["rng"].toTensor());
-        out = block->forward(input);
+        out = block->forward_with(input, context);
         gen.set_state(now);
       } else {
-        out = block->forward(input);
+        out = block->forward_with(input, context);
       }
       torch::autograd::backward({out}, {grads[0]});
     }
-    return {input.grad(), at::Tensor(), at::Tensor()};
+    // x, dummy, address, context: undefined beyond x. Extra undefined entries
+    // are dropped by autograd, so this also holds where a LibTorch version
+    // counts each context tensor as an input of its own.
+    torch::autograd::variable_list out_grads(4 + context.size());
+    out_grads[0] = input.grad();
+    return out_grads;
   }
 };
 
 }  // namespace
 
-at::Tensor run_block(
-    CheckpointableBlock& block, const at::Tensor& x, bool checkpoint) {
+at::Tensor run_block(CheckpointableBlock& block, const at::Tensor& x,
+                     bool checkpoint, const std::vector<at::Tensor>& context) {
   if (!checkpoint || !at::GradMode::is_enabled())
-    return block.forward(x);
+    return block.forward_with(x, context);
   // The dummy makes the output require grad even when x does not (frozen
   // embeddings), so backward still reaches the block's parameters.
   at::Tensor dummy =
       at::empty({0}, x.options().dtype(at::kFloat)).requires_grad_(true);
-  return CheckpointBlock::apply(
-      x,
-      dummy,
-      reinterpret_cast<int64_t>(&block));  // NOLINT
+  return CheckpointBlock::apply(x, dummy,
+                                reinterpret_cast<int64_t>(&block),  // NOLINT
+                                context);
 }
 
 at::Tensor loss_precision(const at::Tensor& t) {

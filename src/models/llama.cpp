@@ -1,11 +1,13 @@
 #include "lowmem/models/llama.h"
 
-#include "lowmem/core/check.h"
-
 #include <ATen/ATen.h>
 
 #include <cmath>
 #include <limits>
+#include <tuple>
+
+#include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 
 namespace lowmem::models {
 
@@ -33,19 +35,82 @@ class WeightOnly : public torch::nn::Module {
   at::Tensor weight;
 };
 
-// A bias-free linear slot drawn N(0, std) directly in the target dtype and
-// device: no fp32 transient and no Kaiming draw that would be overwritten.
-std::shared_ptr<adapters::Linear> make_linear(
-    int64_t in, int64_t out, const LlamaConfig& c) {
+// A linear slot drawn N(0, std) directly in the target dtype and device (no
+// fp32 transient and no Kaiming draw that would be overwritten); the bias, if
+// any, zero (HF _init_weights).
+std::shared_ptr<nn::Linear> make_linear(int64_t in, int64_t out,
+                                        const LlamaConfig& c,
+                                        bool bias = false) {
   at::NoGradGuard no_grad;
-  const auto o = at::TensorOptions().dtype(c.dtype()).device(c.device());
-  return std::make_shared<adapters::Linear>(
-      at::empty({out, in}, o).normal_(0.0, c.initializer_range()));
+  const auto o = param_options(c);
+  return std::make_shared<nn::Linear>(
+      at::empty({out, in}, o).normal_(0.0, c.initializer_range()),
+      bias ? at::zeros({out}, o) : at::Tensor());
+}
+
+// HF repeat_kv: [B, KV, T, D] -> [B, KV * rep, T, D], each K/V head serving
+// `rep` consecutive query heads.
+at::Tensor repeat_kv(const at::Tensor& x, int64_t rep) {
+  if (rep == 1) return x;
+  const int64_t B = x.size(0), KV = x.size(1), T = x.size(2), D = x.size(3);
+  return x.unsqueeze(2).expand({B, KV, rep, T, D}).reshape({B, KV * rep, T, D});
+}
+
+// modeling_rope_utils._compute_llama3_parameters on inv_freq (same dtype).
+at::Tensor llama3_inv_freq(const at::Tensor& inv_freq, const RopeScaling& s) {
+  const double old_len =
+      static_cast<double>(s.original_max_position_embeddings());
+  const double low_wavelen = old_len / s.low_freq_factor();
+  const double high_wavelen = old_len / s.high_freq_factor();
+  at::Tensor wavelen = (2.0 * M_PI) / inv_freq;
+  // wavelen > low_freq_wavelen: divide by factor; < high: keep.
+  at::Tensor scaled =
+      at::where(wavelen > low_wavelen, inv_freq / s.factor(), inv_freq);
+  at::Tensor smooth = (old_len / wavelen - s.low_freq_factor()) /
+                      (s.high_freq_factor() - s.low_freq_factor());
+  at::Tensor smoothed = (1 - smooth) * scaled / s.factor() + smooth * scaled;
+  at::Tensor medium =
+      wavelen.ge(high_wavelen).logical_and(wavelen.le(low_wavelen));
+  return at::where(medium, smoothed, scaled);
+}
+
+void validate_rope_scaling(const RopeScaling& s) {
+  const auto& t = s.rope_type();
+  LOWMEM_CHECK(t == "default" || t == "linear" || t == "llama3",
+               "[llama] unsupported rope_scaling type ", quote(t),
+               " (supported: default, linear, llama3)");
+  if (t == "default") return;
+  LOWMEM_CHECK(s.factor() > 0.0,
+               "[llama] rope_scaling factor must be > 0, got ", s.factor());
+  if (t != "llama3") return;
+  LOWMEM_CHECK(
+      s.low_freq_factor() > 0.0 && s.high_freq_factor() > s.low_freq_factor(),
+      "[llama] llama3 rope_scaling needs 0 < low_freq_factor < "
+      "high_freq_factor, got ",
+      s.low_freq_factor(), " and ", s.high_freq_factor());
+  LOWMEM_CHECK(
+      s.original_max_position_embeddings() > 0,
+      "[llama] llama3 rope_scaling original_max_position_embeddings must be "
+      "> 0, got ",
+      s.original_max_position_embeddings());
 }
 
 }  // namespace
 
-void validate(const LlamaConfig& c) {
+int64_t resolved_head_dim(const LlamaConfig& c) {
+  if (c.head_dim() > 0) return c.head_dim();
+  return c.num_attention_heads() > 0 ? c.hidden_size() / c.num_attention_heads()
+                                     : 0;
+}
+
+int64_t resolved_kv_heads(const LlamaConfig& c) {
+  return c.num_key_value_heads() > 0 ? c.num_key_value_heads()
+                                     : c.num_attention_heads();
+}
+
+namespace {
+
+void validate_sizes(const LlamaConfig& c) {
   LOWMEM_CHECK(
       c.vocab_size() > 0, "[llama] vocab_size must be > 0, got ", c.vocab_size());
   LOWMEM_CHECK(
@@ -65,26 +130,39 @@ void validate(const LlamaConfig& c) {
       "[llama] num_attention_heads must be > 0, got ",
       c.num_attention_heads());
   LOWMEM_CHECK(
-      c.hidden_size() % c.num_attention_heads() == 0,
-      "[llama] hidden_size ",
-      c.hidden_size(),
-      " is not a multiple of num_attention_heads ",
-      c.num_attention_heads());
+      c.num_key_value_heads() >= 0 && c.head_dim() >= 0 &&
+          c.sliding_window() >= 0,
+      "[llama] num_key_value_heads, head_dim and sliding_window must be >= 0 "
+      "(0: unset), got ",
+      c.num_key_value_heads(), ", ", c.head_dim(), ", ", c.sliding_window());
   LOWMEM_CHECK(
-      (c.hidden_size() / c.num_attention_heads()) % 2 == 0,
-      "[llama] head dimension ",
-      c.hidden_size() / c.num_attention_heads(),
-      " must be even (rotary embeddings rotate pairs)");
+      c.head_dim() > 0 || c.hidden_size() % c.num_attention_heads() == 0,
+      "[llama] hidden_size ", c.hidden_size(),
+      " is not a multiple of num_attention_heads ", c.num_attention_heads());
+  LOWMEM_CHECK(resolved_head_dim(c) % 2 == 0, "[llama] head dimension ",
+               resolved_head_dim(c),
+               " must be even (rotary embeddings rotate pairs)");
+  LOWMEM_CHECK(c.num_attention_heads() % resolved_kv_heads(c) == 0,
+               "[llama] num_attention_heads ", c.num_attention_heads(),
+               " is not a multiple of num_key_value_heads ",
+               resolved_kv_heads(c));
   LOWMEM_CHECK(
       c.max_position_embeddings() > 0,
       "[llama] max_position_embeddings must be > 0, got ",
       c.max_position_embeddings());
+}
+
+}  // namespace
+
+void validate(const LlamaConfig& c) {
+  validate_sizes(c);
   LOWMEM_CHECK(
       c.rms_norm_eps() > 0.0,
       "[llama] rms_norm_eps must be > 0, got ",
       c.rms_norm_eps());
   LOWMEM_CHECK(
       c.rope_theta() > 0.0, "[llama] rope_theta must be > 0, got ", c.rope_theta());
+  validate_rope_scaling(c.rope_scaling());
   LOWMEM_CHECK(
       c.initializer_range() >= 0.0,
       "[llama] initializer_range must be >= 0, got ",
@@ -152,20 +230,41 @@ at::Tensor RMSNorm::forward(const at::Tensor& x) {
   return weight * h.to(in_type);
 }
 
-std::pair<at::Tensor, at::Tensor> rotary_tables(
-    int64_t seq_len,
-    int64_t head_dim,
-    double theta,
-    c10::ScalarType dtype,
-    c10::Device device) {
-  const auto ct = compute_type(dtype);
-  auto o = at::TensorOptions().dtype(ct).device(device);
+at::Tensor rope_inv_freq(int64_t head_dim, double theta,
+                         const RopeScaling& scaling, c10::ScalarType dtype,
+                         c10::Device device) {
+  auto o = at::TensorOptions().dtype(compute_type(dtype)).device(device);
   // inv_freq_i = theta^(-2i/d), i < d/2 (HF: 1 / base^(arange(0, d, 2)/d)).
   at::Tensor inv_freq =
       at::pow(theta, at::arange(0, head_dim, 2, o) / static_cast<double>(head_dim))
           .reciprocal();
-  at::Tensor freqs = at::outer(at::arange(seq_len, o), inv_freq);  // [T, d/2]
-  at::Tensor emb = at::cat({freqs, freqs}, -1);                     // [T, d]
+  if (scaling.rope_type() == "linear") return inv_freq / scaling.factor();
+  if (scaling.rope_type() == "llama3")
+    return llama3_inv_freq(inv_freq, scaling);
+  return inv_freq;
+}
+
+std::pair<at::Tensor, at::Tensor> rotary_tables(int64_t seq_len,
+                                                int64_t head_dim, double theta,
+                                                c10::ScalarType dtype,
+                                                c10::Device device) {
+  at::Tensor inv_freq = rope_inv_freq(head_dim, theta, {}, dtype, device);
+  at::Tensor freqs =
+      at::outer(at::arange(seq_len, inv_freq.options()), inv_freq);  // [T, d/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);                      // [T, d]
+  return {emb.cos().to(dtype), emb.sin().to(dtype)};
+}
+
+std::pair<at::Tensor, at::Tensor> rotary_tables(const at::Tensor& positions,
+                                                int64_t head_dim, double theta,
+                                                const RopeScaling& scaling,
+                                                c10::ScalarType dtype) {
+  at::Tensor inv_freq =
+      rope_inv_freq(head_dim, theta, scaling, dtype, positions.device());
+  // HF: inv_freq[None, :, None] @ position_ids[:, None, :], a product.
+  at::Tensor freqs = positions.to(inv_freq.scalar_type()).unsqueeze(-1) *
+                     inv_freq;                                // [B, T, d/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);  // [B, 1, T, d]
   return {emb.cos().to(dtype), emb.sin().to(dtype)};
 }
 
@@ -178,57 +277,129 @@ at::Tensor apply_rotary(
   return x * cos + rotated * sin;
 }
 
+namespace {
+
+void check_layout(const PackedLayout& layout, int64_t B, int64_t T) {
+  const std::vector<int64_t> want = {B, T};
+  LOWMEM_CHECK(layout.positions.defined(),
+               "[llama] packed rows need positions as well as segments");
+  for (const auto* t : {&layout.segments, &layout.positions}) {
+    LOWMEM_CHECK(
+        t->sizes() == c10::IntArrayRef(want) && t->scalar_type() == at::kLong,
+        "[llama] packed layout tensors must be int64 [", B, ", ", T, "], got ",
+        t->sizes(), " ", t->scalar_type());
+  }
+}
+
+}  // namespace
+
+AttentionInputs attention_inputs(const LlamaConfig& c, int64_t batch,
+                                 int64_t seq_len, const PackedLayout& layout,
+                                 c10::ScalarType dtype, c10::Device device) {
+  const int64_t D = resolved_head_dim(c), T = seq_len;
+  AttentionInputs in;
+  auto io = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor q = at::arange(T, io).unsqueeze(1), k = at::arange(T, io);
+  at::Tensor allowed = k.le(q);  // [T, T] causal (masking_utils)
+  if (c.sliding_window() > 0)    // sliding_window_overlay: kv > q - window
+    allowed = allowed.logical_and(k.gt(q - c.sliding_window()));
+  if (layout.packed()) {
+    check_layout(layout, batch, T);
+    const at::Tensor& seg = layout.segments;
+    // Block-diagonal: only keys of the query's own segment ([B, 1, T, T]).
+    allowed =
+        allowed.logical_and(seg.unsqueeze(2).eq(seg.unsqueeze(1))).unsqueeze(1);
+    std::tie(in.cos, in.sin) = rotary_tables(
+        layout.positions, D, c.rope_theta(), c.rope_scaling(), dtype);
+  } else if (c.rope_scaling().rope_type() == "default") {
+    std::tie(in.cos, in.sin) =
+        rotary_tables(T, D, c.rope_theta(), dtype, device);
+  } else {
+    std::tie(in.cos, in.sin) =
+        rotary_tables(at::arange(T, io).unsqueeze(0), D, c.rope_theta(),
+                      c.rope_scaling(), dtype);
+    in.cos = in.cos[0][0];
+    in.sin = in.sin[0][0];
+  }
+  in.mask = at::zeros(allowed.sizes(),
+                      at::TensorOptions().dtype(dtype).device(device))
+                .masked_fill_(allowed.logical_not(),
+                              -std::numeric_limits<double>::infinity());
+  return in;
+}
+
 LlamaAttention::LlamaAttention(const LlamaConfig& c)
-    : hidden_(c.hidden_size()),
+    : config_(c),
+      hidden_(c.hidden_size()),
       heads_(c.num_attention_heads()),
-      theta_(c.rope_theta()) {
-  const int64_t C = c.hidden_size();
-  for (const char* name : {"q_proj", "k_proj", "v_proj", "o_proj"})
-    register_slot(name, make_linear(C, C, c));
+      kv_heads_(resolved_kv_heads(c)),
+      head_dim_(resolved_head_dim(c)) {
+  const int64_t C = hidden_, Q = heads_ * head_dim_, KV = kv_heads_ * head_dim_;
+  const bool qkv_bias = c.attention_bias() || c.qkv_bias();
+  register_slot("q_proj", make_linear(C, Q, c, qkv_bias));
+  register_slot("k_proj", make_linear(C, KV, c, qkv_bias));
+  register_slot("v_proj", make_linear(C, KV, c, qkv_bias));
+  register_slot("o_proj", make_linear(Q, C, c, c.attention_bias()));
+  if (c.qk_norm()) {
+    const auto o = param_options(c);
+    q_norm = register_module(
+        "q_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps(), o));
+    k_norm = register_module(
+        "k_norm", std::make_shared<RMSNorm>(head_dim_, c.rms_norm_eps(), o));
+  }
 }
 
 at::Tensor LlamaAttention::forward(const at::Tensor& x) {
+  LOWMEM_CHECK(x.dim() == 3, "[llama] attention expected input [B, T, C], got ",
+               x.sizes());
+  return forward(x, attention_inputs(config_, x.size(0), x.size(1), {},
+                                     x.scalar_type(), x.device()));
+}
+
+at::Tensor LlamaAttention::forward(const at::Tensor& x,
+                                   const AttentionInputs& in) {
   LOWMEM_CHECK(
       x.dim() == 3 && x.size(2) == hidden_,
       "[llama] attention expected input [B, T, ",
       hidden_,
       "], got ",
       x.sizes());
-  const int64_t B = x.size(0), T = x.size(1), H = heads_, D = hidden_ / H;
-  auto heads = [&](const char* slot) {  // [B, T, C] -> [B, H, T, D]
-    return linear(slot).forward(x).view({B, T, H, D}).transpose(1, 2);
+  const int64_t B = x.size(0), T = x.size(1), H = heads_, D = head_dim_;
+  auto heads = [&](const char* slot, int64_t n) {  // -> [B, T, n, D]
+    return linear(slot).forward(x).view({B, T, n, D});
   };
-  auto [cos, sin] = rotary_tables(T, D, theta_, x.scalar_type(), x.device());
-  at::Tensor q = apply_rotary(heads("q_proj"), cos, sin).reshape({B * H, T, D});
-  at::Tensor k = apply_rotary(heads("k_proj"), cos, sin).reshape({B * H, T, D});
-  at::Tensor v = heads("v_proj").reshape({B * H, T, D});
-  at::Tensor mask =
-      at::full(
-          {T, T},
-          -std::numeric_limits<double>::infinity(),
-          q.options().requires_grad(false))
-          .triu_(1);
-  at::Tensor scores = at::baddbmm(
-      mask,
-      q,
-      k.transpose(1, 2),
-      /*beta=*/1.0,
-      /*alpha=*/1.0 / std::sqrt(static_cast<double>(D)));
+  at::Tensor q = heads("q_proj", H), k = heads("k_proj", kv_heads_);
+  if (q_norm) {  // Qwen3: per-head RMSNorm before the transpose and RoPE
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  q = apply_rotary(q.transpose(1, 2), in.cos, in.sin);  // [B, H, T, D]
+  k = repeat_kv(apply_rotary(k.transpose(1, 2), in.cos, in.sin), H / kv_heads_);
+  at::Tensor v =
+      repeat_kv(heads("v_proj", kv_heads_).transpose(1, 2), H / kv_heads_);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  at::Tensor scores;
+  if (in.mask.dim() == 2) {  // one [T, T] mask: fused into baddbmm
+    scores = at::baddbmm(in.mask, q.reshape({B * H, T, D}),
+                         k.reshape({B * H, T, D}).transpose(1, 2),
+                         /*beta=*/1.0,
+                         /*alpha=*/scale)
+                 .view({B, H, T, T});
+  } else {  // per-row masks [B, 1, T, T] (HF eager: matmul * scaling + mask)
+    scores = at::matmul(q, k.transpose(2, 3)) * scale + in.mask;
+  }
   // HF: softmax in fp32, then back to the activations' dtype.
   at::Tensor att = at::softmax(scores, -1, compute_type(scores.scalar_type()))
                        .to(q.scalar_type());
-  at::Tensor y = at::bmm(att, v)
-                     .view({B, H, T, D})
-                     .transpose(1, 2)
-                     .reshape({B, T, hidden_});
+  at::Tensor y = at::matmul(att, v).transpose(1, 2).reshape({B, T, H * D});
   return linear("o_proj").forward(y);
 }
 
 LlamaMLP::LlamaMLP(const LlamaConfig& c) {
   const int64_t C = c.hidden_size(), I = c.intermediate_size();
-  register_slot("gate_proj", make_linear(C, I, c));
-  register_slot("up_proj", make_linear(C, I, c));
-  register_slot("down_proj", make_linear(I, C, c));
+  register_slot("gate_proj", make_linear(C, I, c, c.mlp_bias()));
+  register_slot("up_proj", make_linear(C, I, c, c.mlp_bias()));
+  register_slot("down_proj", make_linear(I, C, c, c.mlp_bias()));
 }
 
 at::Tensor LlamaMLP::forward(const at::Tensor& x) {
@@ -254,6 +425,16 @@ at::Tensor LlamaDecoderLayer::forward(const at::Tensor& x) {
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
+at::Tensor LlamaDecoderLayer::forward_with(
+    const at::Tensor& x, const std::vector<at::Tensor>& context) {
+  LOWMEM_CHECK(context.size() == 3,
+               "[llama] a decoder layer's context is {cos, sin, mask}, got ",
+               context.size(), " tensors");
+  const AttentionInputs in{context[0], context[1], context[2]};
+  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), in);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
 Llama::Llama(LlamaConfig config) : config_(std::move(config)) {
   validate(config_);
   const auto& c = config_;
@@ -273,6 +454,10 @@ Llama::Llama(LlamaConfig config) : config_(std::move(config)) {
   inner->register_module("layers", layers.ptr());
   norm = inner->register_module(
       "norm", std::make_shared<RMSNorm>(c.hidden_size(), c.rms_norm_eps(), o));
+  if (c.tie_word_embeddings()) {  // one tensor, listed once (as embed_tokens)
+    lm_head = embed_tokens;
+    return;
+  }
   auto head = register_module(
       "lm_head",
       std::make_shared<WeightOnly>(
@@ -281,6 +466,10 @@ Llama::Llama(LlamaConfig config) : config_(std::move(config)) {
 }
 
 at::Tensor Llama::forward(const at::Tensor& idx) {
+  return forward(idx, PackedLayout{});
+}
+
+at::Tensor Llama::forward(const at::Tensor& idx, const PackedLayout& layout) {
   LOWMEM_CHECK(
       idx.dim() == 2 && idx.scalar_type() == at::kLong,
       "[llama] expected int64 tokens [B, T], got ",
@@ -294,26 +483,40 @@ at::Tensor Llama::forward(const at::Tensor& idx) {
       " exceeds max_position_embeddings ",
       config_.max_position_embeddings());
   at::Tensor x = at::embedding(embed_tokens, idx);
+  const AttentionInputs in = attention_inputs(
+      config_, idx.size(0), idx.size(1), layout, x.scalar_type(), x.device());
+  const std::vector<at::Tensor> context = {in.cos, in.sin, in.mask};
   for (auto& l : layers_)
-    x = run_block(*l, x, config_.activation_checkpointing());
+    x = run_block(*l, x, config_.activation_checkpointing(), context);
   return at::linear(norm->forward(x), lm_head);
 }
 
 at::Tensor Llama::loss(const at::Tensor& idx, const at::Tensor& target) {
+  return loss(idx, target, PackedLayout{});
+}
+
+at::Tensor Llama::loss(const at::Tensor& idx, const at::Tensor& target,
+                       const PackedLayout& layout) {
   LOWMEM_CHECK(
       target.sizes() == idx.sizes(),
       "[llama] target shape ",
       target.sizes(),
       " != input shape ",
       idx.sizes());
-  at::Tensor logits = loss_precision(forward(idx));
-  return at::cross_entropy_loss(
-      logits.view({-1, logits.size(-1)}), target.reshape(-1));
+  at::Tensor logits = loss_precision(forward(idx, layout));
+  return at::cross_entropy_loss(logits.view({-1, logits.size(-1)}),
+                                target.reshape(-1), {}, at::Reduction::Mean,
+                                kIgnoreIndex);
 }
 
 EvalStats Llama::evaluate(const at::Tensor& idx, const at::Tensor& target) {
+  return evaluate(idx, target, PackedLayout{});
+}
+
+EvalStats Llama::evaluate(const at::Tensor& idx, const at::Tensor& target,
+                          const PackedLayout& layout) {
   at::NoGradGuard no_grad;
-  return cross_entropy_stats(forward(idx), target);
+  return cross_entropy_stats(forward(idx, layout), target);
 }
 
 int64_t Llama::matrix_parameters() {
@@ -321,16 +524,22 @@ int64_t Llama::matrix_parameters() {
 }
 
 double Llama::flops_per_token(int64_t seq_len) {
+  const int64_t HD = config_.num_attention_heads() * resolved_head_dim(config_);
   return 6.0 * static_cast<double>(matrix_parameters()) +
-         12.0 * static_cast<double>(
-                    config_.num_hidden_layers() * config_.hidden_size() *
-                    seq_len);
+         12.0 * static_cast<double>(config_.num_hidden_layers() * HD * seq_len);
 }
 
 int64_t llama_parameter_count(const LlamaConfig& c) {
   const int64_t V = c.vocab_size(), C = c.hidden_size(),
-                I = c.intermediate_size(), L = c.num_hidden_layers();
-  return 2 * V * C + L * (4 * C * C + 3 * C * I + 2 * C) + C;
+                I = c.intermediate_size(), L = c.num_hidden_layers(),
+                D = resolved_head_dim(c), Q = c.num_attention_heads() * D,
+                KV = resolved_kv_heads(c) * D;
+  int64_t layer = 2 * C * Q + 2 * C * KV + 3 * C * I + 2 * C;
+  if (c.attention_bias() || c.qkv_bias()) layer += Q + 2 * KV;
+  if (c.attention_bias()) layer += C;
+  if (c.mlp_bias()) layer += 2 * I + C;
+  if (c.qk_norm()) layer += 2 * D;
+  return (c.tie_word_embeddings() ? 1 : 2) * V * C + L * layer + C;
 }
 
 }  // namespace lowmem::models

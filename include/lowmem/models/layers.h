@@ -74,6 +74,13 @@ class FeedForward : public nn::SlotModule {
 class CheckpointableBlock : public torch::nn::Module {
  public:
   virtual at::Tensor forward(const at::Tensor& x) = 0;
+  /// The same with tensors one forward shares across its blocks (rotary
+  /// tables, an attention mask; none takes a gradient). Default: forward(x).
+  virtual at::Tensor forward_with(const at::Tensor& x,
+                                  const std::vector<at::Tensor>& context) {
+    (void)context;
+    return forward(x);
+  }
 };
 
 /// Pre-LayerNorm block: x + attn(ln_1(x)), then + mlp(ln_2(x)).
@@ -118,8 +125,10 @@ void init_slots_normal(
 /// gradients are accumulated into .grad during the recomputation, so only
 /// .backward() — not torch::autograd::grad w.r.t. block parameters — sees
 /// them). The CPU RNG state is restored for the re-run, so dropout matches.
-at::Tensor run_block(
-    CheckpointableBlock& block, const at::Tensor& x, bool checkpoint);
+/// `context` goes to block.forward_with (kept for the re-run).
+at::Tensor run_block(CheckpointableBlock& block, const at::Tensor& x,
+                     bool checkpoint,
+                     const std::vector<at::Tensor>& context = {});
 
 /// Sum of numel over parameters (only requires_grad ones if trainable_only).
 int64_t count_parameters(

@@ -1,22 +1,45 @@
 // Llama: the LLaMA decoder (Touvron et al. 2023, arXiv 2302.13971) as Hugging
-// Face transformers' LlamaForCausalLM computes it and GaLore (arXiv 2403.03507)
-// pretrains it: RMSNorm (in fp32), rotary position embeddings (rotate_half
-// convention), SwiGLU MLP, no biases, untied lm_head. Parameter names are HF's
-// (model.embed_tokens, model.layers.<i>.self_attn.q_proj, ..., model.norm,
-// lm_head). Deviations: the causal mask is -inf (HF: dtype minimum), rotary
-// tables are computed per forward rather than cached, no KV cache / padding.
+// Face transformers computes it in LlamaForCausalLM, and with the options of
+// MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM (transformers'
+// models/{llama,mistral,qwen2,qwen3}/modeling_*.py, modeling_rope_utils.py and
+// masking_utils.py, read on its main branch in 2025): RMSNorm (in fp32), rotary
+// position embeddings (rotate_half convention; default, "linear" and "llama3"
+// scaling), grouped-query attention (repeat_kv), an optional head_dim other
+// than hidden/heads, optional q/k/v(/o) biases, Qwen3's per-head q_norm/k_norm,
+// Mistral's sliding window, SwiGLU MLP, tied or untied lm_head. GaLore (arXiv
+// 2403.03507) pretrains the default (untied, no biases). Parameter names are
+// HF's (model.embed_tokens, model.layers.<i>.self_attn.q_proj, ...,
+// model.norm, lm_head). Deviations: masked scores are -inf (HF: the dtype's
+// minimum; equal after softmax since no row is fully masked), rotary tables
+// are computed per forward in the compute precision (fp64 for fp64 models,
+// where HF stays fp32), no KV cache or padding mask (packed rows instead).
 #pragma once
-
-#include "lowmem/models/layers.h"
 
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 #include <torch/arg.h>
 
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "lowmem/models/layers.h"
+
 namespace lowmem::models {
+
+/// HF's rope_scaling (modeling_rope_utils.py ROPE_INIT_FUNCTIONS): rope_type
+/// "default" (none), "linear" (inv_freq / factor) or "llama3"
+/// (_compute_llama3_parameters: low frequencies / factor, high ones kept,
+/// smooth interpolation between). Other types are rejected by validate().
+struct RopeScaling {
+  TORCH_ARG(std::string, rope_type) = "default";
+  TORCH_ARG(double, factor) = 1.0;
+  /// llama3 only (Llama 3.1's config.json: 1, 4, 8192).
+  TORCH_ARG(double, low_freq_factor) = 1.0;
+  TORCH_ARG(double, high_freq_factor) = 4.0;
+  TORCH_ARG(int64_t, original_max_position_embeddings) = 8192;
+};
 
 /// HF LlamaConfig field names. Defaults: a small byte-level model (vocab 256)
 /// that trains on two cores; llama_preset() gives GaLore's sizes.
@@ -33,6 +56,29 @@ struct LlamaConfig {
   TORCH_ARG(double, rms_norm_eps) = 1e-6;
   /// HF LlamaRotaryEmbedding base (10000).
   TORCH_ARG(double, rope_theta) = 10000.0;
+  TORCH_ARG(RopeScaling, rope_scaling) = {};
+  /// Grouped-query attention: key/value heads, a divisor of
+  /// num_attention_heads (0: num_attention_heads, HF's default when unset).
+  TORCH_ARG(int64_t, num_key_value_heads) = 0;
+  /// Width of one head (0: hidden_size / num_attention_heads, HF's default;
+  /// Qwen3 and Mistral-Nemo set it explicitly).
+  TORCH_ARG(int64_t, head_dim) = 0;
+  /// LlamaConfig.attention_bias / Qwen3Config.attention_bias: biases on
+  /// q_proj, k_proj, v_proj and o_proj.
+  TORCH_ARG(bool, attention_bias) = false;
+  /// Qwen2: biases on q_proj, k_proj and v_proj only (o_proj has none).
+  TORCH_ARG(bool, qkv_bias) = false;
+  /// LlamaConfig.mlp_bias: biases on gate_proj, up_proj and down_proj.
+  TORCH_ARG(bool, mlp_bias) = false;
+  /// Qwen3: RMSNorm over head_dim on each head of q and k, before RoPE
+  /// (self_attn.q_norm / self_attn.k_norm, weight [head_dim]).
+  TORCH_ARG(bool, qk_norm) = false;
+  /// lm_head shares model.embed_tokens.weight (no "lm_head.weight" parameter).
+  TORCH_ARG(bool, tie_word_embeddings) = false;
+  /// Mistral: a token attends to itself and the sliding_window - 1 tokens
+  /// before it (masking_utils sliding_window_overlay: kv > q - window); 0: no
+  /// window.
+  TORCH_ARG(int64_t, sliding_window) = 0;
   /// HF _init_weights: N(0, initializer_range) for linears and embeddings
   /// (GaLore configs: 0.02), RMSNorm weights 1.
   TORCH_ARG(double, initializer_range) = 0.02;
@@ -44,8 +90,14 @@ struct LlamaConfig {
   TORCH_ARG(c10::Device, device) = c10::Device(c10::kCPU);
 };
 
-/// Throws "[llama] ..." on non-positive sizes, hidden_size % heads != 0 or an
-/// odd head dimension (RoPE rotates pairs).
+/// head_dim, or hidden_size / num_attention_heads when it is 0.
+int64_t resolved_head_dim(const LlamaConfig& c);
+/// num_key_value_heads, or num_attention_heads when it is 0.
+int64_t resolved_kv_heads(const LlamaConfig& c);
+
+/// Throws "[llama] ..." on non-positive sizes, hidden_size % heads != 0 (when
+/// head_dim is derived), an odd head dimension (RoPE rotates pairs), heads not
+/// a multiple of num_key_value_heads, an unknown rope_type or bad factors.
 void validate(const LlamaConfig& c);
 
 /// GaLore's model sizes (jiaweizzhao/GaLore configs/llama_<name>.json:
@@ -69,6 +121,11 @@ class RMSNorm : public torch::nn::Module {
   double eps_;
 };
 
+/// Inverse frequencies [head_dim / 2] of HF's rotary embedding: theta^(-2i/d)
+/// for i < d/2, then `scaling` applied; in fp32 (fp64 for fp64 `dtype`).
+at::Tensor rope_inv_freq(int64_t head_dim, double theta,
+                         const RopeScaling& scaling, c10::ScalarType dtype,
+                         c10::Device device);
 /// cos and sin tables [T, head_dim] of HF's rotary embedding (frequencies
 /// theta^(-2i/d) for i < d/2, repeated twice), computed in fp32 (fp64 for
 /// fp64) and returned in `dtype`.
@@ -78,26 +135,54 @@ std::pair<at::Tensor, at::Tensor> rotary_tables(
     double theta,
     c10::ScalarType dtype,
     c10::Device device);
+/// The same at given positions [B, T] (int64), with `scaling`: tables
+/// [B, 1, T, head_dim] that broadcast over heads.
+std::pair<at::Tensor, at::Tensor> rotary_tables(const at::Tensor& positions,
+                                                int64_t head_dim, double theta,
+                                                const RopeScaling& scaling,
+                                                c10::ScalarType dtype);
 /// x * cos + rotate_half(x) * sin with rotate_half(x) = cat(-x2, x1) over the
 /// last dim (x [..., T, head_dim]; cos, sin [T, head_dim]).
 at::Tensor apply_rotary(
     const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
-/// Causal multi-head attention with slots q_proj, k_proj, v_proj, o_proj
-/// (all C -> C, no bias) and rotary embeddings on q and k.
-class LlamaAttention : public adapters::SlotModule {
+/// What one forward shares across its decoder layers: rotary cos and sin
+/// ([T, D], or [B, 1, T, D] at packed positions) and the additive attention
+/// mask (0 where allowed, -inf elsewhere; [T, T], or [B, 1, T, T] for packed
+/// rows). None of them takes a gradient.
+struct AttentionInputs {
+  at::Tensor cos, sin, mask;
+};
+
+/// The inputs for a batch of `batch` rows of `seq_len` tokens: causal, within
+/// c.sliding_window() when set, within each segment of a packed `layout`
+/// (block-diagonal), rotary positions 0..T-1 or layout.positions. Tables in
+/// `dtype`.
+AttentionInputs attention_inputs(const LlamaConfig& c, int64_t batch,
+                                 int64_t seq_len, const PackedLayout& layout,
+                                 c10::ScalarType dtype, c10::Device device);
+
+/// Causal attention with slots q_proj (C -> H D), k_proj and v_proj
+/// (C -> KV D), o_proj (H D -> C), biases as configured, optional q_norm /
+/// k_norm (Qwen3), rotary embeddings on q and k, and K/V heads shared by
+/// H / KV query heads each (HF repeat_kv).
+class LlamaAttention : public nn::SlotModule {
  public:
   LlamaAttention(const LlamaConfig& c);
-  /// x [B, T, C] -> [B, T, C].
+  /// x [B, T, C] -> [B, T, C] (plain causal rows at positions 0..T-1).
   at::Tensor forward(const at::Tensor& x);
+  /// The same with the forward's shared inputs.
+  at::Tensor forward(const at::Tensor& x, const AttentionInputs& in);
+
+  std::shared_ptr<RMSNorm> q_norm, k_norm;  // qk_norm only, else null
 
  private:
-  int64_t hidden_, heads_;
-  double theta_;
+  LlamaConfig config_;
+  int64_t hidden_, heads_, kv_heads_, head_dim_;
 };
 
 /// SwiGLU: down_proj(silu(gate_proj(x)) * up_proj(x)).
-class LlamaMLP : public adapters::SlotModule {
+class LlamaMLP : public nn::SlotModule {
  public:
   LlamaMLP(const LlamaConfig& c);
   at::Tensor forward(const at::Tensor& x);
@@ -108,6 +193,9 @@ class LlamaDecoderLayer : public CheckpointableBlock {
  public:
   LlamaDecoderLayer(const LlamaConfig& c);
   at::Tensor forward(const at::Tensor& x) override;
+  /// context: {cos, sin, mask} of AttentionInputs.
+  at::Tensor forward_with(const at::Tensor& x,
+                          const std::vector<at::Tensor>& context) override;
 
   std::shared_ptr<RMSNorm> input_layernorm;
   std::shared_ptr<LlamaAttention> self_attn;
@@ -119,13 +207,23 @@ class Llama : public Model {
  public:
   explicit Llama(LlamaConfig config = {});
 
+  using Model::evaluate;
+  using Model::loss;
+
   /// idx [B, T] int64 (T <= max_position_embeddings) -> logits [B, T, vocab]
   /// in the weights' dtype.
   at::Tensor forward(const at::Tensor& idx) override;
-  /// Mean next-token cross-entropy (nats) over all B*T positions; `target`
-  /// is already shifted (as GPT::loss); logits upcast to fp32 for the loss.
+  /// The same on packed rows (layout.segments / layout.positions [B, T]).
+  at::Tensor forward(const at::Tensor& idx, const PackedLayout& layout);
+  /// Mean next-token cross-entropy (nats) over the positions whose target is
+  /// not kIgnoreIndex; `target` is already shifted (as GPT::loss); logits
+  /// upcast to fp32 for the loss.
   at::Tensor loss(const at::Tensor& idx, const at::Tensor& target) override;
   EvalStats evaluate(const at::Tensor& idx, const at::Tensor& target) override;
+  at::Tensor loss(const at::Tensor& idx, const at::Tensor& target,
+                  const PackedLayout& layout) override;
+  EvalStats evaluate(const at::Tensor& idx, const at::Tensor& target,
+                     const PackedLayout& layout) override;
   std::string kind() const override {
     return "llama";
   }
@@ -140,14 +238,16 @@ class Llama : public Model {
     return *layers_.at(static_cast<size_t>(i));
   }
   /// Slot weights plus lm_head (the matrices in matmuls; the embedding is a
-  /// lookup).
+  /// lookup; a tied head still counts, as its matmul runs).
   int64_t matrix_parameters();
-  /// Training FLOPs per token as GPT::flops_per_token (6 N_matrix + 12 L C T;
-  /// checkpointing's recomputation not counted).
+  /// Training FLOPs per token as GPT::flops_per_token (6 N_matrix +
+  /// 12 L H D T; checkpointing's recomputation not counted).
   double flops_per_token(int64_t seq_len);
 
   at::Tensor embed_tokens;  // "model.embed_tokens.weight" [vocab, C]
-  at::Tensor lm_head;       // "lm_head.weight" [vocab, C]
+  /// "lm_head.weight" [vocab, C]; with tie_word_embeddings the same tensor as
+  /// embed_tokens (and not a parameter of its own).
+  at::Tensor lm_head;
   std::shared_ptr<RMSNorm> norm;  // "model.norm"
 
  private:
@@ -155,7 +255,8 @@ class Llama : public Model {
   std::vector<std::shared_ptr<LlamaDecoderLayer>> layers_;
 };
 
-/// Closed-form parameter count: 2 V C + L (4 C^2 + 3 C I + 2 C) + C.
+/// Closed-form parameter count; for the default options (untied, no biases,
+/// KV = H, H D = C) 2 V C + L (4 C^2 + 3 C I + 2 C) + C.
 int64_t llama_parameter_count(const LlamaConfig& c);
 
 }  // namespace lowmem::models
