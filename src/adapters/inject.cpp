@@ -84,6 +84,11 @@ bool is_target(const std::string& path, const TargetOptions& t) {
   if (!t.target_regex().empty()) {
     return std::regex_match(path, compile(t.target_regex(), "target_regex"));
   }
+  // PEFT's INCLUDE_LINEAR_LAYERS_SHORTHAND: every linear layer but the output
+  // layer (tuners_utils._maybe_include_all_linear_layers drops
+  // get_output_embeddings(), lm_head in the causal LMs here).
+  if (t.target_modules() == std::vector<std::string>{"all-linear"})
+    return path != "lm_head" && !ends_with(path, ".lm_head");
   return list_match(path, t.target_modules());
 }
 

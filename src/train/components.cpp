@@ -14,6 +14,7 @@
 #include "lowmem/core/check.h"
 #include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/text.h"
+#include "lowmem/interop/hf_checkpoint.h"
 #include "lowmem/models/gpt.h"
 #include "lowmem/models/llama.h"
 #include "lowmem/models/mlp.h"
@@ -72,6 +73,24 @@ struct LlamaSection {
     if (preset.empty()) return c;
     return models::llama_preset(preset).activation_checkpointing(
         c.activation_checkpointing());
+  }
+};
+
+// A Hugging Face model directory (interop/hf_checkpoint.h): config.json of a
+// Llama, Mistral, Qwen2 or Qwen3 causal LM and its safetensors weights.
+// dtype: the parameters' (float32, bfloat16, float16, or auto = config.json's
+// torch_dtype); context: the text batches' sequence length.
+struct HfSection {
+  std::string path;
+  std::string dtype = "float32";
+  int64_t context = 64;
+  bool activation_checkpointing = false;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("path", path);
+    v("dtype", dtype);
+    v("context", context);
+    v("activation_checkpointing", activation_checkpointing);
   }
 };
 
@@ -215,18 +234,19 @@ namespace {
 
 BuiltData build_text(const Config& c) {
   BuiltData d;
-  if (c.model != "gpt" && c.model != "llama") {
-    throw ConfigError("data 'text' needs model gpt or llama, got '" + c.model +
-                      "'");
+  if (c.model != "gpt" && c.model != "llama" && c.model != "hf") {
+    throw ConfigError("data 'text' needs model gpt, llama or hf, got '" +
+                      c.model + "'");
   }
   const auto& t = opts<TextSection>(c, "text");
   if (!(t.val_fraction > 0.0 && t.val_fraction < 1.0)) {
     throw ConfigError("text.val_fraction must be in (0, 1), got " +
                       format_float(t.val_fraction));
   }
-  const int64_t context = c.model == "llama"
-                              ? opts<LlamaSection>(c, "llama").context
-                              : opts<GptSection>(c, "gpt").c.block_size();
+  const int64_t context =
+      c.model == "llama" ? opts<LlamaSection>(c, "llama").context
+      : c.model == "hf"  ? opts<HfSection>(c, "hf").context
+                         : opts<GptSection>(c, "gpt").c.block_size();
   data::TextCorpus corpus(t.path, t.val_fraction);
   auto train = std::make_shared<data::TextBatches>(
       corpus.train(),
@@ -314,6 +334,30 @@ std::shared_ptr<models::Model> build_llama(const Config& c, const BuiltData&) {
   return std::make_shared<models::Llama>(lc);
 }
 
+std::shared_ptr<models::Model> build_hf(const Config& c, const BuiltData&) {
+  const auto& h = opts<HfSection>(c, "hf");
+  if (h.path.empty())
+    throw ConfigError("hf.path is required: a Hugging Face model directory");
+  auto options = interop::HfLoadOptions().activation_checkpointing(
+      h.activation_checkpointing);
+  if (h.dtype != "auto")
+    options.dtype(usage([&] { return interop::hf_dtype_from_name(h.dtype); }));
+  else
+    options.dtype(c10::nullopt);
+  const auto hc = usage([&] { return interop::read_hf_config(h.path); });
+  if (h.context > hc.llama.max_position_embeddings()) {
+    throw ConfigError("hf.context " + std::to_string(h.context) +
+                      " exceeds max_position_embeddings " +
+                      std::to_string(hc.llama.max_position_embeddings()));
+  }
+  if (c.data == "text" && hc.llama.vocab_size() < 256) {
+    throw ConfigError("data 'text' feeds byte ids 0..255, but " + h.path +
+                      " has vocab_size " +
+                      std::to_string(hc.llama.vocab_size()));
+  }
+  return interop::load_hf_model(h.path, options);
+}
+
 std::shared_ptr<models::Model> build_vit(const Config& c,
                                          const BuiltData& data) {
   auto v = opts<VitSection>(c, "vit").c;
@@ -367,6 +411,11 @@ const std::vector<ModelKind>& model_kinds() {
       {"llama", "llama",
        section<LlamaSection>("llama", "LLaMA model (models/llama.h)"),
        build_llama},
+      {"hf", "hf",
+       section<HfSection>("hf",
+                          "Hugging Face Llama/Mistral/Qwen2/Qwen3 directory "
+                          "(interop/hf_checkpoint.h)"),
+       build_hf},
       {"vit", "vit", section<VitSection>("vit", "ViT model (models/vit.h)"),
        build_vit},
       {"mlp", "mlp", section<MlpSection>("mlp", "MLP model (models/mlp.h)"),

@@ -25,15 +25,22 @@ float64, as lowmem does, so the comparison can be tight; other dtypes follow
 HF. Masked scores are -inf (HF: the dtype's minimum); no
 row is fully masked, so softmax gives the same.
 
-    /usr/bin/python3 tests/models/hf_reference.py OUTDIR
+    /usr/bin/python3 tests/models/hf_reference.py OUTDIR [--hf-dirs]
 
 writes OUTDIR/<case>.pt for each case below: a dict of float64 tensors
 param.<HF name>, config.<field> (0-dim), idx, target (some entries -100),
 logits, loss (mean cross-entropy over the targets that are not -100), and for
-packed cases segments and positions (int64 [B, T]).
+packed cases segments and positions (int64 [B, T]). With --hf-dirs it
+writes instead OUTDIR/hf/<name>/ in Hugging Face's layout (config.json as
+save_pretrained writes it; model.safetensors, or two shards and
+model.safetensors.index.json; weights stored F32, F16 or BF16) for the cases
+of HF_DIRS, and OUTDIR/hf/<name>.pt with idx and the float32 logits of the
+stored weights (HF's float32 path: RMSNorm, softmax and RoPE in float32).
 """
+import json
 import math
 import os
+import struct
 import sys
 
 import torch
@@ -318,11 +325,118 @@ def check_packed_rows_are_separate_samples(cfg, p, idx, segments, logits):
             assert torch.allclose(alone[0], logits[row, cols], rtol=1e-10, atol=1e-12), (row, int(s))
 
 
-def main(out_dir):
+# ---- Hugging Face layout directories (interop tests) ----
+
+ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def tensor_bytes(t):
+    t = t.contiguous()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: same bits as int16
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def write_safetensors(path, tensors, dtype):
+    """huggingface/safetensors' layout: u64 header length, JSON header (padded
+    with spaces to 8 bytes), data; {"format": "pt"} as save_pretrained."""
+    header = {"__metadata__": {"format": "pt"}}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        b = tensor_bytes(tensors[name].to(dtype))
+        header[name] = {"dtype": ST_DTYPES[dtype], "shape": list(tensors[name].shape),
+                        "data_offsets": [offset, offset + len(b)]}
+        blobs.append(b)
+        offset += len(b)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def hf_config_json(cfg, dtype):
+    """config.json as save_pretrained writes it for the architecture."""
+    arch = cfg["model_type"]
+    out = {"architectures": [ARCHITECTURES[arch]], "torch_dtype": TORCH_DTYPES[dtype],
+           "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
+           "transformers_version": "4.56.0", "use_cache": True}
+    for key in ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
+                "rms_norm_eps", "rope_theta", "tie_word_embeddings", "hidden_act"):
+        out[key] = cfg[key]
+    out["rope_scaling"] = cfg.get("rope_scaling")
+    if cfg.get("head_dim"):
+        out["head_dim"] = cfg["head_dim"]
+    if arch in ("llama", "qwen3"):
+        out["attention_bias"] = cfg.get("attention_bias", False)
+    if arch == "llama":
+        out["mlp_bias"] = cfg.get("mlp_bias", False)
+    if arch == "mistral":
+        out["sliding_window"] = cfg.get("sliding_window")
+    if arch in ("qwen2", "qwen3"):
+        out.update({"use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28})
+    return out
+
+
+# name -> (case of CASES, stored dtype, shards)
+HF_DIRS = {
+    "llama_gqa_f32": ("llama_gqa", torch.float32, 1),
+    "llama_head_dim_bias_f16": ("llama_head_dim_bias", torch.float16, 1),
+    "llama3_rope_tied_bf16": ("llama3_rope_tied", torch.bfloat16, 1),
+    "qwen2_bias_tied_f32_sharded": ("qwen2_bias_tied", torch.float32, 2),
+    "qwen3_qk_norm_bf16_sharded": ("qwen3_qk_norm", torch.bfloat16, 2),
+    "mistral_window_f16": ("mistral_window", torch.float16, 1),
+}
+
+
+def write_hf_dir(path, cfg, p, dtype, shards):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config_json(cfg, dtype), f, indent=2)
+    if shards == 1:
+        write_safetensors(os.path.join(path, "model.safetensors"), p, dtype)
+        return
+    names = [n for n, _, _ in parameter_shapes(cfg)]
+    parts = [names[i::shards] for i in range(shards)]
+    weight_map, total = {}, 0
+    for i, part in enumerate(parts):
+        file = "model-%05d-of-%05d.safetensors" % (i + 1, shards)
+        write_safetensors(os.path.join(path, file), {n: p[n] for n in part}, dtype)
+        for n in part:
+            weight_map[n] = file
+            total += p[n].numel() * p[n].to(dtype).element_size()
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def make_hf_dirs(out_dir):
+    """OUT/hf/<name>/ in HF layout, and OUT/hf/<name>.pt with idx and the
+    float32 logits (HF's float32 path) of the weights as stored."""
+    for seed, name in enumerate(sorted(HF_DIRS)):
+        case, dtype, shards = HF_DIRS[name]
+        cfg = CASES[case][0]
+        g = torch.Generator().manual_seed(100 + seed)
+        p = random_parameters(cfg, torch.float64, g)
+        stored = {n: t.to(dtype).to(torch.float32) for n, t in p.items()}
+        write_hf_dir(os.path.join(out_dir, "hf", name), cfg, stored, dtype, shards)
+        idx = torch.randint(0, cfg["vocab_size"], (B, T), generator=g)
+        torch.save({"idx": idx, "logits": forward(cfg, stored, idx)}, os.path.join(out_dir, "hf", name + ".pt"))
+
+
+def main(out_dir, hf_dirs):
     os.makedirs(out_dir, exist_ok=True)
+    if hf_dirs:
+        make_hf_dirs(out_dir)
+        return
     for seed, name in enumerate(sorted(CASES)):
         torch.save(make_case(name, seed), os.path.join(out_dir, name + ".pt"))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], "--hf-dirs" in sys.argv[2:])
