@@ -276,8 +276,8 @@ TEST(HfCheckpoint, RoundTripSingleAndSharded) {
         for (const auto& kv : index.at("weight_map").items())
           files.insert(kv.value().get<std::string>());
         char last[32];
-        std::snprintf(
-            last, sizeof(last), "-of-%05zu.safetensors", files.size());
+        std::snprintf(last, sizeof(last), "-of-%05zu.safetensors",
+                      files.size());
         EXPECT_GT(files.size(), 1u);
         for (const auto& f : files) {
           EXPECT_TRUE(fs::exists(dir / f)) << f;
