@@ -171,6 +171,23 @@ std::string describe_component(const json& j) {
   return t;
 }
 
+// tokenizer.json without the model's vocabulary and merges.
+std::string pipeline_json_of(const json& root) {
+  json p = json::object();
+  for (const char* key : {"added_tokens", "normalizer", "pre_tokenizer",
+                          "post_processor", "decoder"}) {
+    p[key] = root.value(key, json());
+  }
+  json model = json::object();
+  if (auto it = root.find("model"); it != root.end() && it->is_object()) {
+    for (auto f = it->begin(); f != it->end(); ++f) {
+      if (f.key() != "vocab" && f.key() != "merges") model[f.key()] = f.value();
+    }
+  }
+  p["model"] = model;
+  return p.dump();
+}
+
 void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
                          const TokenizerLimits& limits) {
   const json& root = loaded.root;
@@ -361,6 +378,7 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
     << describe_component(root.value("pre_tokenizer", json())) << ", decoder "
     << describe_component(root.value("decoder", json()));
   m.summary = s.str();
+  m.pipeline_json = pipeline_json_of(root);
 }
 
 void build_sentencepiece(Tokenizer::Impl& m, const std::string& bytes) {
@@ -796,6 +814,9 @@ std::string Tokenizer::chat_template(const std::string& name) const {
 }
 
 const std::string& Tokenizer::config_json() const { return impl_->config.text; }
+const std::string& Tokenizer::pipeline_json() const {
+  return impl_->pipeline_json;
+}
 const std::string& Tokenizer::hash() const { return impl_->hash; }
 const std::string& Tokenizer::path() const { return impl_->path; }
 

@@ -62,7 +62,8 @@ struct Tokenizer::Impl {
   std::unordered_map<TokenId, int> added_by_id;
   detail::StringIdMap added_by_content;
   detail::StringIdMap special_contents;
-  std::string summary;  // describe()'s details
+  std::string summary;        // describe()'s details
+  std::string pipeline_json;  // pipeline_json()
 
   // sentencepiece
   std::unique_ptr<detail::SentencePiece> sp;

@@ -129,6 +129,12 @@ class Tokenizer {
   /// tokenizer_config.json's text ("" when there was none), for settings this
   /// class does not interpret.
   const std::string& config_json() const;
+  /// tokenizer.json's "added_tokens", "normalizer", "pre_tokenizer",
+  /// "post_processor", "decoder" and its "model" without "vocab" and
+  /// "merges", as one JSON
+  /// object's text ("" for sentencepiece): for exporters that name the
+  /// pipeline in another format (interop/gguf.h).
+  const std::string& pipeline_json() const;
 
   /// Hex SHA-256 over the tokenizer's files (tokenizer.json or
   /// tokenizer.model, then tokenizer_config.json) and the implementation's
