@@ -147,6 +147,15 @@ io::GgufMetadata gguf_llama_metadata(models::Llama& model,
        GgufValue::float32(static_cast<float>(c.rms_norm_eps()))},
       {"llama.rope.dimension_count", u32(h.head_dim)},
   };
+  const models::RopeScaling& rs = c.rope_scaling();
+  LOWMEM_CHECK(rs.rope_type() == "default" || rs.rope_type() == "linear",
+               "[interop] GGUF export of rope_scaling ", quote(rs.rope_type()),
+               " is not supported yet (default and linear are)");
+  if (rs.rope_type() == "linear") {
+    m.emplace_back("llama.rope.scaling.type", GgufValue::string("linear"));
+    m.emplace_back("llama.rope.scaling.factor",
+                   GgufValue::float32(static_cast<float>(rs.factor())));
+  }
   if (h.head_dim * h.n_head != c.hidden_size()) {
     m.emplace_back("llama.attention.key_length", u32(h.head_dim));
     m.emplace_back("llama.attention.value_length", u32(h.head_dim));
@@ -162,8 +171,9 @@ std::vector<io::GgufTensor> gguf_llama_tensors(
     const auto target = gguf_name(p.key());
     LOWMEM_CHECK(target.has_value(), "[interop] GGUF export: parameter ",
                  quote(p.key()),
-                 " has no llama.cpp name (adapters must be merged first: "
-                 "lowmem merge)");
+                 " has no llama.cpp name in architecture llama (adapters "
+                 "must be merged first: lowmem merge; biases and q/k norms "
+                 "are not exported yet)");
     at::Tensor t = p.value().detach();
     if (target->rope == Rope::kQuery) t = permute_for_gguf_rope(t, h.n_head);
     if (target->rope == Rope::kKey) t = permute_for_gguf_rope(t, h.n_head_kv);

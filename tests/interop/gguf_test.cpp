@@ -52,7 +52,9 @@ lowmem::text::Tokenizer tokenizer(const std::string& name) {
 }
 
 // Weights N(0, 0.1): logits spread enough that greedy choices are clear.
-std::shared_ptr<lowmem::models::Llama> tiny_llama(int64_t vocab) {
+// kv_heads < 2: grouped-query attention.
+std::shared_ptr<lowmem::models::Llama> tiny_llama(int64_t vocab,
+                                                  int64_t kv_heads = 2) {
   torch::manual_seed(7);
   return std::make_shared<lowmem::models::Llama>(
       lowmem::models::LlamaConfig()
@@ -61,6 +63,7 @@ std::shared_ptr<lowmem::models::Llama> tiny_llama(int64_t vocab) {
           .intermediate_size(128)
           .num_hidden_layers(2)
           .num_attention_heads(2)
+          .num_key_value_heads(kv_heads)
           .max_position_embeddings(256)
           .rms_norm_eps(1e-5)
           .initializer_range(0.1));
@@ -159,9 +162,10 @@ fs::path export_to(const fs::path& dir, lowmem::models::Llama& model,
 
 // Exports (F32), runs llama.cpp, and compares tokenization, greedy
 // continuation and next-token log-probabilities (to 1e-3).
-void check_against_llama_cpp(const std::string& tokenizer_name) {
+void check_against_llama_cpp(const std::string& tokenizer_name,
+                             int64_t kv_heads) {
   const auto tok = tokenizer(tokenizer_name);
-  auto model = tiny_llama(tok.vocab_size());
+  auto model = tiny_llama(tok.vocab_size(), kv_heads);
   const fs::path dir =
       lowmem::testing::fresh_temp_dir("gguf_" + tokenizer_name);
   const fs::path path = export_to(dir, *model, tok, GgmlType::kF32);
@@ -184,12 +188,13 @@ void check_against_llama_cpp(const std::string& tokenizer_name) {
 
 TEST(GgufLlamaCpp, Llama3VocabularyF32GivesLowmemsGreedyTokens) {
   SKIP_WITHOUT_LLAMA_CPP();
-  check_against_llama_cpp("llama3");
+  check_against_llama_cpp("llama3", 2);
 }
 
-TEST(GgufLlamaCpp, Llama2VocabularyF32GivesLowmemsGreedyTokens) {
+// With grouped-query attention (one key/value head for two query heads).
+TEST(GgufLlamaCpp, Llama2VocabularyGqaF32GivesLowmemsGreedyTokens) {
   SKIP_WITHOUT_LLAMA_CPP();
-  check_against_llama_cpp("llama2");
+  check_against_llama_cpp("llama2", 1);
 }
 
 // F16, BF16 and Q8_0 exports load; llama.cpp's perplexity on a held-out
