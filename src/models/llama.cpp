@@ -2,12 +2,15 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <tuple>
 
 #include "lowmem/core/check.h"
 #include "lowmem/core/input.h"
+
+#include "lowmem/core/check.h"
 
 namespace lowmem::models {
 
@@ -540,6 +543,43 @@ int64_t llama_parameter_count(const LlamaConfig& c) {
   if (c.mlp_bias()) layer += 2 * I + C;
   if (c.qk_norm()) layer += 2 * D;
   return (c.tie_word_embeddings() ? 1 : 2) * V * C + L * layer + C;
+}
+
+LlamaActivationBytes llama_activation_bytes(const LlamaConfig& c, int64_t batch,
+                                            int64_t seq) {
+  validate(c);
+  LOWMEM_CHECK(batch > 0 && seq > 0, "[llama] batch and seq must be > 0, got ",
+               batch, " and ", seq);
+  const int64_t e = static_cast<int64_t>(c10::elementSize(c.dtype()));
+  // compute_type(): normalisation and softmax run in fp32 (fp64 for fp64).
+  const int64_t f = c.dtype() == at::kDouble ? 8 : 4;
+  const bool same = e == f;  // then every .to(compute type) is a no-op
+  const int64_t N = batch * seq, C = c.hidden_size(), I = c.intermediate_size(),
+                H = c.num_attention_heads(), D = C / H, V = c.vocab_size();
+  const int64_t scores = batch * H * seq * seq;
+  // RMSNorm: pow saves x (fp32), mean saves x^2, the weight's mul saves the
+  // normalised x (in x's dtype), the next matmul the output; rsqrt [N, 1].
+  // Without casts x itself is the fp32 tensor and is kept (the layer input).
+  const int64_t norm = same ? 4 * N * C * f : 2 * N * C * f + 2 * N * C * e;
+  // Attention: rotated q and k (baddbmm), v and the merged heads (o_proj's
+  // input); cos and sin [T, D]; softmax's fp32 output and (if cast) the
+  // probabilities bmm multiplies.
+  const int64_t attention =
+      4 * N * C * e + 2 * seq * D * e + scores * (same ? f : f + e);
+  // SwiGLU: gate output (silu), silu output and up output (mul), their
+  // product (down_proj's input).
+  const int64_t mlp = 4 * N * I * e;
+  LlamaActivationBytes a;
+  a.layer = 2 * norm + 2 * N * f + attention + mlp;
+  // run_block saves x and, on the CPU, the generator's state for the re-run
+  // (CPUGeneratorImpl::get_state: a 5056-byte tensor in LibTorch 1.13).
+  a.checkpoint = N * C * e + (c.device().is_cpu() ? 5056 : 0);
+  a.layer_backward = std::max(3 * N * I * e + 2 * N * C * f,
+                              scores * (2 * f + e) + 3 * N * C * e);
+  a.head = norm + N * f + N * V * f;
+  a.head_forward = N * V * f;
+  a.head_backward = 2 * N * V * f;
+  return a;
 }
 
 }  // namespace lowmem::models

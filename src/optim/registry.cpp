@@ -80,6 +80,12 @@ OptimizerKind torch_sgd_row() {
     return true;
   };
   k.weight_decay = decay_of<torch::optim::SGDOptions>;
+  // torch's SGD keeps a momentum buffer (a clone of the first gradient, in
+  // the parameter's dtype) when momentum != 0, nothing otherwise.
+  k.state_bytes = [](const at::Tensor& param, const Section& s) -> int64_t {
+    if (s.get<TorchSgdOptions>().momentum == 0.0) return 0;
+    return param.numel() * static_cast<int64_t>(param.element_size());
+  };
   return k;
 }
 

@@ -22,6 +22,7 @@
 #include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/registry.h"
+#include "lowmem/train/device.h"
 #include "method_wiring.h"
 
 namespace lowmem::train::detail {
@@ -358,6 +359,44 @@ std::shared_ptr<models::Model> build_hf(const Config& c, const BuiltData&) {
   return interop::load_hf_model(h.path, options);
 }
 
+PlannedModel plan_llama(const Config& c, c10::ScalarType dtype, int64_t batch,
+                        int64_t seq) {
+  const auto& l = opts<LlamaSection>(c, "llama");
+  auto lc = l.config().dtype(dtype).device(c10::Device(c10::kMeta));
+  PlannedModel p;
+  p.seq = seq > 0 ? seq : l.context;
+  if (p.seq > lc.max_position_embeddings()) {
+    throw ConfigError("sequence length " + std::to_string(p.seq) +
+                      " exceeds llama max_position_embeddings " +
+                      std::to_string(lc.max_position_embeddings()));
+  }
+  p.model = usage([&] { return std::make_shared<models::Llama>(lc); });
+  // Activations as they would be on the run's device (the generator state a
+  // checkpoint keeps is CPU-only).
+  const auto a = models::llama_activation_bytes(
+      models::LlamaConfig(lc).device(parse_device(c.device)), batch, p.seq);
+  auto& m = p.activations;
+  m.layers = lc.num_hidden_layers();
+  m.checkpointing = lc.activation_checkpointing();
+  m.layer = a.layer;
+  m.checkpoint = a.checkpoint;
+  m.layer_backward = a.layer_backward;
+  m.head = a.head;
+  m.head_forward = a.head_forward;
+  m.head_backward = a.head_backward;
+  const int64_t layers = m.layers;
+  // HF names: model.layers.<i>.*, model.embed_tokens.*; the rest (lm_head,
+  // model.norm) is the head, whose gradients come first.
+  m.stage_of = [layers](const std::string& name) -> int64_t {
+    const std::string prefix = "model.layers.";
+    if (name.rfind(prefix, 0) == 0) {
+      return std::stoll(name.substr(prefix.size()));
+    }
+    return name.rfind("model.embed_tokens", 0) == 0 ? layers : -1;
+  };
+  return p;
+}
+
 std::shared_ptr<models::Model> build_vit(const Config& c,
                                          const BuiltData& data) {
   auto v = opts<VitSection>(c, "vit").c;
@@ -407,19 +446,19 @@ const std::vector<ModelKind>& model_kinds() {
   // One row per model: name, section, options, builder.
   static const std::vector<ModelKind> rows = {
       {"gpt", "gpt", section<GptSection>("gpt", "GPT model (models/gpt.h)"),
-       build_gpt},
+       build_gpt, nullptr},
       {"llama", "llama",
        section<LlamaSection>("llama", "LLaMA model (models/llama.h)"),
-       build_llama},
+       build_llama, plan_llama},
       {"hf", "hf",
        section<HfSection>("hf",
                           "Hugging Face Llama/Mistral/Qwen2/Qwen3 directory "
                           "(interop/hf_checkpoint.h)"),
-       build_hf},
+       build_hf, nullptr},
       {"vit", "vit", section<VitSection>("vit", "ViT model (models/vit.h)"),
-       build_vit},
+       build_vit, nullptr},
       {"mlp", "mlp", section<MlpSection>("mlp", "MLP model (models/mlp.h)"),
-       build_mlp},
+       build_mlp, nullptr},
   };
   return rows;
 }

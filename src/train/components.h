@@ -37,6 +37,7 @@ std::vector<std::string> names_of(const std::string& kind);
 #include "lowmem/data/batch.h"
 #include "lowmem/optim/torch_sgd.h"
 #include "lowmem/train/config.h"
+#include "lowmem/train/plan.h"
 #include "lowmem/train/routing.h"
 #include "method_wiring.h"
 
@@ -118,6 +119,12 @@ struct DataKind {
   /// source); models sized by the data (vit, mlp) read it.
   std::function<int64_t(const Config&)> classes;
 };
+/// A model as lowmem plan sees it (ModelKind::plan).
+struct PlannedModel {
+  std::shared_ptr<models::Model> model;  // on the meta device
+  int64_t seq = 0;
+  ActivationModel activations;
+};
 /// A model: `model: <name>`, options in section `section`.
 struct ModelKind {
   std::string name;
@@ -125,6 +132,13 @@ struct ModelKind {
   std::function<Section()> options;
   std::function<std::shared_ptr<models::Model>(const Config&, const BuiltData&)>
       build;
+  /// lowmem plan (train/plan.h): the model with `dtype` weights on the meta
+  /// device (nothing allocated), the sequence length it trains on (`seq`, or
+  /// its own when 0) and its activation bytes for `batch` rows; null for
+  /// models without an activation model yet.
+  std::function<PlannedModel(const Config&, c10::ScalarType dtype,
+                             int64_t batch, int64_t seq)>
+      plan;
 };
 const std::vector<DataKind>& data_kinds();
 const std::vector<ModelKind>& model_kinds();

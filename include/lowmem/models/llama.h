@@ -259,4 +259,35 @@ class Llama : public Model {
 /// KV = H, H D = C) 2 V C + L (4 C^2 + 3 C I + 2 C) + C.
 int64_t llama_parameter_count(const LlamaConfig& c);
 
+/// Tensor bytes a training forward/backward of Llama keeps or makes, by
+/// place, for `batch` rows of `seq` tokens with weights (and so activations)
+/// in c.dtype(): what autograd saves for backward, counted op by op from the
+/// code above as LibTorch 1.13 saves it (an op saves only what the gradients
+/// of its inputs that require grad need), and the largest short-lived
+/// buffers around the loss and inside a layer's backward. docs/memory.md
+/// ("lowmem plan") derives every term. Frozen inputs (a frozen embedding
+/// under an adapter) save slightly less than counted here.
+struct LlamaActivationBytes {
+  /// One LlamaDecoderLayer without checkpointing, its input included.
+  int64_t layer = 0;
+  /// One checkpointed layer: only its input (and on the CPU the generator
+  /// state) is kept until backward re-runs it. c.device() says which.
+  int64_t checkpoint = 0;
+  /// Gradients alive at once inside one layer's backward (estimate: the
+  /// SwiGLU's three [N, I] gradients and two [N, C] fp32 ones, or the
+  /// attention scores' gradients, whichever is larger).
+  int64_t layer_backward = 0;
+  /// The final norm's saved tensors and the fp32 log-probabilities
+  /// cross_entropy keeps for backward.
+  int64_t head = 0;
+  /// Beyond `head`, at the loss: the fp32 logits next to their log-softmax
+  /// ([N, V] fp32).
+  int64_t head_forward = 0;
+  /// Beyond `head`, in the loss's backward: the nll and log-softmax
+  /// gradients ([N, V] fp32 each) next to the saved log-probabilities.
+  int64_t head_backward = 0;
+};
+LlamaActivationBytes llama_activation_bytes(const LlamaConfig& c, int64_t batch,
+                                            int64_t seq);
+
 }  // namespace lowmem::models

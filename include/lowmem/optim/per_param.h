@@ -171,6 +171,11 @@ class PerParamOptimizer : public torch::optim::Optimizer,
 
   /// The state of `param`, or nullptr before its first update.
   const State* state_of(const at::Tensor& param) const;
+  /// Bytes of the state init_state() creates for `param` with the default
+  /// options (undefined tensors count 0). `param` may live on the meta
+  /// device: init_state only reads its shape, dtype and device, so nothing is
+  /// allocated (lowmem plan sizes a 7B model's state this way).
+  int64_t initial_state_bytes(const at::Tensor& param) const;
 
  protected:
   PerParamOptimizer(

@@ -116,4 +116,15 @@ const State* PerParamOptimizer<Options, State>::state_of(
                             : static_cast<const State*>(it->second.get());
 }
 
+template <class Options, class State>
+int64_t PerParamOptimizer<Options, State>::initial_state_bytes(
+    const at::Tensor& param) const {
+  State s;
+  init_state(param, s, static_cast<const Options&>(defaults()));
+  int64_t bytes = 0;
+  for (const auto& t : s.tensors())
+    bytes += t.numel() * static_cast<int64_t>(t.element_size());
+  return bytes;
+}
+
 }  // namespace lowmem::optim

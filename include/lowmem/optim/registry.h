@@ -19,6 +19,8 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "lowmem/core/fields.h"
@@ -48,6 +50,14 @@ struct OptimizerKind {
   StateVisitor visit_state;
   /// Weight decay of options that are not FieldOptions (else null).
   DecayReader weight_decay;
+  /// Bytes of the state the optimizer keeps for one parameter shaped, typed
+  /// and placed like `param` (a meta tensor is enough), under the options of
+  /// a section made by `options`. lowmem plan (train/plan.h) sizes optimizer
+  /// state with it. param_group_optimizer fills it from the optimizer's own
+  /// init_state (PerParamOptimizer::initial_state_bytes), so the size
+  /// follows the code; null where unknown (SINGD, KFAC: their factors are per
+  /// layer), and lowmem plan refuses such an optimizer.
+  std::function<int64_t(const at::Tensor& param, const Section&)> state_bytes;
 };
 
 /// Every registered optimizer, built-in rows first, in registration order.
@@ -61,8 +71,18 @@ const OptimizerKind& optimizer_kind(const std::string& name);
 /// building configurations that should know it (at start-up).
 void register_optimizer(OptimizerKind kind);
 
+namespace detail {
+template <class T, class = void>
+struct HasInitialStateBytes : std::false_type {};
+template <class T>
+struct HasInitialStateBytes<
+    T, std::void_t<decltype(std::declval<const T&>().initial_state_bytes(
+           std::declval<const at::Tensor&>()))>> : std::true_type {};
+}  // namespace detail
+
 /// A row for an optimizer constructed as Opt(ParamGroups, Options), Options a
-/// FieldOptions and its state a FieldState (roles and decay come from them).
+/// FieldOptions and its state a FieldState (roles and decay come from them;
+/// state_bytes from PerParamOptimizer::initial_state_bytes when Opt has it).
 template <class Opt, class Options>
 OptimizerKind param_group_optimizer(std::string name, std::string help,
                                     Options defaults = Options()) {
@@ -75,6 +95,14 @@ OptimizerKind param_group_optimizer(std::string name, std::string help,
   k.make = [](ParamGroups groups, const Section& s) -> OptimizerPtr {
     return std::make_unique<Opt>(std::move(groups), s.get<Options>());
   };
+  if constexpr (detail::HasInitialStateBytes<Opt>::value) {
+    k.state_bytes = [](const at::Tensor& param, const Section& s) -> int64_t {
+      ParamGroups groups;
+      groups.emplace_back(std::vector<at::Tensor>{param});
+      const Opt opt(std::move(groups), s.get<Options>());
+      return opt.initial_state_bytes(param);
+    };
+  }
   return k;
 }
 

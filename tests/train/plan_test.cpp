@@ -1,0 +1,195 @@
+// lowmem plan (train/plan.h) against MemoryTracker: the activation model of
+// the LLaMA decoder against the bytes a real forward keeps, the planned peak
+// against the tracked peak of real training steps (measured as lowmem
+// compare measures it), and against the recorded 7B run
+// (docs/benchmarks/llama_7b.md).
+#include "lowmem/train/plan.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+
+#include "lowmem/core/memory.h"
+#include "lowmem/models/llama.h"
+#include "lowmem/train/run.h"
+#include "lowmem/train/trainer.h"
+
+namespace lowmem::train {
+namespace {
+
+void apply_keys(Config& c, const std::vector<std::string>& keys) {
+  for (const auto& kv : keys) {
+    const auto eq = kv.find('=');
+    c.set(kv.substr(0, eq), kv.substr(eq + 1));
+  }
+}
+
+class RandomTokens : public data::BatchSource {
+ public:
+  RandomTokens(int64_t batch, int64_t seq, int64_t vocab)
+      : batch_(batch), seq_(seq), vocab_(vocab) {}
+  data::Batch next() override {
+    ++position_;
+    at::Tensor s = at::randint(0, vocab_, {batch_, seq_ + 1}, at::kLong);
+    return {s.narrow(1, 0, seq_).contiguous(),
+            s.narrow(1, 1, seq_).contiguous()};
+  }
+  int64_t position() const override { return position_; }
+  void seek(int64_t p) override { position_ = p; }
+  std::string describe() const override { return "random tokens"; }
+
+ private:
+  int64_t batch_, seq_, vocab_, position_ = 0;
+};
+
+// The tracked peak of `steps` training steps above what was live before the
+// model was built: lowmem compare's peak_tensor_bytes (src/compare/run.cpp).
+int64_t measured_peak(const Config& c, int64_t seq, int64_t vocab,
+                      int64_t steps) {
+  MemoryTracker::install();
+  MemoryTracker tracker;
+  MemoryScope setup_scope = tracker.scope();
+  torch::manual_seed(0);
+  auto model = build_model(c);
+  MethodSetup m = setup_method(c, model, c10::Device(c10::kCPU));
+  TrainerOptions o;
+  o.max_steps = steps;
+  o.warmup_steps = 0;
+  o.clip_norm = c.clip_norm;
+  Trainer t(
+      model,
+      [model](const data::Batch& b) { return model->loss(b.input, b.target); },
+      m.optimizers, o);
+  RandomTokens source(c.batch_size, seq, vocab);
+  MemoryScope train_scope = tracker.scope();
+  for (int64_t s = 0; s < steps; ++s) t.step(source);
+  return train_scope.peak_bytes() - setup_scope.start_bytes();
+}
+
+double gib(int64_t b) { return static_cast<double>(b) / (1 << 30); }
+
+// Bytes a forward keeps until backward, measured: live bytes with the loss
+// alive minus live bytes before (the batch made outside).
+int64_t kept_by_forward(models::Llama& model, const at::Tensor& x,
+                        const at::Tensor& y) {
+  MemoryTracker tracker;
+  const int64_t before = tracker.current_bytes();
+  at::Tensor loss = model.loss(x, y);
+  return tracker.current_bytes() - before;
+}
+
+TEST(Plan, LlamaActivationModelMatchesWhatAForwardKeeps) {
+  MemoryTracker::install();
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (bool ckpt : {false, true}) {
+      auto cfg = models::LlamaConfig()
+                     .vocab_size(300)
+                     .hidden_size(64)
+                     .intermediate_size(160)
+                     .num_hidden_layers(3)
+                     .num_attention_heads(4)
+                     .activation_checkpointing(ckpt)
+                     .dtype(dtype);
+      torch::manual_seed(0);
+      models::Llama model(cfg);
+      const int64_t B = 2, T = 24;
+      at::Tensor x = at::randint(0, 300, {B, T}, at::kLong);
+      at::Tensor y = at::randint(0, 300, {B, T}, at::kLong);
+      const int64_t kept = kept_by_forward(model, x, y);
+      const auto a = models::llama_activation_bytes(cfg, B, T);
+      const int64_t planned = 3 * (ckpt ? a.checkpoint : a.layer) + a.head;
+      EXPECT_NEAR(static_cast<double>(planned), static_cast<double>(kept),
+                  0.02 * static_cast<double>(kept))
+          << "dtype " << dtype << " checkpointing " << ckpt;
+    }
+  }
+}
+
+Config llama_7b_galore_layerwise() {
+  // bench/llama_step.cpp's recipe as lowmem train keys.
+  Config c;
+  c.model = "llama";
+  c.batch_size = 1;
+  apply_keys(c, {"llama.preset=7b", "llama.activation_checkpointing=true",
+                 "llama.context=256", "method=galore", "optimizer=galore_adamw",
+                 "aux_optimizer=galore_adamw", "galore.targets=(attn|mlp)",
+                 "galore.rank=128", "galore.update_proj_gap=200",
+                 "galore.scale=0.25", "galore.basis=gaussian",
+                 "galore.cache_sketch=false", "galore.layerwise=true"});
+  return c;
+}
+
+TEST(Plan, Llama7bMatchesTheRecordedRun) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const Plan p =
+      plan(llama_7b_galore_layerwise(), PlanOptions().dtype(at::kBFloat16));
+  const double s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
+          .count();
+  std::printf("7b plan in %.2f s:\n%s", s, p.to_string().c_str());
+  // docs/benchmarks/llama_7b.md: exact analytic bytes, measured equal.
+  EXPECT_EQ(p.params, int64_t{6738415616});
+  EXPECT_EQ(p.weights, int64_t{13476831232});
+  EXPECT_EQ(p.optimizer_state, int64_t{2099281920} + int64_t{1619001344});
+  EXPECT_EQ(p.gradients, 0);  // layer-wise: none alive outside a hook
+  // Tracked peak of the run: 17.80 GiB (step 2: 16.01 + 1.78 GiB).
+  const double recorded = 17.80 * (1 << 30);
+  EXPECT_NEAR(static_cast<double>(p.peak), recorded, 0.10 * recorded)
+      << gib(p.peak) << " GiB planned";
+}
+
+TEST(Plan, BudgetAndSizes) {
+  EXPECT_EQ(parse_bytes("24GiB"), int64_t{24} << 30);
+  EXPECT_EQ(parse_bytes("1.5 GB"), 1500000000);
+  EXPECT_EQ(parse_bytes("4096"), 4096);
+  EXPECT_THROW(parse_bytes("24 parsecs"), ConfigError);
+  EXPECT_THROW(parse_bytes("-1GiB"), ConfigError);
+  Config c;
+  c.model = "llama";
+  apply_keys(c, {"llama.preset=60m", "llama.context=256"});
+  const int64_t budget = int64_t{2} << 30;
+  const int64_t b = largest_batch(c, PlanOptions(), budget);
+  ASSERT_GT(b, 0);
+  EXPECT_LE(plan(c, PlanOptions().batch_size(b)).peak, budget);
+  EXPECT_GT(plan(c, PlanOptions().batch_size(b + 1)).peak, budget);
+  // Checkpointing keeps less for backward.
+  const Plan full = plan(c, PlanOptions().batch_size(8));
+  EXPECT_LT(full.activations_checkpointed, full.activations_full);
+}
+
+TEST(Plan, RefusesWhatItCannotSize) {
+  Config c;
+  c.model = "gpt";
+  EXPECT_THROW(plan(c), ConfigError);
+  c.model = "llama";
+  c.optimizer = "singd";
+  try {
+    plan(c);
+    FAIL() << "singd was sized";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("singd"), std::string::npos);
+  }
+}
+
+// Every method of the table on LLaMA 60m (fp32, batch 1 x 64 tokens): the
+// planned peak within 10 % of the tracked peak of two real training steps.
+TEST(Plan, SlowLlama60mPeaksWithinTenPercentOfMeasured) {
+  for (const auto& m : plan_methods()) {
+    Config c;
+    c.model = "llama";
+    c.batch_size = 1;
+    apply_keys(c, {"llama.preset=60m", "llama.context=64"});
+    apply_keys(c, m.keys);
+    const Plan p = plan(c);
+    const int64_t measured = measured_peak(c, 64, 32000, 2);
+    std::printf("%-20s planned %.3f GiB (at %s), measured %.3f GiB\n",
+                m.name.c_str(), gib(p.peak), p.peak_at.c_str(), gib(measured));
+    EXPECT_NEAR(static_cast<double>(p.peak), static_cast<double>(measured),
+                0.10 * static_cast<double>(measured))
+        << m.name;
+  }
+}
+
+}  // namespace
+}  // namespace lowmem::train
