@@ -10,8 +10,6 @@
 #include "lowmem/core/check.h"
 #include "lowmem/core/input.h"
 
-#include "lowmem/core/check.h"
-
 namespace lowmem::models {
 
 namespace {
@@ -545,6 +543,23 @@ int64_t llama_parameter_count(const LlamaConfig& c) {
   return (c.tie_word_embeddings() ? 1 : 2) * V * C + L * layer + C;
 }
 
+namespace {
+
+// What RMSNorm::forward keeps for backward on `rows` x `n` inputs of element
+// size e (compute size f): pow saves x in fp32, mean saves x^2, the weight's
+// mul the normalised x in x's dtype, rsqrt its [rows, 1] result; `output_kept`
+// when the next op saves the output (a matmul does, a rotary mul does not).
+// Without casts (e == f) the fp32 x is x itself, and so is the normalised x
+// before its no-op cast.
+int64_t norm_saved(int64_t rows, int64_t n, int64_t e, int64_t f,
+                   bool output_kept) {
+  const int64_t out = output_kept ? rows * n * e : 0;
+  if (e == f) return 3 * rows * n * f + rows * f + out;
+  return 2 * rows * n * f + rows * n * e + rows * f + out;
+}
+
+}  // namespace
+
 LlamaActivationBytes llama_activation_bytes(const LlamaConfig& c, int64_t batch,
                                             int64_t seq) {
   validate(c);
@@ -555,28 +570,38 @@ LlamaActivationBytes llama_activation_bytes(const LlamaConfig& c, int64_t batch,
   const int64_t f = c.dtype() == at::kDouble ? 8 : 4;
   const bool same = e == f;  // then every .to(compute type) is a no-op
   const int64_t N = batch * seq, C = c.hidden_size(), I = c.intermediate_size(),
-                H = c.num_attention_heads(), D = C / H, V = c.vocab_size();
+                H = c.num_attention_heads(), KV = resolved_kv_heads(c),
+                D = resolved_head_dim(c), V = c.vocab_size();
   const int64_t scores = batch * H * seq * seq;
-  // RMSNorm: pow saves x (fp32), mean saves x^2, the weight's mul saves the
-  // normalised x (in x's dtype), the next matmul the output; rsqrt [N, 1].
-  // Without casts x itself is the fp32 tensor and is kept (the layer input).
-  const int64_t norm = same ? 4 * N * C * f : 2 * N * C * f + 2 * N * C * e;
-  // Attention: rotated q and k (baddbmm), v and the merged heads (o_proj's
-  // input); cos and sin [T, D]; softmax's fp32 output and (if cast) the
-  // probabilities bmm multiplies.
-  const int64_t attention =
-      4 * N * C * e + 2 * seq * D * e + scores * (same ? f : f + e);
+  // Attention: rotated q, and k and v repeated to H heads (baddbmm, matmul),
+  // the merged heads (o_proj's input): 4 N H D; softmax's fp32 output and
+  // (if cast) the probabilities matmul multiplies. x * cos saves cos only, so
+  // the projections' raw outputs are not kept. Qwen3's q/k norms keep their
+  // inputs but not their outputs (the rotary mul does not need them).
+  int64_t attention = 4 * N * H * D * e + scores * (same ? f : f + e);
+  if (c.qk_norm()) {
+    attention +=
+        norm_saved(N * H, D, e, f, false) + norm_saved(N * KV, D, e, f, false);
+  }
   // SwiGLU: gate output (silu), silu output and up output (mul), their
   // product (down_proj's input).
   const int64_t mlp = 4 * N * I * e;
   LlamaActivationBytes a;
-  a.layer = 2 * norm + 2 * N * f + attention + mlp;
+  // The layer's input is the first norm's x (kept when e == f; its fp32 copy
+  // otherwise); the second norm's input is the residual sum.
+  a.layer = 2 * norm_saved(N, C, e, f, true) + attention + mlp;
   // run_block saves x and, on the CPU, the generator's state for the re-run
   // (CPUGeneratorImpl::get_state: a 5056-byte tensor in LibTorch 1.13).
   a.checkpoint = N * C * e + (c.device().is_cpu() ? 5056 : 0);
   a.layer_backward = std::max(3 * N * I * e + 2 * N * C * f,
-                              scores * (2 * f + e) + 3 * N * C * e);
-  a.head = norm + N * f + N * V * f;
+                              scores * (2 * f + e) + 3 * N * H * D * e);
+  // Once per forward: cos and sin [T, D] (saved by every layer's rotary
+  // mul); under checkpointing also the [T, T] mask, which run_block keeps as
+  // the layers' context. Then the final norm and cross_entropy's fp32
+  // log-probabilities [N, V].
+  a.head = 2 * seq * D * e +
+           (c.activation_checkpointing() ? seq * seq * e : 0) +
+           norm_saved(N, C, e, f, true) + N * V * f;
   a.head_forward = N * V * f;
   a.head_backward = 2 * N * V * f;
   return a;

@@ -385,14 +385,17 @@ PlannedModel plan_llama(const Config& c, c10::ScalarType dtype, int64_t batch,
   m.head_forward = a.head_forward;
   m.head_backward = a.head_backward;
   const int64_t layers = m.layers;
+  const bool tied = lc.tie_word_embeddings();
   // HF names: model.layers.<i>.*, model.embed_tokens.*; the rest (lm_head,
-  // model.norm) is the head, whose gradients come first.
-  m.stage_of = [layers](const std::string& name) -> int64_t {
+  // model.norm) is the head, whose gradients come first. A tied embedding is
+  // lm_head too: its gradient exists from the head's backward on.
+  m.stage_of = [layers, tied](const std::string& name) -> int64_t {
     const std::string prefix = "model.layers.";
     if (name.rfind(prefix, 0) == 0) {
       return std::stoll(name.substr(prefix.size()));
     }
-    return name.rfind("model.embed_tokens", 0) == 0 ? layers : -1;
+    const bool embedding = name.rfind("model.embed_tokens", 0) == 0;
+    return embedding && !tied ? layers : -1;
   };
   return p;
 }

@@ -383,8 +383,8 @@ std::string Plan::to_string() const {
     if (!p.detail.empty()) o << "  (" << p.detail << ")";
     o << "\n";
   }
-  o << "  peak" << std::string(44, ' ') << format_bytes(peak)
-    << "  (at " << peak_at << ")\n"
+  o << "  peak" << std::string(44, ' ') << format_bytes(peak) << "  (at "
+    << peak_at << ")\n"
     << "  activations when backward starts: " << format_bytes(activations_full)
     << " without checkpointing, " << format_bytes(activations_checkpointed)
     << " with\n"

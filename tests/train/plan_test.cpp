@@ -82,13 +82,18 @@ int64_t kept_by_forward(models::Llama& model, const at::Tensor& x,
 TEST(Plan, LlamaActivationModelMatchesWhatAForwardKeeps) {
   MemoryTracker::install();
   for (auto dtype : {at::kFloat, at::kBFloat16}) {
-    for (bool ckpt : {false, true}) {
+    for (int form = 0; form < 3; ++form) {
+      const bool ckpt = form == 1;
+      // form 2: Qwen3-like (GQA, head_dim != hidden / heads, q/k norms).
       auto cfg = models::LlamaConfig()
                      .vocab_size(300)
                      .hidden_size(64)
                      .intermediate_size(160)
                      .num_hidden_layers(3)
                      .num_attention_heads(4)
+                     .num_key_value_heads(form == 2 ? 2 : 0)
+                     .head_dim(form == 2 ? 24 : 0)
+                     .qk_norm(form == 2)
                      .activation_checkpointing(ckpt)
                      .dtype(dtype);
       torch::manual_seed(0);
@@ -101,7 +106,7 @@ TEST(Plan, LlamaActivationModelMatchesWhatAForwardKeeps) {
       const int64_t planned = 3 * (ckpt ? a.checkpoint : a.layer) + a.head;
       EXPECT_NEAR(static_cast<double>(planned), static_cast<double>(kept),
                   0.02 * static_cast<double>(kept))
-          << "dtype " << dtype << " checkpointing " << ckpt;
+          << "dtype " << dtype << " form " << form;
     }
   }
 }

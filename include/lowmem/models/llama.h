@@ -277,8 +277,9 @@ struct LlamaActivationBytes {
   /// SwiGLU's three [N, I] gradients and two [N, C] fp32 ones, or the
   /// attention scores' gradients, whichever is larger).
   int64_t layer_backward = 0;
-  /// The final norm's saved tensors and the fp32 log-probabilities
-  /// cross_entropy keeps for backward.
+  /// Once per forward: the rotary tables (and, under checkpointing, the
+  /// mask the layers' context keeps), the final norm's saved tensors and the
+  /// fp32 log-probabilities cross_entropy keeps for backward.
   int64_t head = 0;
   /// Beyond `head`, at the loss: the fp32 logits next to their log-softmax
   /// ([N, V] fp32).
