@@ -51,7 +51,7 @@ void load_adapter(AdapterModel& adapter, const std::string& dir) {
   LOWMEM_CHECK(!adapter.merged(), "[adapter_file] unmerge the adapter before loading");
   const std::string cfg_path = dir + "/" + kAdapterConfigFile;
   const std::string st_path = dir + "/" + kAdapterWeightsFile;
-  adapter.check_config(io::read_file(cfg_path));
+  adapter.check_config(detail::read_config_file(cfg_path));
   io::SafetensorsFile file = io::load_safetensors(st_path);
   std::map<std::string, at::Tensor> live = adapter.state_tensors();
   // Check everything before copying anything.
@@ -82,7 +82,8 @@ void load_adapter(AdapterModel& adapter, const std::string& dir) {
 
 std::shared_ptr<AdapterModel> load_adapter(std::shared_ptr<torch::nn::Module> model,
                                            const std::string& dir) {
-  const std::string text = io::read_file(dir + "/" + kAdapterConfigFile);
+  const std::string text =
+      detail::read_config_file(dir + "/" + kAdapterConfigFile);
   detail::json j = detail::parse_config(text, "adapter_file");
   const std::string type = detail::get_or<std::string>(j, "peft_type", "", "adapter_file");
   const AdapterKind* kind = find_adapter_by_peft_type(type);
@@ -91,7 +92,7 @@ std::shared_ptr<AdapterModel> load_adapter(std::shared_ptr<torch::nn::Module> mo
     for (const auto& k : adapter_kinds())
       known += (known.empty() ? "" : ", ") + k.peft_type;
     LOWMEM_CHECK(false, "[adapter_file] ", dir, "/", kAdapterConfigFile,
-                 ": unsupported peft_type '", type, "' (", known, ")");
+                 ": unsupported peft_type ", quote(type), " (", known, ")");
   }
   auto [targets, options] = kind->from_json(text);
   std::shared_ptr<AdapterModel> adapter = kind->inject(model, targets, options);

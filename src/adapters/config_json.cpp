@@ -5,16 +5,16 @@
 namespace lowmem::adapters::detail {
 
 json parse_config(const std::string& text, const char* component) {
-  try {
-    json j = json::parse(text);
-    LOWMEM_CHECK(j.is_object(), "[", component,
-                 "] adapter_config.json must hold a JSON object");
-    return j;
-  } catch (const json::exception& e) {
-    LOWMEM_CHECK(false, "[", component, "] adapter_config.json is not valid JSON: ",
-                 e.what());
-  }
-  return {};
+  // Size and nesting are checked before parsing (core/json.h).
+  json j = parse_json(text, "adapter_config.json");
+  LOWMEM_CHECK(j.is_object(), "[", component,
+               "] adapter_config.json must hold a JSON object, got ",
+               clip_json(j));
+  return j;
+}
+
+std::string read_config_file(const std::string& path) {
+  return read_file_limited(path, kMaxJsonBytes, "[adapter_file] config");
 }
 
 void put_targets(json& j, const TargetOptions& t) {

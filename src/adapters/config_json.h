@@ -2,17 +2,22 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
-
 #include <string>
 
 #include "lowmem/adapters/inject.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/json.h"
 
 namespace lowmem::adapters::detail {
 
 using json = nlohmann::json;
 
+/// Parses adapter_config.json text within core/json.h's limits (16 MiB,
+/// 128 levels); throws unless it is an object.
 json parse_config(const std::string& text, const char* component);
+
+/// The text of an adapter_config.json file, at most kMaxJsonBytes.
+std::string read_config_file(const std::string& path);
 
 /// target_modules / exclude_modules / modules_to_save as PEFT writes them.
 void put_targets(json& j, const TargetOptions& t);
@@ -28,7 +33,7 @@ T get_or(const json& j, const char* key, T fallback, const char* component) {
     return it->get<T>();
   } catch (const json::exception&) {
     LOWMEM_CHECK(false, "[", component, "] adapter_config.json field '", key,
-                 "' has the wrong type: ", it->dump());
+                 "' has the wrong type: ", clip_json(*it));
   }
   return fallback;
 }

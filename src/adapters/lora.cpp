@@ -158,8 +158,8 @@ std::pair<TargetOptions, LoraOptions> lora_config_from_json(const std::string& t
   const char* c = "lora";
   json j = detail::parse_config(text, c);
   std::string type = get_or<std::string>(j, "peft_type", "", c);
-  LOWMEM_CHECK(type == "LORA", "[lora] adapter_config.json peft_type is '", type,
-               "', expected 'LORA'");
+  LOWMEM_CHECK(type == "LORA", "[lora] adapter_config.json peft_type is ",
+               quote(type), ", expected 'LORA'");
   LOWMEM_CHECK(!get_or<bool>(j, "use_dora", false, c), "[lora] use_dora is not supported");
   LOWMEM_CHECK(!get_or<bool>(j, "lora_bias", false, c), "[lora] lora_bias is not supported");
   LOWMEM_CHECK(!get_or<bool>(j, "fan_in_fan_out", false, c),
@@ -167,12 +167,12 @@ std::pair<TargetOptions, LoraOptions> lora_config_from_json(const std::string& t
   for (const char* k : {"rank_pattern", "alpha_pattern"}) {
     auto it = j.find(k);
     LOWMEM_CHECK(it == j.end() || it->is_null() || it->empty(), "[lora] ", k,
-                 " is not supported, got ", it->dump());
+                 " is not supported, got ", clip_json(*it));
   }
   for (const char* k : {"layers_to_transform", "layer_replication"}) {
     auto it = j.find(k);
     LOWMEM_CHECK(it == j.end() || it->is_null(), "[lora] ", k,
-                 " is not supported, got ", it->dump());
+                 " is not supported, got ", clip_json(*it));
   }
   LoraOptions o;
   o.r(get_or<int64_t>(j, "r", 8, c));

@@ -223,8 +223,8 @@ std::pair<TargetOptions, LotrOptions> lotr_config_from_json(const std::string& t
   const char* c = "lotr";
   detail::json j = detail::parse_config(text, c);
   std::string type = get_or<std::string>(j, "peft_type", "", c);
-  LOWMEM_CHECK(type == "LOTR", "[lotr] adapter_config.json peft_type is '", type,
-               "', expected 'LOTR'");
+  LOWMEM_CHECK(type == "LOTR", "[lotr] adapter_config.json peft_type is ",
+               quote(type), ", expected 'LOTR'");
   LotrOptions o;
   o.rank(get_or<int64_t>(j, "rank", o.rank(), c));
   o.scale(get_or<double>(j, "scale", o.scale(), c));
@@ -251,9 +251,10 @@ void LotrModel::check_config(const std::string& text) const {
       auto it = saved->find(g->name());
       LOWMEM_CHECK(it != saved->end(), "[lotr] saved config has no group '",
                    g->name(), "'");
-      LOWMEM_CHECK(it->get<std::vector<std::string>>() == g->members,
+      LOWMEM_CHECK(it->is_array() && *it == detail::json(g->members),
                    "[lotr] group '", g->name(), "' members differ: saved ",
-                   it->dump(), ", model ", detail::json(g->members).dump());
+                   clip_json(*it), ", model ",
+                   clip_json(detail::json(g->members)));
     }
   }
 }

@@ -286,8 +286,8 @@ std::pair<TargetOptions, SnellOptions> snell_config_from_json(const std::string&
   const char* c = "snell";
   detail::json j = detail::parse_config(text, c);
   std::string type = get_or<std::string>(j, "peft_type", "", c);
-  LOWMEM_CHECK(type == "SNELL", "[snell] adapter_config.json peft_type is '", type,
-               "', expected 'SNELL'");
+  LOWMEM_CHECK(type == "SNELL", "[snell] adapter_config.json peft_type is ",
+               quote(type), ", expected 'SNELL'");
   std::string kernel = get_or<std::string>(j, "kernel", "piecewise_linear", c);
   LOWMEM_CHECK(kernel == "piecewise_linear", "[snell] kernel '", kernel,
                "' is not supported (piecewise_linear)");

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "lowmem/core/input.h"
+
 namespace lowmem {
 namespace {
 
@@ -28,14 +30,15 @@ double parse_float(const std::string& raw, const std::string& what) {
   errno = 0;
   const double v = std::strtod(s.c_str(), &end);
   if (end != s.c_str() + s.size()) {
-    throw ConfigError("bad value '" + raw + "' for " + what +
+    throw ConfigError("bad value " + quote(raw) + " for " + what +
                       ": expected a number");
   }
   if (errno == ERANGE && std::isinf(v)) {
-    throw ConfigError("value " + raw + " for " + what + " is out of range");
+    throw ConfigError("value " + clip(raw) + " for " + what +
+                      " is out of range");
   }
   if (std::isnan(v)) {
-    throw ConfigError("bad value '" + raw + "' for " + what +
+    throw ConfigError("bad value " + quote(raw) + " for " + what +
                       ": NaN is not allowed");
   }
   return v;
@@ -50,11 +53,12 @@ int64_t parse_int(const std::string& raw, const std::string& what) {
   errno = 0;
   const long long v = std::strtoll(s.c_str(), &end, 10);
   if (end != s.c_str() + s.size()) {
-    throw ConfigError("bad value '" + raw + "' for " + what +
+    throw ConfigError("bad value " + quote(raw) + " for " + what +
                       ": expected an integer");
   }
   if (errno == ERANGE) {
-    throw ConfigError("value " + raw + " for " + what + " is out of range");
+    throw ConfigError("value " + clip(raw) + " for " + what +
+                      " is out of range");
   }
   return static_cast<int64_t>(v);
 }
@@ -67,7 +71,7 @@ bool parse_bool(const std::string& raw, const std::string& what) {
   if (s == "false" || s == "0" || s == "no" || s == "off") {
     return false;
   }
-  throw ConfigError("bad value '" + raw + "' for " + what +
+  throw ConfigError("bad value " + quote(raw) + " for " + what +
                     ": expected true or false");
 }
 

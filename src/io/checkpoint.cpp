@@ -7,8 +7,6 @@
 #include <torch/serialize/archive.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -17,11 +15,14 @@
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/json.h"
 #include "lowmem/io/atomic_file.h"
 #include "lowmem/io/safetensors.h"
+#include "optimizer_state.h"
 
 namespace fs = std::filesystem;
 
@@ -68,7 +69,33 @@ std::string step_name(int64_t step) {
 }
 
 std::string optimizer_file(size_t i) {
-  return "optimizer-" + std::to_string(i) + ".pt";
+  return "optimizer-" + std::to_string(i) + ".safetensors";
+}
+
+// The safetensors metadata key holding an optimizer's archive structure.
+constexpr const char* kArchiveKey = "lowmem_optimizer_archive";
+
+void save_optimizer(torch::optim::Optimizer& opt, const std::string& path) {
+  torch::serialize::OutputArchive archive;
+  opt.save(archive);
+  std::map<std::string, at::Tensor> tensors;
+  const nlohmann::json tree = detail::flatten_archive(archive, tensors);
+  save_safetensors(path, tensors,
+                   {{"format", kFormat}, {kArchiveKey, tree.dump()}});
+}
+
+std::unique_ptr<torch::serialize::InputArchive> read_optimizer(
+    const std::string& path, const c10::optional<c10::Device>& device) {
+  SafetensorsFile f = load_safetensors(path);
+  auto it = f.metadata.find(kArchiveKey);
+  LOWMEM_CHECK(it != f.metadata.end(), "[checkpoint] ", quote(path),
+               ": no optimizer archive in its metadata");
+  JsonLimits limits;
+  limits.max_bytes = kMaxSafetensorsHeaderBytes;
+  const nlohmann::json tree = parse_json(it->second, path, limits);
+  auto archive = std::make_unique<torch::serialize::InputArchive>();
+  detail::unflatten_archive(tree, f.tensors, device, path, *archive);
+  return archive;
 }
 
 struct Manifest {
@@ -92,51 +119,79 @@ std::string manifest_json(const Manifest& m) {
   return j.dump(2) + "\n";
 }
 
-Manifest read_manifest(const std::string& dir) {
+// Manifests are small (a few hundred bytes per optimizer and file).
+constexpr uint64_t kMaxManifestBytes = 1ull << 20;
+// info.txt holds the resolved configuration (a few KiB).
+constexpr uint64_t kMaxInfoBytes = 1ull << 20;
+
+Manifest parse_manifest(const std::string& text, const std::string& path) {
   using json = nlohmann::json;
-  const std::string path = dir + "/" + kManifest;
-  const std::string text = read_file(path);
+  const std::string where = "[checkpoint] " + quote(path);
+  JsonLimits limits;
+  limits.max_bytes = kMaxManifestBytes;
+  limits.reject_duplicate_keys = true;
   json j;
   try {
-    j = json::parse(text);
-  } catch (const json::exception& e) {
-    LOWMEM_CHECK(false, "[checkpoint] ", path, ": malformed manifest (", e.what(), ")");
+    j = parse_json(text, path, limits);
+  } catch (const c10::Error& e) {
+    LOWMEM_CHECK(false, where, ": malformed manifest: ", e.msg());
   }
-  LOWMEM_CHECK(j.is_object(), "[checkpoint] ", path,
-               ": the manifest is not a JSON object");
-  auto need = [&](const char* key, bool (json::*is)() const noexcept) -> const json& {
+  LOWMEM_CHECK(j.is_object(), where, ": the manifest is not a JSON object");
+  auto need = [&](const char* key,
+                  bool (json::*is)() const noexcept) -> const json& {
     auto it = j.find(key);
-    LOWMEM_CHECK(it != j.end() && ((*it).*is)(), "[checkpoint] ", path,
-                 ": missing or mistyped field '", key, "'");
+    LOWMEM_CHECK(it != j.end() && ((*it).*is)(), where,
+                 ": missing or mistyped field '", key, "'",
+                 it == j.end() ? std::string() : ", got " + clip_json(*it));
     return *it;
   };
-  const std::string format = need("format", &json::is_string).get<std::string>();
-  LOWMEM_CHECK(format == kFormat, "[checkpoint] ", path, ": format '", format,
-               "' is not '", kFormat, "'");
+  // A count: an integer in [0, 2^62] (json's unsigned and signed both).
+  auto count = [&](const json& v, const std::string& what) {
+    LOWMEM_CHECK(v.is_number_integer(), where, ": ", what,
+                 " is not an integer: ", clip_json(v));
+    const bool negative = v.is_number_unsigned() ? false : v.get<int64_t>() < 0;
+    LOWMEM_CHECK(!negative && v.get<uint64_t>() <= (uint64_t{1} << 62), where,
+                 ": ", what, " is ", clip_json(v),
+                 ", must be between 0 and 2^62");
+    return v.get<int64_t>();
+  };
+  const std::string format =
+      need("format", &json::is_string).get<std::string>();
+  LOWMEM_CHECK(format == kFormat, where, ": format ", quote(format),
+               " is not '", kFormat, "'");
   Manifest m;
   m.version = need("version", &json::is_number_integer).get<int64_t>();
-  LOWMEM_CHECK(m.version == kCheckpointFormatVersion, "[checkpoint] ", path,
-               ": format version ", m.version, " is not supported (this build "
-               "reads version ", kCheckpointFormatVersion, ")");
-  m.step = need("step", &json::is_number_integer).get<int64_t>();
+  LOWMEM_CHECK(m.version != 1, where,
+               ": format version 1 keeps optimizer state in LibTorch pickle "
+               "archives, which this build no longer reads (version 2 "
+               "stores it as safetensors; docs/checkpoint-format.md)");
+  LOWMEM_CHECK(m.version == kCheckpointFormatVersion, where,
+               ": format version ", m.version,
+               " is not supported (this build reads version ",
+               kCheckpointFormatVersion, ")");
+  m.step = count(need("step", &json::is_number_integer), "step");
   for (const auto& [k, v] : need("counters", &json::is_object).items()) {
-    LOWMEM_CHECK(v.is_number_integer(), "[checkpoint] ", path,
-                 ": counter '", k, "' is not an integer");
-    m.counters[k] = v.get<int64_t>();
+    m.counters[k] = count(v, "counter " + quote(k));
   }
   for (const auto& v : need("optimizers", &json::is_array)) {
-    LOWMEM_CHECK(v.is_string(), "[checkpoint] ", path,
-                 ": optimizer names must be strings");
+    LOWMEM_CHECK(v.is_string(), where,
+                 ": optimizer names must be strings, got ", clip_json(v));
     m.optimizers.push_back(v.get<std::string>());
   }
   for (const auto& [k, v] : need("files", &json::is_object).items()) {
-    LOWMEM_CHECK(v.is_number_integer(), "[checkpoint] ", path,
-                 ": file size of '", k, "' is not an integer");
-    LOWMEM_CHECK(k.find('/') == std::string::npos && k != ".." && k != ".",
-                 "[checkpoint] ", path, ": bad file name '", k, "'");
-    m.files[k] = v.get<int64_t>();
+    LOWMEM_CHECK(
+        k.find('/') == std::string::npos && k != ".." && k != "." && !k.empty(),
+        where, ": bad file name ", quote(k));
+    m.files[k] = count(v, "file size of " + quote(k));
   }
   return m;
+}
+
+Manifest read_manifest(const std::string& dir) {
+  const std::string path = dir + "/" + kManifest;
+  return parse_manifest(
+      read_file_limited(path, kMaxManifestBytes, "[checkpoint] manifest"),
+      path);
 }
 
 void write_file_synced(const std::string& path, const std::string& bytes) {
@@ -168,12 +223,13 @@ int64_t parse_step(const std::string& name) {
 }
 
 std::string read_latest(const std::string& root) {
-  std::string name = read_file(root + "/LATEST");
+  std::string name =
+      read_file_limited(root + "/LATEST", 256, "[checkpoint] pointer");
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) {
     name.pop_back();
   }
-  LOWMEM_CHECK(parse_step(name) >= 0, "[checkpoint] ", root,
-               "/LATEST names '", name, "', not a step-<n> directory");
+  LOWMEM_CHECK(parse_step(name) >= 0, "[checkpoint] ", root, "/LATEST names ",
+               quote(name), ", not a step-<n> directory");
   return name;
 }
 
@@ -183,7 +239,8 @@ void cleanup(const std::string& root, const std::string& latest,
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(root, ec)) {
     const std::string name = entry.path().filename().string();
-    if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0) {
+    if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0 ||
+        name.rfind(".trash-", 0) == 0) {
       // Stale temporaries of killed saves (ours is already renamed).
       (void)own_tmp_prefix;
       fs::remove_all(entry.path(), ec);
@@ -200,8 +257,17 @@ void cleanup(const std::string& root, const std::string& latest,
   std::sort(steps.begin(), steps.end());
   const int64_t excess = static_cast<int64_t>(steps.size()) - keep_last;
   for (int64_t i = 0; i < excess; ++i) {
-    if (steps[static_cast<size_t>(i)].second != latest) {
-      fs::remove_all(fs::path(root) / steps[static_cast<size_t>(i)].second, ec);
+    const std::string& name = steps[static_cast<size_t>(i)].second;
+    if (name != latest) {
+      // Retired by a rename first, so a crash never leaves a half-deleted
+      // step-* directory (a .trash-* one is removed by the next clean-up).
+      const fs::path trash = fs::path(root) / (".trash-" + name + "-" +
+                                               std::to_string(::getpid()));
+      fs::rename(fs::path(root) / name, trash, ec);
+      if (!ec) {
+        phase("retired");
+        fs::remove_all(trash, ec);
+      }
     }
   }
 }
@@ -248,10 +314,7 @@ std::string save_checkpoint(
                  "' is null");
     LOWMEM_CHECK(names.insert(oname).second, "[checkpoint] two optimizers "
                  "named '", oname, "'");
-    torch::serialize::OutputArchive archive;
-    opt->save(archive);
-    atomic_write_file(tmp + "/" + optimizer_file(i),
-                      [&](std::ostream& os) { archive.save_to(os); });
+    save_optimizer(*opt, tmp + "/" + optimizer_file(i));
     m.optimizers.push_back(oname);
   }
   phase("optimizers");
@@ -376,10 +439,11 @@ std::string load_checkpoint(const std::string& path, CheckpointState& state) {
     LOWMEM_CHECK(m.optimizers[i] == state.optimizers[i].first, "[checkpoint] ",
                  dir, ": optimizer ", i, " is '", m.optimizers[i],
                  "', the run has '", state.optimizers[i].first, "'");
-    archives.push_back(std::make_unique<torch::serialize::InputArchive>());
     // Optimizer state onto the model's device, whatever device wrote it.
-    archives.back()->load_from(dir + "/" + optimizer_file(i), map_to);
+    archives.push_back(read_optimizer(dir + "/" + optimizer_file(i), map_to));
   }
+  std::string info =
+      read_file_limited(dir + "/" + kInfo, kMaxInfoBytes, "[checkpoint] info");
   at::Tensor rng;
   if (state.cpu_rng) {
     SafetensorsFile r = load_safetensors(dir + "/" + kRng);
@@ -403,8 +467,14 @@ std::string load_checkpoint(const std::string& path, CheckpointState& state) {
   }
   state.counters = m.counters;
   state.counters["step"] = m.step;
-  state.info = read_file(dir + "/" + kInfo);
+  state.info = std::move(info);
   return dir;
 }
+
+namespace detail {
+void check_manifest(const std::string& text, const std::string& path) {
+  parse_manifest(text, path);
+}
+}  // namespace detail
 
 }  // namespace lowmem::io

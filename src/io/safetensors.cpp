@@ -2,17 +2,17 @@
 
 #include <ATen/ATen.h>
 
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/json.h"
 #include "lowmem/io/atomic_file.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -106,8 +106,10 @@ void write_safetensors(std::ostream& out,
 
 SafetensorsEntry parse_entry(const std::string& name, const json& v,
                              const std::string& source) {
-  const std::string where = "[safetensors] " + source + ": tensor '" + name + "'";
-  LOWMEM_CHECK(v.is_object(), where, " must be a JSON object, got ", v.dump());
+  const std::string where =
+      "[safetensors] " + source + ": tensor " + quote(name);
+  LOWMEM_CHECK(v.is_object(), where, " must be a JSON object, got ",
+               clip_json(v));
   SafetensorsEntry e;
   e.name = name;
   auto d = v.find("dtype");
@@ -117,19 +119,22 @@ SafetensorsEntry parse_entry(const std::string& name, const json& v,
     const std::string dn = d->get<std::string>();
     bool known = false;
     for (const auto& k : kDtypes) known = known || dn == k.name;
-    LOWMEM_CHECK(known, where, " has an unknown or unsupported dtype \"", dn,
-                 "\" (supported: ", supported_list(), ")");
+    LOWMEM_CHECK(known, where, " has an unknown or unsupported dtype ",
+                 quote(dn), " (supported: ", supported_list(), ")");
     e.dtype = safetensors_dtype_from_name(dn);
   }
   auto s = v.find("shape");
   LOWMEM_CHECK(s != v.end() && s->is_array(), where,
                " has no array field \"shape\"");
+  LOWMEM_CHECK(s->size() <= kMaxSafetensorsRank, where, " has ", s->size(),
+               " dims, over the limit of ", kMaxSafetensorsRank, ": ",
+               clip_json(*s));
   uint64_t numel = 1;
   bool overflow = false;
   for (const auto& dim : *s) {
     LOWMEM_CHECK(dim.is_number_unsigned() ||
                      (dim.is_number_integer() && dim.get<int64_t>() >= 0),
-                 where, " has a bad shape entry ", dim.dump(),
+                 where, " has a bad shape entry ", clip_json(dim),
                  " (dims are non-negative integers)");
     uint64_t x = dim.get<uint64_t>();
     LOWMEM_CHECK(x <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
@@ -143,7 +148,7 @@ SafetensorsEntry parse_entry(const std::string& name, const json& v,
   for (const auto& x : *o) {
     LOWMEM_CHECK(x.is_number_unsigned() ||
                      (x.is_number_integer() && x.get<int64_t>() >= 0),
-                 where, " has a bad data offset ", x.dump());
+                 where, " has a bad data offset ", clip_json(x));
   }
   e.begin = (*o)[0].get<uint64_t>();
   e.end = (*o)[1].get<uint64_t>();
@@ -152,11 +157,11 @@ SafetensorsEntry parse_entry(const std::string& name, const json& v,
   uint64_t nbytes = 0;
   overflow = overflow ||
              mul_overflow(numel, c10::elementSize(e.dtype), &nbytes);
-  LOWMEM_CHECK(!overflow, where, " shape ", s->dump(), " overflows");
-  LOWMEM_CHECK(nbytes == e.end - e.begin, where, " of dtype ", d->get<std::string>(),
-               " and shape ", s->dump(), " needs ", nbytes,
-               " bytes but data_offsets [", e.begin, ", ", e.end, "] span ",
-               e.end - e.begin);
+  LOWMEM_CHECK(!overflow, where, " shape ", clip_json(*s), " overflows");
+  LOWMEM_CHECK(nbytes == e.end - e.begin, where, " of dtype ",
+               d->get<std::string>(), " and shape ", clip_json(*s), " needs ",
+               nbytes, " bytes but data_offsets [", e.begin, ", ", e.end,
+               "] span ", e.end - e.begin);
   return e;
 }
 
@@ -210,34 +215,26 @@ SafetensorsHeader parse_safetensors_header(const std::string& prefix,
   const char* text = prefix.data() + 8;
   LOWMEM_CHECK(text[0] == '{', where, "header does not start with '{'");
 
-  // Parse, recording duplicate top-level keys (nlohmann keeps the last one).
-  std::set<std::string> seen;
-  std::string duplicate;
-  json::parser_callback_t cb = [&](int depth, json::parse_event_t ev,
-                                   json& parsed) {
-    if (ev == json::parse_event_t::key && depth == 1) {
-      std::string k = parsed.get<std::string>();
-      if (!seen.insert(k).second && duplicate.empty()) duplicate = k;
-    }
-    return true;
-  };
+  // Size, nesting depth (128, as serde_json in the reference) and duplicate
+  // keys are checked by core/json.h before or while parsing.
+  JsonLimits limits;
+  limits.max_bytes = kMaxSafetensorsHeaderBytes;
+  limits.reject_duplicate_keys = true;
   json header;
   try {
-    header = json::parse(text, text + h.header_bytes, cb);
-  } catch (const json::exception& e) {
-    LOWMEM_CHECK(false, where, "header is not valid JSON: ", e.what());
+    header = parse_json(std::string_view(text, h.header_bytes), source, limits);
+  } catch (const c10::Error& e) {
+    LOWMEM_CHECK(false, where, "bad header: ", e.msg());
   }
   LOWMEM_CHECK(header.is_object(), where, "header must be a JSON object");
-  LOWMEM_CHECK(duplicate.empty(), where, "duplicate key '", duplicate,
-               "' in the header");
 
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
       LOWMEM_CHECK(it->is_object(), where,
                    "\"__metadata__\" must be an object of strings");
       for (auto m = it->begin(); m != it->end(); ++m) {
-        LOWMEM_CHECK(m->is_string(), where, "metadata value of '", m.key(),
-                     "' must be a string, got ", m->dump());
+        LOWMEM_CHECK(m->is_string(), where, "metadata value of ",
+                     quote(m.key()), " must be a string, got ", clip_json(*m));
         h.metadata[m.key()] = m->get<std::string>();
       }
       continue;
@@ -253,15 +250,15 @@ SafetensorsHeader parse_safetensors_header(const std::string& prefix,
   uint64_t pos = 0;
   const SafetensorsEntry* prev = nullptr;
   for (const auto& e : h.entries) {
-    LOWMEM_CHECK(e.end <= h.data_bytes, where, "tensor '", e.name,
-                 "' data_offsets [", e.begin, ", ", e.end,
+    LOWMEM_CHECK(e.end <= h.data_bytes, where, "tensor ", quote(e.name),
+                 " data_offsets [", e.begin, ", ", e.end,
                  "] exceed the data section of ", h.data_bytes,
                  " bytes (truncated file?)");
-    LOWMEM_CHECK(e.begin >= pos, where, "tensor '", e.name, "' [", e.begin,
-                 ", ", e.end, ") overlaps tensor '", prev ? prev->name : "",
-                 "' which ends at ", pos);
+    LOWMEM_CHECK(e.begin >= pos, where, "tensor ", quote(e.name), " [", e.begin,
+                 ", ", e.end, ") overlaps tensor ",
+                 quote(prev ? prev->name : ""), " which ends at ", pos);
     LOWMEM_CHECK(e.begin == pos, where, "gap of ", e.begin - pos,
-                 " bytes before tensor '", e.name, "' at offset ", pos);
+                 " bytes before tensor ", quote(e.name), " at offset ", pos);
     pos = e.end;
     prev = &e;
   }

@@ -414,7 +414,8 @@ TokenFile tokenize_files_cached(const Tokenizer& tokenizer,
   const int workers = std::max(1, std::min(lowmem::hardware_cores(), 8));
   for (const auto& file : files) {
     const std::string text =
-        detail::read_file_bounded(file, options.max_file_bytes(), "text file");
+        read_file_limited(file, static_cast<uint64_t>(options.max_file_bytes()),
+                          "[text] text file");
     const size_t bad = detail::find_invalid_utf8(text);
     LOWMEM_CHECK(bad == std::string::npos, "[text] '",
                  detail::quote_for_error(file), "' is not valid UTF-8 at byte ",

@@ -102,9 +102,10 @@ TokenizerConfig parse_tokenizer_config(const std::string& text,
   if (text.empty()) {
     return c;
   }
-  const json cfg = detail::parse_json(
-      text, JsonLimits{limits.max_config_bytes(), limits.max_json_depth()},
-      "tokenizer_config.json");
+  JsonLimits json_limits;
+  json_limits.max_bytes = static_cast<uint64_t>(limits.max_config_bytes());
+  json_limits.max_depth = limits.max_json_depth();
+  const json cfg = parse_json(text, "tokenizer_config.json", json_limits);
   LOWMEM_CHECK(cfg.is_object(),
                "[text] tokenizer_config.json is not an object");
   c.bos_token = token_setting(cfg, "bos_token");
@@ -644,12 +645,14 @@ Tokenizer Tokenizer::from_file(const std::string& path,
           .string();
   if (detail::is_file(config_path)) {
     m->config = detail::parse_tokenizer_config(
-        detail::read_file_bounded(config_path, limits.max_config_bytes(),
-                                  "tokenizer_config.json"),
+        read_file_limited(config_path,
+                          static_cast<uint64_t>(limits.max_config_bytes()),
+                          "[text] tokenizer_config.json"),
         limits);
   }
-  const std::string bytes = detail::read_file_bounded(
-      file, limits.max_file_bytes(), "tokenizer file");
+  const std::string bytes =
+      read_file_limited(file, static_cast<uint64_t>(limits.max_file_bytes()),
+                        "[text] tokenizer file");
   size_t first = bytes.find_first_not_of(" \t\r\n");
   if (first != std::string::npos && bytes[first] == '{') {
     m->kind = "tokenizer.json";

@@ -12,6 +12,7 @@
 #include "lowmem/adapters/snell.h"
 #include "lowmem/io/atomic_file.h"
 #include "lowmem/io/safetensors.h"
+#include "testing/errors.h"
 
 namespace {
 
@@ -117,6 +118,43 @@ TEST(AdapterFile, RoundTripSnell) {
   round_trip([](std::shared_ptr<TinyModel> m) {
     return inject_snell(m, TargetOptions({"q", "down"}), SnellOptions(4).sparsity(0.5));
   });
+}
+
+// Issue 20: a deeply nested adapter_config.json crashed `merge` and
+// `load_adapter`; values were echoed whole. Every read is now bounded and the
+// model untouched.
+TEST(AdapterFile, HostileConfigsGiveOneShortError) {
+  using lowmem::testing::expect_short_error;
+  auto [m, other] = twin_models();
+  auto a = inject_lora(m, TargetOptions({"q"}), LoraOptions(2));
+  TempDir dir;
+  save_adapter(*a, dir.path());
+  const std::string cfg = dir.path() + "/" + kAdapterConfigFile;
+  const auto before = snapshot(*other);
+  auto with = [&](const std::string& text) {
+    lowmem::io::atomic_write_file(cfg, text);
+  };
+  for (auto load_into_fresh : {false, true}) {
+    auto load = [&] {
+      if (load_into_fresh) {
+        load_adapter(other, dir.path());
+      } else {
+        load_adapter(*a, dir.path());
+      }
+    };
+    with(lowmem::testing::deep_json(300000));
+    expect_short_error(load, "nesting deeper than the limit of 128 levels");
+    with("{\"peft_type\": \"" + std::string(20 << 20, 'x') + "\"}");
+    expect_short_error(load, "exceed the limit of 16777216 bytes");
+    with("{\"peft_type\": \"" + std::string(10 << 20, 'x') + "\"}");
+    expect_short_error(load, "(10485760 bytes)");
+    with(
+        "{\"peft_type\": \"LORA\", \"target_modules\": [\"q\"], "
+        "\"rank_pattern\": {\"a\": \"" +
+        std::string(10 << 20, 'x') + "\"}}");
+    expect_short_error(load, "rank_pattern is not supported, got {\"a\":");
+  }
+  EXPECT_EQ(snapshot(*other).size(), before.size());  // no adapter left in
 }
 
 // A failed load leaves the model exactly as it was: same slots, same

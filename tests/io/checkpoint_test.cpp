@@ -1,23 +1,25 @@
 #include "lowmem/io/checkpoint.h"
 
-#include <torch/torch.h>
-
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "testing/errors.h"
+#include "testing/files.h"
 
 namespace fs = std::filesystem;
 
 namespace lowmem::io {
 using lowmem::testing::expect_error_containing;
+using lowmem::testing::expect_short_error;
 
 namespace {
 
@@ -126,10 +128,11 @@ TEST(Checkpoint, DetectsTruncatedFilesAndBadManifests) {
   Rig a;
   auto s = a.state();
   const std::string d = save_checkpoint(dir.path, 3, s);
-  fs::resize_file(d + "/optimizer-0.pt", fs::file_size(d + "/optimizer-0.pt") - 1);
+  fs::resize_file(d + "/optimizer-0.safetensors",
+                  fs::file_size(d + "/optimizer-0.safetensors") - 1);
   auto t = a.state();
   expect_error_containing([&] { load_checkpoint(dir.path, t); },
-                          "optimizer-0.pt' has");
+                          "optimizer-0.safetensors' has");
   std::ofstream(d + "/manifest.json") << "{\"format\": \"lowmem-checkpoint\", "
                                          "\"version\": 99}";
   expect_error_containing([&] { load_checkpoint(d, t); },
@@ -145,6 +148,43 @@ TEST(Checkpoint, DetectsTruncatedFilesAndBadManifests) {
   expect_error_containing([&] { load_checkpoint(d, t); },
                           "mistyped field 'version'");
   EXPECT_THROW(resolve_checkpoint(dir.path + "/nothing"), c10::Error);
+}
+
+// Issue 20: hostile manifests (deep nesting crashed the reader; big values
+// were echoed whole; negative counters were accepted).
+TEST(Checkpoint, HostileManifestsGiveOneShortError) {
+  TempDir dir;
+  Rig a;
+  auto s = a.state();
+  s.counters = {{"consecutive_skips", 0}};
+  const std::string d = save_checkpoint(dir.path, 3, s);
+  const std::string good = lowmem::testing::read_file(d + "/manifest.json");
+  auto t = a.state();
+  auto with = [&](const std::string& text) {
+    std::ofstream(d + "/manifest.json", std::ios::trunc) << text;
+  };
+  with(lowmem::testing::deep_json(300000));
+  expect_short_error([&] { load_checkpoint(d, t); }, "nesting deeper");
+  with("{\"format\": \"" + std::string(20 << 20, 'x') + "\"}");
+  expect_short_error([&] { load_checkpoint(d, t); }, "exceed the limit");
+  with("{\"format\": \"" + std::string(1000, 'x') + "\"}");
+  expect_short_error([&] { load_checkpoint(d, t); }, "(1000 bytes)");
+  auto replace = [&](const std::string& from, const std::string& to) {
+    std::string m = good;
+    const size_t at = m.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    with(m.replace(at, from.size(), to));
+  };
+  replace("\"step\": 3", "\"step\": -5");
+  expect_short_error([&] { load_checkpoint(d, t); },
+                     "step is -5, must be between 0 and 2^62");
+  replace("\"consecutive_skips\": 0", "\"consecutive_skips\": -100");
+  expect_short_error([&] { load_checkpoint(d, t); },
+                     "counter 'consecutive_skips' is -100");
+  replace("\"step\": 3", "\"step\": 3, \"step\": 4");
+  expect_short_error([&] { load_checkpoint(d, t); }, "duplicate key 'step'");
+  with(good);
+  EXPECT_NO_THROW(load_checkpoint(d, t));
 }
 
 TEST(Checkpoint, KeepsTheNewestAndResavesAStep) {
@@ -228,6 +268,37 @@ TEST(Checkpoint, SigkillAtEveryPhaseLeavesAValidCheckpoint) {
           << e.path();
     }
   }
+}
+
+// Issue 20: a kill during the clean-up of old checkpoints left half-deleted
+// step-* directories; they are now renamed to .trash-* before deletion.
+TEST(Checkpoint, SigkillDuringCleanUpLeavesNoHalfDeletedStep) {
+  TempDir dir;
+  Rig a;
+  auto s = a.state();
+  save_checkpoint(dir.path, 1, s);
+  const bool killed = run_child([&] {
+    g_kill_phase = "retired";
+    detail::set_checkpoint_phase_hook(kill_at);
+    save_checkpoint(dir.path, 2, s, /*keep_last=*/1);
+  });
+  EXPECT_TRUE(killed);
+  auto names = [&] {
+    std::set<std::string> out;
+    for (const auto& e : fs::directory_iterator(dir.path)) {
+      const std::string n = e.path().filename().string();
+      out.insert(n.rfind(".trash-", 0) == 0 ? ".trash" : n);
+    }
+    return out;
+  };
+  EXPECT_EQ(names(),
+            (std::set<std::string>{".trash", "LATEST", "step-00000002"}));
+  Rig b;
+  auto t = b.state();
+  load_checkpoint(dir.path, t);
+  EXPECT_EQ(t.counters.at("step"), 2);
+  save_checkpoint(dir.path, 3, s, 1);
+  EXPECT_EQ(names(), (std::set<std::string>{"LATEST", "step-00000003"}));
 }
 
 TEST(Checkpoint, SigkillAtRandomTimesNeverCorrupts) {

@@ -3,14 +3,14 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <nlohmann/json.hpp>
-
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "lowmem/io/atomic_file.h"
+#include "testing/errors.h"
 
 namespace {
 
@@ -157,7 +157,7 @@ TEST(Safetensors, RejectsOversizedHeaders) {
 }
 
 TEST(Safetensors, RejectsBadJson) {
-  expect_rejected(raw(R"({"w": {"dtype": "F32",)", ""), "not valid JSON");
+  expect_rejected(raw(R"({"w": {"dtype": "F32",)", ""), "invalid JSON");
   expect_rejected(raw(R"([1, 2])", ""), "does not start with '{'");
   expect_rejected(raw(R"({"w": 3})", ""), "must be a JSON object");
   expect_rejected(raw(R"({"__metadata__": {"a": 1}})", ""), "must be a string");
@@ -169,13 +169,55 @@ TEST(Safetensors, RejectsBadJson) {
                   "\"dtype\"");
 }
 
+// Issue 20: a deeply nested header crashed every reader (stack overflow
+// while the offending value was formatted); values were echoed whole.
+TEST(Safetensors, HostileHeadersGiveOneShortError) {
+  using lowmem::testing::deep_json;
+  using lowmem::testing::expect_short_error;
+  const std::string deep = "{\"w\": " + deep_json(300000) + "}";
+  expect_short_error([&] { parse_safetensors(raw(deep, ""), "deep"); },
+                     "nesting deeper than the limit of 128 levels");
+  TempDir dir;
+  lowmem::io::atomic_write_file(dir.file("deep.safetensors"), raw(deep, ""));
+  expect_short_error([&] { load_safetensors(dir.file("deep.safetensors")); },
+                     "nesting deeper");
+  // A 20 MB value is echoed clipped, with its length.
+  const std::string big = std::string(20 << 20, 'x');
+  expect_short_error(
+      [&] { parse_safetensors(raw("{\"w\": \"" + big + "\"}", ""), "big"); },
+      "must be a JSON object, got \"xxx");
+  expect_short_error(
+      [&] {
+        parse_safetensors(raw("{\"w\": {\"dtype\": \"" + big + "\"}}", ""),
+                          "big");
+      },
+      "unknown or unsupported dtype 'xxx");
+  expect_short_error(
+      [&] { parse_safetensors(raw("{\"" + big + "\": 1}", ""), "big"); },
+      "(20971520 bytes)");
+  // 100k dims: over the rank limit, the shape clipped.
+  std::string dims = "[1";
+  for (int i = 1; i < 100000; ++i) dims += ",1";
+  dims += "]";
+  expect_short_error(
+      [&] {
+        parse_safetensors(raw("{\"w\": {\"dtype\": \"F32\", \"shape\": " +
+                                  dims + ", \"data_offsets\": [0, 4]}}",
+                              std::string(4, '\0')),
+                          "dims");
+      },
+      "has 100000 dims, over the limit of 64: [1,1,1");
+}
+
 TEST(Safetensors, RejectsWrongDtypes) {
-  expect_rejected(raw(R"({"w":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}})",
-                      std::string(4, '\0')),
-                  "unsupported dtype \"F12\"");
-  expect_rejected(raw(R"({"w":{"dtype":"U32","shape":[1],"data_offsets":[0,4]}})",
-                      std::string(4, '\0')),
-                  "\"U32\"");
+  expect_rejected(
+      raw(R"({"w":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}})",
+          std::string(4, '\0')),
+      "unsupported dtype 'F12'");
+  expect_rejected(
+      raw(R"({"w":{"dtype":"U32","shape":[1],"data_offsets":[0,4]}})",
+          std::string(4, '\0')),
+      "'U32'");
   // Right length for F32, wrong for F64.
   expect_rejected(raw(R"({"w":{"dtype":"F64","shape":[1],"data_offsets":[0,4]}})",
                       std::string(4, '\0')),

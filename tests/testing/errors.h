@@ -19,4 +19,25 @@ void expect_error_containing(F&& fn, const std::string& needle) {
   }
 }
 
+/// Runs `fn`, which must throw c10::Error with `needle` in a message of at
+/// most `max_bytes` bytes (no value echoed whole: core/input.h's quote/clip).
+template <class F>
+void expect_short_error(F&& fn, const std::string& needle,
+                        size_t max_bytes = 1500) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected an error containing '" << needle << "'";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find(needle), std::string::npos) << msg.substr(0, 2000);
+    EXPECT_LE(msg.size(), max_bytes) << msg.substr(0, 2000);
+  }
+}
+
+/// `n` nested arrays: "[[[...]]]" (a few hundred thousand crashed readers
+/// that formatted the value into a message).
+inline std::string deep_json(size_t n) {
+  return std::string(n, '[') + std::string(n, ']');
+}
+
 }  // namespace lowmem::testing

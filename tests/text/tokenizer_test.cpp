@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "reference.h"
@@ -297,6 +298,29 @@ TEST(Tokenizer, BadFilesAreRejectedWithLimits) {
   const auto dir = fresh_temp_dir("text_empty_folder");
   expect_error_containing([&] { Tokenizer::from_file(dir.string()); },
                           "holds neither tokenizer.json nor tokenizer.model");
+}
+
+// Issue 20: tokenizer.json and tokenizer_config.json through core's bounded
+// readers: deep nesting and huge values give one short error.
+TEST(Tokenizer, HostileFilesGiveOneShortError) {
+  const auto dir = fresh_temp_dir("text_hostile");
+  const std::string tok = (dir / "tokenizer.json").string();
+  const std::string cfg = (dir / "tokenizer_config.json").string();
+  auto write = [](const std::string& path, const std::string& text) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+  };
+  write(tok, "{\"model\": " + deep_json(300000) + "}");
+  expect_short_error([&] { Tokenizer::from_file(tok); }, "deeper than");
+  write(tok, small_bpe().dump());
+  write(cfg, deep_json(300000));
+  expect_short_error([&] { Tokenizer::from_file(tok); },
+                     "nesting deeper than the limit of 64 levels");
+  write(cfg, "{\"bos_token\": \"" + std::string(20 << 20, 'x') + "\"}");
+  expect_short_error([&] { Tokenizer::from_file(tok); },
+                     "exceed the limit of 16777216 bytes");
+  write(cfg, "{\"bos_token\": [1]}");
+  expect_short_error([&] { Tokenizer::from_file(tok); },
+                     "\"bos_token\" is neither a string");
 }
 
 TEST(Tokenizer, HashFollowsTheFilesContent) {

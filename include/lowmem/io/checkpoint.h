@@ -1,6 +1,7 @@
 // Versioned, crash-safe training checkpoints: one directory per save,
-// root/step-<8 digits>/ holding weights (safetensors), one torch::serialize
-// archive per optimizer, the CPU RNG state and a manifest.json written last.
+// root/step-<8 digits>/ holding weights (safetensors), one safetensors file
+// per optimizer (no pickle reader runs on load), the CPU RNG state and a
+// manifest.json written last.
 // A save builds the directory under a temporary name, fsyncs every file,
 // renames it into place and only then repoints root/LATEST (temp + fsync +
 // rename), so a crash at any point leaves the previous checkpoint loadable.
@@ -21,14 +22,17 @@ class Optimizer;
 
 namespace lowmem::io {
 
-inline constexpr int64_t kCheckpointFormatVersion = 1;
+/// 2: optimizer state as safetensors + JSON (1: LibTorch pickle archives,
+/// no longer read).
+inline constexpr int64_t kCheckpointFormatVersion = 2;
 
 /// What a checkpoint holds. Save reads it; load writes into it in place.
 struct CheckpointState {
   /// Model (or adapter) tensors by name -> weights.safetensors. On load each
   /// must be present with the same shape and dtype; values are copied in.
   std::vector<std::pair<std::string, at::Tensor>> tensors;
-  /// Optimizers by unique name -> optimizer-<i>.pt (torch::serialize archive).
+  /// Optimizers by unique name -> optimizer-<i>.safetensors (the tensors of
+  /// what Optimizer::save writes; its other values as JSON in the metadata).
   std::vector<std::pair<std::string, torch::optim::Optimizer*>> optimizers;
   /// Integer counters (step, data position, skip counts, ...) -> manifest.
   std::map<std::string, int64_t> counters;
@@ -72,4 +76,8 @@ namespace lowmem::io::detail {
 /// "optimizers", "manifest", "renamed", "latest") so tests can kill the
 /// process at a chosen point. Not for production use.
 void set_checkpoint_phase_hook(void (*hook)(const char* phase));
+/// Parses and validates a manifest.json text as load_checkpoint does (size,
+/// nesting, fields, ranges); throws c10::Error naming `path`. For the fuzz
+/// targets (fuzz/).
+void check_manifest(const std::string& text, const std::string& path);
 }  // namespace lowmem::io::detail

@@ -18,6 +18,9 @@ namespace lowmem::io {
 
 /// Largest header accepted, as the reference implementation (100 MB).
 constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+/// Most dims of one tensor (the reference sets none; PyTorch's kernels handle
+/// at most 25, so 64 loses no real file and bounds what a header can ask for).
+constexpr size_t kMaxSafetensorsRank = 64;
 
 /// One tensor entry of a header. Offsets are relative to the data section.
 struct SafetensorsEntry {
