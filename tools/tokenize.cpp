@@ -1,5 +1,8 @@
 // `lowmem tokenize`: what a tokenizer makes of some text -- ids, pieces and
-// the input bytes of each token -- or the text of some ids.
+// the input bytes of each token -- or the text of some ids, or of the rows of
+// a JSONL file (data/jsonl.h): each row's ids with the loss mask (which
+// tokens are trained) and, for chat rows, the rendered template.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -8,6 +11,9 @@
 #include <sstream>
 
 #include "command.h"
+#include "lowmem/core/input.h"
+#include "lowmem/data/jsonl.h"
+#include "lowmem/text/chat_template.h"
 #include "lowmem/text/tokenizer.h"
 
 namespace lowmem::tools {
@@ -22,6 +28,9 @@ struct TokenizeArgs {
   bool json = false;
   std::string decode;
   bool skip_special = false;
+  std::string jsonl;
+  std::vector<int64_t> rows;
+  std::string chat_template;
 };
 
 // A value for the terminal: JSON-quoted (escapes control characters).
@@ -66,6 +75,92 @@ void show(const text::Tokenizer& tok, const std::string& input, bool special,
   std::cout << "\n";
 }
 
+// One JSONL row: its ids, pieces and mask (and the rendered chat).
+void show_row(const text::Tokenizer& tok, const text::ChatTemplate* chat,
+              const std::string& where, const std::string& line, bool json) {
+  const auto row = nlohmann::ordered_json::parse(line);
+  const data::TokenizedRow r = data::tokenize_row(row, tok, chat);
+  std::vector<std::string> pieces;
+  int64_t trained = 0;
+  for (size_t i = 0; i < r.ids.size(); ++i) {
+    pieces.push_back(tok.id_to_token(r.ids[i]));
+    trained += i > 0 && r.mask[i] ? 1 : 0;
+  }
+  if (json) {
+    nlohmann::json j;
+    j["row"] = where;
+    j["format"] = r.format;
+    j["ids"] = r.ids;
+    j["pieces"] = pieces;
+    j["mask"] = r.mask;
+    std::cout << j.dump(-1, ' ', false,
+                        nlohmann::json::error_handler_t::replace)
+              << "\n";
+    return;
+  }
+  std::cout << "row " << where << " (" << r.format << "): " << r.ids.size()
+            << " tokens, " << trained << " trained\n";
+  if (r.format == "chat") {
+    const auto o = text::ChatOptions()
+                       .bos_token(tok.bos_token())
+                       .eos_token(tok.eos_token());
+    std::cout << "  rendered: "
+              << quoted(text::render_chat(*chat, row["messages"], o)) << "\n";
+  }
+  std::cout << "  " << std::setw(8) << "id"
+            << "  " << std::left << std::setw(24) << "piece"
+            << "trained\n"
+            << std::right;
+  for (size_t i = 0; i < r.ids.size(); ++i) {
+    std::cout << "  " << std::setw(8) << r.ids[i] << "  " << std::left
+              << std::setw(24) << quoted(pieces[i])
+              << (i > 0 && r.mask[i] ? "yes" : "") << "\n"
+              << std::right;
+  }
+  std::cout << "ids:";
+  for (auto id : r.ids) std::cout << " " << id;
+  std::cout << "\nmask:";
+  for (size_t i = 0; i < r.mask.size(); ++i)
+    std::cout << " " << (i > 0 && r.mask[i] ? 1 : 0);
+  std::cout << "\n";
+}
+
+// The rows of a JSONL file (all, or the 1-based line numbers in `rows`).
+int show_jsonl(const text::Tokenizer& tok, const TokenizeArgs& a) {
+  const auto chat = data::load_chat_template(tok, a.chat_template);
+  constexpr uint64_t kMaxFile = uint64_t{256} << 20;
+  std::istringstream in(read_file_limited(a.jsonl, kMaxFile, "--jsonl"));
+  std::string line;
+  int64_t number = 0;
+  size_t shown = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const bool wanted =
+        a.rows.empty()
+            ? line.find_first_not_of(" \t") != std::string::npos
+            : std::find(a.rows.begin(), a.rows.end(), number) != a.rows.end();
+    if (!wanted) continue;
+    const std::string where = a.jsonl + ":" + std::to_string(number);
+    try {
+      show_row(tok, chat.get(), where, line, a.json);
+    } catch (const nlohmann::json::exception& e) {
+      print_error(where + ": invalid JSON: " + clip(e.what()));
+      return kExitFailure;
+    } catch (const c10::Error& e) {
+      print_error(where + ": " + e.what_without_backtrace());
+      return kExitFailure;
+    }
+    ++shown;
+  }
+  if (shown < a.rows.size()) {
+    print_error("--row: " + a.jsonl + " has " + std::to_string(number) +
+                " lines");
+    return kExitUsage;
+  }
+  return kExitOk;
+}
+
 const RegisterCommand kTokenize{Command{
     "tokenize",
     "Show the token ids and pieces a tokenizer (tokenizer.json, "
@@ -91,13 +186,27 @@ const RegisterCommand kTokenize{Command{
                      "Decode these ids (space or comma separated)");
       sub.add_flag("--skip-special", a->skip_special,
                    "With --decode: drop special tokens");
+      sub.add_option("--jsonl", a->jsonl,
+                     "Show the rows of this JSONL file ({\"text\"}, "
+                     "{\"prompt\",\"completion\"} or {\"messages\"}) "
+                     "as training sees them: ids, pieces and which tokens "
+                     "are trained")
+          ->check(CLI::ExistingFile);
+      sub.add_option("--row", a->rows,
+                     "With --jsonl: only this line (1-based, repeatable)")
+          ->check(CLI::PositiveNumber);
+      sub.add_option("--chat-template", a->chat_template,
+                     "With --jsonl: a Jinja file or tokenizer_config.json "
+                     "(default: the tokenizer's)");
       return [a]() -> int {
-        if (a->texts.empty() && a->file.empty() && a->decode.empty()) {
-          print_error("tokenize needs --text, --file or --decode");
+        if (a->texts.empty() && a->file.empty() && a->decode.empty() &&
+            a->jsonl.empty()) {
+          print_error("tokenize needs --text, --file, --decode or --jsonl");
           return kExitUsage;
         }
         const auto tok = text::Tokenizer::from_file(a->tokenizer);
         if (!a->json) std::cout << "tokenizer: " << tok.describe() << "\n";
+        if (!a->jsonl.empty()) return show_jsonl(tok, *a);
         if (!a->decode.empty()) {
           std::vector<text::TokenId> ids;
           std::string s = a->decode;

@@ -55,6 +55,10 @@ GPT::GPT(GPTConfig config) : config_(std::move(config)) {
 }
 
 at::Tensor GPT::forward(const at::Tensor& idx) {
+  return forward(idx, PackedLayout());
+}
+
+at::Tensor GPT::forward(const at::Tensor& idx, const PackedLayout& layout) {
   LOWMEM_CHECK(
       idx.dim() == 2 && idx.scalar_type() == at::kLong,
       "[gpt] expected int64 tokens [B, T], got ",
@@ -68,7 +72,24 @@ at::Tensor GPT::forward(const at::Tensor& idx) {
       T,
       " exceeds block_size ",
       config_.block_size());
-  at::Tensor pos = at::arange(T, idx.options());
+  at::Tensor pos, mask;
+  if (layout.packed()) {
+    LOWMEM_CHECK(layout.segments.sizes() == idx.sizes() &&
+                     layout.positions.defined() &&
+                     layout.positions.sizes() == idx.sizes(),
+                 "[gpt] packed layout: segments ", layout.segments.sizes(),
+                 " and positions ",
+                 layout.positions.defined() ? layout.positions.sizes()
+                                            : at::IntArrayRef{},
+                 " must both be ", idx.sizes());
+    pos = layout.positions;
+    mask = packed_causal_mask(layout.segments, wte->weight.scalar_type());
+  } else {
+    pos = at::arange(T, idx.options());
+  }
+  // Every forward sets (or clears) the blocks' mask; it stays for a
+  // checkpointed block's recompute in backward.
+  for (auto& b : blocks_) b->attn->set_mask(mask);
   at::Tensor x = wte->forward(idx) + wpe->forward(pos);
   if (config_.dropout() > 0.0 && is_training()) {
     x = at::dropout(x, config_.dropout(), true);
@@ -81,20 +102,31 @@ at::Tensor GPT::forward(const at::Tensor& idx) {
 }
 
 at::Tensor GPT::loss(const at::Tensor& idx, const at::Tensor& target) {
-  at::Tensor logits = loss_precision(forward(idx));
+  return loss(idx, target, PackedLayout());
+}
+
+at::Tensor GPT::loss(const at::Tensor& idx, const at::Tensor& target,
+                     const PackedLayout& layout) {
   LOWMEM_CHECK(
       target.sizes() == idx.sizes(),
       "[gpt] target shape ",
       target.sizes(),
       " != input shape ",
       idx.sizes());
+  at::Tensor logits = loss_precision(forward(idx, layout));
+  // Targets equal to kIgnoreIndex (cross_entropy's default) are excluded.
   return at::cross_entropy_loss(
       logits.view({-1, logits.size(-1)}), target.reshape(-1));
 }
 
 EvalStats GPT::evaluate(const at::Tensor& idx, const at::Tensor& target) {
+  return evaluate(idx, target, PackedLayout());
+}
+
+EvalStats GPT::evaluate(const at::Tensor& idx, const at::Tensor& target,
+                        const PackedLayout& layout) {
   at::NoGradGuard no_grad;
-  return cross_entropy_stats(forward(idx), target);
+  return cross_entropy_stats(forward(idx, layout), target);
 }
 
 int64_t GPT::matrix_parameters() {

@@ -69,7 +69,18 @@ at::Tensor SelfAttention::forward(const at::Tensor& x) {
   const at::Tensor& v = heads[2];
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   at::Tensor scores;
-  if (causal_) {
+  if (causal_ && mask_.defined()) {
+    LOWMEM_CHECK(mask_.dim() == 3 && mask_.size(0) == B && mask_.size(1) == T &&
+                     mask_.size(2) == T,
+                 "[attention] mask ", mask_.sizes(), " does not fit [", B, ", ",
+                 T, ", ", T, "]");
+    // One mask per row, shared by its H heads.
+    scores = at::baddbmm(mask_.to(q.scalar_type())
+                             .unsqueeze(1)
+                             .expand({B, H, T, T})
+                             .reshape({B * H, T, T}),
+                         q, k.transpose(1, 2), /*beta=*/1.0, /*alpha=*/scale);
+  } else if (causal_) {
     // Additive mask (0 on and below the diagonal, -inf above), broadcast over
     // the B*H batch by baddbmm: scale and mask cost no extra pass.
     at::Tensor mask = at::full(
@@ -97,6 +108,20 @@ at::Tensor SelfAttention::forward(const at::Tensor& x) {
   if (dropout_ > 0.0 && is_training())
     y = at::dropout(y, dropout_, true);
   return y;
+}
+
+at::Tensor packed_causal_mask(const at::Tensor& segments,
+                              at::ScalarType dtype) {
+  LOWMEM_CHECK(segments.dim() == 2 && segments.scalar_type() == at::kLong,
+               "[attention] segments must be int64 [B, T], got ",
+               segments.sizes(), " ", segments.scalar_type());
+  const int64_t T = segments.size(1);
+  const at::Tensor same = segments.unsqueeze(2).eq(segments.unsqueeze(1));
+  const at::Tensor causal =
+      at::ones({T, T}, segments.options().dtype(at::kBool)).tril_();
+  return at::zeros(same.sizes(), segments.options().dtype(dtype))
+      .masked_fill_(same.logical_and(causal).logical_not(),
+                    -std::numeric_limits<double>::infinity());
 }
 
 FeedForward::FeedForward(

@@ -13,6 +13,7 @@
 #include "lowmem/adapters/registry.h"
 #include "lowmem/core/check.h"
 #include "lowmem/data/fashion_mnist.h"
+#include "lowmem/data/jsonl.h"
 #include "lowmem/data/text.h"
 #include "lowmem/interop/hf_checkpoint.h"
 #include "lowmem/models/gpt.h"
@@ -22,6 +23,7 @@
 #include "lowmem/nn/curvature_tap.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/registry.h"
+#include "lowmem/text/tokenizer.h"
 #include "lowmem/train/device.h"
 #include "method_wiring.h"
 
@@ -132,6 +134,38 @@ struct TextSection {
   }
 };
 
+// Instruction data (data/jsonl.h): JSONL rows or .txt files, tokenized with
+// a real tokenizer. context 0 = the model's (gpt.block_size, llama.context);
+// seed seeds the train/validation split (the top-level seed shuffles the
+// epochs), so a run with another seed keeps the same validation samples.
+struct JsonlSection {
+  std::string path;
+  std::string tokenizer;      // tokenizer.json, tokenizer.model or a folder
+  std::string chat_template;  // "" = the tokenizer's tokenizer_config.json
+  bool pack = true;
+  int64_t context = 0;
+  double split = 0.1;
+  int64_t seed = 0;
+  bool skip_bad_rows = false;
+  bool truncate = false;
+  bool cache = true;
+  std::string cache_dir;  // "" = $LOWMEM_CACHE_DIR/tokens, ~/.cache/...
+  template <class V>
+  void for_each_field(V&& v) {
+    v("path", path);
+    v("tokenizer", tokenizer);
+    v("chat_template", chat_template);
+    v("pack", pack);
+    v("context", context);
+    v("split", split);
+    v("seed", seed);
+    v("skip_bad_rows", skip_bad_rows);
+    v("truncate", truncate);
+    v("cache", cache);
+    v("cache_dir", cache_dir);
+  }
+};
+
 struct FashionSection {
   std::string root = data::kDefaultFashionMnist;
   std::string classes;    // comma-separated labels; "" = all ten
@@ -233,6 +267,12 @@ std::vector<std::string> names_of(const std::string& kind) {
 
 namespace {
 
+int64_t model_context(const Config& c) {
+  return c.model == "llama" ? opts<LlamaSection>(c, "llama").context
+         : c.model == "hf"  ? opts<HfSection>(c, "hf").context
+                            : opts<GptSection>(c, "gpt").c.block_size();
+}
+
 BuiltData build_text(const Config& c) {
   BuiltData d;
   if (c.model != "gpt" && c.model != "llama" && c.model != "hf") {
@@ -244,10 +284,7 @@ BuiltData build_text(const Config& c) {
     throw ConfigError("text.val_fraction must be in (0, 1), got " +
                       format_float(t.val_fraction));
   }
-  const int64_t context =
-      c.model == "llama" ? opts<LlamaSection>(c, "llama").context
-      : c.model == "hf"  ? opts<HfSection>(c, "hf").context
-                         : opts<GptSection>(c, "gpt").c.block_size();
+  const int64_t context = model_context(c);
   data::TextCorpus corpus(t.path, t.val_fraction);
   auto train = std::make_shared<data::TextBatches>(
       corpus.train(),
@@ -270,6 +307,104 @@ BuiltData build_text(const Config& c) {
   d.summary =
       corpus.describe() + "; " + train->describe() + "; " + eval->describe();
   d.baseline = data::unigram_cross_entropy(corpus.train(), corpus.validation());
+  return d;
+}
+
+text::Tokenizer jsonl_tokenizer(const Config& c) {
+  const auto& j = opts<JsonlSection>(c, "jsonl");
+  if (j.tokenizer.empty()) {
+    throw ConfigError(
+        "data 'jsonl' needs jsonl.tokenizer (a tokenizer.json, "
+        "tokenizer.model or a model folder)");
+  }
+  return text::Tokenizer::from_file(j.tokenizer);
+}
+
+// Cross-entropy on the validation split's trained targets of the unigram
+// distribution of the train split's trained targets (add-one smoothing over
+// the vocabulary): what predicting token frequencies alone scores.
+double trained_unigram_baseline(const data::JsonlDataset& ds) {
+  std::vector<double> counts(static_cast<size_t>(ds.vocab_size()), 1.0);
+  double total = static_cast<double>(ds.vocab_size());
+  for (const int64_t i : ds.train()) {
+    const auto [ids, n] = ds.tokens(i);
+    for (int64_t k = 1; k < n; ++k) {
+      if (ds.mask(i)[k]) {
+        counts[static_cast<size_t>(ids[k])] += 1.0;
+        total += 1.0;
+      }
+    }
+  }
+  double loss = 0.0;
+  int64_t n_val = 0;
+  for (const int64_t i : ds.validation()) {
+    const auto [ids, n] = ds.tokens(i);
+    for (int64_t k = 1; k < n; ++k) {
+      if (ds.mask(i)[k]) {
+        loss -= std::log(counts[static_cast<size_t>(ids[k])] / total);
+        ++n_val;
+      }
+    }
+  }
+  return n_val > 0 ? loss / static_cast<double>(n_val) : 0.0;
+}
+
+BuiltData build_jsonl(const Config& c) {
+  if (c.model != "gpt" && c.model != "llama" && c.model != "hf") {
+    throw ConfigError("data 'jsonl' needs model gpt, llama or hf, got '" + c.model +
+                      "'");
+  }
+  const auto& j = opts<JsonlSection>(c, "jsonl");
+  if (j.path.empty()) {
+    throw ConfigError(
+        "data 'jsonl' needs jsonl.path (a .jsonl file or a "
+        "folder of .jsonl/.txt files)");
+  }
+  const int64_t limit = model_context(c);
+  const int64_t context = j.context == 0 ? limit : j.context;
+  if (context < 1 || context > limit) {
+    throw ConfigError("jsonl.context " + std::to_string(j.context) +
+                      " must be in [1, the model's context " +
+                      std::to_string(limit) + "] (0: the model's)");
+  }
+  if (j.split == 0.0) {
+    throw ConfigError(
+        "jsonl.split must hold validation samples (a fraction "
+        "in (0, 1) or a count >= 1), got 0");
+  }
+  const text::Tokenizer tok = jsonl_tokenizer(c);
+  auto ds = std::make_shared<data::JsonlDataset>(
+      j.path, tok, usage([&] {
+        return data::JsonlOptions()
+            .context(context)
+            .split(j.split)
+            .seed(static_cast<uint64_t>(j.seed))
+            .skip_bad_rows(j.skip_bad_rows)
+            .truncate(j.truncate)
+            .chat_template(j.chat_template)
+            .cache(j.cache)
+            .cache_dir(j.cache_dir);
+      }));
+  const int64_t pad = tok.pad_id().value_or(tok.eos_id().value_or(0));
+  const auto batches = data::JsonlBatchOptions()
+                           .batch_size(c.batch_size)
+                           .context(context)
+                           .pack(j.pack)
+                           .seed(static_cast<uint64_t>(c.seed))
+                           .pad_id(pad);
+  auto train =
+      std::make_shared<data::JsonlBatches>(ds, ds->train(), batches, "train");
+  auto eval = std::make_shared<data::JsonlBatches>(
+      ds, ds->validation(), data::JsonlBatchOptions(batches).shuffle(false),
+      "validation");
+  BuiltData d;
+  d.train = train;
+  d.eval = eval;
+  d.unit = "tokens";
+  d.summary = tok.describe() + "; " + ds->describe() + "; " +
+              train->describe() + "; " + eval->describe();
+  d.baseline = trained_unigram_baseline(*ds);
+  d.vocab_size = tok.vocab_size();
   return d;
 }
 
@@ -320,13 +455,19 @@ BuiltData build_fashion_mnist(const Config& c) {
   return d;
 }
 
-std::shared_ptr<models::Model> build_gpt(const Config& c, const BuiltData&) {
-  return std::make_shared<models::GPT>(opts<GptSection>(c, "gpt").c);
+std::shared_ptr<models::Model> build_gpt(const Config& c,
+                                         const BuiltData& data) {
+  auto g = opts<GptSection>(c, "gpt").c;
+  // A tokenized source: the embedding (and tied head) holds its ids.
+  g.vocab_size(std::max(g.vocab_size(), data.vocab_size));
+  return std::make_shared<models::GPT>(g);
 }
 
-std::shared_ptr<models::Model> build_llama(const Config& c, const BuiltData&) {
+std::shared_ptr<models::Model> build_llama(const Config& c,
+                                           const BuiltData& data) {
   const auto& l = opts<LlamaSection>(c, "llama");
   auto lc = l.config();
+  lc.vocab_size(std::max(lc.vocab_size(), data.vocab_size));
   if (l.context > lc.max_position_embeddings()) {
     throw ConfigError("llama.context " + std::to_string(l.context) +
                       " exceeds max_position_embeddings " +
@@ -335,7 +476,8 @@ std::shared_ptr<models::Model> build_llama(const Config& c, const BuiltData&) {
   return std::make_shared<models::Llama>(lc);
 }
 
-std::shared_ptr<models::Model> build_hf(const Config& c, const BuiltData&) {
+std::shared_ptr<models::Model> build_hf(const Config& c,
+                                        const BuiltData& data) {
   const auto& h = opts<HfSection>(c, "hf");
   if (h.path.empty())
     throw ConfigError("hf.path is required: a Hugging Face model directory");
@@ -354,6 +496,11 @@ std::shared_ptr<models::Model> build_hf(const Config& c, const BuiltData&) {
   if (c.data == "text" && hc.llama.vocab_size() < 256) {
     throw ConfigError("data 'text' feeds byte ids 0..255, but " + h.path +
                       " has vocab_size " +
+                      std::to_string(hc.llama.vocab_size()));
+  }
+  if (data.vocab_size > hc.llama.vocab_size()) {
+    throw ConfigError("the tokenizer has " + std::to_string(data.vocab_size) +
+                      " ids, more than " + h.path + "'s vocab_size " +
                       std::to_string(hc.llama.vocab_size()));
   }
   return interop::load_hf_model(h.path, options);
@@ -431,7 +578,7 @@ const std::vector<DataKind>& data_kinds() {
   static const std::vector<DataKind> rows = {
       {"text", "text",
        section<TextSection>("text", "byte-level text (data/text.h)"),
-       build_text},
+       build_text, nullptr, nullptr},
       {"fashion-mnist", "fashion_mnist",
        section<FashionSection>("fashion_mnist",
                                "Fashion-MNIST (data/fashion_mnist.h)"),
@@ -440,7 +587,15 @@ const std::vector<DataKind>& data_kinds() {
          const auto& f = opts<FashionSection>(c, "fashion_mnist");
          const auto n = parse_list(f.classes, "fashion_mnist.classes").size();
          return n == 0 ? int64_t{10} : static_cast<int64_t>(n);
-       }},
+       },
+       nullptr},
+      {"jsonl", "jsonl",
+       section<JsonlSection>(
+           "jsonl",
+           "JSONL text, prompt/completion or chat rows with a real "
+           "tokenizer (data/jsonl.h)"),
+       build_jsonl, nullptr,
+       [](const Config& c) { return jsonl_tokenizer(c).vocab_size(); }},
   };
   return rows;
 }
@@ -474,8 +629,10 @@ BuiltData build_data(const Config& c) {
 
 BuiltData data_shape(const Config& c) {
   BuiltData d;
-  for (const auto& k : data_kinds())
+  for (const auto& k : data_kinds()) {
     if (k.name == c.data && k.classes) d.n_classes = k.classes(c);
+    if (k.name == c.data && k.vocab) d.vocab_size = k.vocab(c);
+  }
   return d;
 }
 

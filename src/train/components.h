@@ -106,6 +106,9 @@ struct BuiltData {
   std::string summary;
   double baseline = 0.0;
   int64_t n_classes = 0;  // images
+  /// Token ids the data uses (a real tokenizer's vocab_size; 0: bytes or
+  /// images). Language models grow their vocabulary to it.
+  int64_t vocab_size = 0;
 };
 
 /// A data source lowmem train knows: `data: <name>`, options in section
@@ -118,6 +121,9 @@ struct DataKind {
   /// Classes the data has, without loading it (0: not a classification
   /// source); models sized by the data (vit, mlp) read it.
   std::function<int64_t(const Config&)> classes;
+  /// Token ids the data uses, without loading it (0 or unset: not a
+  /// tokenized source).
+  std::function<int64_t(const Config&)> vocab;
 };
 /// A model as lowmem plan sees it (ModelKind::plan).
 struct PlannedModel {

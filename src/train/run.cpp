@@ -116,6 +116,11 @@ std::unique_ptr<Session> build_session(const Config& config) {
   s->trainer = std::make_unique<Trainer>(
       s->model,
       [model, device](const data::Batch& b) {
+        if (b.segments.defined()) {  // packed rows (data/jsonl.h)
+          const models::PackedLayout layout{b.segments.to(device),
+                                            b.positions.to(device)};
+          return model->loss(b.input.to(device), b.target.to(device), layout);
+        }
         return model->loss(b.input.to(device), b.target.to(device));
       },
       std::move(slots), trainer_options(c));

@@ -6,15 +6,29 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace lowmem::data {
 
 /// One mini-batch. For text: input [B, T] int64 tokens, target [B, T] int64
 /// (input shifted by one). For images: input [B, C, H, W] float, target [B]
-/// int64 class labels.
+/// int64 class labels. Packed text rows (data/jsonl.h) also carry their
+/// layout (models::PackedLayout): segments [B, T] int64, the sample number of
+/// each token within its row, and positions [B, T] int64, each token's
+/// position within its sample; both undefined when every row is one sample
+/// at positions 0..T-1. Targets of untrained tokens are -100 (ignore_index).
 struct Batch {
+  Batch() = default;
+  Batch(at::Tensor input, at::Tensor target, at::Tensor segments = {},
+        at::Tensor positions = {})
+      : input(std::move(input)),
+        target(std::move(target)),
+        segments(std::move(segments)),
+        positions(std::move(positions)) {}
   at::Tensor input;
   at::Tensor target;
+  at::Tensor segments;
+  at::Tensor positions;
 };
 
 /// A resumable batch stream. The position is an opaque integer cursor plus the

@@ -41,6 +41,15 @@ class GPT : public Model {
   /// upcast to fp32 for the loss whatever the weights' dtype.
   at::Tensor loss(const at::Tensor& idx, const at::Tensor& target) override;
   EvalStats evaluate(const at::Tensor& idx, const at::Tensor& target) override;
+  /// Packed rows: attention stays within each segment (a block-diagonal
+  /// causal mask) and wpe reads layout.positions, so each sample's logits are
+  /// those it has alone. Unpacked layouts take the plain path.
+  at::Tensor loss(const at::Tensor& idx, const at::Tensor& target,
+                  const PackedLayout& layout) override;
+  EvalStats evaluate(const at::Tensor& idx, const at::Tensor& target,
+                     const PackedLayout& layout) override;
+  /// forward() on packed rows (layout as in loss).
+  at::Tensor forward(const at::Tensor& idx, const PackedLayout& layout);
   std::string kind() const override {
     return "gpt";
   }

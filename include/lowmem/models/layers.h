@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lowmem/nn/slot_module.h"
@@ -51,12 +52,24 @@ class SelfAttention : public nn::SlotModule {
   int64_t n_head() const {
     return n_head_;
   }
+  /// An additive mask [B, T, T] (0 where a query may attend to a key, -inf
+  /// elsewhere) used by the following forwards instead of the plain causal
+  /// one; undefined: the plain mask. Packed rows set it from their segments
+  /// (packed_causal_mask); it stays set so a checkpointed block's recompute
+  /// in backward sees the same mask.
+  void set_mask(at::Tensor mask) { mask_ = std::move(mask); }
 
  private:
   int64_t n_embd_, n_head_;
   bool causal_;
   double dropout_;
+  at::Tensor mask_;
 };
+
+/// The additive attention mask of packed rows: 0 where key j is not after
+/// query i and both belong to the same segment, -inf elsewhere; segments
+/// [B, T] int64 -> [B, T, T] of `dtype`.
+at::Tensor packed_causal_mask(const at::Tensor& segments, at::ScalarType dtype);
 
 /// Feed-forward: slots "fc" (C -> 4C) and "proj" (4C -> C), GELU between
 /// (tanh approximation, as GPT-2's "gelu_new").
