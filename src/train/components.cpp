@@ -351,8 +351,8 @@ double trained_unigram_baseline(const data::JsonlDataset& ds) {
 
 BuiltData build_jsonl(const Config& c) {
   if (c.model != "gpt" && c.model != "llama" && c.model != "hf") {
-    throw ConfigError("data 'jsonl' needs model gpt, llama or hf, got '" + c.model +
-                      "'");
+    throw ConfigError("data 'jsonl' needs model gpt, llama or hf, got '" +
+                      c.model + "'");
   }
   const auto& j = opts<JsonlSection>(c, "jsonl");
   if (j.path.empty()) {
