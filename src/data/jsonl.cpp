@@ -300,19 +300,9 @@ std::string cache_key(const std::vector<std::string>& files,
            " truncate=" + std::to_string(o.truncate()) +
            " skip=" + std::to_string(o.skip_bad_rows()) +
            " line=" + std::to_string(o.max_line_bytes()) + "\n");
-  std::vector<char> buf(size_t{1} << 16);
   for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    LOWMEM_CHECK(in.is_open(), "[data] cannot open ", quote(f));
-    text::Sha256 content;
-    uint64_t size = 0;
-    while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) ||
-           in.gcount() > 0) {
-      content.update(
-          std::string_view(buf.data(), static_cast<size_t>(in.gcount())));
-      size += static_cast<uint64_t>(in.gcount());
-    }
-    h.update(f + '\0' + std::to_string(size) + '\0' + content.hex() + "\n");
+    const text::FileDigest d = text::sha256_file(f);
+    h.update(f + '\0' + std::to_string(d.size) + '\0' + d.hex + "\n");
   }
   return h.hex();
 }

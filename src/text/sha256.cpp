@@ -1,6 +1,11 @@
 // SHA-256 (FIPS 180-4), for the tokenizer and token-cache keys.
+#include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <vector>
 
+#include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 #include "lowmem/text/tokenizer.h"
 
 namespace lowmem::text {
@@ -120,6 +125,23 @@ std::string sha256_hex(std::string_view bytes) {
   Sha256 h;
   h.update(bytes);
   return h.hex();
+}
+
+FileDigest sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  LOWMEM_CHECK(in.is_open(), "[text] cannot open ", quote(path), ": ",
+               std::strerror(errno));
+  Sha256 content;
+  std::vector<char> buf(size_t{1} << 16);
+  FileDigest d;
+  while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) ||
+         in.gcount() > 0) {
+    content.update(
+        std::string_view(buf.data(), static_cast<size_t>(in.gcount())));
+    d.size += static_cast<uint64_t>(in.gcount());
+  }
+  d.hex = content.hex();
+  return d;
 }
 
 }  // namespace lowmem::text

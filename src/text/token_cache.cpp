@@ -338,21 +338,10 @@ std::string corpus_token_key(const Tokenizer& tokenizer,
   h.update(options.add_special_tokens() ? "\n+special\n" : "\n-special\n");
   h.update(std::to_string(options.max_document_bytes()) + "\n");
   for (const auto& f : files) {
-    std::ifstream in(f, std::ios::binary);
-    LOWMEM_CHECK(in.is_open(), "[text] cannot open '",
-                 detail::quote_for_error(f), "': ", errno_text());
-    Sha256 content;
-    std::vector<char> buf(1 << 16);
-    uint64_t size = 0;
-    while (in.read(buf.data(), static_cast<std::streamsize>(buf.size())) ||
-           in.gcount() > 0) {
-      content.update(
-          std::string_view(buf.data(), static_cast<size_t>(in.gcount())));
-      size += static_cast<uint64_t>(in.gcount());
-    }
+    const FileDigest d = sha256_file(f);
     h.update(f);
-    h.update(std::string(1, '\0') + std::to_string(size) + '\0');
-    h.update(content.hex());
+    h.update(std::string(1, '\0') + std::to_string(d.size) + '\0');
+    h.update(d.hex);
   }
   return h.hex();
 }

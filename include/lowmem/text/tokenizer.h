@@ -175,4 +175,12 @@ class Sha256 {
   uint64_t total_ = 0;
 };
 
+/// A file's size and hex SHA-256, read in 64 KiB chunks (never held whole).
+/// Throws naming the file when it cannot be opened.
+struct FileDigest {
+  uint64_t size = 0;
+  std::string hex;
+};
+FileDigest sha256_file(const std::string& path);
+
 }  // namespace lowmem::text
