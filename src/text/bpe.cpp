@@ -350,8 +350,15 @@ void Bpe::merge_word(std::string_view word, bool bytes,
                      std::vector<TokenId>& out,
                      std::vector<std::pair<uint32_t, uint32_t>>* spans) const {
   thread_local std::vector<int32_t> ids, lens;
-  thread_local std::vector<Symbol> symbols;
-  thread_local std::vector<MergeItem> heap;
+  word_symbols(word, bytes, ids, lens);
+  merge_symbols(ids, lens, out, spans);
+}
+
+// The word's characters (or bytes) as initial symbols: ids and byte lengths,
+// unknown runs fused into one unk as the crate does.
+void Bpe::word_symbols(std::string_view word, bool bytes,
+                       std::vector<int32_t>& ids,
+                       std::vector<int32_t>& lens) const {
   thread_local std::string scratch;
   ids.clear();
   lens.clear();
@@ -413,7 +420,16 @@ void Bpe::merge_word(std::string_view word, bool bytes,
     ids.push_back(unk->first);
     lens.push_back(static_cast<int32_t>(unk->second));
   }
+}
 
+// Applies the merges by rank (lowest first, leftmost on ties) with a heap
+// over adjacent pairs, then appends the surviving symbols to `out`.
+void Bpe::merge_symbols(
+    const std::vector<int32_t>& ids, const std::vector<int32_t>& lens,
+    std::vector<TokenId>& out,
+    std::vector<std::pair<uint32_t, uint32_t>>* spans) const {
+  thread_local std::vector<Symbol> symbols;
+  thread_local std::vector<MergeItem> heap;
   const auto n = static_cast<int32_t>(ids.size());
   if (n <= 1) {
     out.insert(out.end(), ids.begin(), ids.end());

@@ -392,56 +392,57 @@ class Interp {
     return (*fn.fn)(args, env);
   }
 
-  void setup_globals(Env& env) {
-    Interp* self = this;
-    env.set(
-        "namespace",
-        Value::function([](std::vector<Value>& args, const EnvPtr&) {
-          std::vector<Value> positional = args;
-          const Value* kwargs = nullptr;
-          Value kw_hold;
-          if (!positional.empty() && positional.back().type == Type::KwArgs) {
-            kw_hold = positional.back();
-            positional.pop_back();
-            kwargs = &kw_hold;
-          }
-          if (positional.size() > 1)
-            throw Error("namespace expected at most 1 argument, got " +
-                        std::to_string(positional.size()));
-          Object entries;
-          if (positional.size() == 1) {
-            const Value& src = positional[0];
-            if (src.is_object()) {
-              for (const auto& [k, v] : src.o->items) entries.set(k, v);
-            } else if (src.is_array()) {
-              for (const auto& pair : *src.a) {
-                std::vector<Value> kv;
-                if (pair.is_array()) {
-                  kv = *pair.a;
-                } else if (pair.type == Type::String) {
-                  for (char32_t cp : code_points(pair.str())) {
-                    std::string one;
-                    append_utf8(one, cp);
-                    kv.push_back(Value::string(one));
-                  }
-                }
-                if (kv.size() != 2)
-                  throw Error(
-                      "namespace expected an object or an iterable of [key, "
-                      "value] pairs");
-                if (kv[0].type != Type::String)
-                  throw Error("namespace keys must be strings");
-                entries.set(kv[0].str(), kv[1]);
-              }
-            } else {
-              throw Error(std::string("'") + type_name(src.type) +
-                          "' object is not iterable");
+  // namespace(): an object from an object or [key, value] pairs, plus kwargs.
+  static Value make_namespace(std::vector<Value>& args, const EnvPtr&) {
+    std::vector<Value> positional = args;
+    const Value* kwargs = nullptr;
+    Value kw_hold;
+    if (!positional.empty() && positional.back().type == Type::KwArgs) {
+      kw_hold = positional.back();
+      positional.pop_back();
+      kwargs = &kw_hold;
+    }
+    if (positional.size() > 1)
+      throw Error("namespace expected at most 1 argument, got " +
+                  std::to_string(positional.size()));
+    Object entries;
+    if (positional.size() == 1) {
+      const Value& src = positional[0];
+      if (src.is_object()) {
+        for (const auto& [k, v] : src.o->items) entries.set(k, v);
+      } else if (src.is_array()) {
+        for (const auto& pair : *src.a) {
+          std::vector<Value> kv;
+          if (pair.is_array()) {
+            kv = *pair.a;
+          } else if (pair.type == Type::String) {
+            for (char32_t cp : code_points(pair.str())) {
+              std::string one;
+              append_utf8(one, cp);
+              kv.push_back(Value::string(one));
             }
           }
-          if (kwargs)
-            for (const auto& [k, v] : kwargs->o->items) entries.set(k, v);
-          return Value::object(std::move(entries), Type::Namespace);
-        }));
+          if (kv.size() != 2)
+            throw Error(
+                "namespace expected an object or an iterable of [key, "
+                "value] pairs");
+          if (kv[0].type != Type::String)
+            throw Error("namespace keys must be strings");
+          entries.set(kv[0].str(), kv[1]);
+        }
+      } else {
+        throw Error(std::string("'") + type_name(src.type) +
+                    "' object is not iterable");
+      }
+    }
+    if (kwargs)
+      for (const auto& [k, v] : kwargs->o->items) entries.set(k, v);
+    return Value::object(std::move(entries), Type::Namespace);
+  }
+
+  void setup_globals(Env& env) {
+    Interp* self = this;
+    env.set("namespace", Value::function(&Interp::make_namespace));
     env.set("false", Value::boolean(false));
     env.set("true", Value::boolean(true));
     env.set("none", Value::null());
@@ -1032,6 +1033,50 @@ class Interp {
     return Value::undefined();
   }
 
+  // str.split(sep=None, maxsplit=-1) as @huggingface/jinja computes it.
+  static Value string_split(const std::string& s, std::vector<Value>& args) {
+    Value sep = args.size() > 0 ? args[0] : Value::null();
+    if (sep.type != Type::String && sep.type != Type::Null)
+      throw Error("sep argument must be a string or null");
+    Value maxsplit = args.size() > 1 ? args[1] : Value::integer(-1);
+    if (maxsplit.type != Type::Int)
+      throw Error("maxsplit argument must be a number");
+    Array result;
+    if (sep.type == Type::Null) {
+      const std::string text = js_trim(s, true, false);
+      size_t i = 0;
+      while (i < text.size()) {
+        while (size_t k = js_space_at(text, i)) i += k;
+        if (i >= text.size()) break;
+        size_t j = i;
+        while (j < text.size() && !js_space_at(text, j)) ++j;
+        if (maxsplit.num != -1 &&
+            static_cast<double>(result.size()) >= maxsplit.num) {
+          result.push_back(Value::string(text.substr(i)));
+          break;
+        }
+        result.push_back(Value::string(text.substr(i, j - i)));
+        i = j;
+      }
+    } else {
+      if (sep.str().empty()) throw Error("empty separator");
+      auto parts = js_split(s, sep.str());
+      if (maxsplit.num != -1 &&
+          static_cast<double>(parts.size()) > maxsplit.num) {
+        const auto keep = static_cast<size_t>(std::max(0.0, maxsplit.num));
+        std::string rest;
+        for (size_t i = keep; i < parts.size(); ++i) {
+          if (i > keep) rest += sep.str();
+          rest += parts[i];
+        }
+        parts.resize(keep);
+        parts.push_back(rest);
+      }
+      for (auto& p : parts) result.push_back(Value::string(std::move(p)));
+    }
+    return Value::array(std::move(result));
+  }
+
   Value string_builtin(const Value& sv, const std::string& name) {
     const std::string s = sv.str();
     auto fn = [](auto f) { return Value::function(f); };
@@ -1078,46 +1123,7 @@ class Interp {
       });
     if (name == "split")
       return fn([s](std::vector<Value>& args, const EnvPtr&) {
-        Value sep = args.size() > 0 ? args[0] : Value::null();
-        if (sep.type != Type::String && sep.type != Type::Null)
-          throw Error("sep argument must be a string or null");
-        Value maxsplit = args.size() > 1 ? args[1] : Value::integer(-1);
-        if (maxsplit.type != Type::Int)
-          throw Error("maxsplit argument must be a number");
-        Array result;
-        if (sep.type == Type::Null) {
-          const std::string text = js_trim(s, true, false);
-          size_t i = 0;
-          while (i < text.size()) {
-            while (size_t k = js_space_at(text, i)) i += k;
-            if (i >= text.size()) break;
-            size_t j = i;
-            while (j < text.size() && !js_space_at(text, j)) ++j;
-            if (maxsplit.num != -1 &&
-                static_cast<double>(result.size()) >= maxsplit.num) {
-              result.push_back(Value::string(text.substr(i)));
-              break;
-            }
-            result.push_back(Value::string(text.substr(i, j - i)));
-            i = j;
-          }
-        } else {
-          if (sep.str().empty()) throw Error("empty separator");
-          auto parts = js_split(s, sep.str());
-          if (maxsplit.num != -1 &&
-              static_cast<double>(parts.size()) > maxsplit.num) {
-            const auto keep = static_cast<size_t>(std::max(0.0, maxsplit.num));
-            std::string rest;
-            for (size_t i = keep; i < parts.size(); ++i) {
-              if (i > keep) rest += sep.str();
-              rest += parts[i];
-            }
-            parts.resize(keep);
-            parts.push_back(rest);
-          }
-          for (auto& p : parts) result.push_back(Value::string(std::move(p)));
-        }
-        return Value::array(std::move(result));
+        return string_split(s, args);
       });
     if (name == "replace")
       return fn([s](std::vector<Value>& args, const EnvPtr&) {
@@ -1206,6 +1212,160 @@ class Interp {
     return Value::string(out);
   }
 
+  // Evaluates a filter call's arguments into args; returns its kwargs.
+  Object filter_kwargs(const Node& filter, const EnvPtr& env,
+                       std::vector<Value>& args) {
+    Object kwargs;
+    args = evaluate_arguments(filter.list, env, &kwargs);
+    return kwargs;
+  }
+
+  // tojson(indent=None, ensure_ascii=False, sort_keys=False, separators=None).
+  static Value tojson_filter(const Value& operand, const Object& kwargs) {
+    JsonOptions o;
+    const Value* indent = kwargs.find("indent");
+    if (indent && indent->type != Type::Int && indent->type != Type::Null)
+      throw Error("If set, indent must be a number");
+    if (indent && indent->type == Type::Int)
+      o.indent = static_cast<int>(indent->num);
+    const Value* ascii = kwargs.find("ensure_ascii");
+    if (ascii && ascii->type != Type::Bool)
+      throw Error("If set, ensure_ascii must be a boolean");
+    o.ensure_ascii = ascii && ascii->b;
+    const Value* sort = kwargs.find("sort_keys");
+    if (sort && sort->type != Type::Bool)
+      throw Error("If set, sort_keys must be a boolean");
+    o.sort_keys = sort && sort->b;
+    const Value* seps = kwargs.find("separators");
+    if (seps && seps->is_array()) {
+      if (seps->a->size() != 2 || (*seps->a)[0].type != Type::String ||
+          (*seps->a)[1].type != Type::String)
+        throw Error("separators must be a tuple of two strings");
+      o.has_separators = true;
+      o.item_sep = (*seps->a)[0].str();
+      o.key_sep = (*seps->a)[1].str();
+    } else if (seps && seps->type != Type::Null) {
+      throw Error("If set, separators must be a tuple of two strings");
+    }
+    return Value::string(to_json(operand, o, 0, true));
+  }
+
+  // sort(reverse=False, case_sensitive=False, attribute=None), stable.
+  Value sort_filter(const Value& operand, std::vector<Value>& args,
+                    Object& kwargs) {
+    Value reverse = arg_or(args, 0, &kwargs, "reverse", Value::boolean(false));
+    if (reverse.type != Type::Bool) throw Error("reverse must be a boolean");
+    Value cs =
+        arg_or(args, 1, &kwargs, "case_sensitive", Value::boolean(false));
+    if (cs.type != Type::Bool) throw Error("case_sensitive must be a boolean");
+    Value attribute = arg_or(args, 2, &kwargs, "attribute", Value::null());
+    if (attribute.type != Type::String && attribute.type != Type::Int &&
+        attribute.type != Type::Null)
+      throw Error("attribute must be a string, integer, or null");
+    auto key = [&](const Value& item) {
+      if (attribute.type == Type::Null) return item;
+      const std::string path = attribute.type == Type::Int
+                                   ? js_number(attribute.num)
+                                   : attribute.str();
+      return attribute_value(item, path);
+    };
+    Array out = *operand.a;
+    std::stable_sort(out.begin(), out.end(),
+                     [&](const Value& a, const Value& b) {
+                       const int r = compare_values(key(a), key(b), cs.b);
+                       return (reverse.b ? -r : r) < 0;
+                     });
+    return Value::array(std::move(out));
+  }
+
+  // join(separator=""): items of an array (or characters of a string).
+  Value join_filter(const Value& operand, const Node& filter,
+                    const EnvPtr& env) {
+    std::vector<std::string> items;
+    if (operand.type == Type::String) {
+      for (char32_t cp : code_points(operand.str())) {
+        std::string one;
+        append_utf8(one, cp);
+        items.push_back(one);
+      }
+    } else if (operand.is_array()) {
+      for (const auto& x : *operand.a) items.push_back(join_item(x));
+    } else {
+      throw Error("Cannot apply filter \"join\" to type: " +
+                  std::string(type_name(operand.type)));
+    }
+    std::vector<Value> args;
+    Object kwargs = filter_kwargs(filter, env, args);
+    Value sep = arg_or(args, 0, &kwargs, "separator", Value::string(""));
+    if (sep.type != Type::String) throw Error("separator must be a string");
+    std::string out;
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (i) out += sep.str();
+      out += items[i];
+    }
+    return Value::string(out);
+  }
+
+  // The filters of an array operand: sort, selectattr/rejectattr, map.
+  Value array_filter(const Value& operand, const std::string& name,
+                     const Node& filter, const EnvPtr& env) {
+    if (name == "sort") {
+      std::vector<Value> args;
+      Object kwargs = filter_kwargs(filter, env, args);
+      return sort_filter(operand, args, kwargs);
+    }
+    if (name == "selectattr" || name == "rejectattr") {
+      const bool select = name == "selectattr";
+      for (const auto& item : *operand.a)
+        if (!is_container(item))
+          throw Error("`" + name + "` can only be applied to array of objects");
+      for (const auto& a : filter.list)
+        if (a->type != N::StringLit)
+          throw Error("arguments of `" + name + "` must be strings");
+      std::vector<Value> vals;
+      for (const auto& a : filter.list) vals.push_back(eval(a.get(), env));
+      if (vals.empty()) throw Error("`" + name + "` needs an attribute name");
+      const std::string test = vals.size() > 1 ? vals[1].str() : "";
+      const Value* value = vals.size() > 2 ? &vals[2] : nullptr;
+      Array out;
+      for (const auto& item : *operand.a) {
+        const Value* a = item.o->find(vals[0].str());
+        bool result = false;
+        if (a) {
+          if (!test.empty()) {
+            bool known;
+            result = test_fn(test, *a, value, known);
+            if (!known) throw Error("Unknown test: " + test);
+          } else {
+            result = truthy(*a);
+          }
+        }
+        if (select ? result : !result) out.push_back(item);
+      }
+      return Value::array(std::move(out));
+    }
+    if (name == "map") {
+      std::vector<Value> args;
+      Object kwargs = filter_kwargs(filter, env, args);
+      const Value* attr = kwargs.find("attribute");
+      if (!attr)
+        throw Error(
+            "`map` expressions without `attribute` set are not currently "
+            "supported.");
+      if (attr->type != Type::String) throw Error("attribute must be a string");
+      const Value* def = kwargs.find("default");
+      Array out;
+      for (const auto& item : *operand.a) {
+        if (!is_container(item)) throw Error("items in map must be an object");
+        Value v = attribute_value(item, attr->str());
+        out.push_back(
+            v.type == Type::Undefined ? (def ? *def : Value::undefined()) : v);
+      }
+      return Value::array(std::move(out));
+    }
+    throw Error("Unknown ArrayValue filter: " + name);
+  }
+
   Value apply_filter(const Value& operand, const Node& filter,
                      const EnvPtr& env) {
     if (filter.type == N::Identifier)
@@ -1221,59 +1381,9 @@ class Interp {
     };
     if (name == "tojson") {
       std::vector<Value> args;
-      Object kwargs = kwargs_of(args);
-      JsonOptions o;
-      const Value* indent = kwargs.find("indent");
-      if (indent && indent->type != Type::Int && indent->type != Type::Null)
-        throw Error("If set, indent must be a number");
-      if (indent && indent->type == Type::Int)
-        o.indent = static_cast<int>(indent->num);
-      const Value* ascii = kwargs.find("ensure_ascii");
-      if (ascii && ascii->type != Type::Bool)
-        throw Error("If set, ensure_ascii must be a boolean");
-      o.ensure_ascii = ascii && ascii->b;
-      const Value* sort = kwargs.find("sort_keys");
-      if (sort && sort->type != Type::Bool)
-        throw Error("If set, sort_keys must be a boolean");
-      o.sort_keys = sort && sort->b;
-      const Value* seps = kwargs.find("separators");
-      if (seps && seps->is_array()) {
-        if (seps->a->size() != 2 || (*seps->a)[0].type != Type::String ||
-            (*seps->a)[1].type != Type::String)
-          throw Error("separators must be a tuple of two strings");
-        o.has_separators = true;
-        o.item_sep = (*seps->a)[0].str();
-        o.key_sep = (*seps->a)[1].str();
-      } else if (seps && seps->type != Type::Null) {
-        throw Error("If set, separators must be a tuple of two strings");
-      }
-      return Value::string(to_json(operand, o, 0, true));
+      return tojson_filter(operand, kwargs_of(args));
     }
-    if (name == "join") {
-      std::vector<std::string> items;
-      if (operand.type == Type::String) {
-        for (char32_t cp : code_points(operand.str())) {
-          std::string one;
-          append_utf8(one, cp);
-          items.push_back(one);
-        }
-      } else if (operand.is_array()) {
-        for (const auto& x : *operand.a) items.push_back(join_item(x));
-      } else {
-        throw Error("Cannot apply filter \"join\" to type: " +
-                    std::string(type_name(operand.type)));
-      }
-      std::vector<Value> args;
-      Object kwargs = kwargs_of(args);
-      Value sep = arg_or(args, 0, &kwargs, "separator", Value::string(""));
-      if (sep.type != Type::String) throw Error("separator must be a string");
-      std::string out;
-      for (size_t i = 0; i < items.size(); ++i) {
-        if (i) out += sep.str();
-        out += items[i];
-      }
-      return Value::string(out);
-    }
+    if (name == "join") return join_filter(operand, filter, env);
     if (name == "int" || name == "float") {
       std::vector<Value> args;
       Object kwargs = kwargs_of(args);
@@ -1307,92 +1417,7 @@ class Interp {
         return def;
       return operand;
     }
-    if (operand.is_array()) {
-      if (name == "sort") {
-        std::vector<Value> args;
-        Object kwargs = kwargs_of(args);
-        Value reverse =
-            arg_or(args, 0, &kwargs, "reverse", Value::boolean(false));
-        if (reverse.type != Type::Bool)
-          throw Error("reverse must be a boolean");
-        Value cs =
-            arg_or(args, 1, &kwargs, "case_sensitive", Value::boolean(false));
-        if (cs.type != Type::Bool)
-          throw Error("case_sensitive must be a boolean");
-        Value attribute = arg_or(args, 2, &kwargs, "attribute", Value::null());
-        if (attribute.type != Type::String && attribute.type != Type::Int &&
-            attribute.type != Type::Null)
-          throw Error("attribute must be a string, integer, or null");
-        auto key = [&](const Value& item) {
-          if (attribute.type == Type::Null) return item;
-          const std::string path = attribute.type == Type::Int
-                                       ? js_number(attribute.num)
-                                       : attribute.str();
-          return attribute_value(item, path);
-        };
-        Array out = *operand.a;
-        std::stable_sort(out.begin(), out.end(),
-                         [&](const Value& a, const Value& b) {
-                           const int r = compare_values(key(a), key(b), cs.b);
-                           return (reverse.b ? -r : r) < 0;
-                         });
-        return Value::array(std::move(out));
-      }
-      if (name == "selectattr" || name == "rejectattr") {
-        const bool select = name == "selectattr";
-        for (const auto& item : *operand.a)
-          if (!is_container(item))
-            throw Error("`" + name +
-                        "` can only be applied to array of objects");
-        for (const auto& a : filter.list)
-          if (a->type != N::StringLit)
-            throw Error("arguments of `" + name + "` must be strings");
-        std::vector<Value> vals;
-        for (const auto& a : filter.list) vals.push_back(eval(a.get(), env));
-        if (vals.empty()) throw Error("`" + name + "` needs an attribute name");
-        const std::string test = vals.size() > 1 ? vals[1].str() : "";
-        const Value* value = vals.size() > 2 ? &vals[2] : nullptr;
-        Array out;
-        for (const auto& item : *operand.a) {
-          const Value* a = item.o->find(vals[0].str());
-          bool result = false;
-          if (a) {
-            if (!test.empty()) {
-              bool known;
-              result = test_fn(test, *a, value, known);
-              if (!known) throw Error("Unknown test: " + test);
-            } else {
-              result = truthy(*a);
-            }
-          }
-          if (select ? result : !result) out.push_back(item);
-        }
-        return Value::array(std::move(out));
-      }
-      if (name == "map") {
-        std::vector<Value> args;
-        Object kwargs = kwargs_of(args);
-        const Value* attr = kwargs.find("attribute");
-        if (!attr)
-          throw Error(
-              "`map` expressions without `attribute` set are not currently "
-              "supported.");
-        if (attr->type != Type::String)
-          throw Error("attribute must be a string");
-        const Value* def = kwargs.find("default");
-        Array out;
-        for (const auto& item : *operand.a) {
-          if (!is_container(item))
-            throw Error("items in map must be an object");
-          Value v = attribute_value(item, attr->str());
-          out.push_back(v.type == Type::Undefined
-                            ? (def ? *def : Value::undefined())
-                            : v);
-        }
-        return Value::array(std::move(out));
-      }
-      throw Error("Unknown ArrayValue filter: " + name);
-    }
+    if (operand.is_array()) return array_filter(operand, name, filter, env);
     if (operand.type == Type::String) {
       if (name == "indent") {
         std::vector<Value> args;

@@ -5,6 +5,7 @@
 // * / // %, **, is-tests, |filters, unary sign, call/member. Recursion is
 // bounded (Limits::max_parse_depth).
 #include <cctype>
+#include <tuple>
 
 #include "jinja.h"
 
@@ -121,248 +122,294 @@ std::string preprocess(const std::string& source) {
   return strip_generation_tags(trim_blocks(lstrip_blocks(t)));
 }
 
-std::vector<Token> tokenize(const std::string& source) {
-  const std::string src = preprocess(source);
-  const size_t n = src.size();
-  std::vector<Token> tokens;
-  size_t pos = 0;
-  int curly = 0;
-  auto last_type = [&]() -> int {
-    return tokens.empty() ? -1 : static_cast<int>(tokens.back().type);
-  };
-  auto strip_trailing = [&] {
-    if (!tokens.empty() && tokens.back().type == Tok::Text) {
-      tokens.back().value = js_trim(tokens.back().value, false, true);
-      if (tokens.back().value.empty()) tokens.pop_back();
+namespace {
+
+// The lexer of @huggingface/jinja's lexer.ts `tokenize`, one method per kind
+// of token; each returns whether it consumed something.
+class Lexer {
+ public:
+  explicit Lexer(std::string src) : src_(std::move(src)), n_(src_.size()) {}
+
+  std::vector<Token> run() {
+    while (pos_ < n_) {
+      if (text() || comment() || open_stripped()) continue;
+      while (size_t k = js_space_at(src_, pos_)) {
+        pos_ += k;
+        if (pos_ >= n_) throw Error("Unexpected end of input");
+      }
+      if (close_stripped() || signed_number() || symbol()) continue;
+      const char ch = src_[pos_];
+      if (ch == '\'' || ch == '"') {
+        string_literal(ch);
+      } else if (is_digit(ch)) {
+        number();
+      } else if (is_word(ch)) {
+        identifier();
+      } else {
+        throw Error(std::string("Unexpected character: ") + ch);
+      }
     }
-  };
-  auto skip_leading = [&] {
-    while (size_t k = js_space_at(src, pos)) pos += k;
-  };
+    return std::move(tokens_);
+  }
+
+ private:
+  int last_type() const {
+    return tokens_.empty() ? -1 : static_cast<int>(tokens_.back().type);
+  }
+  void strip_trailing() {
+    if (!tokens_.empty() && tokens_.back().type == Tok::Text) {
+      tokens_.back().value = js_trim(tokens_.back().value, false, true);
+      if (tokens_.back().value.empty()) tokens_.pop_back();
+    }
+  }
+  void skip_leading() {
+    while (size_t k = js_space_at(src_, pos_)) pos_ += k;
+  }
   // consumeWhile: consuming the last character of the input is an error.
-  auto consume_digits = [&] {
+  std::string consume_digits() {
     std::string out;
-    while (pos < n && is_digit(src[pos])) {
-      out += src[pos++];
-      if (pos >= n) throw Error("Unexpected end of input");
+    while (pos_ < n_ && is_digit(src_[pos_])) {
+      out += src_[pos_++];
+      if (pos_ >= n_) throw Error("Unexpected end of input");
     }
     return out;
-  };
-  struct Map {
-    const char* seq;
-    Tok type;
-  };
-  static const Map kTable[] = {
-      {"{%", Tok::OpenStatement},  {"%}", Tok::CloseStatement},
-      {"{{", Tok::OpenExpression}, {"}}", Tok::CloseExpression},
-      {"(", Tok::OpenParen},       {")", Tok::CloseParen},
-      {"{", Tok::OpenCurly},       {"}", Tok::CloseCurly},
-      {"[", Tok::OpenSquare},      {"]", Tok::CloseSquare},
-      {",", Tok::Comma},           {".", Tok::Dot},
-      {":", Tok::Colon},           {"|", Tok::Pipe},
-      {"<=", Tok::Comparison},     {">=", Tok::Comparison},
-      {"==", Tok::Comparison},     {"!=", Tok::Comparison},
-      {"<", Tok::Comparison},      {">", Tok::Comparison},
-      {"+", Tok::Additive},        {"-", Tok::Additive},
-      {"~", Tok::Additive},        {"**", Tok::Exponent},
-      {"*", Tok::Multiplicative},  {"//", Tok::Multiplicative},
-      {"/", Tok::Multiplicative},  {"%", Tok::Multiplicative},
-      {"=", Tok::Equals}};
-  while (pos < n) {
-    const int lt = last_type();
-    if (lt == -1 || lt == static_cast<int>(Tok::CloseStatement) ||
-        lt == static_cast<int>(Tok::CloseExpression) ||
-        lt == static_cast<int>(Tok::Comment)) {
-      const size_t start = pos;
-      while (pos < n && !(src[pos] == '{' && pos + 1 < n &&
-                          (src[pos + 1] == '%' || src[pos + 1] == '{' ||
-                           src[pos + 1] == '#')))
-        ++pos;
-      if (pos > start) {
-        tokens.push_back({src.substr(start, pos - start), Tok::Text});
-        continue;
-      }
-    }
-    if (starts(src, pos, "{#")) {
-      pos += 2;
-      const bool strip_before = pos < n && src[pos] == '-';
-      if (strip_before) ++pos;
-      std::string comment;
-      while (!(pos + 1 < n && src[pos] == '#' && src[pos + 1] == '}')) {
-        if (pos + 2 >= n) throw Error("Missing end of comment tag");
-        comment += src[pos++];
-      }
-      const bool strip_after = !comment.empty() && comment.back() == '-';
-      if (strip_after) comment.pop_back();
-      if (strip_before) strip_trailing();
-      tokens.push_back({comment, Tok::Comment});
-      pos += 2;
-      if (strip_after) skip_leading();
-      continue;
-    }
-    if (starts(src, pos, "{%-")) {
-      strip_trailing();
-      tokens.push_back({"{%", Tok::OpenStatement});
-      pos += 3;
-      continue;
-    }
-    if (starts(src, pos, "{{-")) {
-      strip_trailing();
-      tokens.push_back({"{{", Tok::OpenExpression});
-      curly = 0;
-      pos += 3;
-      continue;
-    }
-    while (size_t k = js_space_at(src, pos)) {
-      pos += k;
-      if (pos >= n) throw Error("Unexpected end of input");
-    }
-    if (starts(src, pos, "-%}")) {
-      tokens.push_back({"%}", Tok::CloseStatement});
-      pos += 3;
-      skip_leading();
-      continue;
-    }
-    if (starts(src, pos, "-}}")) {
-      tokens.push_back({"}}", Tok::CloseExpression});
-      pos += 3;
-      skip_leading();
-      continue;
-    }
-    const char ch = src[pos];
-    if (ch == '-' || ch == '+') {
-      const int l2 = last_type();
-      if (l2 == -1 || l2 == static_cast<int>(Tok::Text))
-        throw Error(std::string("Unexpected character: ") + ch);
-      const auto t = static_cast<Tok>(l2);
-      if (t != Tok::Identifier && t != Tok::Number && t != Tok::String &&
-          t != Tok::CloseParen && t != Tok::CloseSquare) {
-        ++pos;
-        std::string num = consume_digits();
-        if (!num.empty() && pos + 1 < n && src[pos] == '.' &&
-            is_digit(src[pos + 1])) {
-          ++pos;
-          num += "." + consume_digits();
-        }
-        tokens.push_back(
-            {std::string(1, ch) + num, num.empty() ? Tok::Unary : Tok::Number});
-        continue;
-      }
-    }
-    bool matched = false;
-    for (const auto& m : kTable) {
-      if (m.type == Tok::CloseExpression && curly > 0) continue;
-      if (starts(src, pos, m.seq)) {
-        tokens.push_back({m.seq, m.type});
-        if (m.type == Tok::OpenExpression)
-          curly = 0;
-        else if (m.type == Tok::OpenCurly)
-          ++curly;
-        else if (m.type == Tok::CloseCurly)
-          --curly;
-        pos += std::char_traits<char>::length(m.seq);
-        matched = true;
-        break;
-      }
-    }
-    if (matched) continue;
-    if (ch == '\'' || ch == '"') {
-      ++pos;
-      std::u16string str;
-      while (true) {
-        if (pos >= n) throw Error("Unexpected end of input");
-        if (src[pos] == ch) break;
-        if (src[pos] == '\\') {
-          ++pos;
-          if (pos >= n) throw Error("Unexpected end of input");
-          const char e = src[pos++];
-          if (e == 'x' || e == 'u') {
-            const size_t len = e == 'x' ? 2 : 4;
-            const std::string hex = src.substr(pos, len);
-            bool ok = hex.size() == len;
-            for (char h : hex)
-              ok = ok && std::isxdigit(static_cast<unsigned char>(h));
-            if (!ok)
-              throw Error("Invalid hexadecimal escape sequence: \\" +
-                          std::string(1, e) + hex);
-            str += static_cast<char16_t>(std::stoul(hex, nullptr, 16));
-            pos += len;
-            continue;
-          }
-          char16_t u;
-          switch (e) {
-            case 'n':
-              u = '\n';
-              break;
-            case 't':
-              u = '\t';
-              break;
-            case 'r':
-              u = '\r';
-              break;
-            case 'b':
-              u = '\b';
-              break;
-            case 'f':
-              u = '\f';
-              break;
-            case 'v':
-              u = '\v';
-              break;
-            case '\'':
-              u = '\'';
-              break;
-            case '"':
-              u = '"';
-              break;
-            case '\\':
-              u = '\\';
-              break;
-            default:
-              throw Error(std::string("Unexpected escaped character: ") + e);
-          }
-          str += u;
-          continue;
-        }
-        // One source code point.
-        size_t len = 1;
-        const auto c = static_cast<unsigned char>(src[pos]);
-        if (c >= 0xF0)
-          len = 4;
-        else if (c >= 0xE0)
-          len = 3;
-        else if (c >= 0xC0)
-          len = 2;
-        str += to_utf16(src.substr(pos, len));
-        pos += len;
-        if (pos >= n) throw Error("Unexpected end of input");
-      }
-      tokens.push_back({from_utf16(str), Tok::String});
-      ++pos;
-      continue;
-    }
-    if (is_digit(ch)) {
-      std::string num = consume_digits();
-      if (!(lt == static_cast<int>(Tok::Dot)) && pos + 1 < n &&
-          src[pos] == '.' && is_digit(src[pos + 1])) {
-        ++pos;
-        num += "." + consume_digits();
-      }
-      tokens.push_back({num, Tok::Number});
-      continue;
-    }
-    if (is_word(ch)) {
-      std::string word;
-      while (pos < n && is_word(src[pos])) {
-        word += src[pos++];
-        if (pos >= n) throw Error("Unexpected end of input");
-      }
-      tokens.push_back({word, Tok::Identifier});
-      continue;
-    }
-    throw Error(std::string("Unexpected character: ") + ch);
   }
-  return tokens;
+
+  // Template text up to the next {% {{ {#, after a tag or at the start.
+  bool text() {
+    const int lt = last_type();
+    if (!(lt == -1 || lt == static_cast<int>(Tok::CloseStatement) ||
+          lt == static_cast<int>(Tok::CloseExpression) ||
+          lt == static_cast<int>(Tok::Comment))) {
+      return false;
+    }
+    const size_t start = pos_;
+    while (pos_ < n_ && !(src_[pos_] == '{' && pos_ + 1 < n_ &&
+                          (src_[pos_ + 1] == '%' || src_[pos_ + 1] == '{' ||
+                           src_[pos_ + 1] == '#')))
+      ++pos_;
+    if (pos_ == start) return false;
+    tokens_.push_back({src_.substr(start, pos_ - start), Tok::Text});
+    return true;
+  }
+
+  bool comment() {
+    if (!starts(src_, pos_, "{#")) return false;
+    pos_ += 2;
+    const bool strip_before = pos_ < n_ && src_[pos_] == '-';
+    if (strip_before) ++pos_;
+    std::string body;
+    while (!(pos_ + 1 < n_ && src_[pos_] == '#' && src_[pos_ + 1] == '}')) {
+      if (pos_ + 2 >= n_) throw Error("Missing end of comment tag");
+      body += src_[pos_++];
+    }
+    const bool strip_after = !body.empty() && body.back() == '-';
+    if (strip_after) body.pop_back();
+    if (strip_before) strip_trailing();
+    tokens_.push_back({body, Tok::Comment});
+    pos_ += 2;
+    if (strip_after) skip_leading();
+    return true;
+  }
+
+  // {%- and {{- strip the text before them.
+  bool open_stripped() {
+    if (starts(src_, pos_, "{%-")) {
+      strip_trailing();
+      tokens_.push_back({"{%", Tok::OpenStatement});
+      pos_ += 3;
+      return true;
+    }
+    if (starts(src_, pos_, "{{-")) {
+      strip_trailing();
+      tokens_.push_back({"{{", Tok::OpenExpression});
+      curly_ = 0;
+      pos_ += 3;
+      return true;
+    }
+    return false;
+  }
+
+  // -%} and -}} strip the whitespace after them.
+  bool close_stripped() {
+    for (const auto& [seq, close, type] :
+         {std::tuple{"-%}", "%}", Tok::CloseStatement},
+          std::tuple{"-}}", "}}", Tok::CloseExpression}}) {
+      if (starts(src_, pos_, seq)) {
+        tokens_.push_back({close, type});
+        pos_ += 3;
+        skip_leading();
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // A '-' or '+' that is not a binary operator: a signed number or a unary.
+  bool signed_number() {
+    const char ch = src_[pos_];
+    if (ch != '-' && ch != '+') return false;
+    const int l2 = last_type();
+    if (l2 == -1 || l2 == static_cast<int>(Tok::Text))
+      throw Error(std::string("Unexpected character: ") + ch);
+    const auto t = static_cast<Tok>(l2);
+    if (t == Tok::Identifier || t == Tok::Number || t == Tok::String ||
+        t == Tok::CloseParen || t == Tok::CloseSquare) {
+      return false;
+    }
+    ++pos_;
+    std::string num = consume_digits();
+    if (!num.empty() && pos_ + 1 < n_ && src_[pos_] == '.' &&
+        is_digit(src_[pos_ + 1])) {
+      ++pos_;
+      num += "." + consume_digits();
+    }
+    tokens_.push_back(
+        {std::string(1, ch) + num, num.empty() ? Tok::Unary : Tok::Number});
+    return true;
+  }
+
+  bool symbol() {
+    struct Map {
+      const char* seq;
+      Tok type;
+    };
+    static const Map kTable[] = {
+        {"{%", Tok::OpenStatement},  {"%}", Tok::CloseStatement},
+        {"{{", Tok::OpenExpression}, {"}}", Tok::CloseExpression},
+        {"(", Tok::OpenParen},       {")", Tok::CloseParen},
+        {"{", Tok::OpenCurly},       {"}", Tok::CloseCurly},
+        {"[", Tok::OpenSquare},      {"]", Tok::CloseSquare},
+        {",", Tok::Comma},           {".", Tok::Dot},
+        {":", Tok::Colon},           {"|", Tok::Pipe},
+        {"<=", Tok::Comparison},     {">=", Tok::Comparison},
+        {"==", Tok::Comparison},     {"!=", Tok::Comparison},
+        {"<", Tok::Comparison},      {">", Tok::Comparison},
+        {"+", Tok::Additive},        {"-", Tok::Additive},
+        {"~", Tok::Additive},        {"**", Tok::Exponent},
+        {"*", Tok::Multiplicative},  {"//", Tok::Multiplicative},
+        {"/", Tok::Multiplicative},  {"%", Tok::Multiplicative},
+        {"=", Tok::Equals}};
+    for (const auto& m : kTable) {
+      if (m.type == Tok::CloseExpression && curly_ > 0) continue;
+      if (starts(src_, pos_, m.seq)) {
+        tokens_.push_back({m.seq, m.type});
+        if (m.type == Tok::OpenExpression)
+          curly_ = 0;
+        else if (m.type == Tok::OpenCurly)
+          ++curly_;
+        else if (m.type == Tok::CloseCurly)
+          --curly_;
+        pos_ += std::char_traits<char>::length(m.seq);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  static char16_t escaped(char e) {
+    switch (e) {
+      case 'n':
+        return '\n';
+      case 't':
+        return '\t';
+      case 'r':
+        return '\r';
+      case 'b':
+        return '\b';
+      case 'f':
+        return '\f';
+      case 'v':
+        return '\v';
+      case '\'':
+        return '\'';
+      case '"':
+        return '"';
+      case '\\':
+        return '\\';
+      default:
+        throw Error(std::string("Unexpected escaped character: ") + e);
+    }
+  }
+
+  // After a backslash: \xHH, \uHHHH or one of escaped()'s letters.
+  void escape(std::u16string& str) {
+    ++pos_;
+    if (pos_ >= n_) throw Error("Unexpected end of input");
+    const char e = src_[pos_++];
+    if (e != 'x' && e != 'u') {
+      str += escaped(e);
+      return;
+    }
+    const size_t len = e == 'x' ? 2 : 4;
+    const std::string hex = src_.substr(pos_, len);
+    bool ok = hex.size() == len;
+    for (char h : hex) ok = ok && std::isxdigit(static_cast<unsigned char>(h));
+    if (!ok)
+      throw Error("Invalid hexadecimal escape sequence: \\" +
+                  std::string(1, e) + hex);
+    str += static_cast<char16_t>(std::stoul(hex, nullptr, 16));
+    pos_ += len;
+  }
+
+  void string_literal(char quote) {
+    ++pos_;
+    std::u16string str;
+    while (true) {
+      if (pos_ >= n_) throw Error("Unexpected end of input");
+      if (src_[pos_] == quote) break;
+      if (src_[pos_] == '\\') {
+        escape(str);
+        continue;
+      }
+      // One source code point.
+      size_t len = 1;
+      const auto c = static_cast<unsigned char>(src_[pos_]);
+      if (c >= 0xF0)
+        len = 4;
+      else if (c >= 0xE0)
+        len = 3;
+      else if (c >= 0xC0)
+        len = 2;
+      str += to_utf16(src_.substr(pos_, len));
+      pos_ += len;
+      if (pos_ >= n_) throw Error("Unexpected end of input");
+    }
+    tokens_.push_back({from_utf16(str), Tok::String});
+    ++pos_;
+  }
+
+  void number() {
+    const int lt = last_type();
+    std::string num = consume_digits();
+    if (!(lt == static_cast<int>(Tok::Dot)) && pos_ + 1 < n_ &&
+        src_[pos_] == '.' && is_digit(src_[pos_ + 1])) {
+      ++pos_;
+      num += "." + consume_digits();
+    }
+    tokens_.push_back({num, Tok::Number});
+  }
+
+  void identifier() {
+    std::string word;
+    while (pos_ < n_ && is_word(src_[pos_])) {
+      word += src_[pos_++];
+      if (pos_ >= n_) throw Error("Unexpected end of input");
+    }
+    tokens_.push_back({word, Tok::Identifier});
+  }
+
+  std::string src_;
+  size_t n_;
+  std::vector<Token> tokens_;
+  size_t pos_ = 0;
+  int curly_ = 0;
+};
+
+}  // namespace
+
+std::vector<Token> tokenize(const std::string& source) {
+  return Lexer(preprocess(source)).run();
 }
 
 namespace {

@@ -171,6 +171,13 @@ class Bpe {
   void prefetch_merge(TokenId a, TokenId b) const;
   void merge_word(std::string_view word, bool bytes, std::vector<TokenId>& out,
                   std::vector<std::pair<uint32_t, uint32_t>>* spans) const;
+  void word_symbols(std::string_view word, bool bytes,
+                    std::vector<int32_t>& ids,
+                    std::vector<int32_t>& lens) const;
+  void merge_symbols(const std::vector<int32_t>& ids,
+                     const std::vector<int32_t>& lens,
+                     std::vector<TokenId>& out,
+                     std::vector<std::pair<uint32_t, uint32_t>>* spans) const;
   void add_symbols(std::string_view s, size_t byte_len,
                    std::vector<int32_t>& ids, std::vector<int32_t>& lens,
                    std::optional<std::pair<TokenId, size_t>>& unk) const;

@@ -189,28 +189,8 @@ std::string pipeline_json_of(const json& root) {
   return p.dump();
 }
 
-void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
-                         const TokenizerLimits& limits) {
-  const json& root = loaded.root;
-  const json& model = detail::member(root, "model", "root");
-  LOWMEM_CHECK(model.is_object(),
-               "[text] tokenizer.json: \"model\" is not an object");
-  std::string type = model.value("type", std::string());
-  if (type.empty() && loaded.has_merges) {
-    type = "BPE";  // older files omit the model type (the crate infers it)
-  }
-  LOWMEM_CHECK(type == "BPE", "[text] tokenizer.json: model type '",
-               detail::quote_for_error(type),
-               "' is not supported (supported: BPE; Unigram and WordPiece "
-               "models are not implemented)");
-  LOWMEM_CHECK(
-      loaded.has_vocab && loaded.has_merges,
-      "[text] tokenizer.json: the BPE model lacks \"vocab\" or \"merges\"");
-  if (auto d = model.find("dropout"); d != model.end() && !d->is_null()) {
-    LOWMEM_CHECK(d->is_number() && d->get<double>() == 0.0,
-                 "[text] tokenizer.json: BPE dropout ", d->dump(),
-                 " is not supported (it makes encoding random)");
-  }
+// The BPE model's options (tokenizers' models/bpe/model.rs BpeBuilder).
+detail::BpeOptions bpe_options(const json& model) {
   detail::BpeOptions opt;
   auto opt_str = [&](const char* key) -> std::optional<std::string> {
     auto it = model.find(key);
@@ -242,22 +222,13 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
   opt.fuse_unk = opt_bool("fuse_unk");
   opt.byte_fallback = opt_bool("byte_fallback");
   opt.ignore_merges = opt_bool("ignore_merges");
-  for (auto& t : loaded.vocab_tokens) {
-    detail::validate_utf8(t, "a tokenizer.json vocabulary entry");
-  }
-  m.bpe = std::make_unique<detail::Bpe>(std::move(loaded.vocab_tokens),
-                                        std::move(loaded.vocab_ids),
-                                        loaded.merges, opt, limits);
-  loaded.merges.clear();
-  loaded.merges.shrink_to_fit();
+  return opt;
+}
 
-  m.normalizer = detail::make_normalizer(root.value("normalizer", json()));
-  m.pre_tokenizer =
-      detail::make_pre_tokenizer(root.value("pre_tokenizer", json()));
-  m.decoder = detail::make_decoder(root.value("decoder", json()));
-
-  // Added tokens (tokenizer/added_vocabulary.rs).
-  int64_t max_id = m.bpe->max_id_plus_one() - 1;
+// Reads "added_tokens" into m (ids, matchers' inputs, decode forms);
+// returns the largest id seen (at least max_id).
+int64_t read_added_tokens(Tokenizer::Impl& m, const json& root,
+                          const TokenizerLimits& limits, int64_t max_id) {
   if (auto it = root.find("added_tokens"); it != root.end() && !it->is_null()) {
     LOWMEM_CHECK(it->is_array(),
                  "[text] tokenizer.json: \"added_tokens\" is not a list");
@@ -317,19 +288,10 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
       m.added.push_back(std::move(t));
     }
   }
-  std::vector<std::pair<std::string, int>> raw, normalized;
-  for (size_t i = 0; i < m.added.size(); ++i) {
-    const AddedToken& t = m.added[i];
-    if (t.normalized) {
-      normalized.emplace_back(m.added_decode[i], static_cast<int>(i));
-    } else {
-      raw.emplace_back(t.content, static_cast<int>(i));
-    }
-  }
-  m.raw_matcher.build(raw);
-  m.normalized_matcher.build(normalized);
-  m.vocab_size = max_id + 1;
+  return max_id;
+}
 
+void build_post_processor(Tokenizer::Impl& m, const json& root) {
   // Post-processor; LlamaTokenizerFast and GemmaTokenizerFast rebuild it from
   // add_bos_token/add_eos_token (transformers' update_post_processor; their
   // defaults True/False).
@@ -368,6 +330,62 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
   for (TokenId id : m.post.suffix) {
     m.vocab_size = std::max<int64_t>(m.vocab_size, int64_t{id} + 1);
   }
+}
+
+void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
+                         const TokenizerLimits& limits) {
+  const json& root = loaded.root;
+  const json& model = detail::member(root, "model", "root");
+  LOWMEM_CHECK(model.is_object(),
+               "[text] tokenizer.json: \"model\" is not an object");
+  std::string type = model.value("type", std::string());
+  if (type.empty() && loaded.has_merges) {
+    type = "BPE";  // older files omit the model type (the crate infers it)
+  }
+  LOWMEM_CHECK(type == "BPE", "[text] tokenizer.json: model type '",
+               detail::quote_for_error(type),
+               "' is not supported (supported: BPE; Unigram and WordPiece "
+               "models are not implemented)");
+  LOWMEM_CHECK(
+      loaded.has_vocab && loaded.has_merges,
+      "[text] tokenizer.json: the BPE model lacks \"vocab\" or \"merges\"");
+  if (auto d = model.find("dropout"); d != model.end() && !d->is_null()) {
+    LOWMEM_CHECK(d->is_number() && d->get<double>() == 0.0,
+                 "[text] tokenizer.json: BPE dropout ", d->dump(),
+                 " is not supported (it makes encoding random)");
+  }
+  const detail::BpeOptions opt = bpe_options(model);
+  for (auto& t : loaded.vocab_tokens) {
+    detail::validate_utf8(t, "a tokenizer.json vocabulary entry");
+  }
+  m.bpe = std::make_unique<detail::Bpe>(std::move(loaded.vocab_tokens),
+                                        std::move(loaded.vocab_ids),
+                                        loaded.merges, opt, limits);
+  loaded.merges.clear();
+  loaded.merges.shrink_to_fit();
+
+  m.normalizer = detail::make_normalizer(root.value("normalizer", json()));
+  m.pre_tokenizer =
+      detail::make_pre_tokenizer(root.value("pre_tokenizer", json()));
+  m.decoder = detail::make_decoder(root.value("decoder", json()));
+
+  // Added tokens (tokenizer/added_vocabulary.rs).
+  int64_t max_id =
+      read_added_tokens(m, root, limits, m.bpe->max_id_plus_one() - 1);
+  std::vector<std::pair<std::string, int>> raw, normalized;
+  for (size_t i = 0; i < m.added.size(); ++i) {
+    const AddedToken& t = m.added[i];
+    if (t.normalized) {
+      normalized.emplace_back(m.added_decode[i], static_cast<int>(i));
+    } else {
+      raw.emplace_back(t.content, static_cast<int>(i));
+    }
+  }
+  m.raw_matcher.build(raw);
+  m.normalized_matcher.build(normalized);
+  m.vocab_size = max_id + 1;
+
+  build_post_processor(m, root);
 
   std::ostringstream s;
   s << "BPE";
