@@ -329,6 +329,42 @@ AttentionInputs attention_inputs(const LlamaConfig& c, int64_t batch,
   return in;
 }
 
+AttentionInputs cached_attention_inputs(const LlamaConfig& c, int64_t start,
+                                        int64_t seq_len, c10::ScalarType dtype,
+                                        c10::Device device) {
+  LOWMEM_CHECK(start >= 0 && seq_len > 0,
+               "[llama] cached positions need start >= 0 and new tokens > 0, "
+               "got start ",
+               start, " and ", seq_len);
+  auto io = at::TensorOptions().dtype(at::kLong).device(device);
+  at::Tensor q = at::arange(start, start + seq_len, io);  // query positions
+  at::Tensor k = at::arange(start + seq_len, io);         // key positions
+  at::Tensor allowed = k.le(q.unsqueeze(1));              // [T, S] causal
+  if (c.sliding_window() > 0)
+    allowed = allowed.logical_and(k.gt(q.unsqueeze(1) - c.sliding_window()));
+  AttentionInputs in;
+  // The same tables as attention_inputs() at these positions: HF multiplies
+  // inv_freq by the position ids whatever the scaling.
+  std::tie(in.cos, in.sin) =
+      rotary_tables(q.unsqueeze(0), resolved_head_dim(c), c.rope_theta(),
+                    c.rope_scaling(), dtype);
+  in.cos = in.cos[0][0];
+  in.sin = in.sin[0][0];
+  in.mask = at::zeros(allowed.sizes(),
+                      at::TensorOptions().dtype(dtype).device(device))
+                .masked_fill_(allowed.logical_not(),
+                              -std::numeric_limits<double>::infinity());
+  return in;
+}
+
+int64_t LlamaKVCache::bytes() const {
+  int64_t n = 0;
+  for (const auto* v : {&keys, &values})
+    for (const auto& t : *v)
+      n += t.numel() * static_cast<int64_t>(t.element_size());
+  return n;
+}
+
 LlamaAttention::LlamaAttention(const LlamaConfig& c)
     : config_(c),
       hidden_(c.hidden_size()),
@@ -396,6 +432,54 @@ at::Tensor LlamaAttention::forward(const at::Tensor& x,
   return linear("o_proj").forward(y);
 }
 
+at::Tensor LlamaAttention::forward(const at::Tensor& x,
+                                   const AttentionInputs& in,
+                                   const at::Tensor& key_cache,
+                                   const at::Tensor& value_cache,
+                                   int64_t start) {
+  LOWMEM_CHECK(x.dim() == 3 && x.size(2) == hidden_,
+               "[llama] attention expected input [B, T, ", hidden_, "], got ",
+               x.sizes());
+  const int64_t B = x.size(0), T = x.size(1), H = heads_, KV = kv_heads_,
+                D = head_dim_, S = start + T, rep = H / KV;
+  LOWMEM_CHECK(key_cache.dim() == 4 && key_cache.size(0) == B &&
+                   key_cache.size(1) == KV && key_cache.size(3) == D &&
+                   key_cache.size(2) >= S &&
+                   value_cache.sizes() == key_cache.sizes(),
+               "[llama] KV cache tensors ", key_cache.sizes(), " and ",
+               value_cache.sizes(), " cannot hold ", B, " rows of ", KV,
+               " heads of ", D, " at positions up to ", S);
+  auto heads = [&](const char* slot, int64_t n) {  // -> [B, T, n, D]
+    return linear(slot).forward(x).view({B, T, n, D});
+  };
+  at::Tensor q = heads("q_proj", H), k = heads("k_proj", KV);
+  if (q_norm) {
+    q = q_norm->forward(q);
+    k = k_norm->forward(k);
+  }
+  q = apply_rotary(q.transpose(1, 2), in.cos, in.sin);  // [B, H, T, D]
+  k = apply_rotary(k.transpose(1, 2), in.cos, in.sin);  // [B, KV, T, D]
+  key_cache.narrow(2, start, T).copy_(k);
+  value_cache.narrow(2, start, T).copy_(heads("v_proj", KV).transpose(1, 2));
+  // The query heads sharing a K/V head (HF repeat_kv: heads kv*rep ..
+  // kv*rep + rep - 1) stacked along T, so each K/V head is read in place:
+  // [B*KV, rep*T, D] x [B*KV, D, S] (the cache views need no copy).
+  at::Tensor keys = key_cache.narrow(2, 0, S).reshape({B * KV, S, D});
+  at::Tensor values = value_cache.narrow(2, 0, S).reshape({B * KV, S, D});
+  at::Tensor mask = rep == 1 ? in.mask : in.mask.repeat({rep, 1});
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  at::Tensor scores = at::baddbmm(mask, q.reshape({B * KV, rep * T, D}),
+                                  keys.transpose(1, 2), /*beta=*/1.0,
+                                  /*alpha=*/scale);
+  at::Tensor att = at::softmax(scores, -1, compute_type(scores.scalar_type()))
+                       .to(q.scalar_type());
+  at::Tensor y = at::bmm(att, values)
+                     .view({B, H, T, D})
+                     .transpose(1, 2)
+                     .reshape({B, T, H * D});
+  return linear("o_proj").forward(y);
+}
+
 LlamaMLP::LlamaMLP(const LlamaConfig& c) {
   const int64_t C = c.hidden_size(), I = c.intermediate_size();
   register_slot("gate_proj", make_linear(C, I, c, c.mlp_bias()));
@@ -433,6 +517,16 @@ at::Tensor LlamaDecoderLayer::forward_with(
                context.size(), " tensors");
   const AttentionInputs in{context[0], context[1], context[2]};
   at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), in);
+  return h + mlp->forward(post_attention_layernorm->forward(h));
+}
+
+at::Tensor LlamaDecoderLayer::forward(const at::Tensor& x,
+                                      const AttentionInputs& in,
+                                      const at::Tensor& key_cache,
+                                      const at::Tensor& value_cache,
+                                      int64_t start) {
+  at::Tensor h = x + self_attn->forward(input_layernorm->forward(x), in,
+                                        key_cache, value_cache, start);
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
@@ -489,6 +583,48 @@ at::Tensor Llama::forward(const at::Tensor& idx, const PackedLayout& layout) {
   const std::vector<at::Tensor> context = {in.cos, in.sin, in.mask};
   for (auto& l : layers_)
     x = run_block(*l, x, config_.activation_checkpointing(), context);
+  return at::linear(norm->forward(x), lm_head);
+}
+
+LlamaKVCache Llama::make_cache(int64_t batch, int64_t max_length) const {
+  LOWMEM_CHECK(batch > 0 && max_length > 0 &&
+                   max_length <= config_.max_position_embeddings(),
+               "[llama] a KV cache needs batch > 0 and 0 < max_length <= "
+               "max_position_embeddings ",
+               config_.max_position_embeddings(), ", got batch ", batch,
+               " and max_length ", max_length);
+  const auto o = embed_tokens.options();
+  const int64_t KV = resolved_kv_heads(config_), D = resolved_head_dim(config_);
+  LlamaKVCache cache;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    cache.keys.push_back(at::zeros({batch, KV, max_length, D}, o));
+    cache.values.push_back(at::zeros({batch, KV, max_length, D}, o));
+  }
+  return cache;
+}
+
+at::Tensor Llama::forward(const at::Tensor& idx, LlamaKVCache& cache) {
+  LOWMEM_CHECK(
+      idx.dim() == 2 && idx.scalar_type() == at::kLong && idx.size(1) > 0,
+      "[llama] expected int64 tokens [B, T] with T > 0, got ", idx.sizes(), " ",
+      idx.scalar_type());
+  LOWMEM_CHECK(cache.keys.size() == layers_.size() &&
+                   cache.values.size() == layers_.size(),
+               "[llama] the KV cache has ", cache.keys.size(),
+               " layers, the model ", layers_.size(),
+               " (build it with make_cache)");
+  LOWMEM_CHECK(idx.size(0) == cache.batch(), "[llama] the KV cache holds ",
+               cache.batch(), " rows, the input has ", idx.size(0));
+  const int64_t start = cache.length, T = idx.size(1);
+  LOWMEM_CHECK(start + T <= cache.max_length(), "[llama] the KV cache holds ",
+               cache.max_length(), " positions; ", start, " are filled and ", T,
+               " more do not fit");
+  at::Tensor x = at::embedding(embed_tokens, idx);
+  const AttentionInputs in =
+      cached_attention_inputs(config_, start, T, x.scalar_type(), x.device());
+  for (size_t i = 0; i < layers_.size(); ++i)
+    x = layers_[i]->forward(x, in, cache.keys[i], cache.values[i], start);
+  cache.length = start + T;
   return at::linear(norm->forward(x), lm_head);
 }
 

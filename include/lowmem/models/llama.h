@@ -12,7 +12,10 @@
 // model.norm, lm_head). Deviations: masked scores are -inf (HF: the dtype's
 // minimum; equal after softmax since no row is fully masked), rotary tables
 // are computed per forward in the compute precision (fp64 for fp64 models,
-// where HF stays fp32), no KV cache or padding mask (packed rows instead).
+// where HF stays fp32), no padding mask (packed rows instead). The KV cache
+// (LlamaKVCache) is preallocated to a maximum length, like HF's StaticCache
+// (cache_utils.py), rather than grown per step as its DynamicCache; grouped
+// query heads read their shared K/V head in place (no repeat_kv copy).
 #pragma once
 
 #include <c10/core/Device.h>
@@ -162,6 +165,29 @@ AttentionInputs attention_inputs(const LlamaConfig& c, int64_t batch,
                                  int64_t seq_len, const PackedLayout& layout,
                                  c10::ScalarType dtype, c10::Device device);
 
+/// Keys and values of the positions a cached forward has seen, per decoder
+/// layer [B, KV, max_length, head_dim] (KV = num_key_value_heads; keys after
+/// q/k norm and RoPE, as HF's cache stores them), in the weights' dtype and on
+/// their device; positions [0, length) are filled. Llama::make_cache builds
+/// one; Llama::forward(idx, cache) appends.
+struct LlamaKVCache {
+  std::vector<at::Tensor> keys, values;
+  int64_t length = 0;
+  int64_t batch() const { return keys.empty() ? 0 : keys[0].size(0); }
+  int64_t max_length() const { return keys.empty() ? 0 : keys[0].size(2); }
+  /// Bytes of all the preallocated tensors.
+  int64_t bytes() const;
+  /// Forget every position (the tensors stay allocated).
+  void reset() { length = 0; }
+};
+
+/// Rotary tables ([T, D]) at positions start..start+T-1 and the additive mask
+/// [T, start + T] of `seq_len` new tokens attending to the `start` cached
+/// ones and to each other: causal, within c.sliding_window() when set.
+AttentionInputs cached_attention_inputs(const LlamaConfig& c, int64_t start,
+                                        int64_t seq_len, c10::ScalarType dtype,
+                                        c10::Device device);
+
 /// Causal attention with slots q_proj (C -> H D), k_proj and v_proj
 /// (C -> KV D), o_proj (H D -> C), biases as configured, optional q_norm /
 /// k_norm (Qwen3), rotary embeddings on q and k, and K/V heads shared by
@@ -173,6 +199,13 @@ class LlamaAttention : public nn::SlotModule {
   at::Tensor forward(const at::Tensor& x);
   /// The same with the forward's shared inputs.
   at::Tensor forward(const at::Tensor& x, const AttentionInputs& in);
+  /// x [B, T, C] at positions start..start+T-1 (in: cached_attention_inputs):
+  /// writes this step's keys and values into key_cache / value_cache
+  /// ([B, KV, max_length, D]) at [start, start + T) and attends over
+  /// [0, start + T).
+  at::Tensor forward(const at::Tensor& x, const AttentionInputs& in,
+                     const at::Tensor& key_cache, const at::Tensor& value_cache,
+                     int64_t start);
 
   std::shared_ptr<RMSNorm> q_norm, k_norm;  // qk_norm only, else null
 
@@ -196,6 +229,10 @@ class LlamaDecoderLayer : public CheckpointableBlock {
   /// context: {cos, sin, mask} of AttentionInputs.
   at::Tensor forward_with(const at::Tensor& x,
                           const std::vector<at::Tensor>& context) override;
+  /// With a KV cache (LlamaAttention's cached forward).
+  at::Tensor forward(const at::Tensor& x, const AttentionInputs& in,
+                     const at::Tensor& key_cache, const at::Tensor& value_cache,
+                     int64_t start);
 
   std::shared_ptr<RMSNorm> input_layernorm;
   std::shared_ptr<LlamaAttention> self_attn;
@@ -215,6 +252,18 @@ class Llama : public Model {
   at::Tensor forward(const at::Tensor& idx) override;
   /// The same on packed rows (layout.segments / layout.positions [B, T]).
   at::Tensor forward(const at::Tensor& idx, const PackedLayout& layout);
+  /// An empty KV cache for `batch` rows of up to `max_length` positions
+  /// (<= max_position_embeddings), in the dtype and on the device of the
+  /// weights (as they are now: build it after moving the model).
+  LlamaKVCache make_cache(int64_t batch, int64_t max_length) const;
+  /// Incremental decoding: idx [B, T] holds the tokens at positions
+  /// cache.length .. cache.length + T - 1 (B = cache.batch(), cache.length +
+  /// T <= cache.max_length()); their keys and values are appended to `cache`
+  /// (cache.length grows by T) and their logits [B, T, vocab] returned, equal
+  /// (to rounding) to the last T rows of forward() on the whole sequence.
+  /// Adapters in the slots take part as in forward(). No activation
+  /// checkpointing (meant for no_grad inference).
+  at::Tensor forward(const at::Tensor& idx, LlamaKVCache& cache);
   /// Mean next-token cross-entropy (nats) over the positions whose target is
   /// not kIgnoreIndex; `target` is already shifted (as GPT::loss); logits
   /// upcast to fp32 for the loss.
