@@ -57,6 +57,13 @@ Loaded load_model(const ConfigFlags& flags, const std::string& adapter_dir) {
   return l;
 }
 
+// Byte ids 0..255 of `s` (char may be signed).
+std::vector<int64_t> byte_ids(const std::string& s) {
+  std::vector<int64_t> ids;
+  for (unsigned char c : s) ids.push_back(c);
+  return ids;
+}
+
 // What encodes and decodes text for the model: --tokenizer, else the HF
 // directory's, else the JSONL data's; none (bytes) for byte-level models.
 std::optional<text::Tokenizer> load_tokenizer(train::Config& c,
@@ -111,7 +118,7 @@ std::vector<int64_t> encode_prompt(const GenerateArgs& a,
   if (tok == nullptr) {
     if (a.chat)
       throw train::ConfigError("--chat needs a tokenizer with a chat template");
-    return std::vector<int64_t>(a.prompt.begin(), a.prompt.end());
+    return byte_ids(a.prompt);
   }
   if (!a.chat) {
     auto ids = tok->encode(a.prompt, true);
@@ -231,8 +238,7 @@ int run_eval(const ConfigFlags& flags, const EvalArgs& a) {
   } else {  // bytes: the whole file is one sample
     const std::string text =
         read_file_limited(a.file, uint64_t{1} << 32, "[eval] text file");
-    gen::add_sample(*l.model, std::vector<int64_t>(text.begin(), text.end()),
-                    {}, context, r);
+    gen::add_sample(*l.model, byte_ids(text), {}, context, r);
   }
   std::cout << "perplexity " << r.perplexity() << " (mean loss "
             << r.mean_loss() << " nats over " << r.tokens << " tokens, "
