@@ -54,7 +54,13 @@ std::optional<Target> gguf_name(const std::string& hf) {
       {"post_attention_layernorm.weight", "ffn_norm.weight", Rope::kNone},
       {"mlp.gate_proj.weight", "ffn_gate.weight", Rope::kNone},
       {"mlp.up_proj.weight", "ffn_up.weight", Rope::kNone},
-      {"mlp.down_proj.weight", "ffn_down.weight", Rope::kNone}};
+      {"mlp.down_proj.weight", "ffn_down.weight", Rope::kNone},
+      // Qwen2's q/k/v biases, Qwen3's per-head norms.
+      {"self_attn.q_proj.bias", "attn_q.bias", Rope::kQuery},
+      {"self_attn.k_proj.bias", "attn_k.bias", Rope::kKey},
+      {"self_attn.v_proj.bias", "attn_v.bias", Rope::kNone},
+      {"self_attn.q_norm.weight", "attn_q_norm.weight", Rope::kNone},
+      {"self_attn.k_norm.weight", "attn_k_norm.weight", Rope::kNone}};
   const std::string rest = hf.substr(dot + 1);
   for (const auto& r : kLayer) {
     if (rest == r.from) return Target{"blk." + index + "." + r.to, r.rope};
@@ -125,58 +131,98 @@ at::Tensor permute_for_gguf_rope(const at::Tensor& weight, int64_t n_head) {
   return weight.reshape(split).transpose(1, 2).reshape(weight.sizes());
 }
 
+std::string gguf_architecture(const models::LlamaConfig& c) {
+  LOWMEM_CHECK(!c.mlp_bias(),
+               "[interop] GGUF export of mlp_bias is not supported (no "
+               "llama.cpp architecture of this family has MLP biases)");
+  if (c.qk_norm()) {
+    LOWMEM_CHECK(!c.attention_bias() && !c.qkv_bias(),
+                 "[interop] GGUF export: q/k norms with attention biases fit "
+                 "no llama.cpp architecture (qwen3 has no biases)");
+    return "qwen3";
+  }
+  if (c.qkv_bias()) return "qwen2";
+  LOWMEM_CHECK(!c.attention_bias(),
+               "[interop] GGUF export of attention_bias (biases on q, k, v "
+               "and o) is not supported yet");
+  return "llama";
+}
+
 io::GgufMetadata gguf_llama_metadata(models::Llama& model,
                                      const GgufExportOptions& options) {
   const models::LlamaConfig& c = model.config();
   const Heads h = heads_of(model);
+  const std::string arch = gguf_architecture(c);
+  const std::string a = arch + ".";
   io::GgufMetadata m = {
-      {"general.architecture", GgufValue::string("llama")},
+      {"general.architecture", GgufValue::string(arch)},
       {"general.name", GgufValue::string(options.name())},
       {"general.file_type", GgufValue::uint32(gguf_file_type(options.type()))},
       {"general.quantization_version", GgufValue::uint32(2)},
-      {"llama.vocab_size", u32(c.vocab_size())},
-      {"llama.context_length", u32(c.max_position_embeddings())},
-      {"llama.embedding_length", u32(c.hidden_size())},
-      {"llama.block_count", u32(c.num_hidden_layers())},
-      {"llama.feed_forward_length", u32(c.intermediate_size())},
-      {"llama.attention.head_count", u32(h.n_head)},
-      {"llama.attention.head_count_kv", u32(h.n_head_kv)},
-      {"llama.rope.freq_base",
+      {a + "vocab_size", u32(c.vocab_size())},
+      {a + "context_length", u32(c.max_position_embeddings())},
+      {a + "embedding_length", u32(c.hidden_size())},
+      {a + "block_count", u32(c.num_hidden_layers())},
+      {a + "feed_forward_length", u32(c.intermediate_size())},
+      {a + "attention.head_count", u32(h.n_head)},
+      {a + "attention.head_count_kv", u32(h.n_head_kv)},
+      {a + "rope.freq_base",
        GgufValue::float32(static_cast<float>(c.rope_theta()))},
-      {"llama.attention.layer_norm_rms_epsilon",
+      {a + "attention.layer_norm_rms_epsilon",
        GgufValue::float32(static_cast<float>(c.rms_norm_eps()))},
-      {"llama.rope.dimension_count", u32(h.head_dim)},
+      {a + "rope.dimension_count", u32(h.head_dim)},
   };
   const models::RopeScaling& rs = c.rope_scaling();
-  LOWMEM_CHECK(rs.rope_type() == "default" || rs.rope_type() == "linear",
+  LOWMEM_CHECK(rs.rope_type() == "default" || rs.rope_type() == "linear" ||
+                   (rs.rope_type() == "llama3" && arch == "llama"),
                "[interop] GGUF export of rope_scaling ", quote(rs.rope_type()),
-               " is not supported yet (default and linear are)");
+               " for architecture ", arch,
+               " is not supported (default and linear are; llama3 for "
+               "architecture llama)");
   if (rs.rope_type() == "linear") {
-    m.emplace_back("llama.rope.scaling.type", GgufValue::string("linear"));
-    m.emplace_back("llama.rope.scaling.factor",
+    m.emplace_back(a + "rope.scaling.type", GgufValue::string("linear"));
+    m.emplace_back(a + "rope.scaling.factor",
                    GgufValue::float32(static_cast<float>(rs.factor())));
   }
   if (h.head_dim * h.n_head != c.hidden_size()) {
-    m.emplace_back("llama.attention.key_length", u32(h.head_dim));
-    m.emplace_back("llama.attention.value_length", u32(h.head_dim));
+    m.emplace_back(a + "attention.key_length", u32(h.head_dim));
+    m.emplace_back(a + "attention.value_length", u32(h.head_dim));
   }
   return m;
+}
+
+at::Tensor gguf_rope_freqs(const models::LlamaConfig& c) {
+  const int64_t d = models::resolved_head_dim(c);
+  const auto cpu = c10::Device(c10::kCPU);
+  const at::Tensor plain = models::rope_inv_freq(
+      d, c.rope_theta(), models::RopeScaling(), c10::kDouble, cpu);
+  const at::Tensor scaled = models::rope_inv_freq(
+      d, c.rope_theta(), c.rope_scaling(), c10::kDouble, cpu);
+  return (plain / scaled).to(c10::kFloat);
 }
 
 std::vector<io::GgufTensor> gguf_llama_tensors(
     models::Llama& model, const GgufExportOptions& options) {
   const Heads h = heads_of(model);
+  const std::string arch = gguf_architecture(model.config());
   std::vector<io::GgufTensor> out;
+  if (model.config().rope_scaling().rope_type() == "llama3") {
+    out.push_back(
+        {"rope_freqs.weight", gguf_rope_freqs(model.config()), GgmlType::kF32});
+  }
+  // llama.cpp rotates llama's q/k in adjacent pairs (rows permuted here);
+  // qwen2/qwen3 use NEOX rope, Hugging Face's rotate-half layout as is.
+  const bool permute = arch == "llama";
   for (const auto& p : model.named_parameters(true)) {
     const auto target = gguf_name(p.key());
     LOWMEM_CHECK(target.has_value(), "[interop] GGUF export: parameter ",
-                 quote(p.key()),
-                 " has no llama.cpp name in architecture llama (adapters "
-                 "must be merged first: lowmem merge; biases and q/k norms "
-                 "are not exported yet)");
+                 quote(p.key()), " has no llama.cpp name in architecture ",
+                 arch, " (adapters must be merged first: lowmem merge)");
     at::Tensor t = p.value().detach();
-    if (target->rope == Rope::kQuery) t = permute_for_gguf_rope(t, h.n_head);
-    if (target->rope == Rope::kKey) t = permute_for_gguf_rope(t, h.n_head_kv);
+    if (permute && target->rope == Rope::kQuery)
+      t = permute_for_gguf_rope(t, h.n_head);
+    if (permute && target->rope == Rope::kKey)
+      t = permute_for_gguf_rope(t, h.n_head_kv);
     out.push_back({target->name, t, tensor_type(t, options.type())});
   }
   return out;

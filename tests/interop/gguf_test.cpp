@@ -37,21 +37,37 @@ lowmem::text::Tokenizer tokenizer(const std::string& name) {
 }
 
 // Weights N(0, 0.1): logits spread enough that greedy choices are clear.
+lowmem::models::LlamaConfig tiny_config(int64_t vocab, int64_t kv_heads = 2) {
+  return lowmem::models::LlamaConfig()
+      .vocab_size(vocab)
+      .hidden_size(64)
+      .intermediate_size(128)
+      .num_hidden_layers(2)
+      .num_attention_heads(2)
+      .num_key_value_heads(kv_heads)
+      .max_position_embeddings(256)
+      .rms_norm_eps(1e-5)
+      .initializer_range(0.1);
+}
+
 // kv_heads < 2: grouped-query attention.
 std::shared_ptr<lowmem::models::Llama> tiny_llama(int64_t vocab,
                                                   int64_t kv_heads = 2) {
   torch::manual_seed(7);
-  return std::make_shared<lowmem::models::Llama>(
-      lowmem::models::LlamaConfig()
-          .vocab_size(vocab)
-          .hidden_size(64)
-          .intermediate_size(128)
-          .num_hidden_layers(2)
-          .num_attention_heads(2)
-          .num_key_value_heads(kv_heads)
-          .max_position_embeddings(256)
-          .rms_norm_eps(1e-5)
-          .initializer_range(0.1));
+  return std::make_shared<lowmem::models::Llama>(tiny_config(vocab, kv_heads));
+}
+
+// Biases N(0, 0.5) and norm weights U(0.5, 1.5) instead of the initial
+// zeros and ones, so that exporting them matters.
+void perturb_biases_and_norms(lowmem::models::Llama& model) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : model.named_parameters(true)) {
+    const std::string& n = p.key();
+    if (n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0)
+      p.value().normal_(0.0, 0.5);
+    if (n.find("_norm.weight") != std::string::npos)
+      p.value().uniform_(0.5, 1.5);
+  }
 }
 
 std::vector<int64_t> as_int64(const std::vector<int32_t>& ids) {
@@ -106,13 +122,11 @@ fs::path export_to(const fs::path& dir, lowmem::models::Llama& model,
 
 // Exports (F32), runs llama.cpp, and compares tokenization, greedy
 // continuation and next-token log-probabilities (to 1e-3).
-void check_against_llama_cpp(const std::string& tokenizer_name,
-                             int64_t kv_heads) {
-  const auto tok = tokenizer(tokenizer_name);
-  auto model = tiny_llama(tok.vocab_size(), kv_heads);
-  const fs::path dir =
-      lowmem::testing::fresh_temp_dir("gguf_" + tokenizer_name);
-  const fs::path path = export_to(dir, *model, tok, GgmlType::kF32);
+void check_model_against_llama_cpp(const lowmem::text::Tokenizer& tok,
+                                   lowmem::models::Llama& model,
+                                   const std::string& name) {
+  const fs::path dir = lowmem::testing::fresh_temp_dir("gguf_" + name);
+  const fs::path path = export_to(dir, model, tok, GgmlType::kF32);
   const std::vector<int64_t> ids = as_int64(tok.encode(kPrompt));
   const int n = 16;
   const auto refs = run_llama_cpp({path}, kPrompt, ids, n);
@@ -120,14 +134,21 @@ void check_against_llama_cpp(const std::string& tokenizer_name,
   const LlamaCpp& ref = refs[0];
   EXPECT_EQ(ref.text_ids, as_int64(tok.encode(kPrompt, false)))
       << "llama.cpp tokenizes the prompt differently";
-  EXPECT_EQ(ref.generated, greedy(*model, ids, n));
-  const std::vector<double> ours = next_probs(*model, ids);
+  EXPECT_EQ(ref.generated, greedy(model, ids, n));
+  const std::vector<double> ours = next_probs(model, ids);
   ASSERT_EQ(ref.next_probs.size(), ours.size());
   for (size_t i = 0; i < ours.size(); ++i) {
     EXPECT_NEAR(std::log(ref.next_probs[i]), std::log(ours[i]), 1e-3)
         << "position " << i;
   }
   fs::remove_all(dir);
+}
+
+void check_against_llama_cpp(const std::string& tokenizer_name,
+                             int64_t kv_heads) {
+  const auto tok = tokenizer(tokenizer_name);
+  auto model = tiny_llama(tok.vocab_size(), kv_heads);
+  check_model_against_llama_cpp(tok, *model, tokenizer_name);
 }
 
 TEST(GgufLlamaCpp, Llama3VocabularyF32GivesLowmemsGreedyTokens) {
@@ -139,6 +160,66 @@ TEST(GgufLlamaCpp, Llama3VocabularyF32GivesLowmemsGreedyTokens) {
 TEST(GgufLlamaCpp, Llama2VocabularyGqaF32GivesLowmemsGreedyTokens) {
   SKIP_WITHOUT_LLAMA_CPP();
   check_against_llama_cpp("llama2", 1);
+}
+
+// Qwen2: q/k/v biases, tied embeddings, GQA; llama.cpp architecture qwen2
+// (NEOX rope: no q/k permutation), Qwen's byte-level vocabulary.
+TEST(GgufLlamaCpp, Qwen2BiasesExportAsArchitectureQwen2) {
+  SKIP_WITHOUT_LLAMA_CPP();
+  const auto tok = tokenizer("qwen3");
+  torch::manual_seed(7);
+  lowmem::models::Llama model(tiny_config(tok.vocab_size(), 1)
+                                  .qkv_bias(true)
+                                  .tie_word_embeddings(true));
+  perturb_biases_and_norms(model);
+  EXPECT_EQ(lowmem::interop::gguf_architecture(model.config()), "qwen2");
+  check_model_against_llama_cpp(tok, model, "qwen2");
+}
+
+// Qwen3: q/k norms and a head_dim other than hidden / heads (key_length).
+TEST(GgufLlamaCpp, Qwen3QkNormsExportAsArchitectureQwen3) {
+  SKIP_WITHOUT_LLAMA_CPP();
+  const auto tok = tokenizer("qwen3");
+  torch::manual_seed(7);
+  lowmem::models::Llama model(tiny_config(tok.vocab_size())
+                                  .num_attention_heads(4)
+                                  .head_dim(32)
+                                  .qk_norm(true)
+                                  .tie_word_embeddings(true));
+  perturb_biases_and_norms(model);
+  EXPECT_EQ(lowmem::interop::gguf_architecture(model.config()), "qwen3");
+  check_model_against_llama_cpp(tok, model, "qwen3");
+}
+
+// llama3 rope scaling as rope_freqs.weight. With an original context of 32
+// most frequencies are scaled, so within the prompt the scaled model's
+// probabilities differ from the unscaled one's: a file without the factors
+// would fail the comparison.
+TEST(GgufLlamaCpp, Llama3RopeScalingExportsRopeFreqs) {
+  SKIP_WITHOUT_LLAMA_CPP();
+  const auto tok = tokenizer("llama3");
+  const auto scaling = lowmem::models::RopeScaling()
+                           .rope_type("llama3")
+                           .factor(8.0)
+                           .low_freq_factor(1.0)
+                           .high_freq_factor(4.0)
+                           .original_max_position_embeddings(32);
+  torch::manual_seed(7);
+  lowmem::models::Llama model(
+      tiny_config(tok.vocab_size()).rope_scaling(scaling));
+  torch::manual_seed(7);
+  lowmem::models::Llama plain(tiny_config(tok.vocab_size()));
+  const auto ids = as_int64(tok.encode(kPrompt));
+  const auto a = next_probs(model, ids), b = next_probs(plain, ids);
+  double gap = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    gap = std::max(gap, std::abs(std::log(a[i]) - std::log(b[i])));
+  EXPECT_GT(gap, 1e-2) << "the scaling does not matter on this prompt";
+  const at::Tensor f = lowmem::interop::gguf_rope_freqs(model.config());
+  EXPECT_EQ(f.sizes(), (std::vector<int64_t>{16}));
+  EXPECT_NEAR(f[0].item<double>(), 1.0, 1e-6);   // highest frequency
+  EXPECT_NEAR(f[15].item<double>(), 8.0, 1e-5);  // lowest: the factor
+  check_model_against_llama_cpp(tok, model, "llama3_rope");
 }
 
 // F16, BF16 and Q8_0 exports load; llama.cpp's perplexity on a held-out
@@ -180,6 +261,25 @@ TEST(GgufExport, RopePermutationInterleavesHalves) {
   const at::Tensor p = lowmem::interop::permute_for_gguf_rope(w, 1);
   EXPECT_TRUE(
       torch::equal(p.select(1, 0), torch::tensor({0.f, 4.f, 2.f, 6.f})));
+}
+
+TEST(GgufExport, RefusesWhatNoArchitectureHas) {
+  using lowmem::interop::gguf_architecture;
+  lowmem::testing::expect_error_containing(
+      [] { gguf_architecture(tiny_config(256).mlp_bias(true)); }, "mlp_bias");
+  lowmem::testing::expect_error_containing(
+      [] { gguf_architecture(tiny_config(256).attention_bias(true)); },
+      "attention_bias");
+  lowmem::testing::expect_error_containing(
+      [] { gguf_architecture(tiny_config(256).qk_norm(true).qkv_bias(true)); },
+      "qwen3 has no biases");
+  torch::manual_seed(7);
+  lowmem::models::Llama qwen2_llama3(
+      tiny_config(256).qkv_bias(true).rope_scaling(
+          lowmem::models::RopeScaling().rope_type("llama3").factor(8.0)));
+  lowmem::testing::expect_error_containing(
+      [&] { lowmem::interop::gguf_llama_metadata(qwen2_llama3); },
+      "rope_scaling 'llama3' for architecture qwen2");
 }
 
 TEST(GgufExport, WritesLlamaCppsNamesAndTypes) {

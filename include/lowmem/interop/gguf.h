@@ -7,6 +7,12 @@
 // rope pairs (convert_hf_to_gguf.py's LlamaModel.permute). 1-D tensors stay
 // F32 whatever the type asked for, and a matrix whose rows are not a multiple
 // of 32 falls back from Q8_0 to F16, as the converter does.
+// Qwen2 (q/k/v biases: attn_{q,k,v}.bias) is written as architecture
+// "qwen2" and Qwen3 (q/k norms: attn_q_norm, attn_k_norm) as "qwen3", after
+// the converter's Qwen2Model/Qwen3Model: their rope is llama.cpp's NEOX kind,
+// Hugging Face's rotate-half layout, so q/k are not permuted. llama3 rope
+// scaling is the rope_freqs.weight tensor (LlamaModel.generate_extra_tensors);
+// linear scaling the <arch>.rope.scaling.* keys.
 // Tokenizer metadata (tokenizer.ggml.*): byte-level BPE tokenizers (LLaMA-3,
 // Qwen2/3) as model "gpt2" with the pre-tokenizer named from its split
 // pattern ("llama-bpe", "qwen2", "gpt-2"), merges and token types;
@@ -29,7 +35,8 @@
 
 namespace lowmem::models {
 class Llama;
-}
+struct LlamaConfig;
+}  // namespace lowmem::models
 namespace lowmem::text {
 class Tokenizer;
 }
@@ -61,8 +68,19 @@ io::GgufMetadata gguf_tokenizer_metadata(const text::Tokenizer& tokenizer,
                                          int64_t vocab_size,
                                          const GgufExportOptions& options = {});
 
-/// The general.* and llama.* metadata and the tensors of `model` (on any
-/// device and dtype), weights converted to options.type. Throws
+/// llama.cpp's architecture for `c`: "qwen3" with q/k norms, "qwen2" with
+/// q/k/v biases, else "llama". Throws naming what none of them has
+/// (mlp_bias, attention_bias on all four projections).
+std::string gguf_architecture(const models::LlamaConfig& c);
+
+/// llama3 rope scaling as llama.cpp reads it: the tensor rope_freqs.weight,
+/// [head_dim / 2] F32 factors dividing each rotary frequency (the default
+/// inverse frequencies over the scaled ones, which is what
+/// convert_hf_to_gguf.py's LlamaModel.generate_extra_tensors computes).
+at::Tensor gguf_rope_freqs(const models::LlamaConfig& c);
+
+/// The general.* and <architecture>.* metadata and the tensors of `model` (on
+/// any device and dtype), weights converted to options.type. Throws
 /// "[interop] ..." naming a parameter that has no llama.cpp name (adapters
 /// must be merged first: `lowmem merge`).
 io::GgufMetadata gguf_llama_metadata(models::Llama& model,
