@@ -17,6 +17,9 @@ namespace lowmem::tools {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailure = 1;
 inline constexpr int kExitUsage = 2;
+/// Longest error line printed (library messages clip each value to about 200
+/// bytes; this bounds the whole line).
+inline constexpr size_t kMaxErrorLineBytes = 2000;
 
 struct Command {
   std::string name;
@@ -47,6 +50,7 @@ class ConfigFlags {
     std::string key;
     CLI::Option* option;
     std::string value;
+    bool is_bool = false;
   };
   std::string recipe_;
   std::vector<std::unique_ptr<Flag>> flags_;

@@ -2,6 +2,7 @@
 #include <iostream>
 
 #include "command.h"
+#include "lowmem/core/input.h"
 
 namespace lowmem::tools {
 
@@ -16,8 +17,9 @@ std::vector<std::string>& program_args() {
 }
 
 void print_error(const std::string& what) {
-  std::string line = what.substr(0, what.find('\n'));
-  std::cerr << "lowmem: error: " << line << std::endl;
+  // One line, bounded whatever a library message echoes.
+  const std::string line = what.substr(0, what.find('\n'));
+  std::cerr << "lowmem: error: " << clip(line, kMaxErrorLineBytes) << std::endl;
 }
 
 namespace {
@@ -53,6 +55,11 @@ ConfigFlags::ConfigFlags(CLI::App& sub) {
     flag->option->group(group);
     // A flag given twice: the last value wins (as for most CLIs).
     flag->option->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    if (f.type == "bool") {
+      // `--overwrite` alone means true; `--overwrite false` still parses.
+      flag->option->expected(0, 1);
+      flag->is_bool = true;
+    }
     flag->option->type_name(f.type == "float" ? "FLOAT"
                             : f.type == "int" ? "INT"
                             : f.type == "bool" ? "BOOL"
@@ -83,7 +90,7 @@ train::Config ConfigFlags::resolve() const {
   }
   for (const auto& f : flags_) {
     if (f->option->count() > 0) {
-      c.set(f->key, f->value);
+      c.set(f->key, f->is_bool && f->value.empty() ? "true" : f->value);
     }
   }
   c.validate();

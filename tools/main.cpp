@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "command.h"
+#include "lowmem/core/input.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/train/fields.h"
 
@@ -24,6 +25,18 @@ int main(int argc, char** argv) {
   for (auto& c : commands) {
     CLI::App* sub = app.add_subcommand(c.name, c.help);
     subs.emplace_back(sub, c.setup(*sub));
+  }
+  // An unknown subcommand is named (CLI11 would only say that one is needed).
+  if (argc > 1 && argv[1][0] != '-' &&
+      std::none_of(commands.begin(), commands.end(),
+                   [&](const Command& c) { return c.name == argv[1]; })) {
+    std::string known;
+    for (const auto& c : commands) {
+      known += (known.empty() ? "" : ", ") + c.name;
+    }
+    print_error("unknown command " + lowmem::quote(argv[1]) +
+                " (commands: " + known + ")");
+    return kExitUsage;
   }
   try {
     app.parse(argc, argv);
@@ -46,6 +59,11 @@ int main(int argc, char** argv) {
     return kExitUsage;
   } catch (const c10::Error& e) {
     print_error(e.what_without_backtrace());
+    return kExitFailure;
+  } catch (const std::bad_alloc&) {
+    print_error(
+        "out of memory (std::bad_alloc); lower the sizes of the "
+        "model, batch or data");
     return kExitFailure;
   } catch (const std::exception& e) {
     print_error(e.what());

@@ -2,12 +2,14 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <regex>
 #include <set>
 #include <sstream>
 #include <unordered_set>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 
 namespace lowmem::adapters {
 namespace {
@@ -25,12 +27,33 @@ bool list_match(const std::string& path, const std::vector<std::string>& list) {
   return false;
 }
 
+// libstdc++'s regex compiles and matches recursively: a long or deeply
+// grouped pattern from adapter_config.json could exhaust the stack, so both
+// are bounded first (PEFT's target_modules regexes are a line long).
+constexpr size_t kMaxPatternBytes = 4096;
+constexpr int kMaxPatternGroups = 32;
+
 std::regex compile(const std::string& pattern, const char* what) {
+  LOWMEM_CHECK(pattern.size() <= kMaxPatternBytes, "[inject] ", what, " ",
+               quote(pattern), " is longer than ", kMaxPatternBytes, " bytes");
+  int depth = 0;
+  int deepest = 0;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == '\\') {
+      ++i;
+    } else if (pattern[i] == '(') {
+      deepest = std::max(deepest, ++depth);
+    } else if (pattern[i] == ')') {
+      --depth;
+    }
+  }
+  LOWMEM_CHECK(deepest <= kMaxPatternGroups, "[inject] ", what, " ",
+               quote(pattern), " nests groups deeper than ", kMaxPatternGroups);
   try {
     return std::regex(pattern, std::regex::ECMAScript);
   } catch (const std::regex_error& e) {
-    LOWMEM_CHECK(false, "[inject] ", what, " '", pattern,
-                 "' is not a valid regex: ", e.what());
+    LOWMEM_CHECK(false, "[inject] ", what, " ", quote(pattern),
+                 " is not a valid regex: ", e.what());
   }
   return {};
 }

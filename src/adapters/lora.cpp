@@ -7,6 +7,7 @@
 
 #include "config_json.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 
 namespace lowmem::adapters {
 namespace {
@@ -38,12 +39,13 @@ void validate(const LoraOptions& o) {
                o.lora_alpha());
   LOWMEM_CHECK(o.lora_dropout() >= 0.0 && o.lora_dropout() < 1.0,
                "[lora] lora_dropout must be in [0, 1), got ", o.lora_dropout());
-  LOWMEM_CHECK(o.init_lora_weights() == "true" || o.init_lora_weights() == "false" ||
+  LOWMEM_CHECK(o.init_lora_weights() == "true" ||
+                   o.init_lora_weights() == "false" ||
                    o.init_lora_weights() == "gaussian",
-               "[lora] init_lora_weights must be true, false or gaussian, got '",
-               o.init_lora_weights(), "'");
-  LOWMEM_CHECK(o.bias() == "none", "[lora] bias '", o.bias(),
-               "' is not supported (only 'none')");
+               "[lora] init_lora_weights must be true, false or gaussian, got ",
+               quote(o.init_lora_weights()));
+  LOWMEM_CHECK(o.bias() == "none", "[lora] bias ", quote(o.bias()),
+               " is not supported (only 'none')");
 }
 
 LoraLinear::LoraLinear(std::shared_ptr<LinearLike> base, const LoraOptions& options)

@@ -8,6 +8,7 @@
 
 #include "config_json.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 
 namespace lowmem::adapters {
 namespace {
@@ -53,14 +54,16 @@ void validate(const LotrOptions& o) {
   LOWMEM_CHECK(std::isfinite(o.scale()), "[lotr] scale must be finite, got ", o.scale());
   for (const auto* f : {&o.init_left(), &o.init_right()}) {
     LOWMEM_CHECK(*f == "normal" || *f == "trivial" || *f == "svd",
-                 "[lotr] factor init must be normal, trivial or svd, got '", *f, "'");
+                 "[lotr] factor init must be normal, trivial or svd, got ",
+                 quote(*f));
   }
   LOWMEM_CHECK(o.init_middle() == "trivial" || o.init_middle() == "neutral" ||
                    o.init_middle() == "svd",
-               "[lotr] init_middle must be trivial, neutral or svd, got '",
-               o.init_middle(), "'");
+               "[lotr] init_middle must be trivial, neutral or svd, got ",
+               quote(o.init_middle()));
   LOWMEM_CHECK(o.grouping() == "per_type" || o.grouping() == "shared",
-               "[lotr] grouping must be per_type or shared, got '", o.grouping(), "'");
+               "[lotr] grouping must be per_type or shared, got ",
+               quote(o.grouping()));
 }
 
 LotrGroup::LotrGroup(std::string name, int64_t d_in, int64_t d_out, int64_t rank,
@@ -242,8 +245,9 @@ void LotrModel::check_config(const std::string& text) const {
                " != the model's rank ", options_.rank());
   LOWMEM_CHECK(o.scale() == options_.scale(), "[lotr] saved scale ", o.scale(),
                " != the model's scale ", options_.scale());
-  LOWMEM_CHECK(o.grouping() == options_.grouping(), "[lotr] saved grouping '",
-               o.grouping(), "' != the model's '", options_.grouping(), "'");
+  LOWMEM_CHECK(o.grouping() == options_.grouping(), "[lotr] saved grouping ",
+               quote(o.grouping()), " != the model's '", options_.grouping(),
+               "'");
   detail::json j = detail::parse_config(text, "lotr");
   auto saved = j.find("groups");
   if (saved != j.end() && saved->is_object()) {

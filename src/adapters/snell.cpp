@@ -9,6 +9,7 @@
 
 #include "config_json.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 
 namespace lowmem::adapters {
 namespace {
@@ -121,7 +122,8 @@ void validate(const SnellOptions& o) {
   LOWMEM_CHECK(o.sparsity() >= 0.0 && o.sparsity() < 1.0,
                "[snell] sparsity must be in [0, 1), got ", o.sparsity());
   LOWMEM_CHECK(o.sparsify() == "code" || o.sparsify() == "paper",
-               "[snell] sparsify must be code or paper, got '", o.sparsify(), "'");
+               "[snell] sparsify must be code or paper, got ",
+               quote(o.sparsify()));
   LOWMEM_CHECK(o.dropout() >= 0.0 && o.dropout() < 1.0,
                "[snell] dropout must be in [0, 1), got ", o.dropout());
   LOWMEM_CHECK(o.drop_path() >= 0.0 && o.drop_path() < 1.0,
@@ -289,8 +291,8 @@ std::pair<TargetOptions, SnellOptions> snell_config_from_json(const std::string&
   LOWMEM_CHECK(type == "SNELL", "[snell] adapter_config.json peft_type is ",
                quote(type), ", expected 'SNELL'");
   std::string kernel = get_or<std::string>(j, "kernel", "piecewise_linear", c);
-  LOWMEM_CHECK(kernel == "piecewise_linear", "[snell] kernel '", kernel,
-               "' is not supported (piecewise_linear)");
+  LOWMEM_CHECK(kernel == "piecewise_linear", "[snell] kernel ", quote(kernel),
+               " is not supported (piecewise_linear)");
   SnellOptions o;
   o.r(get_or<int64_t>(j, "r", o.r(), c));
   o.pieces(get_or<int64_t>(j, "pieces", o.pieces(), c));

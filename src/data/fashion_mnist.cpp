@@ -1,9 +1,7 @@
 #include "lowmem/data/fashion_mnist.h"
 
-#include "lowmem/core/check.h"
-#include "lowmem/data/text.h"
-
 #include <ATen/ATen.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <cstring>
@@ -11,13 +9,19 @@
 #include <numeric>
 #include <sstream>
 
-#include <zlib.h>
+#include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
+#include "lowmem/data/text.h"
 
 namespace lowmem::data {
 
 namespace fs = std::filesystem;
 
 namespace {
+
+// The largest IDX file read (Fashion-MNIST's training images are 47 MB): a
+// gzip bomb stops here.
+constexpr uint64_t kMaxIdxBytes = uint64_t{1} << 30;
 
 std::string package_hint(const std::string& path) {
   if (fs::path(path).parent_path().lexically_normal() ==
@@ -42,6 +46,12 @@ std::string gunzip(const std::string& path) {
   std::string out;
   char buf[1 << 16];
   while (true) {
+    if (out.size() > kMaxIdxBytes) {
+      gzclose(f);
+      LOWMEM_CHECK(false, "[data] ", path, ": decompresses to more than ",
+                   kMaxIdxBytes, " bytes (", format_limit(kMaxIdxBytes),
+                   "), the limit of an IDX file");
+    }
     int n = gzread(f, buf, sizeof(buf));
     if (n < 0) {
       int err = 0;
@@ -129,7 +139,11 @@ IdxFile read_idx(const std::string& path) {
   int64_t count = 1;
   for (int d = 0; d < ndim; ++d) {
     out.dims.push_back(be32(p + 4 + 4 * d));
-    count *= out.dims.back();
+    // Dims are < 2^32 and the payload < 2^31 bytes: no overflow before the
+    // product exceeds the payload.
+    if (count <= static_cast<int64_t>(raw.size())) {
+      count *= out.dims.back();
+    }
   }
   LOWMEM_CHECK(
       raw.size() - header == static_cast<size_t>(count),
@@ -160,44 +174,11 @@ const std::vector<std::string>& fashion_mnist_classes() {
   return names;
 }
 
-ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
-  std::error_code ec;
-  LOWMEM_CHECK(
-      fs::is_directory(o.root(), ec),
-      "[data] Fashion-MNIST folder '",
-      o.root(),
-      "' does not exist",
-      package_hint(o.root()));
-  const std::string prefix = o.train() ? "train" : "t10k";
-  const std::string ip = idx_path(o.root(), prefix + "-images-idx3-ubyte");
-  const std::string lp = idx_path(o.root(), prefix + "-labels-idx1-ubyte");
-  IdxFile images = read_idx(ip);
-  IdxFile labels = read_idx(lp);
-  LOWMEM_CHECK(
-      images.dims.size() == 3,
-      "[data] ",
-      ip,
-      ": expected 3 dims [N, H, W], got ",
-      images.dims.size());
-  LOWMEM_CHECK(
-      labels.dims.size() == 1 && labels.dims[0] == images.dims[0],
-      "[data] ",
-      lp,
-      ": ",
-      labels.dims.size() == 1 ? labels.dims[0] : -1,
-      " labels for ",
-      images.dims[0],
-      " images");
-  at::Tensor lab = labels.data.to(at::kLong);
-  LOWMEM_CHECK(
-      lab.numel() == 0 || lab.max().item<int64_t>() <= 9,
-      "[data] ",
-      lp,
-      ": label ",
-      lab.max().item<int64_t>(),
-      " out of range 0..9");
+namespace {
 
-  std::vector<int64_t> classes = o.classes();
+// Position of each Fashion-MNIST class in `classes` (all ten when empty,
+// filled in), -1 for classes not kept.
+std::vector<int64_t> class_remap(std::vector<int64_t>& classes) {
   if (classes.empty()) {
     classes.resize(10);
     std::iota(classes.begin(), classes.end(), 0);
@@ -213,9 +194,15 @@ ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
         remap[classes[i]] < 0, "[data] class ", classes[i], " listed twice");
     remap[classes[i]] = static_cast<int64_t>(i);
   }
-  LOWMEM_CHECK(
-      o.per_class() >= 0, "[data] per_class must be >= 0, got ", o.per_class());
+  return remap;
+}
 
+// Indices of the examples kept: every example of the kept classes, or a
+// seeded draw of per_class of each; in file order.
+std::vector<int64_t> select_examples(const at::Tensor& lab,
+                                     const std::vector<int64_t>& classes,
+                                     const std::vector<int64_t>& remap,
+                                     const FashionMnistOptions& o) {
   // Indices per class in file order, then a seeded partial Fisher-Yates draw.
   const int64_t* lp_ = lab.data_ptr<int64_t>();
   std::vector<std::vector<int64_t>> by_class(10);
@@ -248,6 +235,35 @@ ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
     keep.insert(keep.end(), idx.begin(), idx.end());
   }
   std::sort(keep.begin(), keep.end());
+  return keep;
+}
+
+}  // namespace
+
+ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
+  std::error_code ec;
+  LOWMEM_CHECK(fs::is_directory(o.root(), ec), "[data] Fashion-MNIST folder '",
+               o.root(), "' does not exist", package_hint(o.root()));
+  const std::string prefix = o.train() ? "train" : "t10k";
+  const std::string ip = idx_path(o.root(), prefix + "-images-idx3-ubyte");
+  const std::string lp = idx_path(o.root(), prefix + "-labels-idx1-ubyte");
+  IdxFile images = read_idx(ip);
+  IdxFile labels = read_idx(lp);
+  LOWMEM_CHECK(images.dims.size() == 3, "[data] ", ip,
+               ": expected 3 dims [N, H, W], got ", images.dims.size());
+  LOWMEM_CHECK(labels.dims.size() == 1 && labels.dims[0] == images.dims[0],
+               "[data] ", lp, ": ",
+               labels.dims.size() == 1 ? labels.dims[0] : -1, " labels for ",
+               images.dims[0], " images");
+  at::Tensor lab = labels.data.to(at::kLong);
+  LOWMEM_CHECK(lab.numel() == 0 || lab.max().item<int64_t>() <= 9, "[data] ",
+               lp, ": label ", lab.max().item<int64_t>(), " out of range 0..9");
+
+  std::vector<int64_t> classes = o.classes();
+  const std::vector<int64_t> remap = class_remap(classes);
+  LOWMEM_CHECK(o.per_class() >= 0, "[data] per_class must be >= 0, got ",
+               o.per_class());
+  std::vector<int64_t> keep = select_examples(lab, classes, remap, o);
   at::Tensor sel = at::tensor(keep, at::kLong);
 
   ImageSet out;

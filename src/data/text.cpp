@@ -1,7 +1,5 @@
 #include "lowmem/data/text.h"
 
-#include "lowmem/core/check.h"
-
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -13,6 +11,9 @@
 #include <iterator>
 #include <set>
 #include <sstream>
+
+#include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 
 namespace lowmem::data {
 
@@ -28,10 +29,17 @@ std::string package_hint(const std::string& path) {
   return "";
 }
 
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  LOWMEM_CHECK(in.good(), "[data] cannot read '", p.string(), "'");
-  return std::string(std::istreambuf_iterator<char>(in), {});
+// The file's bytes, at most `budget` of them (core/input.h); "" for a binary
+// file (a NUL byte: reading stops at the first chunk holding one, so
+// /dev/zero costs one chunk).
+std::string read_text_file(const fs::path& p, uint64_t budget, bool* binary) {
+  std::string s;
+  *binary = !read_file_limited(
+      p.string(), budget, "[data] text corpus file (limit for the corpus)", s,
+      [](std::string_view chunk) {
+        return std::memchr(chunk.data(), 0, chunk.size()) == nullptr;
+      });
+  return *binary ? std::string() : s;
 }
 
 }  // namespace
@@ -69,13 +77,14 @@ TextCorpus::TextCorpus(const std::string& path, double val_fraction)
     fs::path canon = fs::weakly_canonical(p, ec);
     if (!seen.insert(ec ? p : canon).second)
       continue;
-    std::string s = read_file(p);
-    if (s.empty())
-      continue;
-    if (std::memchr(s.data(), 0, s.size()) != nullptr) {
+    bool binary = false;
+    std::string s =
+        read_text_file(p, kMaxTextCorpusBytes - all.size(), &binary);
+    if (binary) {
       ++skipped_;
       continue;
     }
+    if (s.empty()) continue;
     files_.push_back(p.string());
     all += s;
   }

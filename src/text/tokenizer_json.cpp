@@ -7,6 +7,7 @@
 
 #include "bounded.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 #include "tokenizer_impl.h"
 #include "utf8.h"
 
@@ -96,7 +97,7 @@ class Sax final : public nlohmann::json_sax<json> {
   bool parse_error(std::size_t position, const std::string&,
                    const nlohmann::detail::exception& e) override {
     LOWMEM_CHECK(false, "[text] tokenizer.json is not valid JSON (byte ",
-                 position, "): ", e.what());
+                 position, "): ", clip(e.what()));
     return false;
   }
 

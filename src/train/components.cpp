@@ -12,6 +12,7 @@
 #include "lowmem/adapters/inject.h"
 #include "lowmem/adapters/registry.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 #include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/jsonl.h"
 #include "lowmem/data/text.h"
@@ -267,10 +268,18 @@ std::vector<std::string> names_of(const std::string& kind) {
 
 namespace {
 
+// The model's context; < 1 is a usage error, found before any data is read.
 int64_t model_context(const Config& c) {
-  return c.model == "llama" ? opts<LlamaSection>(c, "llama").context
-         : c.model == "hf"  ? opts<HfSection>(c, "hf").context
-                            : opts<GptSection>(c, "gpt").c.block_size();
+  const int64_t context =
+      c.model == "llama" ? opts<LlamaSection>(c, "llama").context
+      : c.model == "hf"  ? opts<HfSection>(c, "hf").context
+                         : opts<GptSection>(c, "gpt").c.block_size();
+  if (context < 1) {
+    throw ConfigError(c.model +
+                      (c.model == "gpt" ? ".block_size" : ".context") +
+                      " must be >= 1, got " + std::to_string(context));
+  }
+  return context;
 }
 
 BuiltData build_text(const Config& c) {
@@ -636,11 +645,44 @@ BuiltData data_shape(const Config& c) {
   return d;
 }
 
+namespace {
+
+// A model whose weights cannot be allocated: the message names the section's
+// values (the flags to change) and the allocator's size, not only the
+// allocator's text.
+[[noreturn]] void model_does_not_fit(const Config& c, const ModelKind& k,
+                                     const std::string& what) {
+  std::string values;
+  if (const Section* s = c.section(k.section)) {
+    for (const auto& f : s->fields()) {
+      values += (values.empty() ? "" : ", ") + k.section + "." + f.name + "=" +
+                clip(f.get(), 40);
+    }
+  }
+  throw ConfigError("model " + c.model + " does not fit in memory with " +
+                    clip(values, 400) + " (allocating its weights failed: " +
+                    clip(what, 160) + "); choose smaller sizes");
+}
+
+}  // namespace
+
 std::shared_ptr<models::Model> build_model(const Config& c,
                                            const BuiltData& data) {
   for (const auto& k : model_kinds()) {
-    if (k.name == c.model) {
-      return usage([&] { return k.build(c, data); });
+    if (k.name != c.model) {
+      continue;
+    }
+    try {
+      return k.build(c, data);
+    } catch (const c10::Error& e) {
+      const std::string msg = e.what_without_backtrace();
+      if (msg.find("can't allocate memory") != std::string::npos) {
+        model_does_not_fit(c, k, msg);
+      }
+      // Option validation in the constructors: a usage error.
+      throw ConfigError(msg);
+    } catch (const std::bad_alloc&) {
+      model_does_not_fit(c, k, "std::bad_alloc");
     }
   }
   throw ConfigError("unknown model '" + c.model + "'");

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "components.h"
+#include "lowmem/core/input.h"
 #include "lowmem/train/device.h"
 
 namespace lowmem::train {
@@ -24,8 +25,8 @@ std::string join(const std::vector<std::string>& v) {
 void check_choice(const std::string& key, const std::string& value,
                   const std::vector<std::string>& allowed) {
   if (std::find(allowed.begin(), allowed.end(), value) == allowed.end()) {
-    throw ConfigError("unknown " + key + " '" + value + "' (expected one of: " +
-                      join(allowed) + ")");
+    throw ConfigError("unknown " + key + " " + quote(value) +
+                      " (expected one of: " + join(allowed) + ")");
   }
 }
 
@@ -67,17 +68,18 @@ void Config::set(const std::string& key, const std::string& value) {
         return;
       }
     }
-    throw ConfigError("unknown key '" + key + "'");
+    throw ConfigError("unknown key " + quote(key));
   }
   const std::string sec = key.substr(0, dot);
   const std::string field = key.substr(dot + 1);
   const Section* s = section(sec);
   if (s == nullptr) {
-    throw ConfigError("unknown key '" + key + "' (no section '" + sec + "')");
+    throw ConfigError("unknown key " + quote(key) + " (no section " +
+                      quote(sec) + ")");
   }
   const Field* f = s->find(field);
   if (f == nullptr) {
-    throw ConfigError("unknown key '" + key + "'");
+    throw ConfigError("unknown key " + quote(key));
   }
   f->set(value);
 }
@@ -112,13 +114,15 @@ std::vector<std::string> Config::keys() {
 }
 
 void Config::apply_yaml_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    throw ConfigError("cannot read recipe '" + path + "'");
+  std::string text;
+  try {
+    // A recipe is a few dozen lines; /dev/zero or a huge file stops at the
+    // limit instead of exhausting memory.
+    text = read_file_limited(path, kMaxRecipeBytes, "recipe");
+  } catch (const c10::Error& e) {
+    throw ConfigError(e.what_without_backtrace());
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  apply_yaml(ss.str(), path);
+  apply_yaml(text, path);
 }
 
 void Config::apply_yaml(const std::string& text, const std::string& source) {
@@ -126,7 +130,7 @@ void Config::apply_yaml(const std::string& text, const std::string& source) {
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    throw ConfigError(source + ": invalid YAML: " + e.what());
+    throw ConfigError(source + ": invalid YAML: " + clip(e.what()));
   }
   if (root.IsNull()) {
     return;
@@ -139,7 +143,8 @@ void Config::apply_yaml(const std::string& text, const std::string& source) {
       return std::string();
     }
     if (!n.IsScalar()) {
-      throw ConfigError(source + ": key '" + key + "' must be a single value");
+      throw ConfigError(source + ": key " + quote(key) +
+                        " must be a single value");
     }
     return n.Scalar();
   };
@@ -148,7 +153,7 @@ void Config::apply_yaml(const std::string& text, const std::string& source) {
       const std::string key = item.first.as<std::string>();
       if (item.second.IsMap()) {
         if (section(key) == nullptr) {
-          throw ConfigError("unknown section '" + key + "'");
+          throw ConfigError("unknown section " + quote(key));
         }
         for (const auto& sub : item.second) {
           const std::string k = key + "." + sub.first.as<std::string>();
@@ -165,7 +170,7 @@ void Config::apply_yaml(const std::string& text, const std::string& source) {
     }
     throw ConfigError(source + ": " + msg);
   } catch (const YAML::Exception& e) {
-    throw ConfigError(source + ": invalid YAML: " + e.what());
+    throw ConfigError(source + ": invalid YAML: " + clip(e.what()));
   }
 }
 
@@ -203,7 +208,9 @@ void Config::validate() const {
   check(max_skips >= 1,
         "max_skips must be >= 1, got " + std::to_string(max_skips));
   check(seed >= 0, "seed must be >= 0, got " + std::to_string(seed));
-  check(threads >= 0, "threads must be >= 0, got " + std::to_string(threads));
+  check(threads >= 0 && threads <= kMaxThreads,
+        "threads must be in [0, " + std::to_string(kMaxThreads) + "], got " +
+            std::to_string(threads));
   resolve_device(device);
   check(std::isfinite(dist_timeout_s) && dist_timeout_s > 0.0,
         "dist_timeout_s must be > 0, got " + format_float(dist_timeout_s));
@@ -215,6 +222,9 @@ void Config::validate() const {
                                    std::to_string(keep_checkpoints));
   check(resume != "auto" || !out_dir.empty(),
         "resume=auto needs out_dir (where the checkpoints are)");
+  check(!overwrite || resume.empty(),
+        "overwrite and resume exclude each other (overwrite starts a new run "
+        "in out_dir; resume continues one)");
 }
 
 std::vector<std::string> Config::active_sections() const {

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -18,6 +19,7 @@
 #include "lowmem/adapters/adapter_file.h"
 #include "lowmem/adapters/inject.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/core/threads.h"
 #include "lowmem/dist/communicator.h"
@@ -201,69 +203,110 @@ void check_data_parallel(const Config& config, int world_size) {
   }
 }
 
-RunResult run(const Config& config, ProgressFn progress,
-              const std::function<void(Session&)>& on_ready) {
-  MemoryTracker::install();
-  const dist::DistEnv env = dist::env_from_environment();
-  if (env.distributed()) {
-    config.validate();
-    check_data_parallel(config, env.world_size);
-  }
-  auto session = build_session(config);
-  const Config& c = session->config;
-  Trainer& trainer = *session->trainer;
-  std::shared_ptr<dist::Communicator> comm;
-  if (env.distributed()) {
-    comm = dist::Communicator::init(
-        env, dist::InitOptions().timeout_s(c.dist_timeout_s));
-    session->rank = comm->rank();
-    session->world_size = comm->world_size();
-    session->train_data = std::make_shared<dist::ShardedSource>(
-        session->train_data, comm->rank(), comm->world_size());
-    trainer.set_grad_sync(dist::make_trainer_grad_sync(comm));
-    trainer.set_save_hook([comm](const std::function<void()>& write) {
-      dist::run_on_main(*comm, write, "write a checkpoint");
-    });
-    // Same seed, same initialisation: checked, not assumed.
-    dist::check_identical(*comm, trainer.parameters(), "initial weights");
-  }
-  const bool main = session->rank == 0;
-  // On rank 0, or on every rank when there is no job.
-  auto on_main = [&](const std::function<void()>& fn, const std::string& what) {
-    if (comm) {
-      dist::run_on_main(*comm, fn, what);
-    } else {
-      fn();
-    }
-  };
-  if (on_ready) {
-    on_ready(*session);
-  }
-  RunResult result;
-  result.baseline_loss = session->baseline_loss;
-  result.rank = session->rank;
-  result.world_size = session->world_size;
+namespace {
 
-  std::string metrics_path = c.metrics;
-  if (!c.out_dir.empty() && metrics_path.empty()) {
-    metrics_path = c.out_dir + "/metrics.jsonl";
+// What lowmem writes into out_dir (README's "Output folder").
+constexpr const char* kRunFiles[] = {"checkpoints", "metrics.jsonl", "adapter",
+                                     "config.yaml"};
+
+/// A fresh run (no resume) may not mix with another run's files: out_dir must
+/// be absent or empty unless `overwrite` is set. Checked before anything is
+/// built or written. ConfigError (usage).
+void check_out_dir(const Config& c) {
+  if (c.out_dir.empty() || !c.resume.empty() || c.overwrite) {
+    return;
   }
-  std::unique_ptr<JsonlWriter> metrics;
-  on_main(
-      [&] {
-        if (!c.out_dir.empty()) {
-          std::error_code ec;
-          fs::create_directories(c.out_dir, ec);
-          LOWMEM_CHECK(!ec, "[run] cannot create out_dir '", c.out_dir,
-                       "': ", ec.message());
-          io::atomic_write_file(c.out_dir + "/config.yaml", c.to_yaml());
-        }
-        if (!metrics_path.empty()) {
-          metrics = std::make_unique<JsonlWriter>(metrics_path);
-        }
-      },
-      "create out_dir and the metrics file");
-  trainer.set_progress([&](const Progress& event) {
+  std::error_code ec;
+  if (!fs::is_directory(c.out_dir, ec) ||
+      fs::directory_iterator(c.out_dir, ec) == fs::directory_iterator()) {
+    return;
+  }
+  std::string held;
+  for (const char* f : kRunFiles) {
+    if (fs::exists(fs::path(c.out_dir) / f, ec)) {
+      held += (held.empty() ? "" : ", ") + std::string(f);
+    }
+  }
+  throw ConfigError(
+      "out_dir " + quote(c.out_dir) + " is not empty" +
+      (held.empty() ? "" : " (it holds " + held + " of another run)") +
+      ": a new run there would mix with it; pass --overwrite to replace that "
+      "run, --resume auto to continue it, or another out_dir");
+}
+
+/// Moves `path` to a hidden trash name in its folder, then deletes it: a
+/// crash leaves either the whole old entry or a .trash-* one (removed by the
+/// next clean-up), never a half-deleted one under its own name.
+void retire(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::exists(path, ec)) {
+    return;
+  }
+  const fs::path trash =
+      path.parent_path() /
+      (".trash-" + path.filename().string() + "-" + std::to_string(::getpid()));
+  fs::remove_all(trash, ec);
+  fs::rename(path, trash, ec);
+  LOWMEM_CHECK(!ec, "[run] cannot retire ", quote(path.string()), ": ",
+               ec.message());
+  fs::remove_all(trash, ec);
+}
+
+/// Creates out_dir once the run has started successfully (built, resumed);
+/// with `overwrite`, retires the old run's files first; writes config.yaml.
+void prepare_out_dir(const Config& c) {
+  if (c.out_dir.empty()) {
+    return;
+  }
+  std::error_code ec;
+  fs::create_directories(c.out_dir, ec);
+  LOWMEM_CHECK(!ec, "[run] cannot create out_dir ", quote(c.out_dir), ": ",
+               ec.message());
+  if (c.overwrite) {
+    for (const char* f : kRunFiles) {
+      retire(fs::path(c.out_dir) / f);
+    }
+    // What an earlier retirement left when it was killed.
+    for (const auto& e : fs::directory_iterator(c.out_dir, ec)) {
+      if (e.path().filename().string().rfind(".trash-", 0) == 0) {
+        fs::remove_all(e.path(), ec);
+      }
+    }
+  }
+  io::atomic_write_file(c.out_dir + "/config.yaml", c.to_yaml());
+}
+
+/// Joins the data-parallel job described by the environment (if any): the
+/// communicator, this rank's shard, gradient sync, rank-0 saves, and a check
+/// that every rank starts from the same weights.
+std::shared_ptr<dist::Communicator> join_job(const dist::DistEnv& env,
+                                             Session& session) {
+  if (!env.distributed()) {
+    return nullptr;
+  }
+  Trainer& trainer = *session.trainer;
+  auto comm = dist::Communicator::init(
+      env, dist::InitOptions().timeout_s(session.config.dist_timeout_s));
+  session.rank = comm->rank();
+  session.world_size = comm->world_size();
+  session.train_data = std::make_shared<dist::ShardedSource>(
+      session.train_data, comm->rank(), comm->world_size());
+  trainer.set_grad_sync(dist::make_trainer_grad_sync(comm));
+  trainer.set_save_hook([comm](const std::function<void()>& write) {
+    dist::run_on_main(*comm, write, "write a checkpoint");
+  });
+  // Same seed, same initialisation: checked, not assumed.
+  dist::check_identical(*comm, trainer.parameters(), "initial weights");
+  return comm;
+}
+
+/// The trainer's progress callback: global figures across ranks, the
+/// periodic consistency check, then (on rank 0) metrics and `progress`.
+ProgressFn progress_reporter(const std::shared_ptr<dist::Communicator>& comm,
+                             Trainer& trainer, bool main, JsonlWriter* metrics,
+                             RunResult& result, ProgressFn progress) {
+  return [comm, &trainer, main, metrics, &result,
+          progress](const Progress& event) {
     Progress p = event;
     if (comm) {
       using K = Progress::Kind;
@@ -288,7 +331,7 @@ RunResult run(const Config& config, ProgressFn progress,
     if (!main) {
       return;
     }
-    if (metrics) {
+    if (metrics != nullptr) {
       metrics->write(p);
     }
     if (p.kind == Progress::Kind::kCheckpoint) {
@@ -297,8 +340,38 @@ RunResult run(const Config& config, ProgressFn progress,
     if (progress) {
       progress(p);
     }
-  });
+  };
+}
 
+}  // namespace
+
+RunResult run(const Config& config, ProgressFn progress,
+              const std::function<void(Session&)>& on_ready) {
+  MemoryTracker::install();
+  const dist::DistEnv env = dist::env_from_environment();
+  config.validate();
+  if (env.distributed()) {
+    check_data_parallel(config, env.world_size);
+  }
+  check_out_dir(config);
+  auto session = build_session(config);
+  const Config& c = session->config;
+  Trainer& trainer = *session->trainer;
+  std::shared_ptr<dist::Communicator> comm = join_job(env, *session);
+  // On rank 0, or on every rank when there is no job.
+  auto on_main = [&](const std::function<void()>& fn, const std::string& what) {
+    if (comm) {
+      dist::run_on_main(*comm, fn, what);
+    } else {
+      fn();
+    }
+  };
+  RunResult result;
+  result.baseline_loss = session->baseline_loss;
+  result.rank = session->rank;
+  result.world_size = session->world_size;
+  // Resume before anything in out_dir changes: a failing resume leaves the
+  // folder describing the checkpoints it holds.
   if (!c.resume.empty()) {
     const std::string where =
         c.resume == "auto" ? c.out_dir + "/checkpoints" : c.resume;
@@ -307,6 +380,24 @@ RunResult run(const Config& config, ProgressFn progress,
       result.resumed_from = trainer.steps_done();
     }
   }
+  if (on_ready) {
+    on_ready(*session);
+  }
+  std::string metrics_path = c.metrics;
+  if (!c.out_dir.empty() && metrics_path.empty()) {
+    metrics_path = c.out_dir + "/metrics.jsonl";
+  }
+  std::unique_ptr<JsonlWriter> metrics;
+  on_main(
+      [&] {
+        prepare_out_dir(c);
+        if (!metrics_path.empty()) {
+          metrics = std::make_unique<JsonlWriter>(metrics_path);
+        }
+      },
+      "create out_dir and the metrics file");
+  trainer.set_progress(progress_reporter(comm, trainer, session->rank == 0,
+                                         metrics.get(), result, progress));
   const auto t0 = std::chrono::steady_clock::now();
   result.eval_loss = trainer.fit(*session->train_data, session->eval_data.get());
   result.seconds = std::chrono::duration<double>(
@@ -377,23 +468,30 @@ void load_weights(torch::nn::Module& model, const std::string& path,
 int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
                       const std::string& out_dir) {
   const std::string dir = io::resolve_checkpoint(base);
+  const std::string info_path = dir + "/info.txt";
   Config c;
-  c.apply_yaml(io::read_file(dir + "/info.txt"), dir + "/info.txt");
+  c.apply_yaml(
+      read_file_limited(info_path, kMaxRecipeBytes, "[merge] run info"),
+      info_path);
   c.method = "full";
   c.device = "cpu";  // merging needs no GPU, whatever the run trained on
   c.init = dir;
   c.init_exclude = "";
   c.out_dir = "";
   c.resume = "";
+  c.overwrite = false;
   c.metrics = "";
-  auto session = build_session(c);
-  auto adapter = adapters::load_adapter(session->model, adapter_dir);
+  // The model alone (its shape from the configuration): the training data
+  // need not exist any more.
+  std::shared_ptr<models::Model> model = build_model(c);
+  load_weights(*model, dir, "");
+  auto adapter = adapters::load_adapter(model, adapter_dir);
   adapter->merge_and_unload();
   std::map<std::string, at::Tensor> tensors;
-  for (const auto& item : session->model->named_parameters(true)) {
+  for (const auto& item : model->named_parameters(true)) {
     tensors.emplace(item.key(), item.value().detach());
   }
-  for (const auto& item : session->model->named_buffers(true)) {
+  for (const auto& item : model->named_buffers(true)) {
     tensors.emplace(item.key(), item.value().detach());
   }
   std::error_code ec;

@@ -183,6 +183,88 @@ TEST_F(Cli, LibraryErrorsExit1) {
   EXPECT_NE(r.err.find("no-such-corpus"), std::string::npos) << r.err;
 }
 
+// Issue 20: hostile flags and files give exit 2 (usage) or 1 (failure) with
+// one short line naming the key, never a crash, a hang or bad_alloc.
+TEST_F(Cli, HostileFlagsAndFilesExitCleanly) {
+  struct Case {
+    std::vector<std::string> args;
+    int code;
+    std::string message;
+  };
+  // Under Linux's 128 KiB limit of one exec argument (MAX_ARG_STRLEN).
+  const std::string big(100000, 'x');
+  const std::vector<Case> cases = {
+      {tiny({"--gpt.block_size", "0"}), 2, "gpt.block_size must be >= 1"},
+      {{"frobnicate", "--steps", "1"}, 2, "unknown command 'frobnicate'"},
+      {tiny({"--threads", "100000000"}), 2, "threads must be in [0, 1024]"},
+      {{"train", "--recipe", "/dev/zero"}, 2, "more than the limit of 1048576"},
+      {tiny({"--text.path", "/dev/zero", "--steps", "1"}), 1,
+       "contains no text files"},
+      {tiny({"--gpt.n_embd", "1000000000", "--gpt.n_head", "1"}), 2,
+       "gpt.n_embd=1000000000"},
+      {tiny({"--optimizer", big}), 2, "unknown optimizer 'xxx"},
+      {tiny({"--" + big, "1"}), 2, ""},
+  };
+  for (const auto& c : cases) {
+    auto args = c.args;
+    args.insert(args.end(), {"--out_dir", dir_ + "/run"});
+    if (c.args[0] == "frobnicate") args.resize(3);
+    const auto r = run(args);
+    EXPECT_EQ(r.code, c.code) << c.message << "\n" << r.err.substr(0, 3000);
+    EXPECT_EQ(lines(r.err), 1) << r.err.substr(0, 3000);
+    EXPECT_LE(r.err.size(), 2100u) << c.message;
+    EXPECT_NE(r.err.find(c.message), std::string::npos)
+        << "expected '" << c.message << "' in: " << r.err.substr(0, 3000);
+    EXPECT_FALSE(fs::exists(dir_ + "/run/config.yaml")) << c.message;
+  }
+}
+
+// Issue 20: nothing in out_dir changes unless the run starts; a fresh run
+// does not mix with another run's files; --overwrite replaces them.
+TEST_F(Cli, OutputFolderIsOnlyChangedByARunThatStarts) {
+  const std::string out = dir_ + "/run";
+  ASSERT_EQ(run(tiny({"--steps", "2", "--out_dir", out})).code, 0);
+  const std::string config = read_file(out + "/config.yaml");
+  const std::string metrics = read_file(out + "/metrics.jsonl");
+  // A failing resume (another model: shapes differ) leaves it as it was.
+  auto r = run(tiny({"--steps", "4", "--gpt.n_embd", "32", "--out_dir", out,
+                     "--resume", "auto"}));
+  EXPECT_EQ(r.code, 1) << r.err;
+  EXPECT_EQ(read_file(out + "/config.yaml"), config);
+  EXPECT_EQ(read_file(out + "/metrics.jsonl"), metrics);
+  // A fresh run into it is refused, naming what is there and the way out.
+  r = run(tiny({"--steps", "3", "--out_dir", out}));
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("holds checkpoints, metrics.jsonl, config.yaml"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("--overwrite"), std::string::npos) << r.err;
+  EXPECT_EQ(read_file(out + "/config.yaml"), config);
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000002"));
+  // --overwrite (a bare flag) replaces the old run: its checkpoints and
+  // metrics are gone, the new run's are there; so is what a killed earlier
+  // retirement left.
+  fs::create_directories(out + "/.trash-checkpoints-1/step-00000001");
+  r = run(tiny({"--steps", "3", "--out_dir", out, "--overwrite"}));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(out + "/checkpoints/step-00000002"));
+  EXPECT_TRUE(fs::exists(out + "/checkpoints/step-00000003"));
+  const auto m = read_metrics(out + "/metrics.jsonl");
+  EXPECT_EQ(m.loss.size(), 3u);
+  EXPECT_NE(read_file(out + "/config.yaml").find("steps: 3"),
+            std::string::npos);
+  for (const auto& e : fs::directory_iterator(out)) {
+    EXPECT_NE(e.path().filename().string().rfind(".trash-", 0), 0u) << e.path();
+  }
+  // An empty existing folder is fine; --overwrite with --resume is a usage
+  // error.
+  fs::create_directories(dir_ + "/empty");
+  EXPECT_EQ(run(tiny({"--steps", "1", "--out_dir", dir_ + "/empty"})).code, 0);
+  r = run(tiny(
+      {"--steps", "1", "--out_dir", out, "--overwrite", "--resume", "auto"}));
+  EXPECT_EQ(r.code, 2) << r.err;
+}
+
 TEST_F(Cli, HelpListsFlagsFromTheVisitors) {
   auto r = run({"train", "--help"});
   EXPECT_EQ(r.code, 0);
@@ -347,6 +429,19 @@ TEST_F(Cli, AdapterRunThenMerge) {
            ft + "/adapter", "--out", dir_ + "/merged"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ + "/merged/model.safetensors"));
+  // merge needs only the base checkpoint and the adapter, not the training
+  // corpus named in the run's configuration (issue 20).
+  const std::string info = base + "/checkpoints/step-00000002/info.txt";
+  std::string text = read_file(info);
+  const std::string corpus = "/usr/share/games/fortunes";
+  ASSERT_NE(text.find(corpus), std::string::npos) << text;
+  text.replace(text.find(corpus), corpus.size(), dir_ + "/corpus-that-is-gone");
+  std::ofstream(info, std::ios::trunc) << text;
+  r = run({"merge", "--base", base + "/checkpoints", "--adapter",
+           ft + "/adapter", "--out", dir_ + "/merged2"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_file(dir_ + "/merged2/model.safetensors"),
+            read_file(dir_ + "/merged/model.safetensors"));
   r = run(tiny({"--steps", "1", "--warmup_steps", "0", "--init",
                 dir_ + "/merged/model.safetensors"}));
   EXPECT_EQ(r.code, 0) << r.err;

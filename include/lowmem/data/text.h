@@ -18,6 +18,9 @@ namespace lowmem::data {
 
 /// Where the Debian package `fortunes` puts its plain-text files.
 inline constexpr const char* kDefaultTextCorpus = "/usr/share/games/fortunes";
+/// Most bytes a text corpus (all its files together) may hold: it is read
+/// whole, so /dev/zero or a huge file ends in this limit, not bad_alloc.
+inline constexpr uint64_t kMaxTextCorpusBytes = uint64_t{1} << 30;
 
 /// All bytes of a file or folder. Folders are walked recursively in sorted
 /// path order; files containing a NUL byte (e.g. the strfile indexes *.dat

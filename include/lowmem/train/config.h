@@ -13,6 +13,12 @@
 
 namespace lowmem::train {
 
+/// Largest recipe file read (a recipe is a few dozen lines).
+inline constexpr uint64_t kMaxRecipeBytes = 1 << 20;
+/// Most intra-op threads `threads` accepts (a huge value made torch's
+/// thread pool hang instead of failing).
+inline constexpr int64_t kMaxThreads = 1024;
+
 struct Config {
   // What to train.
   std::string model = "gpt";          // gpt | vit | mlp
@@ -56,6 +62,8 @@ struct Config {
   int64_t keep_checkpoints = 2;
   std::string out_dir;   // checkpoints (out_dir/checkpoints) + config.yaml
   std::string resume;    // "" | "auto" (latest in out_dir) | a path
+  bool overwrite = false;  // a fresh run may replace the run in out_dir
+                           // (its checkpoints, metrics, adapter, config)
   std::string metrics;   // JSON Lines file ("" = out_dir/metrics.jsonl if
                          // out_dir is set)
 
@@ -89,6 +97,7 @@ struct Config {
     v("keep_checkpoints", keep_checkpoints);
     v("out_dir", out_dir);
     v("resume", resume);
+    v("overwrite", overwrite);
     v("metrics", metrics);
   }
 

@@ -1,0 +1,143 @@
+#include "targets.h"
+
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <sstream>
+
+#include "lowmem/adapters/registry.h"
+#include "lowmem/core/check.h"
+#include "lowmem/core/fields.h"
+#include "lowmem/core/input.h"
+#include "lowmem/core/json.h"
+#include "lowmem/data/jsonl.h"
+#include "lowmem/io/checkpoint.h"
+#include "lowmem/io/gguf.h"
+#include "lowmem/io/safetensors.h"
+#include "lowmem/text/chat_template.h"
+#include "lowmem/text/tokenizer.h"
+#include "lowmem/train/config.h"
+
+namespace lowmem::fuzz {
+namespace {
+
+void safetensors(const std::string& in) {
+  const io::SafetensorsFile f = io::parse_safetensors(in, "fuzz.safetensors");
+  (void)f;
+}
+
+void manifest(const std::string& in) {
+  io::detail::check_manifest(in, "fuzz/manifest.json");
+}
+
+// adapter_config.json as load_adapter and `lowmem merge` read it: its
+// peft_type picks the adapter kind, whose reader parses the rest.
+void adapter_config(const std::string& in) {
+  const nlohmann::json j = parse_json(in, "adapter_config.json");
+  LOWMEM_CHECK(j.is_object(), "[fuzz] adapter_config.json is not an object");
+  const auto type = j.find("peft_type");
+  LOWMEM_CHECK(type != j.end() && type->is_string(),
+               "[fuzz] adapter_config.json has no peft_type string");
+  const adapters::AdapterKind* kind =
+      adapters::find_adapter_by_peft_type(type->get<std::string>());
+  LOWMEM_CHECK(kind != nullptr, "[fuzz] unsupported peft_type ",
+               quote(type->get<std::string>()));
+  (void)kind->from_json(in);
+}
+
+// tokenizer.json, then a short encode/decode through what it built (the
+// loaded pipeline is part of the attack surface).
+void tokenizer_json(const std::string& in) {
+  const text::Tokenizer t = text::Tokenizer::from_json(
+      in, "", text::TokenizerLimits().max_file_bytes(int64_t{1} << 20));
+  const auto ids = t.encode("Hello wörld 123 <s> \t\n");
+  (void)t.decode(ids, false);
+}
+
+void gguf(const std::string& in) {
+  std::istringstream stream(in);
+  const io::GgufHeader h =
+      io::parse_gguf_header(stream, in.size(), "fuzz.gguf");
+  (void)h;
+}
+
+void recipe(const std::string& in) {
+  train::Config c;
+  c.apply_yaml(in, "fuzz.yaml");
+  c.validate();
+  (void)c.to_yaml();
+}
+
+// A JSON Lines data file's rows as data::JsonlDataset reads them: blank
+// lines skipped, the nesting checked, then each row tokenized
+// (data::tokenize_row: text, prompt/completion or chat rows) with the seed
+// byte-level BPE tokenizer and a ChatML template. The first rejected row
+// rejects the input (the dataset names it file:line).
+void jsonl(const std::string& in) {
+  static const text::Tokenizer tok = text::Tokenizer::from_json(
+      read_file_limited(LOWMEM_FUZZ_CORPUS "/tokenizer_json/bytelevel_bpe.json",
+                        1 << 20, "fuzz tokenizer"),
+      "");
+  static const text::ChatTemplate chat(
+      "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+      "{{ m['content'] }}<|im_end|>\n{% endfor %}");
+  size_t pos = 0;
+  while (pos < in.size()) {
+    const size_t end = std::min(in.find('\n', pos), in.size());
+    const std::string_view line = std::string_view(in).substr(pos, end - pos);
+    pos = end + 1;
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) {
+      continue;
+    }
+    LOWMEM_CHECK(json_nesting_depth(line, kMaxJsonDepth) <= kMaxJsonDepth,
+                 "[fuzz] row nesting deeper than ", kMaxJsonDepth);
+    nlohmann::ordered_json row;
+    try {
+      row = nlohmann::ordered_json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      LOWMEM_CHECK(false, "[fuzz] invalid JSON: ", clip(e.what()));
+    }
+    (void)data::tokenize_row(row, tok, &chat);
+  }
+}
+
+}  // namespace
+
+const std::vector<Target>& targets() {
+  static const std::vector<Target> rows = {
+      {"safetensors", "safetensors file (io::parse_safetensors)", safetensors},
+      {"manifest", "checkpoint manifest.json (io::load_checkpoint)", manifest},
+      {"adapter_config", "adapter_config.json of every adapter kind",
+       adapter_config},
+      {"tokenizer_json", "tokenizer.json (text::Tokenizer::from_json)",
+       tokenizer_json},
+      {"gguf", "GGUF header (io::parse_gguf_header)", gguf},
+      {"recipe", "YAML recipe (train::Config::apply_yaml + validate)", recipe},
+      {"jsonl", "JSON Lines rows (data::tokenize_row per line)", jsonl},
+  };
+  return rows;
+}
+
+const Target* find_target(std::string_view name) {
+  for (const auto& t : targets()) {
+    if (name == t.name) {
+      return &t;
+    }
+  }
+  return nullptr;
+}
+
+std::string run_target(const Target& t, const std::string& input) {
+  try {
+    t.run(input);
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    return msg.empty() ? "(empty message)" : msg;
+  } catch (const ConfigError& e) {
+    const std::string msg = e.what();
+    return msg.empty() ? "(empty message)" : msg;
+  }
+  return "";
+}
+
+}  // namespace lowmem::fuzz

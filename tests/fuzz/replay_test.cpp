@@ -1,0 +1,171 @@
+// The fuzz targets (fuzz/targets.h) replayed without libFuzzer, so every
+// build checks them: each target over its checked-in seed corpus
+// (fuzz/corpus/<name>/), a few hostile inputs written here (deep nesting,
+// huge values), and kMutations inputs made from the seeds by a fixed-seed
+// mutator (bit flips, interesting bytes, insertions, deletions, repeats,
+// splices, number swaps). Every input must be accepted or rejected with one
+// short error; any other exception fails the test, a crash fails the binary.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "targets.h"
+#include "testing/files.h"
+
+namespace fs = std::filesystem;
+
+namespace lowmem::fuzz {
+namespace {
+
+constexpr int kMutations = 3000;
+
+std::vector<std::string> seeds_of(const std::string& name) {
+  const fs::path dir = fs::path(LOWMEM_SOURCE_DIR) / "fuzz" / "corpus" / name;
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());
+  std::vector<std::string> out;
+  for (const auto& f : files) {
+    out.push_back(testing::read_file(f));
+  }
+  return out;
+}
+
+// Hostile inputs every target gets (the issue's cases, in each format's
+// clothing where it matters).
+std::vector<std::string> hostile_inputs(const std::string& name) {
+  const std::string deep(300000, '[');
+  const std::string big(20 << 20, 'x');
+  std::vector<std::string> out = {"", deep, "{\"a\": \"" + big + "\"}",
+                                  std::string(4096, '\0'),
+                                  "{\"" + big.substr(0, 1 << 20) + "\": 1}"};
+  if (name == "safetensors") {
+    for (const std::string& header :
+         {"{\"w\": " + deep + "}", "{\"w\": \"" + big + "\"}"}) {
+      const uint64_t n = header.size();
+      std::string file(reinterpret_cast<const char*>(&n), 8);
+      out.push_back(file + header);
+    }
+  }
+  if (name == "recipe") {
+    out.push_back(std::string(100000, '[') + "\n");
+    out.push_back("steps: " + big.substr(0, 1 << 20) + "\n");
+    out.push_back(big.substr(0, 1 << 20) + ": 1\n");
+  }
+  return out;
+}
+
+const char kInteresting[] = {'\0', '\xff', '[',  ']', '{', '}', '"', '\\',
+                             ':',  ',',    '\n', '-', '9', 'e', ' ', '\x80'};
+const char* kNumbers[] = {
+    "-1",    "0",  "-5",  "18446744073709551616",    "9223372036854775807",
+    "1e308", "-0", "1.5", "99999999999999999999999", "NaN"};
+
+// One to four random edits of a random seed.
+std::string mutate(const std::vector<std::string>& seeds,
+                   std::mt19937_64& rng) {
+  std::string s = seeds[rng() % seeds.size()];
+  const int edits = 1 + static_cast<int>(rng() % 4);
+  for (int k = 0; k < edits; ++k) {
+    const size_t n = s.size();
+    const size_t at = n == 0 ? 0 : rng() % n;
+    switch (rng() % 8) {
+      case 0:  // flip a bit
+        if (n > 0) s[at] = static_cast<char>(s[at] ^ (1 << (rng() % 8)));
+        break;
+      case 1:  // an interesting byte
+        if (n > 0) s[at] = kInteresting[rng() % sizeof(kInteresting)];
+        break;
+      case 2: {  // insert a copy of another range
+        const size_t from = n == 0 ? 0 : rng() % n;
+        const size_t len = n == 0 ? 0 : rng() % std::min<size_t>(64, n - from);
+        s.insert(at, s.substr(from, len));
+        break;
+      }
+      case 3:  // delete a range
+        if (n > 0) s.erase(at, 1 + rng() % std::min<size_t>(32, n - at));
+        break;
+      case 4:  // repeat a byte many times (nesting, long runs)
+        if (n > 0) s.insert(at, 1 + rng() % 5000, s[at]);
+        break;
+      case 5:  // truncate
+        s.resize(at);
+        break;
+      case 6: {  // splice with another seed
+        const std::string& o = seeds[rng() % seeds.size()];
+        if (!o.empty()) s = s.substr(0, at) + o.substr(rng() % o.size());
+        break;
+      }
+      case 7: {  // swap a run of digits for a boundary number
+        const size_t d = s.find_first_of("0123456789", at);
+        if (d != std::string::npos) {
+          const size_t e = s.find_first_not_of("0123456789.", d);
+          s.replace(d, (e == std::string::npos ? s.size() : e) - d,
+                    kNumbers[rng() % (sizeof(kNumbers) / sizeof(*kNumbers))]);
+        }
+        break;
+      }
+    }
+  }
+  return s;
+}
+
+void expect_short(const Target& t, const std::string& input,
+                  const std::string& what) {
+  std::string msg;
+  try {
+    msg = run_target(t, input);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << t.name << ", " << what << ": unexpected exception "
+                  << typeid(e).name() << ": "
+                  << std::string(e.what()).substr(0, 500)
+                  << "\ninput (first 300 bytes): " << input.substr(0, 300);
+    return;
+  }
+  EXPECT_LE(msg.size(), kMaxFuzzMessageBytes)
+      << t.name << ", " << what << ": " << msg.substr(0, 500);
+}
+
+class Replay : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Replay, SeedsHostileInputsAndMutations) {
+  const Target* t = find_target(GetParam());
+  ASSERT_NE(t, nullptr);
+  const auto seeds = seeds_of(t->name);
+  ASSERT_FALSE(seeds.empty()) << "no seeds in fuzz/corpus/" << t->name;
+  int accepted = 0;
+  for (size_t i = 0; i < seeds.size(); ++i) {
+    // Seeds are valid files: each must be accepted.
+    const std::string msg = run_target(*t, seeds[i]);
+    EXPECT_EQ(msg, "") << t->name << " seed " << i;
+    accepted += msg.empty();
+  }
+  for (const auto& in : hostile_inputs(t->name)) {
+    expect_short(*t, in,
+                 "hostile input of " + std::to_string(in.size()) + " bytes");
+  }
+  std::mt19937_64 rng(std::hash<std::string>()(t->name) ^ 20);
+  for (int i = 0; i < kMutations; ++i) {
+    const std::string in = mutate(seeds, rng);
+    expect_short(*t, in, "mutation " + std::to_string(i));
+    if (::testing::Test::HasFailure()) {
+      break;  // the first failing input is enough
+    }
+  }
+  EXPECT_EQ(accepted, static_cast<int>(seeds.size()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fuzz, Replay,
+                         ::testing::Values("safetensors", "manifest",
+                                           "adapter_config", "tokenizer_json",
+                                           "gguf", "recipe", "jsonl"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace lowmem::fuzz
