@@ -7,6 +7,8 @@
 #include <string>
 #include <type_traits>
 
+#include "lowmem/core/check.h"
+
 namespace lowmem::optim::detail {
 
 namespace {
@@ -52,6 +54,52 @@ void FieldReader::operator()(
 void FieldReader::operator()(const char* name, at::Tensor& v) const {
   at::Tensor t;
   v = archive.try_read(name, t, /*is_buffer=*/true) ? t : at::Tensor();
+}
+
+void FieldWriter::operator()(const char* name, BlockwiseQ8& v,
+                             StateRole) const {
+  if (!v.defined()) return;
+  archive.write(std::string(name) + "_codes", v.codes, /*is_buffer=*/true);
+  archive.write(std::string(name) + "_absmax", v.absmax, /*is_buffer=*/true);
+}
+
+void FieldReader::operator()(const char* name, BlockwiseQ8& v,
+                             StateRole role) const {
+  at::Tensor codes, absmax;
+  const bool has_codes =
+      archive.try_read(std::string(name) + "_codes", codes, true);
+  const bool has_absmax =
+      archive.try_read(std::string(name) + "_absmax", absmax, true);
+  v = BlockwiseQ8();
+  v.is_signed = role == StateRole::kLinear;
+  if (!has_codes && !has_absmax) return;
+  LOWMEM_CHECK(
+      has_codes && has_absmax && codes.scalar_type() == at::kByte &&
+          absmax.scalar_type() == at::kFloat && absmax.dim() == 1 &&
+          absmax.numel() == (codes.numel() + kQ8BlockSize - 1) / kQ8BlockSize,
+      "[optim] 8-bit state '", name,
+      "' in the checkpoint is inconsistent (codes ",
+      has_codes ? codes.sizes() : at::IntArrayRef{}, ", absmax ",
+      has_absmax ? absmax.sizes() : at::IntArrayRef{}, ")");
+  v.codes = codes.contiguous();
+  v.absmax = absmax.contiguous();
+}
+
+void RoleVisitor::operator()(const char* name, BlockwiseQ8& q,
+                             StateRole role) const {
+  if (!q.defined()) {
+    at::Tensor none;
+    fn(name, none, role);
+    return;
+  }
+  const at::Tensor before = q.dequantize();
+  at::Tensor t = before;
+  fn(name, t, role);
+  if (!t.defined()) {
+    q = BlockwiseQ8();
+  } else if (!t.is_same(before)) {
+    q = BlockwiseQ8::quantize(t, q.is_signed);
+  }
 }
 
 namespace {

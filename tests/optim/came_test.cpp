@@ -159,10 +159,12 @@ TEST(CameOptions, DefaultsAreOfficial) {
   EXPECT_EQ(o.weight_decay(), 0.0);
   std::vector<std::string> names;
   o.for_each_field([&](const char* n, auto&) { names.emplace_back(n); });
-  EXPECT_EQ(names, (std::vector<std::string>{"lr", "eps1", "eps2",
-                                             "clip_threshold", "beta1",
-                                             "beta2", "beta3",
-                                             "weight_decay"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"lr", "eps1", "eps2", "clip_threshold",
+                                      "beta1", "beta2", "beta3", "weight_decay",
+                                      "optim_bits", "min_8bit_size"}));
+  EXPECT_EQ(o.optim_bits(), 32);
+  EXPECT_EQ(o.min_8bit_size(), 4096);
 }
 
 TEST(CameOptions, BadGroupAddedLaterThrowsAtStep) {

@@ -5,6 +5,10 @@
 // without confidence scaling (Delta = clone of m, not the older aliasing bug).
 // Deviations: state is always fp32; lr == 0 is accepted (schedulers warm up
 // from 0; official asserts lr > 0); the never-read `RMS` state is not kept.
+// optim_bits 8 (lowmem's addition, bitsandbytes' option names) keeps the
+// first moment m block-wise 8-bit with the signed dynamic map
+// (optim/quant8.h): dequantized for the update, requantized after it; the
+// factored statistics are small and stay fp32.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -32,6 +36,10 @@ struct CameOptions : FieldOptions<CameOptions> {
   TORCH_ARG(betas_t, betas) = std::make_tuple(0.9, 0.999, 0.9999);
   // Decoupled: p <- p - lr*wd*p before the update; official default 0.
   TORCH_ARG(double, weight_decay) = 0.0;
+  // 32 or 8 (8-bit m); params with fewer than min_8bit_size elements keep
+  // fp32 state (bitsandbytes' names and defaults).
+  TORCH_ARG(int64_t, optim_bits) = 32;
+  TORCH_ARG(int64_t, min_8bit_size) = kMin8bitSize;
 
  public:
   /// Visits every scalar field: v("lr", lr_), v("eps1", ...), ...
@@ -45,6 +53,8 @@ struct CameOptions : FieldOptions<CameOptions> {
     v("beta2", std::get<1>(betas_));
     v("beta3", std::get<2>(betas_));
     v("weight_decay", weight_decay_);
+    v("optim_bits", optim_bits_);
+    v("min_8bit_size", min_8bit_size_);
   }
   double get_lr() const override {
     return lr_;
@@ -65,6 +75,7 @@ struct CameState : FieldState<CameState> {
   at::Tensor exp_avg_res_row;  // R, instability rows (ndim >= 2)
   at::Tensor exp_avg_res_col;  // C, instability columns (ndim >= 2)
   at::Tensor exp_avg_sq;       // v, like p (ndim < 2)
+  BlockwiseQ8 exp_avg_q8;      // optim_bits 8: m (exp_avg undefined)
 
   template <class V>
   void for_each_field(V&& v) {
@@ -75,6 +86,7 @@ struct CameState : FieldState<CameState> {
     v("exp_avg_res_row", exp_avg_res_row, StateRole::kRowSquares);
     v("exp_avg_res_col", exp_avg_res_col, StateRole::kColSquares);
     v("exp_avg_sq", exp_avg_sq, StateRole::kSquare);
+    v("exp_avg_q8", exp_avg_q8, StateRole::kLinear);
   }
 };
 
@@ -93,6 +105,9 @@ class CAME final : public PerParamOptimizer<CameOptions, CameState> {
       const at::Tensor& grad,
       CameState& s,
       const CameOptions& o) override;
+  // The update with first moment `m` (s.exp_avg, or the dequantized 8-bit m).
+  void step_with(at::Tensor& p, const at::Tensor& grad, at::Tensor& m,
+                 CameState& s, const CameOptions& o);
   const char* tag() const override {
     return "came";
   }

@@ -15,6 +15,7 @@
 
 #include "lowmem/core/check.h"
 #include "lowmem/optim/extras.h"
+#include "lowmem/optim/quant8.h"
 #include "lowmem/optim/state_roles.h"
 
 namespace lowmem::optim {
@@ -33,6 +34,8 @@ struct FieldWriter {
   void operator()(const char* name, at::Tensor& v, StateRole) const {
     (*this)(name, v);
   }
+  /// Writes "<name>_codes" (uint8) and "<name>_absmax" (skips undefined).
+  void operator()(const char* name, BlockwiseQ8& v, StateRole) const;
 };
 struct FieldReader {
   torch::serialize::InputArchive& archive;
@@ -44,6 +47,9 @@ struct FieldReader {
   void operator()(const char* name, at::Tensor& v, StateRole) const {
     (*this)(name, v);
   }
+  /// Reads "<name>_codes" and "<name>_absmax" (absent: undefined); the map
+  /// follows the role: signed for kLinear, unsigned for the squares.
+  void operator()(const char* name, BlockwiseQ8& v, StateRole role) const;
 };
 /// Hands a FieldState's tensor fields and their roles to a StateTensorFn; a
 /// tensor field listed without a role is an error.
@@ -58,6 +64,9 @@ struct RoleVisitor {
   void operator()(const char* name, at::Tensor& t, StateRole role) const {
     fn(name, t, role);
   }
+  /// 8-bit state: fn sees the dequantized fp32 tensor; a tensor it replaces
+  /// (GaLore's re-projection) is quantized back.
+  void operator()(const char* name, BlockwiseQ8& q, StateRole role) const;
 };
 /// The key type of torch::optim::Optimizer::state(): the TensorImpl address
 /// printed as a string in LibTorch 1.x, the TensorImpl pointer itself in 2.x.
@@ -121,7 +130,8 @@ struct FieldOptions : torch::optim::OptimizerCloneableOptions<Derived>,
 
 /// Param-state base: `Derived` has `int64_t step` and lists its fields once in
 /// for_each_field: v("step", step), and each tensor with its role,
-/// v("exp_avg", exp_avg, StateRole::kLinear) (optim/state_roles.h). Tensors
+/// v("exp_avg", exp_avg, StateRole::kLinear) (optim/state_roles.h); 8-bit
+/// state (optim/quant8.h) is a BlockwiseQ8 field listed the same way. Tensors
 /// that are undefined (unused branches) are neither saved nor counted.
 template <class Derived>
 struct FieldState : torch::optim::OptimizerCloneableParamState<Derived>,
@@ -135,12 +145,18 @@ struct FieldState : torch::optim::OptimizerCloneableParamState<Derived>,
   void serialize(torch::serialize::InputArchive& archive) override {
     self().for_each_field(detail::FieldReader{archive});
   }
-  /// Every defined state tensor.
+  /// Every defined state tensor (8-bit state: its codes and absmax).
   std::vector<at::Tensor> tensors() const {
     std::vector<at::Tensor> out;
     self().for_each_field([&](const char*, auto& f, auto...) {
-      if constexpr (std::is_same_v<std::decay_t<decltype(f)>, at::Tensor>) {
+      using F = std::decay_t<decltype(f)>;
+      if constexpr (std::is_same_v<F, at::Tensor>) {
         if (f.defined()) out.push_back(f);
+      } else if constexpr (std::is_same_v<F, BlockwiseQ8>) {
+        if (f.defined()) {
+          out.push_back(f.codes);
+          out.push_back(f.absmax);
+        }
       }
     });
     return out;

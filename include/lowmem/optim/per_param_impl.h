@@ -88,9 +88,11 @@ void PerParamOptimizer<Options, State>::load(
       if (it == state_.end()) continue;
       static_cast<State&>(*it->second)
           .for_each_field([&](const char*, auto& f, auto...) {
-            if constexpr (std::is_same_v<std::decay_t<decltype(f)>,
-                                         at::Tensor>) {
+            using F = std::decay_t<decltype(f)>;
+            if constexpr (std::is_same_v<F, at::Tensor>) {
               if (f.defined() && f.device() != p.device()) f = f.to(p.device());
+            } else if constexpr (std::is_same_v<F, BlockwiseQ8>) {
+              f.to(p.device());
             }
           });
     }

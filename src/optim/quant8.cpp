@@ -1,0 +1,201 @@
+#include "lowmem/optim/quant8.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <vector>
+
+#include "lowmem/core/check.h"
+
+namespace lowmem::optim {
+namespace {
+
+constexpr int64_t kB = kQ8BlockSize;
+
+int64_t blocks_of(int64_t n) { return (n + kB - 1) / kB; }
+
+// create_dynamic_map(signed, max_exponent_bits=7, total_bits=8), op for op:
+// additional_items = 2^(7 - 7) - 1 = 0, so that branch never runs.
+at::Tensor make_dynamic_map(bool is_signed) {
+  constexpr int kMaxExponentBits = 7;
+  constexpr int kNonSignBits = 7;  // total_bits - 1
+  std::vector<at::Tensor> parts;
+  for (int i = 0; i < kMaxExponentBits; ++i) {
+    const int shift = i + kNonSignBits - kMaxExponentBits + (is_signed ? 0 : 1);
+    const int64_t items = (int64_t{1} << shift) + 1;
+    const at::Tensor bounds = at::linspace(0.1, 1, items, at::kFloat);
+    const at::Tensor means =
+        (bounds.slice(0, 0, items - 1) + bounds.slice(0, 1)) / 2.0;
+    const double scale = std::pow(10.0, -(kMaxExponentBits - 1) + i);
+    parts.push_back(means * scale);
+    if (is_signed) parts.push_back(means * -scale);
+  }
+  parts.push_back(at::zeros({1}, at::kFloat));
+  parts.push_back(at::ones({1}, at::kFloat));
+  at::Tensor data = at::cat(parts);
+  LOWMEM_CHECK(data.numel() == 256, "[q8] dynamic map has ", data.numel(),
+               " values, expected 256");
+  return std::get<0>(data.sort());
+}
+
+// Midpoints between neighbouring code values: bucketize's boundaries.
+const at::Tensor& midpoints(bool is_signed) {
+  static const at::Tensor s = [] {
+    const at::Tensor& c = dynamic_map(true);
+    return (c.slice(0, 0, 255) + c.slice(0, 1)) / 2;
+  }();
+  static const at::Tensor u = [] {
+    const at::Tensor& c = dynamic_map(false);
+    return (c.slice(0, 0, 255) + c.slice(0, 1)) / 2;
+  }();
+  return is_signed ? s : u;
+}
+
+// Quantizes the rows of x2d [nb, len] (one block per row) into codes2d and
+// am [nb].
+void quantize_blocks(const at::Tensor& x2d, at::Tensor am, at::Tensor codes2d,
+                     bool is_signed) {
+  const at::Tensor absmax = x2d.abs().amax(1);
+  const at::Tensor scaled =
+      x2d.mul(absmax.clamp_min(1e-38).reciprocal().unsqueeze(1)).clamp_(-1, 1);
+  const at::Tensor bounds = midpoints(is_signed).to(x2d.device());
+  codes2d.copy_(at::bucketize(scaled, bounds, /*out_int32=*/true));
+  am.copy_(absmax);
+}
+
+}  // namespace
+
+const at::Tensor& dynamic_map(bool is_signed) {
+  static const at::Tensor s = make_dynamic_map(true);
+  static const at::Tensor u = make_dynamic_map(false);
+  return is_signed ? s : u;
+}
+
+int64_t BlockwiseQ8::nbytes() const {
+  if (!defined()) return 0;
+  return codes.numel() * static_cast<int64_t>(codes.element_size()) +
+         absmax.numel() * static_cast<int64_t>(absmax.element_size());
+}
+
+BlockwiseQ8 BlockwiseQ8::zeros(at::IntArrayRef sizes, c10::Device device,
+                               bool is_signed) {
+  BlockwiseQ8 q;
+  q.is_signed = is_signed;
+  q.codes = at::zeros(sizes, at::TensorOptions(at::kByte).device(device));
+  q.absmax = at::zeros({blocks_of(q.codes.numel())},
+                       at::TensorOptions(at::kFloat).device(device));
+  return q;
+}
+
+BlockwiseQ8 BlockwiseQ8::quantize(const at::Tensor& x, bool is_signed) {
+  LOWMEM_CHECK(x.defined() && at::isFloatingType(x.scalar_type()),
+               "[q8] quantize needs a floating tensor, got ",
+               x.defined() ? x.scalar_type() : at::ScalarType::Undefined);
+  BlockwiseQ8 q = zeros(x.sizes(), x.device(), is_signed);
+  q.store(x);
+  return q;
+}
+
+at::Tensor BlockwiseQ8::dequantize_range(int64_t start, int64_t len) const {
+  LOWMEM_CHECK(defined(), "[q8] dequantize of an undefined state");
+  LOWMEM_CHECK(
+      start >= 0 && len >= 0 && start % kB == 0 && start + len <= numel(),
+      "[q8] range [", start, ", ", start + len,
+      ") is not block-aligned inside ", numel(), " elements");
+  const at::Tensor c = codes.view(-1).narrow(0, start, len);
+  const at::Tensor am = absmax.narrow(0, start / kB, blocks_of(len));
+  at::Tensor vals = dynamic_map(is_signed)
+                        .to(codes.device())
+                        .index_select(0, c.to(at::kLong));
+  const int64_t nfull = len / kB, full = nfull * kB;
+  if (nfull > 0) {
+    vals.narrow(0, 0, full)
+        .view({nfull, kB})
+        .mul_(am.narrow(0, 0, nfull).unsqueeze(1));
+  }
+  if (full < len) vals.narrow(0, full, len - full).mul_(am.narrow(0, nfull, 1));
+  return vals;
+}
+
+at::Tensor BlockwiseQ8::dequantize() const {
+  LOWMEM_CHECK(defined(), "[q8] dequantize of an undefined state");
+  const int64_t n = numel();
+  if (n <= kQ8ChunkElements) return dequantize_range(0, n).view(codes.sizes());
+  at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
+  at::Tensor flat = out.view(-1);
+  for (int64_t lo = 0; lo < n; lo += kQ8ChunkElements) {
+    const int64_t len = std::min(kQ8ChunkElements, n - lo);
+    flat.narrow(0, lo, len).copy_(dequantize_range(lo, len));
+  }
+  return out;
+}
+
+void BlockwiseQ8::store_range(int64_t start, const at::Tensor& flat) {
+  LOWMEM_CHECK(defined(), "[q8] store into an undefined state");
+  const int64_t len = flat.numel();
+  LOWMEM_CHECK(flat.dim() == 1 && start >= 0 && start % kB == 0 &&
+                   start + len <= numel(),
+               "[q8] store of ", len, " elements at ", start,
+               " is not a block-aligned 1-D range inside ", numel());
+  const at::Tensor x = flat.to(at::kFloat);
+  at::Tensor c = codes.view(-1).narrow(0, start, len);
+  at::Tensor am = absmax.narrow(0, start / kB, blocks_of(len));
+  const int64_t nfull = len / kB, full = nfull * kB;
+  if (nfull > 0) {
+    quantize_blocks(x.narrow(0, 0, full).view({nfull, kB}),
+                    am.narrow(0, 0, nfull),
+                    c.narrow(0, 0, full).view({nfull, kB}), is_signed);
+  }
+  if (full < len) {
+    quantize_blocks(x.narrow(0, full, len - full).view({1, len - full}),
+                    am.narrow(0, nfull, 1),
+                    c.narrow(0, full, len - full).view({1, len - full}),
+                    is_signed);
+  }
+}
+
+void BlockwiseQ8::store(const at::Tensor& x) {
+  LOWMEM_CHECK(x.numel() == numel(), "[q8] store of ", x.numel(),
+               " elements into a state of ", numel());
+  const at::Tensor flat = x.reshape(-1);
+  const int64_t n = numel();
+  for (int64_t lo = 0; lo < n; lo += kQ8ChunkElements) {
+    store_range(lo, flat.narrow(0, lo, std::min(kQ8ChunkElements, n - lo)));
+  }
+}
+
+void q8_update(at::Tensor& p, const at::Tensor& g, BlockwiseQ8& first,
+               BlockwiseQ8* second, const Q8ChunkUpdate& update) {
+  const int64_t n = p.numel();
+  LOWMEM_CHECK(
+      first.numel() == n && (second == nullptr || second->numel() == n),
+      "[q8] state of ", first.numel(), " elements for a parameter of ", n);
+  if (!p.is_contiguous() || !g.is_contiguous()) {
+    at::Tensor m = first.dequantize();
+    at::Tensor v = second != nullptr ? second->dequantize() : at::Tensor();
+    update(p, g, m, v);
+    first.store(m);
+    if (second != nullptr) second->store(v);
+    return;
+  }
+  const at::Tensor pf = p.view(-1), gf = g.view(-1);
+  for (int64_t lo = 0; lo < n; lo += kQ8ChunkElements) {
+    const int64_t len = std::min(kQ8ChunkElements, n - lo);
+    at::Tensor pc = pf.narrow(0, lo, len);
+    const at::Tensor gc = gf.narrow(0, lo, len);
+    at::Tensor m = first.dequantize_range(lo, len);
+    at::Tensor v =
+        second != nullptr ? second->dequantize_range(lo, len) : at::Tensor();
+    update(pc, gc, m, v);
+    first.store_range(lo, m);
+    if (second != nullptr) second->store_range(lo, v);
+  }
+}
+
+void BlockwiseQ8::to(c10::Device device) {
+  if (!defined() || codes.device() == device) return;
+  codes = codes.to(device);
+  absmax = absmax.to(device);
+}
+
+}  // namespace lowmem::optim
