@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <sstream>
+#include <stdexcept>
 
 #include "lowmem/adapters/registry.h"
 #include "lowmem/core/check.h"
@@ -11,6 +12,8 @@
 #include "lowmem/core/input.h"
 #include "lowmem/core/json.h"
 #include "lowmem/data/jsonl.h"
+#include "lowmem/interop/hf_checkpoint.h"
+#include "lowmem/interop/hf_config.h"
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/io/gguf.h"
 #include "lowmem/io/safetensors.h"
@@ -59,6 +62,84 @@ void gguf(const std::string& in) {
   const io::GgufHeader h =
       io::parse_gguf_header(stream, in.size(), "fuzz.gguf");
   (void)h;
+}
+
+// The fields of a parsed config.json that a round trip must keep.
+std::string config_summary(const interop::HfConfig& c) {
+  const models::LlamaConfig& l = c.llama;
+  const models::RopeScaling& r = l.rope_scaling();
+  std::ostringstream o;
+  o.precision(17);
+  o << c.architecture << ' ' << c.model_type << ' ' << c.torch_dtype << ' '
+    << l.vocab_size() << ' ' << l.hidden_size() << ' '
+    << l.intermediate_size() << ' ' << l.num_hidden_layers() << ' '
+    << l.num_attention_heads() << ' ' << models::resolved_kv_heads(l) << ' '
+    << models::resolved_head_dim(l) << ' ' << l.max_position_embeddings()
+    << ' ' << l.rms_norm_eps() << ' ' << l.initializer_range() << ' '
+    << l.tie_word_embeddings() << ' ' << l.attention_bias() << ' '
+    << l.mlp_bias() << ' ' << l.qkv_bias() << ' ' << l.qk_norm() << ' '
+    << l.sliding_window() << ' ' << l.rope_theta() << ' ' << r.rope_type();
+  if (r.rope_type() != "default") o << ' ' << r.factor();
+  if (r.rope_type() == "llama3") {
+    o << ' ' << r.low_freq_factor() << ' ' << r.high_freq_factor() << ' '
+      << r.original_max_position_embeddings();
+  }
+  return o.str();
+}
+
+// A Hugging Face config.json as interop::read_hf_config reads it (16 MiB,
+// nesting <= 128), then written back as save_hf_checkpoint writes it
+// (hf_config_json + dump) and read again. What lowmem writes it must read
+// back to the same model: a failing or changing round trip is a bug (thrown
+// as std::logic_error, which both harnesses report), not a rejection.
+void config_json(const std::string& in) {
+  const interop::HfConfig c =
+      interop::parse_hf_config(parse_json(in, "config.json"), "config.json");
+  const std::string written = interop::hf_config_json(c, c.torch_dtype).dump();
+  interop::HfConfig back;
+  try {
+    back = interop::parse_hf_config(parse_json(written, "written config.json"),
+                                    "written config.json");
+  } catch (const c10::Error& e) {
+    throw std::logic_error("[fuzz] config.json written by lowmem is not read "
+                           "back: " +
+                           clip(e.what_without_backtrace()));
+  }
+  if (config_summary(back) != config_summary(c)) {
+    throw std::logic_error("[fuzz] config.json round trip changed the model: " +
+                           clip(config_summary(c)) + " -> " +
+                           clip(config_summary(back)));
+  }
+}
+
+// model.safetensors.index.json as interop::read_hf_weight_index reads it
+// (16 MiB, nesting <= 128, then the weight_map's names checked).
+void safetensors_index(const std::string& in) {
+  const char* source = "model.safetensors.index.json";
+  const auto map = interop::parse_hf_weight_map(parse_json(in, source), source);
+  (void)map;
+}
+
+// A chat template (tokenizer_config.json's chat_template, the Jinja source a
+// downloaded model brings) parsed and rendered on a short conversation, as
+// data::JsonlDataset and `lowmem tokenize --chat` do. The evaluation limits
+// are tighter than the defaults (whose values tests/text checks) so that one
+// input stays well under libFuzzer's time limit.
+void chat_template(const std::string& in) {
+  static const nlohmann::ordered_json context = {
+      {"messages",
+       {{{"role", "system"}, {"content", "Be brief."}},
+        {{"role", "user"}, {"content", "Hello wörld <s> 123"}},
+        {{"role", "assistant"}, {"content", " Hi!\n"}},
+        {{"role", "user"}, {"content", "And 2 + 2?"}}}},
+      {"add_generation_prompt", true},
+      {"bos_token", "<s>"},
+      {"eos_token", "</s>"}};
+  const text::ChatTemplate t(in, text::ChatTemplateLimits()
+                                     .max_source_bytes(1 << 16)
+                                     .max_output_bytes(1 << 20)
+                                     .max_steps(200000));
+  (void)t.render(context);
 }
 
 void recipe(const std::string& in) {
@@ -114,6 +195,15 @@ const std::vector<Target>& targets() {
       {"gguf", "GGUF header (io::parse_gguf_header)", gguf},
       {"recipe", "YAML recipe (train::Config::apply_yaml + validate)", recipe},
       {"jsonl", "JSON Lines rows (data::tokenize_row per line)", jsonl},
+      {"chat_template",
+       "chat template source (text::ChatTemplate, parse + render)",
+       chat_template},
+      {"config_json",
+       "Hugging Face config.json (interop::parse_hf_config, round trip)",
+       config_json},
+      {"safetensors_index",
+       "model.safetensors.index.json (interop::parse_hf_weight_map)",
+       safetensors_index},
   };
   return rows;
 }

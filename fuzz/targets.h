@@ -9,7 +9,9 @@
 // error (c10::Error or ConfigError): run_target returns that message, and
 // both harnesses fail when it is longer than kMaxFuzzMessageBytes (a value
 // echoed whole). Anything else (another exception, a crash, a sanitizer
-// report, a hang) is a bug.
+// report, a hang) is a bug; a target that checks a property of what it read
+// (config_json: write it back and read it again) throws std::logic_error when
+// the property fails.
 #pragma once
 
 #include <functional>
@@ -29,7 +31,8 @@ struct Target {
 };
 
 /// safetensors, manifest, adapter_config, tokenizer_json, gguf, recipe,
-/// jsonl.
+/// jsonl, chat_template, config_json, safetensors_index (each with a seed folder
+/// fuzz/corpus/<name>/).
 const std::vector<Target>& targets();
 /// The target called `name`, or nullptr.
 const Target* find_target(std::string_view name);

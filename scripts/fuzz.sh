@@ -2,28 +2,34 @@
 # Builds the libFuzzer programs (fuzz/, CMake option LOWMEM_FUZZ: clang,
 # AddressSanitizer, UndefinedBehaviorSanitizer) in build-fuzz/ and runs each
 # target for SECONDS seconds (default 60) on a copy of its seed corpus
-# (fuzz/corpus/<target>/). Crashes, sanitizer reports and over-long error
-# messages stop a target with its reproducer in build-fuzz/artifacts/.
+# (fuzz/corpus/<target>/; the targets are the folders there). Crashes,
+# sanitizer reports, uncaught exceptions, hangs (> 20 s per input), more
+# than 4 GiB RSS and over-long error messages stop a target with its
+# reproducer in build-fuzz/artifacts/.
 #
 #   scripts/fuzz.sh                 # every target, 60 s each
 #   scripts/fuzz.sh 600 safetensors # one target, 10 minutes
 #   RUNS=10000000 scripts/fuzz.sh 0 manifest   # a fixed number of executions
+#   PARALLEL=2 scripts/fuzz.sh      # two targets at a time (scripts/test.sh)
 #
-# Prints "<target>: <executions> executions, <crashes> crashes" per target;
-# exits non-zero when any target failed. docs/reliability.md records runs.
+# Prints "<target>: <executions> executions, <crashes> crashes ..." per
+# target; exits non-zero when any target failed or found a crash.
+# docs/reliability.md records runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-  TARGETS=(safetensors manifest adapter_config tokenizer_json gguf recipe jsonl)
+  for d in fuzz/corpus/*/; do TARGETS+=("$(basename "$d")"); done
 fi
 BUILD=${BUILD:-build-fuzz}
 JOBS=${JOBS:-2}
+PARALLEL=${PARALLEL:-1}
 if [ ! -f "$BUILD/build.ninja" ]; then
+  # -O1: the usual level for sanitized fuzzing (compiles faster than -O2).
   cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DCMAKE_CXX_COMPILER=clang++ -DLOWMEM_FUZZ=ON -DLOWMEM_BUILD_TESTS=OFF \
+    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -DCMAKE_CXX_COMPILER=clang++ -DLOWMEM_FUZZ=ON -DLOWMEM_BUILD_TESTS=OFF \
     -DLOWMEM_BUILD_BENCH=OFF -DLOWMEM_BUILD_TOOLS=OFF \
     -DCMAKE_DISABLE_PRECOMPILE_HEADERS=ON
 fi
@@ -33,27 +39,64 @@ mkdir -p "$BUILD/artifacts"
 # ours.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-status=0
-for t in "${TARGETS[@]}"; do
-  corpus="$BUILD/corpus/$t"
+
+# Runs target $1; its exit status is libFuzzer's.
+run_target() {
+  local t=$1
+  local corpus="$BUILD/corpus/$t"
   mkdir -p "$corpus"
   cp -n fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
-  log="$BUILD/fuzz_$t.log"
-  args=(-max_len=65536 -timeout=20 -rss_limit_mb=4096
-        -artifact_prefix="$BUILD/artifacts/$t-" -print_final_stats=1)
+  local args=(-max_len=65536 -timeout=20 -rss_limit_mb=4096
+              -artifact_prefix="$BUILD/artifacts/$t-" -print_final_stats=1)
   if [ -n "${RUNS:-}" ]; then
     args+=(-runs="$RUNS")
   else
     args+=(-max_total_time="$SECONDS_PER_TARGET")
   fi
-  if "$BUILD/fuzz_$t" "${args[@]}" "$corpus" >"$log" 2>&1; then
-    rc=0
-  else
-    rc=$?
+  "$BUILD/fuzz_$t" "${args[@]}" "$corpus" >"$BUILD/fuzz_$t.log" 2>&1
+}
+
+# One line per target from its log and exit status ($BUILD/fuzz_$t.rc).
+report() {
+  local t=$1 rc log="$BUILD/fuzz_$1.log" execs crashes secs
+  rc=$(cat "$BUILD/fuzz_$t.rc")
+  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" |
+    grep -o '[0-9]*$' || echo "?")
+  secs=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$log" |
+    grep -o 'in [0-9]*' | grep -o '[0-9]*' || echo "?")
+  crashes=$(ls "$BUILD/artifacts" | grep -c "^$t-" || true)
+  echo "$t: ${execs} executions in ${secs} s, ${crashes} crashes (exit $rc; log $log)"
+  if [ "$rc" != 0 ]; then
+    echo "--- $t failed; the end of $log:"
+    tail -n 40 "$log"
+  fi
+}
+
+# Earlier reproducers of these targets move to artifacts/old/: a count is of
+# this run.
+mkdir -p "$BUILD/artifacts/old"
+for t in "${TARGETS[@]}"; do
+  for f in "$BUILD/artifacts/$t-"*; do
+    if [ -f "$f" ]; then mv -f "$f" "$BUILD/artifacts/old/"; fi
+  done
+  rm -f "$BUILD/fuzz_$t.rc"
+done
+running=0
+for t in "${TARGETS[@]}"; do
+  if [ "$running" -ge "$PARALLEL" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  ( rc=0; run_target "$t" || rc=$?; echo "$rc" >"$BUILD/fuzz_$t.rc" ) &
+  running=$((running + 1))
+done
+wait
+status=0
+for t in "${TARGETS[@]}"; do
+  report "$t"
+  if [ "$(cat "$BUILD/fuzz_$t.rc")" != 0 ] ||
+     ls "$BUILD/artifacts" | grep -q "^$t-"; then
     status=1
   fi
-  execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
-  crashes=$(ls "$BUILD/artifacts" | grep -c "^$t-" || true)
-  echo "$t: ${execs} executions, ${crashes} crashes (exit $rc; log $log)"
 done
 exit $status

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -15,6 +16,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "lowmem/core/check.h"
 #include "lowmem/core/input.h"
@@ -109,33 +111,40 @@ void add_file_entries(const std::string& dir, const std::string& file,
   }
 }
 
-// The index's weight_map: tensor name -> file name (checked to stay inside
-// the directory).
-std::map<std::string, std::string> read_weight_map(const std::string& path) {
-  const json j = read_json_file(path);
-  LOWMEM_CHECK(j.is_object() && j.contains("weight_map") &&
-                   j.at("weight_map").is_object(),
-               "[hf] ", path,
-               ": expected an object with a \"weight_map\" object");
-  std::map<std::string, std::string> out;
-  static const std::regex kName("[A-Za-z0-9_.-]+\\.safetensors");
-  for (const auto& [name, file] : j.at("weight_map").items()) {
-    LOWMEM_CHECK(file.is_string(), "[hf] ", path, ": weight_map[", quote(name),
-                 "] is not a file name");
-    const std::string f = file.get<std::string>();
-    LOWMEM_CHECK(
-        std::regex_match(f, kName) && f.find("..") == std::string::npos,
-        "[hf] ", path, ": weight_map[", quote(name), "] = ", quote(f),
-        " is not a .safetensors file name in the directory");
-    out[name] = f;
+// A shard's file name as the index may give it: a plain name ending in
+// .safetensors, of letters, digits, '_', '.' and '-', without "..". Checked
+// by hand: libstdc++'s std::regex recurses once per character, so a long
+// hostile name could overflow the stack.
+bool is_shard_name(const std::string& f) {
+  constexpr std::string_view kExt = ".safetensors";
+  if (f.size() <= kExt.size() || f.size() > 255 ||
+      f.compare(f.size() - kExt.size(), kExt.size(), kExt) != 0 ||
+      f.find("..") != std::string::npos) {
+    return false;
   }
-  return out;
+  return std::all_of(f.begin(), f.end(), [](char ch) {
+    return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' ||
+           ch == '.' || ch == '-';
+  });
 }
 
+// transformers' _keys_to_ignore_on_load_unexpected: the tied head, and
+// model.layers.<digits>.self_attn.rotary_emb.inv_freq.
 bool ignored_on_load(const std::string& name, bool tied) {
-  static const std::regex kInvFreq(
-      R"(model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq)");
-  return (tied && name == "lm_head.weight") || std::regex_match(name, kInvFreq);
+  if (tied && name == "lm_head.weight") return true;
+  constexpr std::string_view kPrefix = "model.layers.";
+  constexpr std::string_view kSuffix = ".self_attn.rotary_emb.inv_freq";
+  const std::string_view n = name;
+  if (n.size() <= kPrefix.size() + kSuffix.size() ||
+      n.substr(0, kPrefix.size()) != kPrefix ||
+      n.substr(n.size() - kSuffix.size()) != kSuffix) {
+    return false;
+  }
+  const std::string_view digits =
+      n.substr(kPrefix.size(), n.size() - kPrefix.size() - kSuffix.size());
+  return std::all_of(digits.begin(), digits.end(), [](char ch) {
+    return std::isdigit(static_cast<unsigned char>(ch));
+  });
 }
 
 // Every parameter present with its shape and a readable dtype; nothing else.
@@ -169,6 +178,25 @@ void check_against_model(
 
 }  // namespace
 
+std::map<std::string, std::string> parse_hf_weight_map(
+    const nlohmann::json& j, const std::string& source) {
+  LOWMEM_CHECK(j.is_object() && j.contains("weight_map") &&
+                   j.at("weight_map").is_object(),
+               "[hf] ", source,
+               ": expected an object with a \"weight_map\" object");
+  std::map<std::string, std::string> out;
+  for (const auto& [name, file] : j.at("weight_map").items()) {
+    LOWMEM_CHECK(file.is_string(), "[hf] ", source, ": weight_map[",
+                 quote(name), "] is not a file name, got ", clip_json(file));
+    const std::string f = file.get<std::string>();
+    LOWMEM_CHECK(is_shard_name(f), "[hf] ", source, ": weight_map[",
+                 quote(name), "] = ", quote(f),
+                 " is not a .safetensors file name in the directory");
+    out[name] = f;
+  }
+  return out;
+}
+
 std::map<std::string, HfTensorRef> read_hf_weight_index(
     const std::string& dir) {
   std::map<std::string, HfTensorRef> out;
@@ -180,7 +208,7 @@ std::map<std::string, HfTensorRef> read_hf_weight_index(
   LOWMEM_CHECK(fs::exists(index), "[hf] ", dir, " has neither ", kSingleFile,
                " nor ", kIndexFile,
                " (pytorch_model.bin is not read: convert it to safetensors)");
-  auto listed = read_weight_map(index);
+  auto listed = parse_hf_weight_map(read_json_file(index), index);
   std::set<std::string> files;
   for (const auto& kv : listed) files.insert(kv.second);
   for (const auto& f : files) add_file_entries(dir, f, out, &listed);

@@ -53,6 +53,25 @@ std::vector<std::string> hostile_inputs(const std::string& name) {
       out.push_back(file + header);
     }
   }
+  if (name == "safetensors_index") {
+    // A 1 MB shard name: the regex it was once matched with recursed per
+    // character.
+    out.push_back("{\"weight_map\": {\"w\": \"" + big.substr(0, 1 << 20) +
+                  ".safetensors\"}}");
+    out.push_back("{\"weight_map\": {\"w\": \"../../etc/x.safetensors\"}}");
+    out.push_back("{\"weight_map\": {\"w\": " + deep.substr(0, 100) + "}}");
+  }
+  if (name == "config_json") {
+    const std::string sizes =
+        "\"vocab_size\": 9223372036854775807, \"hidden_size\": 64, "
+        "\"intermediate_size\": 18446744073709551615, "
+        "\"num_hidden_layers\": -1, \"num_attention_heads\": 4";
+    out.push_back("{\"architectures\": [\"" + big.substr(0, 1 << 20) + "\"], " +
+                  sizes + "}");
+    out.push_back("{\"model_type\": \"llama\", " + sizes + "}");
+    out.push_back("{\"model_type\": \"llama\", \"rope_scaling\": " +
+                  deep.substr(0, 127) + std::string(127, ']') + "}");
+  }
   if (name == "recipe") {
     out.push_back(std::string(100000, '[') + "\n");
     out.push_back("steps: " + big.substr(0, 1 << 20) + "\n");
@@ -116,6 +135,12 @@ std::string mutate(const std::vector<std::string>& seeds,
   return s;
 }
 
+std::vector<std::string> target_names() {
+  std::vector<std::string> names;
+  for (const auto& t : targets()) names.push_back(t.name);
+  return names;
+}
+
 void expect_short(const Target& t, const std::string& input,
                   const std::string& what) {
   std::string msg;
@@ -161,10 +186,21 @@ TEST_P(Replay, SeedsHostileInputsAndMutations) {
   EXPECT_EQ(accepted, static_cast<int>(seeds.size()));
 }
 
-INSTANTIATE_TEST_SUITE_P(Fuzz, Replay,
-                         ::testing::Values("safetensors", "manifest",
-                                           "adapter_config", "tokenizer_json",
-                                           "gguf", "recipe", "jsonl"),
+// Every seed folder belongs to a target and every target has one
+// (scripts/fuzz.sh runs the targets named by the folders).
+TEST(FuzzCorpus, EveryTargetHasASeedFolderAndViceVersa) {
+  std::vector<std::string> folders;
+  for (const auto& e : fs::directory_iterator(fs::path(LOWMEM_SOURCE_DIR) /
+                                              "fuzz" / "corpus")) {
+    folders.push_back(e.path().filename().string());
+  }
+  std::vector<std::string> names = target_names();
+  std::sort(folders.begin(), folders.end());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(folders, names);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fuzz, Replay, ::testing::ValuesIn(target_names()),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

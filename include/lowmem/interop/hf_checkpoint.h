@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,15 @@ struct HfTensorRef {
   uint64_t offset = 0;  // first byte within the file
   uint64_t bytes = 0;
 };
+
+/// model.safetensors.index.json's weight_map (`j`, named `source` in
+/// errors): tensor name -> shard file name. Throws "[hf] <source>: ..."
+/// when there is no weight_map object, or an entry is not a string naming a
+/// .safetensors file inside the directory (letters, digits, '_', '.', '-',
+/// no "..", at most 255 bytes). read_hf_weight_index reads the file with
+/// read_json_file (16 MiB, nesting <= 128) and passes it here.
+std::map<std::string, std::string> parse_hf_weight_map(
+    const nlohmann::json& j, const std::string& source);
 
 /// name -> where it is, from model.safetensors or the index (each listed
 /// shard's header read and checked: the index and the files must agree).
