@@ -95,7 +95,8 @@ void add_option(CLI::App& app, const char* flag, T& field, const char* help) {
 void add_flags(CLI::App& app, CompareFlags& f) {
   f.app = &app;
   app.add_option("--suite", f.suite,
-                 "pretrain, finetune, all (or toy: a smoke test)")
+                 "memory, pretrain, finetune (comma-separated), all (or toy: "
+                 "a smoke test)")
       ->capture_default_str();
   app.add_option("--methods", f.methods,
                  "comma-separated method names (see --list); default all");
@@ -135,8 +136,9 @@ void resolve(CompareFlags& f) {
   cmp::CompareOptions& o = f.o;
   if (f.full) apply_full(f);
   if (f.steps > 0) o.pretrain_steps = o.finetune_steps = o.toy_steps = f.steps;
-  o.suites = f.suite == "all" ? std::vector<std::string>{"pretrain", "finetune"}
-                              : split_list(f.suite);
+  o.suites = f.suite == "all"
+                 ? std::vector<std::string>{"memory", "pretrain", "finetune"}
+                 : split_list(f.suite);
   o.methods = split_list(f.methods);
   o.isolate = !f.no_isolate;
   o.command_line = command_line();
@@ -215,6 +217,10 @@ void print_results(const cmp::CompareResults& res,
     std::printf("\n== %s\n", s.c_str());
     std::printf("%s", cmp::format_table(res.methods, s, false).c_str());
   }
+  if (!res.memory.rows.empty())
+    std::printf("\n== memory (lowmem plan; measured at %s)\n%s",
+                o.memory_measure.c_str(),
+                cmp::format_memory_table(res.memory, false).c_str());
   std::printf("\nPaper claims in this run:\n");
   for (const auto& c : res.claims)
     std::printf("  %-10s %-24s %s\n             %s\n", c.status.c_str(),
@@ -229,6 +235,7 @@ void print_results(const cmp::CompareResults& res,
   else if (o.python_baseline)
     std::printf("\nPython baseline: %s (%s)\n", res.python.status.c_str(),
                 res.python.reason.c_str());
+  std::printf("\n== Summary\n%s", cmp::format_summary(res, false).c_str());
   std::printf(
       "\nPlots: %s%s\n", res.plots.status.c_str(),
       res.plots.reason.empty() ? "" : (" (" + res.plots.reason + ")").c_str());

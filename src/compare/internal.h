@@ -99,6 +99,12 @@ train::Config method_config(const MethodDef& method, const Suite& suite,
 /// CompareOptions::device.
 c10::Device device_of(const torch::nn::Module& module);
 
+/// The seed of a run: CompareOptions::seed + seed_index (the finetune base
+/// model and the data subsets use CompareOptions::seed itself).
+inline uint64_t run_seed(const CompareOptions& o) {
+  return o.seed + static_cast<uint64_t>(o.seed_index);
+}
+
 /// Peak learning rate of the pretrain suite's AdamW baseline (the Python
 /// baseline uses the same); methods.cpp.
 double pretrain_adamw_lr();
@@ -109,6 +115,34 @@ PythonBaseline run_python_baseline(const CompareOptions& options);
 /// One MethodResult as a single-line JSON object and back (child -> parent).
 std::string method_to_json_line(const MethodResult& r);
 MethodResult method_from_json_line(const std::string& s);
+/// Memory-suite rows as a single-line JSON array and back.
+std::string memory_rows_to_json_line(const std::vector<MemoryRow>& rows);
+std::vector<MemoryRow> memory_rows_from_json_line(const std::string& s);
+
+// --- memory suite (memory_suite.cpp)
+
+/// A method of the memory suite: lowmem train keys for a LLaMA preset.
+struct MemoryMethod {
+  std::string name;
+  std::vector<std::string> keys;
+};
+/// The methods at LLaMA preset `model` (GaLore's rank for that size).
+std::vector<MemoryMethod> memory_methods(const std::string& model);
+/// The lowmem train configuration of `keys` on LLaMA `model` with the
+/// suite's batch shape.
+train::Config memory_config(const std::string& model,
+                            const std::vector<std::string>& keys,
+                            const CompareOptions& o);
+/// CompareOptions::memory_dtype as a scalar type; ConfigError otherwise.
+c10::ScalarType memory_dtype(const CompareOptions& o);
+/// lowmem plan's prediction for one row ("not planned" with the reason when
+/// plan cannot size the method).
+MemoryRow plan_row(const std::string& model, const MemoryMethod& m,
+                   const CompareOptions& o);
+/// Trains `m` on LLaMA `model` for memory_steps steps of random tokens and
+/// returns "peak_bytes peak_rss_bytes median_step_ms" (run in a child).
+std::string measure_memory(const std::string& model, const MemoryMethod& m,
+                           const CompareOptions& o);
 
 /// Writes `text` to `path` atomically (io::atomic_write_file: temp file,
 /// fsync, rename).

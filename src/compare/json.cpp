@@ -151,6 +151,17 @@ std::string method_to_json_line(const MethodResult& r) {
 MethodResult method_from_json_line(const std::string& s) {
   return method_from(nlohmann::json::parse(s));
 }
+std::string memory_rows_to_json_line(const std::vector<MemoryRow>& rows) {
+  json a = json::array();
+  for (const auto& r : rows) a.push_back(to_json(r));
+  return a.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+std::vector<MemoryRow> memory_rows_from_json_line(const std::string& s) {
+  std::vector<MemoryRow> rows;
+  for (const auto& x : nlohmann::json::parse(s))
+    rows.push_back(from_json<MemoryRow>(x));
+  return rows;
+}
 void write_text_file(const std::string& path, const std::string& text) {
   io::atomic_write_file(path, text);  // temp file, fsync, rename
 }

@@ -9,6 +9,7 @@
 // head) go to the aux optimizer with the same learning rate; warm-up (10% of
 // the steps) + cosine decay to 10% (the trainer's schedule). The learning
 // rates are the best of the sweeps recorded in docs/benchmarks/compare.md.
+#include <cmath>
 #include <sstream>
 
 #include "internal.h"
@@ -209,7 +210,7 @@ void add_pretrain(std::vector<MethodDef>& out) {
              kv("projected_adapter.update_proj_gap",
                 refresh_gap(o.pretrain_steps)),
              "projected_adapter.basis=orthogonal",
-             kv("projected_adapter.seed", static_cast<int64_t>(o.seed)),
+             kv("projected_adapter.seed", static_cast<int64_t>(run_seed(o))),
              "projected_adapter.cache_sketch=false",
              "projected_adapter.freeze_rest=false"},
             kPretrainLr);
@@ -353,6 +354,59 @@ std::vector<MethodDef> make_defs() {
 
 }  // namespace
 
+namespace {
+
+// What each method's official code or paper uses, for the keys where compare
+// differs or where the choice matters (docs/compare.md, "Official
+// settings"). Values are lowmem train keys' values.
+struct Official {
+  const char *suite, *method, *key, *value, *source;
+};
+constexpr const char* kGaloreReadme =
+    "GaLore README, LLaMA-60m pre-training command "
+    "(github.com/jiaweizzhao/GaLore)";
+constexpr const char* kCameCode =
+    "CAME official optimizer defaults (github.com/yangluo7/CAME, "
+    "CAME.__init__)";
+constexpr const char* kSnellCode =
+    "SNELL official code defaults (github.com/ssfgunner/SNELL)";
+constexpr const char* kAdafactorHf =
+    "Adafactor (arXiv 1804.04235) as in transformers.Adafactor's defaults";
+const Official kOfficial[] = {
+    {"pretrain", "galore-adamw", "galore.rank", "128", kGaloreReadme},
+    {"pretrain", "galore-adamw", "galore.update_proj_gap", "200",
+     kGaloreReadme},
+    {"pretrain", "galore-adamw", "galore.scale", "0.25", kGaloreReadme},
+    {"pretrain", "galore-adamw", "galore_adamw.lr", "0.01", kGaloreReadme},
+    {"pretrain", "galore-adamw", "galore_adamw.weight_decay", "0",
+     kGaloreReadme},
+    {"pretrain", "came", "came.beta1", "0.9", kCameCode},
+    {"pretrain", "came", "came.beta2", "0.999", kCameCode},
+    {"pretrain", "came", "came.beta3", "0.9999", kCameCode},
+    {"pretrain", "came", "came.eps1", "1e-30", kCameCode},
+    {"pretrain", "came", "came.eps2", "1e-16", kCameCode},
+    {"pretrain", "adafactor", "adafactor.relative_step", "true", kAdafactorHf},
+    {"pretrain", "adafactor", "adafactor.scale_parameter", "true",
+     kAdafactorHf},
+    {"pretrain", "adafactor", "adafactor.beta1", "none", kAdafactorHf},
+    {"finetune", "snell", "snell.sparsity", "0", kSnellCode},
+    {"finetune", "snell", "adamw.lr", "0.001", kSnellCode},
+    {"finetune", "snell", "adamw.weight_decay", "0.01", kSnellCode},
+};
+
+// Same setting: equal text, or both numbers within a relative 1e-9.
+bool same_value(const std::string& a, const std::string& b) {
+  if (a == b) return true;
+  try {
+    const double x = parse_float(a, "official"), y = parse_float(b, "used");
+    return std::fabs(x - y) <= 1e-9 * std::max(std::fabs(x), std::fabs(y));
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
 double pretrain_adamw_lr() { return kAdamwLr; }
 
 const std::vector<MethodDef>& method_defs() {
@@ -381,3 +435,25 @@ train::Config method_config(const MethodDef& method, const Suite& suite,
 }
 
 }  // namespace lowmem::compare::detail
+
+namespace lowmem::compare {
+
+std::vector<OfficialSetting> official_settings(const CompareOptions& o) {
+  std::vector<OfficialSetting> out;
+  for (const auto& e : detail::kOfficial) {
+    const detail::MethodDef& def = detail::method_def(e.suite, e.method);
+    train::Config c = detail::method_config(def, detail::suite(e.suite), o);
+    OfficialSetting r;
+    r.suite = e.suite;
+    r.method = e.method;
+    r.key = e.key;
+    r.official = e.value;
+    r.used = c.get(e.key);
+    r.source = e.source;
+    r.deviates = !detail::same_value(r.official, r.used);
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace lowmem::compare

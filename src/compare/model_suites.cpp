@@ -76,11 +76,11 @@ Workload text_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
   w.model = model;
   w.items_per_step = o.gpt_batch * o.gpt_context;
   w.item_unit = "tokens/s";
-  auto batches = std::make_shared<data::TextBatches>(
-      d.train, data::TextBatchOptions()
-                   .context(o.gpt_context)
-                   .batch_size(o.gpt_batch)
-                   .seed(o.seed));
+  auto batches =
+      std::make_shared<data::TextBatches>(d.train, data::TextBatchOptions()
+                                                       .context(o.gpt_context)
+                                                       .batch_size(o.gpt_batch)
+                                                       .seed(run_seed(o)));
   w.next_batch = [batches]() { return batches->next(); };
   w.loss = [model](const data::Batch& b) {
     const c10::Device dev = device_of(*model);
@@ -258,7 +258,7 @@ Workload finetune_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
     ar.load_from(path);
     model->load(ar);
   }
-  torch::manual_seed(o.seed + 2);
+  torch::manual_seed(run_seed(o) + 2);
   model->reset_head(5);  // classes 5-9, relabelled 0-4
   if (bf16) model->to(at::kBFloat16);
   Workload w;
@@ -273,7 +273,8 @@ Workload finetune_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
   w.items_per_step = o.vit_batch;
   w.item_unit = "samples/s";
   auto batches = std::make_shared<data::ImageBatches>(
-      d.train, data::ImageBatchOptions().batch_size(o.vit_batch).seed(o.seed));
+      d.train,
+      data::ImageBatchOptions().batch_size(o.vit_batch).seed(run_seed(o)));
   const at::ScalarType dt = bf16 ? at::kBFloat16 : at::kFloat;
   w.next_batch = [batches]() { return batches->next(); };
   w.loss = [model, dt](const data::Batch& b) {

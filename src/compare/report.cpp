@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <sstream>
 
@@ -18,10 +19,12 @@ constexpr double kLossTolerance = 0.05;  // relative validation-loss margin
 constexpr double kAccTolerance = 0.01;   // absolute accuracy margin (1 point)
 constexpr double kMemTolerance = 0.10;   // "comparable memory": within 10%
 
+// A method's result when at least one of its seeds finished.
 const MethodResult* find(const std::vector<MethodResult>& ms,
                          const std::string& suite, const std::string& name) {
   for (const auto& m : ms)
-    if (m.info.suite == suite && m.info.name == name && m.status == "ok")
+    if (m.info.suite == suite && m.info.name == name &&
+        (m.status == "ok" || m.seeds_ok > 0))
       return &m;
   return nullptr;
 }
@@ -51,51 +54,134 @@ bool missing(ClaimCheck& c, const std::vector<MethodResult>& ms,
 
 std::string pct(double v) { return num(100.0 * v) + "%"; }
 std::string mib(int64_t b) { return format_bytes(b); }
-std::string verdict(bool ok) { return ok ? "held" : "not held"; }
+
+// The metric of each finished seed of `m`, by seed (the result itself as one
+// seed when it was never merged).
+std::map<uint64_t, double> per_seed(const MethodResult& m, bool accuracy) {
+  std::map<uint64_t, double> out;
+  auto take = [&](uint64_t seed, const std::optional<double>& loss,
+                  const std::optional<double>& acc) {
+    const auto& v = accuracy ? acc : loss;
+    if (v && std::isfinite(*v)) out[seed] = *v;
+  };
+  if (m.seed_runs.empty()) {
+    take(0, m.val_loss, m.val_accuracy);
+  } else {
+    for (const auto& r : m.seed_runs)
+      if (r.status == "ok") take(r.seed, r.val_loss, r.val_accuracy);
+  }
+  return out;
+}
+
+// "2.345 ± 0.012" (accuracy in percent); the std only with 2+ seeds.
+std::string mean_std(const std::optional<double>& mean,
+                     const std::optional<double>& sd, bool accuracy) {
+  if (!mean) return "";
+  const double k = accuracy ? 100.0 : 1.0;
+  std::string o = num(k * *mean);
+  if (sd) o += " ± " + num(k * *sd);
+  return o + (accuracy ? "%" : "");
+}
+std::string quality(const MethodResult& m, bool accuracy) {
+  return accuracy ? mean_std(m.val_accuracy, m.val_accuracy_std, true)
+                  : mean_std(m.val_loss, m.val_loss_std, false);
+}
+
+// The claim's quality test over the seeds `a` and `b` share: `margin(a_i,
+// b_i)` >= 0 when seed i supports the claim. `gate` is the claim's
+// deterministic part (memory, parameter counts): when false the claim is
+// "not held" whatever the seeds say. Sets status, seeds and the evidence's
+// quality part (`what`: "validation loss CAME ... vs Adafactor ...").
+void judge(ClaimCheck& c, const MethodResult& a, const MethodResult& b,
+           bool accuracy, const std::function<double(double, double)>& margin,
+           bool gate, const std::string& what) {
+  const auto va = per_seed(a, accuracy), vb = per_seed(b, accuracy);
+  std::vector<double> margins;
+  for (const auto& [seed, x] : va) {
+    const auto it = vb.find(seed);
+    if (it != vb.end()) margins.push_back(margin(x, it->second));
+  }
+  const SeedVerdict v = judge_margins(margins);
+  c.seeds = v.n;
+  c.status = gate ? v.status : "not held";
+  const double k = accuracy ? 100.0 : 1.0;
+  c.evidence = what + " " + a.info.label + " " + quality(a, accuracy) + " vs " +
+               b.info.label + " " + quality(b, accuracy) + " over " +
+               std::to_string(v.n) + " paired seed" + (v.n == 1 ? "" : "s") +
+               "; margin " + num(k * v.mean) +
+               (v.n >= 2 ? " ± " + num(k * v.std) : "") +
+               (accuracy ? " points" : "");
+}
+
+// Loss margin: b's loss times (1 + tol) minus a's (>= 0: a within tol).
+std::function<double(double, double)> loss_within(double tol) {
+  return [tol](double a, double b) { return b * (1.0 + tol) - a; };
+}
 
 }  // namespace
+
+SeedVerdict judge_margins(const std::vector<double>& margins) {
+  SeedVerdict v;
+  v.n = static_cast<int64_t>(margins.size());
+  if (v.n == 0) {
+    v.status = "inconclusive";
+    return v;
+  }
+  for (double m : margins) v.mean += m;
+  v.mean /= static_cast<double>(v.n);
+  if (v.n < 2) {
+    v.status = "inconclusive";  // one seed: no spread to judge by
+    return v;
+  }
+  double ss = 0;
+  for (double m : margins) ss += (m - v.mean) * (m - v.mean);
+  v.std = std::sqrt(ss / static_cast<double>(v.n - 1));
+  v.status =
+      v.mean > v.std ? "held" : (v.mean < -v.std ? "not held" : "inconclusive");
+  return v;
+}
 
 namespace {
 
 const std::string P = "pretrain", F = "finetune";
 
 ClaimCheck claim_came_vs_adafactor(const std::vector<MethodResult>& ms) {
-  ClaimCheck c{"came-vs-adafactor", "CAME (arXiv 2307.02047)",
+  ClaimCheck c{"came-vs-adafactor",
+               "CAME (arXiv 2307.02047)",
                "CAME reaches a validation loss at or below Adafactor's with "
                "factored (sublinear) optimizer state.",
-               "", ""};
+               "",
+               "",
+               0};
   if (!missing(c, ms, P, {"came", "adafactor"})) {
     const auto *a = find(ms, P, "came"), *b = find(ms, P, "adafactor");
-    const bool ok = *a->val_loss <= *b->val_loss;
-    c.status = verdict(ok);
-    c.evidence = "validation loss CAME " + num(*a->val_loss) +
-                 " vs Adafactor " + num(*b->val_loss) + "; optimizer state " +
-                 mib(a->optimizer_state_bytes) + " vs " +
-                 mib(b->optimizer_state_bytes);
+    judge(c, *a, *b, false, loss_within(0), true, "validation loss");
+    c.evidence += "; optimizer state " + mib(a->optimizer_state_bytes) +
+                  " vs " + mib(b->optimizer_state_bytes);
   }
   return c;
 }
 
 ClaimCheck claim_galore_vs_adamw(const std::vector<MethodResult>& ms) {
-  ClaimCheck c{"galore-vs-adamw", "GaLore (arXiv 2403.03507)",
+  ClaimCheck c{"galore-vs-adamw",
+               "GaLore (arXiv 2403.03507)",
                "GaLore-AdamW trains within " + pct(kLossTolerance) +
                    " of AdamW's validation loss with a fraction of its "
                    "optimizer state.",
-               "", ""};
+               "",
+               "",
+               0};
   if (!missing(c, ms, P, {"galore-adamw", "adamw"})) {
     const auto *g = find(ms, P, "galore-adamw"), *a = find(ms, P, "adamw");
-    const double rel = (*g->val_loss - *a->val_loss) / *a->val_loss;
     const double mem = a->optimizer_state_bytes > 0
                            ? static_cast<double>(g->optimizer_state_bytes) /
                                  static_cast<double>(a->optimizer_state_bytes)
                            : NAN;
-    c.status = verdict(rel <= kLossTolerance && mem < 1.0);
-    c.evidence = "validation loss GaLore-AdamW " + num(*g->val_loss) +
-                 " vs AdamW " + num(*a->val_loss) + " (" +
-                 (rel >= 0 ? "+" : "") + pct(rel) + ") at " + pct(mem) +
-                 " of AdamW's optimizer state (" +
-                 mib(g->optimizer_state_bytes) + " vs " +
-                 mib(a->optimizer_state_bytes) + ")";
+    judge(c, *g, *a, false, loss_within(kLossTolerance), mem < 1.0,
+          "validation loss");
+    c.evidence += "; " + pct(mem) + " of AdamW's optimizer state (" +
+                  mib(g->optimizer_state_bytes) + " vs " +
+                  mib(a->optimizer_state_bytes) + ")";
   }
   return c;
 }
@@ -108,122 +194,132 @@ ClaimCheck claim_duality_random_sketch(const std::vector<MethodResult>& ms) {
                    pct(kLossTolerance) +
                    " of GaLore-AdamW's validation loss at a lower peak memory "
                    "(it never forms full weight gradients).",
-               "", ""};
+               "",
+               "",
+               0};
   if (!missing(c, ms, P, {"rsketch-adapter", "galore-adamw"})) {
     const auto *r = find(ms, P, "rsketch-adapter"),
                *g = find(ms, P, "galore-adamw");
-    const double rel = (*r->val_loss - *g->val_loss) / *g->val_loss;
-    const bool ok =
-        rel <= kLossTolerance && r->peak_tensor_bytes < g->peak_tensor_bytes;
-    c.status = verdict(ok);
-    c.evidence = "validation loss random-sketch adapter " + num(*r->val_loss) +
-                 " vs GaLore-AdamW " + num(*g->val_loss) + " (" +
-                 (rel >= 0 ? "+" : "") + pct(rel) + "); peak tensor memory " +
-                 mib(r->peak_tensor_bytes) + " vs " +
-                 mib(g->peak_tensor_bytes) + "; gradients " +
-                 mib(r->gradient_bytes) + " vs " + mib(g->gradient_bytes);
+    judge(c, *r, *g, false, loss_within(kLossTolerance),
+          r->peak_tensor_bytes < g->peak_tensor_bytes, "validation loss");
+    c.evidence += "; peak tensor memory " + mib(r->peak_tensor_bytes) + " vs " +
+                  mib(g->peak_tensor_bytes) + "; gradients " +
+                  mib(r->gradient_bytes) + " vs " + mib(g->gradient_bytes);
   }
   return c;
 }
 
 ClaimCheck claim_snell_vs_lora(const std::vector<MethodResult>& ms) {
-  ClaimCheck c{"snell-vs-lora", "SNELL (arXiv 2411.01800)",
+  ClaimCheck c{"snell-vs-lora",
+               "SNELL (arXiv 2411.01800)",
                "SNELL reaches at least LoRA's accuracy at comparable memory "
                "(peak within " +
                    pct(kMemTolerance) + " of LoRA's).",
-               "", ""};
+               "",
+               "",
+               0};
   if (!missing(c, ms, F, {"snell", "lora"})) {
     const auto *s = find(ms, F, "snell"), *l = find(ms, F, "lora");
     const double mem =
         static_cast<double>(s->peak_tensor_bytes) /
         static_cast<double>(std::max<int64_t>(1, l->peak_tensor_bytes));
-    const bool ok =
-        *s->val_accuracy >= *l->val_accuracy && mem <= 1.0 + kMemTolerance;
-    c.status = verdict(ok);
-    c.evidence = "accuracy SNELL " + pct(*s->val_accuracy) + " vs LoRA " +
-                 pct(*l->val_accuracy) + "; peak tensor memory " +
-                 mib(s->peak_tensor_bytes) + " vs " +
-                 mib(l->peak_tensor_bytes) + " (" + pct(mem) + ")";
+    judge(
+        c, *s, *l, true, [](double a, double b) { return a - b; },
+        mem <= 1.0 + kMemTolerance, "accuracy");
+    c.evidence += "; peak tensor memory " + mib(s->peak_tensor_bytes) + " vs " +
+                  mib(l->peak_tensor_bytes) + " (" + pct(mem) + ")";
   }
   return c;
 }
 
 ClaimCheck claim_lotr_vs_lora(const std::vector<MethodResult>& ms) {
-  ClaimCheck c{"lotr-vs-lora", "LoTR (arXiv 2402.01376)",
+  ClaimCheck c{"lotr-vs-lora",
+               "LoTR (arXiv 2402.01376)",
                "LoTR matches LoRA's accuracy (within " +
                    num(100 * kAccTolerance) +
                    " point) with fewer trainable parameters.",
-               "", ""};
+               "",
+               "",
+               0};
   if (!missing(c, ms, F, {"lotr", "lora"})) {
     const auto *t = find(ms, F, "lotr"), *l = find(ms, F, "lora");
-    const bool ok = t->trainable_params < l->trainable_params &&
-                    *t->val_accuracy >= *l->val_accuracy - kAccTolerance;
-    c.status = verdict(ok);
-    c.evidence = "accuracy LoTR " + pct(*t->val_accuracy) + " vs LoRA " +
-                 pct(*l->val_accuracy) + " with " +
-                 std::to_string(t->trainable_params) + " vs " +
-                 std::to_string(l->trainable_params) + " trainable parameters";
+    judge(
+        c, *t, *l, true,
+        [](double a, double b) { return a - b + kAccTolerance; },
+        t->trainable_params < l->trainable_params, "accuracy");
+    c.evidence += "; " + std::to_string(t->trainable_params) + " vs " +
+                  std::to_string(l->trainable_params) + " trainable parameters";
   }
   return c;
 }
 
 ClaimCheck claim_singd_vs_adamw(const std::vector<MethodResult>& ms) {
-  ClaimCheck c{"singd-vs-adamw", "SINGD (arXiv 2312.05705)",
+  ClaimCheck c{"singd-vs-adamw",
+               "SINGD (arXiv 2312.05705)",
                "SINGD (dense structure) reaches AdamW's validation loss "
                "(within " +
                    pct(kLossTolerance) + ").",
-               "", ""};
+               "",
+               "",
+               0};
   if (!missing(c, ms, P, {"singd-dense", "adamw"})) {
     const auto *s = find(ms, P, "singd-dense"), *a = find(ms, P, "adamw");
-    const double rel = (*s->val_loss - *a->val_loss) / *a->val_loss;
-    c.status = verdict(rel <= kLossTolerance);
-    c.evidence = "validation loss SINGD-dense " + num(*s->val_loss) +
-                 " vs AdamW " + num(*a->val_loss) + " (" +
-                 (rel >= 0 ? "+" : "") + pct(rel) + ")";
+    judge(c, *s, *a, false, loss_within(kLossTolerance), true,
+          "validation loss");
   }
   return c;
 }
 
 ClaimCheck claim_singd_structure_memory(const std::vector<MethodResult>& ms) {
-  ClaimCheck c{"singd-structure-memory", "SINGD (arXiv 2312.05705)",
+  ClaimCheck c{"singd-structure-memory",
+               "SINGD (arXiv 2312.05705)",
                "Structured (diagonal) SINGD keeps far less preconditioner "
                "state than KFAC and still trains (within " +
                    pct(kLossTolerance) + " of KFAC's validation loss).",
-               "", ""};
+               "",
+               "",
+               0};
   if (!missing(c, ms, P, {"singd-diag", "kfac"})) {
     const auto *s = find(ms, P, "singd-diag"), *k = find(ms, P, "kfac");
-    const double rel = (*s->val_loss - *k->val_loss) / *k->val_loss;
-    const bool ok = s->optimizer_state_bytes < k->optimizer_state_bytes &&
-                    rel <= kLossTolerance;
-    c.status = verdict(ok);
-    c.evidence = "optimizer state SINGD-diagonal " +
-                 mib(s->optimizer_state_bytes) + " vs KFAC " +
-                 mib(k->optimizer_state_bytes) + "; validation loss " +
-                 num(*s->val_loss) + " vs " + num(*k->val_loss) + " (" +
-                 (rel >= 0 ? "+" : "") + pct(rel) + ")";
+    judge(c, *s, *k, false, loss_within(kLossTolerance),
+          s->optimizer_state_bytes < k->optimizer_state_bytes,
+          "validation loss");
+    c.evidence += "; optimizer state " + mib(s->optimizer_state_bytes) +
+                  " vs " + mib(k->optimizer_state_bytes);
   }
   return c;
 }
 
+// Whether any seed of suite/name diverged ("" if none, else its reason).
+std::string diverged(const std::vector<MethodResult>& ms,
+                     const std::string& suite, const std::string& name) {
+  for (const auto& m : ms) {
+    if (m.info.suite != suite || m.info.name != name) continue;
+    if (m.seed_runs.empty() && m.status == "diverged") return m.reason;
+    for (const auto& r : m.seed_runs)
+      if (r.status == "diverged")
+        return "seed " + std::to_string(r.seed) + ": " + r.reason;
+  }
+  return "";
+}
+
 ClaimCheck claim_singd_bf16(const std::vector<MethodResult>& ms) {
-  ClaimCheck c{"singd-bf16", "SINGD (arXiv 2312.05705)",
+  ClaimCheck c{"singd-bf16",
+               "SINGD (arXiv 2312.05705)",
                "SINGD is stable in bfloat16: the bf16 run stays finite and "
                "within " +
                    pct(kLossTolerance) + " of the fp32 run's loss.",
-               "", ""};
-  const MethodResult* bf = nullptr;
-  for (const auto& m : ms)
-    if (m.info.suite == P && m.info.name == "singd-bf16") bf = &m;
-  if (bf && bf->status == "diverged") {
+               "",
+               "",
+               0};
+  const std::string why = diverged(ms, P, "singd-bf16");
+  if (!why.empty()) {
     c.status = "not held";
-    c.evidence = "bf16 run diverged: " + bf->reason;
+    c.evidence = "bf16 run diverged: " + why;
   } else if (!missing(c, ms, P, {"singd-bf16", "singd-dense"})) {
     const auto *b = find(ms, P, "singd-bf16"), *f = find(ms, P, "singd-dense");
-    const double rel = (*b->val_loss - *f->val_loss) / *f->val_loss;
-    c.status = verdict(std::isfinite(*b->val_loss) && rel <= kLossTolerance);
-    c.evidence = "validation loss bf16 " + num(*b->val_loss) + " vs fp32 " +
-                 num(*f->val_loss) + " (" + (rel >= 0 ? "+" : "") + pct(rel) +
-                 ")";
+    judge(c, *b, *f, false, loss_within(kLossTolerance), true,
+          "validation loss");
   }
   return c;
 }
@@ -247,7 +343,7 @@ std::string format_table(const std::vector<MethodResult>& ms,
       });
   rows.push_back({"method", "status", "trainable", "optim state",
                   "peak tensors", "peak RSS", "step ms", "throughput",
-                  "train loss", acc ? "val acc" : "val loss"});
+                  "train loss", acc ? "val acc" : "val loss", "seeds"});
   for (const auto& m : ms) {
     if (m.info.suite != suite) continue;
     const bool ok = m.status == "ok" || m.status == "diverged";
@@ -261,11 +357,11 @@ std::string format_table(const std::vector<MethodResult>& ms,
         std::snprintf(b, sizeof b, "%lld", static_cast<long long>(n));
       return std::string(b);
     };
-    std::string quality;
-    if (acc && m.val_accuracy)
-      quality = num(100.0 * *m.val_accuracy) + "%";
-    else if (!acc && m.val_loss)
-      quality = num(*m.val_loss);
+    const std::string q = quality(m, acc);
+    const std::string seeds = m.seed_runs.empty()
+                                  ? ""
+                                  : std::to_string(m.seeds_ok) + "/" +
+                                        std::to_string(m.seed_runs.size());
     std::string tp;
     if (ok && m.throughput > 0) {
       char b[48];
@@ -279,7 +375,7 @@ std::string format_table(const std::vector<MethodResult>& ms,
                     ok ? format_bytes(m.optimizer_state_bytes) : "",
                     ok ? format_bytes(m.peak_tensor_bytes) : "",
                     ok ? format_bytes(m.peak_rss_bytes) : "", ok ? st : "", tp,
-                    ok ? num(m.final_train_loss) : "", quality});
+                    ok ? num(m.final_train_loss) : "", q, seeds});
   }
   std::vector<size_t> w(rows[0].size(), 0);
   for (const auto& r : rows)
@@ -352,8 +448,10 @@ void report_suite(std::ostringstream& o, const CompareResults& res,
   o << "Trainable = parameters with gradients; optim state = optimizer state "
        "tensors (exact bytes); peak tensors = peak live tensor bytes of the "
        "method (weights, gradients, state, activations; the dataset excluded); "
-       "peak RSS = the method's own process; step ms = median step time; "
-       "train loss = mean over the last 10% of steps.\n\n";
+       "peak RSS = the method's own process; step ms = median step time "
+       "(memory and time: the first seed's run); train loss = mean over the "
+       "last 10% of steps (mean over the seeds); val = mean ± sample standard "
+       "deviation over the seeds that finished; seeds = finished / run.\n\n";
   for (const auto& m : res.methods)
     if (m.info.suite == s && !m.detail.empty())
       o << "- **" << m.info.label << "**: " << m.info.description
@@ -376,6 +474,31 @@ void report_suite(std::ostringstream& o, const CompareResults& res,
         o << "![" << s << " " << kind << "](" << f << ")\n\n";
     }
   }
+}
+
+// The recorded official settings next to this run's, deviations marked.
+void report_official(std::ostringstream& o, const CompareResults& res) {
+  std::vector<OfficialSetting> rows;
+  for (const auto& r : official_settings(res.options))
+    if (std::any_of(res.methods.begin(), res.methods.end(),
+                    [&r](const MethodResult& m) {
+                      return m.info.suite == r.suite && m.info.name == r.method;
+                    }))
+      rows.push_back(r);
+  if (rows.empty()) return;
+  o << "## Settings vs the official ones\n\n"
+       "Each method's row uses compare's settings (tuned by the recorded "
+       "learning-rate sweep at this scale, docs/benchmarks/compare.md); where "
+       "they differ from the method's official code or paper, the row says "
+       "**deviates**. A claim judged on a deviating row tests the method as "
+       "compare sets it, not as its authors do.\n\n"
+       "| suite | method | key | official | this run | | source |\n"
+       "|---|---|---|---:|---:|---|---|\n";
+  for (const auto& r : rows)
+    o << "| " << r.suite << " | " << r.method << " | `" << r.key << "` | "
+      << r.official << " | " << r.used << " | "
+      << (r.deviates ? "**deviates**" : "same") << " | " << r.source << " |\n";
+  o << "\n";
 }
 
 void report_claims(std::ostringstream& o, const CompareResults& res) {
@@ -424,16 +547,48 @@ void report_python(std::ostringstream& o, const CompareResults& res) {
   }
 }
 
+// The memory suite: its table and plot.
+void report_memory(std::ostringstream& o, const CompareResults& res) {
+  const MemorySuite& m = res.memory;
+  if (m.rows.empty()) return;
+  o << "## Memory suite: LLaMA sizes x methods\n\n"
+    << "Predicted by `lowmem plan` (train/plan.h; docs/memory.md) for one "
+       "training step of LLaMA (GaLore's sizes) with "
+    << m.dtype << " weights, batch " << m.batch_size << " x " << m.seq_len
+    << " tokens; the measured peak is the tracked peak of " << m.measured_steps
+    << " real training steps on random tokens in a child process (as the "
+       "training suites measure it). Bytes by role at the planned peak; "
+       "`not planned`: lowmem plan cannot size the method (the reason is in "
+       "results.json `memory.rows[].reason`).\n\n"
+    << format_memory_table(m, true) << "\n";
+  for (const auto& r : m.rows)
+    if (r.status != "ok" && r.model == m.rows.front().model)
+      o << "- " << r.method << ": " << r.status << " — " << r.reason << "\n";
+  o << "\n";
+  const std::string f = "plots/memory_suite.png";
+  if (std::find(res.plots.files.begin(), res.plots.files.end(), f) !=
+      res.plots.files.end())
+    o << "![memory suite](" << f << ")\n\n";
+}
+
 }  // namespace
 
 void write_report(const CompareResults& res, const std::string& path) {
   std::ostringstream o;
   report_header(o, res);
+  o << "## Summary\n\n" << format_summary(res, true) << "\n";
+  for (const char* f :
+       {"plots/pretrain_quality.png", "plots/finetune_quality.png"})
+    if (std::find(res.plots.files.begin(), res.plots.files.end(), f) !=
+        res.plots.files.end())
+      o << "![frontier](" << f << ")\n\n";
+  report_memory(o, res);
   std::vector<std::string> suites;
   for (const auto& m : res.methods)
     if (std::find(suites.begin(), suites.end(), m.info.suite) == suites.end())
       suites.push_back(m.info.suite);
   for (const auto& s : suites) report_suite(o, res, s);
+  report_official(o, res);
   report_claims(o, res);
   report_python(o, res);
   detail::write_text_file(path, o.str());

@@ -21,15 +21,19 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <map>
 #include <numeric>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include "internal.h"
 #include "lowmem/core/check.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/core/threads.h"
+#include "lowmem/models/llama.h"
 #include "lowmem/train/device.h"
+#include "lowmem/train/plan.h"
 #include "lowmem/train/trainer.h"
 
 namespace lowmem::compare {
@@ -224,6 +228,45 @@ Measured train_loop(train::Trainer& trainer, detail::Workload& w,
   return m;
 }
 
+// The status order of a merged result: the first of these any seed has.
+int severity(const std::string& status) {
+  if (status == "interrupted") return 4;
+  if (status == "failed") return 3;
+  if (status == "diverged") return 2;
+  if (status == "skipped") return 1;
+  return 0;
+}
+
+// One run's per-seed record.
+SeedRun seed_run_of(const MethodResult& r, uint64_t seed) {
+  SeedRun s;
+  s.seed = seed;
+  s.status = r.status;
+  s.reason = r.reason;
+  s.steps = r.steps;
+  s.step_time_ms = r.step_time_ms;
+  s.final_train_loss = r.final_train_loss;
+  s.val_loss = r.val_loss;
+  s.val_accuracy = r.val_accuracy;
+  s.curve = r.curve;
+  return s;
+}
+
+// Mean and sample standard deviation (unset below 2 values).
+void mean_std(const std::vector<double>& v, std::optional<double>& mean,
+              std::optional<double>& sd) {
+  mean.reset();
+  sd.reset();
+  if (v.empty()) return;
+  const double m =
+      std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  mean = m;
+  if (v.size() < 2) return;
+  double ss = 0;
+  for (double x : v) ss += (x - m) * (x - m);
+  sd = std::sqrt(ss / static_cast<double>(v.size() - 1));
+}
+
 }  // namespace
 
 // Four times the default budget on the default models, with 4x the
@@ -276,12 +319,13 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
   auto data = s.load(options);
   MemoryTracker tracker(device);
   MemoryScope setup_scope = tracker.scope();
-  torch::manual_seed(options.seed);
+  const uint64_t seed = detail::run_seed(options);
+  torch::manual_seed(seed);
   detail::Workload w = s.build(*data, options, def.bf16);
   // Built on the CPU (same initial weights on every device), then moved; the
   // workload moves each batch to the model's device.
   w.model->to(device);
-  torch::manual_seed(options.seed + 1);  // same adapter init for every method
+  torch::manual_seed(seed + 1);  // same adapter init for every method
   detail::Built b = build_method(def, s, options, w, device, r);
   r.task = w.task;
   r.throughput_unit = w.item_unit;
@@ -315,7 +359,47 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
                                r.optimizer_state_bytes);
   r.peak_rss_bytes = MemoryTracker::peak_rss_bytes();
   r.wall_s = seconds_since(t_start);
+  r.seed_runs = {seed_run_of(r, seed)};
+  r.seeds_ok = r.status == "ok" ? 1 : 0;
   return r;
+}
+
+MethodResult merge_seeds(const std::vector<MethodResult>& runs) {
+  LOWMEM_CHECK(!runs.empty(), "[compare] merge_seeds needs at least one run");
+  size_t base = 0;
+  while (base < runs.size() && runs[base].status != "ok" &&
+         runs[base].status != "diverged")
+    ++base;
+  if (base == runs.size()) base = 0;
+  MethodResult m = runs[base];
+  m.seed_runs.clear();
+  for (const auto& r : runs)
+    m.seed_runs.insert(m.seed_runs.end(), r.seed_runs.begin(),
+                       r.seed_runs.end());
+  m.status = "ok";
+  m.reason.clear();
+  for (const auto& s : m.seed_runs)
+    if (severity(s.status) > severity(m.status)) {
+      m.status = s.status;
+      m.reason = "seed " + std::to_string(s.seed) + ": " + s.reason;
+    }
+  std::vector<double> loss, acc, train;
+  m.seeds_ok = 0;
+  for (const auto& s : m.seed_runs) {
+    if (s.status != "ok") continue;
+    ++m.seeds_ok;
+    train.push_back(s.final_train_loss);
+    if (s.val_loss && std::isfinite(*s.val_loss)) loss.push_back(*s.val_loss);
+    if (s.val_accuracy) acc.push_back(*s.val_accuracy);
+  }
+  if (m.seeds_ok > 0) {
+    std::optional<double> t, unused;
+    mean_std(train, t, unused);
+    m.final_train_loss = t.value_or(m.final_train_loss);
+    mean_std(loss, m.val_loss, m.val_loss_std);
+    mean_std(acc, m.val_accuracy, m.val_accuracy_std);
+  }
+  return m;
 }
 
 namespace {
@@ -346,103 +430,156 @@ std::string one_line(std::string s) {
 
 struct ChildOutcome {
   std::optional<std::string> result;  // the child's "R" payload
-  std::string error;       // "E" line from the child
+  std::string error;                  // "E" line from the child
   bool interrupted = false;
-  std::string death;       // exit status / signal when no result came
+  std::string death;  // exit status / signal when no result came
 };
 
-// Runs `job` in a forked child. The child reports "S step steps loss",
-// "R <json>" or "E <message>" lines; progress is forwarded to `callbacks`.
-ChildOutcome run_in_child(
-    const MethodInfo& info, const CompareOptions& options,
-    const CompareCallbacks& callbacks,
-    const std::function<std::string(const CompareCallbacks&)>& job) {
+using Job = std::function<std::string(const CompareCallbacks&)>;
+
+// A forked child running a job; its pipe is read by pump_child.
+struct Child {
+  MethodInfo info;
+  pid_t pid = -1;
+  int fd = -1;
+  std::string buf;
+  bool killed = false;
+  ChildOutcome oc;
+};
+
+// The child's side: runs `job`, reporting "S step steps loss", "N note",
+// "R <json>" or "E <message>" lines on `out`; never returns.
+[[noreturn]] void child_main(int out, const Job& job) {
+  ::signal(SIGINT, SIG_DFL);
+  ::signal(SIGTERM, SIG_DFL);
+  CompareCallbacks cb;
+  auto last = Clock::now();
+  cb.on_step = [&](const MethodInfo&, int64_t step, int64_t steps,
+                   double loss) {
+    if (step != steps && seconds_since(last) < 0.1) return;
+    last = Clock::now();
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "S %lld %lld %.9g\n",
+                  static_cast<long long>(step), static_cast<long long>(steps),
+                  loss);
+    write_all(out, buf);
+  };
+  cb.on_note = [&](const std::string& n) {
+    write_all(out, "N " + one_line(n) + "\n");
+  };
+  int code = 0;
+  try {
+    write_all(out, "R " + job(cb) + "\n");
+  } catch (const c10::Error& e) {
+    write_all(out, "E " + one_line(e.what_without_backtrace()) + "\n");
+    code = 1;
+  } catch (const std::exception& e) {
+    write_all(out, "E " + one_line(e.what()) + "\n");
+    code = 1;
+  }
+  ::close(out);
+  ::_exit(code);
+}
+
+// Forks a child running `job`.
+Child start_child(const MethodInfo& info, const Job& job) {
   int fds[2];
-  LOWMEM_CHECK(::pipe(fds) == 0, "[compare] pipe() failed: ", std::strerror(errno));
+  LOWMEM_CHECK(::pipe(fds) == 0,
+               "[compare] pipe() failed: ", std::strerror(errno));
   std::fflush(nullptr);
   pid_t pid = ::fork();
   LOWMEM_CHECK(pid >= 0, "[compare] fork() failed: ", std::strerror(errno));
   if (pid == 0) {
     ::close(fds[0]);
-    ::signal(SIGINT, SIG_DFL);
-    ::signal(SIGTERM, SIG_DFL);
-    const int out = fds[1];
-    CompareCallbacks cb;
-    auto last = Clock::now();
-    cb.on_step = [&](const MethodInfo&, int64_t step, int64_t steps, double loss) {
-      if (step != steps && seconds_since(last) < 0.1) return;
-      last = Clock::now();
-      char buf[96];
-      std::snprintf(buf, sizeof buf, "S %lld %lld %.9g\n",
-                    static_cast<long long>(step), static_cast<long long>(steps),
-                    loss);
-      write_all(out, buf);
-    };
-    cb.on_note = [&](const std::string& n) { write_all(out, "N " + one_line(n) + "\n"); };
-    int code = 0;
-    try {
-      write_all(out, "R " + job(cb) + "\n");
-    } catch (const c10::Error& e) {
-      write_all(out, "E " + one_line(e.what_without_backtrace()) + "\n");
-      code = 1;
-    } catch (const std::exception& e) {
-      write_all(out, "E " + one_line(e.what()) + "\n");
-      code = 1;
-    }
-    ::close(out);
-    ::_exit(code);
+    child_main(fds[1], job);
   }
   ::close(fds[1]);
-  ChildOutcome oc;
-  std::string buf;
-  bool killed = false;
+  Child c;
+  c.info = info;
+  c.pid = pid;
+  c.fd = fds[0];
+  return c;
+}
+
+// Reads what the child wrote and forwards its progress; false at EOF.
+bool pump_child(Child& c, const CompareCallbacks& callbacks) {
   char chunk[65536];
-  for (;;) {
-    if (stop_requested(options) && !killed) {
-      ::kill(pid, SIGTERM);  // the terminal's SIGINT usually got there first
-      killed = true;
-    }
-    pollfd pfd{fds[0], POLLIN, 0};
-    int pr = ::poll(&pfd, 1, 200);
-    if (pr < 0 && errno == EINTR) continue;
-    if (pr == 0) continue;
-    ssize_t n = ::read(fds[0], chunk, sizeof chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    buf.append(chunk, static_cast<size_t>(n));
-    size_t nl;
-    while ((nl = buf.find('\n')) != std::string::npos) {
-      std::string line = buf.substr(0, nl);
-      buf.erase(0, nl + 1);
-      if (line.size() < 2) continue;
-      const std::string body = line.substr(2);
-      if (line[0] == 'S' && callbacks.on_step) {
-        long long step = 0, steps = 0;
-        double loss = 0;
-        if (std::sscanf(body.c_str(), "%lld %lld %lf", &step, &steps, &loss) == 3)
-          callbacks.on_step(info, step, steps, loss);
-      } else if (line[0] == 'N' && callbacks.on_note) {
-        callbacks.on_note(body);
-      } else if (line[0] == 'R') {
-        oc.result = body;
-      } else if (line[0] == 'E') {
-        oc.error = body;
-      }
+  ssize_t n = ::read(c.fd, chunk, sizeof chunk);
+  if (n < 0 && errno == EINTR) return true;
+  if (n <= 0) return false;
+  c.buf.append(chunk, static_cast<size_t>(n));
+  size_t nl;
+  while ((nl = c.buf.find('\n')) != std::string::npos) {
+    std::string line = c.buf.substr(0, nl);
+    c.buf.erase(0, nl + 1);
+    if (line.size() < 2) continue;
+    const std::string body = line.substr(2);
+    if (line[0] == 'S' && callbacks.on_step) {
+      long long step = 0, steps = 0;
+      double loss = 0;
+      if (std::sscanf(body.c_str(), "%lld %lld %lf", &step, &steps, &loss) == 3)
+        callbacks.on_step(c.info, step, steps, loss);
+    } else if (line[0] == 'N' && callbacks.on_note) {
+      callbacks.on_note(body);
+    } else if (line[0] == 'R') {
+      c.oc.result = body;
+    } else if (line[0] == 'E') {
+      c.oc.error = body;
     }
   }
-  ::close(fds[0]);
+  return true;
+}
+
+// Reaps the child after EOF and completes its outcome.
+ChildOutcome finish_child(Child& c, const CompareOptions& options) {
+  ::close(c.fd);
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  while (::waitpid(c.pid, &status, 0) < 0 && errno == EINTR) {
   }
+  ChildOutcome& oc = c.oc;
   if (WIFSIGNALED(status)) {
     const int sig = WTERMSIG(status);
-    oc.interrupted = stop_requested(options) && (sig == SIGINT || sig == SIGTERM);
+    oc.interrupted =
+        stop_requested(options) && (sig == SIGINT || sig == SIGTERM);
     oc.death = "child killed by " + signal_name(sig);
   } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
     oc.death = "child exited with code " + std::to_string(WEXITSTATUS(status));
   }
   if (stop_requested(options) && !oc.result) oc.interrupted = true;
   return oc;
+}
+
+// Waits up to 200 ms for output of the running children and pumps it;
+// returns the indices (into `running`) of those that reached EOF. A stop
+// request sends SIGTERM to each (the terminal's SIGINT usually got there
+// first).
+std::vector<size_t> poll_children(std::vector<Child>& running,
+                                  const CompareOptions& options,
+                                  const CompareCallbacks& callbacks) {
+  std::vector<pollfd> fds;
+  for (auto& c : running) {
+    if (stop_requested(options) && !c.killed) {
+      ::kill(c.pid, SIGTERM);
+      c.killed = true;
+    }
+    fds.push_back(pollfd{c.fd, POLLIN, 0});
+  }
+  std::vector<size_t> done;
+  const int pr = ::poll(fds.data(), fds.size(), 200);
+  if (pr <= 0) return done;
+  for (size_t i = 0; i < fds.size(); ++i)
+    if (fds[i].revents != 0 && !pump_child(running[i], callbacks))
+      done.push_back(i);
+  return done;
+}
+
+// Runs `job` in a forked child and waits for it.
+ChildOutcome run_in_child(const MethodInfo& info, const CompareOptions& options,
+                          const CompareCallbacks& callbacks, const Job& job) {
+  std::vector<Child> running{start_child(info, job)};
+  while (poll_children(running, options, callbacks).empty()) {
+  }
+  return finish_child(running[0], options);
 }
 
 }  // namespace
@@ -468,9 +605,10 @@ void check_device(const CompareOptions& o) {
         return std::string("{}");
       });
   if (!oc.result)
-    throw ConfigError(oc.error.empty() ? "device '" + o.device +
-                                             "' could not be checked: " + oc.death
-                                       : oc.error);
+    throw ConfigError(oc.error.empty()
+                          ? "device '" + o.device +
+                                "' could not be checked: " + oc.death
+                          : oc.error);
 }
 
 namespace {
@@ -554,22 +692,8 @@ std::string ensure_base(const MethodInfo& info, const detail::Suite& s,
   return "";
 }
 
-// Runs one available method, in a child when isolating.
-MethodResult run_one(const MethodInfo& info, const CompareOptions& options,
-                     const CompareCallbacks& callbacks) {
-  if (!options.isolate) {
-    try {
-      return run_method(info, options, callbacks);
-    } catch (const c10::Error& e) {
-      return not_run(info, "failed", one_line(e.what_without_backtrace()));
-    } catch (const std::exception& e) {
-      return not_run(info, "failed", one_line(e.what()));
-    }
-  }
-  ChildOutcome oc =
-      run_in_child(info, options, callbacks, [&](const CompareCallbacks& cb) {
-        return detail::method_to_json_line(run_method(info, options, cb));
-      });
+// A child's outcome as the run's result.
+MethodResult outcome_result(const MethodInfo& info, const ChildOutcome& oc) {
   if (oc.result) {
     try {
       return detail::method_from_json_line(*oc.result);
@@ -581,6 +705,302 @@ MethodResult run_one(const MethodInfo& info, const CompareOptions& options,
   if (oc.interrupted)
     return not_run(info, "interrupted", "interrupted while running");
   return not_run(info, "failed", oc.error.empty() ? oc.death : oc.error);
+}
+
+// Runs one available method in this process (isolate off).
+MethodResult run_in_process(const MethodInfo& info,
+                            const CompareOptions& options,
+                            const CompareCallbacks& callbacks) {
+  try {
+    return run_method(info, options, callbacks);
+  } catch (const c10::Error& e) {
+    return not_run(info, "failed", one_line(e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    return not_run(info, "failed", one_line(e.what()));
+  }
+}
+
+// Concurrent runs: options.jobs, or cores / threads (at most 4); 1 without
+// isolation.
+size_t job_count(const CompareOptions& o) {
+  if (!o.isolate) return 1;
+  if (o.jobs > 0) return static_cast<size_t>(o.jobs);
+  const int threads = o.threads > 0 ? o.threads : hardware_cores();
+  return static_cast<size_t>(
+      std::clamp(hardware_cores() / std::max(1, threads), 1, 4));
+}
+
+// The runs of a compare: every seed of every available method, run by up to
+// job_count children at once, merged
+// per method in plan order as the last seed finishes.
+class Runner {
+ public:
+  Runner(const CompareOptions& o, const CompareCallbacks& cb,
+         const std::vector<MethodInfo>& plan, CompareResults& res,
+         Clock::time_point t0)
+      : o_(o),
+        cb_(cb),
+        plan_(plan),
+        res_(res),
+        t0_(t0),
+        runs_(plan.size()),
+        final_(plan.size()) {}
+
+  // Queues the seeds of plan[i].
+  void queue(size_t i) {
+    for (int64_t k = 0; k < std::max<int64_t>(1, o_.seeds); ++k)
+      queue_.push_back({i, k});
+  }
+  // A method that does not run (skipped, base failed, interrupted).
+  void set_final(size_t i, MethodResult r) {
+    final_[i] = std::move(r);
+    if (cb_.on_result) cb_.on_result(*final_[i]);
+    publish();
+  }
+  void run() {
+    const size_t jobs = job_count(o_);
+    while (next_ < queue_.size() || !running_.empty()) {
+      if (stop_requested(o_)) stop_pending();
+      while (next_ < queue_.size() && running_.size() < jobs)
+        start(queue_[next_++]);
+      if (running_.empty()) continue;
+      std::vector<size_t> done = poll_children(running_, o_, cb_);
+      std::sort(done.rbegin(), done.rend());
+      for (size_t d : done) {
+        const ChildOutcome oc = finish_child(running_[d], o_);
+        const Slot slot = slots_[d];
+        running_.erase(running_.begin() + static_cast<long>(d));
+        slots_.erase(slots_.begin() + static_cast<long>(d));
+        finish(slot, outcome_result(plan_[slot.method], oc));
+      }
+    }
+  }
+
+ private:
+  struct Slot {
+    size_t method;
+    int64_t seed_index;
+  };
+  CompareOptions seeded(const Slot& s) const {
+    CompareOptions so = o_;
+    so.seed_index = s.seed_index;
+    return so;
+  }
+  MethodInfo run_info(const Slot& s) const {
+    MethodInfo info = plan_[s.method];
+    if (o_.seeds > 1)
+      info.name += " seed " + std::to_string(detail::run_seed(seeded(s)));
+    return info;
+  }
+  void start(const Slot& s) {
+    if (cb_.on_start)
+      cb_.on_start(run_info(s), static_cast<int>(started_++),
+                   static_cast<int>(queue_.size()));
+    const CompareOptions so = seeded(s);
+    const MethodInfo info = plan_[s.method];
+    if (!o_.isolate) {
+      finish(s, run_in_process(info, so, cb_));
+      return;
+    }
+    running_.push_back(
+        start_child(run_info(s), [info, so](const CompareCallbacks& cb) {
+          return detail::method_to_json_line(run_method(info, so, cb));
+        }));
+    slots_.push_back(s);
+  }
+  // Records the runs not started as interrupted.
+  void stop_pending() {
+    res_.interrupted = true;
+    for (; next_ < queue_.size(); ++next_)
+      finish(queue_[next_], not_run(plan_[queue_[next_].method], "interrupted",
+                                    "not started (interrupted)"));
+  }
+  void finish(const Slot& s, MethodResult r) {
+    if (r.seed_runs.empty())
+      r.seed_runs = {seed_run_of(r, detail::run_seed(seeded(s)))};
+    auto& runs = runs_[s.method];
+    runs.push_back(std::move(r));
+    if (static_cast<int64_t>(runs.size()) < std::max<int64_t>(1, o_.seeds))
+      return;
+    std::sort(runs.begin(), runs.end(),
+              [](const MethodResult& a, const MethodResult& b) {
+                return a.seed_runs.front().seed < b.seed_runs.front().seed;
+              });
+    set_final(s.method, merge_seeds(runs));
+  }
+  // Rewrites the outputs with the methods finished so far, in plan order.
+  void publish() {
+    res_.methods.clear();
+    for (const auto& f : final_)
+      if (f) {
+        if (f->status == "interrupted") res_.interrupted = true;
+        res_.methods.push_back(*f);
+      }
+    res_.wall_s = seconds_since(t0_);
+    write_outputs(res_, o_);
+  }
+
+  const CompareOptions& o_;
+  const CompareCallbacks& cb_;
+  const std::vector<MethodInfo>& plan_;
+  CompareResults& res_;
+  Clock::time_point t0_;
+  std::vector<std::vector<MethodResult>> runs_;
+  std::vector<std::optional<MethodResult>> final_;
+  std::vector<Slot> queue_, slots_;
+  std::vector<Child> running_;
+  size_t next_ = 0, started_ = 0;
+};
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// The memory suite's options, checked before any work (ConfigError).
+void validate_memory(const CompareOptions& o) {
+  const auto known = models::llama_preset_names();
+  const auto models = split_commas(o.memory_models);
+  for (const auto& m : models)
+    if (std::find(known.begin(), known.end(), m) == known.end())
+      throw ConfigError("--memory-models: unknown LLaMA preset '" + m + "'");
+  for (const auto& m : split_commas(o.memory_measure))
+    if (std::find(models.begin(), models.end(), m) == models.end())
+      throw ConfigError("--memory-measure: '" + m +
+                        "' is not one of --memory-models");
+  detail::memory_dtype(o);
+  if (o.memory_batch < 1 || o.memory_seq < 1 || o.memory_steps < 1)
+    throw ConfigError(
+        "--memory-batch, --memory-seq and --memory-steps must "
+        "be >= 1");
+  for (const auto& b : split_commas(o.memory_budgets)) train::parse_bytes(b);
+}
+
+// Every row planned, in a child when isolating (plan runs torch ops, which
+// the parent must not before it forks the method runs).
+std::string plan_memory_rows(MemorySuite& m, const CompareOptions& o,
+                             const CompareCallbacks& cb) {
+  auto job = [&o](const CompareCallbacks&) {
+    std::vector<MemoryRow> rows;
+    for (const auto& model : split_commas(o.memory_models))
+      for (const auto& method : detail::memory_methods(model))
+        rows.push_back(detail::plan_row(model, method, o));
+    return detail::memory_rows_to_json_line(rows);
+  };
+  if (!o.isolate) {
+    m.rows = detail::memory_rows_from_json_line(job(cb));
+    return "";
+  }
+  MethodInfo info;
+  info.suite = "memory";
+  info.name = info.label = "plan";
+  const ChildOutcome oc = run_in_child(info, o, cb, job);
+  if (oc.interrupted) return "interrupted";
+  if (!oc.result)
+    return "plan failed: " + (oc.error.empty() ? oc.death : oc.error);
+  m.rows = detail::memory_rows_from_json_line(*oc.result);
+  return "";
+}
+
+// Fills one row's measured fields from its child's outcome.
+void take_measurement(MemoryRow& r, const ChildOutcome& oc) {
+  long long peak = 0, rss = 0;
+  double ms = 0;
+  if (oc.result &&
+      std::sscanf(oc.result->c_str(), "%lld %lld %lf", &peak, &rss, &ms) == 3) {
+    r.measured = "ok";
+    r.measured_peak = peak;
+    r.measured_rss = rss;
+    r.measured_step_ms = ms;
+  } else {
+    r.measured = oc.interrupted ? "interrupted" : "failed";
+    r.measured_reason = oc.error.empty() ? oc.death : oc.error;
+  }
+}
+
+// Trains the rows of the measured sizes, job_count children at once.
+void measure_memory_rows(MemorySuite& m, const CompareOptions& o,
+                         const CompareCallbacks& cb) {
+  const auto measure = split_commas(o.memory_measure);
+  std::vector<size_t> todo, slots;
+  for (size_t i = 0; i < m.rows.size(); ++i)
+    if (m.rows[i].status == "ok" && std::find(measure.begin(), measure.end(),
+                                              m.rows[i].model) != measure.end())
+      todo.push_back(i);
+  std::vector<Child> running;
+  size_t next = 0;
+  const size_t jobs = std::max<size_t>(1, job_count(o));
+  while (next < todo.size() || !running.empty()) {
+    while (next < todo.size() && running.size() < jobs && !stop_requested(o)) {
+      const MemoryRow& r = m.rows[todo[next]];
+      detail::MemoryMethod method{r.method, {}};
+      for (const auto& mm : detail::memory_methods(r.model))
+        if (mm.name == r.method) method = mm;
+      if (!o.isolate) {
+        ChildOutcome oc;
+        try {
+          oc.result = detail::measure_memory(r.model, method, o);
+        } catch (const std::exception& e) {
+          oc.error = one_line(e.what());
+        }
+        take_measurement(m.rows[todo[next++]], oc);
+        continue;
+      }
+      MethodInfo info;
+      info.suite = "memory";
+      info.name = info.label = r.model + " " + r.method;
+      const std::string model = r.model;
+      running.push_back(
+          start_child(info, [model, method, o](const CompareCallbacks&) {
+            return detail::measure_memory(model, method, o);
+          }));
+      slots.push_back(todo[next++]);
+    }
+    if (running.empty()) break;
+    std::vector<size_t> done = poll_children(running, o, cb);
+    std::sort(done.rbegin(), done.rend());
+    for (size_t d : done) {
+      const ChildOutcome oc = finish_child(running[d], o);
+      MemoryRow& r = m.rows[slots[d]];
+      take_measurement(r, oc);
+      if (cb.on_note)
+        cb.on_note("memory: LLaMA " + r.model + " " + r.method + ": planned " +
+                   format_bytes(r.peak) + ", measured " +
+                   (r.measured == "ok" ? format_bytes(r.measured_peak)
+                                       : r.measured + " " + r.measured_reason));
+      running.erase(running.begin() + static_cast<long>(d));
+      slots.erase(slots.begin() + static_cast<long>(d));
+    }
+  }
+}
+
+// The memory suite: plan every size x method, measure the small sizes.
+MemorySuite run_memory_suite(const CompareOptions& o,
+                             const CompareCallbacks& cb) {
+  MemorySuite m;
+  m.dtype = o.memory_dtype;
+  m.batch_size = o.memory_batch;
+  m.seq_len = o.memory_seq;
+  m.measured_steps = o.memory_steps;
+  for (const auto& b : split_commas(o.memory_budgets))
+    m.budgets.push_back(train::parse_bytes(b));
+  if (cb.on_note)
+    cb.on_note("memory: planning LLaMA " + o.memory_models + " x " +
+               std::to_string(detail::memory_methods("60m").size()) +
+               " methods; measuring " + o.memory_measure);
+  const std::string err = plan_memory_rows(m, o, cb);
+  if (!err.empty()) {
+    m.status = err == "interrupted" ? "interrupted" : "failed";
+    m.reason = err;
+    return m;
+  }
+  measure_memory_rows(m, o, cb);
+  m.status = stop_requested(o) ? "interrupted" : "ok";
+  return m;
 }
 
 CompareResults start_results(const CompareOptions& options) {
@@ -599,9 +1019,13 @@ CompareResults start_results(const CompareOptions& options) {
 CompareResults run_compare(const CompareOptions& options,
                            const CompareCallbacks& user_callbacks) {
   const auto t0 = Clock::now();
-  for (const auto& s : options.suites) detail::suite(s);  // validates names
+  const bool memory = std::find(options.suites.begin(), options.suites.end(),
+                                "memory") != options.suites.end();
+  for (const auto& s : options.suites)
+    if (s != "memory") detail::suite(s);  // validates names
   validate_overrides(options.overrides);  // ConfigError before any work
   check_device(options);                  // idem
+  if (memory) validate_memory(options);   // idem
   CompareResults res = start_results(options);
   CompareCallbacks callbacks = user_callbacks;
   callbacks.on_note = [&](const std::string& n) {
@@ -610,41 +1034,42 @@ CompareResults run_compare(const CompareOptions& options,
   };
   const std::vector<MethodInfo> plan = plan_methods(options);
   std::filesystem::create_directories(options.out_dir);
-  std::set<std::string> bases_done;
-  const int count = static_cast<int>(plan.size());
-  for (int idx = 0; idx < count; ++idx) {
-    const MethodInfo& info = plan[static_cast<size_t>(idx)];
-    if (stop_requested(options)) {
-      res.interrupted = true;
-      res.methods.push_back(
-          not_run(info, "interrupted", "not started (interrupted)"));
-      continue;
-    }
-    if (callbacks.on_start) callbacks.on_start(info, idx, count);
-    const detail::Suite& s = detail::suite(info.suite);
-    std::string base_error;
-    if (info.unavailable.empty() && s.base_path &&
-        !bases_done.count(info.suite)) {
-      base_error = ensure_base(info, s, options, callbacks);
-      if (base_error.empty()) bases_done.insert(info.suite);
-    }
-    MethodResult r;
-    if (!info.unavailable.empty()) {
-      r = not_run(info, "skipped", info.unavailable);
-    } else if (base_error == "interrupted") {
-      r = not_run(info, "interrupted",
-                  "interrupted while training the base model");
-    } else if (!base_error.empty()) {
-      r = not_run(info, "failed", base_error);
-    } else {
-      r = run_one(info, options, callbacks);
-    }
-    if (r.status == "interrupted") res.interrupted = true;
-    res.methods.push_back(r);
-    if (callbacks.on_result) callbacks.on_result(r);
+  if (memory) {
+    res.memory = run_memory_suite(options, callbacks);
+    if (res.memory.status == "interrupted") res.interrupted = true;
     res.wall_s = seconds_since(t0);
     write_outputs(res, options);
+  } else {
+    res.memory.reason = "not selected (--suite memory)";
   }
+  Runner runner(options, callbacks, plan, res, t0);
+  // Base models first (one child each), then every seed of every method.
+  std::map<std::string, std::string> base_error;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const MethodInfo& info = plan[i];
+    const detail::Suite& s = detail::suite(info.suite);
+    if (!info.unavailable.empty()) {
+      runner.set_final(i, not_run(info, "skipped", info.unavailable));
+      continue;
+    }
+    if (stop_requested(options)) {
+      res.interrupted = true;
+      runner.set_final(
+          i, not_run(info, "interrupted", "not started (interrupted)"));
+      continue;
+    }
+    if (s.base_path && !base_error.count(info.suite))
+      base_error[info.suite] = ensure_base(info, s, options, callbacks);
+    const std::string err = s.base_path ? base_error[info.suite] : "";
+    if (err == "interrupted")
+      runner.set_final(i, not_run(info, "interrupted",
+                                  "interrupted while training the base model"));
+    else if (!err.empty())
+      runner.set_final(i, not_run(info, "failed", err));
+    else
+      runner.queue(i);
+  }
+  runner.run();
   if (options.python_baseline && !stop_requested(options)) {
     if (callbacks.on_note)
       callbacks.on_note("python baseline: running " + options.python);

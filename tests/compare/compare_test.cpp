@@ -239,44 +239,7 @@ TEST(CompareTest, PlotsAreReportedSkippedWithoutGnuplot) {
   EXPECT_NE(read_file(out / "report.md").find("Plots: skipped"), std::string::npos);
 }
 
-TEST(CompareTest, ClaimsAreComputedFromTheResults) {
-  std::vector<cmp::MethodResult> ms = {fake("pretrain", "came", 2.0, 100, 1000),
-                                       fake("pretrain", "adafactor", 2.1, 90, 1000)};
-  auto c = claim(cmp::check_claims(ms), "came-vs-adafactor");
-  EXPECT_EQ(c.status, "held");
-  EXPECT_NE(c.evidence.find("2.1"), std::string::npos);
-  ms[0].val_loss = 2.2;
-  EXPECT_EQ(claim(cmp::check_claims(ms), "came-vs-adafactor").status, "not held");
-  ms[1].status = "failed";
-  EXPECT_EQ(claim(cmp::check_claims(ms), "came-vs-adafactor").status, "not tested");
-
-  // GaLore: within 5% of AdamW's loss and less state.
-  ms = {fake("pretrain", "galore-adamw", 2.04, 300, 900),
-        fake("pretrain", "adamw", 2.0, 1000, 1200)};
-  EXPECT_EQ(claim(cmp::check_claims(ms), "galore-vs-adamw").status, "held");
-  ms[0].val_loss = 2.2;  // +10%
-  EXPECT_EQ(claim(cmp::check_claims(ms), "galore-vs-adamw").status, "not held");
-
-  // LoTR: fewer parameters and accuracy within a point of LoRA.
-  auto lotr = fake("finetune", "lotr", 0, 0, 0);
-  auto lora = fake("finetune", "lora", 0, 0, 0);
-  lotr.val_accuracy = 0.801;
-  lora.val_accuracy = 0.81;
-  lotr.trainable_params = 500;
-  lora.trainable_params = 2000;
-  EXPECT_EQ(claim(cmp::check_claims({lotr, lora}), "lotr-vs-lora").status, "held");
-  lotr.trainable_params = 3000;
-  EXPECT_EQ(claim(cmp::check_claims({lotr, lora}), "lotr-vs-lora").status, "not held");
-
-  // SINGD in bf16: a diverged bf16 run does not hold.
-  auto bf = fake("pretrain", "singd-bf16", 0, 0, 0);
-  bf.status = "diverged";
-  bf.reason = "non-finite loss at step 3";
-  auto c2 = claim(cmp::check_claims({bf, fake("pretrain", "singd-dense", 2, 1, 1)}),
-                  "singd-bf16");
-  EXPECT_EQ(c2.status, "not held");
-  EXPECT_NE(c2.evidence.find("step 3"), std::string::npos);
-}
+// Claims and their seed-aware verdicts: verdict_test.cpp.
 
 TEST(CompareTest, UnknownSuiteOrMethodIsRejected) {
   const fs::path out = fresh_temp_dir("compare_bad");

@@ -21,17 +21,31 @@ inline constexpr int kSchemaVersion = 1;
 /// 2-core machine; `full()` selects the longer, more conclusive run.
 struct CompareOptions {
   // --- what to run
-  std::vector<std::string> suites = {"pretrain", "finetune"};
+  // "memory" is the memory suite (LLaMA sizes x methods, planned and
+  // measured); the others train methods side by side.
+  std::vector<std::string> suites = {"memory", "pretrain", "finetune"};
   std::vector<std::string> methods;  // empty: all of the selected suites
   std::string out_dir = "runs/compare";
-  std::string cache_dir;             // base-model cache; "" = <out_dir>/cache
+  std::string cache_dir;  // base-model cache; "" = <out_dir>/cache
+  // The first seed; every method runs `seeds` times, with seeds seed,
+  // seed + 1, ... (initial weights, adapter and head initialisation, batch
+  // order, sketches). The finetune base model and the data subsets use
+  // `seed` itself, so every run adapts the same base model.
   uint64_t seed = 0;
+  int64_t seeds = 3;
+  // Which of the seeds a run is (its seed is seed + seed_index); set by
+  // run_compare for each run, not a flag.
+  int64_t seed_index = 0;
+  // Method runs at the same time (each its own child process with `threads`
+  // torch threads); 0: the machine's cores / threads, at most 4. The
+  // memory suite's measured steps run this many at once too.
+  int64_t jobs = 0;
   // torch threads per method (<= 0: all cores). 1 by default: the default
   // models are tiny (width 64), and the measured default run took 3 min with
   // one thread, while two threads spun in libgomp under any other load
   // (docs/benchmarks/compare.md).
   int threads = 1;
-  bool isolate = true;               // fork one child per method
+  bool isolate = true;  // fork one child per method
   // Where each method trains: "cpu" or "cuda[:N]" (train::resolve_device,
   // checked before any work, in a child when isolating so that the parent
   // never initialises CUDA before fork()). Models, batches, evaluation and
@@ -61,14 +75,27 @@ struct CompareOptions {
   int64_t base_steps = 400;
   int64_t finetune_examples = 1000;
   int64_t finetune_steps = 150;
-  int64_t finetune_eval_examples = 2000;  // test images of classes 5-9 (0: all 5000)
+  int64_t finetune_eval_examples =
+      2000;  // test images of classes 5-9 (0: all 5000)
+
+  // --- memory suite: GaLore's LLaMA sizes x methods, planned by lowmem plan
+  // (comma-separated presets), the sizes in memory_measure also trained for
+  // memory_steps steps on random tokens and measured
+  std::string memory_models = "60m,130m,350m,1b,7b";
+  std::string memory_measure = "60m";  // 130m: 2.5x the time
+  int64_t memory_batch = 1;
+  int64_t memory_seq = 256;  // GaLore's sequence length
+  std::string memory_dtype =
+      "fp32";  // fp32 | bf16 (weights; activations follow)
+  int64_t memory_steps = 3;
+  std::string memory_budgets = "8GiB,24GiB,80GiB";
 
   // --- toy suite (tests and smoke checks only): MLP on synthetic regression
   int64_t toy_steps = 30;
 
   // --- shared
-  int64_t eval_every = 0;    // 0: 5 evaluations per run
-  int64_t eval_batches = 8;  // validation batches for the language model
+  int64_t eval_every = 0;       // 0: 5 evaluations per run
+  int64_t eval_batches = 8;     // validation batches for the language model
   int64_t rank = 8;             // LoRA, LoTR, SNELL, projected adapter
   int64_t projection_rank = 0;  // GaLore, random sketch; 0: model width / 4
   // Peak learning rate of every optimizer (every param group) of every method
@@ -88,10 +115,10 @@ struct CompareOptions {
   double clip_norm = 0;
 
   // --- outputs
-  std::string gnuplot = "gnuplot";    // "" or not found: plots skipped
+  std::string gnuplot = "gnuplot";  // "" or not found: plots skipped
   bool python_baseline = false;
   std::string python = "/usr/bin/python3";
-  std::string command_line;          // recorded in results and report
+  std::string command_line;  // recorded in results and report
 
   /// Sets the longer run: 4x the steps and validation batches, same models.
   CompareOptions& full();
@@ -107,7 +134,12 @@ struct CompareOptions {
     v("methods", methods, "", "");
     v("", out_dir, "--out", "output directory");
     v("", cache_dir, "--cache", "base-model cache (default <out>/cache)");
-    v("seed", seed, "--seed", "");
+    v("seed", seed, "--seed", "first seed (runs use seed, seed + 1, ...)");
+    v("seeds", seeds, "--seeds",
+      "runs per method, one per seed; claims need >= 2 for a verdict");
+    v("", seed_index, "", "");
+    v("jobs", jobs, "--jobs",
+      "method runs at the same time (0: cores / threads, at most 4)");
     v("threads", threads, "--threads",
       "torch threads per method (0: all cores; default 1)");
     v("isolate", isolate, "", "");
@@ -135,6 +167,17 @@ struct CompareOptions {
     v("finetune_eval_examples", finetune_eval_examples,
       "--finetune-eval-examples",
       "test images of classes 5-9 to evaluate on (0: all 5000)");
+    v("memory.models", memory_models, "--memory-models",
+      "LLaMA presets the memory suite plans (comma-separated)");
+    v("memory.measure", memory_measure, "--memory-measure",
+      "presets whose steps are also measured (\"\": none)");
+    v("memory.batch", memory_batch, "--memory-batch", "");
+    v("memory.seq", memory_seq, "--memory-seq", "tokens per row");
+    v("memory.dtype", memory_dtype, "--memory-dtype", "fp32 or bf16");
+    v("memory.steps", memory_steps, "--memory-steps",
+      "measured training steps (the first creates the state)");
+    v("memory.budgets", memory_budgets, "--memory-budgets",
+      "budgets the summary reports (comma-separated, e.g. 24GiB)");
     v("toy_steps", toy_steps, "--toy-steps", "");
     v("eval_every", eval_every, "--eval-every", "0: five evaluations per run");
     v("eval_batches", eval_batches, "", "");
@@ -203,8 +246,8 @@ std::vector<std::string> override_sections();
 /// One point of a training curve.
 struct CurvePoint {
   int64_t step = 0;
-  double wall_s = 0;       // training time so far (evaluation excluded)
-  double train_loss = 0;   // loss of this step's batch
+  double wall_s = 0;      // training time so far (evaluation excluded)
+  double train_loss = 0;  // loss of this step's batch
   std::optional<double> val_loss;
   std::optional<double> val_accuracy;
   template <class V>
@@ -217,6 +260,31 @@ struct CurvePoint {
   }
 };
 
+/// One seed's run of a method: what varies between seeds.
+struct SeedRun {
+  uint64_t seed = 0;
+  std::string status = "ok";  // ok | diverged | failed | skipped | interrupted
+  std::string reason;
+  int64_t steps = 0;
+  double step_time_ms = 0;
+  double final_train_loss = 0;
+  std::optional<double> val_loss;
+  std::optional<double> val_accuracy;
+  std::vector<CurvePoint> curve;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("seed", seed);
+    v("status", status);
+    v("reason", reason);
+    v("steps", steps);
+    v("step_time_ms", step_time_ms);
+    v("final_train_loss", final_train_loss);
+    v("val_loss", val_loss);
+    v("val_accuracy", val_accuracy);
+    v("curve", curve);
+  }
+};
+
 /// What one method cost and reached. Byte figures are exact tensor-storage
 /// bytes (MemoryTracker) except the RSS figures.
 struct MethodResult {
@@ -225,31 +293,40 @@ struct MethodResult {
   std::string reason;         // for anything but ok
   std::string detail;         // method settings ("rank 8, refresh 50")
   std::vector<std::string> overrides;  // the --set "key=value"s it applied
-  std::string task;           // "gpt 64x2 ctx 64 on fortunes"
+  std::string task;                    // "gpt 64x2 ctx 64 on fortunes"
   int64_t total_params = 0;
   int64_t trainable_params = 0;
-  int64_t steps = 0;          // steps completed
+  int64_t steps = 0;  // steps completed
   // memory, bytes
   int64_t optimizer_state_bytes = 0;
   int64_t frozen_weight_bytes = 0;
   int64_t trainable_weight_bytes = 0;
   int64_t gradient_bytes = 0;
-  int64_t peak_tensor_bytes = 0;  // peak live tensor bytes of the training steps
-  int64_t eval_peak_tensor_bytes = 0;  // peak during evaluations (not in the above)
-  int64_t activation_bytes = 0;   // peak - weights - gradients - state (>= 0)
-  int64_t peak_rss_bytes = 0;     // child process peak RSS
-  int64_t start_rss_bytes = 0;    // RSS when the method started
+  int64_t peak_tensor_bytes =
+      0;  // peak live tensor bytes of the training steps
+  int64_t eval_peak_tensor_bytes =
+      0;                         // peak during evaluations (not in the above)
+  int64_t activation_bytes = 0;  // peak - weights - gradients - state (>= 0)
+  int64_t peak_rss_bytes = 0;    // child process peak RSS
+  int64_t start_rss_bytes = 0;   // RSS when the method started
   // time
-  double step_time_ms = 0;        // median over steps after warm-up
-  double throughput = 0;          // items / s at the median step time
-  std::string throughput_unit;    // "tokens/s" | "samples/s"
-  double train_time_s = 0;        // training time (evaluation excluded)
-  double wall_s = 0;              // whole child, model set-up included
-  // quality
-  double final_train_loss = 0;    // mean of the last 10% of steps
+  double step_time_ms = 0;      // median over steps after warm-up
+  double throughput = 0;        // items / s at the median step time
+  std::string throughput_unit;  // "tokens/s" | "samples/s"
+  double train_time_s = 0;      // training time (evaluation excluded)
+  double wall_s = 0;            // whole child, model set-up included
+  // quality: with several seeds, the mean over the seeds that finished
+  // (status ok) and the sample standard deviation (n - 1; unset below 2)
+  double final_train_loss = 0;  // mean of the last 10% of steps
   std::optional<double> val_loss;
   std::optional<double> val_accuracy;
-  std::vector<CurvePoint> curve;
+  std::optional<double> val_loss_std;
+  std::optional<double> val_accuracy_std;
+  int64_t seeds_ok = 0;           // seeds whose run finished (status ok)
+  std::vector<CurvePoint> curve;  // the first reported seed's curve
+  /// Every seed's run, in seed order (empty for a result that was never
+  /// merged, e.g. a single in-process run_method).
+  std::vector<SeedRun> seed_runs;
 
   /// Every field once, v(key, field), `key` its results.json path
   /// ("memory.peak_tensor_bytes" nests); `info` is written apart (its fields
@@ -281,9 +358,21 @@ struct MethodResult {
     v("quality.final_train_loss", final_train_loss);
     v("quality.val_loss", val_loss);
     v("quality.val_accuracy", val_accuracy);
+    v("quality.val_loss_std", val_loss_std);
+    v("quality.val_accuracy_std", val_accuracy_std);
+    v("quality.seeds_ok", seeds_ok);
     v("curve", curve);
+    v("seed_runs", seed_runs);
   }
 };
+
+/// Merges the runs of one method (one per seed, in seed order) into one
+/// result: memory, time and curve from the first run that finished (else
+/// the first), quality as mean and standard deviation over the finished
+/// seeds, `seed_runs` listing each; the status is ok when every seed
+/// finished, else the first of interrupted, failed, diverged (its reason
+/// names the seed).
+MethodResult merge_seeds(const std::vector<MethodResult>& runs);
 
 /// The Python (Debian python3-torch) run of the pretrain GPT with AdamW.
 struct PythonBaseline {
@@ -291,7 +380,7 @@ struct PythonBaseline {
   std::string reason;
   std::string torch_version;
   double step_time_ms = 0;
-  double throughput = 0;           // tokens/s
+  double throughput = 0;  // tokens/s
   int64_t peak_rss_bytes = 0;
   int64_t total_params = 0;
   double final_train_loss = 0;
@@ -327,11 +416,14 @@ struct PlotSet {
 
 /// A seed paper's headline claim, checked against this run's numbers.
 struct ClaimCheck {
-  std::string id;         // "came-vs-adafactor"
-  std::string paper;      // "CAME (arXiv 2307.02047)"
-  std::string claim;      // what the paper says, in one sentence
-  std::string status;     // held | not held | not tested
-  std::string evidence;   // the numbers behind the verdict
+  std::string id;     // "came-vs-adafactor"
+  std::string paper;  // "CAME (arXiv 2307.02047)"
+  std::string claim;  // what the paper says, in one sentence
+  // held | not held | inconclusive | not tested (docs/compare.md, "Paper
+  // claims": the rule over the seeds)
+  std::string status;
+  std::string evidence;  // the numbers behind the verdict
+  int64_t seeds = 0;     // paired seeds the verdict used
   template <class V>
   void for_each_field(V&& v) {
     v("id", id);
@@ -339,14 +431,84 @@ struct ClaimCheck {
     v("claim", claim);
     v("status", status);
     v("evidence", evidence);
+    v("seeds", seeds);
+  }
+};
+
+/// One model size x method of the memory suite: lowmem plan's prediction of
+/// a training step's peak and its parts (train/plan.h) and, at the sizes
+/// measured, the tracked peak of real training steps (docs/compare.md,
+/// "Memory suite").
+struct MemoryRow {
+  std::string model;          // LLaMA preset: "60m", ..., "7b"
+  std::string method;         // "GaLore-AdamW"
+  std::string keys;           // the lowmem train keys, space-separated
+  std::string status = "ok";  // ok | not planned (plan cannot size it)
+  std::string reason;
+  int64_t params = 0, trainable_params = 0;
+  // planned bytes at the peak (Plan): weights, optimizer state, gradients,
+  // activations, temporaries (the batch included); their sum
+  int64_t weights = 0, optimizer_state = 0, gradients = 0, activations = 0,
+          temporaries = 0, peak = 0;
+  std::string peak_at;  // the step's event of the peak
+  // measured (only at the sizes in memory_measure): "" not measured | ok |
+  // failed (measured_reason)
+  std::string measured;
+  std::string measured_reason;
+  int64_t measured_peak = 0;    // tracked peak over the steps, bytes
+  int64_t measured_rss = 0;     // the child's peak RSS
+  double measured_step_ms = 0;  // median step time
+  template <class V>
+  void for_each_field(V&& v) {
+    v("model", model);
+    v("method", method);
+    v("keys", keys);
+    v("status", status);
+    v("reason", reason);
+    v("params", params);
+    v("trainable_params", trainable_params);
+    v("planned.weights", weights);
+    v("planned.optimizer_state", optimizer_state);
+    v("planned.gradients", gradients);
+    v("planned.activations", activations);
+    v("planned.temporaries", temporaries);
+    v("planned.peak", peak);
+    v("planned.peak_at", peak_at);
+    v("measured.status", measured);
+    v("measured.reason", measured_reason);
+    v("measured.peak", measured_peak);
+    v("measured.peak_rss", measured_rss);
+    v("measured.step_ms", measured_step_ms);
+  }
+};
+
+/// The memory suite of a run: LLaMA sizes x methods (docs/compare.md).
+struct MemorySuite {
+  std::string status = "skipped";  // ok | skipped | interrupted
+  std::string reason;
+  std::string dtype;  // weights' dtype of every row ("fp32", "bf16")
+  int64_t batch_size = 0, seq_len = 0;
+  int64_t measured_steps = 0;
+  std::vector<int64_t> budgets;  // the budgets the summary reports, bytes
+  std::vector<MemoryRow> rows;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("status", status);
+    v("reason", reason);
+    v("dtype", dtype);
+    v("batch_size", batch_size);
+    v("seq_len", seq_len);
+    v("measured_steps", measured_steps);
+    v("budgets", budgets);
+    v("rows", rows);
   }
 };
 
 struct CompareResults {
   int schema_version = kSchemaVersion;
-  std::string created;      // ISO 8601 UTC
+  std::string created;  // ISO 8601 UTC
   std::string command_line;
-  std::string machine;      // "2 cores, Linux 6.1, libtorch 1.13.1"
+  std::string machine;  // "2 cores, Linux 6.1, libtorch 1.13.1"
   bool interrupted = false;
   double wall_s = 0;
   CompareOptions options;
@@ -354,6 +516,7 @@ struct CompareResults {
   std::vector<MethodResult> methods;
   std::vector<ClaimCheck> claims;
   PythonBaseline python;
+  MemorySuite memory;
   PlotSet plots;
 
   /// The results.json fields (`methods`, whose entries flatten their
@@ -370,6 +533,7 @@ struct CompareResults {
     v("notes", notes);
     v("claims", claims);
     v("python_baseline", python);
+    v("memory", memory);
     v("plots", plots);
   }
 };
@@ -400,6 +564,45 @@ CompareResults run_compare(const CompareOptions& options,
 MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
                         const CompareCallbacks& callbacks = {});
 
+/// The verdict over paired seeds. margins[i] is how far seed i's numbers are
+/// on the claim's side of its threshold (>= 0: the claim holds on that
+/// seed); m and s are their mean and sample standard deviation (n - 1).
+/// "held" when m > s, "not held" when m < -s, else "inconclusive" (the mean
+/// lies within one standard deviation of the threshold); fewer than 2 seeds
+/// are "inconclusive" (no spread to judge by). docs/compare.md, "Paper
+/// claims".
+struct SeedVerdict {
+  std::string status;  // held | not held | inconclusive
+  double mean = 0, std = 0;
+  int64_t n = 0;
+};
+SeedVerdict judge_margins(const std::vector<double>& margins);
+
+/// One setting of a method next to its official code's or paper's value.
+struct OfficialSetting {
+  std::string suite, method;
+  std::string key;        // lowmem train key: "snell.sparsity"
+  std::string official;   // the official value: "0"
+  std::string used;       // what this run's method row uses: "0.5"
+  std::string source;     // where the official value comes from
+  bool deviates = false;  // used != official
+  template <class V>
+  void for_each_field(V&& v) {
+    v("suite", suite);
+    v("method", method);
+    v("key", key);
+    v("official", official);
+    v("used", used);
+    v("source", source);
+    v("deviates", deviates);
+  }
+};
+
+/// The recorded official settings (src/compare/methods.cpp, docs/compare.md
+/// "Official settings") with what `options`' method rows use (overrides
+/// included); the report lists every deviation.
+std::vector<OfficialSetting> official_settings(const CompareOptions& options);
+
 /// Paper claims computed from `methods` (never hard-coded verdicts).
 std::vector<ClaimCheck> check_claims(const std::vector<MethodResult>& methods);
 
@@ -414,6 +617,28 @@ void write_report(const CompareResults& results, const std::string& path);
 /// `gnuplot` (if it can be executed) to draw PNG and SVG files.
 PlotSet make_plots(const CompareResults& results, const std::string& out_dir,
                    const std::string& gnuplot);
+
+/// The methods of `suite` on the quality-vs-peak-memory frontier, cheapest
+/// first: a finished method (a quality from at least one seed) is on it when
+/// every method with a lower or equal peak tensor memory has a worse mean
+/// quality (higher validation loss, or lower accuracy where the suite has
+/// one). docs/compare.md, "Summary".
+std::vector<const MethodResult*> quality_frontier(
+    const std::vector<MethodResult>& methods, const std::string& suite);
+
+/// The largest model of the memory suite whose planned peak for `method` is
+/// at most `budget` bytes ("" if none, in the order of the rows).
+std::string largest_fitting(const MemorySuite& memory,
+                            const std::string& method, int64_t budget);
+
+/// The one-screen summary the report and the CLI lead with: which methods
+/// fit which budget at which size (memory suite), the frontier of each
+/// training suite (best quality per peak memory) and the claims' verdicts.
+std::string format_summary(const CompareResults& results, bool markdown);
+
+/// The memory suite as a table: per model and method the planned parts,
+/// the planned peak and, where measured, the measured peak.
+std::string format_memory_table(const MemorySuite& memory, bool markdown);
 
 /// The per-suite results table (plain text aligned for terminals, or
 /// Markdown).
