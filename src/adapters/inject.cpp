@@ -160,6 +160,12 @@ at::Tensor AdapterLinear::effective_weight() const {
 
 void AdapterLinear::merge() {
   if (merged_) return;
+  LOWMEM_CHECK(!base_->is_quantized(),
+               "[adapter] cannot merge into a 4-bit (NF4) base weight: "
+               "rounding the merged weight to 4 bits would lose the update. "
+               "Merge into a bf16 copy of the base instead (load the base "
+               "model in bf16 without base_dtype nf4, then merge; lowmem "
+               "merge does this from the base checkpoint)");
   at::NoGradGuard g;
   at::Tensor& w = base_->base_weight();
   // PEFT safe_merge: check on a copy before touching the weight.

@@ -21,8 +21,8 @@ struct WeightHolder : torch::nn::Module {
 
 // PEFT keeps adapter weights in fp32 for fp16/bf16 bases
 // (autocast_adapter_dtype=True), else in the base dtype.
-at::ScalarType adapter_dtype(const at::Tensor& base_weight) {
-  auto t = base_weight.scalar_type();
+at::ScalarType adapter_dtype(const at::TensorOptions& base_weight) {
+  auto t = base_weight.dtype().toScalarType();
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
@@ -51,7 +51,8 @@ void validate(const LoraOptions& o) {
 LoraLinear::LoraLinear(std::shared_ptr<LinearLike> base, const LoraOptions& options)
     : AdapterLinear(std::move(base)), options_(options) {
   validate(options_);
-  const at::Tensor& w = this->base()->base_weight();
+  // The base's compute dtype and device (an NF4 base has no dense weight).
+  const at::TensorOptions w = this->base()->weight_options();
   auto opts = at::TensorOptions().dtype(adapter_dtype(w)).device(w.device());
   a_ = register_module("lora_A", std::make_shared<WeightHolder>(
                                      at::empty({options_.r(), in_features()}, opts)))

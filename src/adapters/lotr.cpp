@@ -13,8 +13,8 @@
 namespace lowmem::adapters {
 namespace {
 
-at::ScalarType adapter_dtype(const at::Tensor& base_weight) {
-  auto t = base_weight.scalar_type();
+at::ScalarType adapter_dtype(const at::TensorOptions& base_weight) {
+  auto t = base_weight.dtype().toScalarType();
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
@@ -142,7 +142,7 @@ void build_lotr(LotrModel& model, const LotrOptions& options) {
                    "); members of a group must have equal shapes (use grouping "
                    "per_type)");
     }
-    const at::Tensor& w0 = first->base_weight();
+    const at::TensorOptions w0 = first->weight_options();
     auto opts = at::TensorOptions().dtype(adapter_dtype(w0)).device(w0.device());
     auto group = std::make_shared<LotrGroup>(key, d_in, d_out, r, opts);
     // Tucker-2 of the stacked weights T[o, l, i] = W_l[o, i] when asked.

@@ -14,8 +14,8 @@
 namespace lowmem::adapters {
 namespace {
 
-at::ScalarType adapter_dtype(const at::Tensor& base_weight) {
-  auto t = base_weight.scalar_type();
+at::ScalarType adapter_dtype(const at::TensorOptions& base_weight) {
+  auto t = base_weight.dtype().toScalarType();
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
@@ -181,7 +181,8 @@ at::Tensor snell_matmul(const at::Tensor& u, const at::Tensor& a, const at::Tens
 SnellLinear::SnellLinear(std::shared_ptr<LinearLike> base, const SnellOptions& options)
     : AdapterLinear(std::move(base)), options_(options) {
   validate(options_);
-  const at::Tensor& w = this->base()->base_weight();
+  // The base's compute dtype and device (an NF4 base has no dense weight).
+  const at::TensorOptions w = this->base()->weight_options();
   auto opts = at::TensorOptions().dtype(adapter_dtype(w)).device(w.device());
   const int64_t h = options_.pieces(), rh = options_.r() / options_.pieces();
   a_ = register_parameter("snell_A", at::empty({h, in_features(), rh}, opts));

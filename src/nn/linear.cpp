@@ -24,6 +24,12 @@ at::Tensor LinearLike::forward(const at::Tensor& x) {
   return out;
 }
 
+void LinearLike::add_to_weight(const at::Tensor& delta) {
+  at::NoGradGuard g;
+  at::Tensor& w = base_weight();
+  w.add_(delta.to(w.device(), w.scalar_type()));
+}
+
 Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
     : LinearLike(in_features, out_features) {
   LOWMEM_CHECK(in_features > 0 && out_features > 0,

@@ -15,12 +15,21 @@ ProjectedLinear::ProjectedLinear(std::shared_ptr<nn::LinearLike> base,
       projector_(std::move(options), out_features(), in_features(), stream) {
   LOWMEM_CHECK(base_, "[projected_adapter] base layer is null");
   register_module("base", base_);
-  auto& w = base_->base_weight();
-  w.set_requires_grad(false);
-  w.mutable_grad() = at::Tensor();  // frozen: a leftover full gradient is dead
-  const auto dtype = w.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  if (base_->is_quantized()) {
+    // An NF4 base has no dense weight whose gradient a refresh could read.
+    LOWMEM_CHECK(!projector_.needs_gradient(), "[projected_adapter] basis '",
+                 projector_.options().basis(), "' needs the full gradient of ",
+                 "the base weight, which a quantized (NF4) base does not ",
+                 "have; use a random sketch basis");
+  } else {
+    auto& w = base_->base_weight();
+    w.set_requires_grad(false);
+    w.mutable_grad() = at::Tensor();  // frozen: a leftover gradient is dead
+  }
+  const at::TensorOptions w = base_->weight_options();
+  const auto dtype = w.dtype() == at::kDouble ? at::kDouble : at::kFloat;
   a_ = register_parameter(
-      "a", at::zeros(projector_.low_rank_shape(), w.options().dtype(dtype)));
+      "a", at::zeros(projector_.low_rank_shape(), w.dtype(dtype)));
 }
 
 at::Tensor ProjectedLinear::forward_impl(const at::Tensor& x) {
@@ -53,8 +62,8 @@ at::Tensor ProjectedLinear::effective_weight() const {
 void ProjectedLinear::merge() {
   if (!projector_.has_basis()) return;
   at::NoGradGuard no_grad;
-  auto& w = base_->base_weight();
-  w.add_(projector_.expand(a_).to(w.scalar_type()));
+  // A dense base adds in its dtype; an NF4 base re-quantizes (lossy).
+  base_->add_to_weight(projector_.expand(a_));
   a_.zero_();
 }
 
@@ -72,6 +81,7 @@ void ProjectedLinear::rebase(const at::Tensor& full_grad) {
 }
 
 void ProjectedLinear::capture_full_grad(bool on) {
+  if (base_->is_quantized() && !on) return;  // nothing was captured
   auto& w = base_->base_weight();
   // Always start (and end) from no gradient: W0 belongs to no optimizer, so
   // nobody else zeroes it, and a stale .grad (e.g. left by a GaLore-form run

@@ -73,7 +73,8 @@ class AdapterLinear : public LinearLike {
   /// The adapter's trainable parameters (shared ones included).
   virtual std::vector<at::Tensor> adapter_parameters() const = 0;
 
-  /// base.W += ΔW (no-op if merged). Throws if the result is not finite.
+  /// base.W += ΔW (no-op if merged). Throws if the result is not finite, and
+  /// on a quantized (NF4) base, saying to merge into a bf16 copy instead.
   void merge();
   /// base.W -= ΔW (no-op if not merged).
   void unmerge();
@@ -82,6 +83,10 @@ class AdapterLinear : public LinearLike {
   at::Tensor effective_weight() const override;
   at::Tensor bias() const override { return base_->bias(); }
   at::Tensor& base_weight() override { return base_->base_weight(); }
+  bool is_quantized() const override { return base_->is_quantized(); }
+  at::TensorOptions weight_options() override {
+    return base_->weight_options();
+  }
   const std::shared_ptr<LinearLike>& base() const { return base_; }
 
  private:

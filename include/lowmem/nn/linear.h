@@ -46,8 +46,14 @@ class LinearLike : public torch::nn::Module {
   /// The frozen or trainable base layer's weight parameter [out, in].
   virtual at::Tensor& base_weight() = 0;
   /// True for layers whose weight is stored quantized (no dense weight to
-  /// merge an update into).
+  /// merge an update into; base_weight() throws).
   virtual bool is_quantized() const { return false; }
+  /// The dtype and device of the weight as the layer computes with it (a
+  /// quantized layer: its compute dtype); adapters size their factors by it.
+  virtual at::TensorOptions weight_options() { return base_weight().options(); }
+  /// Adds `delta` [out, in] to the weight in place (no grad). A quantized
+  /// layer dequantizes, adds and quantizes again (lossy).
+  virtual void add_to_weight(const at::Tensor& delta);
 
   int64_t in_features() const { return in_; }
   int64_t out_features() const { return out_; }

@@ -20,7 +20,8 @@ namespace lowmem::projection {
 
 class ProjectedLinear final : public nn::LinearLike {
  public:
-  /// Wraps `base` (its weight is frozen; its bias keeps requires_grad).
+  /// Wraps `base` (its weight is frozen; its bias keeps requires_grad). A
+  /// quantized base (nn::Nf4Linear) needs a basis that reads no gradient.
   /// `stream` seeds the random sketches per layer (GaLore uses the param's
   /// index in its projected list, so equal streams give equal sketches).
   ProjectedLinear(std::shared_ptr<nn::LinearLike> base,
@@ -32,6 +33,10 @@ class ProjectedLinear final : public nn::LinearLike {
   at::Tensor effective_weight() const override;
   at::Tensor bias() const override { return base_->bias(); }
   at::Tensor& base_weight() override { return base_->base_weight(); }
+  bool is_quantized() const override { return base_->is_quantized(); }
+  at::TensorOptions weight_options() override {
+    return base_->weight_options();
+  }
 
   /// Trainable A, projector.low_rank_shape(), fp32 (fp64 for fp64 bases).
   at::Tensor& a() { return a_; }
@@ -40,7 +45,9 @@ class ProjectedLinear final : public nn::LinearLike {
   const Projector& projector() const { return projector_; }
   const std::shared_ptr<nn::LinearLike>& base() const { return base_; }
 
-  /// W0 += expand(A), A = 0 (in place; A keeps its identity).
+  /// W0 += expand(A), A = 0 (in place; A keeps its identity). On a
+  /// quantized (NF4) base W0 is dequantized, added to and quantized again
+  /// (nn::Nf4Linear::add_to_weight: lossy).
   void merge();
   /// merge() if a basis exists, then the next basis: svd/rsvd from
   /// `full_grad` [out, in], sketches from (seed, stream, refresh index).
