@@ -78,7 +78,9 @@ ConfigFlags::ConfigFlags(CLI::App& sub) {
   for (const auto& s : defaults.sections) {
     for (const auto& f : s.fields()) {
       const std::string key = s.name() + "." + f.name;
-      add(key, "--" + key, f, s.help());
+      // Short spellings of a few keys (torchrun/DeepSpeed users' habits).
+      const std::string alias = key == "dist.zero_stage" ? ",--zero" : "";
+      add(key, "--" + key + alias, f, s.help());
     }
   }
 }

@@ -18,6 +18,7 @@ namespace {
 struct PlanArgs {
   std::string dtype = "fp32";
   int64_t seq = 0;
+  int64_t workers = 1;
   std::string budget;
   bool table = false;
 };
@@ -69,8 +70,14 @@ void print_methods(const train::Config& base, const train::PlanOptions& o,
 
 int run_plan(const ConfigFlags& flags, const PlanArgs& a) {
   train::Config config = flags.resolve();
-  const auto o =
-      train::PlanOptions().dtype(parse_dtype(a.dtype)).seq_len(a.seq);
+  if (a.workers < 1) {
+    throw train::ConfigError("--workers must be >= 1, got " +
+                             std::to_string(a.workers));
+  }
+  const auto o = train::PlanOptions()
+                     .dtype(parse_dtype(a.dtype))
+                     .seq_len(a.seq)
+                     .workers(a.workers);
   const int64_t budget = a.budget.empty() ? 0 : train::parse_bytes(a.budget);
   if (a.table) {
     for (const auto& preset : models::llama_preset_names()) {
@@ -109,6 +116,10 @@ const RegisterCommand kPlan{Command{
           ->group("Plan");
       sub.add_option("--seq", a->seq,
                      "Tokens per row (0: the model's context, llama.context)")
+          ->group("Plan");
+      sub.add_option("--workers", a->workers,
+                     "Data-parallel workers: with --zero 1|2 the optimizer "
+                     "state is planned per worker (default 1)")
           ->group("Plan");
       sub.add_option("--budget", a->budget,
                      "Memory budget (24GiB, 512MiB, 1.5GB): which methods "

@@ -280,22 +280,75 @@ void Communicator::allreduce_mean(std::vector<at::Tensor> tensors) {
 }
 
 void Communicator::broadcast(at::Tensor tensor, int root) {
+  broadcast_async(std::move(tensor), root).wait();
+}
+
+namespace {
+
+/// "reduce of 400 bytes (root 1) on rank 0 of 2", for errors.
+std::string describe_work(const char* op, int64_t bytes, int root,
+                          const DistEnv& env) {
+  std::ostringstream what;
+  what << op << " of " << bytes << " bytes (root " << root << ") on rank "
+       << env.rank << " of " << env.world_size;
+  return what.str();
+}
+
+}  // namespace
+
+Work Communicator::broadcast_async(at::Tensor tensor, int root) {
   LOWMEM_CHECK(root >= 0 && root < env_.world_size,
                "[dist] broadcast root must be in [0, ", env_.world_size,
                "), got ", root);
+  Work w;
   if (!impl_) {
-    return;
+    return w;
   }
-  stats_.broadcast_bytes +=
+  const int64_t bytes =
       tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  stats_.broadcast_bytes += bytes;
+  auto wi = std::make_shared<Work::Impl>();
+  wi->what = describe_work("broadcast", bytes, root, env_);
+  wi->timeout_s = options_.timeout_s();
   std::vector<at::Tensor> v{tensor};
   c10d::BroadcastOptions o;
   o.rootRank = root;
   try {
-    impl_->pg->broadcast(v, o)->wait();
+    wi->work = impl_->pg->broadcast(v, o);
   } catch (const std::exception& e) {
     rethrow("broadcast", e);
   }
+  wi->keep_alive = std::move(v);
+  w.impl_ = std::move(wi);
+  return w;
+}
+
+Work Communicator::reduce_sum_async(at::Tensor tensor, int root) {
+  LOWMEM_CHECK(root >= 0 && root < env_.world_size,
+               "[dist] reduce root must be in [0, ", env_.world_size, "), got ",
+               root);
+  Work w;
+  if (!impl_) {
+    return w;
+  }
+  const int64_t bytes =
+      tensor.numel() * static_cast<int64_t>(tensor.element_size());
+  stats_.reduce_bytes += bytes;
+  auto wi = std::make_shared<Work::Impl>();
+  wi->what = describe_work("reduce", bytes, root, env_);
+  wi->timeout_s = options_.timeout_s();
+  std::vector<at::Tensor> v{tensor};
+  c10d::ReduceOptions o;
+  o.rootRank = root;
+  o.reduceOp = c10d::ReduceOp::SUM;
+  try {
+    wi->work = impl_->pg->reduce(v, o);
+  } catch (const std::exception& e) {
+    rethrow("reduce", e);
+  }
+  wi->keep_alive = std::move(v);
+  w.impl_ = std::move(wi);
+  return w;
 }
 
 std::vector<at::Tensor> Communicator::allgather(const at::Tensor& tensor) {

@@ -175,4 +175,32 @@ void run_on_main(
   }
 }
 
+void run_on_every_rank(Communicator& comm, const std::function<void()>& fn,
+                       const std::string& what) {
+  std::exception_ptr failure;
+  try {
+    fn();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  if (comm.world_size() > 1) {
+    // The lowest failed rank (world_size if none), as a minimum of all.
+    const int64_t mine = failure ? comm.rank() : comm.world_size();
+    auto all = comm.allgather(
+        at::full({1}, mine, at::kLong).to(at::Device(comm.options().device())));
+    int64_t first = comm.world_size();
+    for (const auto& t : all) {
+      first = std::min(first, t.to(at::kCPU).item<int64_t>());
+    }
+    if (!failure) {
+      LOWMEM_CHECK(first == comm.world_size(), "[dist] rank ", first,
+                   " failed to ", what, " (see rank ", first,
+                   "'s error); rank ", comm.rank(), " stops too");
+    }
+  }
+  if (failure) {
+    std::rethrow_exception(failure);
+  }
+}
+
 }  // namespace lowmem::dist

@@ -72,6 +72,14 @@ std::string optimizer_file(size_t i) {
   return "optimizer-" + std::to_string(i) + ".safetensors";
 }
 
+std::string shard_file(size_t i, int64_t rank) {
+  return "optimizer-" + std::to_string(i) + ".shard-" + std::to_string(rank) +
+         ".safetensors";
+}
+
+// Largest world size a sharded manifest may name.
+constexpr int64_t kMaxShards = 1 << 20;
+
 // The safetensors metadata key holding an optimizer's archive structure.
 constexpr const char* kArchiveKey = "lowmem_optimizer_archive";
 
@@ -104,6 +112,8 @@ struct Manifest {
   std::map<std::string, int64_t> counters;
   std::vector<std::string> optimizers;
   std::map<std::string, int64_t> files;  // name -> size in bytes
+  int64_t shard_world_size = 0;          // 0: unsharded optimizers
+  std::vector<int64_t> shard_owners;     // per parameter
 };
 
 std::string manifest_json(const Manifest& m) {
@@ -116,6 +126,10 @@ std::string manifest_json(const Manifest& m) {
   j["optimizers"] = m.optimizers;
   j["files"] = nlohmann::ordered_json::object();
   for (const auto& [k, v] : m.files) j["files"][k] = v;
+  if (m.shard_world_size > 0) {
+    j["shards"]["world_size"] = m.shard_world_size;
+    j["shards"]["owners"] = m.shard_owners;
+  }
   return j.dump(2) + "\n";
 }
 
@@ -183,6 +197,25 @@ Manifest parse_manifest(const std::string& text, const std::string& path) {
         k.find('/') == std::string::npos && k != ".." && k != "." && !k.empty(),
         where, ": bad file name ", quote(k));
     m.files[k] = count(v, "file size of " + quote(k));
+  }
+  auto shards = j.find("shards");
+  if (shards != j.end()) {
+    LOWMEM_CHECK(shards->is_object(), where, ": 'shards' is not an object");
+    auto world = shards->find("world_size");
+    auto owners = shards->find("owners");
+    LOWMEM_CHECK(
+        world != shards->end() && owners != shards->end() && owners->is_array(),
+        where, ": 'shards' needs world_size and an owners array");
+    m.shard_world_size = count(*world, "shards.world_size");
+    LOWMEM_CHECK(m.shard_world_size >= 1 && m.shard_world_size <= kMaxShards,
+                 where, ": shards.world_size ", m.shard_world_size,
+                 " is not in [1, ", kMaxShards, "]");
+    for (const auto& v : *owners) {
+      const int64_t o = count(v, "a shard owner");
+      LOWMEM_CHECK(o < m.shard_world_size, where, ": shard owner ", o,
+                   " is not below shards.world_size ", m.shard_world_size);
+      m.shard_owners.push_back(o);
+    }
   }
   return m;
 }
@@ -272,7 +305,69 @@ void cleanup(const std::string& root, const std::string& latest,
   }
 }
 
+/// Saves `state`'s optimizers into `tmp` (unsharded) or checks that the
+/// workers' shards are there (sharded); records their names in `m`.
+void write_optimizers(const std::string& tmp, const CheckpointState& state,
+                      Manifest& m) {
+  std::set<std::string> names;
+  for (size_t i = 0; i < state.optimizers.size(); ++i) {
+    const auto& [oname, opt] = state.optimizers[i];
+    LOWMEM_CHECK(opt != nullptr, "[checkpoint] optimizer '", oname,
+                 "' is null");
+    LOWMEM_CHECK(names.insert(oname).second,
+                 "[checkpoint] two optimizers "
+                 "named '",
+                 oname, "'");
+    if (state.shard_world_size > 0) {
+      for (int64_t r = 0; r < state.shard_world_size; ++r) {
+        LOWMEM_CHECK(fs::is_regular_file(tmp + "/" + shard_file(i, r)),
+                     "[checkpoint] ", quote(tmp), ": worker ", r,
+                     " did not write its shard of optimizer '", oname, "'");
+      }
+    } else {
+      save_optimizer(*opt, tmp + "/" + optimizer_file(i));
+    }
+    m.optimizers.push_back(oname);
+  }
+  if (state.shard_world_size > 0) {
+    LOWMEM_CHECK(state.shard_world_size <= kMaxShards,
+                 "[checkpoint] shard_world_size ", state.shard_world_size,
+                 " is over ", kMaxShards);
+    for (const int64_t o : state.shard_owners) {
+      LOWMEM_CHECK(o >= 0 && o < state.shard_world_size,
+                   "[checkpoint] shard owner ", o, " is not in [0, ",
+                   state.shard_world_size, ")");
+    }
+    m.shard_world_size = state.shard_world_size;
+    m.shard_owners = state.shard_owners;
+  }
+}
+
 }  // namespace
+
+std::string sharded_staging_dir(const std::string& root, int64_t step) {
+  return root + "/.tmp-" + step_name(step) + "-shards";
+}
+
+std::string prepare_sharded_staging(const std::string& root, int64_t step) {
+  const std::string dir = sharded_staging_dir(root, step);
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  LOWMEM_CHECK(!ec && fs::is_directory(root), "[checkpoint] cannot create '",
+               root, "': ", ec.message());
+  fs::remove_all(dir, ec);
+  LOWMEM_CHECK(fs::create_directory(dir, ec), "[checkpoint] cannot create '",
+               dir, "': ", ec.message());
+  return dir;
+}
+
+void save_optimizer_shard(const std::string& staging, size_t index,
+                          int64_t rank, torch::optim::Optimizer& optimizer) {
+  LOWMEM_CHECK(rank >= 0, "[checkpoint] shard rank must be >= 0, got ", rank);
+  LOWMEM_CHECK(fs::is_directory(staging), "[checkpoint] no staging directory ",
+               quote(staging), " (prepare_sharded_staging first)");
+  save_optimizer(optimizer, staging + "/" + shard_file(index, rank));
+}
 
 std::string save_checkpoint(
     const std::string& root,
@@ -287,11 +382,18 @@ std::string save_checkpoint(
                root, "': ", ec.message());
   const std::string name = step_name(step);
   const std::string final_dir = root + "/" + name;
-  const std::string tmp = root + "/.tmp-" + name + "-" +
-      std::to_string(::getpid());
-  fs::remove_all(tmp, ec);
-  LOWMEM_CHECK(fs::create_directory(tmp, ec), "[checkpoint] cannot create '",
-               tmp, "': ", ec.message());
+  const bool sharded = state.shard_world_size > 0;
+  // A sharded save commits the staging directory the workers wrote into.
+  const std::string tmp =
+      sharded ? sharded_staging_dir(root, step)
+              : root + "/.tmp-" + name + "-" + std::to_string(::getpid());
+  if (!sharded) {
+    fs::remove_all(tmp, ec);
+    LOWMEM_CHECK(fs::create_directory(tmp, ec), "[checkpoint] cannot create '",
+                 tmp, "': ", ec.message());
+  }
+  LOWMEM_CHECK(fs::is_directory(tmp), "[checkpoint] no staging directory ",
+               quote(tmp), " (prepare_sharded_staging first)");
 
   Manifest m;
   m.version = kCheckpointFormatVersion;
@@ -307,16 +409,7 @@ std::string save_checkpoint(
   save_safetensors(tmp + "/" + kWeights, weights, {{"format", kFormat}});
   phase("weights");
 
-  std::set<std::string> names;
-  for (size_t i = 0; i < state.optimizers.size(); ++i) {
-    const auto& [oname, opt] = state.optimizers[i];
-    LOWMEM_CHECK(opt != nullptr, "[checkpoint] optimizer '", oname,
-                 "' is null");
-    LOWMEM_CHECK(names.insert(oname).second, "[checkpoint] two optimizers "
-                 "named '", oname, "'");
-    save_optimizer(*opt, tmp + "/" + optimizer_file(i));
-    m.optimizers.push_back(oname);
-  }
+  write_optimizers(tmp, state, m);
   phase("optimizers");
   if (state.cpu_rng) {
     save_safetensors(tmp + "/" + kRng, {{"cpu", cpu_rng_state()}});
@@ -390,6 +483,60 @@ std::string resolve_checkpoint(const std::string& path) {
   return {};
 }
 
+CheckpointLayout read_checkpoint_layout(const std::string& path) {
+  CheckpointLayout out;
+  out.dir = resolve_checkpoint(path);
+  const Manifest m = read_manifest(out.dir);
+  out.shard_world_size = m.shard_world_size;
+  out.shard_owners = m.shard_owners;
+  return out;
+}
+
+namespace {
+
+using Archives = std::vector<std::unique_ptr<torch::serialize::InputArchive>>;
+
+/// The optimizer archives to load, by shard (one "shard" when unsharded),
+/// each holding one archive per optimizer; validated, nothing loaded yet.
+std::vector<Archives> read_optimizer_archives(
+    const std::string& dir, const Manifest& m, const CheckpointState& state,
+    const c10::optional<c10::Device>& map_to) {
+  LOWMEM_CHECK(m.optimizers.size() == state.optimizers.size(), "[checkpoint] ",
+               dir, ": holds ", m.optimizers.size(),
+               " optimizer(s), the run "
+               "has ",
+               state.optimizers.size());
+  for (size_t i = 0; i < state.optimizers.size(); ++i) {
+    LOWMEM_CHECK(m.optimizers[i] == state.optimizers[i].first, "[checkpoint] ",
+                 dir, ": optimizer ", i, " is '", m.optimizers[i],
+                 "', the run has '", state.optimizers[i].first, "'");
+  }
+  std::vector<int64_t> shards;
+  if (m.shard_world_size == 0) {
+    shards = {-1};  // the unsharded files
+  } else if (state.load_shards.has_value()) {
+    shards = *state.load_shards;
+  } else {
+    for (int64_t r = 0; r < m.shard_world_size; ++r) shards.push_back(r);
+  }
+  std::vector<Archives> out;
+  for (const int64_t r : shards) {
+    LOWMEM_CHECK(r < m.shard_world_size && (r >= 0 || m.shard_world_size == 0),
+                 "[checkpoint] ", dir, ": no shard ", r,
+                 " (the checkpoint has ", m.shard_world_size, ")");
+    Archives a;
+    for (size_t i = 0; i < state.optimizers.size(); ++i) {
+      // Optimizer state onto the model's device, whatever device wrote it.
+      a.push_back(read_optimizer(
+          dir + "/" + (r < 0 ? optimizer_file(i) : shard_file(i, r)), map_to));
+    }
+    out.push_back(std::move(a));
+  }
+  return out;
+}
+
+}  // namespace
+
 bool has_checkpoint(const std::string& path) {
   return is_complete(path) || fs::is_regular_file(fs::path(path) / "LATEST");
 }
@@ -427,21 +574,12 @@ std::string load_checkpoint(const std::string& path, CheckpointState& state) {
     LOWMEM_CHECK(wanted.count(key) != 0, "[checkpoint] ", dir, ": tensor '",
                  key, "' in the checkpoint is not in the model");
   }
-  LOWMEM_CHECK(m.optimizers.size() == state.optimizers.size(), "[checkpoint] ",
-               dir, ": holds ", m.optimizers.size(), " optimizer(s), the run "
-               "has ", state.optimizers.size());
-  std::vector<std::unique_ptr<torch::serialize::InputArchive>> archives;
   c10::optional<c10::Device> map_to;
   if (!state.tensors.empty()) {
     map_to = state.tensors.front().second.device();
   }
-  for (size_t i = 0; i < state.optimizers.size(); ++i) {
-    LOWMEM_CHECK(m.optimizers[i] == state.optimizers[i].first, "[checkpoint] ",
-                 dir, ": optimizer ", i, " is '", m.optimizers[i],
-                 "', the run has '", state.optimizers[i].first, "'");
-    // Optimizer state onto the model's device, whatever device wrote it.
-    archives.push_back(read_optimizer(dir + "/" + optimizer_file(i), map_to));
-  }
+  const std::vector<Archives> archives =
+      read_optimizer_archives(dir, m, state, map_to);
   std::string info =
       read_file_limited(dir + "/" + kInfo, kMaxInfoBytes, "[checkpoint] info");
   at::Tensor rng;
@@ -459,8 +597,11 @@ std::string load_checkpoint(const std::string& path, CheckpointState& state) {
       t.copy_(weights.tensors.at(key));
     }
   }
-  for (size_t i = 0; i < state.optimizers.size(); ++i) {
-    state.optimizers[i].second->load(*archives[i]);
+  for (const auto& shard : archives) {
+    for (size_t i = 0; i < state.optimizers.size(); ++i) {
+      state.optimizers[i].second->load(*shard[i]);
+    }
+    if (state.after_shard) state.after_shard();
   }
   if (rng.defined()) {
     set_cpu_rng_state(rng);

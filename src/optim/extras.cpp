@@ -7,6 +7,7 @@
 #include <torch/optim/sgd.h>
 
 #include "lowmem/core/memory.h"
+#include "lowmem/optim/per_param.h"
 
 namespace lowmem::optim {
 
@@ -37,6 +38,13 @@ int64_t state_bytes(const torch::optim::Optimizer& opt) {
 
 void before_forward(torch::optim::Optimizer& opt) {
   if (auto* ex = dynamic_cast<OptimizerExtras*>(&opt)) ex->before_forward();
+}
+
+void drop_state(torch::optim::Optimizer& opt, const at::Tensor& param) {
+  if (auto* ex = dynamic_cast<OptimizerExtras*>(&opt)) {
+    if (ex->forget_state(param)) return;
+  }
+  opt.state().erase(detail::state_key(param));
 }
 
 void clear_grads(torch::optim::Optimizer& opt) {

@@ -461,10 +461,14 @@ void GaLore::load(torch::serialize::InputArchive& archive) {
     auto& s = *slots_[i];
     const std::string prefix = "galore/slot/" + std::to_string(i) + "/";
     archive.read(prefix + "step", v);
-    s.step = v.toInt();
-    s.projector.load(archive, prefix + "proj/");
     s.acc = at::Tensor();
     s.micro = 0;
+    // A param the archive never updated has no state there: it is left as
+    // it is, as torch::optim's load leaves params absent from the archive
+    // (ZeRO's shards, each with the state of its own params, add up).
+    if (v.toInt() == 0) continue;
+    s.step = v.toInt();
+    s.projector.load(archive, prefix + "proj/");
   }
   archive.read("galore/lr", v);
   const auto lrs = v.toDoubleVector();
@@ -475,6 +479,32 @@ void GaLore::load(torch::serialize::InputArchive& archive) {
   torch::serialize::InputArchive inner;
   archive.read("galore/inner", inner);
   inner_->load(inner);
+}
+
+bool GaLore::forget_state(const at::Tensor& param) {
+  const auto* impl = param.unsafeGetTensorImpl();
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    auto& s = *slots_[i];
+    if (s.param.unsafeGetTensorImpl() != impl) continue;
+    LOWMEM_CHECK(s.micro == 0, "[galore] forget_state of projected param ", i,
+                 " during gradient accumulation");
+    inner_->state().erase(state_key(s.proxy));
+    s.projector = projection::Projector(options_.projector(), s.param.size(0),
+                                        s.param.numel() / s.param.size(0),
+                                        static_cast<int64_t>(i));
+    s.step = 0;
+    s.acc = at::Tensor();
+    return true;
+  }
+  for (auto& q : plains_) {
+    if (q->param.unsafeGetTensorImpl() != impl) continue;
+    LOWMEM_CHECK(q->micro == 0,
+                 "[galore] forget_state of a plain param during gradient "
+                 "accumulation");
+    inner_->state().erase(state_key(q->param));
+    return true;
+  }
+  return true;  // not one of this optimizer's params: nothing to forget
 }
 
 std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> GaLore::route(

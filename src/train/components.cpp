@@ -198,6 +198,14 @@ const T& opts(const Config& c, const std::string& section) {
   return s->get<T>();
 }
 
+}  // namespace
+
+int64_t zero_stage(const Config& c) {
+  return opts<DistSection>(c, "dist").zero_stage;
+}
+
+namespace {
+
 /// Runs `fn`; c10::Errors (option validation in constructors) become
 /// ConfigError, a usage error.
 template <class F>
@@ -244,6 +252,8 @@ std::vector<Section> make_sections() {
       "projected_adapter",
       "one-sided projected adapter (projection/projected_linear.h)"));
   for (const auto& o : optim::optimizers()) out.push_back(o.options());
+  out.push_back(Section::of<DistSection>(
+      "dist", "data-parallel training (docs/distributed.md)"));
   return out;
 }
 

@@ -100,6 +100,20 @@ struct ProjectedAdapterSection {
   }
 };
 
+// Data-parallel options (section "dist", docs/distributed.md).
+struct DistSection {
+  // 0: every worker keeps all optimizer state (replicated); 1: ZeRO-1, each
+  // worker keeps the state of its own parameters; 2: ZeRO-2, and receives
+  // only its own parameters' gradients (dist/zero.h).
+  int64_t zero_stage = 0;
+  template <class V>
+  void for_each_field(V&& v) {
+    v("zero_stage", zero_stage);
+  }
+};
+/// The dist section's zero_stage.
+int64_t zero_stage(const Config& c);
+
 struct BuiltData {
   std::shared_ptr<data::BatchSource> train, eval;
   std::string unit;     // "tokens" | "samples"

@@ -214,6 +214,9 @@ void Config::validate() const {
   resolve_device(device);
   check(std::isfinite(dist_timeout_s) && dist_timeout_s > 0.0,
         "dist_timeout_s must be > 0, got " + format_float(dist_timeout_s));
+  const int64_t zero = detail::zero_stage(*this);
+  check(zero >= 0 && zero <= 2,
+        "dist.zero_stage must be 0, 1 or 2, got " + std::to_string(zero));
   check(log_every >= 1,
         "log_every must be >= 1, got " + std::to_string(log_every));
   check(save_every >= 0,
@@ -240,6 +243,7 @@ std::vector<std::string> Config::active_sections() const {
   add("method", method);
   add("optimizer", optimizer);
   add("optimizer", aux_optimizer);
+  out.push_back("dist");
   return out;
 }
 

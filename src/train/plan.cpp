@@ -17,6 +17,7 @@
 #include "lowmem/core/check.h"
 #include "lowmem/core/input.h"
 #include "lowmem/core/memory.h"
+#include "lowmem/dist/zero.h"
 #include "lowmem/models/layers.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/registry.h"
@@ -261,6 +262,34 @@ std::vector<Event> step_events(const Sized& z, const ActivationModel& a) {
   return ev;
 }
 
+// Each worker's optimizer state under ZeRO (empty without it): parameters
+// owned as dist::partition_by_bytes assigns them, each bringing its own
+// state. The routes list parameters in optimizer order except GaLore's
+// (projected first here, plain first in its groups): equal-sized parameters
+// may then land on other workers than in training, same totals otherwise.
+std::vector<int64_t> worker_state(const Config& c, const Sized& z,
+                                  int64_t workers) {
+  if (workers < 1) {
+    throw ConfigError("plan: workers must be >= 1, got " +
+                      std::to_string(workers));
+  }
+  if (workers == 1 || detail::zero_stage(c) == 0) {
+    return {};
+  }
+  // What lowmem train refuses to shard (GaLore's hooks, curvature
+  // optimizers, ...) is not planned sharded either.
+  check_data_parallel(c, static_cast<int>(workers));
+  std::vector<int64_t> bytes;
+  for (const auto& q : z.params) bytes.push_back(nbytes(q.p));
+  const auto owners =
+      dist::partition_by_bytes(bytes, static_cast<int>(workers));
+  std::vector<int64_t> out(static_cast<size_t>(workers), 0);
+  for (size_t i = 0; i < owners.size(); ++i) {
+    out[static_cast<size_t>(owners[i])] += z.params[i].state;
+  }
+  return out;
+}
+
 Plan make_plan(const Config& config, const PlanOptions& o) {
   Config c(config);
   const int64_t batch = o.batch_size() > 0 ? o.batch_size() : c.batch_size;
@@ -300,8 +329,19 @@ Plan make_plan(const Config& config, const PlanOptions& o) {
   out.activations = top->activations;
   out.transient = top->transient + batch_bytes;
   out.peak_at = top->at;
-  out.peak = out.weights + out.optimizer_state + top->total() + batch_bytes;
+  out.worker_state = worker_state(c, z, o.workers());
+  const int64_t state =
+      out.worker_state.empty()
+          ? out.optimizer_state
+          : *std::max_element(out.worker_state.begin(), out.worker_state.end());
+  out.peak = out.weights + state + top->total() + batch_bytes;
   out.parts = z.parts;
+  if (!out.worker_state.empty()) {
+    out.parts.push_back({"optimizer state of the largest worker", state,
+                         "ZeRO-" + std::to_string(detail::zero_stage(c)) +
+                             ", " + std::to_string(o.workers()) +
+                             " workers; the peak counts it"});
+  }
   out.parts.push_back({"gradients", out.gradients, "alive at the peak"});
   out.parts.push_back({"activations", out.activations,
                        std::string("saved for backward at the peak (") +
@@ -390,6 +430,13 @@ std::string Plan::to_string() const {
     << " with\n"
     << "  largest transient: " << format_bytes(largest_transient) << " ("
     << largest_transient_at << ")\n";
+  if (!worker_state.empty()) {
+    o << "  optimizer state per worker:";
+    for (size_t r = 0; r < worker_state.size(); ++r) {
+      o << (r == 0 ? " " : ", ") << format_bytes(worker_state[r]);
+    }
+    o << " (of " << format_bytes(optimizer_state) << ")\n";
+  }
   return o.str();
 }
 

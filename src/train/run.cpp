@@ -31,6 +31,7 @@
 #include "lowmem/io/safetensors.h"
 #include "lowmem/models/layers.h"
 #include "lowmem/optim/extras.h"
+#include "lowmem/train/data_parallel.h"
 #include "lowmem/train/device.h"
 #include "lowmem/train/metrics.h"
 
@@ -192,6 +193,14 @@ void check_data_parallel(const Config& config, int world_size) {
                       "is not data-parallel yet: its gradient hooks project "
                       "each worker's gradient before the all-reduce");
   }
+  const int64_t zero = detail::zero_stage(c);
+  if (zero > 0 && c.method == "projected-adapter") {
+    throw ConfigError("method projected-adapter with dist.zero_stage " +
+                      std::to_string(zero) +
+                      " is not supported: the "
+                      "projected adapter rebases every layer on its own "
+                      "schedule (use dist.zero_stage 0)");
+  }
   if (c.method == "projected-adapter") {
     const std::string basis = c.get("projected_adapter.basis");
     if (basis == "svd" || basis == "rsvd") {
@@ -291,10 +300,9 @@ std::shared_ptr<dist::Communicator> join_job(const dist::DistEnv& env,
   session.world_size = comm->world_size();
   session.train_data = std::make_shared<dist::ShardedSource>(
       session.train_data, comm->rank(), comm->world_size());
-  trainer.set_grad_sync(dist::make_trainer_grad_sync(comm));
-  trainer.set_save_hook([comm](const std::function<void()>& write) {
-    dist::run_on_main(*comm, write, "write a checkpoint");
-  });
+  // Gradient sync, ZeRO's hooks and the (rank 0 or sharded) checkpoint
+  // writes.
+  attach_data_parallel(trainer, comm, detail::zero_stage(session.config));
   // Same seed, same initialisation: checked, not assumed.
   dist::check_identical(*comm, trainer.parameters(), "initial weights");
   return comm;
@@ -303,10 +311,12 @@ std::shared_ptr<dist::Communicator> join_job(const dist::DistEnv& env,
 /// The trainer's progress callback: global figures across ranks, the
 /// periodic consistency check, then (on rank 0) metrics and `progress`.
 ProgressFn progress_reporter(const std::shared_ptr<dist::Communicator>& comm,
-                             Trainer& trainer, bool main, JsonlWriter* metrics,
-                             RunResult& result, ProgressFn progress) {
-  return [comm, &trainer, main, metrics, &result,
-          progress](const Progress& event) {
+                             const Config& config, Trainer& trainer, bool main,
+                             JsonlWriter* metrics, RunResult& result,
+                             ProgressFn progress) {
+  const bool sharded = detail::zero_stage(config) > 0;
+  return [comm, &trainer, main, metrics, &result, progress,
+          sharded](const Progress& event) {
     Progress p = event;
     if (comm) {
       using K = Progress::Kind;
@@ -319,9 +329,11 @@ ProgressFn progress_reporter(const std::shared_ptr<dist::Communicator>& comm,
         p.items *= comm->world_size();
         p.items_per_second *= comm->world_size();
       } else if (p.kind == K::kEval) {
-        // The periodic checksum: identical weights and optimizer states.
+        // The periodic checksum: identical weights and (replicated runs)
+        // optimizer states; ZeRO's states differ by design.
         dist::check_identical(*comm, trainer.parameters(), nullptr);
         for (const auto& slot : trainer.optimizers()) {
+          if (sharded) break;
           dist::check_identical(*comm, optim::state_tensors(*slot.optimizer),
                                 "optimizer state of " + slot.name,
                                 /*ordered=*/false);
@@ -396,7 +408,7 @@ RunResult run(const Config& config, ProgressFn progress,
         }
       },
       "create out_dir and the metrics file");
-  trainer.set_progress(progress_reporter(comm, trainer, session->rank == 0,
+  trainer.set_progress(progress_reporter(comm, c, trainer, session->rank == 0,
                                          metrics.get(), result, progress));
   const auto t0 = std::chrono::steady_clock::now();
   result.eval_loss = trainer.fit(*session->train_data, session->eval_data.get());

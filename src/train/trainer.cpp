@@ -1,13 +1,14 @@
 #include "lowmem/train/trainer.h"
 
 #include <ATen/ATen.h>
-#include <torch/nn/module.h>
 #include <torch/cuda.h>
+#include <torch/nn/module.h>
 #include <torch/optim/optimizer.h>
 
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "lowmem/core/check.h"
 #include "lowmem/core/memory.h"
@@ -176,17 +177,22 @@ void drop_grads(std::vector<at::Tensor>& params) {
 }
 
 // Global L2 norm, as torch.nn.utils.clip_grad_norm_ (per-tensor norms, then
-// the norm of the norms), accumulated in fp32 at least.
-double global_norm(const std::vector<at::Tensor>& grads) {
-  if (grads.empty()) {
-    return 0.0;
-  }
+// the norm of the norms), accumulated in fp32 at least. A sharded run's
+// NormSync turns this rank's per-tensor norms into all of them first.
+double global_norm(const std::vector<at::Tensor>& grads,
+                   const NormSync& norm_sync) {
   std::vector<at::Tensor> norms;
   norms.reserve(grads.size());
   for (const auto& g : grads) {
     norms.push_back(
         at::linalg_vector_norm(g, 2, c10::nullopt, false,
                                at::promote_types(g.scalar_type(), at::kFloat)));
+  }
+  if (norm_sync) {
+    norms = norm_sync(norms);
+  }
+  if (norms.empty()) {
+    return 0.0;
   }
   return at::linalg_vector_norm(at::stack(norms), 2).item<double>();
 }
@@ -228,6 +234,9 @@ void Trainer::update(std::vector<at::Tensor>& grads, double total_norm) {
   for (auto& s : slots_) {
     s.optimizer->step();
   }
+  if (after_update_) {
+    after_update_();
+  }
   if (probe_) {
     probe_(ProbePoint::kAfterUpdate);
   }
@@ -265,7 +274,7 @@ StepResult Trainer::step(data::BatchSource& source) {
   if (probe_) {
     probe_(ProbePoint::kAfterBackward);
   }
-  r.grad_norm = global_norm(grads);
+  r.grad_norm = global_norm(grads, norm_sync_);
   r.skipped = !std::isfinite(r.loss) || !std::isfinite(r.grad_norm);
   apply_schedule();
   step_ += 1;
@@ -360,10 +369,41 @@ io::CheckpointState make_state(
 
 }  // namespace
 
+void Trainer::set_optimizer_shards(OptimizerShards shards) {
+  LOWMEM_CHECK(shards.world_size >= 1 && shards.rank >= 0 &&
+                   shards.rank < shards.world_size,
+               "[trainer] optimizer shards: rank ", shards.rank,
+               " is not in [0, world_size = ", shards.world_size, ")");
+  LOWMEM_CHECK(shards.owners.size() == params_.size(),
+               "[trainer] optimizer shards name ", shards.owners.size(),
+               " owners for ", params_.size(), " parameters");
+  for (const int o : shards.owners) {
+    LOWMEM_CHECK(o >= 0 && o < shards.world_size, "[trainer] shard owner ", o,
+                 " is not in [0, ", shards.world_size, ")");
+  }
+  shards_ = std::move(shards);
+}
+
+void Trainer::save_optimizer_shard() {
+  LOWMEM_CHECK(optimizer_shards() != nullptr,
+               "[trainer] save_optimizer_shard without optimizer shards");
+  LOWMEM_CHECK(!options_.checkpoint_dir.empty(),
+               "[trainer] no checkpoint directory set");
+  const std::string staging =
+      io::sharded_staging_dir(options_.checkpoint_dir, step_);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    io::save_optimizer_shard(staging, i, shards_.rank, *slots_[i].optimizer);
+  }
+}
+
 std::string Trainer::save_checkpoint(const data::BatchSource& train) {
   LOWMEM_CHECK(!options_.checkpoint_dir.empty(),
                "[trainer] no checkpoint directory set");
   io::CheckpointState s = make_state(*model_, slots_);
+  if (optimizer_shards() != nullptr) {
+    s.shard_world_size = shards_.world_size;
+    s.shard_owners.assign(shards_.owners.begin(), shards_.owners.end());
+  }
   s.counters["step"] = step_;
   s.counters["data_position"] = train.position();
   s.counters["skipped_total"] = skipped_total_;
@@ -374,10 +414,55 @@ std::string Trainer::save_checkpoint(const data::BatchSource& train) {
                              options_.keep_checkpoints);
 }
 
+namespace {
+
+/// The shards of a checkpoint laid out as `layout` that hold state of the
+/// parameters `shards` gives this rank (unset: all of them).
+std::optional<std::vector<int64_t>> shards_to_load(
+    const io::CheckpointLayout& layout, const OptimizerShards* shards,
+    size_t num_params) {
+  if (layout.shard_world_size == 0 || shards == nullptr) {
+    return std::nullopt;  // unsharded, or every shard (an unsharded run)
+  }
+  std::vector<int64_t> out;
+  LOWMEM_CHECK(layout.shard_owners.size() == num_params, "[trainer] ",
+               layout.dir, " shards the state of ", layout.shard_owners.size(),
+               " parameters, the run has ", num_params);
+  std::vector<bool> wanted(static_cast<size_t>(layout.shard_world_size));
+  for (size_t i = 0; i < num_params; ++i) {
+    if (shards->owners[i] == shards->rank) {
+      wanted[static_cast<size_t>(layout.shard_owners[i])] = true;
+    }
+  }
+  for (size_t r = 0; r < wanted.size(); ++r) {
+    if (wanted[r]) out.push_back(static_cast<int64_t>(r));
+  }
+  return out;
+}
+
+}  // namespace
+
 void Trainer::load_checkpoint(const std::string& path,
                               data::BatchSource& train) {
   io::CheckpointState s = make_state(*model_, slots_);
-  io::load_checkpoint(path, s);
+  const io::CheckpointLayout layout = io::read_checkpoint_layout(path);
+  s.load_shards = shards_to_load(layout, optimizer_shards(), params_.size());
+  if (optimizer_shards() != nullptr) {
+    // Keep only this rank's parameters' state, after every shard.
+    s.after_shard = [this] {
+      size_t k = 0;
+      for (auto& slot : slots_) {
+        for (auto& group : slot.optimizer->param_groups()) {
+          for (auto& p : group.params()) {
+            if (shards_.owners[k++] != shards_.rank) {
+              optim::drop_state(*slot.optimizer, p);
+            }
+          }
+        }
+      }
+    };
+  }
+  io::load_checkpoint(layout.dir, s);
   auto get = [&](const char* key) {
     auto it = s.counters.find(key);
     LOWMEM_CHECK(it != s.counters.end(), "[trainer] checkpoint at '", path,

@@ -310,6 +310,32 @@ RunResult load_result(const std::string& path) {
   return r;
 }
 
+std::vector<std::string> run_thread_ranks(
+    int n, const std::function<void(std::shared_ptr<Communicator>)>& fn,
+    double timeout_s) {
+  const int port = find_free_port();
+  std::vector<std::thread> threads;
+  std::vector<std::string> errors(static_cast<size_t>(n));
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        DistEnv env;
+        env.rank = r;
+        env.world_size = n;
+        env.local_rank = r;
+        env.master_port = port;
+        fn(Communicator::init(env, InitOptions().timeout_s(timeout_s)));
+      } catch (const std::exception& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  return errors;
+}
+
 std::string temp_dir() {
   char tmpl[] = "/tmp/lowmem_dist_XXXXXX";
   const char* d = ::mkdtemp(tmpl);

@@ -3,15 +3,17 @@
 // launched workers, and helpers to launch this test binary as N workers.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
 #include "lowmem/data/batch.h"
 #include "lowmem/dist/communicator.h"
 #include "lowmem/dist/launcher.h"
-
-#include <ATen/core/Tensor.h>
-
-#include <map>
-#include <string>
-#include <vector>
 
 namespace lowmem::dist::testing {
 
@@ -75,6 +77,13 @@ LaunchResult launch_workers(
 
 void save_result(const RunResult& r, const std::string& path);
 RunResult load_result(const std::string& path);
+
+/// Runs `fn` as ranks 0..n-1 of one job, each a thread of this process with
+/// its own TCPStore client and Gloo group on 127.0.0.1 (a free port); returns
+/// each rank's error text ("" if it finished).
+std::vector<std::string> run_thread_ranks(
+    int n, const std::function<void(std::shared_ptr<Communicator>)>& fn,
+    double timeout_s = 30.0);
 
 /// A fresh empty directory under /tmp.
 std::string temp_dir();

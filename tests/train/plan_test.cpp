@@ -144,6 +144,45 @@ TEST(Plan, Llama7bMatchesTheRecordedRun) {
       << gib(p.peak) << " GiB planned";
 }
 
+// ZeRO: the 7B recipe's state split over N workers (docs/distributed.md
+// quotes these lines). GaLore runs without its layer-wise hooks (ZeRO
+// refuses them); full AdamW for comparison.
+TEST(Plan, ZeroSplitsThe7bStateOverWorkers) {
+  Config galore = llama_7b_galore_layerwise();
+  galore.set("galore.layerwise", "false");
+  Config adamw = galore;
+  apply_keys(adamw, {"method=full", "optimizer=adamw", "aux_optimizer=adamw"});
+  for (Config c : {galore, adamw}) {
+    c.batch_size = 8;
+    const Plan one = plan(c, PlanOptions().dtype(at::kBFloat16));
+    EXPECT_TRUE(one.worker_state.empty());
+    c.set("dist.zero_stage", "2");
+    for (const int64_t n : {2, 4, 8}) {
+      const Plan p = plan(c, PlanOptions().dtype(at::kBFloat16).workers(n));
+      ASSERT_EQ(p.worker_state.size(), static_cast<size_t>(n));
+      int64_t sum = 0, most = 0;
+      for (const int64_t b : p.worker_state) {
+        sum += b;
+        most = std::max(most, b);
+      }
+      EXPECT_EQ(sum, one.optimizer_state);
+      EXPECT_EQ(p.peak, one.peak - one.optimizer_state + most);
+      // 1/N plus at most the largest parameter's state (the embedding or
+      // the head: 32000 x 4096, 2 fp32 moments under AdamW, or GaLore's
+      // plain AdamW on it).
+      EXPECT_LE(most, one.optimizer_state / n + 2 * 4 * 32000 * 4096);
+      std::printf(
+          "%s ZeRO-2 x %lld: state per worker %.2f GiB (of %.2f), "
+          "peak %.2f GiB (1 worker: %.2f)\n",
+          c.method.c_str(), static_cast<long long>(n), gib(most),
+          gib(one.optimizer_state), gib(p.peak), gib(one.peak));
+    }
+  }
+  Config layerwise = llama_7b_galore_layerwise();
+  layerwise.set("dist.zero_stage", "1");
+  EXPECT_THROW(plan(layerwise, PlanOptions().workers(2)), ConfigError);
+}
+
 TEST(Plan, BudgetAndSizes) {
   EXPECT_EQ(parse_bytes("24GiB"), int64_t{24} << 30);
   EXPECT_EQ(parse_bytes("1.5 GB"), 1500000000);

@@ -40,8 +40,9 @@ struct CommStats {
   int64_t allreduce_calls = 0;
   int64_t allgather_bytes = 0;  // bytes this rank contributes
   int64_t broadcast_bytes = 0;
+  int64_t reduce_bytes = 0;  // bytes this rank hands to reduce (any root)
   int64_t total_bytes() const {
-    return allreduce_bytes + allgather_bytes + broadcast_bytes;
+    return allreduce_bytes + allgather_bytes + broadcast_bytes + reduce_bytes;
   }
 };
 
@@ -107,6 +108,13 @@ class Communicator {
   void allreduce_mean(std::vector<at::Tensor> tensors);
   /// Copies rank `root`'s `tensor` into every rank's `tensor` (in place).
   void broadcast(at::Tensor tensor, int root = 0);
+  /// broadcast, asynchronously (the tensor must stay untouched until wait()).
+  Work broadcast_async(at::Tensor tensor, int root);
+  /// Sums every rank's `tensor` into rank `root`'s `tensor` (the others' are
+  /// left unspecified), asynchronously. ProcessGroupGloo of LibTorch 1.13 has
+  /// no reduce_scatter; ZeRO-2 (dist/zero.h) reduces each owner's bucket to
+  /// its owner with this instead.
+  Work reduce_sum_async(at::Tensor tensor, int root);
   /// Every rank's `tensor` (same shape on all ranks), indexed by rank.
   std::vector<at::Tensor> allgather(const at::Tensor& tensor);
   /// Blocks until every rank arrived (fails after the timeout).

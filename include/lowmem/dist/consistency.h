@@ -48,4 +48,10 @@ void run_on_main(
     const std::function<void()>& fn,
     const std::string& what);
 
+/// Runs `fn` on every rank, then every rank learns whether all succeeded:
+/// a rank rethrows its own error, the others throw "[dist] rank r failed to
+/// <what>" naming the lowest failed rank. Acts as a barrier.
+void run_on_every_rank(Communicator& comm, const std::function<void()>& fn,
+                       const std::string& what);
+
 }  // namespace lowmem::dist

@@ -11,7 +11,9 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -40,7 +42,44 @@ struct CheckpointState {
   std::string info;
   /// Save and restore the default CPU generator's state.
   bool cpu_rng = true;
+
+  /// Sharded optimizer state (ZeRO, train/data_parallel.h). Save: when
+  /// shard_world_size > 0, each optimizer is stored as one file per worker,
+  /// optimizer-<i>.shard-<r>.safetensors, which the workers wrote into
+  /// sharded_staging_dir(root, step) beforehand (save_optimizer_shard);
+  /// save_checkpoint then writes no optimizer file itself, requires all of
+  /// them, lists them in the manifest with `shard_owners` (the worker that
+  /// updates each parameter, in the trainer's parameter order) and commits
+  /// the step as usual (manifest last, then the rename and LATEST).
+  int64_t shard_world_size = 0;
+  std::vector<int64_t> shard_owners;
+  /// Load of a sharded checkpoint: the shards read into the optimizers, in
+  /// this order (unset: all of them). Each optimizer's load() sees one shard
+  /// at a time; torch::optim and lowmem optimizers leave the state of
+  /// parameters a shard does not hold as it is, so the shards add up.
+  std::optional<std::vector<int64_t>> load_shards;
+  /// Called after every loaded shard (and once after an unsharded
+  /// checkpoint's optimizers), e.g. to drop state this worker does not keep.
+  std::function<void()> after_shard;
 };
+
+/// How a checkpoint stores its optimizers (read from its manifest).
+struct CheckpointLayout {
+  std::string dir;               // resolve_checkpoint(path)
+  int64_t shard_world_size = 0;  // 0: unsharded
+  std::vector<int64_t> shard_owners;
+};
+CheckpointLayout read_checkpoint_layout(const std::string& path);
+
+/// The staging directory of a sharded save of `step` under `root`.
+std::string sharded_staging_dir(const std::string& root, int64_t step);
+/// Creates sharded_staging_dir(root, step) empty (and `root` if needed),
+/// removing a stale one of an interrupted save. Called on one worker before
+/// any writes its shard.
+std::string prepare_sharded_staging(const std::string& root, int64_t step);
+/// Writes worker `rank`'s shard of optimizer `index` into `staging` (fsynced).
+void save_optimizer_shard(const std::string& staging, size_t index,
+                          int64_t rank, torch::optim::Optimizer& optimizer);
 
 /// Writes `state` as root/step-<step> (creating root) and points root/LATEST
 /// at it; then removes all but the newest `keep_last` step directories

@@ -22,6 +22,15 @@ class OptimizerExtras {
   /// Called by the trainer before each forward pass of a training step
   /// (e.g. SINGD/KFAC arm their curvature taps on refresh steps).
   virtual void before_forward() {}
+  /// Forgets every state the optimizer keeps for `param` (ZeRO: a parameter
+  /// another worker updates), so that the next update of `param` starts
+  /// from fresh state. Returns false if the optimizer keeps its
+  /// per-parameter state in torch::optim's state() map only (the default):
+  /// optim::drop_state then erases it there.
+  virtual bool forget_state(const at::Tensor& param) {
+    (void)param;
+    return false;
+  }
 };
 
 /// State tensors of any optimizer: OptimizerExtras, or torch's SGD, Adam,
@@ -31,6 +40,9 @@ std::vector<at::Tensor> state_tensors(const torch::optim::Optimizer& opt);
 int64_t state_bytes(const torch::optim::Optimizer& opt);
 /// Calls before_forward() if `opt` implements OptimizerExtras.
 void before_forward(torch::optim::Optimizer& opt);
+/// Forgets `param`'s state in `opt` (OptimizerExtras::forget_state, else
+/// its entry in opt.state(); nothing if it has none).
+void drop_state(torch::optim::Optimizer& opt, const at::Tensor& param);
 /// Drops the .grad of every parameter of `opt` (sets it to an undefined
 /// tensor), freeing gradient memory between steps. Use it instead of
 /// zero_grad(): LibTorch 1.x's zero_grad() zeroes the gradients in place (they

@@ -113,6 +113,9 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   void load(torch::serialize::InputArchive& archive) override;
   /// Inner state, bases, low-rank accumulators and proxies.
   std::vector<at::Tensor> state_tensors() const override;
+  /// A projected param: its basis, step count and the inner state of its
+  /// proxy; a plain one: its inner state (ZeRO, train/data_parallel.h).
+  bool forget_state(const at::Tensor& param) override;
 
   const GaLoreOptions& options() const { return options_; }
   torch::optim::Optimizer& inner() { return *inner_; }

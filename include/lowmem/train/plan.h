@@ -33,6 +33,11 @@ struct PlanOptions {
   TORCH_ARG(int64_t, seq_len) = 0;
   /// Weights' dtype (activations follow it): kFloat, kBFloat16, kHalf.
   TORCH_ARG(c10::ScalarType, dtype) = c10::kFloat;
+  /// Data-parallel workers. With the configuration's dist.zero_stage 1 or 2
+  /// the optimizer state is planned per worker (ZeRO, dist/zero.h): the
+  /// parameters split by bytes as dist::partition_by_bytes does, the peak
+  /// with the most loaded worker's share.
+  TORCH_ARG(int64_t, workers) = 1;
 };
 
 /// Activation bytes of a model family for one batch shape (see
@@ -60,7 +65,10 @@ struct Plan {
   int64_t weights = 0;          // all parameters (adapters included)
   int64_t gradients = 0;        // gradients alive at the peak
   int64_t optimizer_state = 0;  // every slot's state (bases included)
-  int64_t activations = 0;      // saved for backward at the peak
+  /// ZeRO (PlanOptions::workers > 1, dist.zero_stage 1 or 2): each worker's
+  /// optimizer state; the peak counts the largest. Empty otherwise.
+  std::vector<int64_t> worker_state;
+  int64_t activations = 0;  // saved for backward at the peak
   /// Saved for backward when backward starts, without and with activation
   /// checkpointing (whichever the configuration uses is in `activations`'
   /// sums).

@@ -57,10 +57,31 @@ using LossFn = std::function<at::Tensor(const data::Batch&)>;
 /// mean across ranks).
 using GradSync = std::function<void(std::vector<at::Tensor>& grads)>;
 
+/// Sharded data-parallel hook (ZeRO, dist/zero.h): a GradSync that dropped
+/// the gradients this rank does not update leaves only its own in the list;
+/// this hook then receives their per-tensor L2 norms (in list order) and
+/// returns the per-tensor norms of every gradient of the update in parameter
+/// order, so the global norm (clipping, the non-finite check) is the
+/// replicated run's.
+using NormSync =
+    std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
+
+/// Called after the optimizers stepped (not on a skipped update) and before
+/// the after-update probe, e.g. ZeRO's broadcast of the updated parameters.
+using AfterUpdate = std::function<void()>;
+
 /// Runs `write` (which saves a checkpoint), e.g. on one rank only with a
 /// barrier (data-parallel training: dist::run_on_main). Ranks that do not run
 /// it report the checkpoint event with an empty path.
 using SaveHook = std::function<void(const std::function<void()>& write)>;
+
+/// ZeRO (train/data_parallel.h): which worker updates, and keeps optimizer
+/// state for, each parameter of Trainer::parameters().
+struct OptimizerShards {
+  int rank = 0;
+  int world_size = 1;
+  std::vector<int> owners;  // per parameter, in Trainer::parameters() order
+};
 
 /// One optimizer and the names of the parameters it owns (for logs and
 /// checkpoints).
@@ -143,10 +164,22 @@ class Trainer {
 
   void set_progress(ProgressFn fn) { progress_ = std::move(fn); }
   void set_grad_sync(GradSync fn) { grad_sync_ = std::move(fn); }
+  void set_norm_sync(NormSync fn) { norm_sync_ = std::move(fn); }
+  void set_after_update(AfterUpdate fn) { after_update_ = std::move(fn); }
   /// Wraps every checkpoint write of fit() (default: write directly).
   void set_save_hook(SaveHook fn) { save_hook_ = std::move(fn); }
   /// Runs `fn` at the probe points of every update (see ProbePoint).
   void set_step_probe(StepProbe fn) { probe_ = std::move(fn); }
+  /// Shards the optimizer state (ZeRO): checkpoints then store one optimizer
+  /// file per worker (each rank calls save_optimizer_shard before rank 0's
+  /// save_checkpoint commits the step), and load_checkpoint keeps only this
+  /// rank's parameters' state, from a checkpoint of any world size, sharded
+  /// or not. Throws if `shards` does not cover parameters().
+  void set_optimizer_shards(OptimizerShards shards);
+  const OptimizerShards* optimizer_shards() const {
+    return shards_.world_size > 0 && !shards_.owners.empty() ? &shards_
+                                                             : nullptr;
+  }
   /// Stored verbatim in every checkpoint (e.g. the resolved YAML config).
   void set_checkpoint_info(std::string text) { info_ = std::move(text); }
 
@@ -164,6 +197,10 @@ class Trainer {
   /// Writes a checkpoint of the whole training state into
   /// checkpoint_dir/step-<step> (atomic); returns its path.
   std::string save_checkpoint(const data::BatchSource& train);
+  /// Sharded checkpoints (set_optimizer_shards): writes this rank's file of
+  /// every optimizer into io::sharded_staging_dir(checkpoint_dir, step), which
+  /// must exist (io::prepare_sharded_staging on one rank first).
+  void save_optimizer_shard();
   /// Restores model, optimizers, counters, RNG and data position from a
   /// checkpoint directory (a step-* directory or a root holding LATEST).
   void load_checkpoint(const std::string& path, data::BatchSource& train);
@@ -201,9 +238,12 @@ class Trainer {
   c10::Device device_ = c10::Device(c10::kCPU);
   ProgressFn progress_;
   GradSync grad_sync_;
+  NormSync norm_sync_;
+  AfterUpdate after_update_;
   SaveHook save_hook_;
   StepProbe probe_;
   std::string info_;
+  OptimizerShards shards_{0, 0, {}};
   int64_t step_ = 0;
   int64_t skipped_total_ = 0;
   int64_t consecutive_skips_ = 0;

@@ -1,0 +1,30 @@
+// Data-parallel wiring of a train::Trainer (docs/distributed.md): replicated
+// (ZeRO stage 0: every gradient all-reduced, dist::make_trainer_grad_sync)
+// or sharded (stage 1/2: dist::ZeroSharding through the trainer's grad-sync,
+// norm-sync and after-update hooks). No paper beyond dist/zero.h's.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "lowmem/dist/communicator.h"
+#include "lowmem/dist/zero.h"
+#include "lowmem/train/trainer.h"
+
+namespace lowmem::train {
+
+/// Makes `trainer` one rank of the data-parallel job `comm` with ZeRO stage
+/// `zero_stage` (0, 1 or 2). Returns the sharding for stages 1 and 2 (null
+/// for 0). Throws "[dist] ..." for a stage outside 0..2 and, for stages 1
+/// and 2, for optimizers that do not keep per-parameter state created on a
+/// parameter's first update: SINGD and KFAC (whole-layer factors), GaLore in
+/// layer-wise or accumulation mode (it steps inside backward), the projected
+/// adapter (it rebases every layer on its own schedule). Also installs the
+/// checkpoint save hook: rank 0 writes (stage 0), or every rank writes its
+/// optimizer shard and rank 0 commits the step (stages 1 and 2,
+/// Trainer::set_optimizer_shards).
+std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
+    Trainer& trainer, std::shared_ptr<dist::Communicator> comm,
+    int64_t zero_stage, double bucket_cap_mb = 25.0);
+
+}  // namespace lowmem::train

@@ -1,0 +1,258 @@
+#include "lowmem/dist/zero.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <numeric>
+
+#include "lowmem/core/check.h"
+#include "lowmem/dist/grad_sync.h"
+
+namespace lowmem::dist {
+namespace {
+
+int64_t nbytes(const at::Tensor& t) {
+  return t.numel() * static_cast<int64_t>(t.element_size());
+}
+
+/// Splits `members` (indices into `tensors`) into runs of one dtype and
+/// device of at most `cap` bytes (a larger tensor gets a run of its own).
+std::vector<std::vector<size_t>> packs_of(
+    const std::vector<size_t>& members, const std::vector<at::Tensor>& tensors,
+    int64_t cap) {
+  std::vector<std::vector<size_t>> packs;
+  int64_t bytes = 0;
+  for (const size_t i : members) {
+    const at::Tensor& t = tensors[i];
+    bool fresh = packs.empty() || bytes + nbytes(t) > cap;
+    if (!fresh) {
+      const at::Tensor& first = tensors[packs.back().front()];
+      fresh = first.scalar_type() != t.scalar_type() ||
+              first.device() != t.device();
+    }
+    if (fresh) {
+      packs.emplace_back();
+      bytes = 0;
+    }
+    packs.back().push_back(i);
+    bytes += nbytes(t);
+  }
+  return packs;
+}
+
+at::Tensor flatten(const std::vector<size_t>& pack,
+                   const std::vector<at::Tensor>& tensors) {
+  std::vector<at::Tensor> parts;
+  parts.reserve(pack.size());
+  for (const size_t i : pack) {
+    parts.push_back(tensors[i].reshape({-1}));
+  }
+  return at::cat(parts);
+}
+
+void unflatten(const at::Tensor& flat, const std::vector<size_t>& pack,
+               std::vector<at::Tensor>& tensors) {
+  int64_t off = 0;
+  for (const size_t i : pack) {
+    at::Tensor& t = tensors[i];
+    t.copy_(flat.narrow(0, off, t.numel()).view(t.sizes()));
+    off += t.numel();
+  }
+}
+
+}  // namespace
+
+std::vector<int> partition_by_bytes(const std::vector<int64_t>& bytes,
+                                    int world_size) {
+  LOWMEM_CHECK(world_size >= 1, "[dist] world_size must be >= 1, got ",
+               world_size);
+  std::vector<size_t> order(bytes.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return bytes[a] > bytes[b]; });
+  std::vector<int64_t> load(static_cast<size_t>(world_size), 0);
+  std::vector<int> owners(bytes.size(), 0);
+  for (const size_t i : order) {
+    LOWMEM_CHECK(bytes[i] >= 0, "[dist] item ", i, " has negative size ",
+                 bytes[i]);
+    const auto least = std::min_element(load.begin(), load.end());
+    owners[i] = static_cast<int>(least - load.begin());
+    *least += bytes[i];
+  }
+  return owners;
+}
+
+void validate(const ZeroOptions& o) {
+  LOWMEM_CHECK(o.stage() == 1 || o.stage() == 2,
+               "[dist] ZeRO stage must be 1 or 2, got ", o.stage());
+  LOWMEM_CHECK(o.bucket_cap_mb() > 0, "[dist] bucket_cap_mb must be > 0, got ",
+               o.bucket_cap_mb());
+}
+
+ZeroSharding::ZeroSharding(std::shared_ptr<Communicator> comm,
+                           std::vector<at::Tensor> params, ZeroOptions options)
+    : comm_(std::move(comm)),
+      params_(std::move(params)),
+      options_(options),
+      had_grad_(params_.size(), false) {
+  LOWMEM_CHECK(comm_ != nullptr, "[dist] ZeroSharding needs a communicator");
+  validate(options_);
+  std::vector<int64_t> bytes;
+  bytes.reserve(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    LOWMEM_CHECK(params_[i].defined(), "[dist] ZeroSharding parameter ", i,
+                 " is undefined");
+    bytes.push_back(nbytes(params_[i]));
+  }
+  owners_ = partition_by_bytes(bytes, comm_->world_size());
+}
+
+int64_t ZeroSharding::bytes_owned_by(int rank) const {
+  int64_t total = 0;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    total += owners_[i] == rank ? nbytes(params_[i]) : 0;
+  }
+  return total;
+}
+
+namespace {
+
+/// Every rank must have gradients for the same parameters: the masks are
+/// all-gathered and compared, so a mismatch fails on every rank alike.
+void check_same_mask(Communicator& comm, const std::vector<bool>& had) {
+  auto mask = at::empty({static_cast<int64_t>(had.size())}, at::kInt);
+  for (size_t i = 0; i < had.size(); ++i) {
+    mask[static_cast<int64_t>(i)] = had[i] ? 1 : 0;
+  }
+  const auto all = comm.allgather(mask.to(at::Device(comm.options().device())));
+  for (int r = 0; r < comm.world_size(); ++r) {
+    const auto theirs = all[r].to(at::kCPU);
+    if (at::equal(theirs, mask)) continue;
+    const auto diff = at::nonzero(theirs != mask)[0][0].item<int64_t>();
+    const bool mine = had[static_cast<size_t>(diff)];
+    LOWMEM_CHECK(false, "[dist] ZeRO: parameter ", diff,
+                 " has a gradient on rank ", mine ? comm.rank() : r,
+                 " but not on rank ", mine ? r : comm.rank(),
+                 "; every rank must compute gradients for the same "
+                 "parameters");
+  }
+}
+
+}  // namespace
+
+void ZeroSharding::reduce_gradients(std::vector<at::Tensor>& grads) {
+  c10::NoGradGuard no_grad;
+  std::vector<size_t> with_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    had_grad_[i] = params_[i].grad().defined();
+    if (had_grad_[i]) with_grad.push_back(i);
+  }
+  LOWMEM_CHECK(with_grad.size() == grads.size(), "[dist] ZeRO: ", grads.size(),
+               " gradients given, but ", with_grad.size(),
+               " parameters have one");
+  if (comm_->world_size() == 1) return;
+  check_same_mask(*comm_, had_grad_);
+  if (options_.stage() == 1) {
+    allreduce_mean_bucketed(*comm_, grads, options_.bucket_cap_mb());
+  } else {
+    // grads[k] is the gradient of parameter with_grad[k].
+    const auto cap = static_cast<int64_t>(options_.bucket_cap_mb() * 1048576);
+    std::vector<std::vector<size_t>> by_owner(comm_->world_size());
+    for (size_t k = 0; k < grads.size(); ++k) {
+      by_owner[owners_[with_grad[k]]].push_back(k);
+    }
+    struct Pending {
+      std::vector<size_t> pack;
+      at::Tensor flat;
+      Work work;
+    };
+    // Every rank issues the same reduces in the same order (owner, bucket).
+    std::vector<std::pair<int, Pending>> launched;
+    for (int o = 0; o < comm_->world_size(); ++o) {
+      for (auto& pack : packs_of(by_owner[o], grads, cap)) {
+        at::Tensor flat = flatten(pack, grads);
+        Work w = comm_->reduce_sum_async(flat, o);
+        launched.emplace_back(o, Pending{std::move(pack), flat, w});
+      }
+    }
+    for (auto& [o, p] : launched) {
+      p.work.wait();
+      if (o != comm_->rank()) continue;
+      p.flat.div_(comm_->world_size());
+      unflatten(p.flat, p.pack, grads);
+    }
+  }
+  std::vector<at::Tensor> own;
+  for (size_t k = 0; k < grads.size(); ++k) {
+    const size_t i = with_grad[k];
+    if (owners_[i] == comm_->rank()) {
+      own.push_back(grads[k]);
+    } else {
+      params_[i].mutable_grad() = at::Tensor();
+    }
+  }
+  grads = std::move(own);
+}
+
+std::vector<at::Tensor> ZeroSharding::gather_norms(
+    const std::vector<at::Tensor>& local) {
+  std::vector<size_t> with_grad;
+  std::vector<size_t> owned;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!had_grad_[i]) continue;
+    with_grad.push_back(i);
+    if (owners_[i] == comm_->rank() || comm_->world_size() == 1) {
+      owned.push_back(with_grad.size() - 1);
+    }
+  }
+  LOWMEM_CHECK(local.size() == owned.size(), "[dist] ZeRO: ", local.size(),
+               " local norms given, this rank owns ", owned.size(),
+               " gradients");
+  if (comm_->world_size() == 1) return local;
+  // Each norm comes from its owner; the others add exact zeros (float64
+  // holds every float32 / float64 norm exactly).
+  auto buf = at::zeros({static_cast<int64_t>(with_grad.size())}, at::kDouble);
+  for (size_t k = 0; k < owned.size(); ++k) {
+    buf[static_cast<int64_t>(owned[k])] = local[k].to(at::kDouble);
+  }
+  buf = buf.to(at::Device(comm_->options().device()));
+  comm_->allreduce_sum({buf});
+  buf = buf.to(at::kCPU);
+  std::vector<at::Tensor> out;
+  out.reserve(with_grad.size());
+  for (size_t k = 0; k < with_grad.size(); ++k) {
+    const auto dtype =
+        at::promote_types(params_[with_grad[k]].scalar_type(), at::kFloat);
+    out.push_back(buf[static_cast<int64_t>(k)].to(dtype).to(
+        params_[with_grad[k]].device()));
+  }
+  return out;
+}
+
+void ZeroSharding::broadcast_parameters() {
+  if (comm_->world_size() == 1) return;
+  c10::NoGradGuard no_grad;
+  const auto cap = static_cast<int64_t>(options_.bucket_cap_mb() * 1048576);
+  for (int o = 0; o < comm_->world_size(); ++o) {
+    std::vector<size_t> members;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      if (had_grad_[i] && owners_[i] == o) members.push_back(i);
+    }
+    for (const auto& pack : packs_of(members, params_, cap)) {
+      at::Tensor flat;
+      if (o == comm_->rank()) {
+        flat = flatten(pack, params_);
+      } else {
+        int64_t n = 0;
+        for (const size_t i : pack) n += params_[i].numel();
+        flat = at::empty({n},
+                         params_[pack.front()].options().requires_grad(false));
+      }
+      comm_->broadcast(flat, o);
+      if (o != comm_->rank()) unflatten(flat, pack, params_);
+    }
+  }
+}
+
+}  // namespace lowmem::dist

@@ -1,0 +1,457 @@
+// ZeRO stages 1 and 2 (dist/zero.h, train/data_parallel.h) against the
+// replicated data-parallel run (stage 0) with the same number of workers:
+// the parameters after every step, the optimizer state each worker keeps,
+// and sharded checkpoints resumed with another number of workers. Workers
+// are threads of this process (run_thread_ranks), so memory is counted as
+// the distinct-storage bytes of each worker's optimizer state
+// (optim::state_bytes, the "optimizer_state" role of lowmem info/compare).
+#include "lowmem/dist/zero.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <mutex>
+
+#include "dist_testing.h"
+#include "lowmem/adapters/lora.h"
+#include "lowmem/dist/shard.h"
+#include "lowmem/io/checkpoint.h"
+#include "lowmem/nn/linear.h"
+#include "lowmem/optim/adafactor.h"
+#include "lowmem/optim/adamw.h"
+#include "lowmem/optim/came.h"
+#include "lowmem/optim/extras.h"
+#include "lowmem/optim/galore.h"
+#include "lowmem/optim/galore_adamw.h"
+#include "lowmem/optim/kfac.h"
+#include "lowmem/train/data_parallel.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace lowmem;
+using dist::Communicator;
+using dist::testing::RegressionSource;
+using dist::testing::run_thread_ranks;
+
+struct RunSetup {
+  std::string optim = "adamw";
+  int64_t stage = 0;
+  int workers = 1;
+  int64_t steps = 5;
+  std::string ckpt;  // checkpoint_dir ("" : none)
+  int64_t save_every = 0;
+  std::string resume;  // checkpoint to resume from
+  bool lora = false;
+};
+
+// What rank 0 saw (parameters after every step) and every rank's state.
+struct Trace {
+  std::vector<std::vector<at::Tensor>> steps;  // [step][param]
+  std::vector<at::Tensor> final_other;         // the last rank's final params
+  std::vector<int64_t> state_bytes;            // per rank, after the run
+  std::vector<int64_t> param_bytes;            // per parameter
+  dist::CommStats stats;                       // rank 0's, whole run
+  int64_t first_step = 0;
+};
+
+// Widths chosen so parameters differ in size (the partition has to balance).
+// kind: "torch" (torch::nn::Linear), "lowmem" (nn::Linear, for KFAC) or
+// "lora" (frozen nn::Linear with trainable LoRA factors).
+torch::nn::Sequential make_model(const std::string& kind) {
+  static std::mutex seed_mutex;  // the default generator is global
+  std::lock_guard<std::mutex> lock(seed_mutex);
+  torch::manual_seed(0);
+  const std::vector<std::pair<int64_t, int64_t>> dims = {
+      {8, 40}, {40, 24}, {24, 12}, {12, 4}};
+  torch::nn::Sequential seq;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (kind == "lora") {
+      auto base = std::make_shared<nn::Linear>(dims[i].first, dims[i].second);
+      for (auto& p : base->parameters()) p.set_requires_grad(false);
+      seq->push_back(std::make_shared<adapters::LoraLinear>(
+          base, adapters::LoraOptions(2).lora_alpha(4).init_lora_weights(
+                    "gaussian")));
+    } else if (kind == "lowmem") {
+      seq->push_back(
+          std::make_shared<nn::Linear>(dims[i].first, dims[i].second));
+    } else {
+      seq->push_back(torch::nn::Linear(dims[i].first, dims[i].second));
+    }
+    if (i + 1 < dims.size()) seq->push_back(torch::nn::Tanh());
+  }
+  return seq;
+}
+
+std::shared_ptr<torch::optim::Optimizer> make_optimizer(
+    const std::string& name, torch::nn::Module& model) {
+  std::vector<at::Tensor> params;
+  for (const auto& p : model.parameters()) {
+    if (p.requires_grad()) params.push_back(p);
+  }
+  if (name == "torch_adamw") {
+    return std::make_shared<torch::optim::AdamW>(
+        params, torch::optim::AdamWOptions(1e-2).weight_decay(0.01));
+  }
+  if (name == "adamw") {
+    return std::make_shared<optim::AdamW>(
+        params, optim::AdamWOptions(1e-2).weight_decay(0.01));
+  }
+  if (name == "came") {
+    return std::make_shared<optim::CAME>(params, optim::CameOptions(1e-2));
+  }
+  if (name == "adafactor") {
+    return std::make_shared<optim::Adafactor>(params);
+  }
+  if (name == "kfac") {
+    return std::make_shared<optim::KFAC>(model, optim::KfacOptions());
+  }
+  EXPECT_EQ(name, "galore");
+  std::vector<at::Tensor> projected, plain;
+  for (const auto& p : params) (p.dim() == 2 ? projected : plain).push_back(p);
+  return std::make_shared<optim::GaLore>(
+      projected, plain,
+      [](std::vector<torch::optim::OptimizerParamGroup> g) {
+        return std::make_unique<optim::GaLoreAdamW>(
+            std::move(g), optim::GaLoreAdamWOptions(1e-2));
+      },
+      optim::GaLoreOptions().projector(
+          projection::ProjectorOptions().rank(3).update_proj_gap(2)));
+}
+
+at::Tensor mse(torch::nn::Sequential model, const data::Batch& b) {
+  return torch::mse_loss(model->forward(b.input), b.target);
+}
+
+/// One worker of `setup`; rank 0 fills trace.steps.
+void run_worker(const RunSetup& setup, std::shared_ptr<Communicator> comm,
+                Trace& trace, std::mutex& mu) {
+  auto model = make_model(setup.lora ? "lora" : "torch");
+  auto opt = make_optimizer(setup.optim, *model);
+  train::TrainerOptions o;
+  o.max_steps = setup.steps;
+  o.clip_norm = 0.5;  // active: the global norm must be the replicated one
+  o.checkpoint_dir = setup.ckpt;
+  o.save_every = setup.save_every;
+  o.keep_checkpoints = 0;
+  train::Trainer trainer(
+      model.ptr(), [model](const data::Batch& b) { return mse(model, b); },
+      {{"opt", opt, {}}}, o);
+  // Small buckets: several collectives per step.
+  train::attach_data_parallel(trainer, comm, setup.stage, 0.002);
+  dist::ShardedSource source(std::make_shared<RegressionSource>(8, 7),
+                             comm->rank(), comm->world_size());
+  if (!setup.resume.empty()) trainer.load_checkpoint(setup.resume, source);
+  std::vector<std::vector<at::Tensor>> steps;
+  trainer.set_step_probe([&](train::ProbePoint point) {
+    if (point != train::ProbePoint::kAfterUpdate) return;
+    std::vector<at::Tensor> now;
+    for (const auto& p : trainer.parameters())
+      now.push_back(p.detach().clone());
+    steps.push_back(now);
+  });
+  comm->reset_stats();
+  // Checkpoints (save_every and at the end) go through the save hook.
+  trainer.fit(source, nullptr);
+  std::lock_guard<std::mutex> lock(mu);
+  trace.state_bytes[static_cast<size_t>(comm->rank())] =
+      optim::state_bytes(*opt);
+  if (comm->rank() == 0) {
+    trace.steps = steps;
+    trace.stats = comm->stats();
+    for (const auto& p : trainer.parameters()) {
+      trace.param_bytes.push_back(p.numel() * p.element_size());
+    }
+  }
+  if (comm->rank() == comm->world_size() - 1) trace.final_other = steps.back();
+}
+
+Trace run(const RunSetup& setup) {
+  Trace trace;
+  trace.state_bytes.assign(static_cast<size_t>(setup.workers), -1);
+  std::mutex mu;
+  const auto errors =
+      run_thread_ranks(setup.workers, [&](std::shared_ptr<Communicator> comm) {
+        run_worker(setup, std::move(comm), trace, mu);
+      });
+  for (size_t r = 0; r < errors.size(); ++r) {
+    EXPECT_EQ(errors[r], "") << "rank " << r;
+  }
+  return trace;
+}
+
+/// Largest max|a - b| / max|b| over the parameters of one step (Adam-like
+/// updates of ~lr per element make element-wise ratios of near-zero
+/// entries meaningless).
+double max_rel_diff(const std::vector<at::Tensor>& a,
+                    const std::vector<at::Tensor>& b) {
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>() /
+                                b[i].abs().max().item<double>());
+  }
+  return worst;
+}
+
+bool bitwise_equal(const std::vector<at::Tensor>& a,
+                   const std::vector<at::Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!torch::equal(a[i], b[i])) return false;
+  }
+  return true;
+}
+
+/// Stage `stage` with `n` workers against stage 0 with `n` workers, after
+/// every step: bitwise when `bitwise`, else to float32 round-off.
+void expect_matches_replicated(const std::string& optim, int64_t stage, int n,
+                               bool bitwise, bool lora = false) {
+  RunSetup rep;
+  rep.optim = optim;
+  rep.workers = n;
+  rep.lora = lora;
+  RunSetup zero = rep;
+  zero.stage = stage;
+  const Trace a = run(rep);
+  const Trace b = run(zero);
+  ASSERT_EQ(a.steps.size(), b.steps.size());
+  ASSERT_EQ(a.steps.size(), 5u);
+  for (size_t s = 0; s < a.steps.size(); ++s) {
+    if (bitwise) {
+      EXPECT_TRUE(bitwise_equal(b.steps[s], a.steps[s]))
+          << optim << " stage " << stage << " n " << n << " step " << s
+          << " max rel diff " << max_rel_diff(b.steps[s], a.steps[s]);
+    } else {
+      EXPECT_LT(max_rel_diff(b.steps[s], a.steps[s]), 1e-5)
+          << optim << " stage " << stage << " n " << n << " step " << s;
+    }
+  }
+  // Every worker ends with the same parameters (the owners' broadcasts).
+  EXPECT_TRUE(bitwise_equal(b.final_other, b.steps.back()));
+  // The state is split, not copied: the workers' shares add up to the
+  // replicated state, and with several workers each holds less.
+  int64_t total = 0;
+  for (const int64_t bytes : b.state_bytes) total += bytes;
+  EXPECT_EQ(total, a.state_bytes[0]) << optim << " n " << n;
+  for (const int64_t bytes : b.state_bytes) {
+    if (n > 1) EXPECT_LT(bytes, a.state_bytes[0]) << optim << " n " << n;
+  }
+}
+
+TEST(Zero, PartitionBalancesBytesWithWholeItems) {
+  const std::vector<int64_t> bytes = {100, 10, 60, 40, 40, 5, 45};
+  const auto owners = dist::partition_by_bytes(bytes, 3);
+  std::vector<int64_t> load(3, 0);
+  for (size_t i = 0; i < bytes.size(); ++i) load[owners[i]] += bytes[i];
+  // Largest first to the least loaded: 100->0, 60->1, 45->2, 40->2 (45),
+  // 40->1 (60), 10->2 (85), 5->2 (95).
+  EXPECT_EQ(owners, (std::vector<int>{0, 2, 1, 2, 1, 2, 2}));
+  EXPECT_EQ(load, (std::vector<int64_t>{100, 100, 100}));
+  EXPECT_EQ(dist::partition_by_bytes(bytes, 1), std::vector<int>(7, 0));
+  EXPECT_THROW(dist::partition_by_bytes(bytes, 0), c10::Error);
+}
+
+// ZeRO-1 all-reduces exactly as stage 0 does and each owner steps its
+// parameter as the replicated optimizer would: bitwise equal.
+TEST(Zero, Stage1EqualsReplicatedBitwiseFor1To4Workers) {
+  for (const int n : {1, 2, 4}) {
+    expect_matches_replicated("torch_adamw", 1, n, /*bitwise=*/true);
+  }
+  for (const char* optim : {"adamw", "came", "adafactor", "galore"}) {
+    expect_matches_replicated(optim, 1, 2, /*bitwise=*/true);
+  }
+  expect_matches_replicated("adamw", 1, 2, /*bitwise=*/true, /*lora=*/true);
+}
+
+// ZeRO-2 reduces each gradient to its owner (Gloo's reduce): a sum of two
+// is the same in any order (bitwise for 2 workers); with 4 the reduction
+// order may differ from the all-reduce's (float32 round-off).
+TEST(Zero, Stage2EqualsReplicatedFor1To4Workers) {
+  expect_matches_replicated("adamw", 2, 1, /*bitwise=*/true);
+  expect_matches_replicated("adamw", 2, 2, /*bitwise=*/true);
+  expect_matches_replicated("adamw", 2, 4, /*bitwise=*/false);
+  for (const char* optim : {"came", "adafactor", "galore"}) {
+    expect_matches_replicated(optim, 2, 4, /*bitwise=*/false);
+  }
+  expect_matches_replicated("torch_adamw", 2, 4, /*bitwise=*/false,
+                            /*lora=*/true);
+}
+
+// AdamW keeps 2 x the parameter bytes for each parameter it updates: a
+// worker's share is at most 1/N of the total plus one parameter's state.
+TEST(Zero, StateBytesPerWorkerAreOneNthPlusAtMostOneParameter) {
+  for (const int n : {2, 4}) {
+    RunSetup s;
+    s.optim = "torch_adamw";
+    s.stage = 2;
+    s.workers = n;
+    const Trace t = run(s);
+    int64_t total = 0;
+    int64_t largest = 0;
+    for (const int64_t b : t.param_bytes) {
+      total += 2 * b;
+      largest = std::max(largest, 2 * b);
+    }
+    int64_t sum = 0;
+    for (const int64_t b : t.state_bytes) {
+      EXPECT_LE(b, total / n + largest) << "n " << n;
+      sum += b;
+    }
+    EXPECT_EQ(sum, total);
+  }
+}
+
+// What each stage hands to the collectives per step (CommStats, bytes this
+// rank contributes), with B the gradient bytes and P the parameter count:
+// stage 0 all-reduces B; stage 1 all-reduces B, broadcasts B (every rank
+// takes part in every owner's broadcast) and all-reduces P float64 norms;
+// stage 2 reduces B (each gradient to its owner) instead of all-reducing
+// it. Both also all-gather P int32 gradient masks.
+TEST(Zero, BytesPerStepOfEachStage) {
+  std::vector<dist::CommStats> stats;
+  int64_t grad_bytes = 0;
+  int64_t count = 0;
+  for (const int64_t stage : {0, 1, 2}) {
+    RunSetup s;
+    s.stage = stage;
+    s.workers = 2;
+    s.steps = 2;
+    const Trace t = run(s);
+    stats.push_back(t.stats);
+    grad_bytes = 0;
+    for (const int64_t b : t.param_bytes) grad_bytes += b;
+    count = static_cast<int64_t>(t.param_bytes.size());
+  }
+  const int64_t steps = 2;
+  EXPECT_EQ(stats[0].allreduce_bytes, steps * grad_bytes);
+  EXPECT_EQ(stats[0].broadcast_bytes + stats[0].reduce_bytes, 0);
+  EXPECT_EQ(stats[1].allreduce_bytes, steps * (grad_bytes + 8 * count));
+  EXPECT_EQ(stats[1].broadcast_bytes, steps * grad_bytes);
+  EXPECT_EQ(stats[1].reduce_bytes, 0);
+  EXPECT_EQ(stats[2].allreduce_bytes, steps * 8 * count);
+  EXPECT_EQ(stats[2].reduce_bytes, steps * grad_bytes);
+  EXPECT_EQ(stats[2].broadcast_bytes, steps * grad_bytes);
+  EXPECT_EQ(stats[1].allgather_bytes, steps * 4 * count);
+  EXPECT_EQ(stats[2].allgather_bytes, steps * 4 * count);
+}
+
+TEST(Zero, RefusesCurvatureOptimizersAndBadStages) {
+  const auto errors = run_thread_ranks(2, [](std::shared_ptr<Communicator> c) {
+    auto model = make_model("lowmem");
+    auto opt = make_optimizer("kfac", *model);
+    train::Trainer trainer(
+        model.ptr(), [model](const data::Batch& b) { return mse(model, b); },
+        {{"kfac", opt, {}}}, train::TrainerOptions());
+    try {
+      train::attach_data_parallel(trainer, c, 1);
+      ADD_FAILURE() << "expected KFAC to be refused";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(
+                    "[dist] ZeRO stage 1 cannot shard optimizer 'kfac'"),
+                std::string::npos)
+          << e.what();
+    }
+    EXPECT_THROW(train::attach_data_parallel(trainer, c, 3), c10::Error);
+  });
+  for (const auto& e : errors) EXPECT_EQ(e, "");
+}
+
+// A ZeRO-2 run with 2 workers saves sharded checkpoints at steps 2 and 4;
+// resuming step 2 with 1 (unsharded: every shard is read), 2 or 4 workers
+// (ZeRO-1 or -2: each reads the shards holding its new parameters) ends
+// where the uninterrupted run ends.
+TEST(Zero, ShardedCheckpointsResumeWithAnyWorldSize) {
+  const std::string dir = dist::testing::temp_dir();
+  RunSetup full;
+  full.optim = "adamw";
+  full.stage = 2;
+  full.workers = 2;
+  full.steps = 5;
+  full.ckpt = dir + "/ckpt";
+  full.save_every = 2;
+  const Trace whole = run(full);
+  ASSERT_EQ(whole.steps.size(), 5u);
+  const std::string step2 = full.ckpt + "/step-00000002";
+  ASSERT_TRUE(fs::exists(step2 + "/manifest.json"));
+  EXPECT_TRUE(fs::exists(step2 + "/optimizer-0.shard-0.safetensors"));
+  EXPECT_TRUE(fs::exists(step2 + "/optimizer-0.shard-1.safetensors"));
+  EXPECT_FALSE(fs::exists(step2 + "/optimizer-0.safetensors"));
+  const io::CheckpointLayout layout = io::read_checkpoint_layout(full.ckpt);
+  EXPECT_EQ(layout.shard_world_size, 2);
+  EXPECT_EQ(layout.shard_owners.size(), 8u);
+  for (const auto& [n, stage] :
+       std::vector<std::pair<int, int64_t>>{{2, 2}, {1, 0}, {4, 1}, {4, 2}}) {
+    RunSetup resumed = full;
+    resumed.workers = n;
+    resumed.stage = stage;
+    resumed.ckpt = "";
+    resumed.save_every = 0;
+    resumed.resume = step2;
+    const Trace t = run(resumed);
+    ASSERT_EQ(t.steps.size(), 3u) << n;
+    if (n == 2) {
+      EXPECT_TRUE(bitwise_equal(t.steps.back(), whole.steps.back()));
+    } else {
+      EXPECT_LT(max_rel_diff(t.steps.back(), whole.steps.back()), 1e-5)
+          << "n " << n << " stage " << stage;
+    }
+    int64_t sum = 0;
+    for (const int64_t b : t.state_bytes) sum += b;
+    EXPECT_EQ(sum, whole.state_bytes[0] + whole.state_bytes[1]) << n;
+  }
+}
+
+// An unsharded checkpoint (stage 0) resumes sharded: each worker keeps only
+// its parameters' state.
+TEST(Zero, UnshardedCheckpointResumesSharded) {
+  const std::string dir = dist::testing::temp_dir();
+  RunSetup full;
+  full.optim = "galore";
+  full.workers = 2;
+  full.steps = 4;
+  full.ckpt = dir + "/ckpt";
+  full.save_every = 2;
+  const Trace whole = run(full);
+  RunSetup resumed = full;
+  resumed.workers = 4;
+  resumed.stage = 2;
+  resumed.ckpt = "";
+  resumed.save_every = 0;
+  resumed.resume = full.ckpt + "/step-00000002";
+  const Trace t = run(resumed);
+  ASSERT_EQ(t.steps.size(), 2u);
+  EXPECT_LT(max_rel_diff(t.steps.back(), whole.steps.back()), 1e-5);
+  for (const int64_t b : t.state_bytes) EXPECT_LT(b, whole.state_bytes[0]);
+}
+
+// A worker that did not write its shard leaves no step directory behind:
+// the previous checkpoint stays the latest.
+TEST(Zero, MissingShardCommitsNothing) {
+  const std::string root = dist::testing::temp_dir() + "/ckpt";
+  auto model = make_model("torch");
+  auto opt = make_optimizer("adamw", *model);
+  io::CheckpointState s;
+  for (const auto& p : model->named_parameters()) {
+    s.tensors.emplace_back(p.key(), p.value());
+  }
+  s.optimizers.emplace_back("opt", opt.get());
+  io::save_checkpoint(root, 1, s);
+  const std::string staging = io::prepare_sharded_staging(root, 2);
+  io::save_optimizer_shard(staging, 0, 0, *opt);
+  s.shard_world_size = 2;
+  s.shard_owners.assign(8, 0);
+  try {
+    io::save_checkpoint(root, 2, s);
+    ADD_FAILURE() << "expected a missing shard";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "worker 1 did not write its shard of optimizer 'opt'"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(root + "/step-00000002"));
+  EXPECT_EQ(io::resolve_checkpoint(root), root + "/step-00000001");
+}
+
+}  // namespace
