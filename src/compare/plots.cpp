@@ -330,7 +330,8 @@ SuitePlots write_memory_suite(const MemorySuite& mem, const fs::path& dir) {
         "memory_suite.gp\nset datafile missing 'nan'\nset grid ytics\n"
         "set style data histograms\nset style histogram rowstacked\n"
         "set style fill solid 0.85 border -1\nset boxwidth 0.7\n"
-        "set xtics rotate by -60 font ',8'\nset ylabel 'GiB'\n";
+        "set xtics rotate by -60 font ',8'\nset ylabel 'GiB'\n"
+        "set offsets 0, 0, graph 0.08, 0\nset style textbox opaque noborder\n";
   const char* parts[] = {"weights", "optimizer state", "gradients",
                          "activations", "temporaries"};
   const char* colours[] = {"#4c72b0", "#dd8452", "#55a868", "#c44e52",
@@ -352,7 +353,13 @@ SuitePlots write_memory_suite(const MemorySuite& mem, const fs::path& dir) {
     const std::string f = "data/memory_" + model + ".dat";
     detail::write_text_file((dir / f).string(), d.str());
     std::ostringstream p;
-    p << "set title " << quoted("LLaMA " + model) << "\nplot ";
+    p << "set title " << quoted("LLaMA " + model) << "\nunset label\n";
+    for (int64_t b : mem.budgets)
+      if (b <= top)
+        p << "set label " << quoted("budget " + format_bytes(b))
+          << " at graph 0.99, first " << num(gib(b))
+          << " right offset 0,0.6 front font ',8' boxed\n";
+    p << "plot ";
     for (int i = 0; i < 5; ++i)
       p << (i ? ", '' using " : quoted(f) + " using ") << i + 2
         << (i ? "" : ":xtic(1)") << " lc rgb '" << colours[i] << "' title "
@@ -361,8 +368,8 @@ SuitePlots write_memory_suite(const MemorySuite& mem, const fs::path& dir) {
          "'measured peak'";
     for (int64_t b : mem.budgets)
       if (b <= top)
-        p << ", " << num(gib(b)) << " with lines dt 2 lw 2 lc rgb '#444444' "
-          << "title " << quoted("budget " + format_bytes(b));
+        p << ", " << num(gib(b))
+          << " with lines dt 2 lw 2 lc rgb '#444444' notitle";
     p << "\n";
     panels.push_back(p.str());
   }
@@ -380,7 +387,8 @@ SuitePlots write_memory_suite(const MemorySuite& mem, const fs::path& dir) {
     gp << t.second << "\nset output " << quoted("memory_suite." + t.first)
        << "\nset multiplot layout 2,3 title " << quoted(title) << "\n";
     for (size_t i = 0; i < panels.size(); ++i)
-      gp << (i == 0 ? "set key top left font ',8'\n" : "set key off\n")
+      gp << (i == 0 ? "set key top right Left reverse font ',8'\n"
+                    : "set key off\n")
          << panels[i];
     gp << "unset multiplot\nunset output\n";
   }
