@@ -1,4 +1,5 @@
-// `lowmem merge`: base checkpoint + adapter directory -> merged model.
+// `lowmem merge`: base model (a Hugging Face directory or a full run's
+// checkpoint) + adapter directory -> merged model.
 #include <iostream>
 
 #include "command.h"
@@ -19,8 +20,9 @@ const RegisterCommand kMerge{Command{
     [](CLI::App& sub) -> std::function<int()> {
       auto a = std::make_shared<MergeArgs>();
       sub.add_option("--base", a->base,
-                     "Base checkpoint (a checkpoints root or step directory "
-                     "of a full-model run)")
+                     "Base model: a Hugging Face directory (config.json + "
+                     "safetensors) or a checkpoint (a checkpoints root or "
+                     "step directory) of a full-model run")
           ->required();
       sub.add_option("--adapter", a->adapter,
                      "Adapter directory (adapter_model.safetensors + "

@@ -100,12 +100,19 @@ void show_row(const text::Tokenizer& tok, const text::ChatTemplate* chat,
   }
   std::cout << "row " << where << " (" << r.format << "): " << r.ids.size()
             << " tokens, " << trained << " trained\n";
-  if (r.format == "chat") {
+  if (r.format == "chat" || r.format == "chat-prompt-completion") {
     const auto o = text::ChatOptions()
                        .bos_token(tok.bos_token())
                        .eos_token(tok.eos_token());
-    std::cout << "  rendered: "
-              << quoted(text::render_chat(*chat, row["messages"], o)) << "\n";
+    nlohmann::ordered_json messages;
+    if (r.format == "chat") {
+      messages = row["messages"];
+    } else {  // the prompt's messages, then the completion's
+      messages = row["prompt"];
+      for (const auto& m : row["completion"]) messages.push_back(m);
+    }
+    std::cout << "  rendered: " << quoted(text::render_chat(*chat, messages, o))
+              << "\n";
   }
   std::cout << "  " << std::setw(8) << "id"
             << "  " << std::left << std::setw(24) << "piece"

@@ -27,7 +27,7 @@ using nlohmann::ordered_json;
 namespace {
 
 // Bumped whenever tokenization or the sidecar's content changes meaning.
-constexpr const char* kCacheVersion = "lowmem-jsonl-samples/1\n";
+constexpr const char* kCacheVersion = "lowmem-jsonl-samples/2\n";
 constexpr int64_t kMaxTemplateBytes = int64_t{1} << 20;
 
 const std::set<std::string>& known_roles() {
@@ -100,26 +100,34 @@ TokenizedRow prompt_completion_sample(const std::string& prompt,
   return r;
 }
 
-void check_messages(const ordered_json& messages) {
-  LOWMEM_CHECK(messages.is_array(),
-               "[data] \"messages\" must be an array of {\"role\", "
-               "\"content\"} objects");
-  bool assistant = false;
+// Each message an object with string "role" (a known one) and "content";
+// `field` names the row's field in errors ("message 1: ..." for "messages",
+// "prompt message 1: ..." for the others).
+void check_message_list(const ordered_json& messages,
+                        const std::string& field) {
+  LOWMEM_CHECK(messages.is_array(), "[data] \"", field,
+               "\" must be an array of {\"role\", \"content\"} objects");
+  const std::string what = field == "messages" ? "" : field + " ";
   for (size_t i = 0; i < messages.size(); ++i) {
     const auto& m = messages[i];
     LOWMEM_CHECK(m.is_object() && m.contains("role") && m.contains("content"),
-                 "[data] message ", i,
-                 " must be an object with \"role\" and "
-                 "\"content\"");
-    LOWMEM_CHECK(m["role"].is_string() && m["content"].is_string(),
-                 "[data] message ", i,
+                 "[data] ", what, "message ", i,
+                 " must be an object with \"role\" and \"content\"");
+    LOWMEM_CHECK(m["role"].is_string() && m["content"].is_string(), "[data] ",
+                 what, "message ", i,
                  ": \"role\" and \"content\" must be strings");
     const auto& role = m["role"].get_ref<const std::string&>();
-    LOWMEM_CHECK(known_roles().count(role) != 0, "[data] message ", i,
+    LOWMEM_CHECK(known_roles().count(role) != 0, "[data] ", what, "message ", i,
                  ": unknown role ", quote(role),
                  " (system, user, assistant or tool)");
-    assistant = assistant || role == "assistant";
   }
+}
+
+void check_messages(const ordered_json& messages) {
+  check_message_list(messages, "messages");
+  bool assistant = false;
+  for (const auto& m : messages)
+    assistant = assistant || m["role"] == "assistant";
   LOWMEM_CHECK(assistant, "[data] no assistant message (nothing to train on)");
 }
 
@@ -144,6 +152,45 @@ TokenizedRow chat_sample(const ordered_json& messages,
       if (overlaps(e.offsets[i], s.begin, s.end)) r.mask[i] = 1;
     }
   }
+  return r;
+}
+
+// TRL's conversational prompt-completion (sft_trainer.py tokenize): the
+// tokens of apply_chat_template(prompt + completion); trained are those after
+// apply_chat_template(prompt, add_generation_prompt=True), here the tokens
+// whose bytes reach past that rendering, which the full one must start with.
+TokenizedRow chat_prompt_completion_sample(const ordered_json& prompt,
+                                           const ordered_json& completion,
+                                           const text::Tokenizer& tok,
+                                           const text::ChatTemplate* chat) {
+  check_message_list(prompt, "prompt");
+  check_message_list(completion, "completion");
+  LOWMEM_CHECK(!completion.empty(),
+               "[data] \"completion\" has no message (nothing to train on)");
+  LOWMEM_CHECK(chat != nullptr,
+               "[data] a conversational prompt-completion row needs a chat "
+               "template, and the tokenizer has none (set the chat_template "
+               "option)");
+  ordered_json all = prompt;
+  for (const auto& m : completion) all.push_back(m);
+  const auto o =
+      text::ChatOptions().bos_token(tok.bos_token()).eos_token(tok.eos_token());
+  const std::string head = text::render_chat(
+      *chat, prompt, text::ChatOptions(o).add_generation_prompt(true));
+  const std::string full = text::render_chat(*chat, all, o);
+  LOWMEM_CHECK(
+      full.size() > head.size() && full.compare(0, head.size(), head) == 0,
+      "[data] the chat template renders prompt + completion as text "
+      "that does not extend its rendering of the prompt with "
+      "add_generation_prompt (",
+      clip(head, 200), "), so the completion's tokens are unknown");
+  const text::Encoding e = tok.encode_with_pieces(full, false);
+  TokenizedRow r;
+  r.format = "chat-prompt-completion";
+  r.ids = e.ids;
+  r.mask.assign(e.ids.size(), 0);
+  for (size_t i = 0; i < e.ids.size(); ++i)
+    r.mask[i] = overlaps(e.offsets[i], head.size(), full.size());
   return r;
 }
 
@@ -176,6 +223,9 @@ TokenizedRow tokenize_row(const ordered_json& row,
                "[data] a prompt-completion row needs both \"prompt\" and "
                "\"completion\"; its keys: ",
                keys_of(row));
+  if (row["prompt"].is_array() || row["completion"].is_array())
+    return chat_prompt_completion_sample(row["prompt"], row["completion"],
+                                         tokenizer, chat);
   return prompt_completion_sample(string_field(row, "prompt"),
                                   string_field(row, "completion"), tokenizer);
 }

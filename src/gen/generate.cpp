@@ -164,8 +164,12 @@ class Stepper {
       if (o.use_cache())
         cache_ = std::make_unique<models::LlamaKVCache>(
             llama_->make_cache(1, std::min(needed, max_len_)));
-    } else if (auto* gpt = dynamic_cast<models::GPT*>(&model)) {
-      window_ = gpt->config().block_size();  // cropped, never full
+    } else if ((gpt_ = dynamic_cast<models::GPT*>(&model)) != nullptr) {
+      window_ = gpt_->config().block_size();  // cropped, never full
+      // Cached while the sequence fits wpe; beyond, the cropped window.
+      if (o.use_cache())
+        gpt_cache_ = std::make_unique<models::GPTKVCache>(
+            gpt_->make_cache(1, std::min(needed, window_)));
     } else {
       LOWMEM_CHECK(false, "[generate] model ", model.kind(),
                    " is not a language model (llama or gpt)");
@@ -178,6 +182,9 @@ class Stepper {
     at::Tensor logits;
     if (cache_) {
       logits = llama_->forward(ids(seq, fed), *cache_);
+    } else if (gpt_cache_ &&
+               static_cast<int64_t>(seq.size()) <= gpt_cache_->max_length()) {
+      logits = gpt_->forward(ids(seq, fed), *gpt_cache_);
     } else {
       const size_t from =
           window_ > 0 && seq.size() > static_cast<size_t>(window_)
@@ -198,7 +205,9 @@ class Stepper {
   }
   models::Model& model_;
   models::Llama* llama_;
+  models::GPT* gpt_ = nullptr;
   std::unique_ptr<models::LlamaKVCache> cache_;
+  std::unique_ptr<models::GPTKVCache> gpt_cache_;
   c10::Device device_ = c10::Device(c10::kCPU);
   int64_t max_len_ = std::numeric_limits<int64_t>::max();
   int64_t window_ = 0;

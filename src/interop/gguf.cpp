@@ -55,10 +55,15 @@ std::optional<Target> gguf_name(const std::string& hf) {
       {"mlp.gate_proj.weight", "ffn_gate.weight", Rope::kNone},
       {"mlp.up_proj.weight", "ffn_up.weight", Rope::kNone},
       {"mlp.down_proj.weight", "ffn_down.weight", Rope::kNone},
-      // Qwen2's q/k/v biases, Qwen3's per-head norms.
+      // Attention biases (Qwen2's q/k/v, LLaMA's attention_bias: q/k/v/o),
+      // LLaMA's mlp_bias, Qwen3's per-head norms.
       {"self_attn.q_proj.bias", "attn_q.bias", Rope::kQuery},
       {"self_attn.k_proj.bias", "attn_k.bias", Rope::kKey},
       {"self_attn.v_proj.bias", "attn_v.bias", Rope::kNone},
+      {"self_attn.o_proj.bias", "attn_output.bias", Rope::kNone},
+      {"mlp.gate_proj.bias", "ffn_gate.bias", Rope::kNone},
+      {"mlp.up_proj.bias", "ffn_up.bias", Rope::kNone},
+      {"mlp.down_proj.bias", "ffn_down.bias", Rope::kNone},
       {"self_attn.q_norm.weight", "attn_q_norm.weight", Rope::kNone},
       {"self_attn.k_norm.weight", "attn_k_norm.weight", Rope::kNone}};
   const std::string rest = hf.substr(dot + 1);
@@ -132,20 +137,23 @@ at::Tensor permute_for_gguf_rope(const at::Tensor& weight, int64_t n_head) {
 }
 
 std::string gguf_architecture(const models::LlamaConfig& c) {
-  LOWMEM_CHECK(!c.mlp_bias(),
-               "[interop] GGUF export of mlp_bias is not supported (no "
-               "llama.cpp architecture of this family has MLP biases)");
+  // llama.cpp (node-llama-cpp 3.21.1's, src/models/*.cpp): llama loads
+  // optional q/k/v/o and MLP biases; qwen2 q/k/v biases only; qwen3 none.
   if (c.qk_norm()) {
-    LOWMEM_CHECK(!c.attention_bias() && !c.qkv_bias(),
-                 "[interop] GGUF export: q/k norms with attention biases fit "
-                 "no llama.cpp architecture (qwen3 has no biases)");
+    LOWMEM_CHECK(!c.attention_bias() && !c.qkv_bias() && !c.mlp_bias(),
+                 "[interop] GGUF export: q/k norms with attention or MLP "
+                 "biases fit no llama.cpp architecture (qwen3 has no "
+                 "biases)");
     return "qwen3";
   }
-  if (c.qkv_bias()) return "qwen2";
-  LOWMEM_CHECK(!c.attention_bias(),
-               "[interop] GGUF export of attention_bias (biases on q, k, v "
-               "and o) is not supported yet");
-  return "llama";
+  if (c.qkv_bias()) {
+    LOWMEM_CHECK(!c.attention_bias() && !c.mlp_bias(),
+                 "[interop] GGUF export: q/k/v biases (qkv_bias) together "
+                 "with attention_bias or mlp_bias fit no llama.cpp "
+                 "architecture (qwen2 has q/k/v biases only)");
+    return "qwen2";
+  }
+  return "llama";  // attention_bias and mlp_bias included
 }
 
 io::GgufMetadata gguf_llama_metadata(models::Llama& model,

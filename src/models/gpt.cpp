@@ -101,6 +101,48 @@ at::Tensor GPT::forward(const at::Tensor& idx, const PackedLayout& layout) {
   return at::linear(x, wte->weight);  // tied head
 }
 
+GPTKVCache GPT::make_cache(int64_t batch, int64_t max_length) const {
+  LOWMEM_CHECK(
+      batch > 0 && max_length > 0 && max_length <= config_.block_size(),
+      "[gpt] a KV cache needs batch > 0 and 0 < max_length <= "
+      "block_size ",
+      config_.block_size(), ", got batch ", batch, " and max_length ",
+      max_length);
+  const auto o = wte->weight.options().requires_grad(false);
+  const int64_t H = config_.n_head(), D = config_.n_embd() / H;
+  GPTKVCache cache;
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    cache.keys.push_back(at::zeros({batch * H, max_length, D}, o));
+    cache.values.push_back(at::zeros({batch * H, max_length, D}, o));
+  }
+  return cache;
+}
+
+at::Tensor GPT::forward(const at::Tensor& idx, GPTKVCache& cache) {
+  LOWMEM_CHECK(
+      idx.dim() == 2 && idx.scalar_type() == at::kLong && idx.size(1) > 0,
+      "[gpt] expected int64 tokens [B, T] with T > 0, got ", idx.sizes(), " ",
+      idx.scalar_type());
+  LOWMEM_CHECK(cache.keys.size() == blocks_.size() &&
+                   cache.values.size() == blocks_.size(),
+               "[gpt] the KV cache has ", cache.keys.size(),
+               " blocks, the model ", blocks_.size(),
+               " (build it with make_cache)");
+  const int64_t rows = cache.keys[0].size(0) / config_.n_head();
+  LOWMEM_CHECK(idx.size(0) == rows, "[gpt] the KV cache holds ", rows,
+               " rows, the input has ", idx.size(0));
+  const int64_t start = cache.length, T = idx.size(1);
+  LOWMEM_CHECK(start + T <= cache.max_length(), "[gpt] the KV cache holds ",
+               cache.max_length(), " positions; ", start, " are filled and ", T,
+               " more do not fit");
+  at::Tensor x = wte->forward(idx) +
+                 wpe->forward(at::arange(start, start + T, idx.options()));
+  for (size_t i = 0; i < blocks_.size(); ++i)
+    x = blocks_[i]->forward_cached(x, cache.keys[i], cache.values[i], start);
+  cache.length = start + T;
+  return at::linear(ln_f->forward(x), wte->weight);
+}
+
 at::Tensor GPT::loss(const at::Tensor& idx, const at::Tensor& target) {
   return loss(idx, target, PackedLayout());
 }

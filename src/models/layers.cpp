@@ -110,6 +110,47 @@ at::Tensor SelfAttention::forward(const at::Tensor& x) {
   return y;
 }
 
+at::Tensor SelfAttention::forward_cached(const at::Tensor& x,
+                                         const at::Tensor& key_cache,
+                                         const at::Tensor& value_cache,
+                                         int64_t start) {
+  const int64_t H = n_head_, D = n_embd_ / H;
+  LOWMEM_CHECK(causal_, "[attention] a KV cache needs causal attention");
+  LOWMEM_CHECK(x.dim() == 3 && x.size(2) == n_embd_ && x.size(1) > 0,
+               "[attention] expected input [B, T > 0, ", n_embd_, "], got ",
+               x.sizes());
+  const int64_t B = x.size(0), T = x.size(1), end = start + T;
+  LOWMEM_CHECK(
+      key_cache.dim() == 3 && key_cache.size(0) == B * H &&
+          key_cache.size(2) == D && value_cache.sizes() == key_cache.sizes() &&
+          start >= 0 && end <= key_cache.size(1),
+      "[attention] ", T, " positions from ", start, " do not fit the KV cache ",
+      key_cache.sizes(), " (want [", B * H, ", >= ", end, ", ", D, "])");
+  auto heads = linear("qkv")
+                   .forward(x)
+                   .view({B, T, 3, H, D})
+                   .permute({2, 0, 3, 1, 4})
+                   .reshape({3, B * H, T, D})
+                   .unbind(0);
+  key_cache.narrow(1, start, T).copy_(heads[1]);
+  value_cache.narrow(1, start, T).copy_(heads[2]);
+  // Query i (position start + i) sees keys 0 .. start + i.
+  const at::Tensor mask =
+      at::full({T, end}, -std::numeric_limits<double>::infinity(),
+               heads[0].options())
+          .triu_(start + 1);
+  const at::Tensor scores =
+      at::baddbmm(mask, heads[0], key_cache.narrow(1, 0, end).transpose(1, 2),
+                  /*beta=*/1.0,
+                  /*alpha=*/1.0 / std::sqrt(static_cast<double>(D)));
+  const at::Tensor y =
+      at::bmm(at::softmax(scores, -1), value_cache.narrow(1, 0, end))
+          .view({B, H, T, D})
+          .transpose(1, 2)
+          .reshape({B, T, n_embd_});
+  return linear("proj").forward(y);
+}
+
 at::Tensor packed_causal_mask(const at::Tensor& segments,
                               at::ScalarType dtype) {
   LOWMEM_CHECK(segments.dim() == 2 && segments.scalar_type() == at::kLong,
@@ -188,6 +229,14 @@ void init_slots_normal(
 
 at::Tensor Block::forward(const at::Tensor& x) {
   at::Tensor h = x + attn->forward(ln_1->forward(x));
+  return h + mlp->forward(ln_2->forward(h));
+}
+
+at::Tensor Block::forward_cached(const at::Tensor& x,
+                                 const at::Tensor& key_cache,
+                                 const at::Tensor& value_cache, int64_t start) {
+  at::Tensor h =
+      x + attn->forward_cached(ln_1->forward(x), key_cache, value_cache, start);
   return h + mlp->forward(ln_2->forward(h));
 }
 

@@ -477,26 +477,55 @@ void load_weights(torch::nn::Module& model, const std::string& path,
   }
 }
 
-int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
-                      const std::string& out_dir) {
-  const std::string dir = io::resolve_checkpoint(base);
-  const std::string info_path = dir + "/info.txt";
+namespace {
+
+// The configuration of `lowmem merge`'s base (method full, on the CPU) and
+// the weights to load over the model it builds ("" for none): a Hugging Face
+// directory (config.json, no checkpoint) is model hf with hf.path = base; a
+// checkpoint brings its run's info.txt. A checkpoint of an adapter run is
+// refused: it is not the model its adapter was trained on top of.
+std::pair<Config, std::string> merge_base(const std::string& base) {
   Config c;
-  c.apply_yaml(
-      read_file_limited(info_path, kMaxRecipeBytes, "[merge] run info"),
-      info_path);
+  std::string weights;
+  if (!io::has_checkpoint(base) && fs::is_directory(base) &&
+      fs::is_regular_file(base + "/config.json")) {
+    c.model = "hf";
+    c.set("hf.path", fs::absolute(base).lexically_normal().string());
+  } else {
+    weights = io::resolve_checkpoint(base);
+    const std::string info_path = weights + "/info.txt";
+    c.apply_yaml(
+        read_file_limited(info_path, kMaxRecipeBytes, "[merge] run info"),
+        info_path);
+    if (c.method != "full" && c.method != "galore") {
+      throw ConfigError("--base " + quote(base) + " is a checkpoint of a " +
+                        c.method +
+                        " run, not a base model: pass the model its adapter "
+                        "was trained on (for --model hf the hf.path "
+                        "directory), or export the run merged with lowmem "
+                        "export RUN --format hf");
+    }
+  }
   c.method = "full";
   c.device = "cpu";  // merging needs no GPU, whatever the run trained on
-  c.init = dir;
+  c.init = weights;
   c.init_exclude = "";
   c.out_dir = "";
   c.resume = "";
   c.overwrite = false;
   c.metrics = "";
+  return {c, weights};
+}
+
+}  // namespace
+
+int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
+                      const std::string& out_dir) {
+  auto [c, weights] = merge_base(base);
   // The model alone (its shape from the configuration): the training data
   // need not exist any more.
   std::shared_ptr<models::Model> model = build_model(c);
-  load_weights(*model, dir, "");
+  if (!weights.empty()) load_weights(*model, weights, "");
   auto adapter = adapters::load_adapter(model, adapter_dir);
   adapter->merge_and_unload();
   std::map<std::string, at::Tensor> tensors;

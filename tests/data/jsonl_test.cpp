@@ -160,6 +160,27 @@ TEST(Jsonl, RowsBecomeTokensWithTheTrainedOnesMasked) {
   r = row_of(byte_tokenizer(true), R"({"prompt": "a", "completion": "b"})");
   EXPECT_EQ(r.ids, (Ids{kBos, 'a', 'b', kEot}));
   EXPECT_EQ(r.mask, flags(2, 2));
+  // Conversational prompt-completion: the template renders prompt +
+  // completion; trained is what follows the prompt's rendering with the
+  // generation prompt ("<assistant>"), nothing appended.
+  r = row_of(t, R"({"prompt": [{"role": "user", "content": "hi"}],
+      "completion": [{"role": "assistant", "content": "yo"}]})");
+  EXPECT_EQ(r.format, "chat-prompt-completion");
+  EXPECT_EQ(r.ids, cat(cat(bytes("<user>hi"), {kEot}),
+                       cat(bytes("<assistant>yo"), {kEot})));
+  EXPECT_EQ(r.mask, flags(8 + 1 + 11, 3));
+  // A template whose full rendering does not extend the prompt's.
+  const text::ChatTemplate count(
+      "{{ messages|length }}{% if add_generation_prompt %}!{% endif %}");
+  expect_error_containing(
+      [&] {
+        data::tokenize_row(ordered_json::parse(R"({"prompt": [{"role": "user",
+            "content": "a"}], "completion": [{"role": "assistant",
+            "content": "b"}]})"),
+                           t, &count);
+      },
+      "does not extend its rendering of the prompt with "
+      "add_generation_prompt (1!)");
 }
 
 TEST(Jsonl, BadRowsAreOneErrorNamingFileAndLine) {
@@ -176,6 +197,10 @@ TEST(Jsonl, BadRowsAreOneErrorNamingFileAndLine) {
       {R"({"messages": [{"role": "user", "content": "a"}]})",
        "no assistant message"},
       {R"({"messages": [{"role": "user"}]})", "must be an object with"},
+      {R"({"prompt": "a", "completion": [{"role": "user", "content": "b"}]})",
+       "\"prompt\" must be an array of {\"role\", \"content\"} objects"},
+      {R"({"prompt": [{"role": "user", "content": "a"}], "completion": []})",
+       "\"completion\" has no message"},
       {R"({"text": ")" + std::string(40, 'x') + "\"}",
        "more than context + 1 = 17 (truncate: true cuts it)"},
   };
@@ -208,7 +233,7 @@ TEST(Jsonl, BadRowsAreOneErrorNamingFileAndLine) {
   EXPECT_EQ(d.skipped(), static_cast<int64_t>(cases.size()));
   EXPECT_EQ(d.skipped_by_reason().at("invalid JSON"), 1);
   EXPECT_EQ(d.skipped_by_reason().at("longer than the context"), 1);
-  EXPECT_NE(d.describe().find("10 bad rows skipped"), std::string::npos)
+  EXPECT_NE(d.describe().find("12 bad rows skipped"), std::string::npos)
       << d.describe();
   EXPECT_NE(d.first_skipped().find("all.jsonl:1: invalid JSON"),
             std::string::npos)
@@ -588,6 +613,46 @@ TEST(JsonlReal, Qwen3ChatAndPromptCompletionToTheToken) {
   expected.push_back(*tok.eos_id());
   EXPECT_EQ(pc.ids, expected);
   EXPECT_EQ(pc.mask, flags(ref[1].size(), expected.size() - ref[1].size()));
+}
+
+// Conversational prompt-completion rows (TRL's format) on the real LLaMA-3
+// and Qwen3 templates: ids are @huggingface/tokenizers' on @huggingface/
+// jinja's rendering of prompt + completion; trained are exactly the tokens
+// after those of the prompt's rendering with add_generation_prompt (TRL's
+// completion_mask), all computed by the reference. Qwen3's completion thus
+// includes the template's empty <think></think> block; LLaMA-3's (lenml's
+// template ends every rendering with an assistant header) that trailer.
+TEST(JsonlReal, ConversationalPromptCompletionToTheToken) {
+  if (!have_node()) GTEST_SKIP() << "node or node/node_modules missing";
+  const ordered_json m = conversation();
+  const ordered_json prompt(m.begin(), m.begin() + 4);
+  const ordered_json completion = ordered_json::array({m[4]});
+  for (const std::string model : {"llama3", "qwen3"}) {
+    SCOPED_TRACE(model);
+    const Tokenizer tok = Tokenizer::from_file(lenml(model));
+    const auto chat = data::load_chat_template(tok, "");
+    const auto r = data::tokenize_row(
+        ordered_json{{"prompt", prompt}, {"completion", completion}}, tok,
+        chat.get());
+    auto context = [&](const ordered_json& messages, bool gen) {
+      return json{{"messages", json(messages)},
+                  {"add_generation_prompt", gen},
+                  {"bos_token", tok.bos_token()},
+                  {"eos_token", tok.eos_token()}};
+    };
+    const auto texts =
+        reference_render(model, {context(m, false), context(prompt, true)});
+    const auto ids = reference_ids(model, texts, false);
+    ASSERT_EQ(ids.size(), 2u);
+    ASSERT_LT(ids[1].size(), ids[0].size());
+    ASSERT_TRUE(std::equal(ids[1].begin(), ids[1].end(), ids[0].begin()));
+    EXPECT_EQ(r.ids, ids[0]);
+    EXPECT_EQ(r.mask, flags(ids[1].size(), ids[0].size() - ids[1].size()));
+    const auto runs = trained_runs(tok, r);
+    ASSERT_EQ(runs.size(), 1u);
+    EXPECT_NE(runs[0].find("100\n\nThat is all."), std::string::npos);
+    EXPECT_EQ(runs[0].find("binary"), std::string::npos);
+  }
 }
 
 TEST(JsonlReal, Llama3TextRowsAreTheReferenceIdsPlusEos) {

@@ -1,6 +1,6 @@
 // gen::generate: KV-cached greedy decoding gives exactly the tokens of the
 // uncached forward (argmax of the full-sequence logits, re-run every step)
-// for several Llama variants and with a LoRA adapter injected; the logit
+// for several Llama variants, GPT, and with a LoRA adapter injected; the logit
 // warpers against hand-computed examples; seeded sampling reproducible;
 // top_k = 1 equals greedy; stops (EOS, stop string, length, context);
 // streaming keeps multi-byte characters whole.
@@ -105,26 +105,59 @@ TEST(Generate, CachedGreedyWithLoraEqualsUncachedForward) {
       want);
 }
 
-TEST(Generate, GptWithoutCacheCropsToBlockSize) {
+// GPT's KV cache: greedy tokens equal the uncached forward's while the
+// sequence fits block_size (with LoRA on every slot too); beyond, both crop
+// to the last block_size tokens, step by step.
+TEST(Generate, GptCachedGreedyEqualsUncachedAndCropsToBlockSize) {
   torch::manual_seed(13);
-  models::GPT m(models::GPTConfig()
-                    .n_layer(1)
-                    .n_embd(32)
-                    .n_head(2)
-                    .block_size(8)
-                    .vocab_size(40));
-  auto r =
-      gen::generate(m, {1, 2, 3}, gen::GenerateOptions().max_new_tokens(12));
-  EXPECT_EQ(r.tokens.size(), 12u);
-  // Step by step: the last 8 tokens each time.
-  std::vector<int64_t> seq = {1, 2, 3};
-  torch::NoGradGuard no_grad;
-  for (int64_t t : r.tokens) {
-    std::vector<int64_t> win(seq.end() - std::min<size_t>(8, seq.size()),
-                             seq.end());
-    auto idx = torch::tensor(win, torch::kLong).view({1, -1});
-    EXPECT_EQ(m.forward(idx)[0][-1].argmax().item<int64_t>(), t);
-    seq.push_back(t);
+  auto m = std::make_shared<models::GPT>(models::GPTConfig()
+                                             .n_layer(2)
+                                             .n_embd(32)
+                                             .n_head(2)
+                                             .block_size(24)
+                                             .vocab_size(50));
+  {  // nanoGPT's N(0, 0.02) gives near-uniform logits: sharpen the matrices
+    torch::NoGradGuard no_grad;
+    for (auto& p : m->parameters())
+      if (p.dim() == 2) p.normal_(0, 0.5);
+  }
+  const auto want = reference_greedy(*m, kPrompt, 19);  // 24 in all: fits
+  EXPECT_GT(std::set<int64_t>(want.begin(), want.end()).size(), 3u);
+  EXPECT_EQ(
+      gen::generate(*m, kPrompt, gen::GenerateOptions().max_new_tokens(19))
+          .tokens,
+      want);
+  auto lora = adapters::inject_lora(
+      m, adapters::TargetOptions::from_list("qkv,proj,fc"),
+      adapters::LoraOptions().r(2));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : m->named_parameters())
+      if (p.key().find("lora_B") != std::string::npos)
+        p.value().normal_(0, 0.3);
+  }
+  const auto with_lora = reference_greedy(*m, kPrompt, 19);
+  EXPECT_NE(with_lora, want);
+  EXPECT_EQ(
+      gen::generate(*m, kPrompt, gen::GenerateOptions().max_new_tokens(19))
+          .tokens,
+      with_lora);
+  // 30 new tokens: past block_size the window of the last 24 tokens.
+  for (bool cache : {true, false}) {
+    SCOPED_TRACE(cache ? "cached" : "uncached");
+    auto r = gen::generate(
+        *m, kPrompt,
+        gen::GenerateOptions().max_new_tokens(30).use_cache(cache));
+    ASSERT_EQ(r.tokens.size(), 30u);
+    std::vector<int64_t> seq = kPrompt;
+    torch::NoGradGuard no_grad;
+    for (int64_t t : r.tokens) {
+      std::vector<int64_t> win(seq.end() - std::min<size_t>(24, seq.size()),
+                               seq.end());
+      auto idx = torch::tensor(win, torch::kLong).view({1, -1});
+      EXPECT_EQ(m->forward(idx)[0][-1].argmax().item<int64_t>(), t);
+      seq.push_back(t);
+    }
   }
 }
 

@@ -176,6 +176,24 @@ TEST(GgufLlamaCpp, Qwen2BiasesExportAsArchitectureQwen2) {
   check_model_against_llama_cpp(tok, model, "qwen2");
 }
 
+// LLaMA's attention_bias (q/k/v/o biases; q/k biases permuted as the
+// weights) and mlp_bias (gate/up/down): architecture llama, which loads them
+// as optional tensors.
+TEST(GgufLlamaCpp, LlamaAttentionAndMlpBiasesExportAsArchitectureLlama) {
+  SKIP_WITHOUT_LLAMA_CPP();
+  const auto tok = tokenizer("llama2");
+  torch::manual_seed(7);
+  lowmem::models::Llama model(
+      tiny_config(tok.vocab_size(), 1).attention_bias(true).mlp_bias(true));
+  perturb_biases_and_norms(model);
+  EXPECT_EQ(lowmem::interop::gguf_architecture(model.config()), "llama");
+  int64_t biases = 0;
+  for (const auto& t : lowmem::interop::gguf_llama_tensors(model))
+    biases += t.name.find(".bias") != std::string::npos;
+  EXPECT_EQ(biases, 2 * 7);  // attn_q/k/v/output, ffn_gate/up/down
+  check_model_against_llama_cpp(tok, model, "llama_biases");
+}
+
 // Qwen3: q/k norms and a head_dim other than hidden / heads (key_length).
 TEST(GgufLlamaCpp, Qwen3QkNormsExportAsArchitectureQwen3) {
   SKIP_WITHOUT_LLAMA_CPP();
@@ -266,12 +284,18 @@ TEST(GgufExport, RopePermutationInterleavesHalves) {
 TEST(GgufExport, RefusesWhatNoArchitectureHas) {
   using lowmem::interop::gguf_architecture;
   lowmem::testing::expect_error_containing(
-      [] { gguf_architecture(tiny_config(256).mlp_bias(true)); }, "mlp_bias");
+      [] { gguf_architecture(tiny_config(256).qkv_bias(true).mlp_bias(true)); },
+      "qwen2 has q/k/v biases only");
   lowmem::testing::expect_error_containing(
-      [] { gguf_architecture(tiny_config(256).attention_bias(true)); },
-      "attention_bias");
+      [] {
+        gguf_architecture(tiny_config(256).qkv_bias(true).attention_bias(true));
+      },
+      "qkv_bias) together with attention_bias or mlp_bias");
   lowmem::testing::expect_error_containing(
       [] { gguf_architecture(tiny_config(256).qk_norm(true).qkv_bias(true)); },
+      "qwen3 has no biases");
+  lowmem::testing::expect_error_containing(
+      [] { gguf_architecture(tiny_config(256).qk_norm(true).mlp_bias(true)); },
       "qwen3 has no biases");
   torch::manual_seed(7);
   lowmem::models::Llama qwen2_llama3(

@@ -1,10 +1,12 @@
 // Llama's KV cache: a cached forward, fed the sequence in chunks, gives the
 // logits the uncached forward gives on the whole sequence, for every
 // attention variant (MHA, GQA, biases, Qwen3 q/k norm with its own head_dim,
-// Mistral's sliding window, llama3 rope scaling, tied head).
+// Mistral's sliding window, llama3 rope scaling, tied head); the same for
+// GPT's cache (batch of 2, bias and no bias).
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include "lowmem/models/gpt.h"
 #include "lowmem/models/llama.h"
 
 namespace {
@@ -122,6 +124,67 @@ TEST(LlamaKVCache, ResetAndRefusals) {
   EXPECT_NE(error_of([&] {
               m.forward(idx, empty);
             }).find("the KV cache has 0 layers, the model 2"),
+            std::string::npos);
+}
+
+TEST(GptKVCache, ChunkedCachedForwardEqualsFullForward) {
+  for (bool bias : {true, false}) {
+    SCOPED_TRACE(bias ? "bias" : "no bias");
+    torch::manual_seed(4);
+    GPT m(GPTConfig()
+              .n_layer(2)
+              .n_head(4)
+              .n_embd(32)
+              .block_size(24)
+              .vocab_size(64)
+              .bias(bias));
+    m.eval();
+    torch::NoGradGuard no_grad;
+    for (auto& p : m.parameters()) p.normal_(0, 0.3);
+    auto idx = torch::randint(0, 64, {2, 20}, torch::kLong);
+    const auto full = m.forward(idx);
+    auto cache = m.make_cache(2, 24);
+    EXPECT_EQ(cache.keys[1].sizes(), (std::vector<int64_t>{8, 24, 8}));
+    std::vector<at::Tensor> parts;
+    int64_t pos = 0;
+    for (int64_t n : {7, 1, 1, 4, 1, 6}) {
+      parts.push_back(
+          m.forward(idx.index({Slice(), Slice(pos, pos + n)}), cache));
+      pos += n;
+      EXPECT_EQ(cache.length, pos);
+    }
+    const auto cached = torch::cat(parts, 1);
+    EXPECT_TRUE(torch::allclose(cached, full, 1e-5, 1e-5))
+        << (cached - full).abs().max().item<double>();
+    EXPECT_TRUE(torch::equal(cached.argmax(-1), full.argmax(-1)));
+    cache.reset();
+    EXPECT_TRUE(torch::allclose(m.forward(idx, cache), full, 1e-5, 1e-5));
+  }
+}
+
+TEST(GptKVCache, Refusals) {
+  torch::manual_seed(5);
+  GPT m(
+      GPTConfig().n_layer(1).n_head(2).n_embd(16).block_size(8).vocab_size(32));
+  torch::NoGradGuard no_grad;
+  auto idx = torch::randint(0, 32, {1, 6}, torch::kLong);
+  auto cache = m.make_cache(1, 8);
+  m.forward(idx, cache);
+  EXPECT_NE(error_of([&] { m.forward(idx, cache); })
+                .find("the KV cache holds 8 positions; 6 are filled and 6 "
+                      "more do not fit"),
+            std::string::npos);
+  auto two = m.make_cache(2, 8);
+  EXPECT_NE(error_of([&] {
+              m.forward(idx, two);
+            }).find("the KV cache holds 2 rows, the input has 1"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { m.make_cache(1, 9); }).find("block_size 8"),
+            std::string::npos);
+  GPTKVCache empty;
+  EXPECT_NE(error_of([&] {
+              m.forward(idx, empty);
+            }).find("the KV cache has 0 blocks, the model 1"),
             std::string::npos);
 }
 

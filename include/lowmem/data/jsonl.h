@@ -7,10 +7,17 @@
 //   {"prompt": "...", "completion": "..."}      completion tokens (+ EOS)
 //   {"messages": [{"role", "content"}, ...]}    assistant turns, rendered with
 //                                                the tokenizer's chat template
+//   {"prompt": [messages], "completion": [messages]}   conversational
+//                                                prompt-completion: what the
+//                                                completion adds to the render
 // Tokens: text and prompt/completion rows as tokenizer(text) (special tokens
 // added, BOS where the tokenizer adds one) followed by the EOS id (TRL appends
 // eos_token), chat rows as apply_chat_template(messages, tokenize=True) (the
-// rendered text encoded without adding special tokens). A token is trained
+// rendered text encoded without adding special tokens), conversational
+// prompt-completion rows as apply_chat_template(prompt + completion), trained
+// from the end of apply_chat_template(prompt, add_generation_prompt=True)
+// (TRL's rule; the full rendering must start with that one, else the row is
+// bad; nothing appended: the template ends the turn). A token is trained
 // when its input bytes (Encoding::offsets) include a byte of the trained text:
 // the completion, or an assistant span of text::render_chat_with_spans (the
 // reply and the template's end-of-turn text, not the role header). That is
@@ -87,7 +94,7 @@ struct JsonlOptions {
 struct TokenizedRow {
   std::vector<text::TokenId> ids;
   std::vector<uint8_t> mask;
-  /// "text", "prompt-completion" or "chat".
+  /// "text", "prompt-completion", "chat" or "chat-prompt-completion".
   std::string format;
 };
 
@@ -132,7 +139,7 @@ class JsonlDataset {
   }
   /// The first skipped row's "file:line: what" ("" when none).
   const std::string& first_skipped() const { return first_skipped_; }
-  /// Rows per format ("text", "prompt-completion", "chat").
+  /// Rows per format (TokenizedRow::format).
   const std::map<std::string, int64_t>& formats() const { return formats_; }
   int64_t trained_tokens() const;
   int64_t total_tokens() const;

@@ -8,9 +8,10 @@
 // argmax), generation/logits_process.py for the three warpers and
 // generation/configuration_utils.py (GenerationConfig) for the option names
 // and defaults; read on transformers' main branch in 2025. A models::Llama
-// decodes with its KV cache (models/llama.h); any other models::Model (GPT)
-// re-runs its forward on the whole sequence every step (the last block_size
-// tokens of a GPT, as nanoGPT's generate crops). Deviations: one sequence at a
+// decodes with its KV cache (models/llama.h), a models::GPT with its own
+// (models/gpt.h) while the sequence fits block_size; beyond, a GPT re-runs its
+// forward on the last block_size tokens every step (as nanoGPT's generate
+// crops; HF's GPT-2 stops at n_positions). Deviations: one sequence at a
 // time (no batching, no beam search); max_new_tokens replaces HF's
 // max_length; sampling draws on the CPU from a generator seeded with `seed`
 // (the logits of the last position are copied to the CPU in fp32), so a seed

@@ -69,8 +69,9 @@ io::GgufMetadata gguf_tokenizer_metadata(const text::Tokenizer& tokenizer,
                                          const GgufExportOptions& options = {});
 
 /// llama.cpp's architecture for `c`: "qwen3" with q/k norms, "qwen2" with
-/// q/k/v biases, else "llama". Throws naming what none of them has
-/// (mlp_bias, attention_bias on all four projections).
+/// q/k/v biases (qkv_bias), else "llama" (which also takes attention_bias,
+/// q/k/v/o biases, and mlp_bias). Throws naming the combinations none of them
+/// has (biases with q/k norms; qkv_bias with attention_bias or mlp_bias).
 std::string gguf_architecture(const models::LlamaConfig& c);
 
 /// llama3 rope scaling as llama.cpp reads it: the tensor rope_freqs.weight,

@@ -31,6 +31,18 @@ struct GPTConfig {
 /// Throws "[gpt] ..." on non-positive sizes or n_embd % n_head != 0.
 void validate(const GPTConfig& c);
 
+/// Keys and values of the positions a cached forward has seen, per block
+/// [B * n_head, max_length, n_embd / n_head], in the weights' dtype and on
+/// their device; positions [0, length) are filled. GPT::make_cache builds
+/// one; GPT::forward(idx, cache) appends.
+struct GPTKVCache {
+  std::vector<at::Tensor> keys, values;
+  int64_t length = 0;
+  int64_t max_length() const { return keys.empty() ? 0 : keys[0].size(1); }
+  /// Forget every position (the tensors stay allocated).
+  void reset() { length = 0; }
+};
+
 class GPT : public Model {
  public:
   explicit GPT(GPTConfig config = {});
@@ -50,6 +62,15 @@ class GPT : public Model {
                      const PackedLayout& layout) override;
   /// forward() on packed rows (layout as in loss).
   at::Tensor forward(const at::Tensor& idx, const PackedLayout& layout);
+  /// An empty KV cache for `batch` rows of up to `max_length` positions
+  /// (<= block_size: wpe has no more).
+  GPTKVCache make_cache(int64_t batch, int64_t max_length) const;
+  /// Incremental decoding (inference: no dropout): idx [B, T] at positions
+  /// cache.length .. cache.length + T - 1 (B rows as the cache was made,
+  /// cache.length + T <= cache.max_length()); their keys and values are
+  /// appended to `cache` and their logits [B, T, vocab] returned, equal to
+  /// forward() on the whole sequence at those positions.
+  at::Tensor forward(const at::Tensor& idx, GPTKVCache& cache);
   std::string kind() const override {
     return "gpt";
   }

@@ -58,6 +58,13 @@ class SelfAttention : public nn::SlotModule {
   /// (packed_causal_mask); it stays set so a checkpointed block's recompute
   /// in backward sees the same mask.
   void set_mask(at::Tensor mask) { mask_ = std::move(mask); }
+  /// Incremental decoding (causal only; no dropout, no mask_): x [B, T, C]
+  /// holds positions start..start+T-1. Their keys and values are written
+  /// into key_cache / value_cache [B*H, L, D] at [start, start+T), and each
+  /// query attends to the cached positions up to its own. Equals forward()
+  /// on the whole sequence at the new positions.
+  at::Tensor forward_cached(const at::Tensor& x, const at::Tensor& key_cache,
+                            const at::Tensor& value_cache, int64_t start);
 
  private:
   int64_t n_embd_, n_head_;
@@ -108,6 +115,9 @@ class Block : public CheckpointableBlock {
       double dropout,
       int64_t hidden = 0);
   at::Tensor forward(const at::Tensor& x) override;
+  /// forward() with SelfAttention::forward_cached.
+  at::Tensor forward_cached(const at::Tensor& x, const at::Tensor& key_cache,
+                            const at::Tensor& value_cache, int64_t start);
 
   std::shared_ptr<LayerNorm> ln_1;
   std::shared_ptr<SelfAttention> attn;

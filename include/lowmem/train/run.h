@@ -133,11 +133,14 @@ void check_data_parallel(const Config& config, int world_size);
 void load_weights(torch::nn::Module& model, const std::string& path,
                   const std::string& exclude = "");
 
-/// `lowmem merge`: rebuilds the model described by the configuration stored
-/// in the base checkpoint `base` (its info.txt), loads its weights, loads the
-/// adapter directory `adapter_dir` (adapters::load_adapter), folds it in
+/// `lowmem merge`: rebuilds the base model, either a Hugging Face directory
+/// `base` (config.json + safetensors: model hf, hf.path its absolute path) or
+/// the model described by the configuration stored in the checkpoint `base`
+/// of a full or GaLore run (its info.txt) with its weights; loads the adapter
+/// directory `adapter_dir` (adapters::load_adapter), folds it in
 /// (merge_and_unload) and writes out_dir/model.safetensors and
 /// out_dir/config.yaml (method full). Returns the tensor count written.
+/// ConfigError when `base` is a checkpoint of an adapter run.
 int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
                       const std::string& out_dir);
 
