@@ -22,10 +22,11 @@ using namespace lowmem::adapters;
 
 constexpr int64_t kDim = 512, kLayers = 4, kTokens = 256, kRank = 8;
 
-struct Stack : SlotModule {
+struct Stack : lowmem::nn::SlotModule {
   Stack() {
     for (int64_t i = 0; i < kLayers; ++i)
-      register_slot("l" + std::to_string(i), std::make_shared<Linear>(kDim, kDim));
+      register_slot("l" + std::to_string(i),
+                    std::make_shared<lowmem::nn::Linear>(kDim, kDim));
   }
   at::Tensor forward(at::Tensor x) {
     for (int64_t i = 0; i < kLayers; ++i) x = at::tanh(linear("l" + std::to_string(i)).forward(x));

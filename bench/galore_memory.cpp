@@ -34,16 +34,16 @@
 
 namespace {
 
-namespace la = lowmem::adapters;
+namespace ln = lowmem::nn;
 namespace lo = lowmem::optim;
 
 constexpr int64_t kDim = 512, kLayers = 8, kBatch = 64;
 
-struct StackModel : la::SlotModule {
+struct StackModel : ln::SlotModule {
   StackModel() {
     for (int64_t i = 0; i < kLayers; ++i)
       register_slot("fc" + std::to_string(i),
-                    std::make_shared<la::Linear>(kDim, kDim));
+                    std::make_shared<ln::Linear>(kDim, kDim));
   }
   at::Tensor loss() {
     auto y = x;

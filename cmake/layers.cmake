@@ -7,6 +7,19 @@
 # are the single source of the arrows.
 set(LOWMEM_LAYERS "" CACHE INTERNAL "")
 set_property(GLOBAL PROPERTY LOWMEM_LAYER_ARROWS "")
+# The flags of library code (layers, the CLI, benchmarks): -march=native with
+# LOWMEM_NATIVE, -fno-math-errno for the hot loops' vectorizable sqrt (see
+# research/performance.md). No precompiled header: a LibTorch one (570 MB with
+# GCC 12) cost 7 s to load per source, more than most sources save (measured
+# 2026-12-06: src/core/log.cpp 2.2 s without, 9.2 s with; src/nn/linear.cpp
+# 12.4 s without, 11.1 s with).
+function(lowmem_library_flags target)
+  if(LOWMEM_NATIVE)
+    target_compile_options(${target} PRIVATE -march=native)
+  endif()
+  target_compile_options(${target} PRIVATE -fno-math-errno)
+endfunction()
+
 function(lowmem_add_layer name)
   string(REPLACE ";" "," _arrow "${ARGN}")
   set_property(GLOBAL APPEND PROPERTY LOWMEM_LAYER_ARROWS "${name}:${_arrow}")
@@ -29,11 +42,7 @@ function(lowmem_add_layer name)
       target_link_libraries(${_t} PUBLIC lowmem_${d})
     endforeach()
     lowmem_warnings(${_t})
-    if(LOWMEM_NATIVE)
-      target_compile_options(${_t} PRIVATE -march=native)
-    endif()
-    # Hot loops: vectorizable sqrt (see research/performance.md).
-    target_compile_options(${_t} PRIVATE -fno-math-errno)
+    lowmem_library_flags(${_t})
   endif()
   add_library(lowmem::${name} ALIAS ${_t})
   set_target_properties(${_t} PROPERTIES EXPORT_NAME ${name})

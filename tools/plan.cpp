@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "command.h"
+#include "lowmem/core/dtype.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/models/llama.h"
 
@@ -24,9 +25,8 @@ struct PlanArgs {
 };
 
 c10::ScalarType parse_dtype(const std::string& s) {
-  if (s == "fp32") return at::kFloat;
-  if (s == "bf16") return at::kBFloat16;
-  if (s == "fp16") return at::kHalf;
+  const auto t = dtype_from_name(s);
+  if (t.has_value() && *t != at::kDouble) return *t;
   throw train::ConfigError("--dtype must be fp32, bf16 or fp16, got '" + s +
                            "'");
 }

@@ -115,10 +115,11 @@ bool is_target(const std::string& path, const TargetOptions& t) {
   return list_match(path, t.target_modules());
 }
 
-std::vector<SlotRef> find_targets(torch::nn::Module& root, const TargetOptions& t) {
+std::vector<nn::SlotRef> find_targets(torch::nn::Module& root,
+                                      const TargetOptions& t) {
   validate(t);
-  std::vector<SlotRef> all = find_slots(root);
-  std::vector<SlotRef> out;
+  std::vector<nn::SlotRef> all = nn::find_slots(root);
+  std::vector<nn::SlotRef> out;
   for (const auto& s : all) {
     if (is_target(s.path, t)) out.push_back(s);
   }
@@ -136,8 +137,9 @@ std::vector<SlotRef> find_targets(torch::nn::Module& root, const TargetOptions& 
 
 // ---------------------------------------------------------------------------
 
-AdapterLinear::AdapterLinear(std::shared_ptr<LinearLike> base)
-    : LinearLike(base ? base->in_features() : 1, base ? base->out_features() : 1),
+AdapterLinear::AdapterLinear(std::shared_ptr<nn::LinearLike> base)
+    : nn::LinearLike(base ? base->in_features() : 1,
+                     base ? base->out_features() : 1),
       base_(std::move(base)) {
   LOWMEM_CHECK(base_ != nullptr, "[adapter] null base layer");
   register_module("base_layer", base_);
@@ -192,8 +194,8 @@ AdapterModel::AdapterModel(std::shared_ptr<torch::nn::Module> root,
   LOWMEM_CHECK(root_ != nullptr, "[inject] null model");
 }
 
-std::vector<SlotRef> AdapterModel::prepare() {
-  std::vector<SlotRef> slots = find_targets(*root_, targets_);
+std::vector<nn::SlotRef> AdapterModel::prepare() {
+  std::vector<nn::SlotRef> slots = find_targets(*root_, targets_);
   at::NoGradGuard g;
   for (auto& p : root_->named_parameters(/*recurse=*/true)) {
     requires_grad_before_[p.key()] = p.value().requires_grad();
@@ -202,7 +204,8 @@ std::vector<SlotRef> AdapterModel::prepare() {
   return slots;
 }
 
-void AdapterModel::wrap(const SlotRef& slot, std::shared_ptr<AdapterLinear> layer) {
+void AdapterModel::wrap(const nn::SlotRef& slot,
+                        std::shared_ptr<AdapterLinear> layer) {
   slot.replace(layer);
   layers_.push_back(AdaptedLayer{slot.path, slot, std::move(layer)});
 }

@@ -48,7 +48,8 @@ void validate(const LoraOptions& o) {
                " is not supported (only 'none')");
 }
 
-LoraLinear::LoraLinear(std::shared_ptr<LinearLike> base, const LoraOptions& options)
+LoraLinear::LoraLinear(std::shared_ptr<nn::LinearLike> base,
+                       const LoraOptions& options)
     : AdapterLinear(std::move(base)), options_(options) {
   validate(options_);
   // The base's compute dtype and device (an NF4 base has no dense weight).

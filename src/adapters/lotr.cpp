@@ -73,9 +73,12 @@ LotrGroup::LotrGroup(std::string name, int64_t d_in, int64_t d_out, int64_t rank
   rhs = register_parameter("rhs", at::zeros({d_in, rank}, opts));
 }
 
-LotrLinear::LotrLinear(std::shared_ptr<LinearLike> base,
-                       std::shared_ptr<LotrGroup> group, const LotrOptions& options)
-    : AdapterLinear(std::move(base)), group_(std::move(group)), alpha_(options.alpha()) {
+LotrLinear::LotrLinear(std::shared_ptr<nn::LinearLike> base,
+                       std::shared_ptr<LotrGroup> group,
+                       const LotrOptions& options)
+    : AdapterLinear(std::move(base)),
+      group_(std::move(group)),
+      alpha_(options.alpha()) {
   LOWMEM_CHECK(group_ != nullptr, "[lotr] null group");
   LOWMEM_CHECK(group_->rhs.size(0) == in_features() &&
                    group_->lhs.size(1) == out_features(),
@@ -115,10 +118,10 @@ std::shared_ptr<LotrModel> inject_lotr(std::shared_ptr<torch::nn::Module> model,
 
 void build_lotr(LotrModel& model, const LotrOptions& options) {
   LotrModel* m = &model;
-  std::vector<SlotRef> slots = m->prepare();
+  std::vector<nn::SlotRef> slots = m->prepare();
   // Group by slot name (per_type) or all together (shared); order of first
   // appearance.
-  std::vector<std::pair<std::string, std::vector<SlotRef>>> groups;
+  std::vector<std::pair<std::string, std::vector<nn::SlotRef>>> groups;
   for (const auto& s : slots) {
     std::string key = options.grouping() == "shared" ? "all" : type_key(s.path);
     auto it = std::find_if(groups.begin(), groups.end(),

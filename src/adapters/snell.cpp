@@ -178,7 +178,8 @@ at::Tensor snell_matmul(const at::Tensor& u, const at::Tensor& a, const at::Tens
 
 // ---------------------------------------------------------------------------
 
-SnellLinear::SnellLinear(std::shared_ptr<LinearLike> base, const SnellOptions& options)
+SnellLinear::SnellLinear(std::shared_ptr<nn::LinearLike> base,
+                         const SnellOptions& options)
     : AdapterLinear(std::move(base)), options_(options) {
   validate(options_);
   // The base's compute dtype and device (an NF4 base has no dense weight).

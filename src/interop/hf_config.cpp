@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/dtype.h"
 #include "lowmem/core/input.h"
 #include "lowmem/core/json.h"
 
@@ -196,29 +197,16 @@ const std::vector<std::string>& hf_architectures() {
 }
 
 std::string hf_dtype_name(c10::ScalarType t) {
-  switch (t) {
-    case c10::kFloat:
-      return "float32";
-    case c10::kHalf:
-      return "float16";
-    case c10::kBFloat16:
-      return "bfloat16";
-    case c10::kDouble:
-      return "float64";
-    default:
-      LOWMEM_CHECK(false, "[hf] no torch_dtype name for ", t);
-  }
-  return "";
+  const char* name = dtype_long_name(t);
+  LOWMEM_CHECK(name != nullptr, "[hf] no torch_dtype name for ", t);
+  return name;
 }
 
 c10::ScalarType hf_dtype_from_name(const std::string& name) {
-  if (name == "float32" || name == "fp32") return c10::kFloat;
-  if (name == "float16" || name == "fp16") return c10::kHalf;
-  if (name == "bfloat16" || name == "bf16") return c10::kBFloat16;
-  if (name == "float64") return c10::kDouble;
-  LOWMEM_CHECK(false, "[hf] unknown dtype ", quote(name),
+  const auto t = dtype_from_name(name);
+  LOWMEM_CHECK(t.has_value(), "[hf] unknown dtype ", quote(name),
                " (expected float32, float16, bfloat16 or float64)");
-  return c10::kFloat;
+  return *t;
 }
 
 HfConfig parse_hf_config(const json& j, const std::string& source) {

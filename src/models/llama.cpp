@@ -292,6 +292,26 @@ void check_layout(const PackedLayout& layout, int64_t B, int64_t T) {
   }
 }
 
+// 0 where `allowed`, -inf elsewhere, in the attention dtype.
+at::Tensor additive_mask(const at::Tensor& allowed, c10::ScalarType dtype,
+                         c10::Device device) {
+  return at::zeros(allowed.sizes(),
+                   at::TensorOptions().dtype(dtype).device(device))
+      .masked_fill_(allowed.logical_not(),
+                    -std::numeric_limits<double>::infinity());
+}
+
+// Rotary tables [T, D] at the 1-D `positions` with the config's scaling (HF
+// multiplies inv_freq by the position ids whatever the scaling).
+void rope_at(const LlamaConfig& c, const at::Tensor& positions,
+             c10::ScalarType dtype, AttentionInputs& in) {
+  std::tie(in.cos, in.sin) =
+      rotary_tables(positions.unsqueeze(0), resolved_head_dim(c),
+                    c.rope_theta(), c.rope_scaling(), dtype);
+  in.cos = in.cos[0][0];
+  in.sin = in.sin[0][0];
+}
+
 }  // namespace
 
 AttentionInputs attention_inputs(const LlamaConfig& c, int64_t batch,
@@ -316,16 +336,9 @@ AttentionInputs attention_inputs(const LlamaConfig& c, int64_t batch,
     std::tie(in.cos, in.sin) =
         rotary_tables(T, D, c.rope_theta(), dtype, device);
   } else {
-    std::tie(in.cos, in.sin) =
-        rotary_tables(at::arange(T, io).unsqueeze(0), D, c.rope_theta(),
-                      c.rope_scaling(), dtype);
-    in.cos = in.cos[0][0];
-    in.sin = in.sin[0][0];
+    rope_at(c, at::arange(T, io), dtype, in);
   }
-  in.mask = at::zeros(allowed.sizes(),
-                      at::TensorOptions().dtype(dtype).device(device))
-                .masked_fill_(allowed.logical_not(),
-                              -std::numeric_limits<double>::infinity());
+  in.mask = additive_mask(allowed, dtype, device);
   return in;
 }
 
@@ -345,15 +358,8 @@ AttentionInputs cached_attention_inputs(const LlamaConfig& c, int64_t start,
   AttentionInputs in;
   // The same tables as attention_inputs() at these positions: HF multiplies
   // inv_freq by the position ids whatever the scaling.
-  std::tie(in.cos, in.sin) =
-      rotary_tables(q.unsqueeze(0), resolved_head_dim(c), c.rope_theta(),
-                    c.rope_scaling(), dtype);
-  in.cos = in.cos[0][0];
-  in.sin = in.sin[0][0];
-  in.mask = at::zeros(allowed.sizes(),
-                      at::TensorOptions().dtype(dtype).device(device))
-                .masked_fill_(allowed.logical_not(),
-                              -std::numeric_limits<double>::infinity());
+  rope_at(c, q, dtype, in);
+  in.mask = additive_mask(allowed, dtype, device);
   return in;
 }
 

@@ -65,15 +65,6 @@ double adafactor_step_size(
                              : rho;
 }
 
-Adafactor::Adafactor(
-    std::vector<torch::optim::OptimizerParamGroup> groups,
-    AdafactorOptions defaults)
-    : PerParamOptimizer(std::move(groups), defaults) {}
-
-Adafactor::Adafactor(std::vector<at::Tensor> params, AdafactorOptions defaults)
-    : Adafactor(
-          {torch::optim::OptimizerParamGroup(std::move(params))}, defaults) {}
-
 void Adafactor::init_state(
     const at::Tensor& p, AdafactorState& s, const AdafactorOptions& o) const {
   const auto f32 = p.options().dtype(at::kFloat);

@@ -30,14 +30,6 @@ void validate(const AdamWOptions& o) {
                "(use torch::optim::AdamW)");
 }
 
-AdamW::AdamW(
-    std::vector<torch::optim::OptimizerParamGroup> groups,
-    AdamWOptions defaults)
-    : PerParamOptimizer(std::move(groups), defaults) {}
-
-AdamW::AdamW(std::vector<at::Tensor> params, AdamWOptions defaults)
-    : AdamW({torch::optim::OptimizerParamGroup(std::move(params))}, defaults) {}
-
 void AdamW::init_state(
     const at::Tensor& p, AdamWState& s, const AdamWOptions& o) const {
   if (o.optim_bits() == 8 && p.numel() >= o.min_8bit_size()) {

@@ -33,14 +33,6 @@ void validate(const CameOptions& o) {
                "[came] min_8bit_size must be >= 0, got ", o.min_8bit_size());
 }
 
-CAME::CAME(
-    std::vector<torch::optim::OptimizerParamGroup> groups,
-    CameOptions defaults)
-    : PerParamOptimizer(std::move(groups), defaults) {}
-
-CAME::CAME(std::vector<at::Tensor> params, CameOptions defaults)
-    : CAME({torch::optim::OptimizerParamGroup(std::move(params))}, defaults) {}
-
 void CAME::init_state(
     const at::Tensor& p, CameState& s, const CameOptions& o) const {
   const auto f32 = p.options().dtype(at::kFloat);

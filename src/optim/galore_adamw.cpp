@@ -29,15 +29,6 @@ void validate(const GaLoreAdamWOptions& o) {
                o.min_8bit_size());
 }
 
-GaLoreAdamW::GaLoreAdamW(std::vector<torch::optim::OptimizerParamGroup> groups,
-                         GaLoreAdamWOptions defaults)
-    : PerParamOptimizer(std::move(groups), defaults) {}
-
-GaLoreAdamW::GaLoreAdamW(std::vector<at::Tensor> params,
-                         GaLoreAdamWOptions defaults)
-    : GaLoreAdamW({torch::optim::OptimizerParamGroup(std::move(params))},
-                  defaults) {}
-
 namespace {
 at::ScalarType state_dtype(const at::Tensor& p) {
   return p.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

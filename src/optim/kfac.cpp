@@ -161,14 +161,9 @@ void KFAC::save(torch::serialize::OutputArchive& ar) const {
   ar.write("kfac/steps", c10::IValue(steps_));
   ar.write("kfac/num_layers", c10::IValue(static_cast<int64_t>(layers_.size())));
   for (size_t i = 0; i < state_.size(); ++i) {
-    const auto& s = state_[i];
+    LayerState s = state_[i];  // shares the tensors; fields() needs non-const
     std::string p = "kfac/layer/" + std::to_string(i) + "/";
-    for (auto kv : {std::make_pair("A", &s.A), std::make_pair("G", &s.G),
-                    std::make_pair("A_inv", &s.A_inv),
-                    std::make_pair("G_inv", &s.G_inv), std::make_pair("U", &s.U),
-                    std::make_pair("Gn", &s.Gn),
-                    std::make_pair("momentum_weight", &s.momentum_weight),
-                    std::make_pair("momentum_bias", &s.momentum_bias)}) {
+    for (auto kv : s.fields()) {
       ar.write(p + kv.first + "/present", c10::IValue(kv.second->defined()));
       if (kv.second->defined()) ar.write(p + kv.first, *kv.second, true);
     }
@@ -188,12 +183,7 @@ void KFAC::load(torch::serialize::InputArchive& ar) {
   for (size_t i = 0; i < state_.size(); ++i) {
     auto& s = state_[i];
     std::string p = "kfac/layer/" + std::to_string(i) + "/";
-    for (auto kv : {std::make_pair("A", &s.A), std::make_pair("G", &s.G),
-                    std::make_pair("A_inv", &s.A_inv),
-                    std::make_pair("G_inv", &s.G_inv), std::make_pair("U", &s.U),
-                    std::make_pair("Gn", &s.Gn),
-                    std::make_pair("momentum_weight", &s.momentum_weight),
-                    std::make_pair("momentum_bias", &s.momentum_bias)}) {
+    for (auto kv : s.fields()) {
       ar.read(p + kv.first + "/present", v);
       if (!v.toBool()) {
         *kv.second = at::Tensor();

@@ -8,6 +8,7 @@
 
 #include "kronecker_detail.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/dtype.h"
 
 namespace lowmem::optim {
 
@@ -21,14 +22,12 @@ std::pair<std::string, std::string> split_pair(const std::string& s) {
 
 c10::optional<at::ScalarType> parse_dtype(const std::string& s) {
   if (s.empty() || s == "none") return c10::nullopt;
-  if (s == "float32" || s == "float" || s == "fp32") return at::kFloat;
-  if (s == "bfloat16" || s == "bf16") return at::kBFloat16;
-  if (s == "float16" || s == "half" || s == "fp16") return at::kHalf;
-  if (s == "float64" || s == "double" || s == "fp64") return at::kDouble;
-  LOWMEM_CHECK(
-      false, "[singd] preconditioner_dtype must be empty, float32, bfloat16, "
-             "float16 or float64, got '", s, "'");
-  return c10::nullopt;
+  const auto t = dtype_from_name(s);
+  LOWMEM_CHECK(t.has_value(),
+               "[singd] preconditioner_dtype must be empty, float32, "
+               "bfloat16, float16 or float64, got '",
+               s, "'");
+  return t;
 }
 
 void validate(const SingdOptions& o) {

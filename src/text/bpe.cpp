@@ -160,6 +160,26 @@ struct MergeItem {
   }
 };
 
+using PendingUnk = std::optional<std::pair<TokenId, size_t>>;
+
+// Appends the pending (fused) unknown token, if any, and clears it.
+inline void flush_unk(PendingUnk& unk, std::vector<int32_t>& ids,
+                      std::vector<int32_t>& lens) {
+  if (unk) {
+    ids.push_back(unk->first);
+    lens.push_back(static_cast<int32_t>(unk->second));
+    unk.reset();
+  }
+}
+
+// A vocabulary hit: flushes the pending unknown token, then appends `id`.
+inline void push_hit(TokenId id, size_t byte_len, PendingUnk& unk,
+                     std::vector<int32_t>& ids, std::vector<int32_t>& lens) {
+  flush_unk(unk, ids, lens);
+  ids.push_back(id);
+  lens.push_back(static_cast<int32_t>(byte_len));
+}
+
 }  // namespace
 
 Bpe::Bpe(std::vector<std::string> vocab_tokens, std::vector<TokenId> vocab_ids,
@@ -306,13 +326,7 @@ void Bpe::add_symbols(std::string_view s, size_t byte_len,
                       std::optional<std::pair<TokenId, size_t>>& unk) const {
   const TokenId id = vocab_.find(s);
   if (id >= 0) {
-    if (unk) {
-      ids.push_back(unk->first);
-      lens.push_back(static_cast<int32_t>(unk->second));
-      unk.reset();
-    }
-    ids.push_back(id);
-    lens.push_back(static_cast<int32_t>(byte_len));
+    push_hit(id, byte_len, unk, ids, lens);
     return;
   }
   if (options_.byte_fallback) {
@@ -337,10 +351,7 @@ void Bpe::add_symbols(std::string_view s, size_t byte_len,
     if (unk && options_.fuse_unk) {
       unk->second += byte_len;
     } else {
-      if (unk) {
-        ids.push_back(unk->first);
-        lens.push_back(static_cast<int32_t>(unk->second));
-      }
+      flush_unk(unk, ids, lens);
       unk = std::make_pair(unk_id_, byte_len);
     }
   }
@@ -362,7 +373,7 @@ void Bpe::word_symbols(std::string_view word, bool bytes,
   thread_local std::string scratch;
   ids.clear();
   lens.clear();
-  std::optional<std::pair<TokenId, size_t>> unk;
+  PendingUnk unk;
   const bool plain =
       !options_.continuing_subword_prefix && !options_.end_of_word_suffix;
   const auto& table = byte_to_unicode();
@@ -373,13 +384,7 @@ void Bpe::word_symbols(std::string_view word, bool bytes,
     const bool first = i == 0;
     const bool last = i + len >= word.size();
     if (bytes && plain && byte_ids_[c0] >= 0) {
-      if (unk) {
-        ids.push_back(unk->first);
-        lens.push_back(static_cast<int32_t>(unk->second));
-        unk.reset();
-      }
-      ids.push_back(byte_ids_[c0]);
-      lens.push_back(1);
+      push_hit(byte_ids_[c0], 1, unk, ids, lens);
       i += len;
       continue;
     }
@@ -390,13 +395,7 @@ void Bpe::word_symbols(std::string_view word, bool bytes,
       const char32_t c = decode_utf8(word.data(), i, &l);
       const TokenId id = char_ids_[c];
       if (id >= 0) {
-        if (unk) {
-          ids.push_back(unk->first);
-          lens.push_back(static_cast<int32_t>(unk->second));
-          unk.reset();
-        }
-        ids.push_back(id);
-        lens.push_back(static_cast<int32_t>(len));
+        push_hit(id, len, unk, ids, lens);
         i += len;
         continue;
       }
@@ -416,10 +415,7 @@ void Bpe::word_symbols(std::string_view word, bool bytes,
     }
     i += len;
   }
-  if (unk) {
-    ids.push_back(unk->first);
-    lens.push_back(static_cast<int32_t>(unk->second));
-  }
+  flush_unk(unk, ids, lens);
 }
 
 // Applies the merges by rank (lowest first, leftmost on ties) with a heap

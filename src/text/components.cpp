@@ -940,6 +940,31 @@ void split_by_matches(std::string_view s,
 
 // ------------------------------------------------------------ factories
 
+namespace {
+
+// The parts of a "Sequence" component (its `member` array), each built by
+// `make`; parts that build nothing are dropped.
+template <class T>
+std::vector<std::unique_ptr<T>> sequence_parts(
+    const json& j, const char* member, const char* where,
+    std::unique_ptr<T> (*make)(const json&)) {
+  std::vector<std::unique_ptr<T>> parts;
+  for (const json& p : array_member(j, member, where)) {
+    auto n = make(p);
+    if (n) parts.push_back(std::move(n));
+  }
+  return parts;
+}
+
+std::string unsupported(const char* where, const std::string& type,
+                        const char* supported) {
+  return "[text] tokenizer.json: " + std::string(where) + " type '" +
+         quote_for_error(type) + "' is not supported (supported: " + supported +
+         ")";
+}
+
+}  // namespace
+
 std::unique_ptr<Normalizer> make_normalizer(const json& j) {
   if (j.is_null()) {
     return nullptr;
@@ -962,17 +987,12 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j) {
   }
   if (type == "Replace") return std::make_unique<ReplaceNormalizer>(j, where);
   if (type == "Sequence") {
-    std::vector<std::unique_ptr<Normalizer>> parts;
-    for (const json& p : array_member(j, "normalizers", where)) {
-      auto n = make_normalizer(p);
-      if (n) parts.push_back(std::move(n));
-    }
-    return std::make_unique<SequenceNormalizer>(std::move(parts));
+    return std::make_unique<SequenceNormalizer>(
+        sequence_parts(j, "normalizers", where, &make_normalizer));
   }
-  LOWMEM_CHECK(
-      false, "[text] tokenizer.json: normalizer type '", quote_for_error(type),
-      "' is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, "
-      "Strip, StripAccents, Prepend, Replace, Sequence)");
+  LOWMEM_CHECK(false, unsupported(where, type,
+                                  "NFC, NFD, NFKC, NFKD, Lowercase, Strip, "
+                                  "StripAccents, Prepend, Replace, Sequence"));
   return nullptr;
 }
 
@@ -996,17 +1016,12 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j) {
   if (type == "WhitespaceSplit") return std::make_unique<WhitespaceSplitPre>();
   if (type == "Whitespace") return std::make_unique<WhitespacePre>();
   if (type == "Sequence") {
-    std::vector<std::unique_ptr<PreTokenizer>> parts;
-    for (const json& p : array_member(j, "pretokenizers", where)) {
-      auto n = make_pre_tokenizer(p);
-      if (n) parts.push_back(std::move(n));
-    }
-    return std::make_unique<SequencePre>(std::move(parts));
+    return std::make_unique<SequencePre>(
+        sequence_parts(j, "pretokenizers", where, &make_pre_tokenizer));
   }
-  LOWMEM_CHECK(false, "[text] tokenizer.json: pre_tokenizer type '",
-               quote_for_error(type),
-               "' is not supported (supported: ByteLevel, Split, Metaspace, "
-               "Digits, Whitespace, WhitespaceSplit, Sequence)");
+  LOWMEM_CHECK(false, unsupported(where, type,
+                                  "ByteLevel, Split, Metaspace, Digits, "
+                                  "Whitespace, WhitespaceSplit, Sequence"));
   return nullptr;
 }
 
@@ -1026,17 +1041,12 @@ std::unique_ptr<Decoder> make_decoder(const json& j) {
     return std::make_unique<BpeDecoder>(opt_string(j, "suffix", "</w>", where));
   }
   if (type == "Sequence") {
-    std::vector<std::unique_ptr<Decoder>> parts;
-    for (const json& p : array_member(j, "decoders", where)) {
-      auto n = make_decoder(p);
-      if (n) parts.push_back(std::move(n));
-    }
-    return std::make_unique<SequenceDecoder>(std::move(parts));
+    return std::make_unique<SequenceDecoder>(
+        sequence_parts(j, "decoders", where, &make_decoder));
   }
-  LOWMEM_CHECK(false, "[text] tokenizer.json: decoder type '",
-               quote_for_error(type),
-               "' is not supported (supported: ByteLevel, Metaspace, "
-               "ByteFallback, Fuse, Strip, Replace, BPEDecoder, Sequence)");
+  LOWMEM_CHECK(false, unsupported(where, type,
+                                  "ByteLevel, Metaspace, ByteFallback, Fuse, "
+                                  "Strip, Replace, BPEDecoder, Sequence"));
   return nullptr;
 }
 

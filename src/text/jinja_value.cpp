@@ -211,21 +211,7 @@ std::string native_string_at(const Value& v, int depth) {
 bool loose_equals_at(const Value& a, const Value& b, int depth) {
   check_nesting(depth);
   const JsKind ka = kind_of(a), kb = kind_of(b);
-  if (ka == kb) {
-    switch (ka) {
-      case JsKind::Undefined:
-      case JsKind::Null:
-        return true;
-      case JsKind::Boolean:
-        return a.b == b.b;
-      case JsKind::Number:
-        return a.num == b.num;
-      case JsKind::String:
-        return a.str() == b.str();
-      case JsKind::Object:
-        return same_object(a, b);
-    }
-  }
+  if (ka == kb) return strict_equals(a, b);
   const bool a_nullish = ka == JsKind::Undefined || ka == JsKind::Null;
   const bool b_nullish = kb == JsKind::Undefined || kb == JsKind::Null;
   if (a_nullish || b_nullish) return a_nullish && b_nullish;
@@ -371,8 +357,8 @@ bool loose_equals(const Value& a, const Value& b) {
 }
 
 bool strict_equals(const Value& a, const Value& b) {
-  const JsKind ka = kind_of(a), kb = kind_of(b);
-  if (ka != kb) return false;
+  const JsKind ka = kind_of(a);
+  if (ka != kind_of(b)) return false;
   switch (ka) {
     case JsKind::Undefined:
     case JsKind::Null:

@@ -308,20 +308,15 @@ void build_post_processor(Tokenizer::Impl& m, const json& root) {
     const bool add_eos = m.config.add_eos_token.value_or(false);
     detail::PostProcessor pp;
     pp.kind = "TemplateProcessing (from tokenizer_config.json)";
-    if (add_bos) {
-      const auto id = m.find(m.config.bos_token);
-      LOWMEM_CHECK(!m.config.bos_token.empty() && id,
-                   "[text] tokenizer_config.json: add_bos_token needs a "
-                   "bos_token in the vocabulary");
-      pp.prefix.push_back(*id);
-    }
-    if (add_eos) {
-      const auto id = m.find(m.config.eos_token);
-      LOWMEM_CHECK(!m.config.eos_token.empty() && id,
-                   "[text] tokenizer_config.json: add_eos_token needs an "
-                   "eos_token in the vocabulary");
-      pp.suffix.push_back(*id);
-    }
+    // The special token's id; tokenizer_config.json's add_<key> needs it.
+    const auto special_id = [&m](const std::string& token, const char* key) {
+      const auto id = m.find(token);
+      LOWMEM_CHECK(!token.empty() && id, "[text] tokenizer_config.json: add_",
+                   key, "_token needs its ", key, "_token in the vocabulary");
+      return *id;
+    };
+    if (add_bos) pp.prefix.push_back(special_id(m.config.bos_token, "bos"));
+    if (add_eos) pp.suffix.push_back(special_id(m.config.eos_token, "eos"));
     m.post = pp;
   }
   for (TokenId id : m.post.prefix) {

@@ -15,6 +15,7 @@
 
 #include "components.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/dtype.h"
 #include "lowmem/core/input.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/dist/zero.h"
@@ -31,18 +32,8 @@ int64_t nbytes(const at::Tensor& t) {
 }
 
 const char* dtype_name(c10::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return "fp32";
-    case at::kBFloat16:
-      return "bf16";
-    case at::kHalf:
-      return "fp16";
-    case at::kDouble:
-      return "fp64";
-    default:
-      return "other";
-  }
+  const char* name = dtype_short_name(t);
+  return name == nullptr ? "other" : name;
 }
 
 // Tracked bytes per element that one update of optimizer `kind` allocates

@@ -167,8 +167,9 @@ void expect_untouched(TinyModel& m, const std::map<std::string, at::Tensor>& bef
     EXPECT_TRUE(torch::equal(p.value(), before.at(p.key()))) << p.key();
     EXPECT_TRUE(p.value().requires_grad()) << p.key();
   }
-  for (const auto& s : find_slots(m))
-    EXPECT_NE(dynamic_cast<Linear*>(s.layer().get()), nullptr) << s.path;
+  for (const auto& s : lowmem::nn::find_slots(m))
+    EXPECT_NE(dynamic_cast<lowmem::nn::Linear*>(s.layer().get()), nullptr)
+        << s.path;
 }
 
 TEST(AdapterFile, ShapeMismatchFailsCleanly) {

@@ -43,8 +43,9 @@ TEST(Lotr, ParameterCountsPerGroup) {
       << msg;
   // ... and the failed injection left the model as it was.
   for (const auto& p : model3->parameters()) EXPECT_TRUE(p.requires_grad());
-  for (const auto& s : find_slots(*model3))
-    EXPECT_NE(dynamic_cast<Linear*>(s.layer().get()), nullptr) << s.path;
+  for (const auto& s : lowmem::nn::find_slots(*model3))
+    EXPECT_NE(dynamic_cast<lowmem::nn::Linear*>(s.layer().get()), nullptr)
+        << s.path;
   EXPECT_FALSE(model3->named_children().contains("lotr_all"));
 }
 
@@ -91,7 +92,7 @@ TEST(Lotr, SharedFactorsAccumulateGradientsFromAllMembers) {
   std::vector<at::Tensor> xs, ws;
   at::Tensor loss = torch::zeros({}, opts);
   for (int l = 0; l < 3; ++l) {
-    auto base = std::make_shared<Linear>(d_in, d_out);
+    auto base = std::make_shared<lowmem::nn::Linear>(d_in, d_out);
     base->to(torch::kDouble);
     layers.push_back(std::make_shared<LotrLinear>(base, group, o));
     {
@@ -119,7 +120,7 @@ TEST(Lotr, Float64Gradcheck) {
   torch::manual_seed(4);
   auto opts = torch::TensorOptions().dtype(torch::kDouble);
   auto group = std::make_shared<LotrGroup>("g", 5, 4, 3, opts);
-  auto base = std::make_shared<Linear>(5, 4);
+  auto base = std::make_shared<lowmem::nn::Linear>(5, 4);
   base->to(torch::kDouble);
   LotrLinear l(base, group, LotrOptions(3).scale(2.0));
   {

@@ -17,8 +17,8 @@ using lowmem::testing::TinyModel;
 // Deterministic SNELL (no dropout / DropPath) for exact comparisons.
 SnellOptions det(int64_t r) { return SnellOptions(r).dropout(0).drop_path(0); }
 
-std::shared_ptr<Linear> dbl_linear(int64_t in, int64_t out) {
-  auto l = std::make_shared<Linear>(in, out);
+std::shared_ptr<lowmem::nn::Linear> dbl_linear(int64_t in, int64_t out) {
+  auto l = std::make_shared<lowmem::nn::Linear>(in, out);
   l->to(torch::kDouble);
   return l;
 }
@@ -151,7 +151,7 @@ TEST(Snell, ParameterCountInitAndMerge) {
 
 TEST(Snell, DropoutAndDropPathOnlyInTraining) {
   torch::manual_seed(6);
-  SnellLinear l(std::make_shared<Linear>(16, 16), SnellOptions(4));
+  SnellLinear l(std::make_shared<lowmem::nn::Linear>(16, 16), SnellOptions(4));
   at::Tensor x = torch::randn({64, 16});
   l.eval();
   EXPECT_TRUE(torch::equal(l.forward(x), l.forward(x)));
@@ -171,7 +171,8 @@ TEST(Snell, RecomputeKeepsNoDenseUpdateAlive) {
   const int64_t d = 96, n = 4;
   auto measure = [&](bool recompute) {
     torch::manual_seed(7);
-    SnellLinear l(std::make_shared<Linear>(d, d), det(8).sparsity(0.5).recompute(recompute));
+    SnellLinear l(std::make_shared<lowmem::nn::Linear>(d, d),
+                  det(8).sparsity(0.5).recompute(recompute));
     at::Tensor x = torch::randn({n, d});
     int64_t before = tracker.current_bytes();
     at::Tensor y = l.forward(x);

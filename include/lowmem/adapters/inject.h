@@ -55,15 +55,16 @@ bool in_modules_to_save(const std::string& module_path, const TargetOptions& t);
 
 /// The slots under `root` that `t` selects, in path order; throws naming the
 /// targets and the available slot paths if none matches.
-std::vector<SlotRef> find_targets(torch::nn::Module& root, const TargetOptions& t);
+std::vector<nn::SlotRef> find_targets(torch::nn::Module& root,
+                                      const TargetOptions& t);
 
 /// A slot layer that wraps a frozen base layer and adds an update:
 /// y = base(x) + delta(x), or y = base(x) with the update folded into the base
 /// weight after merge(). The base is registered as child "base_layer" (PEFT's
 /// name), so model parameter names read "<path>.base_layer.weight".
-class AdapterLinear : public LinearLike {
+class AdapterLinear : public nn::LinearLike {
  public:
-  explicit AdapterLinear(std::shared_ptr<LinearLike> base);
+  explicit AdapterLinear(std::shared_ptr<nn::LinearLike> base);
 
   at::Tensor forward_impl(const at::Tensor& x) override;
   /// The adapter branch alone, shaped like base(x).
@@ -87,17 +88,17 @@ class AdapterLinear : public LinearLike {
   at::TensorOptions weight_options() override {
     return base_->weight_options();
   }
-  const std::shared_ptr<LinearLike>& base() const { return base_; }
+  const std::shared_ptr<nn::LinearLike>& base() const { return base_; }
 
  private:
-  std::shared_ptr<LinearLike> base_;
+  std::shared_ptr<nn::LinearLike> base_;
   bool merged_ = false;
 };
 
 /// One adapted slot.
 struct AdaptedLayer {
   std::string path;  // module path, e.g. "h.0.attn.qkv"
-  SlotRef slot;
+  nn::SlotRef slot;
   std::shared_ptr<AdapterLinear> layer;
 };
 
@@ -155,9 +156,9 @@ class AdapterModel {
  protected:
   AdapterModel(std::shared_ptr<torch::nn::Module> root, TargetOptions targets);
   /// Freezes the model (recording flags) and resolves the target slots.
-  std::vector<SlotRef> prepare();
+  std::vector<nn::SlotRef> prepare();
   /// Puts `layer` into `slot` and records it.
-  void wrap(const SlotRef& slot, std::shared_ptr<AdapterLinear> layer);
+  void wrap(const nn::SlotRef& slot, std::shared_ptr<AdapterLinear> layer);
   /// Registers an extra module under the root (e.g. LoTR's shared factors);
   /// removed again by unload().
   void attach(const std::string& name, std::shared_ptr<torch::nn::Module> m);

@@ -48,7 +48,7 @@ void validate(const LoraOptions& o);
 /// autocast_adapter_dtype), else in the base dtype.
 class LoraLinear final : public AdapterLinear {
  public:
-  LoraLinear(std::shared_ptr<LinearLike> base, const LoraOptions& options);
+  LoraLinear(std::shared_ptr<nn::LinearLike> base, const LoraOptions& options);
   at::Tensor delta_output(const at::Tensor& x) override;
   at::Tensor delta_weight() const override;  // scaling · B A
   std::vector<at::Tensor> adapter_parameters() const override { return {a_, b_}; }

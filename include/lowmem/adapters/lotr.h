@@ -68,8 +68,8 @@ class LotrGroup final : public torch::nn::Module {
 /// One member layer: y = base(x) + alpha·((x·rhs)·mid)·lhs.
 class LotrLinear final : public AdapterLinear {
  public:
-  LotrLinear(std::shared_ptr<LinearLike> base, std::shared_ptr<LotrGroup> group,
-             const LotrOptions& options);
+  LotrLinear(std::shared_ptr<nn::LinearLike> base,
+             std::shared_ptr<LotrGroup> group, const LotrOptions& options);
   at::Tensor delta_output(const at::Tensor& x) override;
   at::Tensor delta_weight() const override;
   std::vector<at::Tensor> adapter_parameters() const override {

@@ -66,7 +66,8 @@ at::Tensor snell_matmul(const at::Tensor& u, const at::Tensor& a, const at::Tens
 /// learnable_coeff). Kaiming-uniform (a=√5) init of A and B as the code.
 class SnellLinear final : public AdapterLinear {
  public:
-  SnellLinear(std::shared_ptr<LinearLike> base, const SnellOptions& options);
+  SnellLinear(std::shared_ptr<nn::LinearLike> base,
+              const SnellOptions& options);
   at::Tensor delta_output(const at::Tensor& x) override;
   at::Tensor delta_weight() const override;  // K_s^T
   std::vector<at::Tensor> adapter_parameters() const override;

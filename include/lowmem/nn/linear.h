@@ -95,13 +95,3 @@ class Linear final : public LinearLike {
 };
 
 }  // namespace lowmem::nn
-
-// TRANSITIONAL (the nn layer was split out of adapters): the old names, so
-// code written against lowmem::adapters keeps compiling. Use nn:: in new code;
-// removed once no caller is left (models/llama.* is the last).
-namespace lowmem::adapters {
-using nn::CurvatureTap;
-using nn::Linear;
-using nn::LinearLike;
-using nn::LinearOptions;
-}  // namespace lowmem::adapters

@@ -75,10 +75,3 @@ std::vector<SlotRef> find_slots(torch::nn::Module& root);
 int64_t adopt_linears(torch::nn::Module& root);
 
 }  // namespace lowmem::nn
-
-// TRANSITIONAL: the old names (see nn/linear.h).
-namespace lowmem::adapters {
-using nn::find_slots;
-using nn::SlotModule;
-using nn::SlotRef;
-}  // namespace lowmem::adapters

@@ -97,11 +97,7 @@ struct AdafactorState : FieldState<AdafactorState> {
 class Adafactor final
     : public PerParamOptimizer<AdafactorOptions, AdafactorState> {
  public:
-  explicit Adafactor(
-      std::vector<torch::optim::OptimizerParamGroup> groups,
-      AdafactorOptions defaults = {});
-  explicit Adafactor(
-      std::vector<at::Tensor> params, AdafactorOptions defaults = {});
+  using PerParamOptimizer::PerParamOptimizer;
 
  private:
   void init_state(

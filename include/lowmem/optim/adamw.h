@@ -76,10 +76,7 @@ struct AdamWState : FieldState<AdamWState> {
 
 class AdamW final : public PerParamOptimizer<AdamWOptions, AdamWState> {
  public:
-  explicit AdamW(
-      std::vector<torch::optim::OptimizerParamGroup> groups,
-      AdamWOptions defaults = {});
-  explicit AdamW(std::vector<at::Tensor> params, AdamWOptions defaults = {});
+  using PerParamOptimizer::PerParamOptimizer;
 
  private:
   void init_state(const at::Tensor& p, AdamWState& s, const AdamWOptions& o)

@@ -92,10 +92,7 @@ struct CameState : FieldState<CameState> {
 
 class CAME final : public PerParamOptimizer<CameOptions, CameState> {
  public:
-  explicit CAME(
-      std::vector<torch::optim::OptimizerParamGroup> groups,
-      CameOptions defaults = {});
-  explicit CAME(std::vector<at::Tensor> params, CameOptions defaults = {});
+  using PerParamOptimizer::PerParamOptimizer;
 
  private:
   void init_state(const at::Tensor& p, CameState& s, const CameOptions& o)

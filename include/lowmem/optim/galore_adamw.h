@@ -73,10 +73,7 @@ struct GaLoreAdamWState : FieldState<GaLoreAdamWState> {
 class GaLoreAdamW final
     : public PerParamOptimizer<GaLoreAdamWOptions, GaLoreAdamWState> {
  public:
-  explicit GaLoreAdamW(std::vector<torch::optim::OptimizerParamGroup> groups,
-                       GaLoreAdamWOptions defaults = {});
-  explicit GaLoreAdamW(std::vector<at::Tensor> params,
-                       GaLoreAdamWOptions defaults = {});
+  using PerParamOptimizer::PerParamOptimizer;
 
  private:
   void init_state(const at::Tensor& p, GaLoreAdamWState& s,

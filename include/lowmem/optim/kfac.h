@@ -8,9 +8,11 @@
 #include <ATen/core/Tensor.h>
 #include <torch/optim/optimizer.h>
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lowmem/nn/curvature_tap.h"
@@ -86,6 +88,17 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
     at::Tensor A_inv, G_inv;  // damped inverses
     at::Tensor U, Gn;         // pending a^T a, g^T g (summed over passes)
     at::Tensor momentum_weight, momentum_bias;
+    // Every tensor with its checkpoint name (save and load walk this list).
+    std::array<std::pair<const char*, at::Tensor*>, 8> fields() {
+      return {{{"A", &A},
+               {"G", &G},
+               {"A_inv", &A_inv},
+               {"G_inv", &G_inv},
+               {"U", &U},
+               {"Gn", &Gn},
+               {"momentum_weight", &momentum_weight},
+               {"momentum_bias", &momentum_bias}}};
+    }
   };
   const KfacOptions& opts() const;
   void arm_taps();

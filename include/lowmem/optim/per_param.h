@@ -193,11 +193,16 @@ class PerParamOptimizer : public torch::optim::Optimizer,
   /// allocated (lowmem plan sizes a 7B model's state this way).
   int64_t initial_state_bytes(const at::Tensor& param) const;
 
- protected:
-  PerParamOptimizer(
+  /// Derived optimizers inherit these (`using PerParamOptimizer::
+  /// PerParamOptimizer;`); both validate `defaults` and every group's options
+  /// with the ADL-found `validate(const Options&)`.
+  explicit PerParamOptimizer(
       std::vector<torch::optim::OptimizerParamGroup> groups,
-      const Options& defaults);
+      Options defaults = {});
+  explicit PerParamOptimizer(std::vector<at::Tensor> params,
+                             Options defaults = {});
 
+ protected:
   /// Fresh (zero) state for `param` (fp32 whatever the param dtype).
   virtual void init_state(
       const at::Tensor& param, State& state, const Options& o) const = 0;

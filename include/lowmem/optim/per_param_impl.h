@@ -13,15 +13,20 @@ namespace lowmem::optim {
 
 template <class Options, class State>
 PerParamOptimizer<Options, State>::PerParamOptimizer(
-    std::vector<torch::optim::OptimizerParamGroup> groups,
-    const Options& defaults)
-    : torch::optim::Optimizer(
-          std::move(groups), std::make_unique<Options>(defaults)) {
+    std::vector<torch::optim::OptimizerParamGroup> groups, Options defaults)
+    : torch::optim::Optimizer(std::move(groups),
+                              std::make_unique<Options>(defaults)) {
   validate(defaults);
   for (const auto& g : param_groups_) {
     validate(static_cast<const Options&>(g.options()));
   }
 }
+
+template <class Options, class State>
+PerParamOptimizer<Options, State>::PerParamOptimizer(
+    std::vector<at::Tensor> params, Options defaults)
+    : PerParamOptimizer({torch::optim::OptimizerParamGroup(std::move(params))},
+                        std::move(defaults)) {}
 
 template <class Options, class State>
 at::Tensor PerParamOptimizer<Options, State>::step(LossClosure closure) {
