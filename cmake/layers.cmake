@@ -87,12 +87,16 @@ function(lowmem_add_test_folder folder)
     PROPERTIES ENVIRONMENT "LOWMEM_SOURCE_DIR=${PROJECT_SOURCE_DIR}"
     DISCOVERY_TIMEOUT 120)
   # Tests whose name starts with "Slow" (TEST(Suite, SlowWhatever): over 20 s
-  # on 2 cores) get the ctest label `slow`; `ctest -LE slow` skips them. Run
+  # on 2 cores) get the ctest label `slow`; `ctest -LE slow` skips them.
+  # "SlowE2e" ones (the README's own commands end to end) also get `e2e`:
+  # scripts/test.sh, the README's test command, runs them after the rest. Run
   # after the discovered list is loaded (TEST_INCLUDE_FILES keep their order).
   set(_labels ${CMAKE_CURRENT_BINARY_DIR}/${_t}_labels.cmake)
   file(WRITE ${_labels}
     "foreach(_n IN LISTS ${_t}_TESTS)\n"
-    "  if(_n MATCHES \"[.]Slow\")\n"
+    "  if(_n MATCHES \"[.]SlowE2e\")\n"
+    "    set_tests_properties(\"\${_n}\" PROPERTIES LABELS \"slow;e2e\")\n"
+    "  elseif(_n MATCHES \"[.]Slow\")\n"
     "    set_tests_properties(\"\${_n}\" PROPERTIES LABELS slow)\n"
     "  endif()\n"
     "endforeach()\n")

