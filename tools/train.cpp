@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <iostream>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "command.h"
 #include "lowmem/core/memory.h"
@@ -164,40 +166,146 @@ int run_train(const ConfigFlags& flags) {
   return kExitOk;
 }
 
-/// `--nproc-per-node N`: checks the configuration, then runs this program's
-/// own command line minus that flag as N local workers (dist::launch_local:
-/// RANK, WORLD_SIZE, ... in their environment), their output prefixed with
-/// "[rank i]". Exit code: the first failed worker's, else 0.
-int launch_train(const ConfigFlags& flags, int nproc) {
-  if (nproc < 1) {
-    throw train::ConfigError("--nproc-per-node must be >= 1, got " +
-                             std::to_string(nproc));
+/// The launcher flags of `lowmem train` (torchrun's names, both spellings).
+struct LaunchFlags {
+  int nproc = 1;
+  int nnodes = 1;
+  int node_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 0;     // 0: a free port (one node), else torchrun's 29500
+  std::string local_addr;  // "": Gloo's default choice
+  std::vector<CLI::Option*> options;
+
+  bool given() const {
+    for (const CLI::Option* o : options) {
+      if (o->count() > 0) return true;
+    }
+    return false;
   }
+};
+
+/// Adds --nproc-per-node, --nnodes, --node-rank, --master-addr,
+/// --master-port to `sub`.
+std::shared_ptr<LaunchFlags> add_launch_flags(CLI::App& sub) {
+  auto f = std::make_shared<LaunchFlags>();
+  auto add = [&](const std::string& names, auto& value, const char* help,
+                 const char* type) {
+    f->options.push_back(sub.add_option(names, value, help)
+                             ->type_name(type)
+                             ->group("Distributed"));
+  };
+  add("--nproc-per-node,--nproc_per_node", f->nproc,
+      "Data-parallel training: launch N worker processes on this node (as "
+      "torchrun --nproc-per-node; Gloo). batch_size stays the global batch "
+      "(each worker takes batch_size/world rows); rank 0 writes the files; "
+      "output is prefixed [rank i]",
+      "INT");
+  add("--nnodes", f->nnodes,
+      "Number of nodes (as torchrun --nnodes; run this command on each node "
+      "with its --node-rank)",
+      "INT");
+  add("--node-rank,--node_rank", f->node_rank,
+      "This node's index in [0, nnodes): its workers get global ranks "
+      "node_rank*nproc_per_node + local rank",
+      "INT");
+  add("--master-addr,--master_addr", f->master_addr,
+      "Address of node 0, where rank 0 serves the rendezvous store "
+      "(default 127.0.0.1)",
+      "ADDR");
+  add("--master-port,--master_port", f->master_port,
+      "Port of the rendezvous store on node 0 (default: a free port on one "
+      "node, 29500 with --nnodes > 1)",
+      "PORT");
+  add("--local-addr,--local_addr", f->local_addr,
+      "This node's address for the workers' Gloo connections (sets "
+      "LOWMEM_LOCAL_ADDR; GLOO_SOCKET_IFNAME, if set, wins)",
+      "ADDR");
+  return f;
+}
+
+/// Checks the launcher flags; throws ConfigError naming the bad value.
+void check_launch_flags(const LaunchFlags& l) {
+  auto fail = [](const std::string& what) { throw train::ConfigError(what); };
+  if (l.nproc < 1) {
+    fail("--nproc-per-node must be >= 1, got " + std::to_string(l.nproc));
+  }
+  if (l.nnodes < 1) {
+    fail("--nnodes must be >= 1, got " + std::to_string(l.nnodes));
+  }
+  if (l.node_rank < 0 || l.node_rank >= l.nnodes) {
+    fail("--node-rank must be in [0, --nnodes=" + std::to_string(l.nnodes) +
+         "), got " + std::to_string(l.node_rank));
+  }
+  if (l.master_port < 0 || l.master_port > 65535) {
+    fail("--master-port must be in [0, 65535] (0: a free port), got " +
+         std::to_string(l.master_port));
+  }
+  if (l.master_addr.empty()) {
+    fail("--master-addr is empty");
+  }
+}
+
+/// This program's own command line minus the launcher flags (and values).
+std::vector<std::string> worker_argv() {
+  static const std::vector<std::string> kFlags = {
+      "--nproc-per-node", "--nproc_per_node", "--nnodes",      "--node-rank",
+      "--node_rank",      "--master-addr",    "--master_addr", "--master-port",
+      "--master_port",    "--local-addr",     "--local_addr"};
+  std::vector<std::string> argv = {dist::self_executable()};
+  const auto& args = program_args();
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    bool skip = false;
+    for (const auto& f : kFlags) {
+      if (a == f) {
+        ++i;  // and its value
+        skip = true;
+      } else if (a.rfind(f + "=", 0) == 0) {
+        skip = true;
+      }
+    }
+    if (!skip) argv.push_back(a);
+  }
+  return argv;
+}
+
+/// `--nproc-per-node K` (and --nnodes/--node-rank/--master-*): checks the
+/// configuration, then runs this program's own command line minus those
+/// flags as this node's K workers (dist::launch_local: RANK, WORLD_SIZE, ...
+/// in their environment), their output prefixed with "[rank i]". Exit code:
+/// the first failed worker's, else 0.
+int launch_train(const ConfigFlags& flags, const LaunchFlags& l) {
+  check_launch_flags(l);
   const train::Config config = flags.resolve();
-  if (nproc == 1) {
+  if (l.nproc == 1 && l.nnodes == 1) {
     return run_train(flags);
   }
   if (std::getenv("WORLD_SIZE") != nullptr) {
     throw train::ConfigError(
         "--nproc-per-node inside a data-parallel job (WORLD_SIZE is set)");
   }
-  train::check_data_parallel(config, nproc);
-  std::vector<std::string> argv = {dist::self_executable()};
-  const auto& args = program_args();
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--nproc-per-node" || a == "--nproc_per_node") {
-      ++i;  // and its value
-    } else if (a.rfind("--nproc-per-node=", 0) != 0 &&
-               a.rfind("--nproc_per_node=", 0) != 0) {
-      argv.push_back(a);
-    }
-  }
-  std::cout << "# launching " << nproc << " workers on 127.0.0.1\n"
+  train::check_data_parallel(config, l.nproc * l.nnodes);
+  const int port = l.master_port != 0 ? l.master_port
+                   : l.nnodes > 1     ? 29500
+                                      : 0;
+  const int first = l.node_rank * l.nproc;
+  std::cout << "# launching " << l.nproc << " workers (ranks " << first << ".."
+            << first + l.nproc - 1 << " of " << l.nproc * l.nnodes
+            << "), rendezvous at " << l.master_addr
+            << (port != 0 ? ":" + std::to_string(port) : std::string()) << "\n"
             << std::flush;
-  const auto r = dist::launch_local(
-      argv, dist::LaunchOptions().nproc_per_node(nproc),
-      dist::prefixed_stream_sink(std::cout));
+  std::vector<std::pair<std::string, std::string>> env;
+  if (!l.local_addr.empty())
+    env.emplace_back("LOWMEM_LOCAL_ADDR", l.local_addr);
+  const auto r = dist::launch_local(worker_argv(),
+                                    dist::LaunchOptions()
+                                        .env(env)
+                                        .nproc_per_node(l.nproc)
+                                        .nnodes(l.nnodes)
+                                        .node_rank(l.node_rank)
+                                        .master_addr(l.master_addr)
+                                        .master_port(port),
+                                    dist::prefixed_stream_sink(std::cout));
   std::cout << std::flush;
   if (r.exit_code != 0) {
     print_error("worker rank " + std::to_string(r.first_failed_rank) +
@@ -209,23 +317,14 @@ int launch_train(const ConfigFlags& flags, int nproc) {
 const RegisterCommand kTrain{Command{
     "train",
     "Train a model from a YAML recipe and/or flags (data-parallel over N "
-    "local processes with --nproc-per-node N)",
+    "processes per node with --nproc-per-node N, over several nodes with "
+    "--nnodes/--node-rank/--master-addr/--master-port)",
     [](CLI::App& sub) -> std::function<int()> {
       auto flags = std::make_shared<ConfigFlags>(sub);
-      auto nproc = std::make_shared<int>(0);
-      CLI::Option* nproc_flag =
-          sub.add_option(
-                 "--nproc-per-node,--nproc_per_node", *nproc,
-                 "Data-parallel training: launch N local worker processes "
-                 "(as torchrun --nproc-per-node; Gloo on 127.0.0.1). "
-                 "batch_size stays the global batch (each worker takes "
-                 "batch_size/N rows); rank 0 writes the files; output is "
-                 "prefixed [rank i]")
-              ->type_name("INT")
-              ->group("Distributed");
-      return [flags, nproc, nproc_flag] {
-        return nproc_flag->count() > 0 ? launch_train(*flags, *nproc)
-                                       : run_train(*flags);
+      auto launch = add_launch_flags(sub);
+      return [flags, launch] {
+        return launch->given() ? launch_train(*flags, *launch)
+                               : run_train(*flags);
       };
     }}};
 

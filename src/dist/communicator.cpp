@@ -177,9 +177,14 @@ GroupPtr connect_group(const std::string& backend,
   try {
     if (backend == "gloo") {
       auto go = c10d::ProcessGroupGloo::Options::create(timeout);
-      if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME")) {
+      const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+      const char* local_addr = std::getenv("LOWMEM_LOCAL_ADDR");
+      if (ifname != nullptr && *ifname != '\0') {
         go->devices.push_back(
             c10d::ProcessGroupGloo::createDeviceForInterface(ifname));
+      } else if (local_addr != nullptr && *local_addr != '\0') {
+        go->devices.push_back(
+            c10d::ProcessGroupGloo::createDeviceForHostname(local_addr));
       } else if (is_loopback(env.master_addr)) {
         go->devices.push_back(
             c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));

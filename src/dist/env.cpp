@@ -69,6 +69,9 @@ void validate(const DistEnv& env) {
 
 DistEnv env_from_environment() {
   DistEnv env;
+  if (!get_env("RANK") && !get_env("WORLD_SIZE") && get_env("SLURM_PROCID")) {
+    return env_from_slurm();
+  }
   const auto rank = get_env("RANK");
   const auto world = get_env("WORLD_SIZE");
   if (!rank && !world) {
@@ -89,6 +92,26 @@ DistEnv env_from_environment() {
   env.world_size = parse_int("WORLD_SIZE", *world);
   const auto local = get_env("LOCAL_RANK");
   env.local_rank = local ? parse_int("LOCAL_RANK", *local) : env.rank;
+  read_master(env);
+  return env;
+}
+
+DistEnv env_from_slurm() {
+  DistEnv env;
+  const auto procid = get_env("SLURM_PROCID");
+  LOWMEM_CHECK(procid.has_value(), "[dist] SLURM_PROCID is not set");
+  const auto ntasks = get_env("SLURM_NTASKS");
+  LOWMEM_CHECK(ntasks.has_value(), "[dist] SLURM_PROCID is set (", *procid,
+               ") but SLURM_NTASKS is not; run the workers with srun");
+  env.rank = parse_int("SLURM_PROCID", *procid);
+  env.world_size = parse_int("SLURM_NTASKS", *ntasks);
+  const auto local = get_env("SLURM_LOCALID");
+  env.local_rank = local ? parse_int("SLURM_LOCALID", *local) : env.rank;
+  read_master(env);
+  return env;
+}
+
+void read_master(DistEnv& env) {
   const auto addr = get_env("MASTER_ADDR");
   const auto port = get_env("MASTER_PORT");
   if (env.world_size > 1) {
@@ -110,7 +133,6 @@ DistEnv env_from_environment() {
     env.master_port = parse_int("MASTER_PORT", *port);
   }
   validate(env);
-  return env;
 }
 
 int find_free_port() {

@@ -84,17 +84,27 @@ OutputSink prefixed_stream_sink(std::ostream& out) {
 
 namespace {
 
-/// Rank r's environment: the parent's, with the torchrun variables and the
-/// options' env overriding entries of the same name.
+/// Local rank r's environment: the parent's, with the torchrun variables and
+/// the options' env overriding entries of the same name.
 std::vector<std::string> worker_env(int r, int n, int port,
                                     const LaunchOptions& options) {
+  const std::string rank = std::to_string(options.node_rank() * n + r);
+  const std::string world = std::to_string(options.nnodes() * n);
   std::vector<std::pair<std::string, std::string>> set = {
-      {"RANK", std::to_string(r)},
-      {"WORLD_SIZE", std::to_string(n)},
+      {"RANK", rank},
+      {"WORLD_SIZE", world},
       {"LOCAL_RANK", std::to_string(r)},
       {"LOCAL_WORLD_SIZE", std::to_string(n)},
+      {"GROUP_RANK", std::to_string(options.node_rank())},
+      {"GROUP_WORLD_SIZE", std::to_string(options.nnodes())},
+      {"ROLE_RANK", rank},
+      {"ROLE_WORLD_SIZE", world},
+      {"ROLE_NAME", "default"},
       {"MASTER_ADDR", options.master_addr()},
       {"MASTER_PORT", std::to_string(port)},
+      {"TORCHELASTIC_RESTART_COUNT", "0"},
+      {"TORCHELASTIC_MAX_RESTARTS", "0"},
+      {"TORCHELASTIC_RUN_ID", "none"},
   };
   if (n > 1 && std::getenv("OMP_NUM_THREADS") == nullptr) {
     set.emplace_back("OMP_NUM_THREADS", "1");  // as torchrun
@@ -124,7 +134,7 @@ std::vector<std::string> worker_env(int r, int n, int port,
 /// Everything the child needs is prepared before fork(): after fork in a
 /// multithreaded parent only async-signal-safe calls are allowed.
 void spawn_workers(std::vector<char*>& cargv,
-                   std::vector<std::vector<char*>>& cenvs,
+                   std::vector<std::vector<char*>>& cenvs, int first_rank,
                    std::vector<Worker>& workers, std::vector<Stream>& streams) {
   for (size_t r = 0; r < cenvs.size(); ++r) {
     int out[2];
@@ -150,7 +160,7 @@ void spawn_workers(std::vector<char*>& cargv,
     ::close(out[1]);
     ::close(err[1]);
     workers[r].pid = pid;
-    const int rank = static_cast<int>(r);
+    const int rank = first_rank + static_cast<int>(r);
     streams.push_back({out[0], rank, false, {}});
     streams.push_back({err[0], rank, true, {}});
   }
@@ -201,8 +211,11 @@ struct Supervisor {
   bool termed = false;
   bool killed = false;
 
-  /// Reaps exited workers; returns how many are still running.
+  /// Reaps exited workers; returns how many are still running. Of several
+  /// failures seen in one pass (100 ms), one killed by a signal counts as the
+  /// first: the others most likely failed because their peer vanished.
   int reap(std::vector<Worker>& workers, int running) {
+    int first = -1;
     for (size_t r = 0; r < workers.size(); ++r) {
       if (!workers[r].running) {
         continue;
@@ -214,19 +227,28 @@ struct Supervisor {
       --running;
       const int code = decode_status(wstatus);
       result.exit_codes[r] = code;
-      if (code != 0 && !failed) {
-        failed = true;
-        result.exit_code = code;
-        result.first_failed_rank = static_cast<int>(r);
-        if (options.kill_grace_s() >= 0) {
-          term_at = Clock::now() +
-                    std::chrono::milliseconds(
-                        static_cast<int64_t>(options.kill_grace_s() * 1000));
-          kill_at = term_at + std::chrono::seconds(5);
-        }
+      const bool signaled = WIFSIGNALED(wstatus);
+      if (code != 0 &&
+          (first < 0 || (signaled && result.exit_codes[first] < 128))) {
+        first = static_cast<int>(r);
       }
     }
+    if (first >= 0 && !failed) {
+      record_failure(first);
+    }
     return running;
+  }
+
+  void record_failure(int local_rank) {
+    failed = true;
+    result.exit_code = result.exit_codes[local_rank];
+    result.first_failed_rank =
+        options.node_rank() * options.nproc_per_node() + local_rank;
+    if (options.kill_grace_s() >= 0) {
+      term_at = Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(
+                                   options.kill_grace_s() * 1000));
+      kill_at = term_at + std::chrono::seconds(5);
+    }
   }
 
   /// After a failure: SIGTERM the others at term_at, SIGKILL at kill_at.
@@ -249,19 +271,33 @@ struct Supervisor {
   }
 };
 
+void check_launch_options(const LaunchOptions& o) {
+  LOWMEM_CHECK(o.nproc_per_node() >= 1,
+               "[dist] nproc_per_node must be >= 1, got ", o.nproc_per_node());
+  LOWMEM_CHECK(o.nnodes() >= 1, "[dist] nnodes must be >= 1, got ", o.nnodes());
+  LOWMEM_CHECK(o.node_rank() >= 0 && o.node_rank() < o.nnodes(),
+               "[dist] node_rank must be in [0, nnodes=", o.nnodes(), "), got ",
+               o.node_rank());
+  LOWMEM_CHECK(o.master_port() >= 0 && o.master_port() <= 65535,
+               "[dist] master_port must be in [0, 65535], got ",
+               o.master_port());
+  LOWMEM_CHECK(o.nnodes() == 1 || o.master_port() != 0,
+               "[dist] master_port 0 (pick a free port) works on one node "
+               "only; with nnodes=",
+               o.nnodes(), " every node needs the same port, e.g. 29500");
+  LOWMEM_CHECK(!o.master_addr().empty(), "[dist] master_addr is empty");
+}
+
 }  // namespace
 
 LaunchResult launch_local(const std::vector<std::string>& argv,
                           const LaunchOptions& options,
                           const OutputSink& sink) {
   LOWMEM_CHECK(!argv.empty(), "[dist] launch_local needs a program to run");
+  check_launch_options(options);
   const int n = options.nproc_per_node();
-  LOWMEM_CHECK(n >= 1, "[dist] nproc_per_node must be >= 1, got ", n);
   const int port =
       options.master_port() == 0 ? find_free_port() : options.master_port();
-  LOWMEM_CHECK(port >= 1 && port <= 65535,
-               "[dist] master_port must be in [0, 65535], got ",
-               options.master_port());
 
   std::vector<char*> cargv;
   std::vector<std::string> argv_copy = argv;
@@ -281,7 +317,7 @@ LaunchResult launch_local(const std::vector<std::string>& argv,
 
   std::vector<Worker> workers(n);
   std::vector<Stream> streams;
-  spawn_workers(cargv, cenvs, workers, streams);
+  spawn_workers(cargv, cenvs, options.node_rank() * n, workers, streams);
 
   LaunchResult result;
   result.exit_codes.assign(n, 0);

@@ -1,15 +1,17 @@
+#include "lowmem/dist/env.h"
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cstdlib>
 
+#include "dist_testing.h"
 #include "lowmem/dist/communicator.h"
 #include "lowmem/dist/consistency.h"
-#include "lowmem/dist/env.h"
 #include "lowmem/dist/grad_sync.h"
 #include "lowmem/dist/launcher.h"
 #include "lowmem/dist/shard.h"
-#include "dist_testing.h"
 
 namespace {
 
@@ -41,7 +43,8 @@ class EnvGuard {
 
  private:
   static constexpr const char* kNames[] = {
-      "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"};
+      "RANK",        "WORLD_SIZE",   "LOCAL_RANK",   "MASTER_ADDR",
+      "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"};
   std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
 
@@ -82,6 +85,57 @@ TEST(DistEnv, ReadsTorchrunVariables) {
   EXPECT_EQ(env.local_rank, 1);
   EXPECT_EQ(env.master_addr, "10.0.0.1");
   EXPECT_EQ(env.master_port, 29501);
+}
+
+// srun sets SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID, not RANK/WORLD_SIZE;
+// RANK wins where both are set (torchrun inside an allocation).
+TEST(DistEnv, ReadsSlurmVariablesWhenRankIsAbsent) {
+  {
+    EnvGuard g;
+    g.set("SLURM_PROCID", "5");
+    g.set("SLURM_NTASKS", "8");
+    g.set("SLURM_LOCALID", "1");
+    g.set("MASTER_ADDR", "node-a");
+    g.set("MASTER_PORT", "29500");
+    const auto env = env_from_environment();
+    EXPECT_EQ(env.rank, 5);
+    EXPECT_EQ(env.world_size, 8);
+    EXPECT_EQ(env.local_rank, 1);
+    EXPECT_EQ(env.master_addr, "node-a");
+    g.set("RANK", "2");
+    g.set("WORLD_SIZE", "4");
+    g.set("LOCAL_RANK", "0");
+    const auto torchrun = env_from_environment();
+    EXPECT_EQ(torchrun.rank, 2);
+    EXPECT_EQ(torchrun.world_size, 4);
+  }
+  {
+    EnvGuard g;
+    g.set("SLURM_PROCID", "0");
+    g.set("SLURM_NTASKS", "1");
+    EXPECT_FALSE(env_from_environment().distributed());
+  }
+  {
+    EnvGuard g;
+    g.set("SLURM_PROCID", "1");
+    g.set("SLURM_NTASKS", "2");
+    EXPECT_NE(error_of([] {
+                env_from_environment();
+              }).find("MASTER_ADDR is not set (WORLD_SIZE=2)"),
+              std::string::npos);
+    g.set("MASTER_ADDR", "127.0.0.1");
+    g.set("MASTER_PORT", "29500");
+    g.set("SLURM_NTASKS", "x2");
+    EXPECT_NE(error_of([] {
+                env_from_environment();
+              }).find("SLURM_NTASKS must be an integer, got 'x2'"),
+              std::string::npos);
+    g.set("SLURM_NTASKS", "1");
+    EXPECT_NE(error_of([] {
+                env_from_environment();
+              }).find("RANK must be in [0, WORLD_SIZE=1), got 1"),
+              std::string::npos);
+  }
 }
 
 TEST(DistEnv, RejectsMissingAndBadValues) {
@@ -267,6 +321,51 @@ TEST(Launcher, ForwardsOutputWithRanksAndReturnsFirstFailure) {
   EXPECT_EQ(os.str(), "[rank 0] x\n");
   const auto missing = launch_local({"/nonexistent/prog"}, LaunchOptions(), nullptr);
   EXPECT_EQ(missing.exit_code, 127);
+}
+
+// --nnodes 2 --node-rank 1 --nproc-per-node 2: global ranks 2 and 3 of 4,
+// with the group/role variables torchrun's static rendezvous sets.
+TEST(Launcher, SecondNodeGetsGlobalRanksAndTorchrunVariables) {
+  std::vector<std::string> lines;
+  const auto r = launch_local(
+      {"/bin/sh", "-c",
+       "echo \"$RANK/$WORLD_SIZE $LOCAL_RANK/$LOCAL_WORLD_SIZE "
+       "$GROUP_RANK/$GROUP_WORLD_SIZE $ROLE_RANK/$ROLE_WORLD_SIZE $ROLE_NAME "
+       "$MASTER_ADDR:$MASTER_PORT $TORCHELASTIC_RESTART_COUNT\"; "
+       "[ \"$RANK\" = 3 ] && exit 5; exit 0"},
+      LaunchOptions()
+          .nproc_per_node(2)
+          .nnodes(2)
+          .node_rank(1)
+          .master_addr("127.0.0.9")
+          .master_port(29555),
+      [&](int rank, bool, const std::string& line) {
+        lines.push_back(std::to_string(rank) + ":" + line);
+      });
+  std::sort(lines.begin(), lines.end());
+  EXPECT_EQ(lines, (std::vector<std::string>{
+                       "2:2/4 0/2 1/2 2/4 default 127.0.0.9:29555 0",
+                       "3:3/4 1/2 1/2 3/4 default 127.0.0.9:29555 0"}));
+  EXPECT_EQ(r.first_failed_rank, 3);
+  EXPECT_EQ(r.exit_codes, (std::vector<int>{0, 5}));
+  const std::vector<std::pair<LaunchOptions, std::string>> bad = {
+      {LaunchOptions().nnodes(0), "nnodes must be >= 1, got 0"},
+      {LaunchOptions().nnodes(2).node_rank(2),
+       "node_rank must be in [0, nnodes=2), got 2"},
+      {LaunchOptions().nnodes(2),
+       "master_port 0 (pick a free port) works on "
+       "one node only; with nnodes=2"},
+      {LaunchOptions().master_port(-3),
+       "master_port must be in [0, 65535], got -3"},
+      {LaunchOptions().master_addr(""), "master_addr is empty"},
+  };
+  for (const auto& [options, message] : bad) {
+    EXPECT_NE(error_of([&] {
+                launch_local({"/bin/true"}, options, nullptr);
+              }).find(message),
+              std::string::npos)
+        << message;
+  }
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "lowmem/dist/env.h"
 #include "lowmem/io/safetensors.h"
 #include "testing/files.h"
 
@@ -34,14 +35,25 @@ class Cli : public ::testing::Test {
     std::error_code ec;
     fs::remove_all(dir_, ec);
   }
-  Result run(std::vector<std::string> args) {
-    const std::string out = dir_ + "/.stdout", err = dir_ + "/.stderr";
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      FILE* o = std::freopen(out.c_str(), "w", stdout);
-      FILE* e = std::freopen(err.c_str(), "w", stderr);
+  /// A `lowmem` child started by start(), its output in files named by tag.
+  struct Running {
+    pid_t pid = -1;
+    std::string out, err;
+  };
+  /// Starts `lowmem args...` with `env` added to the environment and returns
+  /// without waiting; finish() waits and collects its output.
+  Running start(std::vector<std::string> args, const std::string& tag,
+                const std::vector<std::pair<std::string, std::string>>& env) {
+    Running r{-1, dir_ + "/." + tag + ".stdout", dir_ + "/." + tag + ".stderr"};
+    r.pid = ::fork();
+    if (r.pid == 0) {
+      FILE* o = std::freopen(r.out.c_str(), "w", stdout);
+      FILE* e = std::freopen(r.err.c_str(), "w", stderr);
       (void)o;
       (void)e;
+      for (const auto& [name, value] : env) {
+        ::setenv(name.c_str(), value.c_str(), 1);
+      }
       std::vector<char*> argv;
       std::string bin = LOWMEM_CLI_PATH;
       argv.push_back(bin.data());
@@ -52,15 +64,21 @@ class Cli : public ::testing::Test {
       ::execv(bin.c_str(), argv.data());
       ::_exit(127);
     }
+    return r;
+  }
+  Result finish(const Running& running) {
     int status = 0;
-    ::waitpid(pid, &status, 0);
+    ::waitpid(running.pid, &status, 0);
     Result r;
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.out = read_file(out);
-    r.err = read_file(err);
-    fs::remove(out);
-    fs::remove(err);
+    r.out = read_file(running.out);
+    r.err = read_file(running.err);
+    fs::remove(running.out);
+    fs::remove(running.err);
     return r;
+  }
+  Result run(std::vector<std::string> args) {
+    return finish(start(std::move(args), "run", {}));
   }
   // A GPT small enough to train in a second.
   std::vector<std::string> tiny(std::vector<std::string> extra = {}) {
@@ -544,6 +562,109 @@ TEST_F(Cli, NprocPerNodeTwoTrainsGaloreAndProjectedAdapterAsOneProcess) {
   }
 }
 
+// `--zero 2` (ZeRO-2, docs/distributed.md §6): two workers, each keeping the
+// momentum of its own parameters, train as one process; their sharded
+// checkpoint (one optimizer file per worker, manifest last) resumes in one
+// process, which reads both shards.
+TEST_F(Cli, NprocPerNodeTwoZero2TrainsAndResumesAsOneProcess) {
+  const std::string one = dir_ + "/one", two = dir_ + "/two";
+  auto args = [&](const std::string& out) {
+    return tiny({"--steps", "4", "--save_every", "2", "--keep_checkpoints", "3",
+                 "--optimizer", "sgd", "--sgd.lr", "0.5", "--sgd.momentum",
+                 "0.9", "--out_dir", out});
+  };
+  ASSERT_EQ(run(args(one)).code, 0);
+  auto a = args(two);
+  a.insert(a.begin() + 1, {"--nproc-per-node", "2", "--zero", "2"});
+  auto r = run(a);
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  const std::string step2 = two + "/checkpoints/step-00000002";
+  EXPECT_TRUE(fs::exists(step2 + "/optimizer-0.shard-1.safetensors"));
+  EXPECT_FALSE(fs::exists(step2 + "/optimizer-0.safetensors"));
+  EXPECT_NE(read_file(two + "/config.yaml").find("zero_stage: 2"),
+            std::string::npos);
+  const auto m1 = read_metrics(one + "/metrics.jsonl");
+  const auto m2 = read_metrics(two + "/metrics.jsonl");
+  ASSERT_EQ(m2.loss.size(), 4u);
+  for (const auto& [step, loss] : m1.loss) {
+    EXPECT_NEAR(m2.loss.at(step), loss, 1e-5 * std::abs(loss)) << step;
+  }
+  auto b = args(dir_ + "/resumed");
+  b.insert(b.end(), {"--resume", step2});
+  ASSERT_EQ(run(b).code, 0);
+  const auto m3 = read_metrics(dir_ + "/resumed/metrics.jsonl");
+  ASSERT_EQ(m3.loss.size(), 2u);
+  for (const auto& [step, loss] : m3.loss) {
+    EXPECT_NEAR(loss, m1.loss.at(step), 1e-5 * std::abs(loss)) << step;
+  }
+  // A stage outside 0..2 is a usage error.
+  EXPECT_EQ(run(tiny({"--zero", "3"})).code, 2);
+}
+
+// Two "nodes" of two workers each on this machine (issue 21 item 3): two
+// `lowmem train --nnodes 2` launchers, node 0 serving the rendezvous on
+// 127.0.0.1 with its Gloo sockets on GLOO_SOCKET_IFNAME=lo (127.0.0.1), node
+// 1 on its own loopback address 127.0.0.2 (--local_addr; network namespaces
+// would need a veth pair, i.e. root) and given torchrun's underscore
+// spellings. The four workers (global ranks 0..3, one row of the batch each)
+// train exactly as one process on the whole batch.
+TEST_F(Cli, TwoNodesOfTwoWorkersTrainAsOneProcess) {
+  const std::string one = dir_ + "/one", four = dir_ + "/four",
+                    node1 = dir_ + "/node1";
+  auto args = [&](const std::string& out) {
+    return tiny({"--steps", "3", "--save_every", "3", "--eval_every", "3",
+                 "--optimizer", "sgd", "--sgd.lr", "0.5", "--sgd.momentum",
+                 "0.9", "--out_dir", out});
+  };
+  auto r1 = run(args(one));
+  ASSERT_EQ(r1.code, 0) << r1.err;
+  const std::string port = std::to_string(lowmem::dist::find_free_port());
+  auto a0 = args(four);
+  a0.insert(a0.begin() + 1,
+            {"--nnodes", "2", "--node-rank", "0", "--nproc-per-node", "2",
+             "--master-addr", "127.0.0.1", "--master-port", port});
+  auto a1 = args(node1);
+  a1.insert(a1.begin() + 1,
+            {"--nnodes=2", "--node_rank", "1", "--nproc_per_node", "2",
+             "--master_addr", "127.0.0.1", "--master_port=" + port,
+             "--local_addr", "127.0.0.2"});
+  Running n0 = start(a0, "n0", {{"GLOO_SOCKET_IFNAME", "lo"}});
+  Running n1 = start(a1, "n1", {});
+  const Result r0 = finish(n0), rn1 = finish(n1);
+  ASSERT_EQ(r0.code, 0) << r0.err << r0.out << rn1.err << rn1.out;
+  ASSERT_EQ(rn1.code, 0) << rn1.err << rn1.out;
+  EXPECT_NE(r0.out.find("# launching 2 workers (ranks 0..1 of 4)"),
+            std::string::npos)
+      << r0.out;
+  EXPECT_NE(rn1.out.find("# launching 2 workers (ranks 2..3 of 4)"),
+            std::string::npos)
+      << rn1.out;
+  EXPECT_NE(r0.out.find("[rank 0] # data-parallel: 4 workers, 1 rows"),
+            std::string::npos)
+      << r0.out;
+  EXPECT_NE(r0.out.find("[rank 0] done: 3 steps"), std::string::npos) << r0.out;
+  EXPECT_FALSE(fs::exists(node1 + "/metrics.jsonl"));  // rank 0 writes
+
+  const auto m1 = read_metrics(one + "/metrics.jsonl");
+  const auto m4 = read_metrics(four + "/metrics.jsonl");
+  ASSERT_EQ(m4.loss.size(), 3u);
+  EXPECT_GT(std::abs(m1.loss.at(3) - m1.loss.at(1)), 1e-2);  // it trains
+  for (const auto& [step, loss] : m1.loss) {
+    EXPECT_NEAR(m4.loss.at(step), loss, 1e-5 * std::abs(loss)) << step;
+  }
+  const auto w1 = lowmem::io::load_safetensors(
+      one + "/checkpoints/step-00000003/weights.safetensors");
+  const auto w4 = lowmem::io::load_safetensors(
+      four + "/checkpoints/step-00000003/weights.safetensors");
+  ASSERT_EQ(w1.tensors.size(), w4.tensors.size());
+  for (const auto& [name, t] : w1.tensors) {
+    ASSERT_EQ(w4.tensors.count(name), 1u) << name;
+    EXPECT_TRUE(torch::allclose(w4.tensors.at(name), t, 1e-4, 1e-6))
+        << name << " max diff "
+        << (w4.tensors.at(name) - t).abs().max().item<double>();
+  }
+}
+
 TEST_F(Cli, NprocPerNodeUsageErrorsExit2BeforeLaunching) {
   struct Case {
     std::vector<std::string> args;
@@ -553,12 +674,21 @@ TEST_F(Cli, NprocPerNodeUsageErrorsExit2BeforeLaunching) {
       {{"--nproc-per-node", "0"}, "--nproc-per-node must be >= 1, got 0"},
       {{"--nproc-per-node", "-1"}, "--nproc-per-node"},
       {{"--nproc-per-node", "two"}, "--nproc-per-node"},
-      {{"--nproc-per-node", "3"}, "batch_size 4 is the global batch and "
-                                  "must be divisible by the 3"},
+      {{"--nproc-per-node", "3"},
+       "batch_size 4 is the global batch and "
+       "must be divisible by the 3"},
       {{"--nproc-per-node", "2", "--optimizer", "kfac"},
        "optimizer kfac is not data-parallel yet"},
       {{"--nproc-per-node", "2", "--method", "projected-adapter"},
        "projected_adapter.basis svd is not data-parallel yet"},
+      {{"--nnodes", "0"}, "--nnodes must be >= 1, got 0"},
+      {{"--nnodes", "2", "--node-rank", "2"},
+       "--node-rank must be in [0, --nnodes=2), got 2"},
+      {{"--nnodes", "2", "--node_rank", "-1"}, "got -1"},
+      {{"--nproc-per-node", "2", "--master-port", "70000"},
+       "--master-port must be in [0, 65535] (0: a free port), got 70000"},
+      {{"--nnodes", "2", "--nproc-per-node", "3"},
+       "must be divisible by the 6"},
   };
   for (const auto& c : cases) {
     auto args = tiny(c.args);

@@ -23,12 +23,25 @@ struct DistEnv {
   }
 };
 
-/// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. If none of
-/// RANK/WORLD_SIZE is set, returns the single-process default. If either is
-/// set, both must be, together with MASTER_ADDR and MASTER_PORT; LOCAL_RANK
+/// Reads RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT. If neither
+/// RANK nor WORLD_SIZE is set but SLURM_PROCID is (a task started by srun),
+/// returns env_from_slurm(). If none of these is set, returns the
+/// single-process default. If either RANK or WORLD_SIZE is set, both must be,
+/// together with MASTER_ADDR and MASTER_PORT when WORLD_SIZE > 1; LOCAL_RANK
 /// defaults to RANK. Throws "[dist] ..." naming the variable and its bad value
 /// (not an integer, rank outside [0, world_size), port outside [1, 65535]).
 DistEnv env_from_environment();
+
+/// Slurm's spelling of the same: SLURM_PROCID as RANK, SLURM_NTASKS as
+/// WORLD_SIZE, SLURM_LOCALID as LOCAL_RANK (default SLURM_PROCID). Slurm does
+/// not say where rank 0 listens, so MASTER_ADDR and MASTER_PORT are read (and
+/// required when SLURM_NTASKS > 1) as above; docs/distributed.md shows how a
+/// batch script sets them.
+DistEnv env_from_slurm();
+
+/// Reads MASTER_ADDR and MASTER_PORT into `env` (required when
+/// env.world_size > 1), then validate(env).
+void read_master(DistEnv& env);
 
 /// Checks the invariants env_from_environment() checks, for hand-built values.
 void validate(const DistEnv& env);
