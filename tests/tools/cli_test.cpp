@@ -1,15 +1,18 @@
 // The `lowmem` binary: exit codes, one-line errors, nothing written on usage
 // errors, recipe + flag override, a short real run with checkpoints + resume.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "lowmem/dist/env.h"
 #include "lowmem/io/safetensors.h"
@@ -663,6 +666,90 @@ TEST_F(Cli, TwoNodesOfTwoWorkersTrainAsOneProcess) {
         << name << " max diff "
         << (w4.tensors.at(name) - t).abs().max().item<double>();
   }
+}
+
+/// The pid of the child of `parent` whose environment has RANK=`rank`, -1 if
+/// none (yet).
+pid_t worker_pid(pid_t parent, int rank) {
+  const std::string p = std::to_string(parent);
+  std::istringstream children(
+      read_file("/proc/" + p + "/task/" + p + "/children"));
+  const std::string want = "RANK=" + std::to_string(rank);
+  pid_t child = -1;
+  while (children >> child) {
+    const std::string env =
+        read_file("/proc/" + std::to_string(child) + "/environ");
+    std::istringstream vars(env);
+    std::string var;
+    while (std::getline(vars, var, '\0')) {
+      if (var == want) return child;
+    }
+  }
+  return -1;
+}
+
+// Issue 21 item 4 under ZeRO-2: rank 1 is SIGKILLed mid-run (after the first
+// sharded checkpoint became LATEST); rank 0 stops on its own within the
+// collective timeout (before the launcher's 30 s grace ends), the launcher
+// names rank 1 in one line, and `--resume auto` with one process (another
+// world size) continues from the last complete sharded checkpoint as the
+// uninterrupted 1-process run does.
+TEST_F(Cli, Zero2WorkerKilledMidRunThenResumeAutoWithOneProcess) {
+  const std::string one = dir_ + "/one", two = dir_ + "/two";
+  auto args = [&](const std::string& out) {
+    return tiny({"--steps", "100", "--save_every", "2", "--log_every", "1",
+                 "--optimizer", "sgd", "--sgd.lr", "0.05", "--sgd.momentum",
+                 "0.9", "--dist_timeout_s", "5", "--out_dir", out});
+  };
+  auto a = args(two);
+  a.insert(a.begin() + 1, {"--nproc-per-node", "2", "--zero", "2"});
+  Running job = start(a, "job", {});
+  const auto t0 = std::chrono::steady_clock::now();
+  while (!fs::exists(two + "/checkpoints/LATEST") &&
+         std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const pid_t victim = worker_pid(job.pid, 1);
+  ASSERT_GT(victim, 0);
+  ::kill(victim, SIGKILL);
+  const auto killed_at = std::chrono::steady_clock::now();
+  const Result r = finish(job);
+  const double stop_s = std::chrono::duration<double>(
+                            std::chrono::steady_clock::now() - killed_at)
+                            .count();
+  EXPECT_EQ(r.code, 128 + SIGKILL) << r.err << r.out;
+  EXPECT_EQ(r.out.find("[rank 0] done:"), std::string::npos) << r.out;
+  EXPECT_EQ(lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("worker rank 1 exited with status 137"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.out.find("[rank 0] "), std::string::npos);
+  EXPECT_NE(r.out.find("a peer died, hung or disagreed"), std::string::npos)
+      << r.out;
+  EXPECT_LT(stop_s, 25.0) << r.out;  // the launcher would SIGTERM at 30 s
+
+  std::string latest = read_file(two + "/checkpoints/LATEST");
+  latest = latest.substr(0, latest.find('\n'));
+  const int64_t k = std::stoll(latest.substr(latest.find('-') + 1));
+  EXPECT_TRUE(fs::exists(two + "/checkpoints/" + latest +
+                         "/optimizer-0.shard-1.safetensors"));
+  auto b = args(two);
+  b.insert(b.end(), {"--resume", "auto"});
+  const Result resumed = run(b);
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_NE(resumed.out.find("resumed from step " + std::to_string(k)),
+            std::string::npos)
+      << resumed.out;
+  ASSERT_EQ(run(args(one)).code, 0);
+  const auto m1 = read_metrics(one + "/metrics.jsonl");
+  const auto m2 = read_metrics(two + "/metrics.jsonl");
+  ASSERT_EQ(m2.loss.count(100), 1u);
+  for (int64_t step = k + 1; step <= k + 3; ++step) {
+    EXPECT_NEAR(m2.loss.at(step), m1.loss.at(step),
+                1e-5 * std::abs(m1.loss.at(step)))
+        << step;
+  }
+  EXPECT_NEAR(m2.loss.at(100), m1.loss.at(100), 1e-3 * m1.loss.at(100));
 }
 
 TEST_F(Cli, NprocPerNodeUsageErrorsExit2BeforeLaunching) {
