@@ -199,7 +199,11 @@ std::vector<nn::SlotRef> AdapterModel::prepare() {
   at::NoGradGuard g;
   for (auto& p : root_->named_parameters(/*recurse=*/true)) {
     requires_grad_before_[p.key()] = p.value().requires_grad();
-    p.value().set_requires_grad(in_modules_to_save(module_of(p.key()), targets_));
+    // A module's parameters, or a parameter named directly (vit's cls_token
+    // is no module's).
+    p.value().set_requires_grad(
+        in_modules_to_save(module_of(p.key()), targets_) ||
+        in_modules_to_save(p.key(), targets_));
   }
   return slots;
 }
@@ -289,7 +293,8 @@ std::map<std::string, at::Tensor> AdapterModel::saved_module_tensors() const {
   std::map<std::string, at::Tensor> out;
   if (targets_.modules_to_save().empty()) return out;
   for (const auto& p : root_->named_parameters(/*recurse=*/true)) {
-    if (in_modules_to_save(module_of(p.key()), targets_))
+    if (in_modules_to_save(module_of(p.key()), targets_) ||
+        in_modules_to_save(p.key(), targets_))
       out[kPeftKeyPrefix + p.key()] = p.value();
   }
   return out;

@@ -46,6 +46,12 @@ struct SuiteData {
   virtual ~SuiteData() = default;
 };
 
+/// How a method's model differs from the suite's plain one.
+struct ModelVariant {
+  bool bf16 = false;      // weights (and activations) in bfloat16
+  bool fused_qkv = true;  // ViT: false splits attn.qkv into q, k, v
+};
+
 struct Suite {
   std::string name;
   std::string metric;  // "val_loss" | "val_accuracy"
@@ -55,7 +61,9 @@ struct Suite {
   /// "" if the suite can run here, else why not (missing data files).
   std::function<std::string(const CompareOptions&)> unavailable;
   std::function<std::shared_ptr<SuiteData>(const CompareOptions&)> load;
-  std::function<Workload(SuiteData&, const CompareOptions&, bool bf16)> build;
+  std::function<Workload(SuiteData&, const CompareOptions&,
+                         const ModelVariant&)>
+      build;
   int64_t (*steps)(const CompareOptions&) = nullptr;
   /// Finetune: path of the cached base model ("" if the suite has none).
   std::function<std::string(const CompareOptions&)> base_path;
@@ -93,6 +101,10 @@ const MethodDef& method_def(const std::string& suite, const std::string& name);
 /// the suite's keys, the method's keys, then options.overrides.
 train::Config method_config(const MethodDef& method, const Suite& suite,
                             const CompareOptions& options);
+/// The model variant of `method` under `options`: its bf16 flag and the
+/// `vit.fused_qkv` key of its configuration (overrides included).
+ModelVariant model_variant(const MethodDef& method, const Suite& suite,
+                           const CompareOptions& options);
 
 /// The device of the module's first parameter (CPU if it has none): the
 /// workloads move each batch there, after run_method moved the model to

@@ -3,12 +3,15 @@
 // option sections). A row is built by train::setup_method -- the registries,
 // routing and factories of `lowmem train` -- and run by train::Trainer.
 //
-// Common recipe (docs/compare.md): no weight decay anywhere (the claims
-// compare optimizers, and decoupled decay means different things in each);
-// parameters a method does not cover (embeddings, LayerNorms, biases, the new
-// head) go to the aux optimizer with the same learning rate; warm-up (10% of
-// the steps) + cosine decay to 10% (the trainer's schedule). The learning
-// rates are the best of the sweeps recorded in docs/benchmarks/compare.md.
+// Official settings first (docs/compare.md, "Official settings"): a method
+// with official code or a paper recipe for the task type runs with those
+// settings (cited in its row and in kOfficial below); where compare's recorded
+// learning-rate sweep (docs/benchmarks/compare.md) found other settings, a
+// second row "<name>-tuned", labelled "(tuned)", runs them. Baselines and
+// methods without an official recipe follow compare's common recipe: no
+// weight decay; parameters a method does not cover go to the aux optimizer;
+// warm-up (10% of the steps) + cosine decay to 10% (the trainer's schedule);
+// the learning rates of the sweep.
 #include <cmath>
 #include <sstream>
 
@@ -20,15 +23,23 @@ namespace {
 
 using Keys = std::vector<std::string>;
 
-// Peak learning rates (docs/benchmarks/compare.md, "Learning-rate sweep").
+// Peak learning rates of compare's sweep (docs/benchmarks/compare.md,
+// "Learning-rate sweep").
 constexpr double kAdamwLr = 1e-3;
 constexpr double kAdafactorLr = 1e-2;
-constexpr double kCameLr = 3e-4;
-constexpr double kPretrainLr = 3e-3;  // GaLore, the sketch adapter, the rest
-constexpr double kSingdLr = 3e-3;     // SINGD / KFAC step size
+constexpr double kCameTunedLr = 3e-4;
+constexpr double kPretrainLr = 3e-3;  // GaLore, the sketch adapter (unswept)
 constexpr double kFinetuneFullLr = 3e-3;
-constexpr double kFinetuneCameLr = 3e-4;
-constexpr double kFinetuneAdapterLr = 1e-2;
+constexpr double kFinetuneCameTunedLr = 3e-4;
+constexpr double kFinetuneAdapterTunedLr = 1e-2;
+// Official values (the sources are in kOfficial below).
+constexpr double kCameLr = 2e-4;           // CAME README usage example
+constexpr double kCameWeightDecay = 1e-2;  // idem
+constexpr double kSingdLr = 1e-3;     // SINGD.__init__ / kfac.py default lr
+constexpr double kLoraLr = 5e-3;      // PEFT's ViT image-classification guide
+constexpr double kLoraDropout = 0.1;  // idem
+constexpr double kSnellLr = 1e-3;     // SNELL scripts (--lr 0.001)
+constexpr double kSnellWeightDecay = 1e-2;  // SNELL scripts (--weight-decay)
 
 std::string kv(const std::string& key, double v) {
   return key + "=" + format_float(v);
@@ -164,6 +175,42 @@ std::string projected_detail(const Built& b) {
          " adapters, lr " + num(f(b, "galore_adamw.lr"));
 }
 
+std::string came_detail(const Built& b) {
+  return betas_detail(b, 3) + ", weight decay " +
+         num(f(b, "came.weight_decay"));
+}
+
+// A tuned row: `def` with compare's swept settings, labelled as such.
+MethodDef tuned(MethodDef def, std::string description, Keys keys) {
+  def.info.name += "-tuned";
+  def.info.label += " (tuned)";
+  def.info.description = std::move(description);
+  def.config = fixed(std::move(keys));
+  return def;
+}
+
+// CAME on every parameter as its README's usage example (lr 2e-4, decoupled
+// weight decay 1e-2, betas (0.9, 0.999, 0.9999), eps (1e-30, 1e-16): the
+// optimizer's defaults), then the "(tuned)" row at compare's swept rate.
+void add_came_rows(std::vector<MethodDef>& out, const std::string& suite,
+                   const std::string& name, const std::string& what) {
+  Keys official = plain("came", kCameLr);
+  official.back() = kv("came.weight_decay", kCameWeightDecay);
+  const bool pre = suite == "pretrain";
+  MethodDef d = row(suite, name, pre ? "CAME" : "Full FT (CAME)",
+                    "CAME (arXiv 2307.02047)",
+                    what +
+                        "; official settings (CAME README: lr 2e-4, "
+                        "weight decay 0.01, its default betas and eps)",
+                    fixed(official), came_detail);
+  out.push_back(d);
+  out.push_back(
+      tuned(d,
+            what + "; compare's swept rate 3e-4, no weight decay "
+                   "(docs/benchmarks/compare.md)",
+            plain("came", pre ? kCameTunedLr : kFinetuneCameTunedLr)));
+}
+
 void add_toy(std::vector<MethodDef>& out) {
   out.push_back(row("toy", "adamw", "AdamW", "",
                     "lowmem AdamW on all parameters",
@@ -192,10 +239,9 @@ void add_pretrain(std::vector<MethodDef>& out) {
   out.push_back(row(P, "adafactor", "Adafactor", "Adafactor (arXiv 1804.04235)",
                     "factored second moments, momentum 0.9, on every parameter",
                     fixed(adafactor), adafactor_detail));
-  out.push_back(row(P, "came", "CAME", "CAME (arXiv 2307.02047)",
-                    "confidence-guided factored optimizer on every parameter",
-                    fixed(plain("came", kCameLr)),
-                    [](const Built& b) { return betas_detail(b, 3); }));
+  add_came_rows(out, P, "came",
+                "confidence-guided factored optimizer on "
+                "every parameter");
   out.push_back(galore_row("galore_adamw"));
   out.push_back(galore_row("came"));
   out.push_back(row(
@@ -231,12 +277,14 @@ void add_pretrain(std::vector<MethodDef>& out) {
                     "block linears (") +
             v.structures + " factors" +
             (v.bf16 ? ", model and preconditioner in bfloat16" : "") +
-            "), AdamW for the rest",
+            "), official defaults (f-dangel/singd: lr 1e-3, momentum 0.9, "
+            "damping 1e-3, alpha1 0.5, T 10, lr_cov 1e-2); AdamW at the "
+            "baseline's rate for the rest",
         fixed(with_adamw_rest(
             {"optimizer=singd", kv("singd.lr", kSingdLr),
              std::string("singd.structures=") + v.structures,
              std::string("singd.preconditioner_dtype=") + v.dtype},
-            kPretrainLr)),
+            kAdamwLr)),
         [](const Built& b) {
           const std::string dt = s(b, "singd.preconditioner_dtype");
           return "structures " + s(b, "singd.structures") + ", T " +
@@ -254,11 +302,12 @@ void add_pretrain(std::vector<MethodDef>& out) {
         std::string("Kronecker-factored natural gradient with damped inverses "
                     "on the block linears") +
             (bf16 ? " (model and factors in bfloat16, inverted in fp32)" : "") +
-            ", AdamW for the rest",
+            ", kfac.py's defaults (lr 1e-3, damping 1e-3, stat decay 0.95, "
+            "T 10); AdamW at the baseline's rate for the rest",
         fixed(with_adamw_rest(
             {"optimizer=kfac", kv("kfac.lr", kSingdLr),
              bf16 ? "kfac.factor_dtype=bfloat16" : "kfac.factor_dtype="},
-            kPretrainLr)),
+            kAdamwLr)),
         [](const Built& b) {
           const std::string dt = s(b, "kfac.factor_dtype");
           return "lr " + num(f(b, "kfac.lr")) +
@@ -268,40 +317,127 @@ void add_pretrain(std::vector<MethodDef>& out) {
   }
 }
 
-// Finetune: the blocks' qkv/proj/fc get adapters, the new head trains
-// (PEFT modules_to_save), everything else is frozen (train's defaults for
-// model vit).
+// The adapter rows' optimizer: AdamW on every trainable parameter (the
+// adapters and what modules_to_save keeps: the new head) at `lr` with
+// decoupled weight decay `wd`, adapters on `targets` (PEFT suffix match).
+Keys adapter(Keys k, double lr, double wd, const std::string& targets) {
+  k.insert(k.end(), {"optimizer=adamw", "route=all", kv("adamw.lr", lr),
+                     kv("adamw.weight_decay", wd), "targets=" + targets});
+  return k;
+}
+
+// "r 8, alpha 8 on q,v (separate q/k/v), lr 0.005, weight decay 0".
+std::function<std::string(const Built&)> adapter_detail(
+    std::function<std::string(const Built&)> what) {
+  return [what](const Built& b) {
+    const std::string extra = s(b, "modules_to_save");
+    return what(b) + " on " + s(b, "targets") +
+           (s(b, "vit.fused_qkv") == "false" ? " (separate q/k/v)" : "") +
+           (extra.empty() ? "" : ", also training " + extra) + ", lr " +
+           num(f(b, "adamw.lr")) + ", weight decay " +
+           num(f(b, "adamw.weight_decay"));
+  };
+}
+
+// LoRA as PEFT's ViT image-classification guide (q and v, alpha = r,
+// dropout 0.1, lr 5e-3, no weight decay) at compare's common adapter rank;
+// the tuned row is compare's earlier one (every projection, alpha 2r, 1e-2).
+void add_lora_rows(std::vector<MethodDef>& out) {
+  auto detail = adapter_detail([](const Built& b) {
+    return "r " + s(b, "lora.r") + ", alpha " + num(f(b, "lora.lora_alpha")) +
+           ", dropout " + num(f(b, "lora.lora_dropout"));
+  });
+  MethodDef d = row(
+      "finetune", "lora", "LoRA", "LoRA (arXiv 2106.09685)",
+      "low-rank adapters B A on the attention's q and v + the new head; "
+      "official settings (PEFT's ViT image-classification guide: q, v, "
+      "alpha = r, dropout 0.1, lr 5e-3)",
+      [](const CompareOptions& o) {
+        return adapter(
+            {"method=lora", kv("lora.r", o.rank),
+             kv("lora.lora_alpha", static_cast<double>(o.rank)),
+             kv("lora.lora_dropout", kLoraDropout), "vit.fused_qkv=false"},
+            kLoraLr, 0.0, "q,v");
+      },
+      detail);
+  out.push_back(d);
+  d = tuned(d,
+            "low-rank adapters on every block projection (fused qkv, proj, "
+            "fc) + the new head, alpha 2r, compare's swept lr 1e-2",
+            {});
+  d.config = [](const CompareOptions& o) {
+    return adapter({"method=lora", kv("lora.r", o.rank),
+                    kv("lora.lora_alpha", static_cast<double>(2 * o.rank))},
+                   kFinetuneAdapterTunedLr, 0.0, "qkv,proj,fc");
+  };
+  out.push_back(d);
+}
+
+// LoTR as daskol/lotr's example (q and v; scale 1, i.e. alpha 1/rank; lhs,
+// rhs N(0, 1), cores zero), factors shared across layers per projection type
+// (the paper). The code gives no learning rate for this task: LoRA's
+// official one. No tuned row (compare's sweep never swept LoTR).
+void add_lotr_row(std::vector<MethodDef>& out) {
+  out.push_back(row(
+      "finetune", "lotr", "LoTR", "LoTR (arXiv 2402.01376)",
+      "Tucker-2 adapters U G_l V^T on the attention's q and v, U, V shared "
+      "across layers per projection type, + the new head; official settings "
+      "(daskol/lotr: q, v, scale 1, init normal/zero/normal), LoRA's lr",
+      [](const CompareOptions& o) {
+        return adapter(
+            {"method=lotr", kv("lotr.rank", o.rank), "vit.fused_qkv=false"},
+            kLoraLr, 0.0, "q,v");
+      },
+      adapter_detail([](const Built& b) {
+        return "rank " + s(b, "lotr.rank") + ", scale " +
+               num(f(b, "lotr.scale")) + ", factors shared per type";
+      })));
+}
+
+// SNELL as its official scripts (ssfgunner/SNELL, snell8 FGVC scripts: lr
+// 1e-3, weight decay 0.01, rank 8; sparsity 0, the code's default: dense
+// kernelized LoRA) on separate q, k, v kernels, proj, fc1, fc2, with the
+// cls token trained (freeze_stages keeps head and cls_token); the tuned
+// row is compare's earlier one (fused qkv, sparsity 0.5, lr 1e-2, no decay).
+void add_snell_rows(std::vector<MethodDef>& out) {
+  auto detail = adapter_detail([](const Built& b) {
+    return "r " + s(b, "snell.r") + ", sparsity " +
+           num(f(b, "snell.sparsity")) + ", recomputing backward";
+  });
+  MethodDef d = row(
+      "finetune", "snell", "SNELL", "SNELL (arXiv 2411.01800)",
+      "kernelized low-rank (KLoRA) updates on q, k, v, proj, fc1, fc2 + the "
+      "new head and the cls token; official settings (ssfgunner/SNELL: lr "
+      "1e-3, weight decay 0.01, sparsity 0 = dense, the code's default)",
+      [](const CompareOptions& o) {
+        return adapter(
+            {"method=snell", kv("snell.r", o.rank), "snell.sparsity=0",
+             "vit.fused_qkv=false", "modules_to_save=head,cls_token"},
+            kSnellLr, kSnellWeightDecay, "q,k,v,proj,fc");
+      },
+      detail);
+  out.push_back(d);
+  d = tuned(d,
+            "SNELL on the fused qkv, proj, fc + the new head, sparsity 0.5, "
+            "compare's swept lr 1e-2, no weight decay",
+            {});
+  d.config = [](const CompareOptions& o) {
+    return adapter(
+        {"method=snell", kv("snell.r", o.rank), "snell.sparsity=0.5"},
+        kFinetuneAdapterTunedLr, 0.0, "qkv,proj,fc");
+  };
+  out.push_back(d);
+}
+
+// Finetune: adapters on the ViT's block projections, the new head trains
+// (PEFT modules_to_save), everything else is frozen.
 void add_finetune(std::vector<MethodDef>& out) {
   const std::string F = "finetune";
   out.push_back(row(F, "full-adamw", "Full FT (AdamW)", "",
                     "every parameter trainable, AdamW",
                     fixed(plain("adamw", kFinetuneFullLr)), lr_detail));
-  out.push_back(row(F, "full-came", "Full FT (CAME)", "CAME (arXiv 2307.02047)",
-                    "every parameter trainable, CAME",
-                    fixed(plain("came", kFinetuneCameLr)), lr_detail));
-  auto adapter = [](Keys k) {
-    k.insert(k.end(), {"optimizer=adamw", "route=all",
-                       kv("adamw.lr", kFinetuneAdapterLr),
-                       "adamw.weight_decay=0", "targets=qkv,proj,fc"});
-    return k;
-  };
-  auto with_lr = [](std::string d) {
-    return [d](const Built& b) {
-      return d + (d.empty() ? "" : ", ") + "lr " + num(f(b, "adamw.lr"));
-    };
-  };
-  out.push_back(row(
-      F, "lora", "LoRA", "LoRA (arXiv 2106.09685)",
-      "low-rank adapters B A on every block projection + the new head",
-      [adapter](const CompareOptions& o) {
-        return adapter(
-            {"method=lora", kv("lora.r", o.rank),
-             kv("lora.lora_alpha", static_cast<double>(2 * o.rank))});
-      },
-      [with_lr](const Built& b) {
-        return with_lr("r " + s(b, "lora.r") + ", alpha " +
-                       num(f(b, "lora.lora_alpha")))(b);
-      }));
+  add_came_rows(out, F, "full-came", "every parameter trainable, CAME");
+  add_lora_rows(out);
   out.push_back(row(
       F, "projected-adapter", "One-sided projected adapter",
       "Gradient transformations = adapters (arXiv 2502.13811)",
@@ -315,33 +451,11 @@ void add_finetune(std::vector<MethodDef>& out) {
                 refresh_gap(o.finetune_steps)),
              "projected_adapter.basis=svd",
              "projected_adapter.freeze_rest=true", "targets=qkv,proj,fc"},
-            kFinetuneAdapterLr);
+            kFinetuneAdapterTunedLr);
       },
       projected_detail));
-  out.push_back(row(
-      F, "lotr", "LoTR", "LoTR (arXiv 2402.01376)",
-      "Tucker-2 adapters U G_l V^T with U, V shared across layers per "
-      "projection type + the new head",
-      [adapter](const CompareOptions& o) {
-        return adapter({"method=lotr", kv("lotr.rank", o.rank)});
-      },
-      [with_lr](const Built& b) {
-        return with_lr("rank " + s(b, "lotr.rank") +
-                       ", factors shared per type")(b);
-      }));
-  out.push_back(row(
-      F, "snell", "SNELL", "SNELL (arXiv 2411.01800)",
-      "kernelized low-rank (KLoRA) sparse updates on every block projection + "
-      "the new head",
-      [adapter](const CompareOptions& o) {
-        return adapter(
-            {"method=snell", kv("snell.r", o.rank), "snell.sparsity=0.5"});
-      },
-      [with_lr](const Built& b) {
-        return with_lr("r " + s(b, "snell.r") + ", sparsity " +
-                       num(f(b, "snell.sparsity")) +
-                       ", recomputing backward")(b);
-      }));
+  add_lotr_row(out);
+  add_snell_rows(out);
 }
 
 std::vector<MethodDef> make_defs() {
@@ -356,42 +470,107 @@ std::vector<MethodDef> make_defs() {
 
 namespace {
 
-// What each method's official code or paper uses, for the keys where compare
-// differs or where the choice matters (docs/compare.md, "Official
-// settings"). Values are lowmem train keys' values.
+// What each method's official code or paper uses for the task type, per
+// lowmem train key (docs/compare.md, "Official settings"). `note` says why
+// this run's row may still differ (shown where it does). A "<method>-tuned"
+// row is listed against the same values.
 struct Official {
-  const char *suite, *method, *key, *value, *source;
+  const char *suite, *method, *key, *value, *source, *note;
 };
 constexpr const char* kGaloreReadme =
     "GaLore README, LLaMA-60m pre-training command "
     "(github.com/jiaweizzhao/GaLore)";
-constexpr const char* kCameCode =
-    "CAME official optimizer defaults (github.com/yangluo7/CAME, "
-    "CAME.__init__)";
-constexpr const char* kSnellCode =
-    "SNELL official code defaults (github.com/ssfgunner/SNELL)";
+constexpr const char* kCameReadme =
+    "CAME README usage example and CAME.__init__ defaults "
+    "(github.com/yangluo7/CAME @ e77c5c0)";
+constexpr const char* kSnellScripts =
+    "SNELL scripts/fgvc/snell8/*.sh and train.py "
+    "(github.com/ssfgunner/SNELL @ e9d5185)";
+constexpr const char* kSnellModel =
+    "SNELL model/vision_transformer_timm.py: AttentionSNELLParallel (q, k, v "
+    "apart), freeze_stages (head, cls_token trained)";
+constexpr const char* kSingdCode =
+    "SINGD.__init__ defaults (github.com/f-dangel/singd @ 1ac69a3)";
+constexpr const char* kKfacCode =
+    "StructuredNGD-DL optimizers/kfac.py defaults (SINGD's KFAC baseline)";
+constexpr const char* kPeftGuide =
+    "PEFT ViT image-classification guide (docs/source/task_guides/"
+    "image_classification_lora.md): LoraConfig and TrainingArguments";
+constexpr const char* kLoraPaper =
+    "LoRA (arXiv 2106.09685) r_q = r_v = 8; PEFT LoraConfig default r 8";
+constexpr const char* kLotrCode =
+    "LoTR README example and LoTRLinear defaults (github.com/daskol/lotr "
+    "@ b8776bd)";
 constexpr const char* kAdafactorHf =
     "Adafactor (arXiv 1804.04235) as in transformers.Adafactor's defaults";
+constexpr const char* kNotSwitched =
+    "not switched yet: compare keeps its setting (issue 19)";
+constexpr const char* kScaled =
+    "scaled to this model: the README's rank / width (128 / 512) = width / 4";
+constexpr const char* kTunedRow = "the (tuned) row: compare's sweep";
 const Official kOfficial[] = {
-    {"pretrain", "galore-adamw", "galore.rank", "128", kGaloreReadme},
-    {"pretrain", "galore-adamw", "galore.update_proj_gap", "200",
-     kGaloreReadme},
-    {"pretrain", "galore-adamw", "galore.scale", "0.25", kGaloreReadme},
-    {"pretrain", "galore-adamw", "galore_adamw.lr", "0.01", kGaloreReadme},
+    {"pretrain", "galore-adamw", "galore.rank", "128", kGaloreReadme, kScaled},
+    {"pretrain", "galore-adamw", "galore.update_proj_gap", "200", kGaloreReadme,
+     "5 refreshes per run (the README's 200 of 10k steps)"},
+    {"pretrain", "galore-adamw", "galore.scale", "0.25", kGaloreReadme,
+     kNotSwitched},
+    {"pretrain", "galore-adamw", "galore_adamw.lr", "0.01", kGaloreReadme,
+     kNotSwitched},
     {"pretrain", "galore-adamw", "galore_adamw.weight_decay", "0",
-     kGaloreReadme},
-    {"pretrain", "came", "came.beta1", "0.9", kCameCode},
-    {"pretrain", "came", "came.beta2", "0.999", kCameCode},
-    {"pretrain", "came", "came.beta3", "0.9999", kCameCode},
-    {"pretrain", "came", "came.eps1", "1e-30", kCameCode},
-    {"pretrain", "came", "came.eps2", "1e-16", kCameCode},
-    {"pretrain", "adafactor", "adafactor.relative_step", "true", kAdafactorHf},
-    {"pretrain", "adafactor", "adafactor.scale_parameter", "true",
-     kAdafactorHf},
-    {"pretrain", "adafactor", "adafactor.beta1", "none", kAdafactorHf},
-    {"finetune", "snell", "snell.sparsity", "0", kSnellCode},
-    {"finetune", "snell", "adamw.lr", "0.001", kSnellCode},
-    {"finetune", "snell", "adamw.weight_decay", "0.01", kSnellCode},
+     kGaloreReadme, ""},
+    {"pretrain", "came", "came.lr", "0.0002", kCameReadme, kTunedRow},
+    {"pretrain", "came", "came.weight_decay", "0.01", kCameReadme, kTunedRow},
+    {"pretrain", "came", "came.beta1", "0.9", kCameReadme, ""},
+    {"pretrain", "came", "came.beta2", "0.999", kCameReadme, ""},
+    {"pretrain", "came", "came.beta3", "0.9999", kCameReadme, ""},
+    {"pretrain", "came", "came.eps1", "1e-30", kCameReadme, ""},
+    {"pretrain", "came", "came.eps2", "1e-16", kCameReadme, ""},
+    {"pretrain", "adafactor", "adafactor.relative_step", "true", kAdafactorHf,
+     "compare's baseline: fixed lr 1e-2 (its sweep), as CAME's comparison"},
+    {"pretrain", "adafactor", "adafactor.scale_parameter", "true", kAdafactorHf,
+     "idem"},
+    {"pretrain", "adafactor", "adafactor.beta1", "none", kAdafactorHf,
+     "compare's baseline: momentum 0.9, as CAME's comparison"},
+    {"pretrain", "singd-dense", "singd.lr", "0.001", kSingdCode, ""},
+    {"pretrain", "singd-dense", "singd.damping", "0.001", kSingdCode, ""},
+    {"pretrain", "singd-dense", "singd.momentum", "0.9", kSingdCode, ""},
+    {"pretrain", "singd-dense", "singd.alpha1", "0.5", kSingdCode, ""},
+    {"pretrain", "singd-dense", "singd.T", "10", kSingdCode, ""},
+    {"pretrain", "singd-dense", "singd.lr_cov", "0.01", kSingdCode, ""},
+    {"pretrain", "singd-diag", "singd.lr", "0.001", kSingdCode, ""},
+    {"pretrain", "kfac", "kfac.lr", "0.001", kKfacCode, ""},
+    {"pretrain", "kfac", "kfac.damping", "0.001", kKfacCode, ""},
+    {"finetune", "full-came", "came.lr", "0.0002", kCameReadme, kTunedRow},
+    {"finetune", "full-came", "came.weight_decay", "0.01", kCameReadme,
+     kTunedRow},
+    {"finetune", "lora", "lora.r", "8", kLoraPaper,
+     "compare's --rank (default 8)"},
+    {"finetune", "lora", "lora.lora_alpha", "8", kPeftGuide,
+     "alpha = r as the guide (16 / 16); the (tuned) row: 2r"},
+    {"finetune", "lora", "lora.lora_dropout", "0.1", kPeftGuide, kTunedRow},
+    {"finetune", "lora", "targets", "q,v", kPeftGuide, kTunedRow},
+    {"finetune", "lora", "vit.fused_qkv", "false", kPeftGuide,
+     "the (tuned) row: one adapter on the fused qkv"},
+    {"finetune", "lora", "adamw.lr", "0.005", kPeftGuide, kTunedRow},
+    {"finetune", "lora", "adamw.weight_decay", "0", kPeftGuide, ""},
+    {"finetune", "lotr", "lotr.scale", "1", kLotrCode, ""},
+    {"finetune", "lotr", "targets", "q,v", kLotrCode, ""},
+    {"finetune", "lotr", "vit.fused_qkv", "false", kLotrCode, ""},
+    {"finetune", "snell", "snell.r", "8", kSnellScripts,
+     "compare's --rank (default 8)"},
+    {"finetune", "snell", "snell.sparsity", "0", kSnellScripts,
+     "train.py --init_thres default; the per-dataset scripts use 0 to 0.995 "
+     "(VTAB-1k median 0.4); the (tuned) row: 0.5"},
+    {"finetune", "snell", "adamw.lr", "0.001", kSnellScripts, kTunedRow},
+    {"finetune", "snell", "adamw.weight_decay", "0.01", kSnellScripts,
+     "the (tuned) row: 0; lowmem decays every trainable tensor, timm "
+     "exempts biases and the cls token"},
+    {"finetune", "snell", "targets", "q,k,v,proj,fc", kSnellModel,
+     "the (tuned) row: the fused qkv, proj, fc"},
+    {"finetune", "snell", "vit.fused_qkv", "false", kSnellModel,
+     "the (tuned) row: one kernel on the fused qkv"},
+    {"finetune", "snell", "modules_to_save", "head,cls_token", kSnellModel,
+     "the (tuned) row: the head only"},
 };
 
 // Same setting: equal text, or both numbers within a relative 1e-9.
@@ -434,6 +613,15 @@ train::Config method_config(const MethodDef& method, const Suite& suite,
   return c;
 }
 
+ModelVariant model_variant(const MethodDef& method, const Suite& suite,
+                           const CompareOptions& options) {
+  train::Config c = method_config(method, suite, options);
+  ModelVariant v;
+  v.bf16 = method.bf16;
+  v.fused_qkv = c.get("vit.fused_qkv") != "false";
+  return v;
+}
+
 }  // namespace lowmem::compare::detail
 
 namespace lowmem::compare {
@@ -441,17 +629,25 @@ namespace lowmem::compare {
 std::vector<OfficialSetting> official_settings(const CompareOptions& o) {
   std::vector<OfficialSetting> out;
   for (const auto& e : detail::kOfficial) {
-    const detail::MethodDef& def = detail::method_def(e.suite, e.method);
-    train::Config c = detail::method_config(def, detail::suite(e.suite), o);
-    OfficialSetting r;
-    r.suite = e.suite;
-    r.method = e.method;
-    r.key = e.key;
-    r.official = e.value;
-    r.used = c.get(e.key);
-    r.source = e.source;
-    r.deviates = !detail::same_value(r.official, r.used);
-    out.push_back(std::move(r));
+    // The method's row, then its "(tuned)" row if it has one.
+    for (const std::string& name :
+         {std::string(e.method), std::string(e.method) + "-tuned"}) {
+      const detail::MethodDef* def = nullptr;
+      for (const auto& d : detail::method_defs())
+        if (d.info.suite == e.suite && d.info.name == name) def = &d;
+      if (def == nullptr) continue;
+      train::Config c = detail::method_config(*def, detail::suite(e.suite), o);
+      OfficialSetting r;
+      r.suite = e.suite;
+      r.method = name;
+      r.key = e.key;
+      r.official = e.value;
+      r.used = c.get(e.key);
+      r.source = e.source;
+      r.deviates = !detail::same_value(r.official, r.used);
+      r.note = r.deviates ? e.note : "";
+      out.push_back(std::move(r));
+    }
   }
   return out;
 }

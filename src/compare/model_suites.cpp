@@ -62,8 +62,10 @@ models::GPTConfig gpt_config(const CompareOptions& o) {
       .block_size(o.gpt_context);
 }
 
-Workload text_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
+Workload text_build(SuiteData& sd, const CompareOptions& o,
+                    const ModelVariant& variant) {
   auto& d = static_cast<TextData&>(sd);
+  const bool bf16 = variant.bf16;
   auto model = std::make_shared<models::GPT>(gpt_config(o));
   if (bf16) model->to(at::kBFloat16);
   Workload w;
@@ -248,8 +250,10 @@ std::shared_ptr<SuiteData> finetune_load(const CompareOptions& o) {
   return d;
 }
 
-Workload finetune_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
+Workload finetune_build(SuiteData& sd, const CompareOptions& o,
+                        const ModelVariant& variant) {
   auto& d = static_cast<FinetuneData&>(sd);
+  const bool bf16 = variant.bf16;
   auto model = std::make_shared<models::ViT>(vit_config(o));
   {
     const std::string path = base_path(o);
@@ -258,16 +262,22 @@ Workload finetune_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
     ar.load_from(path);
     model->load(ar);
   }
+  // The base is trained fused; separate q, k, v slots get its row blocks
+  // (as SNELL's code splits a fused checkpoint).
+  if (!variant.fused_qkv) model->unfuse_qkv();
   torch::manual_seed(run_seed(o) + 2);
   model->reset_head(5);  // classes 5-9, relabelled 0-4
   if (bf16) model->to(at::kBFloat16);
   Workload w;
   std::ostringstream task;
-  task << "ViT (width " << o.vit_width << ", " << o.vit_layers << " layers, patch "
-       << o.vit_patch << ") pretrained on Fashion-MNIST classes 0-4 ("
-       << o.base_steps << " steps, cached), fine-tuned on " << d.train.size()
-       << " examples of classes 5-9, batch " << o.vit_batch << "; accuracy on the "
-       << d.test.size() << " test images of classes 5-9";
+  task << "ViT (width " << o.vit_width << ", " << o.vit_layers
+       << " layers, patch " << o.vit_patch
+       << (variant.fused_qkv ? "" : ", separate q/k/v")
+       << ") pretrained on Fashion-MNIST classes 0-4 (" << o.base_steps
+       << " steps, cached), fine-tuned on " << d.train.size()
+       << " examples of classes 5-9, batch " << o.vit_batch
+       << "; accuracy on the " << d.test.size()
+       << " test images of classes 5-9";
   w.task = task.str();
   w.model = model;
   w.items_per_step = o.vit_batch;

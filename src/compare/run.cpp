@@ -321,7 +321,8 @@ MethodResult run_method(const MethodInfo& method, const CompareOptions& options,
   MemoryScope setup_scope = tracker.scope();
   const uint64_t seed = detail::run_seed(options);
   torch::manual_seed(seed);
-  detail::Workload w = s.build(*data, options, def.bf16);
+  detail::Workload w =
+      s.build(*data, options, detail::model_variant(def, s, options));
   // Built on the CPU (same initial weights on every device), then moved; the
   // workload moves each batch to the model's device.
   w.model->to(device);

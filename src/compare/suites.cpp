@@ -49,7 +49,9 @@ std::shared_ptr<SuiteData> toy_load(const CompareOptions& o) {
   return d;
 }
 
-Workload toy_build(SuiteData& sd, const CompareOptions& o, bool bf16) {
+Workload toy_build(SuiteData& sd, const CompareOptions& o,
+                   const ModelVariant& variant) {
+  const bool bf16 = variant.bf16;
   auto& d = static_cast<ToyData&>(sd);
   auto model = std::make_shared<ToyMLP>(kToyIn, kToyHidden);
   if (bf16) model->to(at::kBFloat16);

@@ -46,6 +46,54 @@ SelfAttention::SelfAttention(
   register_slot("proj", std::make_shared<Linear>(n_embd, n_embd, bias));
 }
 
+std::vector<at::Tensor> SelfAttention::project_heads(const at::Tensor& x) {
+  const int64_t B = x.size(0), T = x.size(1), H = n_head_, D = n_embd_ / H;
+  if (!fused_qkv_) {
+    std::vector<at::Tensor> out;
+    for (const char* name : {"q", "k", "v"})
+      out.push_back(linear(name)
+                        .forward(x)
+                        .view({B, T, H, D})
+                        .transpose(1, 2)
+                        .reshape({B * H, T, D}));
+    return out;
+  }
+  // One fused projection, then one copy into [3, B*H, T, D] (q, k, v).
+  // unbind, not heads[i]: three select()s would each back-propagate through a
+  // zero-filled copy of the whole [3, ...] tensor; unbind's backward is one
+  // stack.
+  return linear("qkv")
+      .forward(x)
+      .view({B, T, 3, H, D})
+      .permute({2, 0, 3, 1, 4})
+      .contiguous()
+      .view({3, B * H, T, D})
+      .unbind(0);
+}
+
+void SelfAttention::unfuse_qkv() {
+  LOWMEM_CHECK(fused_qkv_, "[attention] q, k, v are already separate slots");
+  auto qkv = std::dynamic_pointer_cast<Linear>(slot("qkv"));
+  LOWMEM_CHECK(qkv != nullptr,
+               "[attention] unfuse_qkv needs a plain Linear in slot qkv "
+               "(split before injecting adapters)");
+  at::NoGradGuard no_grad;
+  const at::Tensor w = qkv->base_weight(), b = qkv->bias();
+  const bool trainable = w.requires_grad();
+  remove_slot("qkv");
+  int64_t i = 0;
+  for (const char* name : {"q", "k", "v"}) {
+    at::Tensor wi = w.narrow(0, i * n_embd_, n_embd_).clone();
+    at::Tensor bi =
+        b.defined() ? b.narrow(0, i * n_embd_, n_embd_).clone() : at::Tensor();
+    wi.set_requires_grad(trainable);
+    if (bi.defined()) bi.set_requires_grad(b.requires_grad());
+    register_slot(name, std::make_shared<Linear>(wi, bi));
+    ++i;
+  }
+  fused_qkv_ = false;
+}
+
 at::Tensor SelfAttention::forward(const at::Tensor& x) {
   LOWMEM_CHECK(
       x.dim() == 3 && x.size(2) == n_embd_,
@@ -54,16 +102,7 @@ at::Tensor SelfAttention::forward(const at::Tensor& x) {
       "], got ",
       x.sizes());
   const int64_t B = x.size(0), T = x.size(1), H = n_head_, D = n_embd_ / H;
-  // One fused projection, then one copy into [3, B*H, T, D] (q, k, v).
-  at::Tensor qkv = linear("qkv").forward(x);
-  // unbind, not heads[i]: three select()s would each back-propagate through a
-  // zero-filled copy of the whole [3, ...] tensor; unbind's backward is one
-  // stack.
-  auto heads = qkv.view({B, T, 3, H, D})
-                   .permute({2, 0, 3, 1, 4})
-                   .contiguous()
-                   .view({3, B * H, T, D})
-                   .unbind(0);
+  const std::vector<at::Tensor> heads = project_heads(x);
   const at::Tensor& q = heads[0];
   const at::Tensor& k = heads[1];
   const at::Tensor& v = heads[2];
@@ -126,12 +165,7 @@ at::Tensor SelfAttention::forward_cached(const at::Tensor& x,
           start >= 0 && end <= key_cache.size(1),
       "[attention] ", T, " positions from ", start, " do not fit the KV cache ",
       key_cache.sizes(), " (want [", B * H, ", >= ", end, ", ", D, "])");
-  auto heads = linear("qkv")
-                   .forward(x)
-                   .view({B, T, 3, H, D})
-                   .permute({2, 0, 3, 1, 4})
-                   .reshape({3, B * H, T, D})
-                   .unbind(0);
+  const std::vector<at::Tensor> heads = project_heads(x);
   key_cache.narrow(1, start, T).copy_(heads[1]);
   value_cache.narrow(1, start, T).copy_(heads[2]);
   // Query i (position start + i) sees keys 0 .. start + i.

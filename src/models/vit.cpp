@@ -57,6 +57,16 @@ ViT::ViT(ViTConfig config) : config_(std::move(config)) {
   pos_embed.normal_(0.0, 0.02);
   cls_token.normal_(0.0, 0.02);
   init_slots_normal(*this, [](const std::string&) { return 0.02; });
+  if (!c.fused_qkv()) {
+    config_.fused_qkv(true);
+    unfuse_qkv();  // the same initial function as the fused model
+  }
+}
+
+void ViT::unfuse_qkv() {
+  LOWMEM_CHECK(config_.fused_qkv(), "[vit] q, k, v are already separate");
+  for (auto& b : blocks_) b->attn->unfuse_qkv();
+  config_.fused_qkv(false);
 }
 
 int64_t ViT::n_patches() const {

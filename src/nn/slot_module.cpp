@@ -40,6 +40,15 @@ void SlotModule::replace_slot(const std::string& name,
   it->second = std::move(layer);
 }
 
+std::shared_ptr<LinearLike> SlotModule::remove_slot(const std::string& name) {
+  auto it = slots_.find(name);
+  LOWMEM_CHECK(it != slots_.end(), "[slots] no slot named '", name, "'");
+  std::shared_ptr<LinearLike> layer = std::move(it->second);
+  slots_.erase(it);
+  unregister_module(name);
+  return layer;
+}
+
 std::shared_ptr<LinearLike> SlotRef::layer() const {
   if (owner != nullptr) return owner->slot(name);
   LOWMEM_CHECK(sequence != nullptr, "[slots] empty slot reference '", path,

@@ -110,6 +110,7 @@ struct VitSection {
     v("dropout", c.dropout());
     v("bias", c.bias());
     v("activation_checkpointing", c.activation_checkpointing());
+    v("fused_qkv", c.fused_qkv());
   }
 };
 
@@ -736,6 +737,10 @@ AppliedMethod apply_method(const Config& c,
     if (c.model == "vit") {
       t.modules_to_save({"head"});
     }
+  }
+  if (!c.modules_to_save.empty()) {
+    t.modules_to_save(
+        adapters::TargetOptions::from_list(c.modules_to_save).target_modules());
   }
   usage([&] {
     if (const auto* kind = adapters::find_adapter(c.method)) {

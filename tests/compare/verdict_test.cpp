@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <stdexcept>
 
 #include "lowmem/compare/compare.h"
@@ -170,6 +171,30 @@ TEST(VerdictTest, AccuracyClaimsPairSeedsAndCountParameters) {
   EXPECT_EQ(c.status, "held");
 }
 
+// Claims are judged on the official rows; a "-tuned" row only adds its
+// comparison to the evidence (the other side's tuned row if it has one,
+// else its official row).
+TEST(VerdictTest, TunedRowsAreReportedNotJudged) {
+  auto snell = seeded_acc("snell", {0.70, 0.71, 0.70});
+  auto lora = seeded_acc("lora", {0.80, 0.81, 0.80});
+  auto tuned = seeded_acc("snell-tuned", {0.90, 0.91, 0.90});
+  auto c = claim({snell, tuned, lora}, "snell-vs-lora");
+  EXPECT_EQ(c.status, "not held");
+  const auto tail =
+      c.evidence.find("; tuned rows (not judged): snell-tuned 90.3333");
+  ASSERT_NE(tail, std::string::npos) << c.evidence;
+  EXPECT_NE(c.evidence.find(" vs lora 80.3333", tail), std::string::npos)
+      << c.evidence;
+  EXPECT_EQ(claim({snell, lora}, "snell-vs-lora").evidence.find("tuned"),
+            std::string::npos);
+  auto lora_tuned = seeded_acc("lora-tuned", {0.95, 0.95, 0.95});
+  c = claim({snell, lora, lora_tuned}, "snell-vs-lora");
+  EXPECT_NE(c.evidence.find("(not judged): snell 70.3333"), std::string::npos)
+      << c.evidence;
+  EXPECT_NE(c.evidence.find(" vs lora-tuned 95"), std::string::npos)
+      << c.evidence;
+}
+
 TEST(VerdictTest, ADivergedSeedOfTheBf16RunIsNotHeld) {
   std::vector<cmp::MethodResult> runs = {run("pretrain", "singd-bf16", 0, 2.0),
                                          run("pretrain", "singd-bf16", 1, 2.0)};
@@ -220,9 +245,10 @@ TEST(VerdictTest, MergeSeedsGivesMeanAndSampleStdOverFinishedSeeds) {
 }
 
 // The official-settings table: every recorded key resolves in its method's
-// row, deviations are flagged by value (numbers compared as numbers), an
-// override that restores the official value clears the flag, and the report
-// lists the rows of the methods that ran.
+// row (and its "-tuned" row), the official rows of the switched methods use
+// every recorded official value, the tuned rows' differences are flagged by
+// value (numbers compared as numbers) with their reason, overrides reach
+// the table, and the report lists the rows of the methods that ran.
 TEST(OfficialSettingsTest, TableComparesEachRowWithItsOfficialValue) {
   cmp::CompareOptions o;
   auto find = [](const std::vector<cmp::OfficialSetting>& rows,
@@ -233,30 +259,60 @@ TEST(OfficialSettingsTest, TableComparesEachRowWithItsOfficialValue) {
   };
   const auto rows = cmp::official_settings(o);
   ASSERT_FALSE(rows.empty());
+  const std::set<std::string> switched = {
+      "came",  "full-came",   "lora",       "lotr",
+      "snell", "singd-dense", "singd-diag", "kfac"};
+  std::set<std::string> seen;
   for (const auto& r : rows) {
     SCOPED_TRACE(r.method + " " + r.key);
-    EXPECT_FALSE(r.used.empty());
     EXPECT_FALSE(r.source.empty());
     EXPECT_FALSE(r.official.empty());
+    EXPECT_EQ(r.note.empty(), !r.deviates);  // every deviation says why
+    if (switched.count(r.method)) {
+      EXPECT_FALSE(r.deviates) << r.used;  // official rows: official values
+      seen.insert(r.method);
+    }
   }
-  auto snell = find(rows, "snell", "snell.sparsity");
-  EXPECT_EQ(snell.official, "0");
-  EXPECT_TRUE(snell.deviates) << snell.used;
-  // CAME's betas are its official ones ("0.999" vs "0.999" as numbers).
-  EXPECT_FALSE(find(rows, "came", "came.beta2").deviates);
+  EXPECT_EQ(seen, switched);
+  // SNELL: the official code's sparsity, lr, decay, separate q/k/v kernels
+  // and trained cls token; the tuned row differs in each.
+  EXPECT_EQ(find(rows, "snell", "snell.sparsity").used, "0.0");
+  EXPECT_EQ(find(rows, "snell", "vit.fused_qkv").used, "false");
+  EXPECT_EQ(find(rows, "snell", "modules_to_save").used, "head,cls_token");
+  EXPECT_EQ(find(rows, "snell", "targets").used, "q,k,v,proj,fc");
+  for (const char* key : {"snell.sparsity", "adamw.lr", "adamw.weight_decay",
+                          "vit.fused_qkv", "modules_to_save", "targets"})
+    EXPECT_TRUE(find(rows, "snell-tuned", key).deviates) << key;
+  EXPECT_EQ(find(rows, "snell-tuned", "snell.sparsity").used, "0.5");
+  // CAME: README lr and decay, default betas; the tuned row: the sweep's
+  // 3e-4 without decay ("0.0003" vs "3e-4" compared as numbers).
   EXPECT_FALSE(find(rows, "came", "came.beta3").deviates);
-  // GaLore's scale: compare uses 1, the README 0.25.
-  EXPECT_TRUE(find(rows, "galore-adamw", "galore.scale").deviates);
-  // Overrides reach the table: the official value is no deviation.
-  o.overrides = {"snell.sparsity=0", "galore.scale=0.250"};
+  const auto came_lr = find(rows, "came-tuned", "came.lr");
+  EXPECT_TRUE(came_lr.deviates);
+  EXPECT_NE(came_lr.note.find("sweep"), std::string::npos);
+  EXPECT_FALSE(find(rows, "came-tuned", "came.beta2").deviates);
+  // LoRA: q, v with separate projections; the tuned row every projection.
+  EXPECT_EQ(find(rows, "lora", "targets").used, "q,v");
+  EXPECT_TRUE(find(rows, "lora-tuned", "targets").deviates);
+  // GaLore is not switched: its scale deviates, and says so.
+  const auto scale = find(rows, "galore-adamw", "galore.scale");
+  EXPECT_TRUE(scale.deviates);
+  EXPECT_NE(scale.note.find("not switched"), std::string::npos);
+  // Overrides reach the table, both ways.
+  o.overrides = {"snell.sparsity=0.5", "galore.scale=0.250"};
   const auto set = cmp::official_settings(o);
-  EXPECT_FALSE(find(set, "snell", "snell.sparsity").deviates);
+  EXPECT_TRUE(find(set, "snell", "snell.sparsity").deviates);
   EXPECT_FALSE(find(set, "galore-adamw", "galore.scale").deviates);
+  // --rank reaches the adapters' rank keys.
+  o.overrides.clear();
+  o.rank = 16;
+  EXPECT_TRUE(find(cmp::official_settings(o), "lora", "lora.r").deviates);
 }
 
 TEST(OfficialSettingsTest, ReportListsTheDeviationsOfTheMethodsThatRan) {
   cmp::CompareResults res;
   res.methods = {seeded_acc("snell", {0.8, 0.81, 0.8}),
+                 seeded_acc("snell-tuned", {0.8, 0.81, 0.8}),
                  seeded_acc("lora", {0.8, 0.81, 0.8})};
   const std::string dir = ::testing::TempDir() + "official_report";
   std::filesystem::create_directories(dir);
@@ -266,12 +322,20 @@ TEST(OfficialSettingsTest, ReportListsTheDeviationsOfTheMethodsThatRan) {
   const std::string md((std::istreambuf_iterator<char>(f)),
                        std::istreambuf_iterator<char>());
   EXPECT_NE(md.find("## Settings vs the official ones"), std::string::npos);
-  EXPECT_NE(md.find("| finetune | snell | `snell.sparsity` | 0 |"),
+  EXPECT_NE(md.find("| finetune | snell | `snell.sparsity` | 0 | 0.0 | same |"),
             std::string::npos)
       << md;
-  EXPECT_NE(md.find("**deviates**"), std::string::npos);
+  EXPECT_NE(md.find("| finetune | snell-tuned | `snell.sparsity` | 0 | 0.5 | "
+                    "**deviates** | "),
+            std::string::npos)
+      << md;
+  EXPECT_NE(md.find("| finetune | snell-tuned | `modules_to_save` | "
+                    "head,cls_token | (default) | **deviates** |"),
+            std::string::npos)
+      << md;
   // methods that did not run have no rows
   EXPECT_EQ(md.find("galore.scale"), std::string::npos);
+  EXPECT_EQ(md.find("lora-tuned"), std::string::npos);
   // the summary leads: frontier of the finetune suite, claims' verdicts
   EXPECT_LT(md.find("## Summary"), md.find("## Settings vs"));
   EXPECT_NE(md.find("best quality per memory budget"), std::string::npos);

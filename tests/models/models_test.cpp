@@ -366,6 +366,56 @@ TEST(ViT, ResetHeadAndErrors) {
   EXPECT_TRUE(vit.named_parameters()["cls_token"].grad().defined());
 }
 
+// Separate q/k/v (SNELL's layout): unfuse_qkv splits attn.qkv into three
+// slots holding its row blocks, so the function, the parameter count and
+// the gradients of everything else are unchanged; a ViT built unfused
+// equals the fused one of the same seed, unfused.
+TEST(ViT, UnfusedQkvIsTheSameFunction) {
+  const auto c = ViTConfig().n_layer(2).n_head(2).n_embd(16).n_classes(5);
+  torch::manual_seed(0);
+  ViT fused(c);
+  torch::manual_seed(0);
+  ViT split(ViTConfig(c).fused_qkv(false));
+  EXPECT_FALSE(split.config().fused_qkv());
+  torch::manual_seed(1);
+  const auto x = torch::randn({3, 1, 28, 28});
+  const auto target = torch::tensor({0, 3, 4});
+  const auto want = fused.forward(x);
+  EXPECT_LT((split.forward(x) - want).abs().max().item<double>(), 1e-6);
+  const std::vector<std::string> attn0 = {"h.0.attn.k", "h.0.attn.proj",
+                                          "h.0.attn.q", "h.0.attn.v"};
+  std::vector<std::string> paths;
+  for (const auto& p : slot_paths(split))
+    if (p.rfind("h.0.attn.", 0) == 0) paths.push_back(p);
+  EXPECT_EQ(paths, attn0);
+  EXPECT_EQ(count_parameters(split), vit_parameter_count(c));
+  // The rows: q, k, v are the fused weight's blocks 0..C, C..2C, 2C..3C.
+  auto w = fused.named_parameters()["h.1.attn.qkv.weight"];
+  auto b = fused.named_parameters()["h.1.attn.qkv.bias"];
+  auto sp = split.named_parameters();
+  EXPECT_TRUE(torch::equal(sp["h.1.attn.k.weight"], w.narrow(0, 16, 16)));
+  EXPECT_TRUE(torch::equal(sp["h.1.attn.v.bias"], b.narrow(0, 32, 16)));
+  // Gradients: the q/k/v blocks of the fused gradient.
+  fused.loss(x, target).backward();
+  split.loss(x, target).backward();
+  EXPECT_TRUE(torch::allclose(sp["h.1.attn.v.weight"].grad(),
+                              w.grad().narrow(0, 32, 16), 1e-5, 1e-6));
+  EXPECT_TRUE(torch::allclose(sp["cls_token"].grad(),
+                              fused.named_parameters()["cls_token"].grad(),
+                              1e-5, 1e-6));
+  // Split in place after construction (e.g. after loading a fused
+  // checkpoint): same outputs; twice is an error.
+  fused.unfuse_qkv();
+  EXPECT_LT((fused.forward(x) - want).abs().max().item<double>(), 1e-6);
+  try {
+    fused.unfuse_qkv();
+    FAIL();
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already separate"),
+              std::string::npos);
+  }
+}
+
 TEST(MLP, SequentialNamesAndCount) {
   torch::manual_seed(0);
   auto c = MLPConfig().sizes({784, 32, 16, 10});

@@ -174,3 +174,42 @@ TEST(Config, BuildModelNeedsNoData) {
       lowmem::train::build_model(c)->named_parameters()["wte.weight"].size(1),
       32);
 }
+
+// SNELL's official layout through lowmem train keys: vit.fused_qkv=false
+// gives separate q, k, v slots the targets reach one by one, and
+// modules_to_save may name a parameter (the ViT's cls_token, which belongs
+// to no submodule): it trains beside the head, the rest stays frozen.
+TEST(Config, SeparateQkvTargetsAndAParameterInModulesToSave) {
+  lowmem::train::Config c;
+  c.set("model", "vit");
+  c.set("data", "fashion-mnist");
+  c.set("fashion_mnist.root", "/nonexistent/fashion");
+  c.set("vit.n_layer", "1");
+  c.set("vit.n_embd", "16");
+  c.set("vit.n_head", "2");
+  c.set("vit.fused_qkv", "false");
+  c.set("method", "snell");
+  c.set("targets", "q,k,v");
+  c.set("modules_to_save", "head,cls_token");
+  auto model = lowmem::train::build_model(c);
+  lowmem::train::setup_method(c, model, c10::Device(c10::kCPU));
+  std::vector<std::string> trainable;
+  for (const auto& p : model->named_parameters())
+    if (p.value().requires_grad()) trainable.push_back(p.key());
+  for (const char* want :
+       {"cls_token", "head.weight", "head.bias", "h.0.attn.q.snell_A",
+        "h.0.attn.k.snell_B", "h.0.attn.v.snell_A"})
+    EXPECT_NE(std::find(trainable.begin(), trainable.end(), want),
+              trainable.end())
+        << want;
+  for (const auto& name : trainable)
+    EXPECT_TRUE(name == "cls_token" || name.rfind("head.", 0) == 0 ||
+                name.find(".snell_") != std::string::npos)
+        << name;
+  // Without the key: the ViT's default (the head only).
+  c.set("modules_to_save", "");
+  model = lowmem::train::build_model(c);
+  lowmem::train::setup_method(c, model, c10::Device(c10::kCPU));
+  EXPECT_FALSE(model->named_parameters()["cls_token"].requires_grad());
+  EXPECT_TRUE(model->named_parameters()["head.weight"].requires_grad());
+}

@@ -36,7 +36,9 @@ struct TargetOptions {
   TORCH_ARG(std::string, exclude_regex) = "";
   /// Modules kept trainable and saved with the adapter (PEFT modules_to_save,
   /// e.g. a new classification head); a name matches a module path as
-  /// (^|.*\.)name($|\..*). Never targeted by adapters.
+  /// (^|.*\.)name($|\..*). A name may also match a parameter's own name
+  /// (lowmem: ViT's cls_token belongs to no submodule; PEFT would name its
+  /// embeddings module). Never targeted by adapters.
   TORCH_ARG(std::vector<std::string>, modules_to_save) = {};
 
  public:

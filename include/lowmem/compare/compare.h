@@ -586,6 +586,7 @@ struct OfficialSetting {
   std::string used;       // what this run's method row uses: "0.5"
   std::string source;     // where the official value comes from
   bool deviates = false;  // used != official
+  std::string note;       // why it deviates ("" when it does not)
   template <class V>
   void for_each_field(V&& v) {
     v("suite", suite);
@@ -595,12 +596,14 @@ struct OfficialSetting {
     v("used", used);
     v("source", source);
     v("deviates", deviates);
+    v("note", note);
   }
 };
 
 /// The recorded official settings (src/compare/methods.cpp, docs/compare.md
 /// "Official settings") with what `options`' method rows use (overrides
-/// included); the report lists every deviation.
+/// included), each method's "-tuned" row after its official one; the
+/// report lists every deviation with its note.
 std::vector<OfficialSetting> official_settings(const CompareOptions& options);
 
 /// Paper claims computed from `methods` (never hard-coded verdicts).

@@ -42,7 +42,8 @@ class Embedding : public torch::nn::Module {
   at::Tensor weight;                          // [num, dim]
 };
 
-/// Multi-head self-attention with slots "qkv" (C -> 3C) and "proj" (C -> C).
+/// Multi-head self-attention with slots "qkv" (C -> 3C) and "proj" (C -> C);
+/// after unfuse_qkv(), slots "q", "k", "v" (each C -> C) instead of "qkv".
 class SelfAttention : public nn::SlotModule {
  public:
   SelfAttention(
@@ -58,6 +59,13 @@ class SelfAttention : public nn::SlotModule {
   /// (packed_causal_mask); it stays set so a checkpointed block's recompute
   /// in backward sees the same mask.
   void set_mask(at::Tensor mask) { mask_ = std::move(mask); }
+  /// Splits the fused "qkv" slot into slots "q", "k", "v" holding its row
+  /// blocks (copies of the weight and bias rows 0..C, C..2C, 2C..3C): the same
+  /// function, three linears an adapter can target one by one (as SNELL's
+  /// and timm's separate q/k/v layers load a fused checkpoint). Throws if
+  /// already split or if "qkv" holds an adapter (split before injecting).
+  void unfuse_qkv();
+  bool fused_qkv() const { return fused_qkv_; }
   /// Incremental decoding (causal only; no dropout, no mask_): x [B, T, C]
   /// holds positions start..start+T-1. Their keys and values are written
   /// into key_cache / value_cache [B*H, L, D] at [start, start+T), and each
@@ -67,9 +75,13 @@ class SelfAttention : public nn::SlotModule {
                             const at::Tensor& value_cache, int64_t start);
 
  private:
+  /// q, k, v as [B*H, T, D] each (from "qkv" or from "q", "k", "v").
+  std::vector<at::Tensor> project_heads(const at::Tensor& x);
+
   int64_t n_embd_, n_head_;
   bool causal_;
   double dropout_;
+  bool fused_qkv_ = true;
   at::Tensor mask_;
 };
 

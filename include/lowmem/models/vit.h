@@ -4,6 +4,8 @@
 // reference's stride-p convolution), then "cls_token", "pos_embed", blocks
 // h.<i> named as in GPT (attn.qkv, attn.proj, mlp.fc, mlp.proj; not causal),
 // final LayerNorm "ln_f" and the classifier slot "head" on the class token.
+// With fused_qkv false the attention has slots attn.q, attn.k, attn.v instead
+// of attn.qkv (same function; SNELL's official code adapts q, k, v apart).
 #pragma once
 
 #include "lowmem/models/layers.h"
@@ -25,6 +27,8 @@ struct ViTConfig {
   TORCH_ARG(double, dropout) = 0.0;
   TORCH_ARG(bool, bias) = true;
   TORCH_ARG(bool, activation_checkpointing) = false;
+  /// One attn.qkv slot (true) or three, attn.q / attn.k / attn.v (false).
+  TORCH_ARG(bool, fused_qkv) = true;
 };
 
 /// Throws "[vit] ..." on bad sizes (image_size % patch_size != 0, ...).
@@ -49,6 +53,10 @@ class ViT : public Model {
   /// Swaps the classifier for a fresh one with n classes (fine-tuning on a
   /// new label set); uses the global RNG.
   void reset_head(int64_t n_classes);
+  /// Splits every block's attn.qkv into attn.q, attn.k, attn.v (row blocks
+  /// of the fused weight: the function is unchanged), e.g. after loading a
+  /// fused checkpoint; sets config().fused_qkv() false. Before adapters.
+  void unfuse_qkv();
   int64_t n_patches() const;
   const ViTConfig& config() const {
     return config_;

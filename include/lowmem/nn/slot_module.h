@@ -36,6 +36,9 @@ class SlotModule : public torch::nn::Module {
   std::shared_ptr<LinearLike> slot(const std::string& name) const;
   /// Puts `layer` into slot `name` (replace_module + slot update together).
   void replace_slot(const std::string& name, std::shared_ptr<LinearLike> layer);
+  /// Removes slot `name` and its child module; returns its layer (throws if
+  /// there is none). For model surgery before adapters are injected.
+  std::shared_ptr<LinearLike> remove_slot(const std::string& name);
   const std::map<std::string, std::shared_ptr<LinearLike>>& slots() const {
     return slots_;
   }

@@ -31,6 +31,10 @@ struct Config {
                                         // does not take (route)
   std::string route = "auto";  // auto | all | matrices (see training.md)
   std::string targets;         // adapter target modules ("" = method default)
+  // Modules (or parameters, e.g. vit's cls_token) trained beside an
+  // adapter, PEFT's modules_to_save ("" = the model's default: vit "head",
+  // mlp its output layer).
+  std::string modules_to_save;
   std::string init;            // initial weights: a checkpoint (root or
                                // step dir) or a .safetensors file
   std::string init_exclude;    // regex: model tensors not taken from init
@@ -77,6 +81,7 @@ struct Config {
     v("aux_optimizer", aux_optimizer);
     v("route", route);
     v("targets", targets);
+    v("modules_to_save", modules_to_save);
     v("init", init);
     v("init_exclude", init_exclude);
     v("steps", steps);
