@@ -17,14 +17,15 @@ namespace lowmem::tools {
 namespace {
 
 struct PlanArgs {
-  std::string dtype = "fp32";
+  std::string dtype;  // "": the configuration's (llama.dtype)
   int64_t seq = 0;
   int64_t workers = 1;
   std::string budget;
   bool table = false;
 };
 
-c10::ScalarType parse_dtype(const std::string& s) {
+c10::optional<c10::ScalarType> parse_dtype(const std::string& s) {
+  if (s.empty()) return c10::nullopt;
   const auto t = dtype_from_name(s);
   if (t.has_value() && *t != at::kDouble) return *t;
   throw train::ConfigError("--dtype must be fp32, bf16 or fp16, got '" + s +
@@ -79,12 +80,16 @@ int run_plan(const ConfigFlags& flags, const PlanArgs& a) {
                      .seq_len(a.seq)
                      .workers(a.workers);
   const int64_t budget = a.budget.empty() ? 0 : train::parse_bytes(a.budget);
+  const std::string dtype = !a.dtype.empty() ? a.dtype
+                            : config.model == "llama"
+                                ? config.get("llama.dtype")
+                                : "float32";
   if (a.table) {
     for (const auto& preset : models::llama_preset_names()) {
       train::Config c = config;
       c.model = "llama";
       c.set("llama.preset", preset);
-      std::cout << "\nLLaMA " << preset << " (" << a.dtype << ", batch "
+      std::cout << "\nLLaMA " << preset << " (" << dtype << ", batch "
                 << c.batch_size << ")\n";
       print_methods(c, o, budget);
     }
@@ -92,7 +97,7 @@ int run_plan(const ConfigFlags& flags, const PlanArgs& a) {
   }
   const train::Plan p = train::plan(config, o);
   std::cout << "model " << config.model << ", method " << config.method
-            << ", optimizer " << config.optimizer << ", " << a.dtype
+            << ", optimizer " << config.optimizer << ", " << dtype
             << " weights\n"
             << p.to_string();
   if (budget > 0) {
@@ -112,7 +117,9 @@ const RegisterCommand kPlan{Command{
     [](CLI::App& sub) -> std::function<int()> {
       auto flags = std::make_shared<ConfigFlags>(sub);
       auto a = std::make_shared<PlanArgs>();
-      sub.add_option("--dtype", a->dtype, "Weights' dtype: fp32, bf16, fp16")
+      sub.add_option("--dtype", a->dtype,
+                     "Weights' dtype: fp32, bf16, fp16 (default: the "
+                     "configuration's, llama.dtype)")
           ->group("Plan");
       sub.add_option("--seq", a->seq,
                      "Tokens per row (0: the model's context, llama.context)")

@@ -14,6 +14,8 @@
 #include "command.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/dist/launcher.h"
+#include "lowmem/models/layers.h"
+#include "lowmem/nn/nf4.h"
 #include "lowmem/train/run.h"
 
 namespace lowmem::tools {
@@ -26,6 +28,22 @@ std::string fixed(double v, int digits) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
   return buf;
+}
+
+// base_dtype nf4: how many linear layers are stored in 4 bits, and their
+// bytes (codes, scales and offsets).
+void print_nf4_base(torch::nn::Module& model) {
+  int64_t layers = 0, bytes = 0;
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (const auto* q = dynamic_cast<const nn::Nf4Linear*>(m.get())) {
+      ++layers;
+      bytes += q->weight().nbytes();
+    }
+  }
+  if (layers > 0) {
+    std::cout << "# base: " << layers << " linear layers stored in NF4 ("
+              << format_bytes(bytes) << ")\n";
+  }
 }
 
 std::string rate(double v) {
@@ -125,6 +143,7 @@ int run_train(const ConfigFlags& flags) {
           std::cout << "# optimizer " << r.target << ": " << r.params.size()
                     << " parameter tensors\n";
         }
+        print_nf4_base(*s.model);
         if (s.world_size > 1) {
           std::cout << "# data-parallel: " << s.world_size
                     << " workers, " << s.config.batch_size / s.world_size

@@ -65,6 +65,8 @@ std::vector<MemoryMethod> memory_methods(const std::string& model) {
         "projected_adapter.cache_sketch=false",
         "projected_adapter.freeze_rest=false", all}},
       {"LoRA r16", {"method=lora", "optimizer=adamw", all, "lora.r=16"}},
+      {"QLoRA r16 (NF4 base)",
+       {"method=lora", "optimizer=adamw", all, "lora.r=16", "base_dtype=nf4"}},
       {"LoTR r16", {"method=lotr", "optimizer=adamw", all, "lotr.rank=16"}},
       {"SNELL r16", {"method=snell", "optimizer=adamw", all, "snell.r=16"}},
       {"SINGD", {"method=full", "optimizer=singd", "aux_optimizer=adamw"}},

@@ -610,6 +610,13 @@ train::Config method_config(const MethodDef& method, const Suite& suite,
   for (const auto& k : suite.config) apply(k);
   for (const auto& k : method.config(options)) apply(k);
   for (const auto& k : options.overrides) apply(k);
+  if (options.base_dtype != "auto" && c.method != "full" &&
+      c.method != "galore") {
+    c.set("base_dtype", options.base_dtype);
+  }
+  if (options.optim_bits != 0 && c.optimizer_has_optim_bits()) {
+    c.set("optim_bits", std::to_string(options.optim_bits));
+  }
   return c;
 }
 

@@ -123,6 +123,10 @@ detail::Built build_method(const detail::MethodDef& def, const detail::Suite& s,
     if (it == r.overrides.end()) it = r.overrides.insert(it, item);
     *it = item;  // one entry per key: the value that took effect
   }
+  if (b.config.base_dtype != "auto")
+    r.overrides.push_back("base_dtype=" + b.config.base_dtype);
+  if (b.config.optim_bits != 0)
+    r.overrides.push_back("optim_bits=" + std::to_string(b.config.optim_bits));
   r.detail = def.detail(b);
   if (!r.overrides.empty()) {
     std::string list;

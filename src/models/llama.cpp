@@ -536,7 +536,8 @@ at::Tensor LlamaDecoderLayer::forward(const at::Tensor& x,
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
-Llama::Llama(LlamaConfig config) : config_(std::move(config)) {
+Llama::Llama(LlamaConfig config, const LlamaLayerHook& on_layer)
+    : config_(std::move(config)) {
   validate(config_);
   const auto& c = config_;
   const auto o = param_options(c);
@@ -549,6 +550,7 @@ Llama::Llama(LlamaConfig config) : config_(std::move(config)) {
   torch::nn::ModuleList layers;
   for (int64_t i = 0; i < c.num_hidden_layers(); ++i) {
     auto l = std::make_shared<LlamaDecoderLayer>(c);
+    if (on_layer) on_layer(i, *l);
     layers->push_back(l);
     layers_.push_back(l);
   }

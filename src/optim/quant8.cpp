@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/quant_maps.h"
 
 namespace lowmem::optim {
 namespace {
@@ -14,40 +15,10 @@ constexpr int64_t kB = kQ8BlockSize;
 
 int64_t blocks_of(int64_t n) { return (n + kB - 1) / kB; }
 
-// create_dynamic_map(signed, max_exponent_bits=7, total_bits=8), op for op:
-// additional_items = 2^(7 - 7) - 1 = 0, so that branch never runs.
-at::Tensor make_dynamic_map(bool is_signed) {
-  constexpr int kMaxExponentBits = 7;
-  constexpr int kNonSignBits = 7;  // total_bits - 1
-  std::vector<at::Tensor> parts;
-  for (int i = 0; i < kMaxExponentBits; ++i) {
-    const int shift = i + kNonSignBits - kMaxExponentBits + (is_signed ? 0 : 1);
-    const int64_t items = (int64_t{1} << shift) + 1;
-    const at::Tensor bounds = at::linspace(0.1, 1, items, at::kFloat);
-    const at::Tensor means =
-        (bounds.slice(0, 0, items - 1) + bounds.slice(0, 1)) / 2.0;
-    const double scale = std::pow(10.0, -(kMaxExponentBits - 1) + i);
-    parts.push_back(means * scale);
-    if (is_signed) parts.push_back(means * -scale);
-  }
-  parts.push_back(at::zeros({1}, at::kFloat));
-  parts.push_back(at::ones({1}, at::kFloat));
-  at::Tensor data = at::cat(parts);
-  LOWMEM_CHECK(data.numel() == 256, "[q8] dynamic map has ", data.numel(),
-               " values, expected 256");
-  return std::get<0>(data.sort());
-}
-
 // Midpoints between neighbouring code values: bucketize's boundaries.
 const at::Tensor& midpoints(bool is_signed) {
-  static const at::Tensor s = [] {
-    const at::Tensor& c = dynamic_map(true);
-    return (c.slice(0, 0, 255) + c.slice(0, 1)) / 2;
-  }();
-  static const at::Tensor u = [] {
-    const at::Tensor& c = dynamic_map(false);
-    return (c.slice(0, 0, 255) + c.slice(0, 1)) / 2;
-  }();
+  static const at::Tensor s = code_midpoints(dynamic_map(true));
+  static const at::Tensor u = code_midpoints(dynamic_map(false));
   return is_signed ? s : u;
 }
 
@@ -64,12 +35,6 @@ void quantize_blocks(const at::Tensor& x2d, at::Tensor am, at::Tensor codes2d,
 }
 
 }  // namespace
-
-const at::Tensor& dynamic_map(bool is_signed) {
-  static const at::Tensor s = make_dynamic_map(true);
-  static const at::Tensor u = make_dynamic_map(false);
-  return is_signed ? s : u;
-}
 
 int64_t BlockwiseQ8::nbytes() const {
   if (!defined()) return 0;

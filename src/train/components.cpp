@@ -7,11 +7,13 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <set>
 #include <sstream>
 
 #include "lowmem/adapters/inject.h"
 #include "lowmem/adapters/registry.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/dtype.h"
 #include "lowmem/core/input.h"
 #include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/jsonl.h"
@@ -22,6 +24,7 @@
 #include "lowmem/models/mlp.h"
 #include "lowmem/models/vit.h"
 #include "lowmem/nn/curvature_tap.h"
+#include "lowmem/nn/nf4.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/registry.h"
 #include "lowmem/text/tokenizer.h"
@@ -58,9 +61,11 @@ struct LlamaSection {
   std::string preset;
   models::LlamaConfig c;
   int64_t context = 64;
+  std::string dtype = "float32";  // the weights': float32 or bfloat16
   template <class V>
   void for_each_field(V&& v) {
     v("preset", preset);
+    v("dtype", dtype);
     v("vocab_size", c.vocab_size());
     v("hidden_size", c.hidden_size());
     v("intermediate_size", c.intermediate_size());
@@ -483,6 +488,14 @@ std::shared_ptr<models::Model> build_gpt(const Config& c,
   return std::make_shared<models::GPT>(g);
 }
 
+c10::ScalarType llama_dtype(const Config& c) {
+  const std::string& d = opts<LlamaSection>(c, "llama").dtype;
+  const auto t = dtype_from_name(d);
+  if (t == at::kFloat || t == at::kBFloat16) return *t;
+  throw ConfigError("llama.dtype must be float32 or bfloat16, got '" +
+                    clip(d, 40) + "'");
+}
+
 std::shared_ptr<models::Model> build_llama(const Config& c,
                                            const BuiltData& data) {
   const auto& l = opts<LlamaSection>(c, "llama");
@@ -493,7 +506,19 @@ std::shared_ptr<models::Model> build_llama(const Config& c,
                       " exceeds max_position_embeddings " +
                       std::to_string(lc.max_position_embeddings()));
   }
-  return std::make_shared<models::Llama>(lc);
+  lc.dtype(llama_dtype(c));
+  const auto pick = nf4_pick_at_build(c);
+  if (!pick) return std::make_shared<models::Llama>(lc);
+  // base_dtype nf4: each decoder layer is quantized as soon as it is built
+  // (same draws, same values as quantizing the whole dense model after), so
+  // at most one layer's dense weights exist at a time.
+  return std::make_shared<models::Llama>(
+      lc, [&pick](int64_t i, models::LlamaDecoderLayer& layer) {
+        const std::string prefix = "model.layers." + std::to_string(i) + ".";
+        nn::quantize_linears_nf4(layer, [&](const std::string& path) {
+          return pick(prefix + path);
+        });
+      });
 }
 
 std::shared_ptr<models::Model> build_hf(const Config& c,
@@ -526,10 +551,12 @@ std::shared_ptr<models::Model> build_hf(const Config& c,
   return interop::load_hf_model(h.path, options);
 }
 
-PlannedModel plan_llama(const Config& c, c10::ScalarType dtype, int64_t batch,
-                        int64_t seq) {
+PlannedModel plan_llama(const Config& c, c10::optional<c10::ScalarType> dtype,
+                        int64_t batch, int64_t seq) {
   const auto& l = opts<LlamaSection>(c, "llama");
-  auto lc = l.config().dtype(dtype).device(c10::Device(c10::kMeta));
+  auto lc = l.config()
+                .dtype(dtype.value_or(llama_dtype(c)))
+                .device(c10::Device(c10::kMeta));
   PlannedModel p;
   p.seq = seq > 0 ? seq : l.context;
   if (p.seq > lc.max_position_embeddings()) {
@@ -699,12 +726,48 @@ std::shared_ptr<models::Model> build_model(const Config& c,
   throw ConfigError("unknown model '" + c.model + "'");
 }
 
-AppliedMethod apply_method(const Config& c,
-                           const std::shared_ptr<torch::nn::Module>& model) {
-  AppliedMethod applied;
-  if (c.method == "full" || c.method == "galore") {
-    return applied;  // galore acts in the optimizer (build_optimizer)
+namespace {
+
+bool is_output_head(const std::string& p) {
+  return p == "head" || p == "lm_head" ||
+         (p.size() > 8 && p.compare(p.size() - 8, 8, ".lm_head") == 0);
+}
+
+// The slots an NF4 base quantizes (base_dtype nf4), by full module path:
+// every linear slot the method freezes, except an output head and
+// modules_to_save (QLoRA quantizes every linear layer but the output
+// embedding: transformers' get_keys_to_not_convert). A projected adapter
+// that leaves the rest trainable (freeze_rest false) gets only its targets
+// quantized: that needs the built model (`model`); without one (nullptr) the
+// result is empty.
+std::function<bool(const std::string&)> nf4_pick(
+    const Config& c, const adapters::TargetOptions& t,
+    torch::nn::Module* model) {
+  const bool explicit_targets =
+      !t.target_modules().empty() || !t.target_regex().empty();
+  const bool only_targets =
+      c.method == "projected-adapter" &&
+      !opts<ProjectedAdapterSection>(c, "projected_adapter").freeze_rest &&
+      explicit_targets;
+  if (!only_targets) {
+    return [t](const std::string& path) {
+      return !is_output_head(path) && !adapters::in_modules_to_save(path, t);
+    };
   }
+  if (model == nullptr) return {};
+  auto targeted = std::make_shared<std::set<std::string>>();
+  usage([&] {
+    for (const auto& r : adapters::find_targets(*model, t))
+      targeted->insert(r.path);
+  });
+  return
+      [targeted](const std::string& path) { return targeted->count(path) > 0; };
+}
+
+}  // namespace
+
+adapters::TargetOptions method_targets(
+    const Config& c, const std::shared_ptr<torch::nn::Module>& model) {
   // Default targets: every projection of the transformer blocks; the MLP's
   // hidden layers. A new classifier head stays trainable (modules_to_save).
   adapters::TargetOptions t;
@@ -716,6 +779,9 @@ AppliedMethod apply_method(const Config& c,
   } else if (c.model == "mlp") {
     std::vector<std::string> names;
     auto mlp = std::dynamic_pointer_cast<models::MLP>(model);
+    LOWMEM_CHECK(mlp != nullptr,
+                 "[train] the mlp's default targets need the "
+                 "built model");
     const auto& all = mlp->layer_names();
     names.assign(all.begin(), all.end() - 1);
     if (names.empty()) {
@@ -741,6 +807,29 @@ AppliedMethod apply_method(const Config& c,
   if (!c.modules_to_save.empty()) {
     t.modules_to_save(
         adapters::TargetOptions::from_list(c.modules_to_save).target_modules());
+  }
+  return t;
+}
+
+std::function<bool(const std::string&)> nf4_pick_at_build(const Config& c) {
+  if (c.base_dtype != "nf4" || !c.init.empty() || c.method == "full" ||
+      c.method == "galore" || (c.targets.empty() && c.model == "mlp")) {
+    return {};  // dense weights loaded after the build, or no base to pick
+  }
+  return nf4_pick(c, method_targets(c, nullptr), nullptr);
+}
+
+AppliedMethod apply_method(const Config& c,
+                           const std::shared_ptr<torch::nn::Module>& model) {
+  AppliedMethod applied;
+  if (c.method == "full" || c.method == "galore") {
+    return applied;  // galore acts in the optimizer (build_optimizer)
+  }
+  const adapters::TargetOptions t = method_targets(c, model);
+  if (c.base_dtype == "nf4") {
+    // Slots already quantized at build (nf4_pick_at_build) are Nf4Linear,
+    // which quantize_linears_nf4 leaves as they are.
+    nn::quantize_linears_nf4(*model, nf4_pick(c, t, model.get()));
   }
   usage([&] {
     if (const auto* kind = adapters::find_adapter(c.method)) {

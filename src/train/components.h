@@ -34,6 +34,7 @@ std::vector<std::string> names_of(const std::string& kind);
 
 #include <memory>
 
+#include "lowmem/adapters/inject.h"
 #include "lowmem/data/batch.h"
 #include "lowmem/optim/torch_sgd.h"
 #include "lowmem/train/config.h"
@@ -152,11 +153,13 @@ struct ModelKind {
   std::function<Section()> options;
   std::function<std::shared_ptr<models::Model>(const Config&, const BuiltData&)>
       build;
-  /// lowmem plan (train/plan.h): the model with `dtype` weights on the meta
-  /// device (nothing allocated), the sequence length it trains on (`seq`, or
-  /// its own when 0) and its activation bytes for `batch` rows; null for
-  /// models without an activation model yet.
-  std::function<PlannedModel(const Config&, c10::ScalarType dtype,
+  /// lowmem plan (train/plan.h): the model with `dtype` weights (nullopt:
+  /// the configuration's, e.g. llama.dtype) on the meta device (nothing
+  /// allocated), the sequence length it trains on (`seq`, or its own when 0)
+  /// and its activation bytes for `batch` rows; null for models without an
+  /// activation model yet.
+  std::function<PlannedModel(const Config&,
+                             c10::optional<c10::ScalarType> dtype,
                              int64_t batch, int64_t seq)>
       plan;
 };
@@ -168,6 +171,16 @@ BuiltData build_data(const Config& c);
 BuiltData data_shape(const Config& c);
 std::shared_ptr<models::Model> build_model(const Config& c,
                                            const BuiltData& data);
+/// The adapter targets of the method (TargetOptions: --targets, else the
+/// model's default projections; modules_to_save for a classifier head);
+/// `model` is read only for the mlp's default targets.
+adapters::TargetOptions method_targets(
+    const Config& c, const std::shared_ptr<torch::nn::Module>& model);
+/// base_dtype nf4 on a model built from scratch (no `init`): which slots
+/// (full module paths) to quantize while the model is built, layer by layer;
+/// empty when the choice needs the built model or nothing is quantized at
+/// build (apply_method then quantizes what is left).
+std::function<bool(const std::string&)> nf4_pick_at_build(const Config& c);
 /// What apply_method put into the model.
 struct AppliedMethod {
   /// lora, lotr, snell: the injected adapters (else nullptr).

@@ -228,6 +228,36 @@ void Config::validate() const {
   check(!overwrite || resume.empty(),
         "overwrite and resume exclude each other (overwrite starts a new run "
         "in out_dir; resume continues one)");
+  check_choice("base_dtype", base_dtype, {"auto", "nf4"});
+  check(base_dtype != "nf4" || (method != "full" && method != "galore"),
+        "base_dtype nf4 keeps the base weights frozen in 4 bits: it needs an "
+        "adapter method (lora, lotr, snell, projected-adapter), got method " +
+            method);
+  check(optim_bits == 0 || optim_bits == 8 || optim_bits == 32,
+        "optim_bits must be 0 (each optimizer's own), 8 or 32, got " +
+            std::to_string(optim_bits));
+  with_optim_bits();
+}
+
+Config Config::with_optim_bits() const {
+  Config c(*this);
+  if (optim_bits == 0) return c;
+  const std::string bits = std::to_string(optim_bits);
+  bool main = false;
+  for (const auto& name : {optimizer, aux_optimizer}) {
+    const Section* s = c.section(detail::section_of("optimizer", name));
+    if (s == nullptr || s->find("optim_bits") == nullptr) continue;
+    c.set(s->name() + ".optim_bits", bits);
+    main = main || name == optimizer;
+  }
+  check(main, "optim_bits " + bits + ": optimizer " + optimizer +
+                  " has no 8-bit state (adamw, galore_adamw and came have)");
+  return c;
+}
+
+bool Config::optimizer_has_optim_bits() const {
+  const Section* s = section(detail::section_of("optimizer", optimizer));
+  return s != nullptr && s->find("optim_bits") != nullptr;
 }
 
 std::vector<std::string> Config::active_sections() const {

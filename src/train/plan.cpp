@@ -20,7 +20,9 @@
 #include "lowmem/core/memory.h"
 #include "lowmem/dist/zero.h"
 #include "lowmem/models/layers.h"
+#include "lowmem/nn/nf4.h"
 #include "lowmem/optim/galore.h"
+#include "lowmem/optim/quant8.h"
 #include "lowmem/optim/registry.h"
 #include "lowmem/train/run.h"
 
@@ -70,6 +72,20 @@ class UpdateProbe {
  private:
   std::map<std::tuple<std::string, c10::ScalarType, bool>, double> cache_;
 };
+
+// How many elements of a tensor of `numel` an update's temporaries scale
+// with: all of them, or with 8-bit state (bitsandbytes' options optim_bits 8
+// and min_8bit_size, optim/quant8.h) one chunk of kQ8ChunkElements, since
+// q8_update dequantizes, updates and requantizes chunk by chunk. The probe's
+// tensor (6144 elements) is a single chunk either way.
+int64_t update_elements(const Section& section, int64_t numel) {
+  const Field* bits = section.find("optim_bits");
+  if (bits == nullptr || bits->get() != "8") return numel;
+  const Field* min = section.find("min_8bit_size");
+  const int64_t floor =
+      min != nullptr ? std::stoll(min->get()) : optim::kMin8bitSize;
+  return numel >= floor ? std::min(numel, optim::kQ8ChunkElements) : numel;
+}
 
 // What one parameter contributes.
 struct Param {
@@ -124,7 +140,7 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
   const int64_t project = upcast + low_bytes + regenerated;
   const int64_t inner_update = static_cast<int64_t>(std::ceil(
       probe.per_element(inner, section, low.scalar_type(), low.dim() >= 2) *
-      static_cast<double>(low.numel())));
+      static_cast<double>(update_elements(section, low.numel()))));
   const int64_t apply =
       m * n * f + (e == f ? 0 : m * n * e) + regenerated + inner_update;
   q.low_alive = 2 * low_bytes;
@@ -144,13 +160,16 @@ void size_plain(Param& q, const optim::OptimizerKind& kind,
   q.state = kind.state_bytes(q.p, section);
   q.update = static_cast<int64_t>(std::ceil(
       probe.per_element(kind, section, q.p.scalar_type(), q.p.dim() >= 2) *
-      static_cast<double>(q.p.numel())));
+      static_cast<double>(update_elements(section, q.p.numel()))));
   q.hook = nbytes(q.p) + q.update;
 }
 
 struct Sized {
   std::vector<Param> params;  // trainable ones
   int64_t weights = 0, frozen = 0, count = 0, trainable = 0;
+  // NF4 bases: the largest dequantized weight (compute dtype) plus its
+  // float32 block scales, alive while a layer's matmul runs.
+  int64_t dequant = 0;
   bool layerwise = false;
   std::vector<PlanPart> parts;
 };
@@ -168,6 +187,22 @@ Sized size_parameters(const Config& c, const detail::PlannedModel& pm) {
              dtype_name(p.scalar_type())] += nbytes(p);
     if (!p.requires_grad()) out.frozen += nbytes(p);
   }
+  int64_t nf4 = 0;
+  for (const auto& m : model->modules(/*include_self=*/false)) {
+    const auto* q = dynamic_cast<const nn::Nf4Linear*>(m.get());
+    if (q == nullptr) continue;
+    const nn::Nf4Weight& w = q->weight();
+    nf4 += w.nbytes();
+    out.count += w.numel();
+    const int64_t blocks = w.absmax_q.numel();
+    out.dequant = std::max(
+        out.dequant,
+        w.numel() * static_cast<int64_t>(c10::elementSize(q->compute_dtype())) +
+            2 * blocks * 4);
+  }
+  out.weights += nf4;
+  out.frozen += nf4;
+  if (nf4 > 0) by_dtype["frozen nf4"] = nf4;
   for (const auto& [what, bytes] : by_dtype)
     out.parts.push_back({"weights (" + what + ")", bytes, ""});
   UpdateProbe probe;
@@ -239,7 +274,8 @@ std::vector<Event> step_events(const Sized& z, const ActivationModel& a) {
     const int64_t recompute = a.checkpointing ? a.layer : 0;
     ev.push_back({"backward of layer " + std::to_string(l),
                   z.layerwise ? 0 : done, (l + 1) * kept,
-                  recompute + a.layer_backward + (z.layerwise ? hooks[s] : 0)});
+                  recompute + a.layer_backward + z.dequant +
+                      (z.layerwise ? hooks[s] : 0)});
   }
   const auto emb = static_cast<size_t>(L + 1);
   done += grads[emb];
@@ -282,7 +318,7 @@ std::vector<int64_t> worker_state(const Config& c, const Sized& z,
 }
 
 Plan make_plan(const Config& config, const PlanOptions& o) {
-  Config c(config);
+  const Config c = config.with_optim_bits();
   const int64_t batch = o.batch_size() > 0 ? o.batch_size() : c.batch_size;
   if (batch < 1) {
     throw ConfigError("batch size must be >= 1, got " + std::to_string(batch));
@@ -347,10 +383,10 @@ Plan make_plan(const Config& config, const PlanOptions& o) {
 
 Plan plan(const Config& config, const PlanOptions& options) {
   const auto t = options.dtype();
-  if (t != at::kFloat && t != at::kBFloat16 && t != at::kHalf) {
+  if (t && *t != at::kFloat && *t != at::kBFloat16 && *t != at::kHalf) {
     throw ConfigError(std::string("lowmem plan: dtype must be fp32, bf16 or "
                                   "fp16, got ") +
-                      dtype_name(t));
+                      dtype_name(*t));
   }
   return make_plan(config, options);
 }
@@ -444,6 +480,9 @@ std::vector<PlanMethod> plan_methods() {
       {"CAME", {"method=full", "optimizer=came"}},
       {"Adafactor", {"method=full", "optimizer=adafactor"}},
       {"LoRA r16", {"method=lora", "optimizer=adamw", all, "lora.r=16"}},
+      {"AdamW 8-bit", {"method=full", "optimizer=adamw", "optim_bits=8"}},
+      {"QLoRA r16 (NF4)",
+       {"method=lora", "optimizer=adamw", all, "lora.r=16", "base_dtype=nf4"}},
   };
 }
 

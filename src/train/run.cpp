@@ -30,6 +30,7 @@
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/io/safetensors.h"
 #include "lowmem/models/layers.h"
+#include "lowmem/nn/nf4.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/train/data_parallel.h"
 #include "lowmem/train/device.h"
@@ -89,7 +90,9 @@ int thread_count(int64_t threads) {
 std::unique_ptr<Session> build_session(const Config& config) {
   config.validate();
   auto s = std::make_unique<Session>();
-  s->config = config;
+  // optim_bits written into the optimizer sections: what the run uses, what
+  // it prints and what its checkpoints record.
+  s->config = config.with_optim_bits();
   const Config& c = s->config;
   s->device = resolve_device(c.device);
   set_default_threads(thread_count(c.threads));
@@ -137,9 +140,10 @@ std::shared_ptr<models::Model> build_model(const Config& config) {
   return detail::build_model(config, detail::data_shape(config));
 }
 
-MethodSetup setup_method(const Config& c,
+MethodSetup setup_method(const Config& config,
                          const std::shared_ptr<torch::nn::Module>& model,
                          c10::Device device) {
+  const Config c = config.with_optim_bits();
   MethodSetup setup;
   const auto applied = detail::apply_method(c, model);
   model->to(device);  // adapter parameters made by the method
@@ -559,6 +563,14 @@ InfoReport info(const Config& config) {
       r.frozen_bytes += p.numel() * static_cast<int64_t>(p.element_size());
     }
   }
+  for (const auto& m : session->model->modules(/*include_self=*/false)) {
+    if (const auto* q = dynamic_cast<const nn::Nf4Linear*>(m.get())) {
+      r.nf4_params += q->weight().numel();
+      r.nf4_bytes += q->weight().nbytes();
+    }
+  }
+  r.total_params += r.nf4_params;
+  r.frozen_bytes += r.nf4_bytes;
   Trainer& t = *session->trainer;
   const c10::Device device = session->device;
   // MemoryTracker reads the CPU allocator or the CUDA caching allocator
@@ -604,7 +616,12 @@ std::string InfoReport::to_string() const {
   std::ostringstream o;
   o << "parameters:       " << total_params << " total, " << trainable_params
     << " trainable\n";
-  o << "frozen weights:   " << format_bytes(frozen_bytes) << "\n";
+  o << "frozen weights:   " << format_bytes(frozen_bytes);
+  if (nf4_params > 0) {
+    o << " (NF4: " << format_bytes(nf4_bytes) << " for " << nf4_params
+      << " weights)";
+  }
+  o << "\n";
   o << "trainable params: " << format_bytes(trainable_bytes) << "\n";
   o << "gradients:        " << format_bytes(gradient_bytes) << "\n";
   o << "optimizer state:  " << format_bytes(optimizer_state_bytes) << "\n";

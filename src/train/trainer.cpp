@@ -13,6 +13,7 @@
 #include "lowmem/core/check.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/io/checkpoint.h"
+#include "lowmem/nn/nf4.h"
 #include "lowmem/optim/extras.h"
 
 namespace lowmem::train {
@@ -120,6 +121,13 @@ MemoryBreakdown memory_breakdown(torch::nn::Module& model,
     (p.requires_grad() ? trainable : frozen).push_back(p);
     if (p.grad().defined()) {
       grads.push_back(p.grad());
+    }
+  }
+  // An NF4 base's storage is buffers, not parameters: frozen weights too.
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (const auto* q = dynamic_cast<const nn::Nf4Linear*>(m.get())) {
+      const nn::Nf4Weight& w = q->weight();
+      frozen.insert(frozen.end(), {w.packed, w.absmax_q, w.absmax2, w.offset});
     }
   }
   for (const auto& slot : optimizers) {

@@ -457,6 +457,38 @@ TEST(CompareTest, SetReachesCameInEveryMethodThatBuildsIt) {
   EXPECT_EQ(changed[2].overrides[0], "came.beta3=0.5");
 }
 
+// --base-dtype nf4 reaches the adapter methods only and --optim-bits 8 the
+// methods whose optimizer has 8-bit state; both are listed with the run.
+TEST(CompareTest, QuantizedModesReachTheMethodsThatHaveThem) {
+  if (!fs::exists("/usr/share/games/fortunes"))
+    GTEST_SKIP() << "no fortunes corpus (Debian package fortunes)";
+  const fs::path out = fresh_temp_dir("compare_quantized");
+  cmp::CompareOptions o = tiny_pretrain_options(out, 2);
+  o.seeds = 1;
+  o.methods = {"adamw", "adafactor", "rsketch-adapter"};
+  const auto base = cmp::run_compare(o).methods;
+  o.base_dtype = "nf4";
+  o.optim_bits = 8;
+  const auto q = cmp::run_compare(o).methods;
+  ASSERT_EQ(q.size(), 3u);
+  auto has = [](const cmp::MethodResult& r, const std::string& kv) {
+    return std::find(r.overrides.begin(), r.overrides.end(), kv) !=
+           r.overrides.end();
+  };
+  for (size_t i = 0; i < q.size(); ++i) {
+    SCOPED_TRACE(q[i].info.name);
+    ASSERT_EQ(q[i].status, "ok") << q[i].reason;
+    const bool adapter = q[i].info.name == "rsketch-adapter";
+    EXPECT_EQ(has(q[i], "base_dtype=nf4"), adapter);
+    EXPECT_EQ(has(q[i], "optim_bits=8"), q[i].info.name != "adafactor");
+    if (q[i].info.name == "adamw") {
+      // The embedding (256 x 16 = 4096 elements, bitsandbytes' minimum)
+      // keeps 2 + 8/256 bytes per element instead of 8.
+      EXPECT_LT(q[i].optimizer_state_bytes, base[i].optimizer_state_bytes);
+    }
+  }
+}
+
 TEST(CompareTest, EveryMethodOfAPlotGetsADistinctLineStyle) {
   // 16 methods in one suite: gnuplot's numbered colours repeat after 8, so the
   // script must give every curve its own (colour, dash) pair.

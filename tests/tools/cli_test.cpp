@@ -790,4 +790,35 @@ TEST_F(Cli, NprocPerNodeUsageErrorsExit2BeforeLaunching) {
   }
 }
 
+// The quantized modes are keys of the existing methods: --base-dtype nf4
+// (a 4-bit NF4 base under an adapter) and --optim-bits 8 (8-bit optimizer
+// state) in lowmem train, info and plan.
+TEST_F(Cli, Nf4BaseAndEightBitStateInTrainInfoAndPlan) {
+  auto r = run(tiny({"--method", "lora", "--base-dtype", "nf4", "--optim-bits",
+                     "8", "--steps", "2"}));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("done: 2 steps"), std::string::npos) << r.out;
+  // The GPT's qkv, attn proj, fc and mlp proj.
+  EXPECT_NE(r.out.find("# base: 4 linear layers stored in NF4"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("optim_bits: 8"), std::string::npos) << r.out;
+  r = run({"info", "--gpt.n_layer", "1", "--gpt.n_embd", "16", "--gpt.n_head",
+           "2", "--method", "lora", "--base-dtype", "nf4"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("(NF4: "), std::string::npos) << r.out;
+  r = run({"plan", "--model", "llama", "--llama.preset", "60m", "--method",
+           "lora", "--targets", "q_proj,v_proj", "--base-dtype", "nf4",
+           "--optim-bits", "8"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("weights (frozen nf4)"), std::string::npos) << r.out;
+  // Usage errors: a 4-bit base needs an adapter; sgd has no 8-bit state.
+  r = run(tiny({"--method", "full", "--base-dtype", "nf4", "--steps", "1"}));
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("needs an adapter method"), std::string::npos) << r.err;
+  r = run(tiny({"--optimizer", "sgd", "--optim-bits", "8", "--steps", "1"}));
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_NE(r.err.find("has no 8-bit state"), std::string::npos) << r.err;
+}
+
 }  // namespace

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "lowmem/models/layers.h"
+#include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/came.h"
 #include "lowmem/train/run.h"
 #include "testing/golden.h"
@@ -213,3 +214,62 @@ TEST(Config, SeparateQkvTargetsAndAParameterInModulesToSave) {
   EXPECT_FALSE(model->named_parameters()["cls_token"].requires_grad());
   EXPECT_TRUE(model->named_parameters()["head.weight"].requires_grad());
 }
+
+namespace lowmem::train {
+namespace {
+
+TEST(Config, BaseDtypeAndOptimBits) {
+  Config c;
+  c.method = "lora";
+  c.set("base_dtype", "nf4");
+  EXPECT_NO_THROW(c.validate());
+  c.method = "full";
+  EXPECT_NE(error_of([&] {
+              c.validate();
+            }).find("base_dtype nf4 keeps the base weights frozen"),
+            std::string::npos);
+  c.method = "lora";
+  c.set("base_dtype", "int4");
+  EXPECT_NE(error_of([&] { c.validate(); }).find("base_dtype"),
+            std::string::npos);
+  c.set("base_dtype", "auto");
+  // optim_bits writes the optimizers' own optim_bits.
+  c.set("optim_bits", "8");
+  c.optimizer = "came";
+  Config e = c.with_optim_bits();
+  EXPECT_EQ(e.get("came.optim_bits"), "8");
+  EXPECT_EQ(e.get("adamw.optim_bits"), "8");  // the aux optimizer
+  EXPECT_EQ(c.get("came.optim_bits"), "32");  // c itself unchanged
+  c.optimizer = "sgd";
+  EXPECT_NE(error_of([&] { c.validate(); }).find("optimizer sgd has no 8-bit"),
+            std::string::npos);
+  c.optimizer = "adamw";
+  c.set("optim_bits", "4");
+  EXPECT_NE(error_of([&] { c.validate(); }).find("optim_bits must be"),
+            std::string::npos);
+}
+
+TEST(Config, Nf4BaseQuantizesTheFrozenLinearLayers) {
+  Config c;
+  c.model = "llama";
+  c.method = "lora";
+  c.base_dtype = "nf4";
+  c.targets = "q_proj,v_proj";
+  c.set("llama.num_hidden_layers", "1");
+  auto model = build_model(c);
+  const MethodSetup m = setup_method(c, model, c10::Device(c10::kCPU));
+  int64_t quantized = 0, slots = 0;
+  for (const auto& ref : nn::find_slots(*model)) {
+    ++slots;
+    quantized += ref.layer()->is_quantized() ? 1 : 0;
+  }
+  // Every projection of the layer (7), the adapted ones under LoRA.
+  EXPECT_EQ(slots, 7);
+  EXPECT_EQ(quantized, 7);
+  // Only LoRA's factors train.
+  for (const auto& r : m.routes)
+    for (const auto& n : r.names) EXPECT_NE(n.find("lora_"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lowmem::train

@@ -109,6 +109,12 @@ struct CompareOptions {
   // that component (docs/compare.md, "Overrides"); compare's other defaults
   // stay. `lr` above applies after them (it sets every optimizer's rate).
   std::vector<std::string> overrides;
+  // lowmem train's base_dtype and optim_bits for every method they apply to:
+  // "nf4" puts the adapter methods (LoRA, LoTR, SNELL, projected adapter) on
+  // a 4-bit NF4 base; 8 gives every method whose optimizer has 8-bit state
+  // (adamw, galore_adamw, came) that state. Other methods run unchanged.
+  std::string base_dtype = "auto";
+  int64_t optim_bits = 0;
   // Global gradient-norm clipping before every optimizer step (torch's
   // clip_grad_norm_ over the trainable parameters); 0: off (the default, as
   // the learning rates were tuned).
@@ -193,6 +199,11 @@ struct CompareOptions {
       "(came.beta3=0.999, adafactor.clip_threshold=1e9, adamw.beta2=0.95, "
       "galore.rank=8, ...) for every method that builds that component; "
       "compare's other settings stay (docs/compare.md)");
+    v("base_dtype", base_dtype, "--base-dtype",
+      "auto or nf4: the adapter methods on a 4-bit NF4 base (nn/nf4.h)");
+    v("optim_bits", optim_bits, "--optim-bits",
+      "0 (each optimizer's own), 8 or 32: 8-bit state for the methods whose "
+      "optimizer has it (adamw, galore_adamw, came)");
     v("clip_norm", clip_norm, "--clip-norm",
       "clip the global gradient norm of the trainable parameters before "
       "every step (0: off)");

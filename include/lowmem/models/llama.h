@@ -22,6 +22,7 @@
 #include <c10/core/ScalarType.h>
 #include <torch/arg.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -240,9 +241,19 @@ class LlamaDecoderLayer : public CheckpointableBlock {
   std::shared_ptr<LlamaMLP> mlp;
 };
 
+/// Called by Llama's constructor once per decoder layer (its index and the
+/// layer), right after the layer is built and before the next one is: e.g.
+/// nn::quantize_linears_nf4 on the layer, so that the dense weights of two
+/// layers never exist at once (a 33B model built straight into NF4). The
+/// hook must not draw from the global generator if the model is to equal
+/// one built without it.
+using LlamaLayerHook = std::function<void(int64_t, LlamaDecoderLayer&)>;
+
 class Llama : public Model {
  public:
-  explicit Llama(LlamaConfig config = {});
+  /// Builds and initialises the weights tensor by tensor (embedding, layer
+  /// 0, ..., layer L-1, norm, lm_head), calling `on_layer` after each layer.
+  explicit Llama(LlamaConfig config = {}, const LlamaLayerHook& on_layer = {});
 
   using Model::evaluate;
   using Model::loss;

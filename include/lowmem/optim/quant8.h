@@ -6,9 +6,10 @@
 //   linspace(0.1, 1, k + 1) scaled by 10^(i-6), k = 2^i (signed: also
 //   negated) or 2^(i+1) (unsigned); plus 0 and 1.0; sorted; 256 float32
 //   values. The signed map (first moments) runs from -0.99296875 to 1.0 (no
-//   -1); the unsigned one (second moments) from 0 to 1.0. Built here with the
-//   same ATen ops (linspace, mean of neighbours, scale) so the values match
-//   the Python bit for bit (tests/optim/q8_reference.py).
+//   -1); the unsigned one (second moments) from 0 to 1.0. Built in
+//   core/quant_maps.h with the same ATen ops (linspace, mean of neighbours,
+//   scale) so the values match the Python bit for bit
+//   (tests/optim/q8_reference.py).
 // - Blocks: 256 consecutive elements of the flattened tensor, the last block
 //   possibly shorter (optim/optimizer.py Optimizer2State.init_state:
 //   `blocksize = 256`, blocks = ceil(n / 256)); one float32 absmax per block.
@@ -39,6 +40,8 @@
 #include <cstdint>
 #include <functional>
 
+#include "lowmem/core/quant_maps.h"
+
 namespace lowmem::optim {
 
 /// Elements per quantization block (bitsandbytes' optimizer blocksize).
@@ -48,9 +51,8 @@ inline constexpr int64_t kMin8bitSize = 4096;
 /// Elements per chunk of a chunked 8-bit update (a multiple of the block).
 inline constexpr int64_t kQ8ChunkElements = int64_t{1} << 20;
 
-/// bitsandbytes' create_dynamic_map(is_signed): 256 sorted float32 values on
-/// the CPU (computed once).
-const at::Tensor& dynamic_map(bool is_signed);
+/// bitsandbytes' create_dynamic_map(is_signed) (core/quant_maps.h).
+using lowmem::dynamic_map;
 
 /// One tensor stored as 8-bit codes of a dynamic map plus a float32 absmax
 /// per block of 256 elements (1 + 4/256 bytes per element).

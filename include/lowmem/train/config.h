@@ -38,6 +38,16 @@ struct Config {
   std::string init;            // initial weights: a checkpoint (root or
                                // step dir) or a .safetensors file
   std::string init_exclude;    // regex: model tensors not taken from init
+  // Frozen base weights: "auto" (the model's dtype) or "nf4" (QLoRA's 4-bit
+  // NormalFloat with double-quantized scales, nn/nf4.h: every linear layer
+  // but the output head and modules_to_save, dequantized per layer in
+  // forward and backward). nf4 needs an adapter method (lora, lotr, snell,
+  // projected-adapter).
+  std::string base_dtype = "auto";
+  // Optimizer state width: 0 = each optimizer section's optim_bits; 8 or 32
+  // sets optim_bits of the optimizer and aux_optimizer sections that have
+  // one (adamw, galore_adamw, came; optim/quant8.h).
+  int64_t optim_bits = 0;
   // How long and how.
   int64_t steps = 300;
   int64_t batch_size = 32;
@@ -84,6 +94,8 @@ struct Config {
     v("modules_to_save", modules_to_save);
     v("init", init);
     v("init_exclude", init_exclude);
+    v("base_dtype", base_dtype);
+    v("optim_bits", optim_bits);
     v("steps", steps);
     v("batch_size", batch_size);
     v("accum_steps", accum_steps);
@@ -131,6 +143,14 @@ struct Config {
   /// Range and name checks of the top-level keys, and whether `device` exists
   /// here (train::resolve_device; a CUDA device initialises CUDA). ConfigError.
   void validate() const;
+
+  /// A copy with `optim_bits` (when not 0) written into the optim_bits of
+  /// the optimizer and aux_optimizer sections; ConfigError when the main
+  /// optimizer has no optim_bits.
+  Config with_optim_bits() const;
+  /// Whether the main optimizer has an optim_bits option (adamw,
+  /// galore_adamw, came): what a nonzero `optim_bits` needs.
+  bool optimizer_has_optim_bits() const;
 
   /// The sections this configuration uses (model, data, method, optimizers).
   std::vector<std::string> active_sections() const;

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <c10/core/ScalarType.h>
+#include <c10/util/Optional.h>
 #include <torch/arg.h>
 
 #include <cstdint>
@@ -31,8 +32,9 @@ struct PlanOptions {
   TORCH_ARG(int64_t, batch_size) = 0;
   /// Tokens per row; 0: the model's (llama.context).
   TORCH_ARG(int64_t, seq_len) = 0;
-  /// Weights' dtype (activations follow it): kFloat, kBFloat16, kHalf.
-  TORCH_ARG(c10::ScalarType, dtype) = c10::kFloat;
+  /// Weights' dtype (activations follow it): kFloat, kBFloat16, kHalf;
+  /// unset: the configuration's (llama.dtype, float32 by default).
+  TORCH_ARG(c10::optional<c10::ScalarType>, dtype) = c10::nullopt;
   /// Data-parallel workers. With the configuration's dist.zero_stage 1 or 2
   /// the optimizer state is planned per worker (ZeRO, dist/zero.h): the
   /// parameters split by bytes as dist::partition_by_bytes does, the peak

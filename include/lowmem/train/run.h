@@ -150,7 +150,9 @@ int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
 struct InfoReport {
   int64_t total_params = 0;
   int64_t trainable_params = 0;
-  int64_t frozen_bytes = 0;
+  int64_t frozen_bytes = 0;  // NF4 storage included
+  int64_t nf4_params = 0;    // weights stored as NF4 (base_dtype nf4)
+  int64_t nf4_bytes = 0;     // their bytes (codes, scales, offset)
   int64_t trainable_bytes = 0;
   int64_t gradient_bytes = 0;        // peak gradient bytes of the step
   int64_t optimizer_state_bytes = 0;

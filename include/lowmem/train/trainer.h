@@ -142,7 +142,8 @@ using StepProbe = std::function<void(ProbePoint)>;
 
 /// Distinct-storage bytes of a model and its optimizers by role.
 struct MemoryBreakdown {
-  int64_t frozen_weights = 0;     // parameters without requires_grad
+  int64_t frozen_weights = 0;     // parameters without requires_grad and
+                                  // NF4 base storage (nn::Nf4Linear)
   int64_t trainable_weights = 0;  // parameters with requires_grad
   int64_t gradients = 0;          // defined .grad of the parameters
   int64_t optimizer_state = 0;    // optim::state_tensors of every optimizer
