@@ -115,6 +115,13 @@ bool is_target(const std::string& path, const TargetOptions& t) {
   return list_match(path, t.target_modules());
 }
 
+at::TensorOptions adapter_options(const at::TensorOptions& base_weight) {
+  const auto t = base_weight.dtype().toScalarType();
+  return at::TensorOptions()
+      .dtype((t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t)
+      .device(base_weight.device());
+}
+
 std::vector<nn::SlotRef> find_targets(torch::nn::Module& root,
                                       const TargetOptions& t) {
   validate(t);

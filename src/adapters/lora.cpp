@@ -19,13 +19,6 @@ struct WeightHolder : torch::nn::Module {
   at::Tensor weight;
 };
 
-// PEFT keeps adapter weights in fp32 for fp16/bf16 bases
-// (autocast_adapter_dtype=True), else in the base dtype.
-at::ScalarType adapter_dtype(const at::TensorOptions& base_weight) {
-  auto t = base_weight.dtype().toScalarType();
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
-
 }  // namespace
 
 double LoraOptions::scaling() const {
@@ -54,7 +47,7 @@ LoraLinear::LoraLinear(std::shared_ptr<nn::LinearLike> base,
   validate(options_);
   // The base's compute dtype and device (an NF4 base has no dense weight).
   const at::TensorOptions w = this->base()->weight_options();
-  auto opts = at::TensorOptions().dtype(adapter_dtype(w)).device(w.device());
+  auto opts = adapter_options(w);
   a_ = register_module("lora_A", std::make_shared<WeightHolder>(
                                      at::empty({options_.r(), in_features()}, opts)))
            ->weight;

@@ -13,11 +13,6 @@
 namespace lowmem::adapters {
 namespace {
 
-at::ScalarType adapter_dtype(const at::TensorOptions& base_weight) {
-  auto t = base_weight.dtype().toScalarType();
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
-
 // The projection type of a slot path: its components without the integer
 // (layer index) ones, joined by '_' with every '_' inside a component
 // doubled, so the path structure survives ("h.3.attn.proj" -> "h_attn_proj",
@@ -146,7 +141,7 @@ void build_lotr(LotrModel& model, const LotrOptions& options) {
                    "per_type)");
     }
     const at::TensorOptions w0 = first->weight_options();
-    auto opts = at::TensorOptions().dtype(adapter_dtype(w0)).device(w0.device());
+    auto opts = adapter_options(w0);
     auto group = std::make_shared<LotrGroup>(key, d_in, d_out, r, opts);
     // Tucker-2 of the stacked weights T[o, l, i] = W_l[o, i] when asked.
     at::Tensor u0, u2;

@@ -14,11 +14,6 @@
 namespace lowmem::adapters {
 namespace {
 
-at::ScalarType adapter_dtype(const at::TensorOptions& base_weight) {
-  auto t = base_weight.dtype().toScalarType();
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
-
 // K_s for a given threshold τ (variant semantics; τ and the code's mask are
 // gradient-stopped).
 at::Tensor apply_threshold(const at::Tensor& k, const at::Tensor& tau,
@@ -184,7 +179,7 @@ SnellLinear::SnellLinear(std::shared_ptr<nn::LinearLike> base,
   validate(options_);
   // The base's compute dtype and device (an NF4 base has no dense weight).
   const at::TensorOptions w = this->base()->weight_options();
-  auto opts = at::TensorOptions().dtype(adapter_dtype(w)).device(w.device());
+  auto opts = adapter_options(w);
   const int64_t h = options_.pieces(), rh = options_.r() / options_.pieces();
   a_ = register_parameter("snell_A", at::empty({h, in_features(), rh}, opts));
   b_ = register_parameter("snell_B", at::empty({h, out_features(), rh}, opts));

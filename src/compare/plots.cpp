@@ -49,7 +49,7 @@ std::string quoted(const std::string& s) {
   return o + "\"";
 }
 
-double mib(int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); }
+double to_mib(int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); }
 
 // Line style of the i-th method of a plot: 12 well-separated colours (the
 // "Paired"/tab20 families without the near-duplicates) crossed with dash
@@ -196,11 +196,11 @@ struct SuitePlotWriter {
     d << "# label frozen_weights trainable_weights gradients optimizer_state "
          "activations_other (MiB)\n";
     for (const MethodResult* m : ms)
-      d << quoted(m->info.label) << " " << num(mib(m->frozen_weight_bytes))
-        << " " << num(mib(m->trainable_weight_bytes)) << " "
-        << num(mib(m->gradient_bytes)) << " "
-        << num(mib(m->optimizer_state_bytes)) << " "
-        << num(mib(m->activation_bytes)) << "\n";
+      d << quoted(m->info.label) << " " << num(to_mib(m->frozen_weight_bytes))
+        << " " << num(to_mib(m->trainable_weight_bytes)) << " "
+        << num(to_mib(m->gradient_bytes)) << " "
+        << num(to_mib(m->optimizer_state_bytes)) << " "
+        << num(to_mib(m->activation_bytes)) << "\n";
     const std::string f = "data/" + suite + "_memory.dat";
     detail::write_text_file((dir / f).string(), d.str());
     const std::string name = suite + "_memory";
@@ -237,9 +237,9 @@ struct SuitePlotWriter {
       const auto& q = acc ? m->val_accuracy : m->val_loss;
       const auto& sd = acc ? m->val_accuracy_std : m->val_loss_std;
       if (!q || !std::isfinite(*q)) continue;
-      d << quoted(m->info.label) << " " << num(mib(m->peak_tensor_bytes)) << " "
-        << num(k * *q) << " " << num(mib(m->optimizer_state_bytes)) << " "
-        << num(sd ? k * *sd : 0.0) << "\n";
+      d << quoted(m->info.label) << " " << num(to_mib(m->peak_tensor_bytes))
+        << " " << num(k * *q) << " " << num(to_mib(m->optimizer_state_bytes))
+        << " " << num(sd ? k * *sd : 0.0) << "\n";
       ++n;
     }
     const std::string f = "data/" + suite + "_quality.dat";
@@ -248,7 +248,7 @@ struct SuitePlotWriter {
     fr << "# the quality-vs-peak frontier (quality_frontier), cheapest first\n";
     for (const MethodResult* m : quality_frontier(all, suite)) {
       const auto& q = acc ? m->val_accuracy : m->val_loss;
-      fr << num(mib(m->peak_tensor_bytes)) << " "
+      fr << num(to_mib(m->peak_tensor_bytes)) << " "
          << num((acc ? 100.0 : 1.0) * *q) << "\n";
     }
     const std::string ff = "data/" + suite + "_frontier.dat";

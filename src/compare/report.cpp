@@ -53,7 +53,6 @@ bool missing(ClaimCheck& c, const std::vector<MethodResult>& ms,
 }
 
 std::string pct(double v) { return num(100.0 * v) + "%"; }
-std::string mib(int64_t b) { return format_bytes(b); }
 
 // The metric of each finished seed of `m`, by seed (the result itself as one
 // seed when it was never merged).
@@ -172,8 +171,9 @@ ClaimCheck claim_came_vs_adafactor(const std::vector<MethodResult>& ms) {
   if (!missing(c, ms, P, {"came", "adafactor"})) {
     const auto *a = find(ms, P, "came"), *b = find(ms, P, "adafactor");
     judge(c, *a, *b, false, loss_within(0), true, "validation loss");
-    c.evidence += "; optimizer state " + mib(a->optimizer_state_bytes) +
-                  " vs " + mib(b->optimizer_state_bytes);
+    c.evidence += "; optimizer state " +
+                  format_bytes(a->optimizer_state_bytes) + " vs " +
+                  format_bytes(b->optimizer_state_bytes);
     add_tuned(c, ms, *a, *b, false);
   }
   return c;
@@ -197,8 +197,8 @@ ClaimCheck claim_galore_vs_adamw(const std::vector<MethodResult>& ms) {
     judge(c, *g, *a, false, loss_within(kLossTolerance), mem < 1.0,
           "validation loss");
     c.evidence += "; " + pct(mem) + " of AdamW's optimizer state (" +
-                  mib(g->optimizer_state_bytes) + " vs " +
-                  mib(a->optimizer_state_bytes) + ")";
+                  format_bytes(g->optimizer_state_bytes) + " vs " +
+                  format_bytes(a->optimizer_state_bytes) + ")";
   }
   return c;
 }
@@ -219,9 +219,10 @@ ClaimCheck claim_duality_random_sketch(const std::vector<MethodResult>& ms) {
                *g = find(ms, P, "galore-adamw");
     judge(c, *r, *g, false, loss_within(kLossTolerance),
           r->peak_tensor_bytes < g->peak_tensor_bytes, "validation loss");
-    c.evidence += "; peak tensor memory " + mib(r->peak_tensor_bytes) + " vs " +
-                  mib(g->peak_tensor_bytes) + "; gradients " +
-                  mib(r->gradient_bytes) + " vs " + mib(g->gradient_bytes);
+    c.evidence += "; peak tensor memory " + format_bytes(r->peak_tensor_bytes) +
+                  " vs " + format_bytes(g->peak_tensor_bytes) + "; gradients " +
+                  format_bytes(r->gradient_bytes) + " vs " +
+                  format_bytes(g->gradient_bytes);
   }
   return c;
 }
@@ -243,8 +244,9 @@ ClaimCheck claim_snell_vs_lora(const std::vector<MethodResult>& ms) {
     judge(
         c, *s, *l, true, [](double a, double b) { return a - b; },
         mem <= 1.0 + kMemTolerance, "accuracy");
-    c.evidence += "; peak tensor memory " + mib(s->peak_tensor_bytes) + " vs " +
-                  mib(l->peak_tensor_bytes) + " (" + pct(mem) + ")";
+    c.evidence += "; peak tensor memory " + format_bytes(s->peak_tensor_bytes) +
+                  " vs " + format_bytes(l->peak_tensor_bytes) + " (" +
+                  pct(mem) + ")";
     add_tuned(c, ms, *s, *l, true);
   }
   return c;
@@ -303,8 +305,9 @@ ClaimCheck claim_singd_structure_memory(const std::vector<MethodResult>& ms) {
     judge(c, *s, *k, false, loss_within(kLossTolerance),
           s->optimizer_state_bytes < k->optimizer_state_bytes,
           "validation loss");
-    c.evidence += "; optimizer state " + mib(s->optimizer_state_bytes) +
-                  " vs " + mib(k->optimizer_state_bytes);
+    c.evidence += "; optimizer state " +
+                  format_bytes(s->optimizer_state_bytes) + " vs " +
+                  format_bytes(k->optimizer_state_bytes);
   }
   return c;
 }

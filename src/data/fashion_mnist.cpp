@@ -23,7 +23,7 @@ namespace {
 // gzip bomb stops here.
 constexpr uint64_t kMaxIdxBytes = uint64_t{1} << 30;
 
-std::string package_hint(const std::string& path) {
+std::string fashion_mnist_hint(const std::string& path) {
   if (fs::path(path).parent_path().lexically_normal() ==
           fs::path(kDefaultFashionMnist) ||
       fs::path(path).lexically_normal() == fs::path(kDefaultFashionMnist)) {
@@ -35,12 +35,8 @@ std::string package_hint(const std::string& path) {
 
 std::string gunzip(const std::string& path) {
   std::error_code ec;
-  LOWMEM_CHECK(
-      fs::is_regular_file(path, ec),
-      "[data] ",
-      path,
-      ": file does not exist",
-      package_hint(path));
+  LOWMEM_CHECK(fs::is_regular_file(path, ec), "[data] ", path,
+               ": file does not exist", fashion_mnist_hint(path));
   gzFile f = gzopen(path.c_str(), "rb");
   LOWMEM_CHECK(f != nullptr, "[data] ", path, ": cannot open");
   std::string out;
@@ -57,14 +53,8 @@ std::string gunzip(const std::string& path) {
       int err = 0;
       std::string msg = gzerror(f, &err);
       gzclose(f);
-      LOWMEM_CHECK(
-          false,
-          "[data] ",
-          path,
-          ": corrupt or truncated gzip (",
-          msg,
-          ")",
-          package_hint(path));
+      LOWMEM_CHECK(false, "[data] ", path, ": corrupt or truncated gzip (", msg,
+                   ")", fashion_mnist_hint(path));
     }
     if (n == 0)
       break;
@@ -74,14 +64,9 @@ std::string gunzip(const std::string& path) {
   const char* msg = gzerror(f, &err);
   std::string m = msg ? msg : "";
   int rc = gzclose(f);
-  LOWMEM_CHECK(
-      err == Z_OK && rc == Z_OK,
-      "[data] ",
-      path,
-      ": corrupt or truncated gzip (",
-      m.empty() ? "close failed" : m,
-      ")",
-      package_hint(path));
+  LOWMEM_CHECK(err == Z_OK && rc == Z_OK, "[data] ", path,
+               ": corrupt or truncated gzip (", m.empty() ? "close failed" : m,
+               ")", fashion_mnist_hint(path));
   return out;
 }
 
@@ -243,7 +228,7 @@ std::vector<int64_t> select_examples(const at::Tensor& lab,
 ImageSet load_fashion_mnist(const FashionMnistOptions& o) {
   std::error_code ec;
   LOWMEM_CHECK(fs::is_directory(o.root(), ec), "[data] Fashion-MNIST folder '",
-               o.root(), "' does not exist", package_hint(o.root()));
+               o.root(), "' does not exist", fashion_mnist_hint(o.root()));
   const std::string prefix = o.train() ? "train" : "t10k";
   const std::string ip = idx_path(o.root(), prefix + "-images-idx3-ubyte");
   const std::string lp = idx_path(o.root(), prefix + "-labels-idx1-ubyte");

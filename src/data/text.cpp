@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string package_hint(const std::string& path) {
+std::string fortunes_hint(const std::string& path) {
   if (fs::path(path).lexically_normal() == fs::path(kDefaultTextCorpus)) {
     return " (the default corpus comes from the Debian package 'fortunes': "
            "apt-get install fortunes)";
@@ -51,12 +51,8 @@ TextCorpus::TextCorpus(const std::string& path, double val_fraction)
       "[data] val_fraction must be in (0, 1), got ",
       val_fraction);
   std::error_code ec;
-  LOWMEM_CHECK(
-      fs::exists(path, ec),
-      "[data] text corpus '",
-      path,
-      "' does not exist",
-      package_hint(path));
+  LOWMEM_CHECK(fs::exists(path, ec), "[data] text corpus '", path,
+               "' does not exist", fortunes_hint(path));
   std::vector<fs::path> candidates;
   if (fs::is_directory(path, ec)) {
     for (auto it = fs::recursive_directory_iterator(
@@ -88,16 +84,9 @@ TextCorpus::TextCorpus(const std::string& path, double val_fraction)
     files_.push_back(p.string());
     all += s;
   }
-  LOWMEM_CHECK(
-      !all.empty(),
-      "[data] text corpus '",
-      path,
-      "' contains no text files (",
-      candidates.size(),
-      " files, ",
-      skipped_,
-      " binary)",
-      package_hint(path));
+  LOWMEM_CHECK(!all.empty(), "[data] text corpus '", path,
+               "' contains no text files (", candidates.size(), " files, ",
+               skipped_, " binary)", fortunes_hint(path));
   bytes_ = at::empty({static_cast<int64_t>(all.size())}, at::kByte);
   std::memcpy(bytes_.data_ptr<uint8_t>(), all.data(), all.size());
   split_ = static_cast<int64_t>(

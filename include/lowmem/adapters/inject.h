@@ -55,6 +55,11 @@ bool is_target(const std::string& path, const TargetOptions& t);
 /// Whether `module_path` lies in a modules_to_save entry.
 bool in_modules_to_save(const std::string& module_path, const TargetOptions& t);
 
+/// The options of an adapter's weights for a base weight with `base_weight`'s
+/// options: PEFT keeps adapter weights in fp32 for fp16/bf16 bases
+/// (autocast_adapter_dtype=True), else in the base dtype; the base's device.
+at::TensorOptions adapter_options(const at::TensorOptions& base_weight);
+
 /// The slots under `root` that `t` selects, in path order; throws naming the
 /// targets and the available slot paths if none matches.
 std::vector<nn::SlotRef> find_targets(torch::nn::Module& root,
