@@ -43,6 +43,59 @@ int parse_int(const char* name, const std::string& value) {
   return static_cast<int>(parsed);
 }
 
+// The variables one launcher sets for its workers, and the advice its error
+// messages give. torchrun's are optional (none set: one process); srun's are
+// required (env_from_slurm() is chosen because SLURM_PROCID is set).
+struct LauncherVariables {
+  const char* rank;
+  const char* world_size;
+  const char* local_rank;  // defaults to the rank where unset
+  bool optional;
+  // After "<world_size> is set (w) but <rank> is not; " (optional launchers;
+  // a required one says "<rank> is not set").
+  const char* rank_missing_hint;
+  // After "<rank> is set (r) but <world_size> is not; ".
+  const char* world_missing_hint;
+};
+
+constexpr LauncherVariables kTorchrun{
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    /*optional=*/true,
+    "set both (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+    "MASTER_PORT)",
+    "set both"};
+
+constexpr LauncherVariables kSlurm{"SLURM_PROCID",
+                                   "SLURM_NTASKS",
+                                   "SLURM_LOCALID",
+                                   /*optional=*/false,
+                                   "",
+                                   "run the workers with srun"};
+
+// Reads one launcher's rank, world size and local rank, then read_master().
+DistEnv read_launcher(const LauncherVariables& v) {
+  DistEnv env;
+  const auto rank = get_env(v.rank);
+  const auto world = get_env(v.world_size);
+  if (v.optional && !rank && !world) {
+    return env;  // single process: no rendezvous needed
+  }
+  LOWMEM_CHECK(rank.has_value() || v.optional, "[dist] ", v.rank,
+               " is not set");
+  LOWMEM_CHECK(rank.has_value(), "[dist] ", v.world_size, " is set (", *world,
+               ") but ", v.rank, " is not; ", v.rank_missing_hint);
+  LOWMEM_CHECK(world.has_value(), "[dist] ", v.rank, " is set (", *rank,
+               ") but ", v.world_size, " is not; ", v.world_missing_hint);
+  env.rank = parse_int(v.rank, *rank);
+  env.world_size = parse_int(v.world_size, *world);
+  const auto local = get_env(v.local_rank);
+  env.local_rank = local ? parse_int(v.local_rank, *local) : env.rank;
+  read_master(env);
+  return env;
+}
+
 }  // namespace
 
 void validate(const DistEnv& env) {
@@ -68,48 +121,13 @@ void validate(const DistEnv& env) {
 }
 
 DistEnv env_from_environment() {
-  DistEnv env;
   if (!get_env("RANK") && !get_env("WORLD_SIZE") && get_env("SLURM_PROCID")) {
     return env_from_slurm();
   }
-  const auto rank = get_env("RANK");
-  const auto world = get_env("WORLD_SIZE");
-  if (!rank && !world) {
-    return env;  // single process: no rendezvous needed
-  }
-  LOWMEM_CHECK(
-      rank.has_value(),
-      "[dist] WORLD_SIZE is set (",
-      *world,
-      ") but RANK is not; set both (torchrun sets RANK, WORLD_SIZE, "
-      "LOCAL_RANK, MASTER_ADDR, MASTER_PORT)");
-  LOWMEM_CHECK(
-      world.has_value(),
-      "[dist] RANK is set (",
-      *rank,
-      ") but WORLD_SIZE is not; set both");
-  env.rank = parse_int("RANK", *rank);
-  env.world_size = parse_int("WORLD_SIZE", *world);
-  const auto local = get_env("LOCAL_RANK");
-  env.local_rank = local ? parse_int("LOCAL_RANK", *local) : env.rank;
-  read_master(env);
-  return env;
+  return read_launcher(kTorchrun);
 }
 
-DistEnv env_from_slurm() {
-  DistEnv env;
-  const auto procid = get_env("SLURM_PROCID");
-  LOWMEM_CHECK(procid.has_value(), "[dist] SLURM_PROCID is not set");
-  const auto ntasks = get_env("SLURM_NTASKS");
-  LOWMEM_CHECK(ntasks.has_value(), "[dist] SLURM_PROCID is set (", *procid,
-               ") but SLURM_NTASKS is not; run the workers with srun");
-  env.rank = parse_int("SLURM_PROCID", *procid);
-  env.world_size = parse_int("SLURM_NTASKS", *ntasks);
-  const auto local = get_env("SLURM_LOCALID");
-  env.local_rank = local ? parse_int("SLURM_LOCALID", *local) : env.rank;
-  read_master(env);
-  return env;
-}
+DistEnv env_from_slurm() { return read_launcher(kSlurm); }
 
 void read_master(DistEnv& env) {
   const auto addr = get_env("MASTER_ADDR");

@@ -136,15 +136,36 @@ TEST(DistEnv, ReadsSlurmVariablesWhenRankIsAbsent) {
               }).find("RANK must be in [0, WORLD_SIZE=1), got 1"),
               std::string::npos);
   }
+  {
+    // The messages of the one reader both launchers share (src/dist/env.cpp).
+    EnvGuard g;
+    EXPECT_EQ(error_of([] { env_from_slurm(); }),
+              "[dist] SLURM_PROCID is not set");
+    g.set("SLURM_NTASKS", "2");
+    EXPECT_EQ(error_of([] { env_from_slurm(); }),
+              "[dist] SLURM_PROCID is not set");
+    g.set("SLURM_PROCID", "1");
+    ::unsetenv("SLURM_NTASKS");
+    EXPECT_EQ(error_of([] { env_from_environment(); }),
+              "[dist] SLURM_PROCID is set (1) but SLURM_NTASKS is not; run "
+              "the workers with srun");
+  }
 }
 
 TEST(DistEnv, RejectsMissingAndBadValues) {
   {
     EnvGuard g;
     g.set("WORLD_SIZE", "2");
-    EXPECT_NE(error_of([] { env_from_environment(); })
-                  .find("[dist] WORLD_SIZE is set (2) but RANK is not"),
-              std::string::npos);
+    EXPECT_EQ(error_of([] { env_from_environment(); }),
+              "[dist] WORLD_SIZE is set (2) but RANK is not; set both "
+              "(torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+              "MASTER_PORT)");
+  }
+  {
+    EnvGuard g;
+    g.set("RANK", "1");
+    EXPECT_EQ(error_of([] { env_from_environment(); }),
+              "[dist] RANK is set (1) but WORLD_SIZE is not; set both");
   }
   {
     EnvGuard g;
