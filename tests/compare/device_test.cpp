@@ -10,24 +10,15 @@
 
 #include "lowmem/compare/compare.h"
 #include "lowmem/core/fields.h"
+#include "testing/errors.h"
 #include "testing/files.h"
 
 namespace lowmem::compare {
 namespace {
 
 namespace fs = std::filesystem;
+using lowmem::testing::expect_config_error;
 using lowmem::testing::fresh_temp_dir;
-
-void expect_config_error(const std::function<void()>& fn,
-                         const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a ConfigError containing '" << needle << "'";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << e.what();
-  }
-}
 
 bool have_cuda() { return torch::cuda::is_available(); }
 

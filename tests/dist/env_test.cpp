@@ -12,20 +12,29 @@
 #include "lowmem/dist/grad_sync.h"
 #include "lowmem/dist/launcher.h"
 #include "lowmem/dist/shard.h"
+#include "testing/errors.h"
 
 namespace {
 
 using namespace lowmem::dist;
 using lowmem::dist::testing::RegressionSource;
 
-// Sets the torchrun variables for one test and restores them afterwards.
+using lowmem::testing::expect_error_containing;
+using lowmem::testing::expect_error_is;
+using Vars = std::vector<std::pair<const char*, const char*>>;
+
+// Clears the launchers' variables for one test, sets `vars`, and restores
+// the environment afterwards.
 class EnvGuard {
  public:
-  EnvGuard() {
+  explicit EnvGuard(const Vars& vars = {}) {
     for (const char* n : kNames) {
       const char* v = std::getenv(n);
       saved_.emplace_back(n, v ? std::optional<std::string>(v) : std::nullopt);
       ::unsetenv(n);
+    }
+    for (const auto& [n, v] : vars) {
+      set(n, v);
     }
   }
   ~EnvGuard() {
@@ -48,14 +57,9 @@ class EnvGuard {
   std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
 
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "";
+// env_from_environment() must fail with `needle` in its message.
+void expect_env_error(const std::string& needle) {
+  expect_error_containing([] { env_from_environment(); }, needle);
 }
 
 TEST(DistEnv, NoVariablesMeansOneProcess) {
@@ -73,12 +77,11 @@ TEST(DistEnv, NoVariablesMeansOneProcess) {
 }
 
 TEST(DistEnv, ReadsTorchrunVariables) {
-  EnvGuard g;
-  g.set("RANK", "3");
-  g.set("WORLD_SIZE", "4");
-  g.set("LOCAL_RANK", "1");
-  g.set("MASTER_ADDR", "10.0.0.1");
-  g.set("MASTER_PORT", "29501");
+  EnvGuard g({{"RANK", "3"},
+              {"WORLD_SIZE", "4"},
+              {"LOCAL_RANK", "1"},
+              {"MASTER_ADDR", "10.0.0.1"},
+              {"MASTER_PORT", "29501"}});
   const auto env = env_from_environment();
   EXPECT_EQ(env.rank, 3);
   EXPECT_EQ(env.world_size, 4);
@@ -91,12 +94,11 @@ TEST(DistEnv, ReadsTorchrunVariables) {
 // RANK wins where both are set (torchrun inside an allocation).
 TEST(DistEnv, ReadsSlurmVariablesWhenRankIsAbsent) {
   {
-    EnvGuard g;
-    g.set("SLURM_PROCID", "5");
-    g.set("SLURM_NTASKS", "8");
-    g.set("SLURM_LOCALID", "1");
-    g.set("MASTER_ADDR", "node-a");
-    g.set("MASTER_PORT", "29500");
+    EnvGuard g({{"SLURM_PROCID", "5"},
+                {"SLURM_NTASKS", "8"},
+                {"SLURM_LOCALID", "1"},
+                {"MASTER_ADDR", "node-a"},
+                {"MASTER_PORT", "29500"}});
     const auto env = env_from_environment();
     EXPECT_EQ(env.rank, 5);
     EXPECT_EQ(env.world_size, 8);
@@ -110,125 +112,86 @@ TEST(DistEnv, ReadsSlurmVariablesWhenRankIsAbsent) {
     EXPECT_EQ(torchrun.world_size, 4);
   }
   {
-    EnvGuard g;
-    g.set("SLURM_PROCID", "0");
-    g.set("SLURM_NTASKS", "1");
+    EnvGuard g({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"}});
     EXPECT_FALSE(env_from_environment().distributed());
   }
   {
-    EnvGuard g;
-    g.set("SLURM_PROCID", "1");
-    g.set("SLURM_NTASKS", "2");
-    EXPECT_NE(error_of([] {
-                env_from_environment();
-              }).find("MASTER_ADDR is not set (WORLD_SIZE=2)"),
-              std::string::npos);
+    EnvGuard g({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "2"}});
+    expect_env_error("MASTER_ADDR is not set (WORLD_SIZE=2)");
     g.set("MASTER_ADDR", "127.0.0.1");
     g.set("MASTER_PORT", "29500");
     g.set("SLURM_NTASKS", "x2");
-    EXPECT_NE(error_of([] {
-                env_from_environment();
-              }).find("SLURM_NTASKS must be an integer, got 'x2'"),
-              std::string::npos);
+    expect_env_error("SLURM_NTASKS must be an integer, got 'x2'");
     g.set("SLURM_NTASKS", "1");
-    EXPECT_NE(error_of([] {
-                env_from_environment();
-              }).find("RANK must be in [0, WORLD_SIZE=1), got 1"),
-              std::string::npos);
+    expect_env_error("RANK must be in [0, WORLD_SIZE=1), got 1");
   }
   {
     // The messages of the one reader both launchers share (src/dist/env.cpp).
     EnvGuard g;
-    EXPECT_EQ(error_of([] { env_from_slurm(); }),
-              "[dist] SLURM_PROCID is not set");
+    expect_error_is([] { env_from_slurm(); }, "[dist] SLURM_PROCID is not set");
     g.set("SLURM_NTASKS", "2");
-    EXPECT_EQ(error_of([] { env_from_slurm(); }),
-              "[dist] SLURM_PROCID is not set");
+    expect_error_is([] { env_from_slurm(); }, "[dist] SLURM_PROCID is not set");
     g.set("SLURM_PROCID", "1");
     ::unsetenv("SLURM_NTASKS");
-    EXPECT_EQ(error_of([] { env_from_environment(); }),
-              "[dist] SLURM_PROCID is set (1) but SLURM_NTASKS is not; run "
-              "the workers with srun");
+    expect_error_is([] { env_from_environment(); },
+                    "[dist] SLURM_PROCID is set (1) but SLURM_NTASKS is not; "
+                    "run the workers with srun");
   }
 }
 
 TEST(DistEnv, RejectsMissingAndBadValues) {
   {
-    EnvGuard g;
-    g.set("WORLD_SIZE", "2");
-    EXPECT_EQ(error_of([] { env_from_environment(); }),
-              "[dist] WORLD_SIZE is set (2) but RANK is not; set both "
-              "(torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
-              "MASTER_PORT)");
+    EnvGuard g(Vars{{"WORLD_SIZE", "2"}});
+    expect_error_is([] { env_from_environment(); },
+                    "[dist] WORLD_SIZE is set (2) but RANK is not; set both "
+                    "(torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, "
+                    "MASTER_PORT)");
   }
   {
-    EnvGuard g;
-    g.set("RANK", "1");
-    EXPECT_EQ(error_of([] { env_from_environment(); }),
-              "[dist] RANK is set (1) but WORLD_SIZE is not; set both");
+    EnvGuard g(Vars{{"RANK", "1"}});
+    expect_error_is([] { env_from_environment(); },
+                    "[dist] RANK is set (1) but WORLD_SIZE is not; set both");
   }
-  {
-    EnvGuard g;
-    g.set("RANK", "0");
-    g.set("WORLD_SIZE", "two");
-    EXPECT_NE(error_of([] { env_from_environment(); })
-                  .find("WORLD_SIZE must be an integer, got 'two'"),
-              std::string::npos);
-  }
-  {
-    EnvGuard g;
-    g.set("RANK", "2");
-    g.set("WORLD_SIZE", "2");
-    g.set("MASTER_ADDR", "127.0.0.1");
-    g.set("MASTER_PORT", "1234");
-    EXPECT_NE(error_of([] { env_from_environment(); })
-                  .find("RANK must be in [0, WORLD_SIZE=2), got 2"),
-              std::string::npos);
-  }
-  {
-    EnvGuard g;
-    g.set("RANK", "0");
-    g.set("WORLD_SIZE", "2");
-    g.set("MASTER_ADDR", "127.0.0.1");
-    EXPECT_NE(error_of([] { env_from_environment(); })
-                  .find("MASTER_PORT is not set"),
-              std::string::npos);
-  }
-  {
-    EnvGuard g;
-    g.set("RANK", "0");
-    g.set("WORLD_SIZE", "2");
-    g.set("MASTER_ADDR", "127.0.0.1");
-    g.set("MASTER_PORT", "70000");
-    EXPECT_NE(error_of([] { env_from_environment(); })
-                  .find("MASTER_PORT must be in [1, 65535], got 70000"),
-              std::string::npos);
-  }
-  {
-    EnvGuard g;
-    g.set("RANK", "0");
-    g.set("WORLD_SIZE", "2");
-    g.set("MASTER_PORT", "1234");
-    EXPECT_NE(error_of([] { env_from_environment(); })
-                  .find("MASTER_ADDR is not set"),
-              std::string::npos);
+  const std::vector<std::pair<Vars, std::string>> bad = {
+      {{{"RANK", "0"}, {"WORLD_SIZE", "two"}},
+       "WORLD_SIZE must be an integer, got 'two'"},
+      {{{"RANK", "2"},
+        {"WORLD_SIZE", "2"},
+        {"MASTER_ADDR", "127.0.0.1"},
+        {"MASTER_PORT", "1234"}},
+       "RANK must be in [0, WORLD_SIZE=2), got 2"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "127.0.0.1"}},
+       "MASTER_PORT is not set"},
+      {{{"RANK", "0"},
+        {"WORLD_SIZE", "2"},
+        {"MASTER_ADDR", "127.0.0.1"},
+        {"MASTER_PORT", "70000"}},
+       "MASTER_PORT must be in [1, 65535], got 70000"},
+      {{{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "1234"}},
+       "MASTER_ADDR is not set"},
+  };
+  for (const auto& [vars, message] : bad) {
+    EnvGuard g(vars);
+    expect_env_error(message);
   }
 }
 
 TEST(DistEnv, RejectsBadInitOptions) {
-  EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().backend("mpi")); })
-                .find("[dist] backend must be gloo, nccl or auto, got 'mpi'"),
-            std::string::npos);
-  EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().timeout_s(0)); })
-                .find("timeout_s must be > 0, got 0"),
-            std::string::npos);
-  EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().rendezvous_timeout_s(-1)); })
-                .find("rendezvous_timeout_s must be > 0, got -1"),
-            std::string::npos);
+  expect_error_containing(
+      [] { Communicator::init(DistEnv{}, InitOptions().backend("mpi")); },
+      "[dist] backend must be gloo, nccl or auto, got 'mpi'");
+  expect_error_containing(
+      [] { Communicator::init(DistEnv{}, InitOptions().timeout_s(0)); },
+      "timeout_s must be > 0, got 0");
+  expect_error_containing(
+      [] {
+        Communicator::init(DistEnv{}, InitOptions().rendezvous_timeout_s(-1));
+      },
+      "rendezvous_timeout_s must be > 0, got -1");
 #ifndef LOWMEM_WITH_CUDA
-  EXPECT_NE(error_of([] { Communicator::init(DistEnv{}, InitOptions().backend("nccl")); })
-                .find("needs a CUDA build"),
-            std::string::npos);
+  expect_error_containing(
+      [] { Communicator::init(DistEnv{}, InitOptions().backend("nccl")); },
+      "needs a CUDA build");
 #endif
 }
 
@@ -237,10 +200,9 @@ TEST(DistEnv, RendezvousTimesOutWhenPeersNeverArrive) {
   env.rank = 0;
   env.world_size = 2;
   env.master_port = find_free_port();
-  const auto msg = error_of(
-      [&] { Communicator::init(env, InitOptions().rendezvous_timeout_s(0.5)); });
-  EXPECT_NE(msg.find("[dist] rendezvous failed for rank 0 of 2"), std::string::npos)
-      << msg;
+  expect_error_containing(
+      [&] { Communicator::init(env, InitOptions().rendezvous_timeout_s(0.5)); },
+      "[dist] rendezvous failed for rank 0 of 2");
 }
 
 TEST(ShardedSource, SplitsTheGlobalBatchAndKeepsGlobalPositions) {
@@ -257,9 +219,9 @@ TEST(ShardedSource, SplitsTheGlobalBatchAndKeepsGlobalPositions) {
   plain.seek(5);
   EXPECT_TRUE(torch::equal(r1.next().input, plain.next().input.narrow(0, 4, 4)));
   ShardedSource bad(std::make_shared<RegressionSource>(6, 1), 0, 4);
-  EXPECT_NE(error_of([&] { bad.next(); })
-                .find("global batch size (6) must be divisible by the number of ranks (4)"),
-            std::string::npos);
+  expect_error_containing(
+      [&] { bad.next(); },
+      "global batch size (6) must be divisible by the number of ranks (4)");
 }
 
 TEST(ShardedSource, StrideTakesEveryWorldSizeThBatch) {
@@ -309,12 +271,12 @@ TEST(GradSync, BucketsFollowReverseOrderAndCapacity) {
   EXPECT_EQ(b[0], (std::vector<int64_t>{4, 3}));
   EXPECT_EQ(b[1], (std::vector<int64_t>{2, 1}));
   EXPECT_EQ(b[2], (std::vector<int64_t>{0}));
-  EXPECT_NE(error_of([&] { GradSync(comm, ps, GradSyncOptions().bucket_cap_mb(0)); })
-                .find("bucket_cap_mb must be > 0, got 0"),
-            std::string::npos);
+  expect_error_containing(
+      [&] { GradSync(comm, ps, GradSyncOptions().bucket_cap_mb(0)); },
+      "bucket_cap_mb must be > 0, got 0");
   auto frozen = torch::zeros({3});
-  EXPECT_NE(error_of([&] { GradSync(comm, {frozen}); }).find("must be a defined tensor that requires grad"),
-            std::string::npos);
+  expect_error_containing([&] { GradSync(comm, {frozen}); },
+                          "must be a defined tensor that requires grad");
 }
 
 TEST(Launcher, ForwardsOutputWithRanksAndReturnsFirstFailure) {
@@ -381,11 +343,8 @@ TEST(Launcher, SecondNodeGetsGlobalRanksAndTorchrunVariables) {
       {LaunchOptions().master_addr(""), "master_addr is empty"},
   };
   for (const auto& [options, message] : bad) {
-    EXPECT_NE(error_of([&] {
-                launch_local({"/bin/true"}, options, nullptr);
-              }).find(message),
-              std::string::npos)
-        << message;
+    expect_error_containing(
+        [&] { launch_local({"/bin/true"}, options, nullptr); }, message);
   }
 }
 

@@ -6,6 +6,8 @@
 
 #include <string>
 
+#include "lowmem/core/fields.h"
+
 namespace lowmem::testing {
 
 /// Runs `fn`, which must throw c10::Error with `needle` in its message.
@@ -16,6 +18,42 @@ void expect_error_containing(F&& fn, const std::string& needle) {
     ADD_FAILURE() << "expected an error containing '" << needle << "'";
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+/// Runs `fn`, which must throw c10::Error whose message (without the
+/// backtrace) is exactly `message`.
+template <class F>
+void expect_error_is(F&& fn, const std::string& message) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected the error '" << message << "'";
+  } catch (const c10::Error& e) {
+    EXPECT_EQ(e.what_without_backtrace(), message);
+  }
+}
+
+/// Runs `fn`, which must throw ConfigError (a usage error: a bad key or
+/// value) with `needle` in its message.
+template <class F>
+void expect_config_error(F&& fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected a ConfigError containing '" << needle << "'";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+        << e.what();
+  }
+}
+
+/// Runs `fn`, which must throw ConfigError whose message is exactly `message`.
+template <class F>
+void expect_config_error_is(F&& fn, const std::string& message) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected the ConfigError '" << message << "'";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()), message);
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 
@@ -9,18 +10,18 @@
 #include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/came.h"
 #include "lowmem/train/run.h"
+#include "testing/errors.h"
 #include "testing/golden.h"
 
 namespace lowmem::train {
 namespace {
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "<no error>";
+using lowmem::testing::expect_config_error;
+using lowmem::testing::expect_config_error_is;
+
+// c.validate() must fail with `needle` in its message.
+void expect_invalid(const Config& c, const std::string& needle) {
+  expect_config_error([&] { c.validate(); }, needle);
 }
 
 TEST(Config, KeysComeFromTheVisitors) {
@@ -56,42 +57,40 @@ TEST(Config, SetParsesAndRejects) {
   EXPECT_EQ(c.get("adafactor.lr"), "none");
   c.set("gpt.bias", "false");
   EXPECT_EQ(c.get("gpt.bias"), "false");
-  EXPECT_EQ(error_of([&] { c.set("stepz", "1"); }), "unknown key 'stepz'");
-  EXPECT_EQ(error_of([&] { c.set("came.beta9", "1"); }),
-            "unknown key 'came.beta9'");
-  EXPECT_EQ(error_of([&] { c.set("steps", "ten"); }),
-            "bad value 'ten' for steps: expected an integer");
-  EXPECT_EQ(error_of([&] { c.set("steps", "1.5"); }),
-            "bad value '1.5' for steps: expected an integer");
-  EXPECT_EQ(error_of([&] { c.set("came.lr", "fast"); }),
-            "bad value 'fast' for came.lr: expected a number");
-  EXPECT_EQ(error_of([&] { c.set("gpt.bias", "maybe"); }),
-            "bad value 'maybe' for gpt.bias: expected true or false");
-  EXPECT_EQ(error_of([&] { c.set("steps", "99999999999999999999"); }),
-            "value 99999999999999999999 for steps is out of range");
+  // {key, value, the whole message}
+  const std::vector<std::array<std::string, 3>> bad = {
+      {"stepz", "1", "unknown key 'stepz'"},
+      {"came.beta9", "1", "unknown key 'came.beta9'"},
+      {"steps", "ten", "bad value 'ten' for steps: expected an integer"},
+      {"steps", "1.5", "bad value '1.5' for steps: expected an integer"},
+      {"came.lr", "fast", "bad value 'fast' for came.lr: expected a number"},
+      {"gpt.bias", "maybe",
+       "bad value 'maybe' for gpt.bias: expected true or false"},
+      {"steps", "99999999999999999999",
+       "value 99999999999999999999 for steps is out of range"},
+  };
+  for (const auto& [key, value, message] : bad) {
+    expect_config_error_is([&] { c.set(key, value); }, message);
+  }
 }
 
 TEST(Config, ValidateNamesAndRanges) {
   Config c;
   c.validate();
   c.optimizer = "adam";
-  EXPECT_NE(error_of([&] { c.validate(); }).find("unknown optimizer 'adam'"),
-            std::string::npos);
+  expect_invalid(c, "unknown optimizer 'adam'");
   c = Config();
   c.steps = 0;
-  EXPECT_EQ(error_of([&] { c.validate(); }), "steps must be >= 1, got 0");
+  expect_config_error_is([&] { c.validate(); }, "steps must be >= 1, got 0");
   c = Config();
   c.warmup_steps = c.steps + 1;
-  EXPECT_NE(error_of([&] { c.validate(); }).find("warmup_steps must be in"),
-            std::string::npos);
+  expect_invalid(c, "warmup_steps must be in");
   c = Config();
   c.min_lr_ratio = 2;
-  EXPECT_NE(error_of([&] { c.validate(); }).find("min_lr_ratio"),
-            std::string::npos);
+  expect_invalid(c, "min_lr_ratio");
   c = Config();
   c.resume = "auto";
-  EXPECT_NE(error_of([&] { c.validate(); }).find("out_dir"),
-            std::string::npos);
+  expect_invalid(c, "out_dir");
 }
 
 TEST(Config, YamlRecipeThenOverrides) {
@@ -106,17 +105,18 @@ TEST(Config, YamlRecipeThenOverrides) {
   EXPECT_EQ(c.get("gpt.n_layer"), "2");
   c.set("came.beta3", "0.9");  // a flag overrides the recipe
   EXPECT_EQ(c.get("came.beta3"), "0.9");
-  EXPECT_EQ(error_of([&] { c.apply_yaml("stepz: 1\n", "r.yaml"); }),
-            "r.yaml: unknown key 'stepz'");
-  EXPECT_EQ(error_of([&] { c.apply_yaml("came:\n  nope: 1\n", "r.yaml"); }),
-            "r.yaml: unknown key 'came.nope'");
-  EXPECT_EQ(error_of([&] { c.apply_yaml("nope:\n  a: 1\n", "r.yaml"); }),
-            "r.yaml: unknown section 'nope'");
-  EXPECT_EQ(error_of([&] { c.apply_yaml("steps: [1, 2]\n", "r.yaml"); }),
-            "r.yaml: key 'steps' must be a single value");
-  EXPECT_NE(error_of([&] { c.apply_yaml("steps: : :\n", "r.yaml"); })
-                .find("r.yaml: invalid YAML"),
-            std::string::npos);
+  // {recipe, the whole message}
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"stepz: 1\n", "r.yaml: unknown key 'stepz'"},
+      {"came:\n  nope: 1\n", "r.yaml: unknown key 'came.nope'"},
+      {"nope:\n  a: 1\n", "r.yaml: unknown section 'nope'"},
+      {"steps: [1, 2]\n", "r.yaml: key 'steps' must be a single value"},
+  };
+  for (const auto& [yaml, message] : bad) {
+    expect_config_error_is([&] { c.apply_yaml(yaml, "r.yaml"); }, message);
+  }
+  expect_config_error([&] { c.apply_yaml("steps: : :\n", "r.yaml"); },
+                      "r.yaml: invalid YAML");
 }
 
 TEST(Config, ToYamlRoundTrips) {
@@ -224,14 +224,10 @@ TEST(Config, BaseDtypeAndOptimBits) {
   c.set("base_dtype", "nf4");
   EXPECT_NO_THROW(c.validate());
   c.method = "full";
-  EXPECT_NE(error_of([&] {
-              c.validate();
-            }).find("base_dtype nf4 keeps the base weights frozen"),
-            std::string::npos);
+  expect_invalid(c, "base_dtype nf4 keeps the base weights frozen");
   c.method = "lora";
   c.set("base_dtype", "int4");
-  EXPECT_NE(error_of([&] { c.validate(); }).find("base_dtype"),
-            std::string::npos);
+  expect_invalid(c, "base_dtype");
   c.set("base_dtype", "auto");
   // optim_bits writes the optimizers' own optim_bits.
   c.set("optim_bits", "8");
@@ -241,12 +237,10 @@ TEST(Config, BaseDtypeAndOptimBits) {
   EXPECT_EQ(e.get("adamw.optim_bits"), "8");  // the aux optimizer
   EXPECT_EQ(c.get("came.optim_bits"), "32");  // c itself unchanged
   c.optimizer = "sgd";
-  EXPECT_NE(error_of([&] { c.validate(); }).find("optimizer sgd has no 8-bit"),
-            std::string::npos);
+  expect_invalid(c, "optimizer sgd has no 8-bit");
   c.optimizer = "adamw";
   c.set("optim_bits", "4");
-  EXPECT_NE(error_of([&] { c.validate(); }).find("optim_bits must be"),
-            std::string::npos);
+  expect_invalid(c, "optim_bits must be");
 }
 
 TEST(Config, Nf4BaseQuantizesTheFrozenLinearLayers) {

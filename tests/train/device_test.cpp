@@ -14,12 +14,14 @@
 #include "lowmem/models/layers.h"
 #include "lowmem/train/config.h"
 #include "lowmem/train/run.h"
+#include "testing/errors.h"
 #include "testing/files.h"
 
 namespace lowmem::train {
 namespace {
 
 namespace fs = std::filesystem;
+using lowmem::testing::expect_config_error;
 using lowmem::testing::fresh_temp_dir;
 
 // A small corpus of our own (no dependency on Debian's fortunes, absent on
@@ -51,17 +53,6 @@ Config tiny(const fs::path& dir, const std::string& device) {
   c.threads = 1;
   c.device = device;
   return c;
-}
-
-void expect_config_error(const std::function<void()>& fn,
-                         const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected a ConfigError containing '" << needle << "'";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << e.what();
-  }
 }
 
 bool have_cuda() {
