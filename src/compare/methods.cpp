@@ -7,7 +7,8 @@
 // with official code or a paper recipe for the task type runs with those
 // settings (cited in its row and in kOfficial below); where compare's recorded
 // learning-rate sweep (docs/benchmarks/compare.md) found other settings, a
-// second row "<name>-tuned", labelled "(tuned)", runs them. Baselines and
+// second row "<name>-tuned", labelled "(tuned)", runs them: declared as the
+// official row's keys plus the swept overrides (tuned()). Baselines and
 // methods without an official recipe follow compare's common recipe: no
 // weight decay; parameters a method does not cover go to the aux optimizer;
 // warm-up (10% of the steps) + cosine decay to 10% (the trainer's schedule);
@@ -180,12 +181,20 @@ std::string came_detail(const Built& b) {
          num(f(b, "came.weight_decay"));
 }
 
-// A tuned row: `def` with compare's swept settings, labelled as such.
-MethodDef tuned(MethodDef def, std::string description, Keys keys) {
+// A tuned row: the official row `def` with compare's swept settings laid
+// over its keys (`overrides`, set after them: one place holds each official
+// key list), labelled as such.
+MethodDef tuned(MethodDef def, std::string description,
+                std::function<Keys(const CompareOptions&)> overrides) {
   def.info.name += "-tuned";
   def.info.label += " (tuned)";
   def.info.description = std::move(description);
-  def.config = fixed(std::move(keys));
+  def.config = [official = def.config, overrides](const CompareOptions& o) {
+    Keys k = official(o);
+    const Keys over = overrides(o);
+    k.insert(k.end(), over.begin(), over.end());
+    return k;
+  };
   return def;
 }
 
@@ -208,7 +217,8 @@ void add_came_rows(std::vector<MethodDef>& out, const std::string& suite,
       tuned(d,
             what + "; compare's swept rate 3e-4, no weight decay "
                    "(docs/benchmarks/compare.md)",
-            plain("came", pre ? kCameTunedLr : kFinetuneCameTunedLr)));
+            fixed({kv("came.lr", pre ? kCameTunedLr : kFinetuneCameTunedLr),
+                   "came.weight_decay=0"})));
 }
 
 void add_toy(std::vector<MethodDef>& out) {
@@ -361,16 +371,16 @@ void add_lora_rows(std::vector<MethodDef>& out) {
       },
       detail);
   out.push_back(d);
-  d = tuned(d,
-            "low-rank adapters on every block projection (fused qkv, proj, "
-            "fc) + the new head, alpha 2r, compare's swept lr 1e-2",
-            {});
-  d.config = [](const CompareOptions& o) {
-    return adapter({"method=lora", kv("lora.r", o.rank),
-                    kv("lora.lora_alpha", static_cast<double>(2 * o.rank))},
-                   kFinetuneAdapterTunedLr, 0.0, "qkv,proj,fc");
-  };
-  out.push_back(d);
+  out.push_back(tuned(
+      d,
+      "low-rank adapters on every block projection (fused qkv, proj, "
+      "fc) + the new head, alpha 2r, compare's swept lr 1e-2",
+      [](const CompareOptions& o) {
+        return Keys{kv("lora.lora_alpha", static_cast<double>(2 * o.rank)),
+                    "lora.lora_dropout=0", "vit.fused_qkv=true",
+                    kv("adamw.lr", kFinetuneAdapterTunedLr),
+                    "targets=qkv,proj,fc"};
+      }));
 }
 
 // LoTR as daskol/lotr's example (q and v; scale 1, i.e. alpha 1/rank; lhs,
@@ -417,16 +427,13 @@ void add_snell_rows(std::vector<MethodDef>& out) {
       },
       detail);
   out.push_back(d);
-  d = tuned(d,
+  out.push_back(
+      tuned(d,
             "SNELL on the fused qkv, proj, fc + the new head, sparsity 0.5, "
             "compare's swept lr 1e-2, no weight decay",
-            {});
-  d.config = [](const CompareOptions& o) {
-    return adapter(
-        {"method=snell", kv("snell.r", o.rank), "snell.sparsity=0.5"},
-        kFinetuneAdapterTunedLr, 0.0, "qkv,proj,fc");
-  };
-  out.push_back(d);
+            fixed({"snell.sparsity=0.5", "vit.fused_qkv=true",
+                   "modules_to_save=", kv("adamw.lr", kFinetuneAdapterTunedLr),
+                   "adamw.weight_decay=0", "targets=qkv,proj,fc"})));
 }
 
 // Finetune: adapters on the ViT's block projections, the new head trains
