@@ -29,7 +29,8 @@ using Keys = std::vector<std::string>;
 constexpr double kAdamwLr = 1e-3;
 constexpr double kAdafactorLr = 1e-2;
 constexpr double kCameTunedLr = 3e-4;
-constexpr double kPretrainLr = 3e-3;  // GaLore, the sketch adapter (unswept)
+// GaLore-CAME, GaLore-AdamW's tuned row, the sketch adapter (unswept).
+constexpr double kPretrainLr = 3e-3;
 constexpr double kFinetuneFullLr = 3e-3;
 constexpr double kFinetuneCameTunedLr = 3e-4;
 constexpr double kFinetuneAdapterTunedLr = 1e-2;
@@ -41,6 +42,8 @@ constexpr double kLoraLr = 5e-3;      // PEFT's ViT image-classification guide
 constexpr double kLoraDropout = 0.1;  // idem
 constexpr double kSnellLr = 1e-3;     // SNELL scripts (--lr 0.001)
 constexpr double kSnellWeightDecay = 1e-2;  // SNELL scripts (--weight-decay)
+constexpr double kGaloreLr = 1e-2;          // GaLore README, LLaMA-60m command
+constexpr double kGaloreScale = 0.25;       // idem (--galore_scale)
 
 std::string kv(const std::string& key, double v) {
   return key + "=" + format_float(v);
@@ -68,7 +71,8 @@ int64_t projection_rank(const CompareOptions& o, int64_t width) {
   return o.projection_rank > 0 ? o.projection_rank
                                : std::max<int64_t>(1, width / 4);
 }
-// Basis refresh gap: 5 refreshes per run (GaLore's 200 is for 10k+ steps).
+// Basis refresh gap: 5 refreshes per run (GaLore's 200 is for 10k+ steps;
+// 50 at compare's default 250 steps, torchrun_main.py's own default).
 int64_t refresh_gap(int64_t steps) { return std::max<int64_t>(10, steps / 5); }
 
 // The optimizer `name` on every trainable parameter, no weight decay.
@@ -103,6 +107,23 @@ std::function<Keys(const CompareOptions&)> fixed(Keys k) {
   return [k](const CompareOptions&) { return k; };
 }
 
+// A tuned row: the official row `def` with compare's swept (GaLore: earlier,
+// unswept) settings laid over its keys (`overrides`, set after them: one place
+// holds each official key list), labelled as such.
+MethodDef tuned(MethodDef def, std::string description,
+                std::function<Keys(const CompareOptions&)> overrides) {
+  def.info.name += "-tuned";
+  def.info.label += " (tuned)";
+  def.info.description = std::move(description);
+  def.config = [official = def.config, overrides](const CompareOptions& o) {
+    Keys k = official(o);
+    const Keys over = overrides(o);
+    k.insert(k.end(), over.begin(), over.end());
+    return k;
+  };
+  return def;
+}
+
 std::string lr_detail(const Built& b) {
   return "lr " + num(f(b, b.config.optimizer + ".lr"));
 }
@@ -127,17 +148,17 @@ std::string adafactor_detail(const Built& b) {
 }
 
 // GaLore with `inner` (galore_adamw or came) on the block matrices (the
-// trainer's "matrices" route), the same optimizer unprojected on the rest.
-MethodDef galore_row(const std::string& inner) {
+// trainer's "matrices" route: the attention's and MLP's linears, as
+// torchrun_main.py's "attn"/"mlp" modules), the same optimizer unprojected on
+// the rest, at peak rate `lr` with projection scale `scale`.
+MethodDef galore_row(const std::string& inner, std::string description,
+                     double lr, double scale) {
   const bool came = inner == "came";
   return row(
       "pretrain", came ? "galore-came" : "galore-adamw",
       came ? "GaLore-CAME" : "GaLore-AdamW", "GaLore (arXiv 2403.03507)",
-      std::string(came ? "CAME" : "AdamW") +
-          " in an SVD-projected gradient space for the block matrices, "
-          "unprojected on the rest",
-      [inner](const CompareOptions& o) {
-        const double lr = inner == "came" ? kPretrainLr : kPretrainLr;
+      std::move(description),
+      [inner, lr, scale](const CompareOptions& o) {
         return Keys{"method=galore",
                     "optimizer=" + inner,
                     "aux_optimizer=" + inner,
@@ -145,7 +166,7 @@ MethodDef galore_row(const std::string& inner) {
                     inner + ".weight_decay=0",
                     kv("galore.rank", projection_rank(o, o.gpt_width)),
                     kv("galore.update_proj_gap", refresh_gap(o.pretrain_steps)),
-                    "galore.scale=1"};
+                    kv("galore.scale", scale)};
       },
       [inner](const Built& b) {
         std::ostringstream d;
@@ -155,6 +176,37 @@ MethodDef galore_row(const std::string& inner) {
           << " projected matrices, lr " << num(f(b, inner + ".lr"));
         return d.str();
       });
+}
+
+// GaLore-AdamW as the README's pre-training command for LLaMA 60m
+// (scripts/benchmark_c4/llama_60m.sh: lr 0.01, scale 0.25, rank 128 of width
+// 512, gap 200, no weight decay; GaLoreAdamW on both groups), the rank scaled
+// to compare's width and the gap to its budget; the tuned row is compare's
+// earlier setting (scale 1, lr 3e-3: never swept). GaLore-CAME has no
+// official recipe (the code ships AdamW, 8-bit AdamW and Adafactor inners):
+// compare's setting.
+void add_galore_rows(std::vector<MethodDef>& out) {
+  const MethodDef d = galore_row(
+      "galore_adamw",
+      "AdamW in an SVD-projected gradient space for the block matrices, "
+      "unprojected on the rest; official settings (GaLore README, LLaMA-60m "
+      "pre-training: lr 0.01, scale 0.25, no weight decay; rank 128 of width "
+      "512 scaled to width / 4; gap 200 of 10k steps scaled to 5 refreshes "
+      "per run)",
+      kGaloreLr, kGaloreScale);
+  out.push_back(d);
+  out.push_back(
+      tuned(d,
+            "AdamW in an SVD-projected gradient space for the block "
+            "matrices, unprojected on the rest; compare's earlier "
+            "setting: scale 1, lr 3e-3 (not swept)",
+            fixed({kv("galore_adamw.lr", kPretrainLr), "galore.scale=1"})));
+  out.push_back(galore_row(
+      "came",
+      "CAME in an SVD-projected gradient space for the block matrices, "
+      "unprojected on the rest; no official recipe: compare's setting (scale "
+      "1, lr 3e-3, not swept)",
+      kPretrainLr, 1.0));
 }
 
 // The one-sided projected adapter (arXiv 2502.13811's adapter form) trained by
@@ -179,23 +231,6 @@ std::string projected_detail(const Built& b) {
 std::string came_detail(const Built& b) {
   return betas_detail(b, 3) + ", weight decay " +
          num(f(b, "came.weight_decay"));
-}
-
-// A tuned row: the official row `def` with compare's swept settings laid
-// over its keys (`overrides`, set after them: one place holds each official
-// key list), labelled as such.
-MethodDef tuned(MethodDef def, std::string description,
-                std::function<Keys(const CompareOptions&)> overrides) {
-  def.info.name += "-tuned";
-  def.info.label += " (tuned)";
-  def.info.description = std::move(description);
-  def.config = [official = def.config, overrides](const CompareOptions& o) {
-    Keys k = official(o);
-    const Keys over = overrides(o);
-    k.insert(k.end(), over.begin(), over.end());
-    return k;
-  };
-  return def;
 }
 
 // CAME on every parameter as its README's usage example (lr 2e-4, decoupled
@@ -252,8 +287,7 @@ void add_pretrain(std::vector<MethodDef>& out) {
   add_came_rows(out, P, "came",
                 "confidence-guided factored optimizer on "
                 "every parameter");
-  out.push_back(galore_row("galore_adamw"));
-  out.push_back(galore_row("came"));
+  add_galore_rows(out);
   out.push_back(row(
       P, "rsketch-adapter", "Random-sketch adapter",
       "Gradient transformations = adapters (arXiv 2502.13811)",
@@ -485,8 +519,14 @@ struct Official {
   const char *suite, *method, *key, *value, *source, *note;
 };
 constexpr const char* kGaloreReadme =
-    "GaLore README, LLaMA-60m pre-training command "
-    "(github.com/jiaweizzhao/GaLore)";
+    "GaLore README, LLaMA-60m pre-training command = "
+    "scripts/benchmark_c4/llama_60m.sh (github.com/jiaweizzhao/GaLore @ "
+    "2cc66f8)";
+constexpr const char* kGaloreMain =
+    "GaLore torchrun_main.py: --proj_type default, one param group for the "
+    "attn/mlp linears";
+constexpr const char* kGaloreAdamw =
+    "GaLore galore_torch/adamw.py: AdamW.__init__ defaults";
 constexpr const char* kCameReadme =
     "CAME README usage example and CAME.__init__ defaults "
     "(github.com/yangluo7/CAME @ e77c5c0)";
@@ -510,8 +550,8 @@ constexpr const char* kLotrCode =
     "@ b8776bd)";
 constexpr const char* kAdafactorHf =
     "Adafactor (arXiv 1804.04235) as in transformers.Adafactor's defaults";
-constexpr const char* kNotSwitched =
-    "not switched yet: compare keeps its setting (issue 19)";
+constexpr const char* kGaloreTunedRow =
+    "the (tuned) row: compare's earlier setting (not swept)";
 constexpr const char* kScaled =
     "scaled to this model: the README's rank / width (128 / 512) = width / 4";
 constexpr const char* kTunedRow = "the (tuned) row: compare's sweep";
@@ -520,11 +560,13 @@ const Official kOfficial[] = {
     {"pretrain", "galore-adamw", "galore.update_proj_gap", "200", kGaloreReadme,
      "5 refreshes per run (the README's 200 of 10k steps)"},
     {"pretrain", "galore-adamw", "galore.scale", "0.25", kGaloreReadme,
-     kNotSwitched},
+     kGaloreTunedRow},
     {"pretrain", "galore-adamw", "galore_adamw.lr", "0.01", kGaloreReadme,
-     kNotSwitched},
+     kGaloreTunedRow},
     {"pretrain", "galore-adamw", "galore_adamw.weight_decay", "0",
      kGaloreReadme, ""},
+    {"pretrain", "galore-adamw", "galore.proj_type", "std", kGaloreMain, ""},
+    {"pretrain", "galore-adamw", "galore_adamw.eps", "1e-6", kGaloreAdamw, ""},
     {"pretrain", "came", "came.lr", "0.0002", kCameReadme, kTunedRow},
     {"pretrain", "came", "came.weight_decay", "0.01", kCameReadme, kTunedRow},
     {"pretrain", "came", "came.beta1", "0.9", kCameReadme, ""},

@@ -199,6 +199,7 @@ ClaimCheck claim_galore_vs_adamw(const std::vector<MethodResult>& ms) {
     c.evidence += "; " + pct(mem) + " of AdamW's optimizer state (" +
                   format_bytes(g->optimizer_state_bytes) + " vs " +
                   format_bytes(a->optimizer_state_bytes) + ")";
+    add_tuned(c, ms, *g, *a, false);
   }
   return c;
 }
@@ -223,6 +224,7 @@ ClaimCheck claim_duality_random_sketch(const std::vector<MethodResult>& ms) {
                   " vs " + format_bytes(g->peak_tensor_bytes) + "; gradients " +
                   format_bytes(r->gradient_bytes) + " vs " +
                   format_bytes(g->gradient_bytes);
+    add_tuned(c, ms, *r, *g, false);
   }
   return c;
 }

@@ -269,7 +269,8 @@ TEST(CompareTest, EveryRegisteredMethodIsListed) {
   for (const auto& m : all) names.push_back(m.suite + "/" + m.name);
   for (const char* n :
        {"pretrain/adamw", "pretrain/adafactor", "pretrain/came",
-        "pretrain/galore-adamw", "pretrain/galore-came", "pretrain/rsketch-adapter",
+        "pretrain/galore-adamw", "pretrain/galore-adamw-tuned",
+        "pretrain/galore-came", "pretrain/rsketch-adapter",
         "pretrain/singd-dense", "pretrain/singd-diag", "pretrain/kfac",
         "finetune/full-adamw", "finetune/full-came", "finetune/lora",
         "finetune/projected-adapter", "finetune/lotr", "finetune/snell"})

@@ -146,6 +146,22 @@ TEST(VerdictTest, ToleranceAndMemoryGateShapeTheVerdict) {
   // 10% above on every seed: outside the tolerance.
   galore = seeded("pretrain", "galore-adamw", {2.20, 2.21, 2.19}, 300);
   EXPECT_EQ(claim({galore, adamw}, "galore-vs-adamw").status, "not held");
+  // GaLore's tuned row joins the evidence of both GaLore claims, never the
+  // verdict.
+  const auto tuned = seeded("pretrain", "galore-adamw-tuned", {2.0, 2.0, 2.0});
+  c = claim({galore, tuned, adamw}, "galore-vs-adamw");
+  EXPECT_EQ(c.status, "not held");
+  EXPECT_NE(c.evidence.find("; tuned rows (not judged): galore-adamw-tuned "),
+            std::string::npos)
+      << c.evidence;
+  EXPECT_NE(c.evidence.find(" vs adamw "), std::string::npos) << c.evidence;
+  const auto sketch = seeded("pretrain", "rsketch-adapter", {2.1, 2.1, 2.1});
+  c = claim({sketch, galore, tuned}, "duality-random-sketch");
+  EXPECT_NE(c.evidence.find("; tuned rows (not judged): rsketch-adapter "),
+            std::string::npos)
+      << c.evidence;
+  EXPECT_NE(c.evidence.find(" vs galore-adamw-tuned "), std::string::npos)
+      << c.evidence;
 }
 
 TEST(VerdictTest, AccuracyClaimsPairSeedsAndCountParameters) {
@@ -246,7 +262,8 @@ TEST(VerdictTest, MergeSeedsGivesMeanAndSampleStdOverFinishedSeeds) {
 
 // The official-settings table: every recorded key resolves in its method's
 // row (and its "-tuned" row), the official rows of the switched methods use
-// every recorded official value, the tuned rows' differences are flagged by
+// every recorded official value (GaLore's: all but the rank and refresh gap,
+// scaled to the model and budget), the tuned rows' differences are flagged by
 // value (numbers compared as numbers) with their reason, overrides reach
 // the table, and the report lists the rows of the methods that ran.
 TEST(OfficialSettingsTest, TableComparesEachRowWithItsOfficialValue) {
@@ -294,15 +311,32 @@ TEST(OfficialSettingsTest, TableComparesEachRowWithItsOfficialValue) {
   // LoRA: q, v with separate projections; the tuned row every projection.
   EXPECT_EQ(find(rows, "lora", "targets").used, "q,v");
   EXPECT_TRUE(find(rows, "lora-tuned", "targets").deviates);
-  // GaLore is not switched: its scale deviates, and says so.
-  const auto scale = find(rows, "galore-adamw", "galore.scale");
-  EXPECT_TRUE(scale.deviates);
-  EXPECT_NE(scale.note.find("not switched"), std::string::npos);
+  // GaLore: the README's scale, lr, no decay, GaLoreAdamW's eps; rank and
+  // refresh gap scaled to compare's model and budget, each saying so; the
+  // tuned row is compare's earlier scale 1 and lr 3e-3.
+  for (const char* key :
+       {"galore.scale", "galore_adamw.lr", "galore_adamw.weight_decay",
+        "galore.proj_type", "galore_adamw.eps"})
+    EXPECT_FALSE(find(rows, "galore-adamw", key).deviates) << key;
+  EXPECT_EQ(find(rows, "galore-adamw", "galore.scale").used, "0.25");
+  EXPECT_EQ(find(rows, "galore-adamw", "galore_adamw.lr").used, "0.01");
+  const auto rank = find(rows, "galore-adamw", "galore.rank");
+  EXPECT_EQ(rank.used, "16");  // width 64 / 4, as 128 / 512
+  EXPECT_NE(rank.note.find("width / 4"), std::string::npos);
+  const auto gap = find(rows, "galore-adamw", "galore.update_proj_gap");
+  EXPECT_EQ(gap.used, "50");  // 250 steps / 5
+  EXPECT_NE(gap.note.find("5 refreshes per run"), std::string::npos);
+  for (const char* key : {"galore.scale", "galore_adamw.lr"}) {
+    const auto t = find(rows, "galore-adamw-tuned", key);
+    EXPECT_TRUE(t.deviates) << key;
+    EXPECT_NE(t.note.find("(tuned) row"), std::string::npos) << key;
+  }
+  EXPECT_EQ(find(rows, "galore-adamw-tuned", "galore.scale").used, "1.0");
   // Overrides reach the table, both ways.
   o.overrides = {"snell.sparsity=0.5", "galore.scale=0.250"};
   const auto set = cmp::official_settings(o);
   EXPECT_TRUE(find(set, "snell", "snell.sparsity").deviates);
-  EXPECT_FALSE(find(set, "galore-adamw", "galore.scale").deviates);
+  EXPECT_FALSE(find(set, "galore-adamw-tuned", "galore.scale").deviates);
   // --rank reaches the adapters' rank keys.
   o.overrides.clear();
   o.rank = 16;
