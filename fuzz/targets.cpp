@@ -2,7 +2,11 @@
 
 #include <c10/util/Exception.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <sstream>
 #include <stdexcept>
 
@@ -11,6 +15,7 @@
 #include "lowmem/core/fields.h"
 #include "lowmem/core/input.h"
 #include "lowmem/core/json.h"
+#include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/jsonl.h"
 #include "lowmem/interop/hf_checkpoint.h"
 #include "lowmem/interop/hf_config.h"
@@ -182,6 +187,34 @@ void jsonl(const std::string& in) {
   }
 }
 
+// An IDX file (Fashion-MNIST's images and labels, data::read_idx). Input
+// starting with the gzip magic goes through a temporary file and read_idx's
+// zlib reader (1 GiB limit); other input straight to data::parse_idx, as
+// read_idx passes the unzipped bytes. What is accepted must be a uint8
+// tensor of the header's dims holding the payload.
+void idx(const std::string& in) {
+  data::IdxFile f;
+  if (in.size() >= 2 && in[0] == '\x1f' && in[1] == '\x8b') {
+    static const std::string path =
+        (std::filesystem::temp_directory_path() /
+         ("lowmem_fuzz_idx_" + std::to_string(getpid()) + ".gz"))
+            .string();
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << in;
+    f = data::read_idx(path);
+  } else {
+    f = data::parse_idx(in, "fuzz.idx");
+    const size_t payload = 4 + 4 * f.dims.size();
+    if (in.compare(payload, std::string::npos,
+                   reinterpret_cast<const char*>(f.data.data_ptr<uint8_t>()),
+                   static_cast<size_t>(f.data.numel())) != 0) {
+      throw std::logic_error("[fuzz] IDX payload not copied whole");
+    }
+  }
+  if (f.data.scalar_type() != at::kByte || f.data.sizes().vec() != f.dims) {
+    throw std::logic_error("[fuzz] IDX tensor does not match its header");
+  }
+}
+
 }  // namespace
 
 const std::vector<Target>& targets() {
@@ -204,6 +237,8 @@ const std::vector<Target>& targets() {
       {"safetensors_index",
        "model.safetensors.index.json (interop::parse_hf_weight_map)",
        safetensors_index},
+      {"idx", "IDX file, gzipped or not (data::read_idx, data::parse_idx)",
+       idx},
   };
   return rows;
 }

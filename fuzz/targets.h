@@ -31,8 +31,8 @@ struct Target {
 };
 
 /// safetensors, manifest, adapter_config, tokenizer_json, gguf, recipe,
-/// jsonl, chat_template, config_json, safetensors_index (each with a seed folder
-/// fuzz/corpus/<name>/).
+/// jsonl, chat_template, config_json, safetensors_index, idx (each with a seed
+/// folder fuzz/corpus/<name>/).
 const std::vector<Target>& targets();
 /// The target called `name`, or nullptr.
 const Target* find_target(std::string_view name);

@@ -4,8 +4,8 @@
 # target for SECONDS seconds (default 60) on a copy of its seed corpus
 # (fuzz/corpus/<target>/; the targets are the folders there). Crashes,
 # sanitizer reports, uncaught exceptions, hangs (> 20 s per input), more
-# than 4 GiB RSS and over-long error messages stop a target with its
-# reproducer in build-fuzz/artifacts/.
+# than RSS_LIMIT_MB MiB of memory (default 4096) and over-long error messages
+# stop a target with its reproducer in build-fuzz/artifacts/.
 #
 #   scripts/fuzz.sh                 # every target, 60 s each
 #   scripts/fuzz.sh 600 safetensors # one target, 10 minutes
@@ -26,13 +26,17 @@ fi
 BUILD=${BUILD:-build-fuzz}
 JOBS=${JOBS:-2}
 PARALLEL=${PARALLEL:-1}
-if [ ! -f "$BUILD/build.ninja" ]; then
-  # -O1: the usual level for sanitized fuzzing (compiles faster than -O2).
-  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-    -DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -DCMAKE_CXX_COMPILER=clang++ -DLOWMEM_FUZZ=ON -DLOWMEM_BUILD_TESTS=OFF \
-    -DLOWMEM_BUILD_BENCH=OFF -DLOWMEM_BUILD_TOOLS=OFF \
-    -DCMAKE_DISABLE_PRECOMPILE_HEADERS=ON
-fi
+mkdir -p "$BUILD"
+# -O1: the usual level for sanitized fuzzing (compiles faster than -O2).
+# Unity build: each layer's sources compile in batches of 8, so LibTorch's
+# headers are parsed once per batch, not once per source. Only the layers the
+# targets link are built (not gen/, compare/, the CLI, tests, benchmarks).
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -DCMAKE_CXX_COMPILER=clang++ \
+  -DLOWMEM_FUZZ=ON -DLOWMEM_BUILD_TESTS=OFF -DLOWMEM_BUILD_BENCH=OFF \
+  -DLOWMEM_BUILD_TOOLS=OFF -DCMAKE_DISABLE_PRECOMPILE_HEADERS=ON \
+  -DCMAKE_UNITY_BUILD=ON >"$BUILD/configure.log" ||
+  { cat "$BUILD/configure.log"; exit 1; }
 ninja -C "$BUILD" -j"$JOBS" $(printf 'fuzz_%s ' "${TARGETS[@]}")
 mkdir -p "$BUILD/artifacts"
 # LibTorch itself is not instrumented; its allocator's leaks at exit are not
@@ -46,14 +50,14 @@ run_target() {
   local corpus="$BUILD/corpus/$t"
   mkdir -p "$corpus"
   cp -n fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
-  local args=(-max_len=65536 -timeout=20 -rss_limit_mb=4096
+  local args=(-max_len=65536 -timeout=20 -rss_limit_mb="${RSS_LIMIT_MB:-4096}"
               -artifact_prefix="$BUILD/artifacts/$t-" -print_final_stats=1)
   if [ -n "${RUNS:-}" ]; then
     args+=(-runs="$RUNS")
   else
     args+=(-max_total_time="$SECONDS_PER_TARGET")
   fi
-  "$BUILD/fuzz_$t" "${args[@]}" "$corpus" >"$BUILD/fuzz_$t.log" 2>&1
+  "$BUILD/fuzz/fuzz_$t" "${args[@]}" "$corpus" >"$BUILD/fuzz_$t.log" 2>&1
 }
 
 # One line per target from its log and exit status ($BUILD/fuzz_$t.rc).

@@ -87,61 +87,52 @@ std::string idx_path(const std::string& root, const std::string& stem) {
 
 }  // namespace
 
-IdxFile read_idx(const std::string& path) {
-  std::string raw = gunzip(path);
+IdxFile parse_idx(const std::string& raw, const std::string& source) {
   const auto* p = reinterpret_cast<const unsigned char*>(raw.data());
-  LOWMEM_CHECK(
-      raw.size() >= 4,
-      "[data] ",
-      path,
-      ": not an IDX file (",
-      raw.size(),
-      " bytes)");
-  LOWMEM_CHECK(
-      p[0] == 0 && p[1] == 0,
-      "[data] ",
-      path,
-      ": bad IDX magic (first bytes ",
-      int(p[0]),
-      " ",
-      int(p[1]),
-      ", expected 0 0)");
-  LOWMEM_CHECK(
-      p[2] == 0x08,
-      "[data] ",
-      path,
-      ": IDX type 0x",
-      std::hex,
-      int(p[2]),
-      std::dec,
-      " unsupported (only 0x08 unsigned byte)");
+  LOWMEM_CHECK(raw.size() >= 4, "[data] ", source, ": not an IDX file (",
+               raw.size(), " bytes)");
+  LOWMEM_CHECK(p[0] == 0 && p[1] == 0, "[data] ", source,
+               ": bad IDX magic (first bytes ", int(p[0]), " ", int(p[1]),
+               ", expected 0 0)");
+  LOWMEM_CHECK(p[2] == 0x08, "[data] ", source, ": IDX type 0x", std::hex,
+               int(p[2]), std::dec, " unsupported (only 0x08 unsigned byte)");
   const int ndim = p[3];
-  LOWMEM_CHECK(
-      ndim >= 1 && ndim <= 4, "[data] ", path, ": bad IDX rank ", ndim);
+  LOWMEM_CHECK(ndim >= 1 && ndim <= 4, "[data] ", source, ": bad IDX rank ",
+               ndim);
   const size_t header = 4 + 4 * static_cast<size_t>(ndim);
-  LOWMEM_CHECK(raw.size() >= header, "[data] ", path, ": IDX header truncated");
+  LOWMEM_CHECK(raw.size() >= header, "[data] ", source,
+               ": IDX header truncated");
   IdxFile out;
-  int64_t count = 1;
   for (int d = 0; d < ndim; ++d) {
     out.dims.push_back(be32(p + 4 + 4 * d));
-    // Dims are < 2^32 and the payload < 2^31 bytes: no overflow before the
-    // product exceeds the payload.
-    if (count <= static_cast<int64_t>(raw.size())) {
-      count *= out.dims.back();
-    }
   }
-  LOWMEM_CHECK(
-      raw.size() - header == static_cast<size_t>(count),
-      "[data] ",
-      path,
-      ": IDX payload has ",
-      raw.size() - header,
-      " bytes, header says ",
-      count);
+  // The product of the dims, zeros counted as 1, bounds the tensor's strides
+  // as well as its size: a header such as [0, 2^32 - 1, 2^32 - 1] (no bytes,
+  // strides past 2^63) is rejected too. Each factor is < 2^32, so checking
+  // after each step cannot overflow.
+  int64_t count = 1;
+  int64_t extent = 1;
+  for (const int64_t dim : out.dims) {
+    extent *= std::max<int64_t>(dim, 1);
+    count *= dim;
+    LOWMEM_CHECK(extent <= static_cast<int64_t>(kMaxIdxBytes), "[data] ",
+                 source, ": IDX dims ", at::IntArrayRef(out.dims),
+                 " exceed the limit of ", kMaxIdxBytes, " bytes (",
+                 format_limit(kMaxIdxBytes), ")");
+  }
+  LOWMEM_CHECK(raw.size() - header == static_cast<size_t>(count), "[data] ",
+               source, ": IDX payload has ", raw.size() - header,
+               " bytes, header says ", count);
   out.data = at::empty(out.dims, at::kByte);
-  std::memcpy(
-      out.data.data_ptr<uint8_t>(), p + header, static_cast<size_t>(count));
+  if (count > 0) {
+    std::memcpy(out.data.data_ptr<uint8_t>(), p + header,
+                static_cast<size_t>(count));
+  }
   return out;
+}
+
+IdxFile read_idx(const std::string& path) {
+  return parse_idx(gunzip(path), path);
 }
 
 const std::vector<std::string>& fashion_mnist_classes() {

@@ -274,6 +274,49 @@ TEST(FashionMnist, TruncatedGzipAndBadMagic) {
       << e;
 }
 
+// parse_idx is read_idx after gunzip (the `idx` fuzz target feeds it bytes).
+TEST(FashionMnist, ParseIdxChecksHeaderAgainstPayload) {
+  const std::string hdr("\0\0\x08", 3);
+  IdxFile f = parse_idx(hdr + '\x02' + be32(2) + be32(3) + "abcdef", "m.idx");
+  EXPECT_EQ(f.dims, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(f.data.sizes(), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(f.data[1][2].item<uint8_t>(), 'f');
+  // No images: an empty tensor of the header's dims.
+  f = parse_idx(hdr + '\x03' + be32(0) + be32(28) + be32(28), "e.idx");
+  EXPECT_EQ(f.data.sizes(), (std::vector<int64_t>{0, 28, 28}));
+  std::string e = error_of([&] { parse_idx(hdr + '\x05', "r.idx"); });
+  EXPECT_NE(e.find("r.idx: bad IDX rank 5"), std::string::npos) << e;
+  e = error_of([&] { parse_idx(hdr + '\x02' + be32(2), "t.idx"); });
+  EXPECT_NE(e.find("t.idx: IDX header truncated"), std::string::npos) << e;
+}
+
+// Found while writing the `idx` fuzz target: a zero dim made the payload
+// size 0 whatever the other dims, so [0, 2^32 - 1, 2^32 - 1] was accepted and
+// at::empty got an empty tensor whose first stride, (2^32 - 1)^2, does not
+// fit int64. Dims are now bounded with zeros counted as 1.
+TEST(FashionMnist, ParseIdxRejectsDimsPastTheLimitEvenWithAZero) {
+  const std::string hdr("\0\0\x08", 3);
+  const std::string ff(4, '\xff');
+  std::string e = error_of(
+      [&] { parse_idx(hdr + '\x03' + be32(0) + ff + ff, "zero.idx"); });
+  EXPECT_NE(e.find("zero.idx: IDX dims [0, 4294967295, 4294967295] exceed "
+                   "the limit of 1073741824 bytes (1 GiB)"),
+            std::string::npos)
+      << e;
+  // Each dim fits, their product (2^32) does not.
+  e = error_of([&] {
+    parse_idx(hdr + '\x03' + be32(0) + be32(65536) + be32(65536), "z.idx");
+  });
+  EXPECT_NE(e.find("z.idx: IDX dims [0, 65536, 65536] exceed"),
+            std::string::npos)
+      << e;
+  e = error_of([&] { parse_idx(hdr + '\x04' + ff + ff + ff + ff, "big.idx"); });
+  EXPECT_NE(e.find("big.idx: IDX dims [4294967295, 4294967295, 4294967295, "
+                   "4294967295] exceed"),
+            std::string::npos)
+      << e;
+}
+
 TEST(FashionMnist, RealDatasetIfInstalled) {
   if (!fs::exists(kDefaultFashionMnist)) {
     std::string e = error_of([] { load_fashion_mnist(); });

@@ -72,6 +72,14 @@ std::vector<std::string> hostile_inputs(const std::string& name) {
     out.push_back("{\"model_type\": \"llama\", \"rope_scaling\": " +
                   deep.substr(0, 127) + std::string(127, ']') + "}");
   }
+  if (name == "idx") {
+    // Headers whose dims multiply past 2^64, or to zero beside 2^32 - 1.
+    const std::string ff(4, '\xff'), zero(4, '\0');
+    out.push_back(std::string("\0\0\x08\x04", 4) + ff + ff + ff + ff + "ab");
+    out.push_back(std::string("\0\0\x08\x03", 4) + zero + ff + ff);
+    out.push_back(std::string("\0\0\x08\x02", 4) + ff);
+    out.push_back(std::string("\x1f\x8b\x08\0", 4) + big.substr(0, 100));
+  }
   if (name == "recipe") {
     out.push_back(std::string(100000, '[') + "\n");
     out.push_back("steps: " + big.substr(0, 1 << 20) + "\n");

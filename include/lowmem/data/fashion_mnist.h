@@ -53,9 +53,13 @@ struct IdxFile {
   at::Tensor data;  // uint8, shaped `dims`
 };
 
-/// Reads one IDX file (gzipped or not; type 0x08 = unsigned byte only).
-/// Throws "[data] <path>: ..." on a missing file, bad gzip, bad magic or a
-/// payload shorter or longer than the header says.
+/// Parses the bytes of one (gunzipped) IDX file; type 0x08 = unsigned byte
+/// only, rank 1..4. Throws "[data] <source>: ..." on bad magic, type or rank,
+/// a truncated header, or a payload shorter or longer than the header says.
+IdxFile parse_idx(const std::string& raw, const std::string& source);
+
+/// Reads one IDX file (gzipped or not, at most 1 GiB unzipped) with
+/// parse_idx. Throws "[data] <path>: ..." also on a missing file or bad gzip.
 IdxFile read_idx(const std::string& path);
 
 /// Loads the split, then selects classes and per-class samples. The examples
