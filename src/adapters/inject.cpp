@@ -131,13 +131,20 @@ std::vector<nn::SlotRef> find_targets(torch::nn::Module& root,
     if (is_target(s.path, t)) out.push_back(s);
   }
   if (out.empty()) {
+    // The slots' distinct names (the last path part), once each: a
+    // 7B model has 224 slot paths but seven names.
     std::string avail, wanted;
-    for (const auto& s : all) avail += (avail.empty() ? "" : ", ") + s.path;
+    std::set<std::string> seen;
+    for (const auto& s : all) {
+      const std::string name = s.path.substr(s.path.rfind('.') + 1);
+      if (seen.insert(name).second) avail += (avail.empty() ? "" : ", ") + name;
+    }
     for (const auto& m : t.target_modules())
       wanted += (wanted.empty() ? "" : ", ") + m;
     if (!t.target_regex().empty()) wanted = "regex " + t.target_regex();
-    LOWMEM_CHECK(false, "[inject] target modules {", wanted,
-                 "} not found in the model; slots are: {", avail, "}");
+    LOWMEM_CHECK(false, "[inject] target modules {", clip(wanted),
+                 "} not found in the model; its ", all.size(),
+                 " slots are named {", clip(avail), "}");
   }
   return out;
 }

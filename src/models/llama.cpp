@@ -748,6 +748,8 @@ LlamaActivationBytes llama_activation_bytes(const LlamaConfig& c, int64_t batch,
            norm_saved(N, C, e, f, true) + N * V * f;
   a.head_forward = N * V * f;
   a.head_backward = 2 * N * V * f;
+  a.log_probs = N * V * f;
+  a.logits_grad = N * V * e;
   return a;
 }
 

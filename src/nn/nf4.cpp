@@ -258,6 +258,21 @@ void Nf4Linear::register_storage() {
   w_.offset = register_buffer("weight_offset", w_.offset);
 }
 
+void Nf4Linear::to(torch::Dtype dtype, bool non_blocking) {
+  LOWMEM_CHECK(at::isFloatingType(dtype),
+               "[nf4] an NF4 layer computes in a floating dtype, got ", dtype);
+  dtype_ = dtype;
+  if (bias_.defined()) {
+    bias_.set_data(bias_.to(dtype, non_blocking));
+  }
+}
+
+void Nf4Linear::to(torch::Device device, torch::Dtype dtype,
+                   bool non_blocking) {
+  torch::nn::Module::to(device, non_blocking);
+  to(dtype, non_blocking);
+}
+
 at::Tensor Nf4Linear::forward_impl(const at::Tensor& x) {
   at::Tensor y = Nf4Matmul::apply(x.to(dtype_), w_.packed, w_.absmax_q,
                                   w_.absmax2, w_.offset, out_features(),

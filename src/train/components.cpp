@@ -578,6 +578,8 @@ PlannedModel plan_llama(const Config& c, c10::optional<c10::ScalarType> dtype,
   m.head = a.head;
   m.head_forward = a.head_forward;
   m.head_backward = a.head_backward;
+  m.log_probs = a.log_probs;
+  m.logits_grad = a.logits_grad;
   const int64_t layers = m.layers;
   const bool tied = lc.tie_word_embeddings();
   // HF names: model.layers.<i>.*, model.embed_tokens.*; the rest (lm_head,
@@ -768,8 +770,9 @@ std::function<bool(const std::string&)> nf4_pick(
 
 adapters::TargetOptions method_targets(
     const Config& c, const std::shared_ptr<torch::nn::Module>& model) {
-  // Default targets: every projection of the transformer blocks; the MLP's
-  // hidden layers. A new classifier head stays trainable (modules_to_save).
+  // Default targets: LLaMA-family decoders PEFT's q_proj and v_proj; the GPT
+  // and ViT every projection of the transformer blocks; the MLP's hidden
+  // layers. A new classifier head stays trainable (modules_to_save).
   adapters::TargetOptions t;
   if (!c.targets.empty()) {
     t = adapters::TargetOptions::from_list(c.targets);
@@ -791,6 +794,12 @@ adapters::TargetOptions method_targets(
     }
     t.target_modules(names);
     t.modules_to_save({all.back()});
+  } else if (c.model == "llama" || c.model == "hf") {
+    // PEFT's default for the LLaMA family (llama, mistral, qwen2, qwen3:
+    // TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, peft
+    // utils/constants.py), for every adapter method: LoTR's groups (one per
+    // projection type) have equal shapes across layers.
+    t.target_modules({"q_proj", "v_proj"});
   } else if (c.method == "lotr") {
     // LoTR groups layers by projection type and a group needs equal shapes:
     // the square attention projections.

@@ -97,6 +97,7 @@ struct Param {
   int64_t hook = 0;       // layer-wise: its gradient + update inside backward
   int64_t refresh = 0;    // GaLore: temporaries of a basis refresh
   int64_t low_alive = 0;  // GaLore: proxy and its gradient during the step
+  bool hooked = false;    // updated inside backward (layer-wise GaLore)
 };
 
 const optim::OptimizerKind& sized_kind(const std::string& name) {
@@ -170,7 +171,6 @@ struct Sized {
   // NF4 bases: the largest dequantized weight (compute dtype) plus its
   // float32 block scales, alive while a layer's matmul runs.
   int64_t dequant = 0;
-  bool layerwise = false;
   std::vector<PlanPart> parts;
 };
 
@@ -213,9 +213,11 @@ Sized size_parameters(const Config& c, const detail::PlannedModel& pm) {
     const Section& section = *c.section(kind.name);
     const auto* galore =
         dynamic_cast<const optim::GaLore*>(setup.optimizers[s].optimizer.get());
+    const bool hooked = galore != nullptr && galore->options().layerwise();
     int64_t slot_state = 0;
     for (size_t i = 0; i < route.params.size(); ++i) {
       Param q;
+      q.hooked = hooked;
       q.name = route.names[i];
       q.p = route.params[i];
       q.stage = pm.activations.stage_of(q.name);
@@ -227,9 +229,6 @@ Sized size_parameters(const Config& c, const detail::PlannedModel& pm) {
       out.trainable += q.p.numel();
       slot_state += q.state;
       out.params.push_back(q);
-    }
-    if (galore != nullptr && galore->options().layerwise()) {
-      out.layerwise = true;
     }
     out.parts.push_back(
         {"optimizer state (" + route.target + ": " + kind.name + ")",
@@ -245,18 +244,31 @@ struct Event {
 };
 
 // The live sums (beyond weights, state and the batch) at each event of a
-// steady-state step, in time order.
+// steady-state step, in time order. A parameter of a layer-wise GaLore is
+// updated by its hook as soon as its gradient is ready (that gradient and the
+// update's temporaries: `hooks`); every other gradient stays alive until the
+// optimizer step.
 std::vector<Event> step_events(const Sized& z, const ActivationModel& a) {
   const int64_t L = a.layers;
   std::vector<int64_t> grads(static_cast<size_t>(L + 2), 0);
+  std::vector<int64_t> hooked(static_cast<size_t>(L + 2), 0);
   std::vector<int64_t> hooks(static_cast<size_t>(L + 2), 0);
   int64_t all_grads = 0, update = 0, refresh = 0, low_alive = 0;
+  bool stepped = false;
   for (const auto& q : z.params) {
     const auto s =
         static_cast<size_t>(std::clamp<int64_t>(q.stage + 1, 0, L + 1));
-    grads[s] += nbytes(q.p);
-    hooks[s] = std::max(hooks[s], q.hook + q.refresh);
-    all_grads += nbytes(q.p);
+    const int64_t grad = nbytes(q.p);
+    if (q.hooked) {
+      // A refresh (GaLore::prepare) finishes before the projection starts:
+      // its temporaries and the update's are never alive together.
+      hooked[s] += grad;
+      hooks[s] = std::max(hooks[s], grad + std::max(q.hook - grad, q.refresh));
+      continue;
+    }
+    stepped = true;
+    grads[s] += grad;
+    all_grads += grad;
     update = std::max(update, q.update);
     refresh = std::max(refresh, q.refresh);
     low_alive += q.low_alive;
@@ -264,24 +276,30 @@ std::vector<Event> step_events(const Sized& z, const ActivationModel& a) {
   const int64_t kept = a.checkpointing ? a.checkpoint : a.layer;
   std::vector<Event> ev;
   ev.push_back({"forward (loss)", 0, L * kept + a.head, a.head_forward});
+  // The loss's backward (no parameter gradient yet), then the output
+  // projection's, when the log-probabilities are freed and the logits'
+  // gradient sits next to the head's new weight gradients; a hooked head
+  // is updated after that matmul's backward has returned.
+  ev.push_back({"backward of the loss", 0, L * kept + a.head, a.head_backward});
   int64_t done = grads[0];
-  ev.push_back({"backward of the loss and head", z.layerwise ? 0 : done,
-                L * kept + a.head,
-                a.head_backward + (z.layerwise ? hooks[0] : 0)});
+  const int64_t after_loss = L * kept + a.head - a.log_probs;
+  ev.push_back(
+      {"backward of the head", done + hooked[0], after_loss, a.logits_grad});
+  if (hooks[0] > 0) {
+    ev.push_back({"update of the head", done, after_loss, hooks[0]});
+  }
   for (int64_t l = L - 1; l >= 0; --l) {
     const auto s = static_cast<size_t>(l + 1);
     done += grads[s];
     const int64_t recompute = a.checkpointing ? a.layer : 0;
-    ev.push_back({"backward of layer " + std::to_string(l),
-                  z.layerwise ? 0 : done, (l + 1) * kept,
-                  recompute + a.layer_backward + z.dequant +
-                      (z.layerwise ? hooks[s] : 0)});
+    ev.push_back({"backward of layer " + std::to_string(l), done,
+                  (l + 1) * kept,
+                  recompute + a.layer_backward + z.dequant + hooks[s]});
   }
   const auto emb = static_cast<size_t>(L + 1);
   done += grads[emb];
-  ev.push_back({"backward of the embedding", z.layerwise ? 0 : done, 0,
-                z.layerwise ? hooks[emb] : 0});
-  if (!z.layerwise) {
+  ev.push_back({"backward of the embedding", done, 0, hooks[emb]});
+  if (stepped) {
     ev.push_back({"optimizer step", all_grads, 0, low_alive + update});
     if (refresh > 0)
       ev.push_back({"projection refresh", all_grads, 0, refresh});

@@ -2,11 +2,13 @@
 #include <gtest/gtest.h>
 
 #include "lowmem/adapters/adapter_file.h"
+#include "lowmem/adapters/inject.h"
 #include "lowmem/adapters/lora.h"
 #include "lowmem/adapters/lotr.h"
 #include "lowmem/adapters/snell.h"
 #include "lowmem/models/gpt.h"
 #include "lowmem/models/vit.h"
+#include "lowmem/nn/slot_module.h"
 
 namespace {
 
@@ -76,6 +78,30 @@ TEST(AdaptersOnModels, VitSnellWithTrainableHeadRoundTrips) {
   snell->merge();
   EXPECT_LE((vit->forward(images) - out).abs().max().item<double>(), 1e-5);
   snell->unmerge();
+}
+
+// Targets no slot matches: one short line naming the wanted modules and the
+// slots' distinct names, not every slot path of a deep model.
+TEST(AdaptersOnModels, MissingTargetsNameTheSlotNames) {
+  torch::manual_seed(0);
+  auto gpt = std::make_shared<GPT>(
+      GPTConfig().n_layer(24).n_head(2).n_embd(8).block_size(8));
+  try {
+    find_targets(*gpt, TargetOptions().target_modules({"q_proj", "v_proj"}));
+    ADD_FAILURE() << "targets that match nothing were accepted";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    const size_t slots = lowmem::nn::find_slots(*gpt).size();
+    EXPECT_GE(slots, 24u * 4);
+    const size_t at = msg.find(
+        "target modules {q_proj, v_proj} not found in "
+        "the model; its " +
+        std::to_string(slots) + " slots are named {");
+    ASSERT_NE(at, std::string::npos) << msg;
+    for (const char* name : {"qkv", "proj", "fc"})
+      EXPECT_NE(msg.find(name, at), std::string::npos) << name;
+    EXPECT_LT(msg.size(), 400u) << msg;
+  }
 }
 
 }  // namespace

@@ -551,3 +551,43 @@ TEST(CompareTest, PythonBaselineRunsTheSharedReferenceGpt) {
   EXPECT_NE(read_file(out / "gpt_reference.py").find("class GPT(nn.Module)"),
             std::string::npos);
 }
+
+// The memory suite measures every method's training step on LLaMA 60m (a
+// regression: the NF4 row failed once the model was cast to the suite's
+// dtype, which cast the 4-bit storage too; the fast check of that cause is
+// Nf4Linear.DtypeConversionKeepsTheStorage), and lowmem plan's peak is
+// within 10 % of each measured one (issue 18; layer-wise GaLore was 17 %
+// over before the head's backward was split into the loss's and the output
+// projection's). About 2 minutes: slow.
+TEST(CompareTest, SlowMemorySuiteMeasuresEveryMethod) {
+  const fs::path out = fresh_temp_dir("compare_memory_suite");
+  cmp::CompareOptions o;
+  o.suites = {"memory"};
+  o.out_dir = out.string();
+  o.isolate = false;
+  o.threads = 1;
+  o.gnuplot = "";
+  o.memory_models = "60m";
+  o.memory_measure = "60m";
+  o.memory_seq = 64;
+  o.memory_steps = 2;
+  const cmp::CompareResults res = cmp::run_compare(o);
+  ASSERT_EQ(res.memory.status, "ok") << res.memory.reason;
+  ASSERT_FALSE(res.memory.rows.empty());
+  bool nf4 = false;
+  for (const auto& r : res.memory.rows) {
+    SCOPED_TRACE(r.method);
+    nf4 |= r.method.find("NF4") != std::string::npos;
+    if (r.status != "ok") {  // whole-layer optimizers: plan cannot size them
+      EXPECT_NE(r.reason.find("cannot size optimizer"), std::string::npos)
+          << r.status << ": " << r.reason;
+      continue;
+    }
+    EXPECT_EQ(r.measured, "ok") << r.measured_reason;
+    EXPECT_GT(r.measured_peak, 0);
+    EXPECT_NEAR(static_cast<double>(r.peak),
+                static_cast<double>(r.measured_peak),
+                0.10 * static_cast<double>(r.measured_peak));
+  }
+  EXPECT_TRUE(nf4) << "the suite has no NF4 row any more";
+}

@@ -1,13 +1,18 @@
 // `lowmem train --model hf --hf.path DIR`: a Hugging Face directory trained
 // with LoRA on the attention projections (HF module names) and with GaLore,
-// through the same session builder as the CLI; recipes/finetune-hf.yaml
-// parses and names a real section.
+// through the same session builder as the CLI; every registered method and
+// optimizer, layer-wise GaLore, activation checkpointing, bf16 weights and an
+// NF4 base train it (HfTrainEvery); recipes/finetune-hf.yaml parses and names
+// a real section.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <utility>
+#include <vector>
 
 #include "lowmem/interop/hf_checkpoint.h"
 #include "lowmem/models/llama.h"
@@ -101,6 +106,110 @@ TEST(HfTrain, GaLoreAndAllLinear) {
     adapted += kv.key().find("lora_A") != std::string::npos;
   EXPECT_EQ(adapted, 2 * 7);  // every projection; no lm_head (tied, a lookup)
 }
+
+// One way of training the loaded model: the method, the optimizer and any
+// further keys.
+struct HfCase {
+  std::string label, method, optimizer;
+  std::vector<std::pair<std::string, std::string>> keys;
+};
+
+std::ostream& operator<<(std::ostream& os, const HfCase& c) {
+  return os << c.label;
+}
+
+// Every method with the default optimizer, every optimizer under full
+// fine-tuning (from the registries, so a new row is covered), then the
+// modes that change how a step runs.
+std::vector<HfCase> hf_cases() {
+  std::vector<HfCase> out;
+  for (const auto& m : lowmem::train::known_methods()) {
+    HfCase c{"method_" + m, m, "adamw", {}};
+    if (m == "galore") c.keys = {{"galore.rank", "4"}};
+    if (m == "projected-adapter") c.keys = {{"projected_adapter.rank", "4"}};
+    out.push_back(c);
+  }
+  for (const auto& o : lowmem::train::known_optimizers()) {
+    if (o != "adamw") out.push_back({"optimizer_" + o, "full", o, {}});
+  }
+  out.push_back({"galore_layerwise",
+                 "galore",
+                 "adamw",
+                 {{"galore.rank", "4"}, {"galore.layerwise", "true"}}});
+  out.push_back({"lora_checkpointing",
+                 "lora",
+                 "adamw",
+                 {{"hf.activation_checkpointing", "true"}}});
+  out.push_back({"full_checkpointing_came",
+                 "full",
+                 "came",
+                 {{"hf.activation_checkpointing", "true"}}});
+  out.push_back({"lora_bf16", "lora", "adamw", {{"hf.dtype", "bfloat16"}}});
+  out.push_back({"full_bf16", "full", "adamw", {{"hf.dtype", "bfloat16"}}});
+  out.push_back({"lora_nf4", "lora", "adamw", {{"base_dtype", "nf4"}}});
+  out.push_back({"galore_8bit",
+                 "galore",
+                 "adamw",
+                 {{"galore.rank", "4"}, {"optim_bits", "8"}}});
+  return out;
+}
+
+std::string case_name(const testing::TestParamInfo<HfCase>& info) {
+  std::string s = info.param.label;
+  for (char& ch : s)
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  return s;
+}
+
+class HfTrainEvery : public testing::TestWithParam<HfCase> {};
+
+// The case trains the loaded model for 3 steps to a finite loss; some
+// trainable tensor moves and every frozen one stays bit-identical.
+TEST_P(HfTrainEvery, TrainsTheLoadedModel) {
+  const HfCase& hc = GetParam();
+  const fs::path root =
+      lowmem::testing::fresh_temp_dir("hf_every_" + case_name({GetParam(), 0}));
+  Config c = hf_config(root, hc.method);
+  c.optimizer = hc.optimizer;
+  for (const auto& kv : hc.keys) c.set(kv.first, kv.second);
+  std::shared_ptr<lowmem::models::Model> model;
+  std::map<std::string, torch::Tensor> before;
+  std::map<std::string, bool> trainable;
+  const auto r = lowmem::train::run(c, {}, [&](lowmem::train::Session& s) {
+    model = s.model;
+    ASSERT_NE(dynamic_cast<lowmem::models::Llama*>(model.get()), nullptr);
+    for (const auto& kv : model->named_parameters()) {
+      before[kv.key()] = kv.value().detach().clone();
+      trainable[kv.key()] = kv.value().requires_grad();
+    }
+  });
+  ASSERT_TRUE(model);
+  EXPECT_EQ(r.steps, 3);
+  EXPECT_EQ(r.skipped, 0);
+  EXPECT_TRUE(std::isfinite(r.eval_loss)) << r.eval_loss;
+  int64_t moved = 0, n_trainable = 0;
+  for (const auto& kv : model->named_parameters()) {
+    const auto& old = before.at(kv.key());
+    const bool same = torch::equal(old, kv.value().detach());
+    if (trainable.at(kv.key())) {
+      ++n_trainable;
+      moved += !same;
+    } else {
+      EXPECT_TRUE(same) << kv.key() << " is frozen but changed";
+    }
+  }
+  EXPECT_GT(n_trainable, 0);
+  EXPECT_GT(moved, 0) << "no trainable tensor moved";
+  if (hc.label.find("bf16") != std::string::npos) {
+    bool any_bf16 = false;
+    for (const auto& kv : before)
+      any_bf16 |= kv.second.scalar_type() == torch::kBFloat16;
+    EXPECT_TRUE(any_bf16) << "hf.dtype bfloat16 left no bf16 weight";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllMethods, HfTrainEvery,
+                         testing::ValuesIn(hf_cases()), case_name);
 
 TEST(HfTrain, InfoAndErrors) {
   const fs::path root = lowmem::testing::fresh_temp_dir("hf_train_info");

@@ -3,7 +3,8 @@
 // tests/golden/nf4.pt (a transcription of bitsandbytes,
 // tests/nn/nf4_reference.py), chunked quantization, sizes, round-trip error;
 // Nf4Linear: forward and gradients through the dequantized weight, no dense
-// weight kept for backward, slot replacement.
+// weight kept for backward, slot replacement, dtype conversion of a model
+// holding NF4 layers.
 #include "lowmem/nn/nf4.h"
 
 #include <gtest/gtest.h>
@@ -141,6 +142,33 @@ TEST(Nf4Linear, ForwardAndInputGradientUseTheDequantizedWeight) {
     // Frozen: no parameter of the layer wants a gradient.
     for (const auto& p : layer.parameters()) EXPECT_FALSE(p.requires_grad());
   }
+}
+
+// model->to(dtype) (as lowmem compare's memory suite does) must change the
+// compute dtype and the bias, never cast the 4-bit storage.
+TEST(Nf4Linear, DtypeConversionKeepsTheStorage) {
+  torch::manual_seed(4);
+  const auto w = torch::randn({8, 16}) * 0.1;
+  auto layer = std::make_shared<Nf4Linear>(w, torch::randn({8}));
+  torch::nn::Sequential holder;
+  holder->push_back("q", layer);
+  const auto packed = layer->weight().packed.clone();
+  holder->to(torch::kBFloat16);
+  EXPECT_EQ(layer->compute_dtype(), torch::kBFloat16);
+  EXPECT_EQ(layer->weight().packed.scalar_type(), torch::kByte);
+  EXPECT_EQ(layer->weight().absmax2.scalar_type(), torch::kFloat);
+  EXPECT_EQ(layer->bias().scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::equal(layer->weight().packed, packed));
+  const auto x = torch::randn({2, 16});
+  EXPECT_EQ(layer->forward(x).scalar_type(), torch::kBFloat16);
+  holder->to(torch::kCPU, torch::kFloat);
+  EXPECT_EQ(layer->compute_dtype(), torch::kFloat);
+  EXPECT_TRUE(torch::equal(layer->effective_weight(),
+                           Nf4Weight::quantize(w).dequantize(torch::kFloat)));
+  EXPECT_TRUE(torch::allclose(
+      layer->forward(x),
+      torch::linear(x, layer->effective_weight(), layer->bias()), 1e-5, 1e-5));
+  EXPECT_THROW(holder->to(torch::kLong), c10::Error);
 }
 
 TEST(Nf4Linear, KeepsNoDenseWeightForBackward) {

@@ -347,6 +347,13 @@ struct LlamaActivationBytes {
   /// Beyond `head`, in the loss's backward: the nll and log-softmax
   /// gradients ([N, V] fp32 each) next to the saved log-probabilities.
   int64_t head_backward = 0;
+  /// The part of `head` that the loss's backward frees: cross_entropy's
+  /// fp32 log-probabilities [N, V].
+  int64_t log_probs = 0;
+  /// In the backward of the output projection (lm_head), after the loss's:
+  /// the logits' gradient [N, V] in the weights' dtype, alive next to the
+  /// weight's new gradient until that matmul's backward returns.
+  int64_t logits_grad = 0;
 };
 LlamaActivationBytes llama_activation_bytes(const LlamaConfig& c, int64_t batch,
                                             int64_t seq);

@@ -101,6 +101,14 @@ class Nf4Linear final : public LinearLike {
   /// of its block is lost).
   void add_to_weight(const at::Tensor& delta) override;
 
+  /// A dtype conversion (torch::nn::Module::to, e.g. model->to(kBFloat16))
+  /// changes the compute dtype and the bias only: the 4-bit storage keeps
+  /// its uint8/float32 tensors (Module's default would cast them).
+  /// A non-floating dtype throws c10::Error.
+  void to(torch::Dtype dtype, bool non_blocking = false) override;
+  void to(torch::Device device, torch::Dtype dtype,
+          bool non_blocking = false) override;
+  using torch::nn::Module::to;  // to(device): moves everything as usual
   const Nf4Weight& weight() const { return w_; }
   at::ScalarType compute_dtype() const { return dtype_; }
 

@@ -49,6 +49,7 @@ struct ActivationModel {
   bool checkpointing = false;
   int64_t layer = 0, checkpoint = 0, layer_backward = 0;
   int64_t head = 0, head_forward = 0, head_backward = 0;
+  int64_t log_probs = 0, logits_grad = 0;
   /// Where a parameter's gradient appears in backward: -1 the head (first),
   /// 0..layers-1 its decoder layer, `layers` the embedding (last).
   std::function<int64_t(const std::string& name)> stage_of;
