@@ -142,9 +142,11 @@ std::vector<nn::SlotRef> find_targets(torch::nn::Module& root,
     for (const auto& m : t.target_modules())
       wanted += (wanted.empty() ? "" : ", ") + m;
     if (!t.target_regex().empty()) wanted = "regex " + t.target_regex();
-    LOWMEM_CHECK(false, "[inject] target modules {", clip(wanted),
-                 "} not found in the model; its ", all.size(),
-                 " slots are named {", clip(avail), "}");
+    LOWMEM_CHECK(
+        false, "[inject] target modules {", clip(wanted),
+        "} not found in the model; its ", all.size(), " slots are named {",
+        clip(avail), "}",
+        all.empty() ? "" : " (paths like " + clip(all.front().path) + ")");
   }
   return out;
 }

@@ -45,7 +45,10 @@ TEST(Inject, NoMatchNamesTargetsAndSlots) {
   auto model = std::make_shared<TinyModel>();
   auto msg = error_of([&] { inject_lora(model, TargetOptions({"k_proj"})); });
   EXPECT_NE(msg.find("k_proj"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("blocks.0.q"), std::string::npos) << msg;
+  // The slots' distinct names, and one full path to show the layout.
+  EXPECT_NE(msg.find("8 slots are named {down, q, up, v}"), std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("(paths like blocks.0."), std::string::npos) << msg;
   EXPECT_NE(error_of([&] { inject_lora(model, TargetOptions()); }).find("no targets"),
             std::string::npos);
   TargetOptions bad;
