@@ -9,7 +9,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
+#include <iomanip>
 #include <optional>
 #include <regex>
 #include <set>
@@ -550,8 +552,20 @@ int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
 
 InfoReport info(const Config& config) {
   MemoryTracker::install();
+  using Clock = std::chrono::steady_clock;
+  auto seconds_since = [](Clock::time_point t0) {
+    return std::chrono::duration<double>(Clock::now() - t0).count();
+  };
+  // std::clock: the process's CPU time, all threads (POSIX, glibc).
+  auto cpu_since = [](std::clock_t c0) {
+    return static_cast<double>(std::clock() - c0) / CLOCKS_PER_SEC;
+  };
+  const auto build_t0 = Clock::now();
+  const std::clock_t build_c0 = std::clock();
   auto session = build_session(config);
   InfoReport r;
+  r.build_seconds = seconds_since(build_t0);
+  r.build_cpu_seconds = cpu_since(build_c0);
   r.data_summary = session->data_summary;
   r.baseline_loss = session->baseline_loss;
   for (const auto& p : session->model->parameters(/*recurse=*/true)) {
@@ -585,6 +599,7 @@ InfoReport info(const Config& config) {
   if (measured) {
     tracker.emplace(device);
     scope.emplace(tracker->scope());
+    r.live_before_step_bytes = scope->start_bytes();
   }
   // One trainer step, measured by its probe: the gradients once backward is
   // done, each optimizer's state once it has stepped.
@@ -599,9 +614,14 @@ InfoReport info(const Config& config) {
       r.optimizer_state_bytes += b;
     }
   });
-  t.step(*session->train_data);
+  const auto step_t0 = Clock::now();
+  const std::clock_t step_c0 = std::clock();
+  r.step_loss = t.step(*session->train_data).loss;
+  r.step_seconds = seconds_since(step_t0);
+  r.step_cpu_seconds = cpu_since(step_c0);
   t.set_step_probe({});
   r.peak_step_bytes = scope ? scope->peak_delta() : 0;
+  r.peak_rss_bytes = MemoryTracker::peak_rss_bytes();
   for (const auto& route : session->routes) {
     int64_t n = 0;
     for (const auto& p : route.params) {
@@ -633,6 +653,17 @@ std::string InfoReport::to_string() const {
   }
   o << "peak of one step: " << format_bytes(peak_step_bytes)
     << " above the weights (activations, gradients, new state)\n";
+  o << "tracked peak:     "
+    << format_bytes(live_before_step_bytes + peak_step_bytes) << " ("
+    << format_bytes(live_before_step_bytes)
+    << " live before the step + the step's peak); peak RSS "
+    << format_bytes(peak_rss_bytes) << "\n";
+  o << "step:             loss " << step_loss << ", " << std::fixed
+    << std::setprecision(1) << step_seconds << " s wall, " << step_cpu_seconds
+    << " s CPU (build " << build_seconds << " s wall, " << build_cpu_seconds
+    << " s CPU)\n";
+  o.unsetf(std::ios_base::floatfield);
+  o << std::setprecision(6);
   o << "data:             " << data_summary << "\n";
   o << "baseline loss:    " << baseline_loss
     << " (input-independent predictor)\n";

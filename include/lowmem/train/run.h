@@ -156,7 +156,15 @@ struct InfoReport {
   int64_t trainable_bytes = 0;
   int64_t gradient_bytes = 0;        // peak gradient bytes of the step
   int64_t optimizer_state_bytes = 0;
-  int64_t peak_step_bytes = 0;       // peak live bytes during the step
+  int64_t peak_step_bytes = 0;         // peak live bytes during the step
+                                       // above those live before it
+  int64_t live_before_step_bytes = 0;  // tracked live bytes before the step
+  double step_loss = 0.0;              // the step's training loss
+  int64_t peak_rss_bytes = 0;          // the process's peak RSS after it
+  // Wall and process CPU seconds (all threads) of building the session
+  // (model, data, method, optimizers) and of the one step.
+  double build_seconds = 0.0, build_cpu_seconds = 0.0;
+  double step_seconds = 0.0, step_cpu_seconds = 0.0;
   std::vector<std::pair<std::string, int64_t>> optimizer_bytes;  // per slot
   std::vector<std::pair<std::string, int64_t>> route_params;  // per slot
   std::string data_summary;
