@@ -217,6 +217,22 @@ TEST(HfTrain, InfoAndErrors) {
   const auto info = lowmem::train::info(c);
   auto m = lowmem::interop::load_hf_model(c.get("hf.path"));
   EXPECT_EQ(info.total_params, lowmem::models::count_parameters(*m));
+  // The step's measurements: the weights were live before it, its peak came
+  // on top, the process's RSS holds both; the step and the build took time.
+  EXPECT_GE(info.live_before_step_bytes,
+            info.frozen_bytes + info.trainable_bytes);
+  EXPECT_GE(info.peak_step_bytes,
+            info.gradient_bytes);  // full: every weight's gradient
+  EXPECT_GE(info.peak_rss_bytes,
+            info.live_before_step_bytes + info.peak_step_bytes);
+  EXPECT_TRUE(std::isfinite(info.step_loss));
+  EXPECT_GT(info.step_seconds, 0.0);
+  EXPECT_GT(info.step_cpu_seconds, 0.0);
+  EXPECT_GT(info.build_seconds, 0.0);
+  const std::string text = info.to_string();
+  for (const char* line :
+       {"tracked peak:", "peak RSS", "s wall,", "s CPU (build"})
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;
   Config none = c;
   none.set("hf.path", "");
   EXPECT_THROW(lowmem::train::build_session(none), lowmem::train::ConfigError);

@@ -329,6 +329,8 @@ TEST_F(Cli, InfoPrintsParameterCountsAndWritesNothing) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("parameters:"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("optimizer state:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tracked peak:"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("step:             loss "), std::string::npos) << r.out;
   EXPECT_TRUE(is_empty_dir());
 }
 
