@@ -12,13 +12,13 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 #include <type_traits>
 #include <vector>
 
 #include "command.h"
 #include "lowmem/compare/compare.h"
 #include "lowmem/core/fields.h"
+#include "lowmem/core/input.h"
 #include "lowmem/core/memory.h"
 
 namespace {
@@ -29,15 +29,6 @@ std::atomic<bool> g_stop{false};
 
 void on_sigint(int) {
   if (g_stop.exchange(true)) _exit(130);  // second Ctrl-C: leave now
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
 }
 
 std::string fmt_seconds(double s) {
@@ -94,9 +85,10 @@ void add_option(CLI::App& app, const char* flag, T& field, const char* help) {
 
 void add_flags(CLI::App& app, CompareFlags& f) {
   f.app = &app;
-  app.add_option("--suite", f.suite,
-                 "memory, pretrain, finetune (comma-separated), all (or toy: "
-                 "a smoke test)")
+  app.add_option(
+         "--suite", f.suite,
+         "memory, pretrain, finetune, lm (comma-separated), all (or toy: "
+         "a smoke test)")
       ->capture_default_str();
   app.add_option("--methods", f.methods,
                  "comma-separated method names (see --list); default all");
@@ -104,7 +96,7 @@ void add_flags(CLI::App& app, CompareFlags& f) {
                "list the methods and whether each can run here");
   app.add_option("--steps", f.steps,
                  "training steps of every method (overrides "
-                 "--pretrain-steps/--finetune-steps)");
+                 "--pretrain-steps/--finetune-steps/--lm-steps)");
   app.add_flag("--full", f.full,
                "4x the steps and validation batches (more conclusive)");
   app.add_flag("--no-isolate", f.no_isolate,
@@ -135,11 +127,12 @@ void apply_full(CompareFlags& f) {
 void resolve(CompareFlags& f) {
   cmp::CompareOptions& o = f.o;
   if (f.full) apply_full(f);
-  if (f.steps > 0) o.pretrain_steps = o.finetune_steps = o.toy_steps = f.steps;
-  o.suites = f.suite == "all"
-                 ? std::vector<std::string>{"memory", "pretrain", "finetune"}
-                 : split_list(f.suite);
-  o.methods = split_list(f.methods);
+  if (f.steps > 0)
+    o.pretrain_steps = o.finetune_steps = o.lm_steps = o.toy_steps = f.steps;
+  o.suites = f.suite == "all" ? std::vector<std::string>{"memory", "pretrain",
+                                                         "finetune", "lm"}
+                              : lowmem::split_list(f.suite);
+  o.methods = lowmem::split_list(f.methods);
   o.isolate = !f.no_isolate;
   o.command_line = command_line();
   cmp::validate_overrides(o.overrides);

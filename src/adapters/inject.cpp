@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <unordered_set>
 
 #include "lowmem/core/check.h"
@@ -66,13 +65,7 @@ std::string module_of(const std::string& param_name) {
 }  // namespace
 
 TargetOptions TargetOptions::from_list(const std::string& comma_separated) {
-  std::vector<std::string> out;
-  std::stringstream ss(comma_separated);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    if (!item.empty()) out.push_back(item);
-  }
-  return TargetOptions(out);
+  return TargetOptions(split_list(comma_separated));
 }
 
 void validate(const TargetOptions& t) {

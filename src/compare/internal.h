@@ -163,4 +163,12 @@ void write_text_file(const std::string& path, const std::string& text);
 /// Formats a double for JSON/CSV/Markdown ("%.6g").
 std::string num(double v);
 
+/// Rows as a Markdown table or as aligned text (the first `left` columns
+/// left-aligned, the others right-aligned; each text line starts with
+/// `indent`); rows[0] is the header. Every table of the report and the
+/// summary goes through it.
+std::string render_table(const std::vector<std::vector<std::string>>& rows,
+                         bool markdown, size_t left,
+                         const std::string& indent = "");
+
 }  // namespace lowmem::compare::detail

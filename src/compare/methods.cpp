@@ -44,6 +44,16 @@ constexpr double kSnellLr = 1e-3;     // SNELL scripts (--lr 0.001)
 constexpr double kSnellWeightDecay = 1e-2;  // SNELL scripts (--weight-decay)
 constexpr double kGaloreLr = 1e-2;          // GaLore README, LLaMA-60m command
 constexpr double kGaloreScale = 0.25;       // idem (--galore_scale)
+// The lm suite (causal-LM fine-tuning), sources in kOfficial below.
+constexpr double kLmLoraLr = 2e-4;           // LoRA paper Table 11 (GPT-2)
+constexpr double kLmLoraAlpha = 32;          // idem
+constexpr double kLmLoraWeightDecay = 1e-2;  // idem
+constexpr double kLmGaloreLr = 3e-5;         // GaLore README, GLUE fine-tuning
+constexpr int64_t kLmGaloreRank = 4;         // idem (--lora_r 4)
+constexpr double kLmGaloreScale = 4;         // idem (--galore_scale 4)
+// Every projection of a LLaMA decoder layer.
+constexpr const char* kLlamaAll =
+    "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
 
 std::string kv(const std::string& key, double v) {
   return key + "=" + format_float(v);
@@ -499,11 +509,156 @@ void add_finetune(std::vector<MethodDef>& out) {
   add_snell_rows(out);
 }
 
+// What the lm suite's tuned adapter rows lay over their official keys:
+// compare's finetune-sweep adapter rate (swept on the ViT, not on this
+// suite), no weight decay, every projection.
+Keys lm_tuned_adapter() {
+  return {kv("adamw.lr", kFinetuneAdapterTunedLr), "adamw.weight_decay=0",
+          std::string("targets=") + kLlamaAll};
+}
+
+constexpr const char* kLmTunedNote =
+    "compare's finetune-sweep adapter rate 1e-2 (swept on the ViT, not on "
+    "this suite), no weight decay, every projection";
+
+// The lm suite's adapter rows (LoRA, LoTR, SNELL: official + tuned).
+void add_lm_adapters(std::vector<MethodDef>& out) {
+  const std::string L = "lm";
+  auto lora_detail = adapter_detail([](const Built& b) {
+    return "r " + s(b, "lora.r") + ", alpha " + num(f(b, "lora.lora_alpha")) +
+           ", dropout " + num(f(b, "lora.lora_dropout"));
+  });
+  const MethodDef lora = row(
+      L, "lora", "LoRA", "LoRA (arXiv 2106.09685)",
+      "low-rank adapters B A on q_proj and v_proj; official settings (LoRA "
+      "paper, GPT-2 fine-tuning: alpha 32, dropout 0.1, lr 2e-4, weight "
+      "decay 0.01) at compare's rank",
+      [](const CompareOptions& o) {
+        return adapter(
+            {"method=lora", kv("lora.r", o.rank),
+             kv("lora.lora_alpha", kLmLoraAlpha), "lora.lora_dropout=0.1"},
+            kLmLoraLr, kLmLoraWeightDecay, "q_proj,v_proj");
+      },
+      lora_detail);
+  out.push_back(lora);
+  out.push_back(tuned(lora,
+                      std::string("low-rank adapters on every projection, "
+                                  "alpha 2r, no dropout; ") +
+                          kLmTunedNote,
+                      [](const CompareOptions& o) {
+                        Keys k = lm_tuned_adapter();
+                        k.push_back(kv("lora.lora_alpha",
+                                       static_cast<double>(2 * o.rank)));
+                        k.push_back("lora.lora_dropout=0");
+                        return k;
+                      }));
+  const MethodDef lotr = row(
+      L, "lotr", "LoTR", "LoTR (arXiv 2402.01376)",
+      "Tucker-2 adapters on q_proj and v_proj, factors shared across layers "
+      "per projection type; official settings (daskol/lotr: scale 1), "
+      "LoRA's official lr",
+      [](const CompareOptions& o) {
+        return adapter({"method=lotr", kv("lotr.rank", o.rank)}, kLmLoraLr, 0.0,
+                       "q_proj,v_proj");
+      },
+      adapter_detail([](const Built& b) {
+        return "rank " + s(b, "lotr.rank") + ", scale " +
+               num(f(b, "lotr.scale")) + ", factors shared per type";
+      }));
+  out.push_back(lotr);
+  out.push_back(tuned(lotr, std::string("LoTR; ") + kLmTunedNote,
+                      fixed(lm_tuned_adapter())));
+  const MethodDef snell = row(
+      L, "snell", "SNELL", "SNELL (arXiv 2411.01800)",
+      "kernelized low-rank (KLoRA) updates on every projection; the "
+      "official scripts' settings (ssfgunner/SNELL FGVC scripts: lr 1e-3, "
+      "weight decay 0.01, sparsity 0 = dense; the repository has no "
+      "language-model recipe)",
+      [](const CompareOptions& o) {
+        return adapter(
+            {"method=snell", kv("snell.r", o.rank), "snell.sparsity=0"},
+            kSnellLr, kSnellWeightDecay, kLlamaAll);
+      },
+      adapter_detail([](const Built& b) {
+        return "r " + s(b, "snell.r") + ", sparsity " +
+               num(f(b, "snell.sparsity")) + ", recomputing backward";
+      }));
+  out.push_back(snell);
+  out.push_back(tuned(snell,
+                      std::string("SNELL, sparsity 0.5; ") + kLmTunedNote,
+                      [](const CompareOptions&) {
+                        Keys k = lm_tuned_adapter();
+                        k.push_back("snell.sparsity=0.5");
+                        return k;
+                      }));
+}
+
+// The lm suite: the cached byte-level LLaMA adapted to held-out fortune
+// categories. Adapters train alone (PEFT's causal-LM default: no
+// modules_to_save); full fine-tuning and GaLore train every weight.
+void add_lm(std::vector<MethodDef>& out) {
+  const std::string L = "lm";
+  out.push_back(row(L, "full-adamw", "Full FT (AdamW)", "",
+                    "every parameter trainable, AdamW at the pretrain "
+                    "suite's swept rate",
+                    fixed(plain("adamw", kAdamwLr)), lr_detail));
+  add_came_rows(out, L, "full-came", "every parameter trainable, CAME");
+  add_lm_adapters(out);
+  out.push_back(row(
+      L, "projected-adapter", "One-sided projected adapter",
+      "Gradient transformations = adapters (arXiv 2502.13811)",
+      "W0 + P A on every projection with P from the SVD of a gradient "
+      "(GaLore's dual), merged and rebased periodically; compare's finetune "
+      "setting (no official recipe)",
+      [](const CompareOptions& o) {
+        return projected_adapter(
+            {kv("projected_adapter.rank", o.rank),
+             kv("projected_adapter.update_proj_gap", refresh_gap(o.lm_steps)),
+             "projected_adapter.basis=svd",
+             "projected_adapter.freeze_rest=true",
+             std::string("targets=") + kLlamaAll},
+            kFinetuneAdapterTunedLr);
+      },
+      projected_detail));
+  const MethodDef galore = row(
+      L, "galore-adamw", "GaLore-AdamW", "GaLore (arXiv 2403.03507)",
+      "AdamW in an SVD-projected gradient space for the attention and MLP "
+      "matrices, unprojected on the rest; official settings (GaLore README, "
+      "RoBERTa GLUE fine-tuning: rank 4, scale 4, lr 3e-5; gap 500 scaled "
+      "to 5 refreshes per run)",
+      [](const CompareOptions& o) {
+        return Keys{"method=galore",
+                    "optimizer=galore_adamw",
+                    "aux_optimizer=galore_adamw",
+                    kv("galore_adamw.lr", kLmGaloreLr),
+                    "galore_adamw.weight_decay=0",
+                    "galore.targets=(attn|mlp)",
+                    kv("galore.rank", kLmGaloreRank),
+                    kv("galore.update_proj_gap", refresh_gap(o.lm_steps)),
+                    kv("galore.scale", kLmGaloreScale)};
+      },
+      [](const Built& b) {
+        std::ostringstream d;
+        d << "rank " << s(b, "galore.rank") << ", SVD refresh every "
+          << s(b, "galore.update_proj_gap") << " steps, scale "
+          << num(f(b, "galore.scale")) << ", " << route_size(b, "galore")
+          << " projected matrices, lr " << num(f(b, "galore_adamw.lr"));
+        return d.str();
+      });
+  out.push_back(galore);
+  out.push_back(tuned(galore,
+                      "GaLore-AdamW at the pretrain suite's official rate "
+                      "(lr 0.01, scale 0.25; swept there, not here)",
+                      fixed({kv("galore_adamw.lr", kGaloreLr),
+                             kv("galore.scale", kGaloreScale)})));
+}
+
 std::vector<MethodDef> make_defs() {
   std::vector<MethodDef> out;
   add_toy(out);
   add_pretrain(out);
   add_finetune(out);
+  add_lm(out);
   return out;
 }
 
@@ -548,6 +703,15 @@ constexpr const char* kLoraPaper =
 constexpr const char* kLotrCode =
     "LoTR README example and LoTRLinear defaults (github.com/daskol/lotr "
     "@ b8776bd)";
+constexpr const char* kLoraGpt2 =
+    "LoRA (arXiv 2106.09685) Table 11, GPT-2 E2E fine-tuning: r_q = r_v = 4, "
+    "alpha 32, dropout 0.1, lr 2e-4, weight decay 0.01";
+constexpr const char* kGaloreGlue =
+    "GaLore README, fine-tuning RoBERTa on GLUE (run_glue.py: --lora_r 4 "
+    "--galore_scale 4 --update_proj_gap 500 --learning_rate 3e-5; "
+    "github.com/jiaweizzhao/GaLore @ 0c63f63)";
+constexpr const char* kLmTuned =
+    "the (tuned) row: compare's finetune sweep (ViT), not swept here";
 constexpr const char* kAdafactorHf =
     "Adafactor (arXiv 1804.04235) as in transformers.Adafactor's defaults";
 constexpr const char* kGaloreTunedRow =
@@ -620,6 +784,29 @@ const Official kOfficial[] = {
      "the (tuned) row: one kernel on the fused qkv"},
     {"finetune", "snell", "modules_to_save", "head,cls_token", kSnellModel,
      "the (tuned) row: the head only"},
+    {"lm", "full-came", "came.lr", "0.0002", kCameReadme, kTunedRow},
+    {"lm", "full-came", "came.weight_decay", "0.01", kCameReadme, kTunedRow},
+    {"lm", "lora", "lora.r", "4", kLoraGpt2, "compare's --rank (default 8)"},
+    {"lm", "lora", "lora.lora_alpha", "32", kLoraGpt2, "the (tuned) row: 2r"},
+    {"lm", "lora", "lora.lora_dropout", "0.1", kLoraGpt2, kLmTuned},
+    {"lm", "lora", "targets", "q_proj,v_proj", kLoraGpt2, kLmTuned},
+    {"lm", "lora", "adamw.lr", "0.0002", kLoraGpt2, kLmTuned},
+    {"lm", "lora", "adamw.weight_decay", "0.01", kLoraGpt2, kLmTuned},
+    {"lm", "lotr", "lotr.scale", "1", kLotrCode, ""},
+    {"lm", "lotr", "targets", "q_proj,v_proj", kLotrCode, kLmTuned},
+    {"lm", "lotr", "adamw.lr", "0.0002", kLoraGpt2,
+     "LoTR gives no rate: LoRA's; the (tuned) row: compare's"},
+    {"lm", "snell", "snell.sparsity", "0", kSnellScripts,
+     "the (tuned) row: 0.5"},
+    {"lm", "snell", "adamw.lr", "0.001", kSnellScripts, kLmTuned},
+    {"lm", "snell", "adamw.weight_decay", "0.01", kSnellScripts, kLmTuned},
+    {"lm", "galore-adamw", "galore.rank", "4", kGaloreGlue, ""},
+    {"lm", "galore-adamw", "galore.scale", "4", kGaloreGlue,
+     "the (tuned) row: the pre-training scale 0.25"},
+    {"lm", "galore-adamw", "galore.update_proj_gap", "500", kGaloreGlue,
+     "5 refreshes per run"},
+    {"lm", "galore-adamw", "galore_adamw.lr", "3e-5", kGaloreGlue,
+     "the (tuned) row: the pre-training rate 0.01"},
 };
 
 // Same setting: equal text, or both numbers within a relative 1e-9.

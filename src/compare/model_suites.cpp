@@ -1,12 +1,15 @@
 // The model-based suites of `lowmem compare`: pretrain (GPT from scratch on
-// text) and finetune (ViT on Fashion-MNIST classes 5-9 from a base model
+// text), finetune (ViT on Fashion-MNIST classes 5-9 from a base model
 // pretrained on classes 0-4 by train::Trainer, cached on disk keyed by its
-// configuration).
+// configuration) and lm (a byte-level LLaMA pretrained on the fortune
+// categories outside CompareOptions::lm_domain, cached the same way, then
+// fine-tuned on the held-out categories: a domain shift).
 #include <ATen/ATen.h>
 #include <torch/optim/adamw.h>
 #include <torch/serialize.h>
 #include <torch/utils.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -14,10 +17,12 @@
 
 #include "internal.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 #include "lowmem/data/fashion_mnist.h"
 #include "lowmem/data/text.h"
 #include "lowmem/io/atomic_file.h"
 #include "lowmem/models/gpt.h"
+#include "lowmem/models/llama.h"
 #include "lowmem/models/vit.h"
 #include "lowmem/train/trainer.h"
 
@@ -54,6 +59,54 @@ std::shared_ptr<SuiteData> text_load(const CompareOptions& o) {
   return d;
 }
 
+// Mean validation loss (nats per byte) of `model` over the first
+// o.eval_batches consecutive windows of `val` (gpt context and batch).
+std::function<Evaluation()> text_evaluation(
+    const std::shared_ptr<models::Model>& model, const at::Tensor& val,
+    const CompareOptions& o) {
+  const int64_t n_eval = o.eval_batches;
+  const TextBatchesArgs args{o.gpt_context, o.gpt_batch};
+  return [model, val, n_eval, args]() {
+    data::TextBatches vb(val, data::TextBatchOptions()
+                                  .context(args.context)
+                                  .batch_size(args.batch)
+                                  .random(false));
+    double loss = 0;
+    int64_t count = 0;
+    for (int64_t i = 0; i < n_eval; ++i) {
+      data::Batch b = vb.next();
+      const c10::Device dev = device_of(*model);
+      models::EvalStats s = model->evaluate(b.input.to(dev), b.target.to(dev));
+      loss += s.loss_sum;
+      count += s.count;
+    }
+    return Evaluation{loss / static_cast<double>(std::max<int64_t>(1, count)),
+                      std::nullopt};
+  };
+}
+
+// A language model's workload on byte windows: random training windows of
+// `train` (the run's seed), text_evaluation on `val`.
+void fill_text_workload(Workload& w,
+                        const std::shared_ptr<models::Model>& model,
+                        const at::Tensor& train, const at::Tensor& val,
+                        const CompareOptions& o) {
+  w.model = model;
+  w.items_per_step = o.gpt_batch * o.gpt_context;
+  w.item_unit = "tokens/s";
+  auto batches =
+      std::make_shared<data::TextBatches>(train, data::TextBatchOptions()
+                                                     .context(o.gpt_context)
+                                                     .batch_size(o.gpt_batch)
+                                                     .seed(run_seed(o)));
+  w.next_batch = [batches]() { return batches->next(); };
+  w.loss = [model](const data::Batch& b) {
+    const c10::Device dev = device_of(*model);
+    return model->loss(b.input.to(dev), b.target.to(dev));
+  };
+  w.evaluate = text_evaluation(model, val, o);
+}
+
 models::GPTConfig gpt_config(const CompareOptions& o) {
   return models::GPTConfig()
       .n_layer(o.gpt_layers)
@@ -75,39 +128,7 @@ Workload text_build(SuiteData& sd, const CompareOptions& o,
        << ") from scratch on " << d.corpus->describe() << ", batch "
        << o.gpt_batch << (bf16 ? ", bf16 weights" : "");
   w.task = task.str();
-  w.model = model;
-  w.items_per_step = o.gpt_batch * o.gpt_context;
-  w.item_unit = "tokens/s";
-  auto batches =
-      std::make_shared<data::TextBatches>(d.train, data::TextBatchOptions()
-                                                       .context(o.gpt_context)
-                                                       .batch_size(o.gpt_batch)
-                                                       .seed(run_seed(o)));
-  w.next_batch = [batches]() { return batches->next(); };
-  w.loss = [model](const data::Batch& b) {
-    const c10::Device dev = device_of(*model);
-    return model->loss(b.input.to(dev), b.target.to(dev));
-  };
-  const int64_t n_eval = o.eval_batches;
-  const TextBatchesArgs args{o.gpt_context, o.gpt_batch};
-  at::Tensor val = d.val;
-  w.evaluate = [model, val, n_eval, args]() {
-    data::TextBatches vb(val, data::TextBatchOptions()
-                                  .context(args.context)
-                                  .batch_size(args.batch)
-                                  .random(false));
-    double loss = 0;
-    int64_t count = 0;
-    for (int64_t i = 0; i < n_eval; ++i) {
-      data::Batch b = vb.next();
-      const c10::Device dev = device_of(*model);
-      models::EvalStats s = model->evaluate(b.input.to(dev), b.target.to(dev));
-      loss += s.loss_sum;
-      count += s.count;
-    }
-    return Evaluation{loss / static_cast<double>(std::max<int64_t>(1, count)),
-                      std::nullopt};
-  };
+  fill_text_workload(w, model, d.train, d.val, o);
   return w;
 }
 
@@ -119,11 +140,12 @@ constexpr int64_t kBaseLrMilli = 2;  // base model: AdamW lr 2e-3
 std::string fmnist_unavailable(const CompareOptions& o) {
   std::error_code ec;
   const fs::path root(o.fashion_mnist_dir);
-  for (const char* f : {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"})
+  for (const char* f :
+       {"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"})
     if (!fs::exists(root / f, ec))
-      return "Fashion-MNIST not found at '" + o.fashion_mnist_dir + "' (missing " +
-             f + "; Debian package dataset-fashion-mnist)";
+      return "Fashion-MNIST not found at '" + o.fashion_mnist_dir +
+             "' (missing " + f + "; Debian package dataset-fashion-mnist)";
   return "";
 }
 
@@ -138,24 +160,80 @@ models::ViTConfig vit_config(const CompareOptions& o) {
 
 std::string base_key(const CompareOptions& o) {
   std::ostringstream k;
-  k << "vit w" << o.vit_width << " l" << o.vit_layers << " h" << o.vit_heads << " p"
-    << o.vit_patch << " b" << o.vit_batch << " steps" << o.base_steps << " seed"
-    << o.seed << " lr" << kBaseLrMilli << "e-3 classes0-4 data " << o.fashion_mnist_dir;
+  k << "vit w" << o.vit_width << " l" << o.vit_layers << " h" << o.vit_heads
+    << " p" << o.vit_patch << " b" << o.vit_batch << " steps" << o.base_steps
+    << " seed" << o.seed << " lr" << kBaseLrMilli << "e-3 classes0-4 data "
+    << o.fashion_mnist_dir;
   return k.str();
 }
 
-std::string base_path(const CompareOptions& o) {
-  const std::string dir =
-      o.cache_dir.empty() ? (fs::path(o.out_dir) / "cache").string() : o.cache_dir;
-  const std::string key = base_key(o);
+// <cache>/<prefix>-<hash of key>.pt: a base model cached under its
+// configuration.
+std::string cache_path(const CompareOptions& o, const std::string& prefix,
+                       const std::string& key) {
+  const std::string dir = o.cache_dir.empty()
+                              ? (fs::path(o.out_dir) / "cache").string()
+                              : o.cache_dir;
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx",
-                static_cast<unsigned long long>(data::mix64(std::hash<std::string>()(key))));
-  return (fs::path(dir) / ("vit-base-" + std::string(hex) + ".pt")).string();
+                static_cast<unsigned long long>(
+                    data::mix64(std::hash<std::string>()(key))));
+  return (fs::path(dir) / (prefix + "-" + std::string(hex) + ".pt")).string();
 }
 
-data::ImageSet fmnist(const CompareOptions& o, bool train, std::vector<int64_t> classes,
-                      int64_t per_class) {
+std::string base_path(const CompareOptions& o) {
+  return cache_path(o, "vit-base", base_key(o));
+}
+
+// Saves `model` to `path` (atomically) and its metadata to `path`.json.
+void save_base(const std::string& path, torch::nn::Module& model,
+               const nlohmann::json& meta) {
+  fs::create_directories(fs::path(path).parent_path());
+  io::atomic_write_file(path, [&model](std::ostream& out) {
+    torch::serialize::OutputArchive ar;
+    model.save(ar);
+    ar.save_to(out);
+  });
+  write_text_file(path + ".json", meta.dump(1) + "\n");
+}
+
+void load_base(const std::string& path, torch::nn::Module& model) {
+  LOWMEM_CHECK(fs::exists(path), "[compare] base model '", path,
+               "' is missing");
+  torch::serialize::InputArchive ar;
+  ar.load_from(path);
+  model.load(ar);
+}
+
+// The trainer at a constant rate (no warm-up, floor 1), no clipping, AdamW
+// at kBaseLrMilli e-3 without weight decay: how every base model is trained.
+void train_base(const std::shared_ptr<models::Model>& model,
+                data::BatchSource& batches, int64_t steps,
+                const MethodInfo& info, const CompareCallbacks& cb) {
+  train::TrainerOptions to;
+  to.max_steps = steps;
+  to.warmup_steps = 0;
+  to.min_lr_ratio = 1.0;
+  to.clip_norm = 0.0;
+  train::Trainer trainer(
+      model,
+      [model](const data::Batch& b) { return model->loss(b.input, b.target); },
+      {{"adamw",
+        std::make_shared<torch::optim::AdamW>(
+            model->parameters(),
+            torch::optim::AdamWOptions(kBaseLrMilli * 1e-3).weight_decay(0.0)),
+        {}}},
+      to);
+  trainer.set_progress([&](const train::Progress& p) {
+    if (p.kind == train::Progress::Kind::kStep && cb.on_step)
+      cb.on_step(info, p.step, steps, p.loss);
+  });
+  trainer.fit(batches, nullptr);
+  model->eval();
+}
+
+data::ImageSet fmnist(const CompareOptions& o, bool train,
+                      std::vector<int64_t> classes, int64_t per_class) {
   return data::load_fashion_mnist(data::FashionMnistOptions()
                                       .root(o.fashion_mnist_dir)
                                       .train(train)
@@ -173,7 +251,8 @@ Evaluation classify(models::ViT& model, const data::ImageSet& set) {
     const c10::Device dev = model.cls_token.device();
     at::Tensor x =
         set.images.narrow(0, s, n).to(dev, model.cls_token.scalar_type());
-    models::EvalStats st = model.evaluate(x, set.labels.narrow(0, s, n).to(dev));
+    models::EvalStats st =
+        model.evaluate(x, set.labels.narrow(0, s, n).to(dev));
     loss += st.loss_sum;
     count += st.count;
     correct += st.correct;
@@ -184,50 +263,24 @@ Evaluation classify(models::ViT& model, const data::ImageSet& set) {
 
 void make_base(const CompareOptions& o, const CompareCallbacks& cb) {
   const std::string path = base_path(o);
-  fs::create_directories(fs::path(path).parent_path());
   torch::manual_seed(o.seed);
   data::ImageSet train = fmnist(o, true, {0, 1, 2, 3, 4}, 0);
   data::ImageSet test = fmnist(o, false, {0, 1, 2, 3, 4}, 0);
   auto model = std::make_shared<models::ViT>(vit_config(o));
   data::ImageBatches batches(
       train, data::ImageBatchOptions().batch_size(o.vit_batch).seed(o.seed));
-  // The trainer at a constant rate (no warm-up, floor 1), no clipping.
-  train::TrainerOptions to;
-  to.max_steps = o.base_steps;
-  to.warmup_steps = 0;
-  to.min_lr_ratio = 1.0;
-  to.clip_norm = 0.0;
-  train::Trainer trainer(
-      model,
-      [model](const data::Batch& b) { return model->loss(b.input, b.target); },
-      {{"adamw",
-        std::make_shared<torch::optim::AdamW>(
-            model->parameters(),
-            torch::optim::AdamWOptions(kBaseLrMilli * 1e-3).weight_decay(0.0)),
-        {}}},
-      to);
-  const MethodInfo info{"finetune", "base", "base model", "", "", ""};
-  trainer.set_progress([&](const train::Progress& p) {
-    if (p.kind == train::Progress::Kind::kStep && cb.on_step)
-      cb.on_step(info, p.step, o.base_steps, p.loss);
-  });
-  trainer.fit(batches, nullptr);
-  model->eval();
+  train_base(model, batches, o.base_steps,
+             MethodInfo{"finetune", "base", "base model", "", "", ""}, cb);
   Evaluation e;
   {
     torch::NoGradGuard ng;
     e = classify(*model, test);
   }
-  io::atomic_write_file(path, [&model](std::ostream& out) {
-    torch::serialize::OutputArchive ar;
-    model->save(ar);
-    ar.save_to(out);
-  });
-  nlohmann::json meta = {{"key", base_key(o)},
-                         {"test_accuracy_classes_0_4", *e.accuracy},
-                         {"test_loss", e.loss},
-                         {"steps", o.base_steps}};
-  write_text_file(path + ".json", meta.dump(1) + "\n");
+  save_base(path, *model,
+            {{"key", base_key(o)},
+             {"test_accuracy_classes_0_4", *e.accuracy},
+             {"test_loss", e.loss},
+             {"steps", o.base_steps}});
   if (cb.on_note) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.2f%%", 100.0 * *e.accuracy);
@@ -243,7 +296,8 @@ struct FinetuneData : SuiteData {
 
 std::shared_ptr<SuiteData> finetune_load(const CompareOptions& o) {
   auto d = std::make_shared<FinetuneData>();
-  LOWMEM_CHECK(o.finetune_examples >= 5, "[compare] finetune_examples must be >= 5, got ",
+  LOWMEM_CHECK(o.finetune_examples >= 5,
+               "[compare] finetune_examples must be >= 5, got ",
                o.finetune_examples);
   d->train = fmnist(o, true, {5, 6, 7, 8, 9}, o.finetune_examples / 5);
   d->test = fmnist(o, false, {5, 6, 7, 8, 9}, o.finetune_eval_examples / 5);
@@ -255,13 +309,7 @@ Workload finetune_build(SuiteData& sd, const CompareOptions& o,
   auto& d = static_cast<FinetuneData&>(sd);
   const bool bf16 = variant.bf16;
   auto model = std::make_shared<models::ViT>(vit_config(o));
-  {
-    const std::string path = base_path(o);
-    LOWMEM_CHECK(fs::exists(path), "[compare] base model '", path, "' is missing");
-    torch::serialize::InputArchive ar;
-    ar.load_from(path);
-    model->load(ar);
-  }
+  load_base(base_path(o), *model);
   // The base is trained fused; separate q, k, v slots get its row blocks
   // (as SNELL's code splits a fused checkpoint).
   if (!variant.fused_qkv) model->unfuse_qkv();
@@ -298,6 +346,146 @@ Workload finetune_build(SuiteData& sd, const CompareOptions& o,
 
 int64_t finetune_steps(const CompareOptions& o) { return o.finetune_steps; }
 
+// ------------------------------------------------------------------- lm
+// A byte-level LLaMA with the pretrain GPT's width, layers, heads, context
+// and batch (SwiGLU width as GaLore's llama_60m: 1376/512 of the width).
+models::LlamaConfig lm_config(const CompareOptions& o) {
+  return models::LlamaConfig()
+      .vocab_size(256)
+      .hidden_size(o.gpt_width)
+      .intermediate_size(o.gpt_width * 1376 / 512)
+      .num_hidden_layers(o.gpt_layers)
+      .num_attention_heads(o.gpt_heads)
+      .max_position_embeddings(o.gpt_context);
+}
+
+// The corpus's files split by category (file name): the held-out domain
+// (CompareOptions::lm_domain) and the rest (the base model's).
+struct LmSplit {
+  std::vector<std::string> base, domain, missing;
+};
+
+LmSplit lm_split(const CompareOptions& o) {
+  const data::TextCorpus all(o.text_path);
+  const std::vector<std::string> wanted = split_list(o.lm_domain);
+  LmSplit out;
+  for (const auto& f : all.files()) {
+    const std::string name = fs::path(f).filename().string();
+    const bool held =
+        std::find(wanted.begin(), wanted.end(), name) != wanted.end();
+    (held ? out.domain : out.base).push_back(f);
+  }
+  for (const auto& w : wanted) {
+    const bool found = std::any_of(
+        out.domain.begin(), out.domain.end(),
+        [&](const std::string& f) { return fs::path(f).filename() == w; });
+    if (!found) out.missing.push_back(w);
+  }
+  return out;
+}
+
+std::string lm_unavailable(const CompareOptions& o) {
+  const std::string t = text_unavailable(o);
+  if (!t.empty()) return t;
+  if (split_list(o.lm_domain).empty()) return "lm.domain names no category";
+  try {
+    const LmSplit sp = lm_split(o);
+    if (!sp.missing.empty())
+      return "lm.domain: no file '" + sp.missing.front() + "' in '" +
+             o.text_path + "'";
+    if (sp.base.empty())
+      return "lm.domain holds every file of '" + o.text_path +
+             "': nothing left to pretrain on";
+  } catch (const c10::Error& e) {
+    return e.what_without_backtrace();
+  }
+  return "";
+}
+
+std::string lm_key(const CompareOptions& o) {
+  std::ostringstream k;
+  k << "llama w" << o.gpt_width << " l" << o.gpt_layers << " h" << o.gpt_heads
+    << " ctx" << o.gpt_context << " b" << o.gpt_batch << " steps"
+    << o.lm_base_steps << " seed" << o.seed << " lr" << kBaseLrMilli
+    << "e-3 without " << o.lm_domain << " data " << o.text_path;
+  return k.str();
+}
+
+std::string lm_base_path(const CompareOptions& o) {
+  return cache_path(o, "llama-base", lm_key(o));
+}
+
+struct LmData : SuiteData {
+  std::unique_ptr<data::TextCorpus> domain;
+};
+
+data::TextCorpus lm_domain_corpus(const LmSplit& sp, const CompareOptions& o) {
+  return data::TextCorpus::from_files(sp.domain,
+                                      o.text_path + " [" + o.lm_domain + "]");
+}
+
+void make_lm_base(const CompareOptions& o, const CompareCallbacks& cb) {
+  const std::string path = lm_base_path(o);
+  const LmSplit sp = lm_split(o);
+  const data::TextCorpus base =
+      data::TextCorpus::from_files(sp.base, o.text_path + " [base]");
+  const data::TextCorpus domain = lm_domain_corpus(sp, o);
+  torch::manual_seed(o.seed);
+  auto model = std::make_shared<models::Llama>(lm_config(o));
+  data::TextBatches batches(base.train(), data::TextBatchOptions()
+                                              .context(o.gpt_context)
+                                              .batch_size(o.gpt_batch)
+                                              .seed(o.seed));
+  train_base(model, batches, o.lm_base_steps,
+             MethodInfo{"lm", "base", "base model", "", "", ""}, cb);
+  Evaluation on_base, on_domain;
+  {
+    torch::NoGradGuard ng;
+    on_base = text_evaluation(model, base.validation(), o)();
+    on_domain = text_evaluation(model, domain.validation(), o)();
+  }
+  save_base(path, *model,
+            {{"key", lm_key(o)},
+             {"val_loss_base_domain", on_base.loss},
+             {"val_loss_new_domain", on_domain.loss},
+             {"steps", o.lm_base_steps}});
+  if (cb.on_note) {
+    cb.on_note("lm base: LLaMA trained " + std::to_string(o.lm_base_steps) +
+               " steps on " + base.describe() + "; validation loss " +
+               num(on_base.loss) + " there, " + num(on_domain.loss) +
+               " on the held-out domain (" + o.lm_domain +
+               ") before fine-tuning; cached at " + path);
+  }
+}
+
+std::shared_ptr<SuiteData> lm_load(const CompareOptions& o) {
+  auto d = std::make_shared<LmData>();
+  d->domain =
+      std::make_unique<data::TextCorpus>(lm_domain_corpus(lm_split(o), o));
+  return d;
+}
+
+Workload lm_build(SuiteData& sd, const CompareOptions& o,
+                  const ModelVariant& variant) {
+  auto& d = static_cast<LmData&>(sd);
+  auto model = std::make_shared<models::Llama>(lm_config(o));
+  load_base(lm_base_path(o), *model);
+  if (variant.bf16) model->to(at::kBFloat16);
+  Workload w;
+  std::ostringstream task;
+  task << "byte-level LLaMA (width " << o.gpt_width << ", " << o.gpt_layers
+       << " layers, " << o.gpt_heads << " heads, context " << o.gpt_context
+       << ") pretrained on the fortune categories outside " << o.lm_domain
+       << " (" << o.lm_base_steps << " steps, cached), fine-tuned on "
+       << d.domain->describe() << ", batch " << o.gpt_batch
+       << "; validation loss on the held-out domain (perplexity = exp)";
+  w.task = task.str();
+  fill_text_workload(w, model, d.domain->train(), d.domain->validation(), o);
+  return w;
+}
+
+int64_t lm_steps(const CompareOptions& o) { return o.lm_steps; }
+
 }  // namespace
 
 void add_model_suites(std::vector<Suite>& s) {
@@ -319,6 +507,15 @@ void add_model_suites(std::vector<Suite>& s) {
                     finetune_steps,
                     base_path,
                     make_base});
+  s.push_back(Suite{"lm",
+                    "val_loss",
+                    {"model=llama", "data=text"},
+                    lm_unavailable,
+                    lm_load,
+                    lm_build,
+                    lm_steps,
+                    lm_base_path,
+                    make_lm_base});
 }
 
 }  // namespace lowmem::compare::detail

@@ -401,30 +401,7 @@ std::string format_table(const std::vector<MethodResult>& ms,
                     ok ? format_bytes(m.peak_rss_bytes) : "", ok ? st : "", tp,
                     ok ? num(m.final_train_loss) : "", q, seeds});
   }
-  std::vector<size_t> w(rows[0].size(), 0);
-  for (const auto& r : rows)
-    for (size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
-  std::ostringstream o;
-  for (size_t ri = 0; ri < rows.size(); ++ri) {
-    const auto& r = rows[ri];
-    if (markdown) {
-      o << "|";
-      for (const auto& c : r) o << " " << c << " |";
-      o << "\n";
-      if (ri == 0) {
-        o << "|";
-        for (size_t i = 0; i < r.size(); ++i) o << (i < 2 ? "---|" : "---:|");
-        o << "\n";
-      }
-    } else {
-      for (size_t i = 0; i < r.size(); ++i) {
-        const std::string pad(w[i] - r[i].size(), ' ');
-        o << (i ? "  " : "") << (i < 2 ? r[i] + pad : pad + r[i]);
-      }
-      o << "\n";
-    }
-  }
-  return o.str();
+  return detail::render_table(rows, markdown, 2);
 }
 
 namespace {

@@ -29,6 +29,7 @@
 
 #include "internal.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 #include "lowmem/core/memory.h"
 #include "lowmem/core/threads.h"
 #include "lowmem/models/llama.h"
@@ -280,6 +281,8 @@ CompareOptions& CompareOptions::full() {
   pretrain_steps = 1000;
   base_steps = 1000;
   finetune_steps = 500;
+  lm_base_steps = 1600;
+  lm_steps = 600;
   eval_batches = 32;
   return *this;
 }
@@ -857,23 +860,14 @@ class Runner {
   size_t next_ = 0, started_ = 0;
 };
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
 // The memory suite's options, checked before any work (ConfigError).
 void validate_memory(const CompareOptions& o) {
   const auto known = models::llama_preset_names();
-  const auto models = split_commas(o.memory_models);
+  const auto models = split_list(o.memory_models);
   for (const auto& m : models)
     if (std::find(known.begin(), known.end(), m) == known.end())
       throw ConfigError("--memory-models: unknown LLaMA preset '" + m + "'");
-  for (const auto& m : split_commas(o.memory_measure))
+  for (const auto& m : split_list(o.memory_measure))
     if (std::find(models.begin(), models.end(), m) == models.end())
       throw ConfigError("--memory-measure: '" + m +
                         "' is not one of --memory-models");
@@ -882,7 +876,7 @@ void validate_memory(const CompareOptions& o) {
     throw ConfigError(
         "--memory-batch, --memory-seq and --memory-steps must "
         "be >= 1");
-  for (const auto& b : split_commas(o.memory_budgets)) train::parse_bytes(b);
+  for (const auto& b : split_list(o.memory_budgets)) train::parse_bytes(b);
 }
 
 // Every row planned, in a child when isolating (plan runs torch ops, which
@@ -891,7 +885,7 @@ std::string plan_memory_rows(MemorySuite& m, const CompareOptions& o,
                              const CompareCallbacks& cb) {
   auto job = [&o](const CompareCallbacks&) {
     std::vector<MemoryRow> rows;
-    for (const auto& model : split_commas(o.memory_models))
+    for (const auto& model : split_list(o.memory_models))
       for (const auto& method : detail::memory_methods(model))
         rows.push_back(detail::plan_row(model, method, o));
     return detail::memory_rows_to_json_line(rows);
@@ -930,7 +924,7 @@ void take_measurement(MemoryRow& r, const ChildOutcome& oc) {
 // Trains the rows of the measured sizes, job_count children at once.
 void measure_memory_rows(MemorySuite& m, const CompareOptions& o,
                          const CompareCallbacks& cb) {
-  const auto measure = split_commas(o.memory_measure);
+  const auto measure = split_list(o.memory_measure);
   std::vector<size_t> todo, slots;
   for (size_t i = 0; i < m.rows.size(); ++i)
     if (m.rows[i].status == "ok" && std::find(measure.begin(), measure.end(),
@@ -991,7 +985,7 @@ MemorySuite run_memory_suite(const CompareOptions& o,
   m.batch_size = o.memory_batch;
   m.seq_len = o.memory_seq;
   m.measured_steps = o.memory_steps;
-  for (const auto& b : split_commas(o.memory_budgets))
+  for (const auto& b : split_list(o.memory_budgets))
     m.budgets.push_back(train::parse_bytes(b));
   if (cb.on_note)
     cb.on_note("memory: planning LLaMA " + o.memory_models + " x " +

@@ -15,37 +15,8 @@ namespace {
 using detail::num;
 using Rows = std::vector<std::vector<std::string>>;
 
-// Rows as a Markdown table or aligned text (the first `left` columns left-
-// aligned, the others right-aligned); rows[0] is the header.
 std::string render(const Rows& rows, bool markdown, size_t left = 1) {
-  std::ostringstream o;
-  if (rows.empty()) return "";
-  std::vector<size_t> w(rows[0].size(), 0);
-  for (const auto& r : rows)
-    for (size_t i = 0; i < r.size() && i < w.size(); ++i)
-      w[i] = std::max(w[i], r[i].size());
-  for (size_t ri = 0; ri < rows.size(); ++ri) {
-    const auto& r = rows[ri];
-    if (markdown) {
-      o << "|";
-      for (const auto& c : r) o << " " << c << " |";
-      o << "\n";
-      if (ri == 0) {
-        o << "|";
-        for (size_t i = 0; i < r.size(); ++i)
-          o << (i < left ? "---|" : "---:|");
-        o << "\n";
-      }
-      continue;
-    }
-    o << "  ";
-    for (size_t i = 0; i < r.size(); ++i) {
-      const std::string pad(w[i] - r[i].size(), ' ');
-      o << (i ? "  " : "") << (i < left ? r[i] + pad : pad + r[i]);
-    }
-    o << "\n";
-  }
-  return o.str();
+  return detail::render_table(rows, markdown, left, "  ");
 }
 
 bool accuracy_suite(const std::vector<MethodResult>& ms,
@@ -256,3 +227,40 @@ std::string format_memory_table(const MemorySuite& mem, bool markdown) {
 }
 
 }  // namespace lowmem::compare
+
+namespace lowmem::compare::detail {
+
+std::string render_table(const std::vector<std::vector<std::string>>& rows,
+                         bool markdown, size_t left,
+                         const std::string& indent) {
+  std::ostringstream o;
+  if (rows.empty()) return "";
+  std::vector<size_t> w(rows[0].size(), 0);
+  for (const auto& r : rows)
+    for (size_t i = 0; i < r.size() && i < w.size(); ++i)
+      w[i] = std::max(w[i], r[i].size());
+  for (size_t ri = 0; ri < rows.size(); ++ri) {
+    const auto& r = rows[ri];
+    if (markdown) {
+      o << "|";
+      for (const auto& c : r) o << " " << c << " |";
+      o << "\n";
+      if (ri == 0) {
+        o << "|";
+        for (size_t i = 0; i < r.size(); ++i)
+          o << (i < left ? "---|" : "---:|");
+        o << "\n";
+      }
+      continue;
+    }
+    o << indent;
+    for (size_t i = 0; i < r.size() && i < w.size(); ++i) {
+      const std::string pad(w[i] - r[i].size(), ' ');
+      o << (i ? "  " : "") << (i < left ? r[i] + pad : pad + r[i]);
+    }
+    o << "\n";
+  }
+  return o.str();
+}
+
+}  // namespace lowmem::compare::detail

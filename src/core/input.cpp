@@ -67,6 +67,18 @@ std::string clip(std::string_view value, size_t max_bytes) {
   return out;
 }
 
+std::vector<std::string> split_list(std::string_view list, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t end = list.find(sep, start);
+    if (end == std::string_view::npos) end = list.size();
+    if (end > start) out.emplace_back(list.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
 std::string quote(std::string_view value, size_t max_bytes) {
   std::string out = "'" + clip(value, max_bytes) + "'";
   if (value.size() > max_bytes) {

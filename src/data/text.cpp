@@ -46,30 +46,45 @@ std::string read_text_file(const fs::path& p, uint64_t budget, bool* binary) {
 
 TextCorpus::TextCorpus(const std::string& path, double val_fraction)
     : path_(path) {
-  LOWMEM_CHECK(
-      val_fraction > 0.0 && val_fraction < 1.0,
-      "[data] val_fraction must be in (0, 1), got ",
-      val_fraction);
   std::error_code ec;
   LOWMEM_CHECK(fs::exists(path, ec), "[data] text corpus '", path,
                "' does not exist", fortunes_hint(path));
-  std::vector<fs::path> candidates;
+  std::vector<std::string> candidates;
   if (fs::is_directory(path, ec)) {
     for (auto it = fs::recursive_directory_iterator(
              path, fs::directory_options::follow_directory_symlink, ec);
          !ec && it != fs::recursive_directory_iterator();
          it.increment(ec)) {
-      if (it->is_regular_file(ec))
-        candidates.push_back(it->path());
+      if (it->is_regular_file(ec)) candidates.push_back(it->path().string());
     }
     LOWMEM_CHECK(!ec, "[data] cannot list '", path, "': ", ec.message());
     std::sort(candidates.begin(), candidates.end());
   } else {
     candidates.push_back(path);
   }
+  read(candidates, val_fraction, fortunes_hint(path));
+}
+
+TextCorpus TextCorpus::from_files(const std::vector<std::string>& files,
+                                  const std::string& name,
+                                  double val_fraction) {
+  LOWMEM_CHECK(!files.empty(), "[data] text corpus '", clip(name),
+               "' names no files");
+  TextCorpus c{Unread{}};
+  c.path_ = name;
+  c.read(files, val_fraction, "");
+  return c;
+}
+
+void TextCorpus::read(const std::vector<std::string>& candidates,
+                      double val_fraction, const std::string& hint) {
+  LOWMEM_CHECK(val_fraction > 0.0 && val_fraction < 1.0,
+               "[data] val_fraction must be in (0, 1), got ", val_fraction);
+  std::error_code ec;
   std::string all;
   std::set<fs::path> seen;
-  for (const auto& p : candidates) {
+  for (const auto& name : candidates) {
+    const fs::path p(name);
     fs::path canon = fs::weakly_canonical(p, ec);
     if (!seen.insert(ec ? p : canon).second)
       continue;
@@ -84,20 +99,15 @@ TextCorpus::TextCorpus(const std::string& path, double val_fraction)
     files_.push_back(p.string());
     all += s;
   }
-  LOWMEM_CHECK(!all.empty(), "[data] text corpus '", path,
+  LOWMEM_CHECK(!all.empty(), "[data] text corpus '", path_,
                "' contains no text files (", candidates.size(), " files, ",
-               skipped_, " binary)", fortunes_hint(path));
+               skipped_, " binary)", hint);
   bytes_ = at::empty({static_cast<int64_t>(all.size())}, at::kByte);
   std::memcpy(bytes_.data_ptr<uint8_t>(), all.data(), all.size());
   split_ = static_cast<int64_t>(
       std::llround(static_cast<double>(all.size()) * (1.0 - val_fraction)));
-  LOWMEM_CHECK(
-      split_ >= 2 && size() - split_ >= 2,
-      "[data] text corpus '",
-      path,
-      "' is too small to split (",
-      size(),
-      " bytes)");
+  LOWMEM_CHECK(split_ >= 2 && size() - split_ >= 2, "[data] text corpus '",
+               path_, "' is too small to split (", size(), " bytes)");
 }
 
 at::Tensor TextCorpus::train() const {

@@ -202,6 +202,117 @@ TEST(CompareTest, MissingDataIsListedAsSkippedWithTheReason) {
             std::string::npos);
 }
 
+// A corpus of three "categories" (files), the last held out as the lm
+// suite's new domain.
+fs::path write_lm_corpus(const fs::path& root) {
+  const fs::path dir = root / "corpus";
+  fs::create_directories(dir);
+  std::string humor, poems, tech;
+  for (int i = 0; i < 200; ++i) {
+    humor += "A joke walks into a bar, number " + std::to_string(i) + ".\n%\n";
+    poems += "Roses are red, line " + std::to_string(i) + ", ever so.\n%\n";
+    tech += "int main() { return " + std::to_string(i) + "; } // C++\n%\n";
+  }
+  std::ofstream(dir / "humor") << humor;
+  std::ofstream(dir / "poems") << poems;
+  std::ofstream(dir / "tech") << tech;
+  return dir;
+}
+
+cmp::CompareOptions tiny_lm_options(const fs::path& out) {
+  cmp::CompareOptions o = tiny_pretrain_options(out, 4);
+  o.suites = {"lm"};
+  o.text_path = write_lm_corpus(out).string();
+  o.lm_domain = "tech";
+  o.lm_base_steps = 6;
+  o.lm_steps = 4;
+  o.eval_every = 2;
+  o.rank = 2;
+  o.seeds = 1;
+  return o;
+}
+
+TEST(CompareTest, LmSuiteFineTunesTheCachedBaseOnTheHeldOutDomain) {
+  const fs::path out = fresh_temp_dir("compare_lm");
+  cmp::CompareOptions o = tiny_lm_options(out);
+  std::vector<std::string> notes;
+  cmp::CompareCallbacks cb;
+  cb.on_note = [&notes](const std::string& n) { notes.push_back(n); };
+  cmp::CompareResults res = cmp::run_compare(o, cb);
+  std::set<std::string> names;
+  for (const auto& m : res.methods) {
+    SCOPED_TRACE(m.info.name);
+    names.insert(m.info.name);
+    EXPECT_EQ(m.info.suite, "lm");
+    EXPECT_EQ(m.status, "ok") << m.reason;
+    EXPECT_EQ(m.steps, 4);
+    ASSERT_TRUE(m.val_loss.has_value());
+    EXPECT_TRUE(std::isfinite(*m.val_loss));
+    EXPECT_FALSE(m.val_accuracy.has_value());
+    // Fine-tuned on the held-out file only.
+    EXPECT_NE(m.task.find("[tech]"), std::string::npos) << m.task;
+    EXPECT_NE(m.task.find("byte-level LLaMA"), std::string::npos) << m.task;
+  }
+  EXPECT_EQ(names,
+            (std::set<std::string>{"full-adamw", "full-came", "full-came-tuned",
+                                   "lora", "lora-tuned", "lotr", "lotr-tuned",
+                                   "snell", "snell-tuned", "projected-adapter",
+                                   "galore-adamw", "galore-adamw-tuned"}));
+  // Adapters train a small fraction of the weights; full fine-tuning all.
+  auto by_name = [&res](const std::string& n) {
+    for (const auto& m : res.methods)
+      if (m.info.name == n) return m;
+    throw std::runtime_error("no method " + n);
+  };
+  EXPECT_EQ(by_name("full-adamw").trainable_params,
+            by_name("full-adamw").total_params);
+  EXPECT_LT(by_name("lora").trainable_params,
+            by_name("full-adamw").trainable_params / 10);
+  // The base model was trained once, on the other files, and cached with
+  // its losses on both domains.
+  std::vector<fs::path> cached;
+  for (const auto& e : fs::directory_iterator(out / "cache"))
+    if (e.path().extension() == ".pt") cached.push_back(e.path());
+  ASSERT_EQ(cached.size(), 1u);
+  EXPECT_EQ(cached[0].filename().string().rfind("llama-base-", 0), 0u);
+  const auto meta =
+      nlohmann::json::parse(read_file(cached[0].string() + ".json"));
+  EXPECT_EQ(meta.at("steps"), 6);
+  EXPECT_TRUE(std::isfinite(meta.at("val_loss_new_domain").get<double>()));
+  const auto base_note =
+      std::find_if(notes.begin(), notes.end(), [](const std::string& n) {
+        return n.rfind("lm base: LLaMA trained 6 steps", 0) == 0;
+      });
+  ASSERT_NE(base_note, notes.end());
+  EXPECT_NE(base_note->find("[base]: "), std::string::npos) << *base_note;
+  // A second run reuses it.
+  notes.clear();
+  o.methods = {"lora"};
+  cmp::run_compare(o, cb);
+  EXPECT_TRUE(std::any_of(notes.begin(), notes.end(), [](const std::string& n) {
+    return n.find("lm: reusing cached base model") != std::string::npos;
+  }));
+}
+
+TEST(CompareTest, LmSuiteIsSkippedWhenTheHeldOutDomainIsMissing) {
+  const fs::path out = fresh_temp_dir("compare_lm_skip");
+  cmp::CompareOptions o = tiny_lm_options(out);
+  o.methods = {"lora"};
+  o.lm_domain = "tech,nonexistent";
+  cmp::CompareResults res = cmp::run_compare(o);
+  ASSERT_EQ(res.methods.size(), 1u);
+  EXPECT_EQ(res.methods[0].status, "skipped");
+  EXPECT_NE(res.methods[0].reason.find("lm.domain: no file 'nonexistent'"),
+            std::string::npos)
+      << res.methods[0].reason;
+  o.lm_domain = "humor,poems,tech";
+  res = cmp::run_compare(o);
+  EXPECT_EQ(res.methods[0].status, "skipped");
+  EXPECT_NE(res.methods[0].reason.find("nothing left to pretrain on"),
+            std::string::npos)
+      << res.methods[0].reason;
+}
+
 TEST(CompareTest, PlotsAreDrawnWhenGnuplotIsPresent) {
   if (!have_gnuplot()) GTEST_SKIP() << "gnuplot not installed";
   const fs::path out = fresh_temp_dir("compare_plots");
@@ -264,16 +375,32 @@ TEST(CompareTest, UnknownSuiteOrMethodIsRejected) {
 
 TEST(CompareTest, EveryRegisteredMethodIsListed) {
   cmp::CompareOptions o;
-  const auto all = cmp::list_methods(o, {"pretrain", "finetune"});
+  const auto all = cmp::list_methods(o, {"pretrain", "finetune", "lm"});
   std::vector<std::string> names;
   for (const auto& m : all) names.push_back(m.suite + "/" + m.name);
-  for (const char* n :
-       {"pretrain/adamw", "pretrain/adafactor", "pretrain/came",
-        "pretrain/galore-adamw", "pretrain/galore-adamw-tuned",
-        "pretrain/galore-came", "pretrain/rsketch-adapter",
-        "pretrain/singd-dense", "pretrain/singd-diag", "pretrain/kfac",
-        "finetune/full-adamw", "finetune/full-came", "finetune/lora",
-        "finetune/projected-adapter", "finetune/lotr", "finetune/snell"})
+  for (const char* n : {"pretrain/adamw",
+                        "pretrain/adafactor",
+                        "pretrain/came",
+                        "pretrain/galore-adamw",
+                        "pretrain/galore-adamw-tuned",
+                        "pretrain/galore-came",
+                        "pretrain/rsketch-adapter",
+                        "pretrain/singd-dense",
+                        "pretrain/singd-diag",
+                        "pretrain/kfac",
+                        "finetune/full-adamw",
+                        "finetune/full-came",
+                        "finetune/lora",
+                        "finetune/projected-adapter",
+                        "finetune/lotr",
+                        "finetune/snell",
+                        "lm/full-adamw",
+                        "lm/full-came",
+                        "lm/lora",
+                        "lm/lotr",
+                        "lm/snell",
+                        "lm/projected-adapter",
+                        "lm/galore-adamw"})
     EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
 }
 

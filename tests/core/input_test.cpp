@@ -51,6 +51,17 @@ TEST(Quote, CutsAtAUtf8CharacterBoundary) {
   EXPECT_EQ(c.substr(c.size() - 3), "...");
 }
 
+TEST(SplitList, KeepsNonEmptyItemsAsWritten) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(lowmem::split_list("q_proj,v_proj"), (V{"q_proj", "v_proj"}));
+  EXPECT_EQ(lowmem::split_list(",a,,b,"), (V{"a", "b"}));
+  EXPECT_EQ(lowmem::split_list(""), V{});
+  EXPECT_EQ(lowmem::split_list(",,"), V{});
+  EXPECT_EQ(lowmem::split_list(" a , b"), (V{" a ", " b"}));  // no trimming
+  EXPECT_EQ(lowmem::split_list("a;b", ';'), (V{"a", "b"}));
+  EXPECT_EQ(lowmem::split_list("single"), V{"single"});
+}
+
 TEST(ReadFileLimited, ReadsAFileWithinTheLimit) {
   const std::string dir = lowmem::testing::fresh_temp_dir(
       ::testing::UnitTest::GetInstance()->current_test_info()->name());

@@ -79,6 +79,43 @@ TEST(TextCorpus, ClearErrors) {
   EXPECT_NE(e.find(empty.path.string()), std::string::npos) << e;
 }
 
+TEST(TextCorpus, FromFilesReadsExactlyThoseInOrder) {
+  TempDir d;
+  d.write("a.txt", "AAAA");
+  d.write("b.txt", "BBBBBBBB");
+  d.write("bin.dat", std::string("\0\1", 2));
+  d.write("c.txt", "CCCC");
+  const auto p = [&](const char* n) { return (d.path / n).string(); };
+  // Order as given, a binary file skipped, a repeat read once.
+  TextCorpus c =
+      TextCorpus::from_files({p("c.txt"), p("a.txt"), p("bin.dat"), p("c.txt")},
+                             "fortunes [c,a]", 0.25);
+  EXPECT_EQ(c.path(), "fortunes [c,a]");
+  ASSERT_EQ(c.files().size(), 2u);
+  EXPECT_EQ(c.files()[0], p("c.txt"));
+  EXPECT_EQ(c.skipped_binary(), 1);
+  std::string all(reinterpret_cast<const char*>(c.bytes().data_ptr<uint8_t>()),
+                  static_cast<size_t>(c.size()));
+  EXPECT_EQ(all, "CCCCAAAA");
+  EXPECT_EQ(c.train().numel(), 6);
+  EXPECT_EQ(c.validation().numel(), 2);
+  EXPECT_NE(c.describe().find("fortunes [c,a]: 8 bytes, 2 files"),
+            std::string::npos)
+      << c.describe();
+  std::string e = error_of([] { TextCorpus::from_files({}, "none"); });
+  EXPECT_NE(e.find("[data] text corpus 'none' names no files"),
+            std::string::npos)
+      << e;
+  e = error_of([&] { TextCorpus::from_files({p("bin.dat")}, "binary only"); });
+  EXPECT_NE(e.find("'binary only' contains no text files (1 files, 1 binary)"),
+            std::string::npos)
+      << e;
+  e = error_of([&] { TextCorpus::from_files({p("a.txt")}, "x", 1.5); });
+  EXPECT_NE(e.find("val_fraction must be in (0, 1), got 1.5"),
+            std::string::npos)
+      << e;
+}
+
 TEST(TextCorpus, DefaultCorpusHintNamesDebianPackage) {
   if (fs::exists(kDefaultTextCorpus)) {
     TextCorpus c;  // the real fortunes corpus

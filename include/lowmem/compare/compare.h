@@ -23,7 +23,7 @@ struct CompareOptions {
   // --- what to run
   // "memory" is the memory suite (LLaMA sizes x methods, planned and
   // measured); the others train methods side by side.
-  std::vector<std::string> suites = {"memory", "pretrain", "finetune"};
+  std::vector<std::string> suites = {"memory", "pretrain", "finetune", "lm"};
   std::vector<std::string> methods;  // empty: all of the selected suites
   std::string out_dir = "runs/compare";
   std::string cache_dir;  // base-model cache; "" = <out_dir>/cache
@@ -77,6 +77,15 @@ struct CompareOptions {
   int64_t finetune_steps = 150;
   int64_t finetune_eval_examples =
       2000;  // test images of classes 5-9 (0: all 5000)
+
+  // --- lm suite: a byte-level LLaMA with the pretrain GPT's width, layers,
+  // heads, context and batch, pretrained for lm_base_steps on the files of
+  // text_path outside lm_domain (cached), fine-tuned for lm_steps on the
+  // files named in lm_domain (comma-separated file names: fortune
+  // categories), evaluated on their validation split (a domain shift)
+  std::string lm_domain = "computers,debian,linux,linuxcookie,perl";
+  int64_t lm_base_steps = 400;
+  int64_t lm_steps = 150;
 
   // --- memory suite: GaLore's LLaMA sizes x methods, planned by lowmem plan
   // (comma-separated presets), the sizes in memory_measure also trained for
@@ -173,6 +182,11 @@ struct CompareOptions {
     v("finetune_eval_examples", finetune_eval_examples,
       "--finetune-eval-examples",
       "test images of classes 5-9 to evaluate on (0: all 5000)");
+    v("lm.domain", lm_domain, "--lm-domain",
+      "files of --text held out as the lm suite's new domain");
+    v("lm.base_steps", lm_base_steps, "--lm-base-steps",
+      "steps of the lm suite's base model (cached)");
+    v("lm.steps", lm_steps, "--lm-steps", "");
     v("memory.models", memory_models, "--memory-models",
       "LLaMA presets the memory suite plans (comma-separated)");
     v("memory.measure", memory_measure, "--memory-measure",

@@ -17,6 +17,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace lowmem {
 
@@ -27,6 +28,10 @@ inline constexpr size_t kMaxQuotedBytes = 200;
 /// followed by "..." when cut; newlines, tabs, other control bytes and DEL
 /// written as \n, \t, \xNN. No quotation marks.
 std::string clip(std::string_view value, size_t max_bytes = kMaxQuotedBytes);
+
+/// The non-empty items of a `sep`-separated list ("a,,b" -> {"a", "b"}),
+/// as written (no trimming): flags and keys such as targets=q_proj,v_proj.
+std::vector<std::string> split_list(std::string_view list, char sep = ',');
 
 /// clip() in single quotes; when cut, the full length follows:
 /// 'abc...' (20000000 bytes).

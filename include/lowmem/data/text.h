@@ -32,6 +32,12 @@ class TextCorpus {
   /// no text (for the default path, naming the Debian package too).
   explicit TextCorpus(
       const std::string& path = kDefaultTextCorpus, double val_fraction = 0.1);
+  /// Exactly the files `files`, in that order (the same binary, duplicate
+  /// and size rules), described as `name` (e.g. "fortunes: computers,
+  /// linux"). Throws "[data] ..." if `files` is empty or holds no text.
+  static TextCorpus from_files(const std::vector<std::string>& files,
+                               const std::string& name,
+                               double val_fraction = 0.1);
 
   const std::string& path() const {
     return path_;
@@ -57,11 +63,18 @@ class TextCorpus {
   std::string describe() const;
 
  private:
+  struct Unread {};
+  explicit TextCorpus(Unread) {}
+  // Reads `candidates` (the rules above) and splits them; `label` names the
+  // corpus in errors, `hint` follows them.
+  void read(const std::vector<std::string>& candidates, double val_fraction,
+            const std::string& hint);
+
   std::string path_;
   std::vector<std::string> files_;
   int64_t skipped_ = 0;
   at::Tensor bytes_;  // [N] uint8
-  int64_t split_;     // first validation byte
+  int64_t split_ = 0;  // first validation byte
 };
 
 /// Entropy (nats per byte) of the byte histogram of `bytes` (uint8): the loss
