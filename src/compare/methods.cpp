@@ -157,6 +157,20 @@ std::string adafactor_detail(const Built& b) {
               : ", no parameter scaling");
 }
 
+// "rank 16, SVD refresh every 50 steps, scale 0.25, 8 projected matrices,
+// lr 0.01" for GaLore with inner optimizer `inner`.
+std::function<std::string(const Built&)> galore_detail(
+    const std::string& inner) {
+  return [inner](const Built& b) {
+    std::ostringstream d;
+    d << "rank " << s(b, "galore.rank") << ", SVD refresh every "
+      << s(b, "galore.update_proj_gap") << " steps, scale "
+      << num(f(b, "galore.scale")) << ", " << route_size(b, "galore")
+      << " projected matrices, lr " << num(f(b, inner + ".lr"));
+    return d.str();
+  };
+}
+
 // GaLore with `inner` (galore_adamw or came) on the block matrices (the
 // trainer's "matrices" route: the attention's and MLP's linears, as
 // torchrun_main.py's "attn"/"mlp" modules), the same optimizer unprojected on
@@ -178,14 +192,7 @@ MethodDef galore_row(const std::string& inner, std::string description,
                     kv("galore.update_proj_gap", refresh_gap(o.pretrain_steps)),
                     kv("galore.scale", scale)};
       },
-      [inner](const Built& b) {
-        std::ostringstream d;
-        d << "rank " << s(b, "galore.rank") << ", SVD refresh every "
-          << s(b, "galore.update_proj_gap") << " steps, scale "
-          << num(f(b, "galore.scale")) << ", " << route_size(b, "galore")
-          << " projected matrices, lr " << num(f(b, inner + ".lr"));
-        return d.str();
-      });
+      galore_detail(inner));
 }
 
 // GaLore-AdamW as the README's pre-training command for LLaMA 60m
@@ -226,6 +233,18 @@ Keys projected_adapter(Keys k, double lr) {
            {"method=projected-adapter", "optimizer=galore_adamw",
             "aux_optimizer=galore_adamw", kv("galore_adamw.lr", lr)});
   return k;
+}
+
+// The fine-tuning suites' projected adapter: W0 + P A of rank `rank` on
+// `targets` (everything else frozen), P from the SVD of a gradient, rebased
+// 5 times per run of `steps`, GaLore's AdamW at compare's adapter rate.
+Keys svd_adapter(int64_t rank, int64_t steps, const std::string& targets) {
+  return projected_adapter(
+      {kv("projected_adapter.rank", rank),
+       kv("projected_adapter.update_proj_gap", refresh_gap(steps)),
+       "projected_adapter.basis=svd", "projected_adapter.freeze_rest=true",
+       "targets=" + targets},
+      kFinetuneAdapterTunedLr);
 }
 
 std::string projected_detail(const Built& b) {
@@ -393,14 +412,31 @@ std::function<std::string(const Built&)> adapter_detail(
   };
 }
 
+// The adapters' detail lines ("r 8, alpha 8, dropout 0.1 on q,v ...").
+std::function<std::string(const Built&)> lora_detail() {
+  return adapter_detail([](const Built& b) {
+    return "r " + s(b, "lora.r") + ", alpha " + num(f(b, "lora.lora_alpha")) +
+           ", dropout " + num(f(b, "lora.lora_dropout"));
+  });
+}
+std::function<std::string(const Built&)> lotr_detail() {
+  return adapter_detail([](const Built& b) {
+    return "rank " + s(b, "lotr.rank") + ", scale " + num(f(b, "lotr.scale")) +
+           ", factors shared per type";
+  });
+}
+std::function<std::string(const Built&)> snell_detail() {
+  return adapter_detail([](const Built& b) {
+    return "r " + s(b, "snell.r") + ", sparsity " +
+           num(f(b, "snell.sparsity")) + ", recomputing backward";
+  });
+}
+
 // LoRA as PEFT's ViT image-classification guide (q and v, alpha = r,
 // dropout 0.1, lr 5e-3, no weight decay) at compare's common adapter rank;
 // the tuned row is compare's earlier one (every projection, alpha 2r, 1e-2).
 void add_lora_rows(std::vector<MethodDef>& out) {
-  auto detail = adapter_detail([](const Built& b) {
-    return "r " + s(b, "lora.r") + ", alpha " + num(f(b, "lora.lora_alpha")) +
-           ", dropout " + num(f(b, "lora.lora_dropout"));
-  });
+  const auto detail = lora_detail();
   MethodDef d = row(
       "finetune", "lora", "LoRA", "LoRA (arXiv 2106.09685)",
       "low-rank adapters B A on the attention's q and v + the new head; "
@@ -442,10 +478,7 @@ void add_lotr_row(std::vector<MethodDef>& out) {
             {"method=lotr", kv("lotr.rank", o.rank), "vit.fused_qkv=false"},
             kLoraLr, 0.0, "q,v");
       },
-      adapter_detail([](const Built& b) {
-        return "rank " + s(b, "lotr.rank") + ", scale " +
-               num(f(b, "lotr.scale")) + ", factors shared per type";
-      })));
+      lotr_detail()));
 }
 
 // SNELL as its official scripts (ssfgunner/SNELL, snell8 FGVC scripts: lr
@@ -454,10 +487,7 @@ void add_lotr_row(std::vector<MethodDef>& out) {
 // cls token trained (freeze_stages keeps head and cls_token); the tuned
 // row is compare's earlier one (fused qkv, sparsity 0.5, lr 1e-2, no decay).
 void add_snell_rows(std::vector<MethodDef>& out) {
-  auto detail = adapter_detail([](const Built& b) {
-    return "r " + s(b, "snell.r") + ", sparsity " +
-           num(f(b, "snell.sparsity")) + ", recomputing backward";
-  });
+  const auto detail = snell_detail();
   MethodDef d = row(
       "finetune", "snell", "SNELL", "SNELL (arXiv 2411.01800)",
       "kernelized low-rank (KLoRA) updates on q, k, v, proj, fc1, fc2 + the "
@@ -496,13 +526,7 @@ void add_finetune(std::vector<MethodDef>& out) {
       "(GaLore's dual), merged and rebased periodically; the new head trained "
       "directly",
       [](const CompareOptions& o) {
-        return projected_adapter(
-            {kv("projected_adapter.rank", o.rank),
-             kv("projected_adapter.update_proj_gap",
-                refresh_gap(o.finetune_steps)),
-             "projected_adapter.basis=svd",
-             "projected_adapter.freeze_rest=true", "targets=qkv,proj,fc"},
-            kFinetuneAdapterTunedLr);
+        return svd_adapter(o.rank, o.finetune_steps, "qkv,proj,fc");
       },
       projected_detail));
   add_lotr_row(out);
@@ -524,10 +548,6 @@ constexpr const char* kLmTunedNote =
 // The lm suite's adapter rows (LoRA, LoTR, SNELL: official + tuned).
 void add_lm_adapters(std::vector<MethodDef>& out) {
   const std::string L = "lm";
-  auto lora_detail = adapter_detail([](const Built& b) {
-    return "r " + s(b, "lora.r") + ", alpha " + num(f(b, "lora.lora_alpha")) +
-           ", dropout " + num(f(b, "lora.lora_dropout"));
-  });
   const MethodDef lora = row(
       L, "lora", "LoRA", "LoRA (arXiv 2106.09685)",
       "low-rank adapters B A on q_proj and v_proj; official settings (LoRA "
@@ -539,7 +559,7 @@ void add_lm_adapters(std::vector<MethodDef>& out) {
              kv("lora.lora_alpha", kLmLoraAlpha), "lora.lora_dropout=0.1"},
             kLmLoraLr, kLmLoraWeightDecay, "q_proj,v_proj");
       },
-      lora_detail);
+      lora_detail());
   out.push_back(lora);
   out.push_back(tuned(lora,
                       std::string("low-rank adapters on every projection, "
@@ -561,10 +581,7 @@ void add_lm_adapters(std::vector<MethodDef>& out) {
         return adapter({"method=lotr", kv("lotr.rank", o.rank)}, kLmLoraLr, 0.0,
                        "q_proj,v_proj");
       },
-      adapter_detail([](const Built& b) {
-        return "rank " + s(b, "lotr.rank") + ", scale " +
-               num(f(b, "lotr.scale")) + ", factors shared per type";
-      }));
+      lotr_detail());
   out.push_back(lotr);
   out.push_back(tuned(lotr, std::string("LoTR; ") + kLmTunedNote,
                       fixed(lm_tuned_adapter())));
@@ -579,10 +596,7 @@ void add_lm_adapters(std::vector<MethodDef>& out) {
             {"method=snell", kv("snell.r", o.rank), "snell.sparsity=0"},
             kSnellLr, kSnellWeightDecay, kLlamaAll);
       },
-      adapter_detail([](const Built& b) {
-        return "r " + s(b, "snell.r") + ", sparsity " +
-               num(f(b, "snell.sparsity")) + ", recomputing backward";
-      }));
+      snell_detail());
   out.push_back(snell);
   out.push_back(tuned(snell,
                       std::string("SNELL, sparsity 0.5; ") + kLmTunedNote,
@@ -611,13 +625,7 @@ void add_lm(std::vector<MethodDef>& out) {
       "(GaLore's dual), merged and rebased periodically; compare's finetune "
       "setting (no official recipe)",
       [](const CompareOptions& o) {
-        return projected_adapter(
-            {kv("projected_adapter.rank", o.rank),
-             kv("projected_adapter.update_proj_gap", refresh_gap(o.lm_steps)),
-             "projected_adapter.basis=svd",
-             "projected_adapter.freeze_rest=true",
-             std::string("targets=") + kLlamaAll},
-            kFinetuneAdapterTunedLr);
+        return svd_adapter(o.rank, o.lm_steps, kLlamaAll);
       },
       projected_detail));
   const MethodDef galore = row(
@@ -637,14 +645,7 @@ void add_lm(std::vector<MethodDef>& out) {
                     kv("galore.update_proj_gap", refresh_gap(o.lm_steps)),
                     kv("galore.scale", kLmGaloreScale)};
       },
-      [](const Built& b) {
-        std::ostringstream d;
-        d << "rank " << s(b, "galore.rank") << ", SVD refresh every "
-          << s(b, "galore.update_proj_gap") << " steps, scale "
-          << num(f(b, "galore.scale")) << ", " << route_size(b, "galore")
-          << " projected matrices, lr " << num(f(b, "galore_adamw.lr"));
-        return d.str();
-      });
+      galore_detail("galore_adamw"));
   out.push_back(galore);
   out.push_back(tuned(galore,
                       "GaLore-AdamW at the pretrain suite's official rate "
