@@ -347,9 +347,9 @@ const RegisterCommand kTrain{Command{
       };
     }}};
 
-int run_info(const ConfigFlags& flags) {
+int run_info(const ConfigFlags& flags, bool gemm_rate) {
   const train::Config config = flags.resolve();
-  const auto report = train::info(config);
+  const auto report = train::info(config, gemm_rate);
   std::cout << "model " << config.model << ", method " << config.method
             << ", optimizer " << config.optimizer << "\n"
             << report.to_string();
@@ -362,7 +362,11 @@ const RegisterCommand kInfo{Command{
     "one batch, nothing written)",
     [](CLI::App& sub) -> std::function<int()> {
       auto flags = std::make_shared<ConfigFlags>(sub);
-      return [flags] { return run_info(*flags); };
+      auto gemm_rate = std::make_shared<bool>(false);
+      sub.add_flag("--gemm-rate", *gemm_rate,
+                   "after the step, also time float32 and bfloat16 2048^3 "
+                   "GEMMs (this machine's matmul rate, for the step's FLOPs)");
+      return [flags, gemm_rate] { return run_info(*flags, *gemm_rate); };
     }}};
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "lowmem/models/layers.h"
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/profile.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -306,15 +307,18 @@ struct CheckpointBlock : torch::autograd::Function<CheckpointBlock> {
     at::Tensor out;
     {
       at::AutoGradMode enable(true);
-      if (ctx->saved_data.count("rng")) {
-        auto gen = at::detail::getDefaultCPUGenerator();
-        std::lock_guard<std::mutex> lock(gen.mutex());
-        at::Tensor now = gen.get_state();
-        gen.set_state(ctx->saved_data["rng"].toTensor());
-        out = block->forward_with(input, context);
-        gen.set_state(now);
-      } else {
-        out = block->forward_with(input, context);
+      {
+        profile::Scope recompute(profile::Phase::kRecompute);
+        if (ctx->saved_data.count("rng")) {
+          auto gen = at::detail::getDefaultCPUGenerator();
+          std::lock_guard<std::mutex> lock(gen.mutex());
+          at::Tensor now = gen.get_state();
+          gen.set_state(ctx->saved_data["rng"].toTensor());
+          out = block->forward_with(input, context);
+          gen.set_state(now);
+        } else {
+          out = block->forward_with(input, context);
+        }
       }
       torch::autograd::backward({out}, {grads[0]});
     }

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/profile.h"
 #include "lowmem/core/quant_maps.h"
 #include "lowmem/nn/slot_module.h"
 
@@ -160,6 +161,7 @@ at::Tensor Nf4Weight::absmax() const {
 }
 
 at::Tensor Nf4Weight::dequantize_reference(at::ScalarType dtype) const {
+  profile::Scope scope(profile::Phase::kDequantize);
   LOWMEM_CHECK(defined(), "[nf4] dequantize of an undefined weight");
   const int64_t n = numel();
   at::Tensor dq =
@@ -176,6 +178,7 @@ at::Tensor Nf4Weight::dequantize(at::ScalarType dtype) const {
   LOWMEM_CHECK(at::isFloatingType(dtype), "[nf4] dequantize needs a floating ",
                "dtype, got ", dtype);
   if (!packed.device().is_cpu()) return dequantize_reference(dtype);
+  profile::Scope scope(profile::Phase::kDequantize);
   const at::Tensor am = absmax().contiguous();
   const at::Tensor p = packed.contiguous();
   at::Tensor out = at::empty(shape, packed.options().dtype(dtype));

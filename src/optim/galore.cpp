@@ -10,6 +10,7 @@
 #include <unordered_set>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/profile.h"
 #include "lowmem/nn/slot_module.h"
 #include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/galore_state.h"
@@ -371,6 +372,8 @@ at::Tensor GaLore::step(LossClosure closure) {
 }
 
 void GaLore::update_one(bool projected, size_t i) {
+  // Layer-wise updates run inside backward; they count as the optimizer's.
+  profile::Scope scope(profile::Phase::kOptimizer);
   sync_lr();
   if (projected) {
     load_proxy(i, slots_[i]->acc);

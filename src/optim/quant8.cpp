@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/profile.h"
 #include "lowmem/core/quant_maps.h"
 
 namespace lowmem::optim {
@@ -67,6 +68,7 @@ at::Tensor BlockwiseQ8::dequantize_range(int64_t start, int64_t len) const {
       start >= 0 && len >= 0 && start % kB == 0 && start + len <= numel(),
       "[q8] range [", start, ", ", start + len,
       ") is not block-aligned inside ", numel(), " elements");
+  profile::Scope scope(profile::Phase::kStateQuantize);
   const at::Tensor c = codes.view(-1).narrow(0, start, len);
   const at::Tensor am = absmax.narrow(0, start / kB, blocks_of(len));
   at::Tensor vals = dynamic_map(is_signed)
@@ -102,6 +104,7 @@ void BlockwiseQ8::store_range(int64_t start, const at::Tensor& flat) {
                    start + len <= numel(),
                "[q8] store of ", len, " elements at ", start,
                " is not a block-aligned 1-D range inside ", numel());
+  profile::Scope scope(profile::Phase::kStateQuantize);
   const at::Tensor x = flat.to(at::kFloat);
   at::Tensor c = codes.view(-1).narrow(0, start, len);
   at::Tensor am = absmax.narrow(0, start / kB, blocks_of(len));

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/profile.h"
 
 namespace lowmem::projection {
 namespace {
@@ -165,6 +166,7 @@ void Projector::refresh(const at::Tensor& grad) {
                "[projection] refresh needs a [", rows_, ", ", cols_,
                "] gradient, got ",
                grad.defined() ? grad.sizes() : at::IntArrayRef{});
+  profile::Scope scope(profile::Phase::kProjection);
   dtype_ = basis_dtype(grad.scalar_type());
   device_ = grad.device();
   auto g = grad.detach().to(dtype_);
@@ -204,6 +206,7 @@ at::Tensor Projector::project(const at::Tensor& g) const {
   LOWMEM_CHECK(g.dim() == 2 && g.size(0) == rows_ && g.size(1) == cols_,
                "[projection] project expects [", rows_, ", ", cols_,
                "], got ", g.sizes());
+  profile::Scope scope(profile::Phase::kProjection);
   auto x = g.to(dtype_);
   switch (side_) {
     case Side::kLeft:
@@ -222,6 +225,7 @@ at::Tensor Projector::expand(const at::Tensor& low) const {
   LOWMEM_CHECK(low.sizes() == at::IntArrayRef(want),
                "[projection] expected a low-rank tensor of shape ",
                at::IntArrayRef(want), ", got ", low.sizes());
+  profile::Scope scope(profile::Phase::kProjection);
   auto x = low.to(dtype_);
   switch (side_) {
     case Side::kLeft:
@@ -236,6 +240,7 @@ at::Tensor Projector::expand(const at::Tensor& low) const {
 
 at::Tensor Projector::project_back(const at::Tensor& low) const {
   auto full = expand(low);
+  profile::Scope scope(profile::Phase::kProjection);
   if (options_.scale() != 1.0) full.mul_(options_.scale());
   return full;
 }

@@ -23,6 +23,7 @@
 #include "lowmem/core/check.h"
 #include "lowmem/core/input.h"
 #include "lowmem/core/memory.h"
+#include "lowmem/core/profile.h"
 #include "lowmem/core/threads.h"
 #include "lowmem/dist/communicator.h"
 #include "lowmem/dist/consistency.h"
@@ -31,7 +32,9 @@
 #include "lowmem/io/atomic_file.h"
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/io/safetensors.h"
+#include "lowmem/models/gpt.h"
 #include "lowmem/models/layers.h"
+#include "lowmem/models/llama.h"
 #include "lowmem/nn/nf4.h"
 #include "lowmem/optim/extras.h"
 #include "lowmem/train/data_parallel.h"
@@ -550,7 +553,33 @@ int64_t merge_adapter(const std::string& base, const std::string& adapter_dir,
   return static_cast<int64_t>(tensors.size());
 }
 
-InfoReport info(const Config& config) {
+namespace {
+
+// GFLOP/s of c = a b for n x n matrices of `dtype` on `device`, the best of
+// a few timed repetitions after a warm-up (about a second in all on CPU).
+double gemm_gflops(at::ScalarType dtype, c10::Device device, int64_t n = 2048) {
+  const auto opts = at::TensorOptions().dtype(dtype).device(device);
+  at::Tensor a = at::randn({n, n}, opts), b = at::randn({n, n}, opts);
+  at::Tensor c = at::empty({n, n}, opts);
+  using Clock = std::chrono::steady_clock;
+  auto sync = [&] { (void)c.sum().item<double>(); };
+  at::mm_out(c, a, b);
+  sync();
+  double best = 0.0;
+  const auto t_end = Clock::now() + std::chrono::milliseconds(800);
+  for (int rep = 0; rep < 3 || (rep < 50 && Clock::now() < t_end); ++rep) {
+    const auto t0 = Clock::now();
+    at::mm_out(c, a, b);
+    sync();
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (s > 0.0) best = std::max(best, 2.0 * n * n * n / s * 1e-9);
+  }
+  return best;
+}
+
+}  // namespace
+
+InfoReport info(const Config& config, bool measure_gemm) {
   MemoryTracker::install();
   using Clock = std::chrono::steady_clock;
   auto seconds_since = [](Clock::time_point t0) {
@@ -614,12 +643,39 @@ InfoReport info(const Config& config) {
       r.optimizer_state_bytes += b;
     }
   });
+  const bool was_profiling = profile::enabled();
+  profile::reset();
+  profile::set_enabled(true);
   const auto step_t0 = Clock::now();
   const std::clock_t step_c0 = std::clock();
-  r.step_loss = t.step(*session->train_data).loss;
+  const StepResult step = t.step(*session->train_data);
+  r.step_loss = step.loss;
   r.step_seconds = seconds_since(step_t0);
   r.step_cpu_seconds = cpu_since(step_c0);
+  profile::set_enabled(was_profiling);
+  const profile::Totals phases = profile::totals();
+  for (int i = 0; i < profile::kPhaseCount; ++i)
+    r.phase_seconds.emplace_back(
+        profile::phase_name(static_cast<profile::Phase>(i)), phases.seconds[i]);
   t.set_step_probe({});
+  // FLOPs of the step: tokens x the model's training FLOPs per token.
+  if (session->unit == "tokens" && step.items > 0) {
+    // Text batches are batch_size rows of one sequence length.
+    const int64_t rows =
+        std::max<int64_t>(1, config.batch_size * config.accum_steps);
+    const int64_t seq_len = std::max<int64_t>(1, step.items / rows);
+    double per_token = 0.0;
+    bool checkpointing = false;
+    if (auto* l = dynamic_cast<models::Llama*>(session->model.get())) {
+      per_token = l->flops_per_token(seq_len);
+      checkpointing = l->config().activation_checkpointing();
+    } else if (auto* g = dynamic_cast<models::GPT*>(session->model.get())) {
+      per_token = g->flops_per_token(seq_len);
+      checkpointing = g->config().activation_checkpointing();
+    }
+    r.model_flops = per_token * static_cast<double>(step.items);
+    r.step_flops = r.model_flops * (checkpointing ? 4.0 / 3.0 : 1.0);
+  }
   r.peak_step_bytes = scope ? scope->peak_delta() : 0;
   r.peak_rss_bytes = MemoryTracker::peak_rss_bytes();
   for (const auto& route : session->routes) {
@@ -628,6 +684,10 @@ InfoReport info(const Config& config) {
       n += p.numel();
     }
     r.route_params.emplace_back(route.target, n);
+  }
+  if (measure_gemm) {
+    r.gemm_fp32_gflops = gemm_gflops(at::kFloat, device);
+    r.gemm_bf16_gflops = gemm_gflops(at::kBFloat16, device);
   }
   return r;
 }
@@ -662,6 +722,35 @@ std::string InfoReport::to_string() const {
     << std::setprecision(1) << step_seconds << " s wall, " << step_cpu_seconds
     << " s CPU (build " << build_seconds << " s wall, " << build_cpu_seconds
     << " s CPU)\n";
+  double named = 0.0;
+  for (const auto& [phase, secs] : phase_seconds) named += secs;
+  if (!phase_seconds.empty() && step_seconds > 0.0) {
+    o << "step phases:     ";
+    for (const auto& [phase, secs] : phase_seconds) {
+      if (secs <= 0.0) continue;
+      o << " " << phase << " " << secs << " s;";
+    }
+    o << " other " << std::max(0.0, step_seconds - named) << " s\n";
+  }
+  if (model_flops > 0.0 && step_seconds > 0.0) {
+    o << "step FLOPs:       " << std::setprecision(3) << std::scientific
+      << model_flops << " (6N + attention), " << step_flops
+      << " with the recomputed forward; " << std::fixed << std::setprecision(1)
+      << step_flops / step_seconds * 1e-9 << " GFLOP/s wall, "
+      << (step_cpu_seconds > 0.0 ? step_flops / step_cpu_seconds * 1e-9 : 0.0)
+      << " GFLOP per CPU second\n";
+  }
+  if (gemm_fp32_gflops > 0.0) {
+    o << "GEMM rate:        " << gemm_fp32_gflops << " GFLOP/s float32, "
+      << gemm_bf16_gflops << " GFLOP/s bfloat16 (2048^3, this process)";
+    if (step_flops > 0.0) {
+      const double bound = step_flops / (std::max(gemm_fp32_gflops,
+                                                   gemm_bf16_gflops) * 1e9);
+      o << "; the step's FLOPs at the faster rate take " << bound
+        << " s, the step took " << step_seconds / bound << "x that";
+    }
+    o << "\n";
+  }
   o.unsetf(std::ios_base::floatfield);
   o << std::setprecision(6);
   o << "data:             " << data_summary << "\n";

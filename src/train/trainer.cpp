@@ -12,6 +12,7 @@
 
 #include "lowmem/core/check.h"
 #include "lowmem/core/memory.h"
+#include "lowmem/core/profile.h"
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/nn/nf4.h"
 #include "lowmem/optim/extras.h"
@@ -215,12 +216,23 @@ StepResult Trainer::accumulate(data::BatchSource& source) {
     for (auto& s : slots_) {
       optim::before_forward(*s.optimizer);
     }
-    const data::Batch batch = source.next();
-    at::Tensor loss = loss_(batch);
+    data::Batch batch;
+    {
+      profile::Scope data_scope(profile::Phase::kData);
+      batch = source.next();
+    }
+    at::Tensor loss;
+    {
+      profile::Scope forward_scope(profile::Phase::kForward);
+      loss = loss_(batch);
+    }
     LOWMEM_CHECK(loss.defined() && loss.numel() == 1,
                  "[trainer] the loss must be a single number, got shape ",
                  loss.sizes());
-    (loss * inv_accum).backward();
+    {
+      profile::Scope backward_scope(profile::Phase::kBackward);
+      (loss * inv_accum).backward();
+    }
     loss_sum += loss.item<double>();
     r.items += count_items(batch);
   }
@@ -239,8 +251,11 @@ void Trainer::update(std::vector<at::Tensor>& grads, double total_norm) {
       }
     }
   }
-  for (auto& s : slots_) {
-    s.optimizer->step();
+  {
+    profile::Scope optimizer_scope(profile::Phase::kOptimizer);
+    for (auto& s : slots_) {
+      s.optimizer->step();
+    }
   }
   if (after_update_) {
     after_update_();

@@ -5,6 +5,7 @@
 
 #include "lowmem/models/llama.h"
 #include "lowmem/train/config.h"
+#include "lowmem/core/profile.h"
 #include "lowmem/train/run.h"
 
 namespace lowmem::train {
@@ -38,6 +39,58 @@ TEST(LlamaConfig, BuildsTheModelTheSectionDescribes) {
   auto r = info(c);
   EXPECT_EQ(r.total_params, models::llama_parameter_count(llama->config()));
   EXPECT_GT(r.optimizer_state_bytes, 0);
+}
+
+// lowmem info's profile of its step: the phases a checkpointed, 8-bit,
+// layer-wise GaLore step goes through, their exclusive times within the
+// step's wall time, and the step's FLOPs from the model's own count.
+TEST(LlamaConfig, InfoProfilesTheStep) {
+  if (!std::filesystem::exists("/usr/share/games/fortunes"))
+    GTEST_SKIP() << "no fortunes corpus";
+  auto c = tiny_llama_on_text();
+  c.method = "galore";
+  c.optimizer = "galore_adamw";
+  c.set("galore.rank", "4");
+  c.set("galore.layerwise", "true");
+  c.optim_bits = 8;
+  c.set("llama.activation_checkpointing", "true");
+  const auto r = info(c, /*measure_gemm=*/true);
+  ASSERT_EQ(r.phase_seconds.size(), static_cast<size_t>(profile::kPhaseCount));
+  double sum = 0.0;
+  for (const auto& [name, s] : r.phase_seconds) {
+    EXPECT_GE(s, 0.0) << name;
+    sum += s;
+  }
+  EXPECT_LE(sum, r.step_seconds + 1e-6);
+  auto phase = [&](profile::Phase p) {
+    return r.phase_seconds[static_cast<size_t>(p)];
+  };
+  EXPECT_EQ(phase(profile::Phase::kForward).first, "forward");
+  for (auto p : {profile::Phase::kForward, profile::Phase::kBackward,
+                 profile::Phase::kRecompute, profile::Phase::kProjection,
+                 profile::Phase::kOptimizer, profile::Phase::kStateQuantize})
+    EXPECT_GT(phase(p).second, 0.0) << profile::phase_name(p);
+  EXPECT_EQ(phase(profile::Phase::kDequantize).second, 0.0);  // no NF4 here
+  auto session = build_session(c);
+  auto* llama = dynamic_cast<models::Llama*>(session->model.get());
+  ASSERT_NE(llama, nullptr);
+  const double tokens = 2.0 * 16.0;  // batch 2 x context 16
+  EXPECT_DOUBLE_EQ(r.model_flops, llama->flops_per_token(16) * tokens);
+  EXPECT_DOUBLE_EQ(r.step_flops, r.model_flops * 4.0 / 3.0);
+  EXPECT_GT(r.gemm_fp32_gflops, 0.0);
+  EXPECT_GT(r.gemm_bf16_gflops, 0.0);
+  const std::string text = r.to_string();
+  for (const char* want : {"step phases:", "recompute", "state quantize",
+                           "step FLOPs:", "GEMM rate:"})
+    EXPECT_NE(text.find(want), std::string::npos) << want << "\n" << text;
+  // Without measure_gemm nothing is timed beyond the step.
+  c.set("llama.activation_checkpointing", "false");
+  const auto plain = info(c);
+  EXPECT_EQ(plain.gemm_fp32_gflops, 0.0);
+  EXPECT_EQ(plain.step_flops, plain.model_flops);
+  EXPECT_EQ(plain.phase_seconds[static_cast<size_t>(profile::Phase::kRecompute)]
+                .second,
+            0.0);
 }
 
 TEST(LlamaConfig, PresetAndContextChecks) {

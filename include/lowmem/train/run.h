@@ -167,10 +167,24 @@ struct InfoReport {
   double step_seconds = 0.0, step_cpu_seconds = 0.0;
   std::vector<std::pair<std::string, int64_t>> optimizer_bytes;  // per slot
   std::vector<std::pair<std::string, int64_t>> route_params;  // per slot
+  // Where the step's wall time went (core/profile.h): exclusive seconds per
+  // phase, in profile::Phase order; the rest of step_seconds is "other".
+  std::vector<std::pair<std::string, double>> phase_seconds;
+  // Training FLOPs of the step for models that count them (LLaMA, GPT):
+  // model_flops the 6 N + attention convention (Llama::flops_per_token x
+  // tokens); step_flops adds the recomputed forward under checkpointing
+  // (a third more). 0 for other models.
+  double model_flops = 0.0, step_flops = 0.0;
+  // Measured matmul rates of this machine in the same process (info with
+  // measure_gemm): GFLOP/s of a float32 and a bfloat16 2048^3 GEMM.
+  double gemm_fp32_gflops = 0.0, gemm_bf16_gflops = 0.0;
   std::string data_summary;
   double baseline_loss = 0.0;
   std::string to_string() const;
 };
-InfoReport info(const Config& config);
+/// Builds the session and measures one step (above). With measure_gemm,
+/// also times 2048^3 float32 and bfloat16 GEMMs on the config's device
+/// after the step, so the step can be set against the machine's rate.
+InfoReport info(const Config& config, bool measure_gemm = false);
 
 }  // namespace lowmem::train
