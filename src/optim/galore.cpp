@@ -317,8 +317,12 @@ void GaLore::load_proxy(size_t i, const at::Tensor& low) {
 
 void GaLore::apply(size_t i) {
   auto& s = *slots_[i];
-  auto update = s.projector.project_back(s.proxy);
-  s.param.add_(update.reshape(s.param.sizes()).to(s.param.scalar_type()));
+  if (s.param.dim() == 2) {
+    s.projector.add_back_to(s.param, s.proxy);
+  } else {
+    auto update = s.projector.project_back(s.proxy);
+    s.param.add_(update.reshape(s.param.sizes()).to(s.param.scalar_type()));
+  }
   if (options_.weight_decay() > 0) {
     const double lr = param_groups_[s.group].options().get_lr();
     s.param.mul_(1.0 - lr * options_.weight_decay());

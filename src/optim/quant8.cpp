@@ -1,6 +1,10 @@
 #include "lowmem/optim/quant8.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
 
 #include <cmath>
 #include <vector>
@@ -23,10 +27,58 @@ const at::Tensor& midpoints(bool is_signed) {
   return is_signed ? s : u;
 }
 
+// The CPU kernel of quantize_blocks for a contiguous fp32 x2d and contiguous
+// outputs: per block, absmax, x * (1 / max(absmax, 1e-38)) clamped to
+// [-1, 1], then the index of the first midpoint >= it (bucketize's lower
+// bound), in one pass, each float operation as the tensor ops below do it.
+// Returns false (nothing trusted) when a block holds a NaN: the tensor ops
+// then decide.
+bool quantize_blocks_cpu(const at::Tensor& x2d, at::Tensor& am,
+                         at::Tensor& codes2d, bool is_signed) {
+  const at::Tensor& mids = midpoints(is_signed);
+  const float* b = mids.data_ptr<float>();
+  const int64_t nb = mids.numel();
+  const int64_t rows = x2d.size(0), len = x2d.size(1);
+  const float* x = x2d.data_ptr<float>();
+  float* a = am.data_ptr<float>();
+  uint8_t* c = codes2d.data_ptr<uint8_t>();
+  std::atomic<bool> nan{false};
+  at::parallel_for(0, rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * len;
+      float m = 0.0f;
+      bool bad = false;
+      for (int64_t i = 0; i < len; ++i) {
+        const float v = std::fabs(xr[i]);
+        bad |= std::isnan(v);
+        m = v > m ? v : m;
+      }
+      if (bad) {
+        nan.store(true, std::memory_order_relaxed);
+        continue;
+      }
+      a[r] = m;
+      const float inv = 1.0f / (m < 1e-38f ? 1e-38f : m);
+      uint8_t* cr = c + r * len;
+      for (int64_t i = 0; i < len; ++i) {
+        float v = xr[i] * inv;
+        v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
+        cr[i] = static_cast<uint8_t>(std::lower_bound(b, b + nb, v) - b);
+      }
+    }
+  });
+  return !nan.load();
+}
+
 // Quantizes the rows of x2d [nb, len] (one block per row) into codes2d and
 // am [nb].
 void quantize_blocks(const at::Tensor& x2d, at::Tensor am, at::Tensor codes2d,
                      bool is_signed) {
+  if (x2d.device().is_cpu() && x2d.scalar_type() == at::kFloat &&
+      x2d.is_contiguous() && am.is_contiguous() && codes2d.is_contiguous() &&
+      codes2d.scalar_type() == at::kByte &&
+      quantize_blocks_cpu(x2d, am, codes2d, is_signed))
+    return;
   const at::Tensor absmax = x2d.abs().amax(1);
   const at::Tensor scaled =
       x2d.mul(absmax.clamp_min(1e-38).reciprocal().unsqueeze(1)).clamp_(-1, 1);
@@ -71,6 +123,24 @@ at::Tensor BlockwiseQ8::dequantize_range(int64_t start, int64_t len) const {
   profile::Scope scope(profile::Phase::kStateQuantize);
   const at::Tensor c = codes.view(-1).narrow(0, start, len);
   const at::Tensor am = absmax.narrow(0, start / kB, blocks_of(len));
+  if (codes.device().is_cpu() && codes.is_contiguous() &&
+      absmax.is_contiguous()) {
+    // code value x its block's absmax, one float multiply per element, as
+    // the tensor ops below compute it.
+    at::Tensor out = at::empty({len}, absmax.options());
+    const float* map = dynamic_map(is_signed).data_ptr<float>();
+    const uint8_t* cp = c.data_ptr<uint8_t>();
+    const float* ap = am.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+    at::parallel_for(0, blocks_of(len), 64, [&](int64_t b0, int64_t b1) {
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t i1 = std::min(len, (blk + 1) * kB);
+        const float s = ap[blk];
+        for (int64_t i = blk * kB; i < i1; ++i) op[i] = map[cp[i]] * s;
+      }
+    });
+    return out;
+  }
   at::Tensor vals = dynamic_map(is_signed)
                         .to(codes.device())
                         .index_select(0, c.to(at::kLong));

@@ -108,6 +108,48 @@ TEST(Q8Quantize, NearestCodeAndRoundTripBound) {
   }
 }
 
+// The CPU kernel (one pass per block) against the algorithm written as
+// tensor ops: absmax, x / absmax clamped to [-1, 1], bucketize on the
+// midpoints; values code x absmax. Many blocks, a short tail, scales over
+// 16 decades, exact zeros.
+TEST(Q8Quantize, CpuKernelEqualsTensorOps) {
+  torch::manual_seed(3);
+  const int64_t B = lo::kQ8BlockSize, n = 97 * B + 77;
+  for (bool is_signed : {true, false}) {
+    auto x = torch::randn({n}) *
+             torch::pow(10.0, torch::randint(-12, 4, {n}).to(torch::kFloat));
+    x.slice(0, 5 * B, 6 * B).zero_();
+    if (!is_signed) x = x.abs();
+    const auto q = BlockwiseQ8::quantize(x, is_signed);
+    const auto padded = torch::cat({x, torch::zeros({98 * B - n})}).view({98, B});
+    const auto am = padded.abs().amax(1);
+    const auto scaled =
+        (padded * am.clamp_min(1e-38).reciprocal().unsqueeze(1)).clamp(-1, 1);
+    const auto codes =
+        torch::bucketize(scaled, lowmem::code_midpoints(lo::dynamic_map(is_signed)),
+                         /*out_int32=*/true)
+            .to(torch::kByte)
+            .view(-1)
+            .slice(0, 0, n);
+    EXPECT_TRUE(torch::equal(q.absmax, am)) << is_signed;
+    EXPECT_TRUE(torch::equal(q.codes.view(-1), codes)) << is_signed;
+    const auto block = torch::div(torch::arange(n), B, "floor");
+    const auto values = lo::dynamic_map(is_signed).index_select(
+                            0, codes.to(torch::kLong)) *
+                        am.index_select(0, block);
+    EXPECT_TRUE(torch::equal(q.dequantize(), values)) << is_signed;
+  }
+  // A NaN in one block: the tensor ops decide (no crash); the other blocks
+  // are quantized as without it.
+  auto x = torch::randn({4 * B});
+  auto with_nan = x.clone();
+  with_nan[B + 3] = std::numeric_limits<float>::quiet_NaN();
+  const auto q = BlockwiseQ8::quantize(with_nan, true);
+  const auto clean = BlockwiseQ8::quantize(x, true);
+  EXPECT_TRUE(torch::equal(q.codes.slice(0, 2 * B), clean.codes.slice(0, 2 * B)));
+  EXPECT_TRUE(std::isnan(q.absmax[1].item<float>()));
+}
+
 TEST(Q8Quantize, ChunkedStoreEqualsOnePass) {
   torch::manual_seed(2);
   const int64_t n = lo::kQ8ChunkElements + 1000;

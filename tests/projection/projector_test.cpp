@@ -201,3 +201,50 @@ TEST(Projector, ForEachFieldVisitsEveryField) {
                                              "oversample", "seed",
                                              "cache_sketch"}));
 }
+
+namespace lowmem::projection {
+namespace {
+
+// A bf16 gradient is upcast in blocks (project) and the update added back in
+// row blocks (add_back_to): the results equal upcasting the whole matrix,
+// for both one-sided projections, sketched and SVD bases, with the scale.
+TEST(Projector, BlockwiseUpcastEqualsWholeMatrix) {
+  for (const char* type : {"right", "left"}) {
+    for (const char* basis : {"gaussian", "svd"}) {
+      const int64_t m = 1536, n = 1100;  // > 1 Mi elements: the blocked path
+      auto opts = ProjectorOptions().rank(8).proj_type(type).basis(basis)
+                      .scale(0.25).cache_sketch(false);
+      Projector p(opts, m, n, /*stream=*/3);
+      torch::manual_seed(7);
+      const at::Tensor g = torch::randn({m, n}).to(torch::kBFloat16);
+      p.refresh(g);
+      const at::Tensor low = p.project(g);
+      const at::Tensor whole = p.project(g.to(torch::kFloat));  // one matmul
+      ASSERT_EQ(low.scalar_type(), torch::kFloat);
+      EXPECT_TRUE(torch::allclose(low, whole, 1e-5, 1e-5))
+          << type << " " << basis << ": max diff "
+          << (low - whole).abs().max().item<double>();
+      at::Tensor w = torch::randn({m, n}).to(torch::kBFloat16);
+      at::Tensor expect = w.clone();
+      expect.add_(p.project_back(low).to(torch::kBFloat16));
+      p.add_back_to(w, low);
+      EXPECT_TRUE(torch::equal(w, expect) ||
+                  (w.to(torch::kFloat) - expect.to(torch::kFloat))
+                          .abs()
+                          .max()
+                          .item<double>() <= 1e-2)
+          << type << " " << basis;
+      // Most entries are bitwise the same rounding.
+      EXPECT_GT(w.eq(expect).to(torch::kFloat).mean().item<double>(), 0.999)
+          << type << " " << basis;
+    }
+  }
+  Projector p(ProjectorOptions().rank(4), 8, 6);
+  p.refresh(torch::randn({8, 6}));
+  at::Tensor wrong = torch::zeros({6, 8});
+  EXPECT_THROW(p.add_back_to(wrong, p.project(torch::randn({8, 6}))),
+               c10::Error);
+}
+
+}  // namespace
+}  // namespace lowmem::projection

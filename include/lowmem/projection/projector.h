@@ -122,6 +122,10 @@ class Projector {
   at::Tensor project(const at::Tensor& g) const;
   /// low_rank_shape() -> [rows, cols], times scale (GaLore's alpha).
   at::Tensor project_back(const at::Tensor& low) const;
+  /// target += project_back(low).to(target's dtype), computed a block of
+  /// rows at a time when target is bf16/fp16 and large (no full-size fp32
+  /// temporary); target is [rows, cols] and written in place.
+  void add_back_to(at::Tensor& target, const at::Tensor& low) const;
   /// low_rank_shape() -> [rows, cols] without the scale.
   at::Tensor expand(const at::Tensor& low) const;
 
