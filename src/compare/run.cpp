@@ -282,7 +282,7 @@ CompareOptions& CompareOptions::full() {
   base_steps = 1000;
   finetune_steps = 500;
   lm_base_steps = 1600;
-  lm_steps = 600;
+  lm_steps = 400;
   eval_batches = 32;
   return *this;
 }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 
 #include <cmath>
 #include <vector>
@@ -27,6 +28,49 @@ const at::Tensor& midpoints(bool is_signed) {
   return is_signed ? s : u;
 }
 
+// lower_bound over the sorted midpoints in O(1) on average: the midpoint
+// index of the smallest float sharing v's top 16 bits (sign, exponent, 7
+// mantissa bits), from where a short forward scan finds lower_bound(v)
+// exactly (lower_bound is monotone in v and every float with those top bits
+// is >= that smallest one). 64 Ki one-byte entries per map.
+class MidpointIndex {
+ public:
+  explicit MidpointIndex(const at::Tensor& mids)
+      : mids_(mids.contiguous()),
+        b_(mids_.data_ptr<float>()),
+        nb_(mids_.numel()),
+        start_(size_t{1} << 16) {
+    for (uint32_t k = 0; k < (1u << 16); ++k) {
+      // Positive keys grow with the low bits, negative ones shrink.
+      const uint32_t bits = (k & 0x8000u) ? ((k << 16) | 0xFFFFu) : (k << 16);
+      float lo;
+      std::memcpy(&lo, &bits, sizeof lo);
+      start_[k] = std::isnan(lo) ? uint8_t{0}
+                                 : static_cast<uint8_t>(
+                                       std::lower_bound(b_, b_ + nb_, lo) - b_);
+    }
+  }
+  uint8_t operator()(float v) const {
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    int64_t i = start_[bits >> 16];
+    while (i < nb_ && b_[i] < v) ++i;
+    return static_cast<uint8_t>(i);
+  }
+
+ private:
+  at::Tensor mids_;
+  const float* b_;
+  int64_t nb_;
+  std::vector<uint8_t> start_;
+};
+
+const MidpointIndex& midpoint_index(bool is_signed) {
+  static const MidpointIndex s(midpoints(true));
+  static const MidpointIndex u(midpoints(false));
+  return is_signed ? s : u;
+}
+
 // The CPU kernel of quantize_blocks for a contiguous fp32 x2d and contiguous
 // outputs: per block, absmax, x * (1 / max(absmax, 1e-38)) clamped to
 // [-1, 1], then the index of the first midpoint >= it (bucketize's lower
@@ -35,9 +79,7 @@ const at::Tensor& midpoints(bool is_signed) {
 // then decide.
 bool quantize_blocks_cpu(const at::Tensor& x2d, at::Tensor& am,
                          at::Tensor& codes2d, bool is_signed) {
-  const at::Tensor& mids = midpoints(is_signed);
-  const float* b = mids.data_ptr<float>();
-  const int64_t nb = mids.numel();
+  const MidpointIndex& index = midpoint_index(is_signed);
   const int64_t rows = x2d.size(0), len = x2d.size(1);
   const float* x = x2d.data_ptr<float>();
   float* a = am.data_ptr<float>();
@@ -63,7 +105,7 @@ bool quantize_blocks_cpu(const at::Tensor& x2d, at::Tensor& am,
       for (int64_t i = 0; i < len; ++i) {
         float v = xr[i] * inv;
         v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
-        cr[i] = static_cast<uint8_t>(std::lower_bound(b, b + nb, v) - b);
+        cr[i] = index(v);
       }
     }
   });

@@ -356,7 +356,7 @@ TEST(OfficialSettingsTest, TableComparesEachRowWithItsOfficialValue) {
   EXPECT_FALSE(find_in("lm", "galore-adamw", "galore.scale").deviates);
   EXPECT_TRUE(find_in("lm", "galore-adamw-tuned", "galore.scale").deviates);
   EXPECT_EQ(find_in("lm", "galore-adamw", "galore.update_proj_gap").used,
-            "30");  // 150 steps / 5
+            "20");  // 100 steps / 5
   // Overrides reach the table, both ways.
   o.overrides = {"snell.sparsity=0.5", "galore.scale=0.250"};
   const auto set = cmp::official_settings(o);

@@ -120,6 +120,18 @@ TEST(Q8Quantize, CpuKernelEqualsTensorOps) {
              torch::pow(10.0, torch::randint(-12, 4, {n}).to(torch::kFloat));
     x.slice(0, 5 * B, 6 * B).zero_();
     if (!is_signed) x = x.abs();
+    // Ties: a block with absmax 1 holding every midpoint exactly, and
+    // values just beside them.
+    const auto mids = lowmem::code_midpoints(lowmem::dynamic_map(is_signed));
+    const int64_t nm = mids.numel();
+    x.slice(0, 7 * B, 7 * B + nm).copy_(mids);
+    x[7 * B + nm] = 1.0f;
+    x.slice(0, 8 * B, 8 * B + nm)
+        .copy_(torch::nextafter(mids, torch::full_like(mids, 2.0f)));
+    x.slice(0, 9 * B, 9 * B + nm)
+        .copy_(torch::nextafter(mids, torch::full_like(mids, -2.0f)));
+    x[8 * B + nm] = 1.0f;
+    x[9 * B + nm] = 1.0f;
     const auto q = BlockwiseQ8::quantize(x, is_signed);
     const auto padded = torch::cat({x, torch::zeros({98 * B - n})}).view({98, B});
     const auto am = padded.abs().amax(1);
