@@ -14,6 +14,11 @@ ProjectedLinear::ProjectedLinear(std::shared_ptr<nn::LinearLike> base,
       base_(std::move(base)),
       projector_(std::move(options), out_features(), in_features(), stream) {
   LOWMEM_CHECK(base_, "[projected_adapter] base layer is null");
+  LOWMEM_CHECK(projector_.options().proj_dtype() == "float32",
+               "[projected_adapter] proj_dtype '",
+               projector_.options().proj_dtype(),
+               "' is for GaLore (the optimizer form); the adapter keeps its "
+               "basis in float32 (set proj_dtype float32)");
   register_module("base", base_);
   if (base_->is_quantized()) {
     // An NF4 base has no dense weight whose gradient a refresh could read.

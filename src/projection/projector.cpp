@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 #include "lowmem/core/profile.h"
 
 namespace lowmem::projection {
@@ -31,8 +32,16 @@ at::Tensor orthonormal(const at::Tensor& y) {
   return std::get<0>(at::linalg_qr(y, "reduced"));
 }
 
-at::ScalarType basis_dtype(at::ScalarType t) {
+// The dtype a basis is stored and used in for a gradient of dtype t.
+at::ScalarType basis_dtype(const ProjectorOptions& o, at::ScalarType t) {
+  if (o.proj_dtype() == "grad" && (t == at::kBFloat16 || t == at::kHalf))
+    return t;
   return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The dtype a basis is computed in (SVD, QR, random draws): never 16-bit.
+at::ScalarType compute_dtype(at::ScalarType basis) {
+  return basis == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 }  // namespace
@@ -58,6 +67,9 @@ void validate(const ProjectorOptions& o) {
                "[projection] power_iters must be >= 0, got ", o.power_iters());
   LOWMEM_CHECK(o.oversample() >= 0,
                "[projection] oversample must be >= 0, got ", o.oversample());
+  LOWMEM_CHECK(o.proj_dtype() == "float32" || o.proj_dtype() == "grad",
+               "[projection] proj_dtype must be float32 or grad, got ",
+               quote(o.proj_dtype()));
 }
 
 Side side_for(const std::string& proj_type, int64_t rows, int64_t cols) {
@@ -136,9 +148,9 @@ void Projector::draw_sketch(at::Tensor* p, at::Tensor* q) const {
   const uint64_t seed = draw_seed(refreshes_ - 1);
   const bool ortho = options_.basis() == "orthogonal";
   auto draw = [&](int64_t dim, uint64_t s) {
-    auto x = randn_seeded({dim, rank_}, s, dtype_);
+    auto x = randn_seeded({dim, rank_}, s, compute_dtype(dtype_));
     x = ortho ? orthonormal(x) : x / std::sqrt(static_cast<double>(rank_));
-    return x.to(device_);
+    return x.to(device_, dtype_);
   };
   if (side_ != Side::kRight) *p = draw(rows_, seed);
   if (side_ != Side::kLeft) *q = draw(cols_, splitmix64(seed ^ 0x51ULL));
@@ -147,7 +159,7 @@ void Projector::draw_sketch(at::Tensor* p, at::Tensor* q) const {
 void Projector::refresh(at::ScalarType dtype, c10::Device device) {
   LOWMEM_CHECK(random_sketch(), "[projection] basis '", options_.basis(),
                "' is computed from a gradient; call refresh(grad)");
-  dtype_ = basis_dtype(dtype);
+  dtype_ = basis_dtype(options_, dtype);
   device_ = device;
   ++refreshes_;
   p_ = at::Tensor();
@@ -167,9 +179,9 @@ void Projector::refresh(const at::Tensor& grad) {
                "] gradient, got ",
                grad.defined() ? grad.sizes() : at::IntArrayRef{});
   profile::Scope scope(profile::Phase::kProjection);
-  dtype_ = basis_dtype(grad.scalar_type());
+  dtype_ = basis_dtype(options_, grad.scalar_type());
   device_ = grad.device();
-  auto g = grad.detach().to(dtype_);
+  auto g = grad.detach().to(compute_dtype(dtype_));
   at::Tensor u, v;  // [m, r], [n, r]
   if (options_.basis() == "svd") {
     // Official: torch.linalg.svd(matrix.float(), full_matrices=False).
@@ -181,8 +193,8 @@ void Projector::refresh(const at::Tensor& grad) {
                                     options_.oversample(), draw_seed(refreshes_));
   }
   ++refreshes_;
-  p_ = side_ != Side::kRight ? u.contiguous() : at::Tensor();
-  q_ = side_ != Side::kLeft ? v.contiguous() : at::Tensor();
+  p_ = side_ != Side::kRight ? u.to(dtype_).contiguous() : at::Tensor();
+  q_ = side_ != Side::kLeft ? v.to(dtype_).contiguous() : at::Tensor();
 }
 
 at::Tensor Projector::left() const {
@@ -282,7 +294,7 @@ void Projector::add_back_to(at::Tensor& target, const at::Tensor& low) const {
                    target.size(1) == cols_,
                "[projection] add_back_to expects a [", rows_, ", ", cols_,
                "] target, got ", target.sizes());
-  if (side_ == Side::kBoth || !chunked(target, dtype_)) {
+  if (side_ == Side::kBoth || target.numel() <= (int64_t{1} << 20)) {
     target.add_(project_back(low).to(target.scalar_type()));
     return;
   }
@@ -293,7 +305,8 @@ void Projector::add_back_to(at::Tensor& target, const at::Tensor& low) const {
                at::IntArrayRef(want), ", got ", low.sizes());
   profile::Scope scope(profile::Phase::kProjection);
   // Row blocks of the update, each made, scaled, rounded to the target's
-  // dtype and added as project_back(low).to(dtype) would be, whole.
+  // dtype and added as project_back(low).to(dtype) would be, whole (no
+  // full-size temporary, in the basis dtype or any other).
   const at::Tensor x = low.to(dtype_);
   const at::Tensor basis = side_ == Side::kRight ? right().t() : left();
   const int64_t step = chunk_lines(cols_);

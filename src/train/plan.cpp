@@ -112,8 +112,10 @@ const optim::OptimizerKind& sized_kind(const std::string& name) {
 
 // GaLore's projected parameter i: the inner state on the low-rank proxy, the
 // stored basis, and the temporaries of optim/galore.cpp and
-// projection/projector.cpp: project (the gradient upcast to fp32, the
-// low-rank product), apply (the full fp32 update, its cast back), a refresh
+// projection/projector.cpp: project (the gradient upcast to the basis dtype,
+// whole or a block of ~2^20 elements for large one-sided projections, the
+// low-rank product), apply (the update in the basis dtype and its cast back,
+// whole or a block), a refresh
 // (svd/rsvd: LAPACK's copy, U, V^T and gesdd's workspace; sketches: the
 // drawn matrix).
 void size_projected(const optim::GaLore& g, size_t i, Param& q,
@@ -122,8 +124,25 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
   const auto& pr = g.projector(i);
   const auto& o = pr.options();
   const int64_t m = pr.rows(), n = pr.cols(), r = pr.rank();
-  const int64_t f = q.p.scalar_type() == at::kDouble ? 8 : 4;
   const int64_t e = static_cast<int64_t>(q.p.element_size());
+  // The basis's element size: fp32 (fp64 for fp64), or the gradient's own
+  // 16-bit dtype under proj_dtype "grad".
+  const int64_t f = q.p.scalar_type() == at::kDouble ? 8
+                    : (o.proj_dtype() == "grad" && e == 2) ? 2
+                                                           : 4;
+  // Large one-sided projections upcast the gradient and add the update back
+  // in blocks of about 2^20 elements (Projector::project, add_back_to).
+  const bool blocked =
+      pr.side() != projection::Side::kBoth && m * n > (int64_t{1} << 20);
+  const int64_t block_rows =
+      std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, n));
+  const int64_t block_cols =
+      std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, m));
+  const int64_t apply_block = blocked ? std::min(m, block_rows) * n : m * n;
+  const int64_t project_block =
+      !blocked ? m * n
+      : pr.side() == projection::Side::kRight ? std::min(m, block_rows) * n
+                                              : m * std::min(n, block_cols);
   const auto low_shape = pr.low_rank_shape();
   const at::Tensor low =
       at::empty(low_shape, at::TensorOptions()
@@ -137,22 +156,26 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
   const bool stored = !sketch || o.cache_sketch();
   q.state = inner.state_bytes(low, section) + (stored ? basis : 0);
   const int64_t regenerated = stored ? 0 : basis;
-  const int64_t upcast = e == f ? 0 : m * n * f;
+  const int64_t upcast = e == f ? 0 : project_block * f;
   const int64_t project = upcast + low_bytes + regenerated;
   const int64_t inner_update = static_cast<int64_t>(std::ceil(
       probe.per_element(inner, section, low.scalar_type(), low.dim() >= 2) *
       static_cast<double>(update_elements(section, low.numel()))));
-  const int64_t apply =
-      m * n * f + (e == f ? 0 : m * n * e) + regenerated + inner_update;
+  const int64_t apply = apply_block * f + (e == f ? 0 : apply_block * e) +
+                        regenerated + inner_update;
   q.low_alive = 2 * low_bytes;
   q.update = apply;
   q.hook = nbytes(q.p) + std::max(project, q.low_alive + apply);
   const int64_t k = std::min(m, n);
+  // A refresh computes in fp32 (fp64): the whole gradient upcast, then SVD.
+  const int64_t fc = f == 8 ? 8 : 4;
+  const int64_t refresh_upcast = e == fc ? 0 : m * n * fc;
   q.refresh =
       sketch
-          ? basis
-          : upcast + m * n * f + (m + n) * k * f +
-                (3 * k * k + std::max(std::max(m, n), 4 * k * k + 4 * k)) * f;
+          ? basis + (f == fc ? 0 : basis / f * fc)
+          : refresh_upcast + m * n * fc + (m + n) * k * fc +
+                (3 * k * k + std::max(std::max(m, n), 4 * k * k + 4 * k)) *
+                    fc;
 }
 
 // A parameter stepped directly by optimizer `kind`.

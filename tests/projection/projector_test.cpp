@@ -199,7 +199,7 @@ TEST(Projector, ForEachFieldVisitsEveryField) {
   EXPECT_EQ(names, (std::vector<std::string>{"rank", "update_proj_gap", "scale",
                                              "proj_type", "basis", "power_iters",
                                              "oversample", "seed",
-                                             "cache_sketch"}));
+                                             "cache_sketch", "proj_dtype"}));
 }
 
 namespace lowmem::projection {
@@ -244,6 +244,56 @@ TEST(Projector, BlockwiseUpcastEqualsWholeMatrix) {
   at::Tensor wrong = torch::zeros({6, 8});
   EXPECT_THROW(p.add_back_to(wrong, p.project(torch::randn({8, 6}))),
                c10::Error);
+}
+
+}  // namespace
+}  // namespace lowmem::projection
+
+namespace lowmem::projection {
+namespace {
+
+// proj_dtype "grad" (galore_torch's GaLoreProjector): the basis is computed
+// in fp32 and cast to the bf16 gradient's dtype; the products run in bf16.
+// The default keeps fp32. Both project the same subspace.
+TEST(Projector, ProjDtypeGradFollowsTheGradient) {
+  torch::manual_seed(11);
+  const at::Tensor g = torch::randn({64, 40}).to(torch::kBFloat16);
+  for (const char* basis : {"svd", "gaussian"}) {
+    Projector fp32(ProjectorOptions().rank(8).basis(basis), 64, 40, 1);
+    Projector grad(ProjectorOptions().rank(8).basis(basis).proj_dtype("grad"),
+                   64, 40, 1);
+    fp32.refresh(g);
+    grad.refresh(g);
+    EXPECT_EQ(fp32.dtype(), torch::kFloat) << basis;
+    EXPECT_EQ(grad.dtype(), torch::kBFloat16) << basis;
+    // The official basis is the fp32 one rounded to bf16.
+    EXPECT_TRUE(torch::equal(grad.right(), fp32.right().to(torch::kBFloat16)))
+        << basis;
+    const at::Tensor low = grad.project(g);
+    EXPECT_EQ(low.scalar_type(), torch::kBFloat16);
+    EXPECT_TRUE(torch::equal(low, at::matmul(g, grad.right()))) << basis;
+    EXPECT_TRUE(torch::allclose(low.to(torch::kFloat), fp32.project(g), 0.05,
+                                0.05))
+        << basis;
+    at::Tensor w = torch::zeros({64, 40}, torch::kBFloat16);
+    grad.add_back_to(w, low);
+    EXPECT_TRUE(torch::allclose(w.to(torch::kFloat),
+                                grad.project_back(low).to(torch::kFloat)))
+        << basis;
+  }
+  // fp32 and fp64 gradients are unaffected.
+  Projector p(ProjectorOptions().rank(4).proj_dtype("grad"), 8, 6);
+  p.refresh(torch::randn({8, 6}));
+  EXPECT_EQ(p.dtype(), torch::kFloat);
+  try {
+    validate(ProjectorOptions().proj_dtype("bfloat16"));
+    ADD_FAILURE() << "proj_dtype bfloat16 accepted";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(
+                  "proj_dtype must be float32 or grad, got 'bfloat16'"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -3,9 +3,10 @@
 // GaLore's SVD projector (arXiv 2403.03507, galore_torch/galore_projector.py),
 // a randomized-SVD refresh (Halko et al., arXiv 0909.4061), seeded random
 // sketches and the two-sided (Kronecker) form P.A.Q^T (arXiv 2502.13811).
-// Deviations from the official code: the basis is kept in fp32 (fp64 for fp64
-// gradients) instead of the gradient dtype, the gradient is upcast before the
-// projection matmul, project_back picks its side from the stored basis (not
+// Deviations from the official code: by default (proj_dtype "float32") the
+// basis is kept in fp32 (fp64 for fp64 gradients) instead of the gradient
+// dtype and the gradient is upcast before the projection matmul
+// (proj_dtype "grad" is the official behaviour), project_back picks its side from the stored basis (not
 // from the low-rank tensor's shape, which breaks reverse_std when m < n, r =
 // m), and the rank is clamped to min(m, n) as the official slicing does
 // silently.
@@ -53,6 +54,14 @@ struct ProjectorOptions {
   /// Random sketches: keep the matrix (true) or regenerate it on every use
   /// from (seed, stream, refresh index) so it is never stored (false).
   TORCH_ARG(bool, cache_sketch) = true;
+  /// The basis's dtype and that of the products with it: "float32" (lowmem's
+  /// default: fp32, fp64 for fp64 gradients; a bf16/fp16 gradient is upcast
+  /// for the product) or "grad" (galore_torch's GaLoreProjector: the basis is
+  /// cast to the gradient's dtype and G Q, P^T G and the projection back run
+  /// in it; bases are still computed in fp32). "grad" is 4-10x faster for a
+  /// bf16 model on CPUs with bf16 GEMMs (docs/benchmarks/llama_7b_galore8.md)
+  /// and is the official numerics; GaLore (the optimizer form) only.
+  TORCH_ARG(std::string, proj_dtype) = "float32";
 
  public:
   /// Calls v("name", field_) for every field (drives CLI flags, save, print).
@@ -67,6 +76,7 @@ struct ProjectorOptions {
     v("oversample", oversample_);
     v("seed", seed_);
     v("cache_sketch", cache_sketch_);
+    v("proj_dtype", proj_dtype_);
   }
   template <class V>
   void for_each_field(V&& v) const {
@@ -133,7 +143,8 @@ class Projector {
   at::Tensor left() const;
   /// Q [cols, r] (right or both) or undefined.
   at::Tensor right() const;
-  /// Basis dtype (fp32, or fp64 for fp64 gradients); valid after a refresh.
+  /// Basis dtype (fp32, fp64 for fp64 gradients, the gradient's 16-bit
+  /// dtype under proj_dtype "grad"); valid after a refresh.
   at::ScalarType dtype() const { return dtype_; }
 
   /// The stored basis tensors (empty for uncached sketches).
