@@ -82,7 +82,8 @@ int64_t projection_rank(const CompareOptions& o, int64_t width) {
                                : std::max<int64_t>(1, width / 4);
 }
 // Basis refresh gap: 5 refreshes per run (GaLore's 200 is for 10k+ steps;
-// 50 at compare's default 250 steps, torchrun_main.py's own default).
+// 40 at compare's default 200 steps; 50, torchrun_main.py's own default, at
+// the earlier 250).
 int64_t refresh_gap(int64_t steps) { return std::max<int64_t>(10, steps / 5); }
 
 // The optimizer `name` on every trainable parameter, no weight decay.

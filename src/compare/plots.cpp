@@ -316,7 +316,8 @@ double gib(int64_t b) {
 }
 
 // The memory suite: one panel per model, stacked planned parts per method,
-// the measured peak as a marker, the budgets below the panel's top as lines.
+// the measured peak as a marker, the budgets below the panel's top as lines
+// named on the right axis.
 SuitePlots write_memory_suite(const MemorySuite& mem, const fs::path& dir) {
   SuitePlots sp;
   fs::create_directories(dir / "data");
@@ -354,11 +355,19 @@ SuitePlots write_memory_suite(const MemorySuite& mem, const fs::path& dir) {
     detail::write_text_file((dir / f).string(), d.str());
     std::ostringstream p;
     p << "set title " << quoted("LLaMA " + model) << "\nunset label\n";
+    // Budgets are named on the right axis (a label inside the panel hid the
+    // bars under it).
+    std::string budget_tics;
     for (int64_t b : mem.budgets)
       if (b <= top)
-        p << "set label " << quoted("budget " + format_bytes(b))
-          << " at graph 0.99, first " << num(gib(b))
-          << " right offset 0,0.6 front font ',8' boxed\n";
+        budget_tics += (budget_tics.empty() ? "" : ", ") +
+                       quoted(format_bytes(b)) + " " + num(gib(b));
+    if (budget_tics.empty())
+      p << "unset y2tics; set ytics mirror\n";
+    else
+      p << "set link y2; set y2tics (" << budget_tics
+        << ") font ',8' textcolor rgb '#444444' nomirror; set ytics "
+           "nomirror\n";
     p << "plot ";
     for (int i = 0; i < 5; ++i)
       p << (i ? ", '' using " : quoted(f) + " using ") << i + 2

@@ -274,7 +274,7 @@ void mean_std(const std::vector<double>& v, std::optional<double>& mean,
 
 }  // namespace
 
-// Four times the default budget on the default models, with 4x the
+// Four to five times the default budget on the default models, with 4x the
 // validation batches. The models stay the default sizes so that the learning
 // rates tuned on them (docs/benchmarks/compare.md) still apply.
 CompareOptions& CompareOptions::full() {

@@ -725,6 +725,10 @@ std::string InfoReport::to_string() const {
   double named = 0.0;
   for (const auto& [phase, secs] : phase_seconds) named += secs;
   if (!phase_seconds.empty() && step_seconds > 0.0) {
+    // Three significant digits: seconds of a 7B step, milliseconds of a
+    // small one.
+    o.unsetf(std::ios_base::floatfield);
+    o << std::setprecision(3);
     o << "step phases:     ";
     for (const auto& [phase, secs] : phase_seconds) {
       if (secs <= 0.0) continue;

@@ -328,7 +328,7 @@ TEST(OfficialSettingsTest, TableComparesEachRowWithItsOfficialValue) {
   EXPECT_EQ(rank.used, "16");  // width 64 / 4, as 128 / 512
   EXPECT_NE(rank.note.find("width / 4"), std::string::npos);
   const auto gap = find(rows, "galore-adamw", "galore.update_proj_gap");
-  EXPECT_EQ(gap.used, "50");  // 250 steps / 5
+  EXPECT_EQ(gap.used, "40");  // 200 steps / 5
   EXPECT_NE(gap.note.find("5 refreshes per run"), std::string::npos);
   for (const char* key : {"galore.scale", "galore_adamw.lr"}) {
     const auto t = find(rows, "galore-adamw-tuned", key);
@@ -356,7 +356,7 @@ TEST(OfficialSettingsTest, TableComparesEachRowWithItsOfficialValue) {
   EXPECT_FALSE(find_in("lm", "galore-adamw", "galore.scale").deviates);
   EXPECT_TRUE(find_in("lm", "galore-adamw-tuned", "galore.scale").deviates);
   EXPECT_EQ(find_in("lm", "galore-adamw", "galore.update_proj_gap").used,
-            "20");  // 100 steps / 5
+            "16");  // 80 steps / 5
   // Overrides reach the table, both ways.
   o.overrides = {"snell.sparsity=0.5", "galore.scale=0.250"};
   const auto set = cmp::official_settings(o);

@@ -148,3 +148,17 @@ TEST(ProjectedLinear, InjectUsesSlotOrderAsStream) {
   for (auto& p : net.parameters()) trainable += p.requires_grad() ? 1 : 0;
   EXPECT_EQ(trainable, 4);  // two A's and two biases
 }
+
+// proj_dtype "grad" is GaLore's (the optimizer form); the adapter says so.
+TEST(ProjectedLinear, RefusesProjDtypeGrad) {
+  try {
+    lowmem::projection::ProjectedLinear l(
+        std::make_shared<la::Linear>(8, 6),
+        lp::ProjectorOptions().rank(2).proj_dtype("grad"));
+    ADD_FAILURE() << "proj_dtype grad accepted by the adapter";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("set proj_dtype float32"),
+              std::string::npos)
+        << e.what();
+  }
+}
