@@ -14,15 +14,24 @@ thread_local Scope* t_top = nullptr;
 
 const char* phase_name(Phase p) {
   switch (p) {
-    case Phase::kData: return "data";
-    case Phase::kForward: return "forward";
-    case Phase::kBackward: return "backward";
-    case Phase::kRecompute: return "recompute";
-    case Phase::kDequantize: return "dequantize";
-    case Phase::kProjection: return "projection";
-    case Phase::kOptimizer: return "optimizer";
-    case Phase::kStateQuantize: return "state quantize";
-    case Phase::kCount: break;
+    case Phase::kData:
+      return "data";
+    case Phase::kForward:
+      return "forward";
+    case Phase::kBackward:
+      return "backward";
+    case Phase::kRecompute:
+      return "recompute";
+    case Phase::kDequantize:
+      return "dequantize";
+    case Phase::kProjection:
+      return "projection";
+    case Phase::kOptimizer:
+      return "optimizer";
+    case Phase::kStateQuantize:
+      return "state quantize";
+    case Phase::kCount:
+      break;
   }
   return "?";
 }

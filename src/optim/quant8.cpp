@@ -5,9 +5,8 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
-
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "lowmem/core/check.h"
@@ -45,9 +44,10 @@ class MidpointIndex {
       const uint32_t bits = (k & 0x8000u) ? ((k << 16) | 0xFFFFu) : (k << 16);
       float lo;
       std::memcpy(&lo, &bits, sizeof lo);
-      start_[k] = std::isnan(lo) ? uint8_t{0}
-                                 : static_cast<uint8_t>(
-                                       std::lower_bound(b_, b_ + nb_, lo) - b_);
+      start_[k] =
+          std::isnan(lo)
+              ? uint8_t{0}
+              : static_cast<uint8_t>(std::lower_bound(b_, b_ + nb_, lo) - b_);
     }
   }
   uint8_t operator()(float v) const {

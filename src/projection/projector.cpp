@@ -218,7 +218,8 @@ namespace {
 // Rows (or columns) per chunk when a low-precision matrix is upcast piece by
 // piece: about 1 Mi elements (4 MiB of fp32), at least one.
 int64_t chunk_lines(int64_t line_length) {
-  return std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, line_length));
+  return std::max<int64_t>(
+      1, (int64_t{1} << 20) / std::max<int64_t>(1, line_length));
 }
 
 // Whether g is big enough, and of another dtype than the basis, that
@@ -290,15 +291,16 @@ at::Tensor Projector::expand(const at::Tensor& low) const {
 }
 
 void Projector::add_back_to(at::Tensor& target, const at::Tensor& low) const {
-  LOWMEM_CHECK(target.dim() == 2 && target.size(0) == rows_ &&
-                   target.size(1) == cols_,
-               "[projection] add_back_to expects a [", rows_, ", ", cols_,
-               "] target, got ", target.sizes());
+  LOWMEM_CHECK(
+      target.dim() == 2 && target.size(0) == rows_ && target.size(1) == cols_,
+      "[projection] add_back_to expects a [", rows_, ", ", cols_,
+      "] target, got ", target.sizes());
   if (side_ == Side::kBoth || target.numel() <= (int64_t{1} << 20)) {
     target.add_(project_back(low).to(target.scalar_type()));
     return;
   }
-  LOWMEM_CHECK(has_basis(), "[projection] add_back_to() before the first refresh");
+  LOWMEM_CHECK(has_basis(),
+               "[projection] add_back_to() before the first refresh");
   const auto want = low_rank_shape();
   LOWMEM_CHECK(low.sizes() == at::IntArrayRef(want),
                "[projection] expected a low-rank tensor of shape ",
@@ -312,9 +314,8 @@ void Projector::add_back_to(at::Tensor& target, const at::Tensor& low) const {
   const int64_t step = chunk_lines(cols_);
   for (int64_t r0 = 0; r0 < rows_; r0 += step) {
     const int64_t n = std::min(step, rows_ - r0);
-    at::Tensor part = side_ == Side::kRight
-                          ? at::mm(x.narrow(0, r0, n), basis)
-                          : at::mm(basis.narrow(0, r0, n), x);
+    at::Tensor part = side_ == Side::kRight ? at::mm(x.narrow(0, r0, n), basis)
+                                            : at::mm(basis.narrow(0, r0, n), x);
     if (options_.scale() != 1.0) part.mul_(options_.scale());
     target.narrow(0, r0, n).add_(part.to(target.scalar_type()));
   }

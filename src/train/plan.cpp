@@ -127,7 +127,7 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
   const int64_t e = static_cast<int64_t>(q.p.element_size());
   // The basis's element size: fp32 (fp64 for fp64), or the gradient's own
   // 16-bit dtype under proj_dtype "grad".
-  const int64_t f = q.p.scalar_type() == at::kDouble ? 8
+  const int64_t f = q.p.scalar_type() == at::kDouble       ? 8
                     : (o.proj_dtype() == "grad" && e == 2) ? 2
                                                            : 4;
   // Large one-sided projections upcast the gradient and add the update back
@@ -139,10 +139,10 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
   const int64_t block_cols =
       std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, m));
   const int64_t apply_block = blocked ? std::min(m, block_rows) * n : m * n;
-  const int64_t project_block =
-      !blocked ? m * n
-      : pr.side() == projection::Side::kRight ? std::min(m, block_rows) * n
-                                              : m * std::min(n, block_cols);
+  const int64_t project_block = !blocked ? m * n
+                                : pr.side() == projection::Side::kRight
+                                    ? std::min(m, block_rows) * n
+                                    : m * std::min(n, block_cols);
   const auto low_shape = pr.low_rank_shape();
   const at::Tensor low =
       at::empty(low_shape, at::TensorOptions()
@@ -174,8 +174,7 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
       sketch
           ? basis + (f == fc ? 0 : basis / f * fc)
           : refresh_upcast + m * n * fc + (m + n) * k * fc +
-                (3 * k * k + std::max(std::max(m, n), 4 * k * k + 4 * k)) *
-                    fc;
+                (3 * k * k + std::max(std::max(m, n), 4 * k * k + 4 * k)) * fc;
 }
 
 // A parameter stepped directly by optimizer `kind`.

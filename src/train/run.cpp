@@ -577,6 +577,28 @@ double gemm_gflops(at::ScalarType dtype, c10::Device device, int64_t n = 2048) {
   return best;
 }
 
+// FLOPs of the step: tokens x the model's training FLOPs per token (LLaMA
+// and GPT count theirs; other models leave 0).
+void count_step_flops(Session& session, const Config& config,
+                      const StepResult& step, InfoReport& r) {
+  if (session.unit != "tokens" || step.items <= 0) return;
+  // Text batches are batch_size rows of one sequence length.
+  const int64_t rows =
+      std::max<int64_t>(1, config.batch_size * config.accum_steps);
+  const int64_t seq_len = std::max<int64_t>(1, step.items / rows);
+  double per_token = 0.0;
+  bool checkpointing = false;
+  if (auto* l = dynamic_cast<models::Llama*>(session.model.get())) {
+    per_token = l->flops_per_token(seq_len);
+    checkpointing = l->config().activation_checkpointing();
+  } else if (auto* g = dynamic_cast<models::GPT*>(session.model.get())) {
+    per_token = g->flops_per_token(seq_len);
+    checkpointing = g->config().activation_checkpointing();
+  }
+  r.model_flops = per_token * static_cast<double>(step.items);
+  r.step_flops = r.model_flops * (checkpointing ? 4.0 / 3.0 : 1.0);
+}
+
 }  // namespace
 
 InfoReport info(const Config& config, bool measure_gemm) {
@@ -658,24 +680,7 @@ InfoReport info(const Config& config, bool measure_gemm) {
     r.phase_seconds.emplace_back(
         profile::phase_name(static_cast<profile::Phase>(i)), phases.seconds[i]);
   t.set_step_probe({});
-  // FLOPs of the step: tokens x the model's training FLOPs per token.
-  if (session->unit == "tokens" && step.items > 0) {
-    // Text batches are batch_size rows of one sequence length.
-    const int64_t rows =
-        std::max<int64_t>(1, config.batch_size * config.accum_steps);
-    const int64_t seq_len = std::max<int64_t>(1, step.items / rows);
-    double per_token = 0.0;
-    bool checkpointing = false;
-    if (auto* l = dynamic_cast<models::Llama*>(session->model.get())) {
-      per_token = l->flops_per_token(seq_len);
-      checkpointing = l->config().activation_checkpointing();
-    } else if (auto* g = dynamic_cast<models::GPT*>(session->model.get())) {
-      per_token = g->flops_per_token(seq_len);
-      checkpointing = g->config().activation_checkpointing();
-    }
-    r.model_flops = per_token * static_cast<double>(step.items);
-    r.step_flops = r.model_flops * (checkpointing ? 4.0 / 3.0 : 1.0);
-  }
+  count_step_flops(*session, config, step, r);
   r.peak_step_bytes = scope ? scope->peak_delta() : 0;
   r.peak_rss_bytes = MemoryTracker::peak_rss_bytes();
   for (const auto& route : session->routes) {
@@ -748,8 +753,8 @@ std::string InfoReport::to_string() const {
     o << "GEMM rate:        " << gemm_fp32_gflops << " GFLOP/s float32, "
       << gemm_bf16_gflops << " GFLOP/s bfloat16 (2048^3, this process)";
     if (step_flops > 0.0) {
-      const double bound = step_flops / (std::max(gemm_fp32_gflops,
-                                                   gemm_bf16_gflops) * 1e9);
+      const double bound =
+          step_flops / (std::max(gemm_fp32_gflops, gemm_bf16_gflops) * 1e9);
       o << "; the step's FLOPs at the faster rate take " << bound
         << " s, the step took " << step_seconds / bound << "x that";
     }

@@ -15,7 +15,10 @@ void sleep_ms(int ms) {
 TEST(Profile, OffByDefaultAndCountsNothing) {
   set_enabled(false);
   reset();
-  { Scope s(Phase::kForward); sleep_ms(2); }
+  {
+    Scope s(Phase::kForward);
+    sleep_ms(2);
+  }
   const Totals t = totals();
   EXPECT_EQ(t.calls[static_cast<int>(Phase::kForward)], 0);
   EXPECT_EQ(t.seconds[static_cast<int>(Phase::kForward)], 0.0);
@@ -31,9 +34,15 @@ TEST(Profile, NestedScopesCountExclusiveTime) {
     {
       Scope recompute(Phase::kRecompute);
       sleep_ms(30);
-      { Scope dq(Phase::kDequantize); sleep_ms(10); }
+      {
+        Scope dq(Phase::kDequantize);
+        sleep_ms(10);
+      }
     }
-    { Scope opt(Phase::kOptimizer); sleep_ms(10); }
+    {
+      Scope opt(Phase::kOptimizer);
+      sleep_ms(10);
+    }
   }
   const double wall =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)

@@ -133,12 +133,14 @@ TEST(Q8Quantize, CpuKernelEqualsTensorOps) {
     x[8 * B + nm] = 1.0f;
     x[9 * B + nm] = 1.0f;
     const auto q = BlockwiseQ8::quantize(x, is_signed);
-    const auto padded = torch::cat({x, torch::zeros({98 * B - n})}).view({98, B});
+    const auto padded =
+        torch::cat({x, torch::zeros({98 * B - n})}).view({98, B});
     const auto am = padded.abs().amax(1);
     const auto scaled =
         (padded * am.clamp_min(1e-38).reciprocal().unsqueeze(1)).clamp(-1, 1);
     const auto codes =
-        torch::bucketize(scaled, lowmem::code_midpoints(lo::dynamic_map(is_signed)),
+        torch::bucketize(scaled,
+                         lowmem::code_midpoints(lo::dynamic_map(is_signed)),
                          /*out_int32=*/true)
             .to(torch::kByte)
             .view(-1)
@@ -146,9 +148,9 @@ TEST(Q8Quantize, CpuKernelEqualsTensorOps) {
     EXPECT_TRUE(torch::equal(q.absmax, am)) << is_signed;
     EXPECT_TRUE(torch::equal(q.codes.view(-1), codes)) << is_signed;
     const auto block = torch::div(torch::arange(n), B, "floor");
-    const auto values = lo::dynamic_map(is_signed).index_select(
-                            0, codes.to(torch::kLong)) *
-                        am.index_select(0, block);
+    const auto values =
+        lo::dynamic_map(is_signed).index_select(0, codes.to(torch::kLong)) *
+        am.index_select(0, block);
     EXPECT_TRUE(torch::equal(q.dequantize(), values)) << is_signed;
   }
   // A NaN in one block: the tensor ops decide (no crash); the other blocks
@@ -158,7 +160,8 @@ TEST(Q8Quantize, CpuKernelEqualsTensorOps) {
   with_nan[B + 3] = std::numeric_limits<float>::quiet_NaN();
   const auto q = BlockwiseQ8::quantize(with_nan, true);
   const auto clean = BlockwiseQ8::quantize(x, true);
-  EXPECT_TRUE(torch::equal(q.codes.slice(0, 2 * B), clean.codes.slice(0, 2 * B)));
+  EXPECT_TRUE(
+      torch::equal(q.codes.slice(0, 2 * B), clean.codes.slice(0, 2 * B)));
   EXPECT_TRUE(std::isnan(q.absmax[1].item<float>()));
 }
 

@@ -196,10 +196,10 @@ TEST(Projector, ForEachFieldVisitsEveryField) {
   lp::ProjectorOptions o;
   std::vector<std::string> names;
   o.for_each_field([&](const char* n, auto&) { names.emplace_back(n); });
-  EXPECT_EQ(names, (std::vector<std::string>{"rank", "update_proj_gap", "scale",
-                                             "proj_type", "basis", "power_iters",
-                                             "oversample", "seed",
-                                             "cache_sketch", "proj_dtype"}));
+  EXPECT_EQ(names, (std::vector<std::string>{
+                       "rank", "update_proj_gap", "scale", "proj_type", "basis",
+                       "power_iters", "oversample", "seed", "cache_sketch",
+                       "proj_dtype"}));
 }
 
 namespace lowmem::projection {
@@ -212,8 +212,12 @@ TEST(Projector, BlockwiseUpcastEqualsWholeMatrix) {
   for (const char* type : {"right", "left"}) {
     for (const char* basis : {"gaussian", "svd"}) {
       const int64_t m = 1536, n = 1100;  // > 1 Mi elements: the blocked path
-      auto opts = ProjectorOptions().rank(8).proj_type(type).basis(basis)
-                      .scale(0.25).cache_sketch(false);
+      auto opts = ProjectorOptions()
+                      .rank(8)
+                      .proj_type(type)
+                      .basis(basis)
+                      .scale(0.25)
+                      .cache_sketch(false);
       Projector p(opts, m, n, /*stream=*/3);
       torch::manual_seed(7);
       const at::Tensor g = torch::randn({m, n}).to(torch::kBFloat16);
@@ -272,8 +276,8 @@ TEST(Projector, ProjDtypeGradFollowsTheGradient) {
     const at::Tensor low = grad.project(g);
     EXPECT_EQ(low.scalar_type(), torch::kBFloat16);
     EXPECT_TRUE(torch::equal(low, at::matmul(g, grad.right()))) << basis;
-    EXPECT_TRUE(torch::allclose(low.to(torch::kFloat), fp32.project(g), 0.05,
-                                0.05))
+    EXPECT_TRUE(
+        torch::allclose(low.to(torch::kFloat), fp32.project(g), 0.05, 0.05))
         << basis;
     at::Tensor w = torch::zeros({64, 40}, torch::kBFloat16);
     grad.add_back_to(w, low);

@@ -3,9 +3,9 @@
 
 #include <filesystem>
 
+#include "lowmem/core/profile.h"
 #include "lowmem/models/llama.h"
 #include "lowmem/train/config.h"
-#include "lowmem/core/profile.h"
 #include "lowmem/train/run.h"
 
 namespace lowmem::train {

@@ -1,10 +1,11 @@
 // Where a training step's time goes: a per-phase wall-clock profile.
 //
-// Code marks a phase with a scope (`profile::Scope s(profile::Phase::kForward)`);
-// while profiling is on, each scope adds its *exclusive* wall time (nested
-// scopes on the same thread pause their parent) to a process-wide total per
-// phase, so the phases of one step add up to at most its wall time and the
-// rest is "other". Off by default: a scope then costs one relaxed atomic load.
+// Code marks a phase with a scope (`profile::Scope
+// s(profile::Phase::kForward)`); while profiling is on, each scope adds its
+// *exclusive* wall time (nested scopes on the same thread pause their parent)
+// to a process-wide total per phase, so the phases of one step add up to at
+// most its wall time and the rest is "other". Off by default: a scope then
+// costs one relaxed atomic load.
 //
 // The phases are the ones issue 18 asks to see for big steps: forward,
 // recompute (activation checkpointing's second forward, inside backward),

@@ -6,10 +6,10 @@
 // Deviations from the official code: by default (proj_dtype "float32") the
 // basis is kept in fp32 (fp64 for fp64 gradients) instead of the gradient
 // dtype and the gradient is upcast before the projection matmul
-// (proj_dtype "grad" is the official behaviour), project_back picks its side from the stored basis (not
-// from the low-rank tensor's shape, which breaks reverse_std when m < n, r =
-// m), and the rank is clamped to min(m, n) as the official slicing does
-// silently.
+// (proj_dtype "grad" is the official behaviour), project_back picks its side
+// from the stored basis (not from the low-rank tensor's shape, which breaks
+// reverse_std when m < n, r = m), and the rank is clamped to min(m, n) as the
+// official slicing does silently.
 #pragma once
 
 #include <ATen/core/Tensor.h>
