@@ -53,6 +53,13 @@ std::vector<std::string> hostile_inputs(const std::string& name) {
       out.push_back(file + header);
     }
   }
+  if (name == "adapter_config") {
+    // Integer fields as huge floats or unsigned values (a libFuzzer find:
+    // the JSON library's float-to-integer conversion is undefined there).
+    for (const char* v : {"3.2e128", "-1e300", "18446744073709551615", "1e19"})
+      out.push_back(std::string("{\"peft_type\": \"LOTR\", \"rank\": ") + v +
+                    ", \"target_modules\": [\"q\"]}");
+  }
   if (name == "safetensors_index") {
     // A 1 MB shard name: the regex it was once matched with recursed per
     // character.
