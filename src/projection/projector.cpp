@@ -222,13 +222,19 @@ int64_t chunk_lines(int64_t line_length) {
       1, (int64_t{1} << 20) / std::max<int64_t>(1, line_length));
 }
 
-// Whether g is big enough, and of another dtype than the basis, that
-// upcasting it whole would allocate a full-size temporary worth avoiding.
-bool chunked(const at::Tensor& g, at::ScalarType basis) {
-  return g.scalar_type() != basis && g.numel() > (int64_t{1} << 20);
+}  // namespace
+
+bool Projector::blocked() const {
+  return side_ != Side::kBoth && rows_ * cols_ > (int64_t{1} << 20);
 }
 
-}  // namespace
+int64_t Projector::block_rows() const {
+  return blocked() ? std::min(rows_, chunk_lines(cols_)) : rows_;
+}
+
+int64_t Projector::block_cols() const {
+  return blocked() ? std::min(cols_, chunk_lines(rows_)) : cols_;
+}
 
 at::Tensor Projector::project(const at::Tensor& g) const {
   LOWMEM_CHECK(has_basis(), "[projection] project() before the first refresh");
@@ -239,11 +245,11 @@ at::Tensor Projector::project(const at::Tensor& g) const {
   // A bf16/fp16 gradient is upcast a block at a time (rows for G Q, columns
   // for P^T G): the same products as upcasting it whole, without a
   // full-size fp32 copy (for a 4096 x 11008 weight, 180 MB per call).
-  if (side_ != Side::kBoth && chunked(g, dtype_)) {
+  if (blocked() && g.scalar_type() != dtype_) {
     at::Tensor out = at::empty(low_rank_shape(), g.options().dtype(dtype_));
     if (side_ == Side::kRight) {
       const at::Tensor q = right();
-      const int64_t step = chunk_lines(cols_);
+      const int64_t step = block_rows();
       for (int64_t r0 = 0; r0 < rows_; r0 += step) {
         const int64_t n = std::min(step, rows_ - r0);
         at::Tensor rows = out.narrow(0, r0, n);
@@ -251,7 +257,7 @@ at::Tensor Projector::project(const at::Tensor& g) const {
       }
     } else {
       const at::Tensor pt = left().t();
-      const int64_t step = chunk_lines(rows_);
+      const int64_t step = block_cols();
       for (int64_t c0 = 0; c0 < cols_; c0 += step) {
         const int64_t n = std::min(step, cols_ - c0);
         out.narrow(1, c0, n).copy_(at::mm(pt, g.narrow(1, c0, n).to(dtype_)));
@@ -295,7 +301,7 @@ void Projector::add_back_to(at::Tensor& target, const at::Tensor& low) const {
       target.dim() == 2 && target.size(0) == rows_ && target.size(1) == cols_,
       "[projection] add_back_to expects a [", rows_, ", ", cols_,
       "] target, got ", target.sizes());
-  if (side_ == Side::kBoth || target.numel() <= (int64_t{1} << 20)) {
+  if (!blocked()) {
     target.add_(project_back(low).to(target.scalar_type()));
     return;
   }
@@ -311,7 +317,7 @@ void Projector::add_back_to(at::Tensor& target, const at::Tensor& low) const {
   // full-size temporary, in the basis dtype or any other).
   const at::Tensor x = low.to(dtype_);
   const at::Tensor basis = side_ == Side::kRight ? right().t() : left();
-  const int64_t step = chunk_lines(cols_);
+  const int64_t step = block_rows();
   for (int64_t r0 = 0; r0 < rows_; r0 += step) {
     const int64_t n = std::min(step, rows_ - r0);
     at::Tensor part = side_ == Side::kRight ? at::mm(x.narrow(0, r0, n), basis)

@@ -131,18 +131,11 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
                     : (o.proj_dtype() == "grad" && e == 2) ? 2
                                                            : 4;
   // Large one-sided projections upcast the gradient and add the update back
-  // in blocks of about 2^20 elements (Projector::project, add_back_to).
-  const bool blocked =
-      pr.side() != projection::Side::kBoth && m * n > (int64_t{1} << 20);
-  const int64_t block_rows =
-      std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, n));
-  const int64_t block_cols =
-      std::max<int64_t>(1, (int64_t{1} << 20) / std::max<int64_t>(1, m));
-  const int64_t apply_block = blocked ? std::min(m, block_rows) * n : m * n;
-  const int64_t project_block = !blocked ? m * n
-                                : pr.side() == projection::Side::kRight
-                                    ? std::min(m, block_rows) * n
-                                    : m * std::min(n, block_cols);
+  // a block at a time (Projector::blocked, block_rows, block_cols).
+  const int64_t apply_block = pr.block_rows() * n;
+  const int64_t project_block = pr.side() == projection::Side::kLeft
+                                    ? m * pr.block_cols()
+                                    : pr.block_rows() * n;
   const auto low_shape = pr.low_rank_shape();
   const at::Tensor low =
       at::empty(low_shape, at::TensorOptions()

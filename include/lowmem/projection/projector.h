@@ -136,6 +136,14 @@ class Projector {
   /// rows at a time when target is bf16/fp16 and large (no full-size fp32
   /// temporary); target is [rows, cols] and written in place.
   void add_back_to(at::Tensor& target, const at::Tensor& low) const;
+  /// Whether project's upcast and add_back_to work a block at a time (a
+  /// one-sided projection of more than 2^20 elements), and the block: rows
+  /// of the matrix (G Q, the update added back) or columns (P^T G); the
+  /// whole rows() / cols() when not blocked. lowmem plan sizes the
+  /// temporaries from these.
+  bool blocked() const;
+  int64_t block_rows() const;
+  int64_t block_cols() const;
   /// low_rank_shape() -> [rows, cols] without the scale.
   at::Tensor expand(const at::Tensor& low) const;
 
