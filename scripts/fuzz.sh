@@ -10,7 +10,10 @@
 #   scripts/fuzz.sh                 # every target, 60 s each
 #   scripts/fuzz.sh 600 safetensors # one target, 10 minutes
 #   RUNS=10000000 scripts/fuzz.sh 0 manifest   # a fixed number of executions
-#   PARALLEL=2 scripts/fuzz.sh      # two targets at a time (scripts/test.sh)
+#   PARALLEL=2 scripts/fuzz.sh      # two targets at a time
+#   SEED=1 RUNS=100000 PARALLEL=2 scripts/fuzz.sh 0   # scripts/test.sh (CI):
+#                                   # a fixed seed and count (the same work on
+#                                   # any machine), from the seeds alone
 #
 # Prints "<target>: <executions> executions, <crashes> crashes ..." per
 # target; exits non-zero when any target failed or found a crash.
@@ -48,10 +51,16 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 run_target() {
   local t=$1
   local corpus="$BUILD/corpus/$t"
+  if [ -n "${SEED:-}" ]; then
+    rm -rf "$corpus"  # a fixed seed starts from the seeds alone: reproducible
+  fi
   mkdir -p "$corpus"
   cp -n fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
   local args=(-max_len=65536 -timeout=20 -rss_limit_mb="${RSS_LIMIT_MB:-4096}"
               -artifact_prefix="$BUILD/artifacts/$t-" -print_final_stats=1)
+  if [ -n "${SEED:-}" ]; then
+    args+=(-seed="$SEED")
+  fi
   if [ -n "${RUNS:-}" ]; then
     args+=(-runs="$RUNS")
   else

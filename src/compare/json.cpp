@@ -1,4 +1,6 @@
 // results.json, results.csv and curves.csv (schema: docs/compare.md).
+#include "lowmem/core/json.h"
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -9,6 +11,7 @@
 
 #include "internal.h"
 #include "lowmem/core/check.h"
+#include "lowmem/core/input.h"
 #include "lowmem/io/atomic_file.h"
 
 namespace lowmem::compare {
@@ -180,17 +183,26 @@ std::string results_to_json(const CompareResults& res) {
 }
 
 CompareResults results_from_json(const std::string& text) {
-  json j = json::parse(text);
-  LOWMEM_CHECK(j.value("schema", "") == "lowmem.compare",
-               "[compare] not a lowmem compare results file (schema '",
-               j.value("schema", ""), "')");
-  const int v = j.at("schema_version").get<int>();
+  JsonLimits limits;
+  limits.max_bytes = 256ull << 20;  // curves of many methods and seeds
+  const json j = parse_json(text, "compare results", limits);
+  const std::string schema =
+      json_string_or(j, "schema", "", "[compare] results");
+  LOWMEM_CHECK(schema == "lowmem.compare",
+               "[compare] not a lowmem compare results file (schema ",
+               quote(schema), ")");
+  const int64_t v = json_int_or(j, "schema_version", -1, "[compare] results");
   LOWMEM_CHECK(v == kSchemaVersion, "[compare] results schema_version ", v,
                " is not the supported version ", kSchemaVersion);
-  CompareResults r = detail::from_json<CompareResults>(j);
-  for (const auto& m : j.at("methods"))
-    r.methods.push_back(detail::method_from(m));
-  return r;
+  try {
+    CompareResults r = detail::from_json<CompareResults>(j);
+    for (const auto& m : j.at("methods"))
+      r.methods.push_back(detail::method_from(m));
+    return r;
+  } catch (const json::exception& e) {
+    LOWMEM_CHECK(false, "[compare] results file: ", quote(e.what()));
+  }
+  return {};
 }
 
 void write_results_json(const CompareResults& results,

@@ -183,4 +183,57 @@ std::string clip_json(const json& value, size_t max_bytes) {
   return out + "...";
 }
 
+const json* json_member(const json& object, const char* key,
+                        std::string_view where) {
+  LOWMEM_CHECK(object.is_object(), where, ": expected a JSON object, got ",
+               clip_json(object));
+  auto it = object.find(key);
+  return it == object.end() || it->is_null() ? nullptr : &*it;
+}
+
+namespace {
+
+// Always throws (callers' following get<>() is never reached).
+void wrong_type(std::string_view where, const char* key, const char* kind,
+                const json& value) {
+  LOWMEM_CHECK(false, where, ": \"", key, "\" must be ", kind, ", got ",
+               clip_json(value));
+}
+
+}  // namespace
+
+bool json_bool_or(const json& object, const char* key, bool fallback,
+                  std::string_view where) {
+  const json* v = json_member(object, key, where);
+  if (v == nullptr) return fallback;
+  if (!v->is_boolean()) wrong_type(where, key, "a boolean", *v);
+  return v->get<bool>();
+}
+
+std::string json_string_or(const json& object, const char* key,
+                           std::string_view fallback, std::string_view where) {
+  const json* v = json_member(object, key, where);
+  if (v == nullptr) return std::string(fallback);
+  if (!v->is_string()) wrong_type(where, key, "a string", *v);
+  return v->get<std::string>();
+}
+
+int64_t json_int_or(const json& object, const char* key, int64_t fallback,
+                    std::string_view where) {
+  const json* v = json_member(object, key, where);
+  if (v == nullptr) return fallback;
+  if (!v->is_number_integer()) wrong_type(where, key, "an integer", *v);
+  if (v->is_number_unsigned() &&
+      v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+    wrong_type(where, key, "an integer below 2^63", *v);
+  }
+  return v->get<int64_t>();
+}
+
+json json_any_or_null(const json& object, const char* key,
+                      std::string_view where) {
+  const json* v = json_member(object, key, where);
+  return v == nullptr ? json() : *v;
+}
+
 }  // namespace lowmem

@@ -248,7 +248,7 @@ std::shared_ptr<const text::ChatTemplate> load_chat_template(
                    ": chat_template must be a string or a list of "
                    "{\"name\", \"template\"}");
       for (const auto& t : *it) {
-        if (t.is_object() && t.value("name", "") == "default" &&
+        if (t.is_object() && t.contains("name") && t["name"] == "default" &&
             t.contains("template") && t["template"].is_string())
           src = t["template"].get<std::string>();
       }

@@ -19,6 +19,8 @@
 namespace lowmem::interop {
 namespace {
 
+constexpr const char* kWhere = "[interop] GGUF export: tokenizer.json";
+
 using io::GgufValue;
 using io::GgufValueType;
 using json = nlohmann::json;
@@ -61,7 +63,7 @@ bool is_byte_token(const std::string& t) {
 // Every component of `j` (following Sequence lists) of `type`.
 void collect(const json& j, const std::string& type, std::vector<json>& out) {
   if (!j.is_object()) return;
-  if (j.value("type", "") == type) out.push_back(j);
+  if (json_string_or(j, "type", "", kWhere) == type) out.push_back(j);
   for (const char* list : {"pretokenizers", "normalizers", "decoders"}) {
     if (auto it = j.find(list); it != j.end() && it->is_array()) {
       for (const json& c : *it) collect(c, type, out);
@@ -83,14 +85,16 @@ std::string pre_tokenizer_name(const json& pipeline,
   collect(field(pipeline, "pre_tokenizer"), "ByteLevel", byte_level);
   if (splits.empty()) {
     const bool regex =
-        !byte_level.empty() && byte_level.front().value("use_regex", true);
+        !byte_level.empty() &&
+        json_bool_or(byte_level.front(), "use_regex", true, kWhere);
     LOWMEM_CHECK(regex,
                  "[interop] GGUF export: the byte-level tokenizer has "
                  "no split pattern llama.cpp knows; name it with --pre");
     return "gpt-2";
   }
-  const json pattern = splits.front().value("pattern", json::object());
-  const std::string regex = pattern.value("Regex", "");
+  const json* pattern = json_member(splits.front(), "pattern", kWhere);
+  const std::string regex =
+      pattern == nullptr ? "" : json_string_or(*pattern, "Regex", "", kWhere);
   for (const auto& [known, name] : kPreTokenizers) {
     if (splits.size() == 1 && regex == known) return name;
   }
@@ -112,14 +116,14 @@ std::string tokenizer_model(const text::Tokenizer& tok, const json& pipeline) {
       "supported yet (its piece scores are not read); use the "
       "model's tokenizer.json");
   const json& model = field(pipeline, "model");
-  LOWMEM_CHECK(model.value("type", "") == "BPE",
+  LOWMEM_CHECK(json_string_or(model, "type", "", kWhere) == "BPE",
                "[interop] GGUF export supports BPE tokenizers, got ",
-               quote(model.value("type", "?")));
+               quote(json_string_or(model, "type", "?", kWhere)));
   if (has(field(pipeline, "pre_tokenizer"), "ByteLevel") ||
       has(field(pipeline, "decoder"), "ByteLevel")) {
     return "gpt2";
   }
-  LOWMEM_CHECK(model.value("byte_fallback", false),
+  LOWMEM_CHECK(json_bool_or(model, "byte_fallback", false, kWhere),
                "[interop] GGUF export: a BPE tokenizer that is neither "
                "byte-level nor byte-fallback (sentencepiece-style) has no "
                "llama.cpp vocabulary type");
@@ -132,14 +136,15 @@ bool adds_space_prefix(const json& pipeline) {
   std::vector<json> found;
   collect(field(pipeline, "normalizer"), "Prepend", found);
   for (const json& p : found) {
-    if (p.value("prepend", "") == "\xE2\x96\x81") return true;
+    if (json_string_or(p, "prepend", "", kWhere) == "\xE2\x96\x81") return true;
   }
   found.clear();
   collect(field(pipeline, "pre_tokenizer"), "Metaspace", found);
   for (const json& p : found) {
-    const std::string scheme = p.value("prepend_scheme", "");
+    const std::string scheme = json_string_or(p, "prepend_scheme", "", kWhere);
     if (scheme == "always" || scheme == "first") return true;
-    if (scheme.empty() && p.value("add_prefix_space", false)) return true;
+    if (scheme.empty() && json_bool_or(p, "add_prefix_space", false, kWhere))
+      return true;
   }
   return false;
 }
@@ -155,7 +160,8 @@ Vocabulary vocabulary(const text::Tokenizer& tok, const json& pipeline,
   std::map<int64_t, bool> added;  // id -> special
   if (field(pipeline, "added_tokens").is_array()) {
     for (const json& a : field(pipeline, "added_tokens")) {
-      added[a.value("id", int64_t{-1})] = a.value("special", false);
+      added[json_int_or(a, "id", -1, kWhere)] =
+          json_bool_or(a, "special", false, kWhere);
     }
   }
   Vocabulary v;

@@ -612,8 +612,14 @@ class StripDecoder final : public Decoder {
  public:
   StripDecoder(const json& j, const char* where)
       : content_(get_char(j, "content", where)) {
-    start_ = member(j, "start", where).get<int64_t>();
-    stop_ = member(j, "stop", where).get<int64_t>();
+    const json& start = member(j, "start", where);
+    const json& stop = member(j, "stop", where);
+    LOWMEM_CHECK(start.is_number_integer() && stop.is_number_integer(),
+                 "[text] tokenizer.json ", where,
+                 ": start/stop must be integers, got ", clip_json(start), ", ",
+                 clip_json(stop));
+    start_ = start.get<int64_t>();
+    stop_ = stop.get<int64_t>();
     LOWMEM_CHECK(start_ >= 0 && stop_ >= 0, "[text] tokenizer.json ", where,
                  ": negative start/stop");
   }

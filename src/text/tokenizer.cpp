@@ -155,7 +155,7 @@ std::string describe_component(const json& j) {
   if (j.is_null()) {
     return "none";
   }
-  std::string t = j.value("type", std::string("?"));
+  std::string t = json_string_or(j, "type", "?", "[text] tokenizer.json");
   const char* list = t == "Sequence"
                          ? (j.contains("normalizers")     ? "normalizers"
                             : j.contains("pretokenizers") ? "pretokenizers"
@@ -177,7 +177,7 @@ std::string pipeline_json_of(const json& root) {
   json p = json::object();
   for (const char* key : {"added_tokens", "normalizer", "pre_tokenizer",
                           "post_processor", "decoder"}) {
-    p[key] = root.value(key, json());
+    p[key] = json_any_or_null(root, key, "[text] tokenizer.json");
   }
   json model = json::object();
   if (auto it = root.find("model"); it != root.end() && it->is_object()) {
@@ -256,11 +256,12 @@ int64_t read_added_tokens(Tokenizer::Impl& m, const json& root,
                    detail::quote_for_error(t.content), "' has id ", raw_id,
                    ", outside [0, ", limits.max_vocab(), ")");
       t.id = static_cast<TokenId>(raw_id);
-      t.special = a.value("special", false);
-      t.single_word = a.value("single_word", false);
-      t.lstrip = a.value("lstrip", false);
-      t.rstrip = a.value("rstrip", false);
-      t.normalized = a.value("normalized", !t.special);
+      const char* flags = "[text] tokenizer.json: an added token";
+      t.special = json_bool_or(a, "special", false, flags);
+      t.single_word = json_bool_or(a, "single_word", false, flags);
+      t.lstrip = json_bool_or(a, "lstrip", false, flags);
+      t.rstrip = json_bool_or(a, "rstrip", false, flags);
+      t.normalized = json_bool_or(a, "normalized", !t.special, flags);
       if (t.content.empty()) {
         continue;  // the crate ignores empty added tokens
       }
@@ -296,7 +297,7 @@ void build_post_processor(Tokenizer::Impl& m, const json& root) {
   // add_bos_token/add_eos_token (transformers' update_post_processor; their
   // defaults True/False).
   m.post = detail::make_post_processor(
-      root.value("post_processor", json()),
+      json_any_or_null(root, "post_processor", "[text] tokenizer.json"),
       [&m](const std::string& s) { return m.find(s); });
   const std::string& cls = m.config.tokenizer_class;
   const bool rebuilds =
@@ -333,7 +334,8 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
   const json& model = detail::member(root, "model", "root");
   LOWMEM_CHECK(model.is_object(),
                "[text] tokenizer.json: \"model\" is not an object");
-  std::string type = model.value("type", std::string());
+  std::string type =
+      json_string_or(model, "type", "", "[text] tokenizer.json model");
   if (type.empty() && loaded.has_merges) {
     type = "BPE";  // older files omit the model type (the crate infers it)
   }
@@ -359,10 +361,12 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
   loaded.merges.clear();
   loaded.merges.shrink_to_fit();
 
-  m.normalizer = detail::make_normalizer(root.value("normalizer", json()));
-  m.pre_tokenizer =
-      detail::make_pre_tokenizer(root.value("pre_tokenizer", json()));
-  m.decoder = detail::make_decoder(root.value("decoder", json()));
+  m.normalizer = detail::make_normalizer(
+      json_any_or_null(root, "normalizer", "[text] tokenizer.json"));
+  m.pre_tokenizer = detail::make_pre_tokenizer(
+      json_any_or_null(root, "pre_tokenizer", "[text] tokenizer.json"));
+  m.decoder = detail::make_decoder(
+      json_any_or_null(root, "decoder", "[text] tokenizer.json"));
 
   // Added tokens (tokenizer/added_vocabulary.rs).
   int64_t max_id =
@@ -387,10 +391,14 @@ void build_json_pipeline(Tokenizer::Impl& m, detail::LoadedJson loaded,
   if (opt.byte_fallback) s << " (byte fallback)";
   s << ", " << m.bpe->vocab_entries() << " tokens + " << m.added.size()
     << " added, " << m.bpe->merge_count() << " merges; normalizer "
-    << describe_component(root.value("normalizer", json()))
+    << describe_component(
+           json_any_or_null(root, "normalizer", "[text] tokenizer.json"))
     << ", pre-tokenizer "
-    << describe_component(root.value("pre_tokenizer", json())) << ", decoder "
-    << describe_component(root.value("decoder", json()));
+    << describe_component(
+           json_any_or_null(root, "pre_tokenizer", "[text] tokenizer.json"))
+    << ", decoder "
+    << describe_component(
+           json_any_or_null(root, "decoder", "[text] tokenizer.json"));
   m.summary = s.str();
   m.pipeline_json = pipeline_json_of(root);
 }

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <random>
 #include <string>
@@ -37,6 +38,42 @@ std::vector<std::string> seeds_of(const std::string& name) {
   return out;
 }
 
+// Each JSON literal of a seed (true, false, null, a number, a string value)
+// swapped, one at a time, for a value of another type: a reader that asks the
+// JSON library for a typed member without checking its type first leaks the
+// library's own type_error (a libFuzzer find in CI: tokenizer.json's added
+// token with "special": <a number>).
+std::vector<std::string> type_swaps(const std::vector<std::string>& seeds) {
+  constexpr size_t kPerSeed = 300;
+  std::vector<std::string> out;
+  for (const std::string& s : seeds) {
+    size_t made = 0;
+    for (size_t at = 0; at < s.size() && made < kPerSeed; ++at) {
+      size_t len = 0;
+      if (s.compare(at, 4, "true") == 0 || s.compare(at, 4, "null") == 0) {
+        len = 4;
+      } else if (s.compare(at, 5, "false") == 0) {
+        len = 5;
+      } else if (at > 0 && (s[at - 1] == ' ' || s[at - 1] == ':') &&
+                 (std::isdigit(static_cast<unsigned char>(s[at])) ||
+                  s[at] == '"')) {
+        // A value after "key": a number or a string.
+        const size_t end =
+            s[at] == '"' ? s.find('"', at + 1) : s.find_first_of(",}] \n", at);
+        if (end == std::string::npos) continue;
+        len = end - at + (s[at] == '"');
+      }
+      if (len == 0) continue;
+      for (const char* v : {"7", "\"x\"", "[1]", "{\"a\": true}", "1.5"}) {
+        out.push_back(s.substr(0, at) + v + s.substr(at + len));
+      }
+      made += 1;
+      at += len - 1;
+    }
+  }
+  return out;
+}
+
 // Hostile inputs every target gets (the issue's cases, in each format's
 // clothing where it matters).
 std::vector<std::string> hostile_inputs(const std::string& name) {
@@ -45,6 +82,8 @@ std::vector<std::string> hostile_inputs(const std::string& name) {
   std::vector<std::string> out = {"", deep, "{\"a\": \"" + big + "\"}",
                                   std::string(4096, '\0'),
                                   "{\"" + big.substr(0, 1 << 20) + "\": 1}"};
+  for (std::string& swapped : type_swaps(seeds_of(name)))
+    out.push_back(std::move(swapped));
   if (name == "safetensors") {
     for (const std::string& header :
          {"{\"w\": " + deep + "}", "{\"w\": \"" + big + "\"}"}) {

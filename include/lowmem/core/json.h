@@ -60,4 +60,25 @@ nlohmann::json read_json_file(const std::string& path,
 std::string clip_json(const nlohmann::json& value,
                       size_t max_bytes = kMaxQuotedBytes);
 
+// Typed optional members of a JSON object from outside data. nlohmann's
+// `value(key, fallback)` throws its own json::type_error when the member has
+// another type (or the value is not an object), which a reader must not leak:
+// these throw c10::Error "<where>: \"key\" must be a <kind>, got <clipped
+// value>" instead. An absent or null member gives `fallback`.
+
+/// The member `key` of `object` (nullptr when absent or null); throws naming
+/// `where` when `object` is not an object.
+const nlohmann::json* json_member(const nlohmann::json& object, const char* key,
+                                  std::string_view where);
+bool json_bool_or(const nlohmann::json& object, const char* key, bool fallback,
+                  std::string_view where);
+std::string json_string_or(const nlohmann::json& object, const char* key,
+                           std::string_view fallback, std::string_view where);
+/// An integer member (a float with an integral value is not accepted).
+int64_t json_int_or(const nlohmann::json& object, const char* key,
+                    int64_t fallback, std::string_view where);
+/// Any member, or null when absent.
+nlohmann::json json_any_or_null(const nlohmann::json& object, const char* key,
+                                std::string_view where);
+
 }  // namespace lowmem
