@@ -31,10 +31,12 @@ void on_sigint(int) {
   if (g_stop.exchange(true)) _exit(130);  // second Ctrl-C: leave now
 }
 
+// m:ss.s, rounded to tenths first (179.96 s is 3:00.0, not 2:60.0).
 std::string fmt_seconds(double s) {
   char b[32];
-  const int m = static_cast<int>(s) / 60;
-  std::snprintf(b, sizeof b, "%d:%04.1f", m, s - 60.0 * m);
+  const long tenths = std::lround(std::max(0.0, s) * 10.0);
+  std::snprintf(b, sizeof b, "%ld:%02ld.%ld", tenths / 600, tenths / 10 % 60,
+                tenths % 10);
   return b;
 }
 

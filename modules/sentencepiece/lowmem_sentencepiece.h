@@ -9,7 +9,7 @@
 extern "C" {
 #endif
 
-#define LOWMEM_SPM_ABI_VERSION 2
+#define LOWMEM_SPM_ABI_VERSION 3
 #define LOWMEM_SPM_API __attribute__((visibility("default")))
 
 enum {
@@ -39,6 +39,15 @@ LOWMEM_SPM_API int lowmem_spm_encode_offsets(const lowmem_spm* m, const char* te
                       lowmem_spm_piece_fn emit, void* ctx, char* err, size_t errcap);
 LOWMEM_SPM_API int lowmem_spm_decode(const lowmem_spm* m, const int* ids, size_t n,
                       lowmem_spm_text_fn emit, void* ctx, char* err, size_t errcap);
+
+/* Trains a model (sentencepiece's SentencePieceTrainer::Train) on the
+   sentences [texts[i], texts[i] + lengths[i]) with the trainer/normalizer
+   fields keys[k] = values[k] (sentencepiece's flag names); emits the
+   serialized ModelProto once. Returns 0, or -1 with the reason in err. */
+LOWMEM_SPM_API int lowmem_spm_train(const char* const* keys, const char* const* values,
+                      size_t nkv, const char* const* texts, const size_t* lengths,
+                      size_t n, lowmem_spm_text_fn emit, void* ctx, char* err,
+                      size_t errcap);
 
 #ifdef __cplusplus
 }

@@ -8,10 +8,12 @@
 // protobuf's version check aborts). Bound to itself, sentencepiece coexists
 // with the system copy. No C++ type or exception crosses this interface.
 #include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
 
 #include <cstddef>
 #include <cstring>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "lowmem_sentencepiece.h"
@@ -29,7 +31,41 @@ void set_error(char* err, size_t cap, const std::string& msg) {
   err[n] = '\0';
 }
 
+// Sentences handed over by the caller, one at a time (no copy of the corpus
+// beyond sentencepiece's own).
+class Sentences final : public sentencepiece::SentenceIterator {
+ public:
+  Sentences(const char* const* texts, const size_t* lengths, size_t n)
+      : texts_(texts), lengths_(lengths), n_(n) {
+    load();
+  }
+  bool done() const override { return i_ >= n_; }
+  void Next() override {
+    ++i_;
+    load();
+  }
+  const std::string& value() const override { return value_; }
+  sentencepiece::util::Status status() const override {
+    return sentencepiece::util::Status();  // OK
+  }
+
+ private:
+  void load() {
+    if (i_ < n_) value_.assign(texts_[i_], lengths_[i_]);
+  }
+  const char* const* texts_;
+  const size_t* lengths_;
+  size_t n_;
+  size_t i_ = 0;
+  std::string value_;
+};
+
 }  // namespace
+
+// Not in the installed headers; exported by libsentencepiece (common.h).
+namespace sentencepiece::logging {
+void SetMinLogLevel(int v);
+}
 
 extern "C" {
 
@@ -140,6 +176,35 @@ int lowmem_spm_decode(const lowmem_spm* m, const int* ids, size_t n,
       return -1;
     }
     emit(ctx, out.data(), out.size());
+    return 0;
+  } catch (const std::exception& e) {
+    set_error(err, errcap, e.what());
+  } catch (...) {
+    set_error(err, errcap, "unknown error");
+  }
+  return -1;
+}
+
+int lowmem_spm_train(const char* const* keys, const char* const* values,
+                     size_t nkv, const char* const* texts, const size_t* lengths,
+                     size_t n, lowmem_spm_text_fn emit, void* ctx, char* err,
+                     size_t errcap) {
+  try {
+    std::unordered_map<std::string, std::string> kwargs;
+    for (size_t i = 0; i < nkv; ++i) kwargs[keys[i]] = values[i];
+    // The trainer logs its progress at INFO to stderr; a library is silent
+    // (failures come back as a status).
+    sentencepiece::logging::SetMinLogLevel(100);
+    sentencepiece::SetRandomGeneratorSeed(1);
+    Sentences sentences(texts, lengths, n);
+    std::string model;
+    const auto st =
+        sentencepiece::SentencePieceTrainer::Train(kwargs, &sentences, &model);
+    if (!st.ok()) {
+      set_error(err, errcap, st.ToString());
+      return -1;
+    }
+    emit(ctx, model.data(), model.size());
     return 0;
   } catch (const std::exception& e) {
     set_error(err, errcap, e.what());

@@ -175,10 +175,13 @@ uint64_t mix64(uint64_t x) {
 TextBatches::TextBatches(
     at::Tensor split, TextBatchOptions options, std::string name)
     : split_(std::move(split)), options_(options), name_(std::move(name)) {
-  LOWMEM_CHECK(
-      split_.defined() && split_.dim() == 1 &&
-          split_.scalar_type() == at::kByte,
-      "[data] text split must be uint8 [N]");
+  LOWMEM_CHECK(split_.defined() && split_.dim() == 1 &&
+                   (split_.scalar_type() == at::kByte ||
+                    split_.scalar_type() == at::kInt ||
+                    split_.scalar_type() == at::kLong),
+               "[data] text split must be uint8 [N] (bytes) or int32/int64 "
+               "[N] (token ids)");
+  if (split_.scalar_type() == at::kInt) split_ = split_.to(at::kLong);
   LOWMEM_CHECK(
       options_.context() > 0,
       "[data] context must be > 0, got ",
@@ -187,14 +190,10 @@ TextBatches::TextBatches(
       options_.batch_size() > 0,
       "[data] batch_size must be > 0, got ",
       options_.batch_size());
-  LOWMEM_CHECK(
-      split_.numel() >= options_.context() + 1,
-      "[data] ",
-      name_,
-      " split has ",
-      split_.numel(),
-      " bytes, fewer than context + 1 = ",
-      options_.context() + 1);
+  LOWMEM_CHECK(split_.numel() >= options_.context() + 1, "[data] ", name_,
+               " split has ", split_.numel(),
+               (split_.scalar_type() == at::kByte ? " bytes" : " tokens"),
+               ", fewer than context + 1 = ", options_.context() + 1);
   split_ = split_.contiguous();
 }
 
@@ -207,7 +206,10 @@ Batch TextBatches::next() {
   const int64_t n_offsets = split_.numel() - T;  // valid offsets 0..n_offsets-1
   at::Tensor input = at::empty({B, T}, at::kLong);
   at::Tensor target = at::empty({B, T}, at::kLong);
-  const uint8_t* src = split_.data_ptr<uint8_t>();
+  const bool bytes = split_.scalar_type() == at::kByte;
+  const uint8_t* src8 = bytes ? split_.data_ptr<uint8_t>() : nullptr;
+  const int64_t* src64 = bytes ? nullptr : split_.data_ptr<int64_t>();
+  auto src = [src8, src64](int64_t i) { return src8 ? src8[i] : src64[i]; };
   int64_t* in = input.data_ptr<int64_t>();
   int64_t* tg = target.data_ptr<int64_t>();
   const uint64_t stream = mix64(options_.seed() ^ 0x7465787442617463ULL);
@@ -221,8 +223,8 @@ Batch TextBatches::next() {
       offset = ((position_ * B + b) % windows()) * T;
     }
     for (int64_t t = 0; t < T; ++t) {
-      in[b * T + t] = src[offset + t];
-      tg[b * T + t] = src[offset + t + 1];
+      in[b * T + t] = src(offset + t);
+      tg[b * T + t] = src(offset + t + 1);
     }
   }
   ++position_;

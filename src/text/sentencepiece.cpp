@@ -23,6 +23,7 @@ struct Module {
   decltype(&lowmem_spm_encode) encode = nullptr;
   decltype(&lowmem_spm_encode_offsets) encode_offsets = nullptr;
   decltype(&lowmem_spm_decode) decode = nullptr;
+  decltype(&lowmem_spm_train) train = nullptr;
 };
 
 // The module, loaded once per process; candidates:
@@ -48,6 +49,9 @@ const Module& module() {
     // has in its global scope (else protobuf's version check aborts).
 #ifdef LOWMEM_SPM_LIBRARY
     ::dlopen(LOWMEM_SPM_LIBRARY, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+#endif
+#ifdef LOWMEM_SPM_TRAIN_LIBRARY
+    ::dlopen(LOWMEM_SPM_TRAIN_LIBRARY, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
 #endif
     void* h = nullptr;
     for (const auto& c : candidates) {
@@ -75,9 +79,10 @@ const Module& module() {
     LOWMEM_SPM_SYM(encode, "lowmem_spm_encode");
     LOWMEM_SPM_SYM(encode_offsets, "lowmem_spm_encode_offsets");
     LOWMEM_SPM_SYM(decode, "lowmem_spm_decode");
+    LOWMEM_SPM_SYM(train, "lowmem_spm_train");
 #undef LOWMEM_SPM_SYM
     if (m.abi_version == nullptr || m.abi_version() != LOWMEM_SPM_ABI_VERSION ||
-        m.decode == nullptr) {
+        m.decode == nullptr || m.train == nullptr) {
       error += "\n  the module found has another interface version";
       m = Module{};
     }
@@ -162,6 +167,32 @@ std::string SentencePiece::decode(const std::vector<int>& ids) const {
       &out, err, sizeof err);
   LOWMEM_CHECK(rc == 0, "[text] sentencepiece decode failed: ", err);
   return out;
+}
+
+std::string train_sentencepiece_model(
+    const std::vector<std::pair<std::string, std::string>>& fields,
+    const std::vector<std::string_view>& sentences) {
+  std::vector<const char*> keys, values, texts;
+  std::vector<size_t> lengths;
+  for (const auto& [k, v] : fields) {
+    keys.push_back(k.c_str());
+    values.push_back(v.c_str());
+  }
+  for (std::string_view s : sentences) {
+    texts.push_back(s.data());
+    lengths.push_back(s.size());
+  }
+  std::string model;
+  char err[512] = {0};
+  const int rc = module().train(
+      keys.data(), values.data(), keys.size(), texts.data(), lengths.data(),
+      texts.size(),
+      [](void* ctx, const char* bytes, size_t n) {
+        static_cast<std::string*>(ctx)->assign(bytes, n);
+      },
+      &model, err, sizeof err);
+  LOWMEM_CHECK(rc == 0, "[text] sentencepiece training failed: ", err);
+  return model;
 }
 
 }  // namespace lowmem::text::detail

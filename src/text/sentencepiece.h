@@ -44,4 +44,10 @@ class SentencePiece {
   StringIdMap ids_;
 };
 
+/// Trains a model on `sentences` with sentencepiece's trainer fields
+/// (name, value); returns the serialized ModelProto.
+std::string train_sentencepiece_model(
+    const std::vector<std::pair<std::string, std::string>>& fields,
+    const std::vector<std::string_view>& sentences);
+
 }  // namespace lowmem::text::detail

@@ -10,12 +10,15 @@
 #include <set>
 #include <sstream>
 
+#include "lowmem/text/sentencepiece_trainer.h"
+#include "lowmem/text/tokenizer.h"
 #include "lowmem/train/fields.h"
 #include "testing/errors.h"
 #include "testing/files.h"
 
 namespace cmp = lowmem::compare;
 namespace fs = std::filesystem;
+namespace text = lowmem::text;
 using lowmem::testing::fresh_temp_dir;
 using lowmem::testing::read_file;
 
@@ -216,6 +219,9 @@ fs::path write_lm_corpus(const fs::path& root) {
   std::ofstream(dir / "humor") << humor;
   std::ofstream(dir / "poems") << poems;
   std::ofstream(dir / "tech") << tech;
+  // As fortune's *.u8 links: the held-out text under another name, which
+  // must not leak into the base model's data.
+  fs::create_symlink("tech", dir / "tech.u8");
   return dir;
 }
 
@@ -224,6 +230,7 @@ cmp::CompareOptions tiny_lm_options(const fs::path& out) {
   o.suites = {"lm"};
   o.text_path = write_lm_corpus(out).string();
   o.lm_domain = "tech";
+  o.lm_vocab = 300;  // 259 byte and control pieces + 41 learned
   o.lm_base_steps = 6;
   o.lm_steps = 4;
   o.eval_every = 2;
@@ -251,7 +258,11 @@ TEST(CompareTest, LmSuiteFineTunesTheCachedBaseOnTheHeldOutDomain) {
     EXPECT_FALSE(m.val_accuracy.has_value());
     // Fine-tuned on the held-out file only.
     EXPECT_NE(m.task.find("[tech]"), std::string::npos) << m.task;
-    EXPECT_NE(m.task.find("byte-level LLaMA"), std::string::npos) << m.task;
+    EXPECT_NE(m.task.find("a sentencepiece BPE tokenizer of 300 pieces"),
+              std::string::npos)
+        << m.task;
+    EXPECT_NE(m.task.find("validation loss per token"), std::string::npos)
+        << m.task;
   }
   EXPECT_EQ(names,
             (std::set<std::string>{"full-adamw", "full-came", "full-came-tuned",
@@ -270,10 +281,24 @@ TEST(CompareTest, LmSuiteFineTunesTheCachedBaseOnTheHeldOutDomain) {
             by_name("full-adamw").trainable_params / 10);
   // The base model was trained once, on the other files, and cached with
   // its losses on both domains.
-  std::vector<fs::path> cached;
-  for (const auto& e : fs::directory_iterator(out / "cache"))
-    if (e.path().extension() == ".pt") cached.push_back(e.path());
+  std::vector<fs::path> cached, tokenizers, tokens;
+  for (const auto& e : fs::directory_iterator(out / "cache")) {
+    const std::string name = e.path().filename().string();
+    if (e.path().extension() == ".pt")
+      (name.rfind("lm-tokens-", 0) == 0 ? tokens : cached).push_back(e.path());
+    if (e.path().extension() == ".model") tokenizers.push_back(e.path());
+  }
   ASSERT_EQ(cached.size(), 1u);
+  // The domain's token ids, cached for the methods' runs.
+  ASSERT_EQ(tokens.size(), 1u);
+  // The tokenizer, trained on the base files, is cached too and is a real
+  // tokenizer.model whose 41 learned merges already join characters.
+  ASSERT_EQ(tokenizers.size(), 1u);
+  EXPECT_EQ(tokenizers[0].filename().string().rfind("lm-spm-", 0), 0u);
+  const auto tok = text::Tokenizer::from_file(tokenizers[0].string());
+  EXPECT_EQ(tok.vocab_size(), 300);
+  EXPECT_LT(tok.encode("A joke walks into a bar", false).size(),
+            std::string("A joke walks into a bar").size());
   EXPECT_EQ(cached[0].filename().string().rfind("llama-base-", 0), 0u);
   const auto meta =
       nlohmann::json::parse(read_file(cached[0].string() + ".json"));
@@ -285,6 +310,7 @@ TEST(CompareTest, LmSuiteFineTunesTheCachedBaseOnTheHeldOutDomain) {
       });
   ASSERT_NE(base_note, notes.end());
   EXPECT_NE(base_note->find("[base]: "), std::string::npos) << *base_note;
+  EXPECT_EQ(base_note->find("tech.u8"), std::string::npos) << *base_note;
   // A second run reuses it.
   notes.clear();
   o.methods = {"lora"};
@@ -292,6 +318,40 @@ TEST(CompareTest, LmSuiteFineTunesTheCachedBaseOnTheHeldOutDomain) {
   EXPECT_TRUE(std::any_of(notes.begin(), notes.end(), [](const std::string& n) {
     return n.find("lm: reusing cached base model") != std::string::npos;
   }));
+}
+
+// lm.tokenizer: "bytes" (the byte-level suite) or a tokenizer file.
+TEST(CompareTest, LmSuiteRunsOnBytesOrOnAGivenTokenizer) {
+  const fs::path out = fresh_temp_dir("compare_lm_tokenizers");
+  cmp::CompareOptions o = tiny_lm_options(out);
+  o.methods = {"lora"};
+  o.lm_tokenizer = "bytes";
+  auto res = cmp::run_compare(o);
+  ASSERT_EQ(res.methods.size(), 1u);
+  EXPECT_EQ(res.methods[0].status, "ok") << res.methods[0].reason;
+  EXPECT_NE(res.methods[0].task.find("on bytes"), std::string::npos)
+      << res.methods[0].task;
+  EXPECT_NE(res.methods[0].task.find("per byte"), std::string::npos);
+  // A tokenizer.model of the user's own: here one trained beforehand.
+  const std::string corpus = read_file((out / "corpus" / "humor").string()) +
+                             read_file((out / "corpus" / "tech").string());
+  const fs::path model = out / "mine.model";
+  std::ofstream(model, std::ios::binary) << text::train_sentencepiece(
+      text::text_lines(corpus),
+      text::SentencePieceTrainOptions().vocab_size(330));
+  o.lm_tokenizer = model.string();
+  res = cmp::run_compare(o);
+  EXPECT_EQ(res.methods[0].status, "ok") << res.methods[0].reason;
+  EXPECT_NE(res.methods[0].task.find("the tokenizer " + model.string() +
+                                     " (330 tokens)"),
+            std::string::npos)
+      << res.methods[0].task;
+  o.lm_tokenizer = (out / "missing.model").string();
+  res = cmp::run_compare(o);
+  EXPECT_EQ(res.methods[0].status, "skipped");
+  EXPECT_NE(res.methods[0].reason.find("lm.tokenizer: no file or folder"),
+            std::string::npos)
+      << res.methods[0].reason;
 }
 
 TEST(CompareTest, LmSuiteIsSkippedWhenTheHeldOutDomainIsMissing) {

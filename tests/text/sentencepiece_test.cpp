@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "lowmem/text/sentencepiece_trainer.h"
 #include "lowmem/text/tokenizer.h"
 #include "reference.h"
 #include "testing/errors.h"
@@ -151,6 +152,75 @@ TEST(SentencePiece, ConfigBesideTheModelSetsSpecialTokens) {
   expect_error_containing(
       [&] { Tokenizer::from_file((f.dir / "bad.model").string()); },
       "not a sentencepiece model");
+}
+
+// text::train_sentencepiece (in process, through the module) learns the
+// same pieces as Debian's spm_train given the same settings, and the model
+// it returns encodes as spm_train's does (python3-sentencepiece's ids).
+TEST(SentencePieceTrain, InProcessEqualsSpmTrain) {
+  const SpmFixture cli =
+      train("train_cli",
+            "--vocab_size=600 --model_type=bpe --byte_fallback=true "
+            "--split_digits=true --character_coverage=0.9995 "
+            "--normalization_rule_name=identity --add_dummy_prefix=true "
+            "--remove_extra_whitespaces=false");
+  const auto lines = fortune_lines(4000);
+  std::vector<std::string_view> sentences(lines.begin(), lines.end());
+  const std::string model = text::train_sentencepiece(
+      sentences, text::SentencePieceTrainOptions().vocab_size(600));
+  const fs::path path = cli.dir / "in_process.model";
+  std::ofstream(path, std::ios::binary) << model;
+  const Tokenizer ours = Tokenizer::from_file(path.string());
+  const Tokenizer ref = Tokenizer::from_file(cli.model);
+  ASSERT_EQ(ours.vocab_size(), 600);
+  ASSERT_EQ(ref.vocab_size(), 600);
+  for (TokenId id = 0; id < 600; ++id) {
+    ASSERT_EQ(ours.id_to_token(id), ref.id_to_token(id)) << "piece " << id;
+  }
+  // Byte fallback and digit splitting as asked.
+  EXPECT_EQ(ours.id_to_token(3), "<0x00>");
+  const auto digits = ours.encode("2024", false);
+  EXPECT_EQ(digits.size(), 5u) << "the dummy prefix, then one piece a digit";
+  // Newlines and tabs are not in the pieces: bytes, and back exactly.
+  const std::string text = "Two lines,\n\tand a tab.\n";
+  EXPECT_EQ(ours.decode(ours.encode(text, false)), text);
+}
+
+TEST(SentencePieceTrain, RejectsBadOptionsAndSaysWhy) {
+  const std::vector<std::string_view> two = {"a few words", "and more words"};
+  expect_error_containing(
+      [&] {
+        text::train_sentencepiece(
+            two, text::SentencePieceTrainOptions().vocab_size(100));
+      },
+      "vocab_size must be in [260, 2^20], got 100");
+  expect_error_containing(
+      [&] {
+        text::train_sentencepiece(
+            two, text::SentencePieceTrainOptions().model_type("wordpiece"));
+      },
+      "model_type must be bpe or unigram, got 'wordpiece'");
+  expect_error_containing(
+      [&] {
+        text::train_sentencepiece({"", ""});
+      },
+      "at least one non-empty sentence");
+  // More pieces than two lines can give: sentencepiece's own reason.
+  expect_error_containing(
+      [&] {
+        text::train_sentencepiece(
+            two, text::SentencePieceTrainOptions().vocab_size(5000));
+      },
+      "[text] sentencepiece training failed: ");
+}
+
+TEST(SentencePieceTrain, TextLinesSplitsAtNewlines) {
+  const auto lines = text::text_lines("one\r\n\ntwo\nthree");
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0], "one");
+  EXPECT_EQ(lines[1], "two");
+  EXPECT_EQ(lines[2], "three");
+  EXPECT_TRUE(text::text_lines("\n\n").empty());
 }
 
 }  // namespace

@@ -80,15 +80,26 @@ struct CompareOptions {
   int64_t finetune_eval_examples =
       2000;  // test images of classes 5-9 (0: all 5000)
 
-  // --- lm suite: a byte-level LLaMA with the pretrain GPT's width, layers,
-  // heads, context and batch, pretrained for lm_base_steps on the files of
-  // text_path outside lm_domain (cached), fine-tuned for lm_steps on the
-  // files named in lm_domain (comma-separated file names: fortune
+  // --- lm suite: a LLaMA with the pretrain GPT's width, layers, heads,
+  // context and batch, on subword tokens, pretrained for lm_base_steps on the
+  // files of text_path outside lm_domain (cached), fine-tuned for lm_steps on
+  // the files named in lm_domain (comma-separated file names: fortune
   // categories), evaluated on their validation split (a domain shift)
   std::string lm_domain = "computers,debian,linux,linuxcookie,perl";
   int64_t lm_base_steps = 400;
   // 80 (was 150) keeps the default run near issue 19's ~6 minutes.
   int64_t lm_steps = 80;
+  // The lm suite's tokenizer: "spm" trains a sentencepiece BPE model of
+  // lm_vocab pieces (LLaMA's kind: byte fallback, digits split; text/
+  // sentencepiece_trainer.h) on the lines of the base files' train split
+  // only, so the held-out domain is new to the tokenizer too; cached beside
+  // the base model. "bytes": byte-level (vocabulary 256, the suite before
+  // the tokenizer landed). Anything else: a tokenizer.json / tokenizer.model
+  // file or a folder holding one, used as is (its whole vocabulary).
+  std::string lm_tokenizer = "spm";
+  // 2048: about 3.3 bytes a token on fortunes, while the output layer of the
+  // width-64 model stays cheap beside its blocks.
+  int64_t lm_vocab = 2048;
 
   // --- memory suite: GaLore's LLaMA sizes x methods, planned by lowmem plan
   // (comma-separated presets), the sizes in memory_measure also trained for
@@ -192,6 +203,11 @@ struct CompareOptions {
     v("lm.base_steps", lm_base_steps, "--lm-base-steps",
       "steps of the lm suite's base model (cached)");
     v("lm.steps", lm_steps, "--lm-steps", "");
+    v("lm.tokenizer", lm_tokenizer, "--lm-tokenizer",
+      "spm (train a sentencepiece BPE on the base files, default), bytes, or "
+      "a tokenizer file or folder");
+    v("lm.vocab", lm_vocab, "--lm-vocab",
+      "pieces of the trained sentencepiece tokenizer");
     v("memory.models", memory_models, "--memory-models",
       "LLaMA presets the memory suite plans (comma-separated)");
     v("memory.measure", memory_measure, "--memory-measure",

@@ -97,8 +97,8 @@ struct TextBatchOptions {
   TORCH_ARG(bool, random) = true;
 };
 
-/// Windows of `split` (uint8 [N]): input = split[o : o+T], target =
-/// split[o+1 : o+T+1], both int64 [B, T].
+/// Windows of `split` (uint8 [N] bytes, or int32/int64 [N] token ids):
+/// input = split[o : o+T], target = split[o+1 : o+T+1], both int64 [B, T].
 class TextBatches final : public BatchSource {
  public:
   TextBatches(
