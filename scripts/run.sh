@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 BUILD=${LOWMEM_BUILD_DIR:-build}
-cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_UNITY_BUILD="${LOWMEM_UNITY_BUILD:-ON}"
 cmake --build "$BUILD" -j "$(nproc)" --target lowmem_cli
 exec "./$BUILD/tools/lowmem" compare "$@"

@@ -37,8 +37,8 @@ GgufHeader parse(const std::string& bytes,
   return lowmem::io::parse_gguf_header(in, bytes.size(), "test.gguf", limits);
 }
 
-void expect_rejected(const std::string& bytes, const std::string& needle,
-                     const lowmem::io::GgufLimits& limits = {}) {
+void expect_gguf_rejected(const std::string& bytes, const std::string& needle,
+                          const lowmem::io::GgufLimits& limits = {}) {
   expect_error_containing([&] { parse(bytes, limits); }, needle);
 }
 
@@ -211,47 +211,47 @@ TEST(Gguf, RejectsBadHeaders) {
   const std::string good = small_file();
   std::string bad = good;
   bad[0] = 'X';
-  expect_rejected(bad, "not a GGUF file");
+  expect_gguf_rejected(bad, "not a GGUF file");
   for (uint32_t v : {0u, 1u, 4u}) {
     bad = good;
     std::memcpy(&bad[4], &v, 4);
-    expect_rejected(bad, "GGUF version " + std::to_string(v));
+    expect_gguf_rejected(bad, "GGUF version " + std::to_string(v));
   }
   bad = good;
   const uint64_t many = uint64_t{1} << 40;
   std::memcpy(&bad[8], &many, 8);
-  expect_rejected(bad, "tensors (limit");
+  expect_gguf_rejected(bad, "tensors (limit");
   bad = good;
   std::memcpy(&bad[16], &many, 8);
-  expect_rejected(bad, "metadata pairs (limit");
+  expect_gguf_rejected(bad, "metadata pairs (limit");
   // The first key's length.
   bad = good;
   std::memcpy(&bad[24], &many, 8);
-  expect_rejected(bad, "bytes long (limit");
-  expect_rejected(good, "metadata pairs (limit",
-                  lowmem::io::GgufLimits().max_metadata(1));
-  expect_rejected(good, "exceeds 64 bytes",
-                  lowmem::io::GgufLimits().max_header_bytes(64));
+  expect_gguf_rejected(bad, "bytes long (limit");
+  expect_gguf_rejected(good, "metadata pairs (limit",
+                       lowmem::io::GgufLimits().max_metadata(1));
+  expect_gguf_rejected(good, "exceeds 64 bytes",
+                       lowmem::io::GgufLimits().max_header_bytes(64));
 }
 
 TEST(Gguf, RejectsBadValues) {
   const std::string head = "GGUF" + u32(3) + u64(0) + u64(1) + str("k");
-  expect_rejected(head + u32(13) + u32(0), "unknown value type 13");
-  expect_rejected(head + u32(9) + u32(9) + u64(1), "array of arrays");
-  expect_rejected(head + u32(9) + u32(4) + u64(uint64_t{1} << 30),
-                  "elements (limit");
-  expect_rejected(head + u32(9) + u32(4) + u64(1000) + u32(1),
-                  "more than the bytes left");
-  expect_rejected(head + u32(8) + u64(100) + "abc", "bytes long");
+  expect_gguf_rejected(head + u32(13) + u32(0), "unknown value type 13");
+  expect_gguf_rejected(head + u32(9) + u32(9) + u64(1), "array of arrays");
+  expect_gguf_rejected(head + u32(9) + u32(4) + u64(uint64_t{1} << 30),
+                       "elements (limit");
+  expect_gguf_rejected(head + u32(9) + u32(4) + u64(1000) + u32(1),
+                       "more than the bytes left");
+  expect_gguf_rejected(head + u32(8) + u64(100) + "abc", "bytes long");
   const std::string dup = "GGUF" + u32(3) + u64(0) + u64(2) + str("k") +
                           u32(4) + u32(1) + str("k") + u32(4) + u32(2);
-  expect_rejected(dup, "duplicate metadata key 'k'");
+  expect_gguf_rejected(dup, "duplicate metadata key 'k'");
   const std::string align = "GGUF" + u32(3) + u64(0) + u64(1) +
                             str("general.alignment") + u32(4) + u32(48);
-  expect_rejected(align, "not a power of two");
+  expect_gguf_rejected(align, "not a power of two");
   const std::string align64 = "GGUF" + u32(3) + u64(0) + u64(1) +
                               str("general.alignment") + u32(10) + u64(64);
-  expect_rejected(align64, "must be a u32");
+  expect_gguf_rejected(align64, "must be a u32");
 }
 
 // A file with one tensor info whose fields the caller chooses.
@@ -267,18 +267,19 @@ std::string one_tensor(const std::string& name, std::vector<uint64_t> dims,
 
 TEST(Gguf, RejectsBadTensorInfos) {
   ASSERT_NO_THROW(parse(one_tensor("w", {4, 2}, 0, 0, 32)));
-  expect_rejected(one_tensor(std::string(64, 'n'), {4}, 0, 0, 16),
-                  "longer than 63 bytes");
-  expect_rejected(one_tensor("w", {1, 1, 1, 1, 1}, 0, 0, 4), "rank 5");
-  expect_rejected(one_tensor("w", {}, 0, 0, 4), "rank 0");
-  expect_rejected(one_tensor("w", {0}, 0, 0, 4), "has dim 0");
-  expect_rejected(
+  expect_gguf_rejected(one_tensor(std::string(64, 'n'), {4}, 0, 0, 16),
+                       "longer than 63 bytes");
+  expect_gguf_rejected(one_tensor("w", {1, 1, 1, 1, 1}, 0, 0, 4), "rank 5");
+  expect_gguf_rejected(one_tensor("w", {}, 0, 0, 4), "rank 0");
+  expect_gguf_rejected(one_tensor("w", {0}, 0, 0, 4), "has dim 0");
+  expect_gguf_rejected(
       one_tensor("w", {uint64_t{1} << 40, uint64_t{1} << 40}, 0, 0, 4),
       "too many elements");
-  expect_rejected(one_tensor("w", {256}, 12, 0, 256), "ggml type 12");
-  expect_rejected(one_tensor("w", {48}, 8, 0, 64), "not a multiple of 32");
-  expect_rejected(one_tensor("w", {4}, 0, 32, 64), "has offset 32, expected 0");
-  expect_rejected(one_tensor("w", {4, 2}, 0, 0, 31), "runs past the end");
+  expect_gguf_rejected(one_tensor("w", {256}, 12, 0, 256), "ggml type 12");
+  expect_gguf_rejected(one_tensor("w", {48}, 8, 0, 64), "not a multiple of 32");
+  expect_gguf_rejected(one_tensor("w", {4}, 0, 32, 64),
+                       "has offset 32, expected 0");
+  expect_gguf_rejected(one_tensor("w", {4, 2}, 0, 0, 31), "runs past the end");
 }
 
 TEST(Gguf, WriterRefusesWhatLlamaCppCannotLoad) {

@@ -43,7 +43,7 @@ std::vector<Variant> variants() {
   };
 }
 
-std::string error_of(const std::function<void()>& f) {
+std::string cache_error_of(const std::function<void()>& f) {
   try {
     f();
   } catch (const c10::Error& e) {
@@ -108,20 +108,21 @@ TEST(LlamaKVCache, ResetAndRefusals) {
   const auto first = m.forward(idx, cache);
   cache.reset();
   EXPECT_TRUE(torch::equal(m.forward(idx, cache), first));
-  EXPECT_NE(error_of([&] { m.forward(idx, cache); })
+  EXPECT_NE(cache_error_of([&] { m.forward(idx, cache); })
                 .find("the KV cache holds 8 positions; 6 are filled and 6 "
                       "more do not fit"),
             std::string::npos);
   auto two = m.make_cache(2, 8);
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(cache_error_of([&] {
               m.forward(idx, two);
             }).find("the KV cache holds 2 rows, the input has 1"),
             std::string::npos);
-  EXPECT_NE(
-      error_of([&] { m.make_cache(1, 25); }).find("max_position_embeddings 24"),
-      std::string::npos);
+  EXPECT_NE(cache_error_of([&] {
+              m.make_cache(1, 25);
+            }).find("max_position_embeddings 24"),
+            std::string::npos);
   LlamaKVCache empty;
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(cache_error_of([&] {
               m.forward(idx, empty);
             }).find("the KV cache has 0 layers, the model 2"),
             std::string::npos);
@@ -170,19 +171,19 @@ TEST(GptKVCache, Refusals) {
   auto idx = torch::randint(0, 32, {1, 6}, torch::kLong);
   auto cache = m.make_cache(1, 8);
   m.forward(idx, cache);
-  EXPECT_NE(error_of([&] { m.forward(idx, cache); })
+  EXPECT_NE(cache_error_of([&] { m.forward(idx, cache); })
                 .find("the KV cache holds 8 positions; 6 are filled and 6 "
                       "more do not fit"),
             std::string::npos);
   auto two = m.make_cache(2, 8);
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(cache_error_of([&] {
               m.forward(idx, two);
             }).find("the KV cache holds 2 rows, the input has 1"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { m.make_cache(1, 9); }).find("block_size 8"),
+  EXPECT_NE(cache_error_of([&] { m.make_cache(1, 9); }).find("block_size 8"),
             std::string::npos);
   GPTKVCache empty;
-  EXPECT_NE(error_of([&] {
+  EXPECT_NE(cache_error_of([&] {
               m.forward(idx, empty);
             }).find("the KV cache has 0 blocks, the model 1"),
             std::string::npos);

@@ -52,12 +52,12 @@ std::vector<at::Tensor> train(const MakeOpt& make, torch::Device device) {
   return out;
 }
 
-struct Case {
+struct CudaCase {
   std::string name;
   MakeOpt make;
 };
 
-std::vector<Case> cases() {
+std::vector<CudaCase> cases() {
   auto params = [](Mlp& m) { return m.parameters(); };
   // One SVD basis for the three steps: a singular vector's sign is LAPACK's or
   // cuSOLVER's choice, and the update is sign-invariant only while the inner

@@ -54,7 +54,7 @@ Run run_both(const lo::InnerFactory& inner, const lp::ProjectorOptions& po,
   return r;
 }
 
-struct Case {
+struct DualityCase {
   std::string name;
   lo::InnerFactory inner;
   // lowmem's Adafactor computes in fp32 even for fp64 params, so inputs that
@@ -62,7 +62,7 @@ struct Case {
   double tol = 1e-10;
 };
 
-std::vector<Case> inner_optimizers() {
+std::vector<DualityCase> inner_optimizers() {
   return {{"sgd", sgd()}, {"adamw", adamw()}, {"came", came()},
           {"galore_adamw", [](Groups g) {
              return std::make_unique<lo::GaLoreAdamW>(
@@ -101,8 +101,8 @@ TEST(GaLoreDuality, AcrossRefreshesWithMergeAndRebase) {
 
 TEST(GaLoreDuality, StatePoliciesAgreeAcrossForms) {
   for (std::string policy : {"reset", "reproject"}) {
-    for (auto& c : std::vector<Case>{{"sgd", sgd()}, {"adamw", adamw()},
-                                     {"came", came()}}) {
+    for (auto& c : std::vector<DualityCase>{
+             {"sgd", sgd()}, {"adamw", adamw()}, {"came", came()}}) {
       auto po = lp::ProjectorOptions().rank(3).update_proj_gap(3)
                     .basis("orthogonal").seed(2);
       auto r = run_both(c.inner, po, policy);

