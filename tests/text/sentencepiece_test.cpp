@@ -214,6 +214,34 @@ TEST(SentencePieceTrain, RejectsBadOptionsAndSaysWhy) {
       "[text] sentencepiece training failed: ");
 }
 
+// Odd text trains or fails with a message, never ends the process
+// (sentencepiece's CHECK failures exit; its log is silenced).
+TEST(SentencePieceTrain, OddTextTrainsOrFailsWithAMessage) {
+  const auto lines = fortune_lines(400);
+  std::vector<std::string> odd(lines.begin(), lines.end());
+  odd.push_back(std::string("nul \0 inside", 12));
+  odd.push_back("invalid \xff\xfe utf-8 \xc3");
+  odd.push_back("   \t  ");
+  odd.push_back(std::string(10000, 'x'));  // over max_sentence_length: skipped
+  odd.push_back("\xF0\x9F\x98\x80 emoji and accents: caf\xC3\xA9");
+  std::vector<std::string_view> sentences(odd.begin(), odd.end());
+  const std::string model = text::train_sentencepiece(
+      sentences, text::SentencePieceTrainOptions().vocab_size(400));
+  const fs::path path = fresh_temp_dir("text_spm_odd") / "odd.model";
+  std::ofstream(path, std::ios::binary) << model;
+  const Tokenizer t = Tokenizer::from_file(path.string());
+  EXPECT_EQ(t.vocab_size(), 400);
+  const std::string emoji = "\xF0\x9F\x98\x80 caf\xC3\xA9";
+  EXPECT_EQ(t.decode(t.encode(emoji, false)), emoji);
+  // One sentence of one character cannot give 5000 pieces: an error.
+  expect_error_containing(
+      [&] {
+        text::train_sentencepiece(
+            {"aaaa"}, text::SentencePieceTrainOptions().vocab_size(5000));
+      },
+      "[text] sentencepiece training failed");
+}
+
 TEST(SentencePieceTrain, TextLinesSplitsAtNewlines) {
   const auto lines = text::text_lines("one\r\n\ntwo\nthree");
   ASSERT_EQ(lines.size(), 3u);
