@@ -43,8 +43,11 @@ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 ninja -C "$BUILD" -j"$JOBS" $(printf 'fuzz_%s ' "${TARGETS[@]}")
 mkdir -p "$BUILD/artifacts"
 # LibTorch itself is not instrumented; its allocator's leaks at exit are not
-# ours.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1}
+# ours. malloc_context_size=0: ASan records no stack per allocation (about
+# half of each execution's time; detection is unchanged, a report just lacks
+# the allocation's stack: replay the reproducer with
+# ASAN_OPTIONS=detect_leaks=0 to get it).
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0:allocator_may_return_null=1:malloc_context_size=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 # Runs target $1; its exit status is libFuzzer's.
