@@ -31,6 +31,23 @@ void set_error(char* err, size_t cap, const std::string& msg) {
   err[n] = '\0';
 }
 
+// Runs body (returning a sentencepiece status) so that nothing crosses the C
+// interface: 0 on success; -1 with the status's text, the exception's or
+// "unknown error" in err otherwise.
+template <typename Body>
+int guarded(char* err, size_t errcap, Body body) {
+  try {
+    const sentencepiece::util::Status st = body();
+    if (st.ok()) return 0;
+    set_error(err, errcap, st.ToString());
+  } catch (const std::exception& e) {
+    set_error(err, errcap, e.what());
+  } catch (...) {
+    set_error(err, errcap, "unknown error");
+  }
+  return -1;
+}
+
 // Sentences handed over by the caller, one at a time (no copy of the corpus
 // beyond sentencepiece's own).
 class Sentences final : public sentencepiece::SentenceIterator {
@@ -74,20 +91,13 @@ int lowmem_spm_abi_version(void) {
 }
 
 lowmem_spm* lowmem_spm_load(const char* bytes, size_t n, char* err, size_t errcap) {
-  try {
-    auto* m = new lowmem_spm();
-    const auto st = m->sp.LoadFromSerializedProto(std::string(bytes, n));
-    if (!st.ok()) {
-      set_error(err, errcap, st.ToString());
-      delete m;
-      return nullptr;
-    }
-    return m;
-  } catch (const std::exception& e) {
-    set_error(err, errcap, e.what());
-  } catch (...) {
-    set_error(err, errcap, "unknown error");
-  }
+  lowmem_spm* m = nullptr;
+  const int rc = guarded(err, errcap, [&] {
+    m = new lowmem_spm();
+    return m->sp.LoadFromSerializedProto(std::string(bytes, n));
+  });
+  if (rc == 0) return m;
+  delete m;
   return nullptr;
 }
 
@@ -127,69 +137,43 @@ void lowmem_spm_special_ids(const lowmem_spm* m, int* bos, int* eos, int* pad, i
 
 int lowmem_spm_encode(const lowmem_spm* m, const char* text, size_t n,
                       lowmem_spm_ids_fn emit, void* ctx, char* err, size_t errcap) {
-  try {
+  return guarded(err, errcap, [&] {
     std::vector<int> ids;
-    const auto st = m->sp.Encode(std::string(text, n), &ids);
-    if (!st.ok()) {
-      set_error(err, errcap, st.ToString());
-      return -1;
-    }
-    emit(ctx, ids.data(), ids.size());
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(err, errcap, e.what());
-  } catch (...) {
-    set_error(err, errcap, "unknown error");
-  }
-  return -1;
+    auto st = m->sp.Encode(std::string(text, n), &ids);
+    if (st.ok()) emit(ctx, ids.data(), ids.size());
+    return st;
+  });
 }
 
 int lowmem_spm_encode_offsets(const lowmem_spm* m, const char* text, size_t n,
                               lowmem_spm_piece_fn emit, void* ctx, char* err, size_t errcap) {
-  try {
+  return guarded(err, errcap, [&] {
     sentencepiece::ImmutableSentencePieceText spt;
-    const auto st = m->sp.Encode(std::string(text, n), spt.mutable_proto());
-    if (!st.ok()) {
-      set_error(err, errcap, st.ToString());
-      return -1;
-    }
+    auto st = m->sp.Encode(std::string(text, n), spt.mutable_proto());
+    if (!st.ok()) return st;
     for (size_t i = 0; i < spt.pieces_size(); ++i) {
       const auto p = spt.pieces(static_cast<int>(i));
       emit(ctx, static_cast<int>(p.id()), p.begin(), p.end());
     }
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(err, errcap, e.what());
-  } catch (...) {
-    set_error(err, errcap, "unknown error");
-  }
-  return -1;
+    return st;
+  });
 }
 
 int lowmem_spm_decode(const lowmem_spm* m, const int* ids, size_t n,
                       lowmem_spm_text_fn emit, void* ctx, char* err, size_t errcap) {
-  try {
+  return guarded(err, errcap, [&] {
     std::string out;
-    const auto st = m->sp.Decode(std::vector<int>(ids, ids + n), &out);
-    if (!st.ok()) {
-      set_error(err, errcap, st.ToString());
-      return -1;
-    }
-    emit(ctx, out.data(), out.size());
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(err, errcap, e.what());
-  } catch (...) {
-    set_error(err, errcap, "unknown error");
-  }
-  return -1;
+    auto st = m->sp.Decode(std::vector<int>(ids, ids + n), &out);
+    if (st.ok()) emit(ctx, out.data(), out.size());
+    return st;
+  });
 }
 
 int lowmem_spm_train(const char* const* keys, const char* const* values,
                      size_t nkv, const char* const* texts, const size_t* lengths,
                      size_t n, lowmem_spm_text_fn emit, void* ctx, char* err,
                      size_t errcap) {
-  try {
+  return guarded(err, errcap, [&] {
     std::unordered_map<std::string, std::string> kwargs;
     for (size_t i = 0; i < nkv; ++i) kwargs[keys[i]] = values[i];
     // The trainer logs its progress at INFO to stderr; a library is silent
@@ -198,20 +182,11 @@ int lowmem_spm_train(const char* const* keys, const char* const* values,
     sentencepiece::SetRandomGeneratorSeed(1);
     Sentences sentences(texts, lengths, n);
     std::string model;
-    const auto st =
+    auto st =
         sentencepiece::SentencePieceTrainer::Train(kwargs, &sentences, &model);
-    if (!st.ok()) {
-      set_error(err, errcap, st.ToString());
-      return -1;
-    }
-    emit(ctx, model.data(), model.size());
-    return 0;
-  } catch (const std::exception& e) {
-    set_error(err, errcap, e.what());
-  } catch (...) {
-    set_error(err, errcap, "unknown error");
-  }
-  return -1;
+    if (st.ok()) emit(ctx, model.data(), model.size());
+    return st;
+  });
 }
 
 }  // extern "C"

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
 #include <numeric>
@@ -106,6 +109,152 @@ ZeroSharding::ZeroSharding(std::shared_ptr<Communicator> comm,
     bytes.push_back(nbytes(params_[i]));
   }
   owners_ = partition_by_bytes(bytes, comm_->world_size());
+  if (options_.stage() == 2 && options_.overlap() && comm_->world_size() > 1) {
+    install_hooks();
+  }
+}
+
+// Runs after AccumulateGrad wrote a parameter's .grad (the LibTorch 1.13
+// equivalent of register_post_accumulate_grad_hook; optim/galore.cpp does
+// the same).
+class ZeroSharding::Hook : public torch::autograd::FunctionPostHook {
+ public:
+  Hook(ZeroSharding* owner, size_t index) : owner_(owner), index_(index) {}
+  torch::autograd::variable_list operator()(
+      const torch::autograd::variable_list& outputs,
+      const torch::autograd::variable_list& /*inputs*/) override {
+    owner_->on_accumulated(index_);
+    return outputs;
+  }
+
+ private:
+  ZeroSharding* owner_;
+  size_t index_;
+};
+
+ZeroSharding::~ZeroSharding() {
+  for (size_t k = 0; k < nodes_.size(); ++k) {
+    std::static_pointer_cast<torch::autograd::Node>(nodes_[k])->del_post_hook(
+        hook_keys_[k]);
+  }
+}
+
+void ZeroSharding::install_hooks() {
+  for (const auto& p : params_) {
+    // Without a grad accumulator (a non-leaf) there is nothing to hook:
+    // reduce after backward.
+    if (!p.requires_grad() || !p.is_leaf()) return;
+  }
+  std::vector<size_t> reverse(params_.size());
+  std::iota(reverse.rbegin(), reverse.rend(), size_t{0});
+  const auto cap = static_cast<int64_t>(options_.bucket_cap_mb() * 1048576);
+  bucket_of_.assign(params_.size(), 0);
+  for (auto& members : packs_of(reverse, params_, cap)) {
+    for (const size_t i : members) bucket_of_[i] = buckets_.size();
+    buckets_.push_back(Bucket{std::move(members)});
+  }
+  expected_.assign(params_.size(), 0);
+  seen_.assign(params_.size(), 0);
+  reduced_.assign(params_.size(), false);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto node = torch::autograd::impl::grad_accumulator(params_[i]);
+    hook_keys_.push_back(node->add_post_hook(std::make_unique<Hook>(this, i)));
+    nodes_.push_back(std::move(node));
+  }
+}
+
+void ZeroSharding::before_backward(bool last_micro_batch) {
+  if (nodes_.empty()) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  armed_ = last_micro_batch;
+  if (!armed_) return;
+  counting_ = !counted_;
+  std::fill(seen_.begin(), seen_.end(), 0);
+  std::fill(reduced_.begin(), reduced_.end(), false);
+  for (auto& b : buckets_) {
+    b.launched = false;
+    b.waiting = 0;
+    for (const size_t i : b.params) b.waiting += expected_[i];
+  }
+  next_launch_ = 0;
+  launched_in_backward_ = 0;
+}
+
+void ZeroSharding::on_accumulated(size_t i) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_) return;
+  seen_[i] += 1;
+  if (counting_) return;
+  LOWMEM_CHECK(seen_[i] <= expected_[i], "[dist] ZeRO-2: parameter ", i,
+               " received gradient ", seen_[i], " of this backward, but ",
+               expected_[i],
+               " in the first update's; its bucket may already be reduced "
+               "(the graph changed between updates: set dist.zero_overlap "
+               "false)");
+  buckets_[bucket_of_[i]].waiting -= 1;
+  while (next_launch_ < buckets_.size() &&
+         buckets_[next_launch_].waiting == 0) {
+    launch_bucket(buckets_[next_launch_++], true);
+  }
+}
+
+void ZeroSharding::launch_bucket(Bucket& b, bool in_backward) {
+  c10::NoGradGuard no_grad;
+  const size_t index = static_cast<size_t>(&b - buckets_.data());
+  b.launched = true;
+  launched_in_backward_ += in_backward ? 1 : 0;
+  // Every rank issues the same reduces in the same order (bucket, owner).
+  std::vector<at::Tensor> grads(params_.size());
+  for (int o = 0; o < comm_->world_size(); ++o) {
+    std::vector<size_t> members;
+    for (const size_t i : b.params) {
+      if (owners_[i] != o || !params_[i].grad().defined()) continue;
+      members.push_back(i);
+      grads[i] = params_[i].grad();
+    }
+    if (members.empty()) continue;
+    at::Tensor flat = flatten(members, grads);
+    Work w = comm_->reduce_sum_async(flat, o);
+    for (const size_t i : members) {
+      reduced_[i] = true;
+      // The flat copy is what is sent: another rank's gradient goes now.
+      if (o != comm_->rank()) params_[i].mutable_grad() = at::Tensor();
+    }
+    in_flight_.push_back(InFlight{index, o, std::move(members), flat, w});
+  }
+  // At most two buckets in flight: older ones are waited for, so the flat
+  // copies do not pile up into a second set of gradients.
+  for (auto& f : in_flight_) {
+    if (f.flat.defined() && f.bucket + 2 <= index) finish(f);
+  }
+}
+
+void ZeroSharding::finish(InFlight& f) {
+  c10::NoGradGuard no_grad;
+  f.work.wait();
+  if (f.owner == comm_->rank()) {
+    f.flat.div_(comm_->world_size());
+    std::vector<at::Tensor> grads(params_.size());
+    for (const size_t i : f.params) grads[i] = params_[i].grad();
+    unflatten(f.flat, f.params, grads);
+  }
+  f.flat = at::Tensor();
+}
+
+void ZeroSharding::finish_all() {
+  for (auto& f : in_flight_) {
+    if (f.flat.defined()) finish(f);
+  }
+  in_flight_.clear();
+}
+
+int64_t ZeroSharding::foreign_grad_bytes() const {
+  int64_t total = 0;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const at::Tensor& g = params_[i].grad();
+    if (owners_[i] != comm_->rank() && g.defined()) total += nbytes(g);
+  }
+  return total;
 }
 
 int64_t ZeroSharding::bytes_owned_by(int rank) const {
@@ -141,8 +290,39 @@ void check_same_mask(Communicator& comm, const std::vector<bool>& had) {
 
 }  // namespace
 
+void ZeroSharding::reduce_after_overlap(std::vector<at::Tensor>& grads) {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    had_grad_[i] = reduced_[i] || params_[i].grad().defined();
+  }
+  check_same_mask(*comm_, had_grad_);
+  // Buckets that did not complete during backward (a parameter without a
+  // gradient this time), in the same order on every rank.
+  for (; next_launch_ < buckets_.size(); ++next_launch_) {
+    launch_bucket(buckets_[next_launch_], false);
+  }
+  finish_all();
+  grads.clear();
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (owners_[i] == comm_->rank() && params_[i].grad().defined()) {
+      grads.push_back(params_[i].grad());
+    }
+  }
+}
+
 void ZeroSharding::reduce_gradients(std::vector<at::Tensor>& grads) {
   c10::NoGradGuard no_grad;
+  foreign_bytes_after_backward_ = foreign_grad_bytes();
+  const bool overlapped = armed_ && !counting_;
+  if (armed_ && counting_) {
+    expected_ = seen_;  // the first update: counts for the later ones
+    counted_ = true;
+  }
+  armed_ = false;
+  counting_ = false;
+  if (overlapped) {
+    reduce_after_overlap(grads);
+    return;
+  }
   std::vector<size_t> with_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     had_grad_[i] = params_[i].grad().defined();

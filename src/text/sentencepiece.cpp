@@ -11,19 +11,26 @@
 namespace lowmem::text::detail {
 namespace {
 
+// The module's functions, listed once: Module's fields and their loading.
+// clang-format off
+#define LOWMEM_SPM_FUNCTIONS(X)                                      \
+  X(abi_version) X(load) X(free) X(piece_size) X(id_to_piece)        \
+  X(piece_to_id) X(piece_type) X(special_ids) X(encode)              \
+  X(encode_offsets) X(decode) X(train)
+// clang-format on
+
 struct Module {
-  decltype(&lowmem_spm_abi_version) abi_version = nullptr;
-  decltype(&lowmem_spm_load) load = nullptr;
-  decltype(&lowmem_spm_free) free = nullptr;
-  decltype(&lowmem_spm_piece_size) piece_size = nullptr;
-  decltype(&lowmem_spm_id_to_piece) id_to_piece = nullptr;
-  decltype(&lowmem_spm_piece_to_id) piece_to_id = nullptr;
-  decltype(&lowmem_spm_piece_type) piece_type = nullptr;
-  decltype(&lowmem_spm_special_ids) special_ids = nullptr;
-  decltype(&lowmem_spm_encode) encode = nullptr;
-  decltype(&lowmem_spm_encode_offsets) encode_offsets = nullptr;
-  decltype(&lowmem_spm_decode) decode = nullptr;
-  decltype(&lowmem_spm_train) train = nullptr;
+#define LOWMEM_SPM_FIELD(f) decltype(&lowmem_spm_##f) f = nullptr;
+  LOWMEM_SPM_FUNCTIONS(LOWMEM_SPM_FIELD)
+#undef LOWMEM_SPM_FIELD
+  // Whether the module defines every function.
+  bool complete() const {
+    bool all = true;
+#define LOWMEM_SPM_FOUND(f) all = all && f != nullptr;
+    LOWMEM_SPM_FUNCTIONS(LOWMEM_SPM_FOUND)
+#undef LOWMEM_SPM_FOUND
+    return all;
+  }
 };
 
 // The module, loaded once per process; candidates:
@@ -66,23 +73,11 @@ const Module& module() {
       return;
     }
     auto sym = [h](const char* name) { return ::dlsym(h, name); };
-#define LOWMEM_SPM_SYM(field, name) \
-  m.field = reinterpret_cast<decltype(m.field)>(sym(name))
-    LOWMEM_SPM_SYM(abi_version, "lowmem_spm_abi_version");
-    LOWMEM_SPM_SYM(load, "lowmem_spm_load");
-    LOWMEM_SPM_SYM(free, "lowmem_spm_free");
-    LOWMEM_SPM_SYM(piece_size, "lowmem_spm_piece_size");
-    LOWMEM_SPM_SYM(id_to_piece, "lowmem_spm_id_to_piece");
-    LOWMEM_SPM_SYM(piece_to_id, "lowmem_spm_piece_to_id");
-    LOWMEM_SPM_SYM(piece_type, "lowmem_spm_piece_type");
-    LOWMEM_SPM_SYM(special_ids, "lowmem_spm_special_ids");
-    LOWMEM_SPM_SYM(encode, "lowmem_spm_encode");
-    LOWMEM_SPM_SYM(encode_offsets, "lowmem_spm_encode_offsets");
-    LOWMEM_SPM_SYM(decode, "lowmem_spm_decode");
-    LOWMEM_SPM_SYM(train, "lowmem_spm_train");
+#define LOWMEM_SPM_SYM(f) \
+  m.f = reinterpret_cast<decltype(m.f)>(sym("lowmem_spm_" #f));
+    LOWMEM_SPM_FUNCTIONS(LOWMEM_SPM_SYM)
 #undef LOWMEM_SPM_SYM
-    if (m.abi_version == nullptr || m.abi_version() != LOWMEM_SPM_ABI_VERSION ||
-        m.decode == nullptr || m.train == nullptr) {
+    if (!m.complete() || m.abi_version() != LOWMEM_SPM_ABI_VERSION) {
       error += "\n  the module found has another interface version";
       m = Module{};
     }

@@ -210,6 +210,10 @@ int64_t zero_stage(const Config& c) {
   return opts<DistSection>(c, "dist").zero_stage;
 }
 
+bool zero_overlap(const Config& c) {
+  return opts<DistSection>(c, "dist").zero_overlap;
+}
+
 namespace {
 
 /// Runs `fn`; c10::Errors (option validation in constructors) become

@@ -107,13 +107,20 @@ struct DistSection {
   // worker keeps the state of its own parameters; 2: ZeRO-2, and receives
   // only its own parameters' gradients (dist/zero.h).
   int64_t zero_stage = 0;
+  // ZeRO-2: reduce each gradient bucket to its owners during backward and
+  // free the other ranks' gradients at once (DeepSpeed's overlap_comm);
+  // false: after backward.
+  bool zero_overlap = true;
   template <class V>
   void for_each_field(V&& v) {
     v("zero_stage", zero_stage);
+    v("zero_overlap", zero_overlap);
   }
 };
 /// The dist section's zero_stage.
 int64_t zero_stage(const Config& c);
+/// The dist section's zero_overlap.
+bool zero_overlap(const Config& c);
 
 struct BuiltData {
   std::shared_ptr<data::BatchSource> train, eval;

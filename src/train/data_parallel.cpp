@@ -37,7 +37,7 @@ std::string unshardable(const torch::optim::Optimizer& opt) {
 
 std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
     Trainer& trainer, std::shared_ptr<dist::Communicator> comm,
-    int64_t zero_stage, double bucket_cap_mb) {
+    int64_t zero_stage, double bucket_cap_mb, bool zero_overlap) {
   LOWMEM_CHECK(comm != nullptr,
                "[dist] attach_data_parallel needs a "
                "communicator");
@@ -60,7 +60,8 @@ std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
       comm, trainer.parameters(),
       dist::ZeroOptions()
           .stage(static_cast<int>(zero_stage))
-          .bucket_cap_mb(bucket_cap_mb));
+          .bucket_cap_mb(bucket_cap_mb)
+          .overlap(zero_overlap));
   // The hooks share ownership: the sharding lives as long as the trainer.
   trainer.set_grad_sync([zero](std::vector<at::Tensor>& grads) {
     zero->reduce_gradients(grads);
@@ -69,6 +70,8 @@ std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
     return zero->gather_norms(norms);
   });
   trainer.set_after_update([zero] { zero->broadcast_parameters(); });
+  trainer.set_before_backward(
+      [zero](bool last) { zero->before_backward(last); });
   trainer.set_optimizer_shards(
       {comm->rank(), comm->world_size(), zero->owners()});
   // Every rank writes its shard into the staging directory, then rank 0

@@ -311,7 +311,8 @@ std::shared_ptr<dist::Communicator> join_job(const dist::DistEnv& env,
       session.train_data, comm->rank(), comm->world_size());
   // Gradient sync, ZeRO's hooks and the (rank 0 or sharded) checkpoint
   // writes.
-  attach_data_parallel(trainer, comm, detail::zero_stage(session.config));
+  attach_data_parallel(trainer, comm, detail::zero_stage(session.config), 25.0,
+                       detail::zero_overlap(session.config));
   // Same seed, same initialisation: checked, not assumed.
   dist::check_identical(*comm, trainer.parameters(), "initial weights");
   return comm;

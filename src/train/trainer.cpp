@@ -229,6 +229,9 @@ StepResult Trainer::accumulate(data::BatchSource& source) {
     LOWMEM_CHECK(loss.defined() && loss.numel() == 1,
                  "[trainer] the loss must be a single number, got shape ",
                  loss.sizes());
+    if (before_backward_) {
+      before_backward_(micro + 1 == options_.accum_steps);
+    }
     {
       profile::Scope backward_scope(profile::Phase::kBackward);
       (loss * inv_accum).backward();

@@ -44,6 +44,8 @@ struct RunSetup {
   int64_t save_every = 0;
   std::string resume;  // checkpoint to resume from
   bool lora = false;
+  bool overlap = true;  // ZeRO-2's reduction during backward
+  int64_t accum = 1;    // micro-batches per update
 };
 
 // What rank 0 saw (parameters after every step) and every rank's state.
@@ -54,6 +56,10 @@ struct Trace {
   std::vector<int64_t> param_bytes;            // per parameter
   dist::CommStats stats;                       // rank 0's, whole run
   int64_t first_step = 0;
+  // Rank 0's, per step (ZeRO only): other ranks' gradient bytes still held
+  // when backward ended, and the buckets reduced from hooks during it.
+  std::vector<int64_t> foreign_bytes, launched;
+  int64_t own_grad_bytes = 0;  // rank 0's parameters' gradient bytes
 };
 
 // Widths chosen so parameters differ in size (the partition has to balance).
@@ -131,6 +137,7 @@ void run_worker(const RunSetup& setup, std::shared_ptr<Communicator> comm,
   auto opt = make_optimizer(setup.optim, *model);
   train::TrainerOptions o;
   o.max_steps = setup.steps;
+  o.accum_steps = setup.accum;
   o.clip_norm = 0.5;  // active: the global norm must be the replicated one
   o.checkpoint_dir = setup.ckpt;
   o.save_every = setup.save_every;
@@ -139,12 +146,18 @@ void run_worker(const RunSetup& setup, std::shared_ptr<Communicator> comm,
       model.ptr(), [model](const data::Batch& b) { return mse(model, b); },
       {{"opt", opt, {}}}, o);
   // Small buckets: several collectives per step.
-  train::attach_data_parallel(trainer, comm, setup.stage, 0.002);
+  auto zero = train::attach_data_parallel(trainer, comm, setup.stage, 0.002,
+                                          setup.overlap);
   dist::ShardedSource source(std::make_shared<RegressionSource>(8, 7),
                              comm->rank(), comm->world_size());
   if (!setup.resume.empty()) trainer.load_checkpoint(setup.resume, source);
   std::vector<std::vector<at::Tensor>> steps;
+  std::vector<int64_t> foreign, launched;
   trainer.set_step_probe([&](train::ProbePoint point) {
+    if (point == train::ProbePoint::kAfterBackward && zero != nullptr) {
+      foreign.push_back(zero->foreign_gradient_bytes_after_backward());
+      launched.push_back(zero->buckets_launched_in_backward());
+    }
     if (point != train::ProbePoint::kAfterUpdate) return;
     std::vector<at::Tensor> now;
     for (const auto& p : trainer.parameters())
@@ -159,6 +172,9 @@ void run_worker(const RunSetup& setup, std::shared_ptr<Communicator> comm,
       optim::state_bytes(*opt);
   if (comm->rank() == 0) {
     trace.steps = steps;
+    trace.foreign_bytes = foreign;
+    trace.launched = launched;
+    if (zero != nullptr) trace.own_grad_bytes = zero->bytes_owned_by(0);
     trace.stats = comm->stats();
     for (const auto& p : trainer.parameters()) {
       trace.param_bytes.push_back(p.numel() * p.element_size());
@@ -276,6 +292,60 @@ TEST(Zero, Stage2EqualsReplicatedFor1To4Workers) {
   }
   expect_matches_replicated("torch_adamw", 2, 4, /*bitwise=*/false,
                             /*lora=*/true);
+}
+
+// ZeRO-2 with overlap: from the second update on (the first counts each
+// parameter's accumulations), every bucket is reduced from the gradient
+// hooks during backward and a rank ends backward holding no gradient of
+// another rank's parameters; after-backward reduction (overlap off, and
+// stage 1) ends it holding all of them. The trajectories are the same
+// (2 workers: bitwise).
+TEST(Zero, Stage2FreesOtherRanksGradientsDuringBackward) {
+  RunSetup s;
+  s.stage = 2;
+  s.workers = 2;
+  s.optim = "adamw";
+  const Trace on = run(s);
+  s.overlap = false;
+  const Trace off = run(s);
+  s.stage = 1;
+  const Trace stage1 = run(s);
+  int64_t all = 0;
+  for (const int64_t b : on.param_bytes) all += b;
+  const int64_t foreign = all - on.own_grad_bytes;
+  ASSERT_GT(foreign, 0);
+  ASSERT_EQ(on.foreign_bytes.size(), 5u);
+  EXPECT_EQ(on.foreign_bytes[0], foreign);  // the counting update
+  EXPECT_EQ(on.launched[0], 0);
+  for (size_t k = 1; k < on.foreign_bytes.size(); ++k) {
+    EXPECT_EQ(on.foreign_bytes[k], 0) << "step " << k;
+    EXPECT_GT(on.launched[k], 1) << "step " << k;  // several small buckets
+  }
+  for (const Trace* t : {&off, &stage1}) {
+    ASSERT_EQ(t->foreign_bytes.size(), 5u);
+    for (size_t k = 0; k < t->foreign_bytes.size(); ++k) {
+      EXPECT_EQ(t->foreign_bytes[k], foreign) << "step " << k;
+      EXPECT_EQ(t->launched[k], 0) << "step " << k;
+    }
+  }
+  for (size_t k = 0; k < on.steps.size(); ++k) {
+    EXPECT_TRUE(bitwise_equal(on.steps[k], off.steps[k])) << "step " << k;
+    EXPECT_TRUE(bitwise_equal(on.steps[k], stage1.steps[k])) << "step " << k;
+  }
+  // With two micro-batches per update only the last backward reduces.
+  s.accum = 2;
+  s.stage = 2;
+  s.overlap = true;
+  const Trace accum_on = run(s);
+  s.stage = 0;
+  const Trace accum_rep = run(s);
+  ASSERT_EQ(accum_on.foreign_bytes.size(), 5u);
+  EXPECT_EQ(accum_on.foreign_bytes.back(), 0);
+  EXPECT_GT(accum_on.launched.back(), 1);
+  for (size_t k = 0; k < accum_on.steps.size(); ++k) {
+    EXPECT_TRUE(bitwise_equal(accum_on.steps[k], accum_rep.steps[k]))
+        << "accum step " << k;
+  }
 }
 
 // AdamW keeps 2 x the parameter bytes for each parameter it updates: a

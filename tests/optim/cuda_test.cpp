@@ -57,7 +57,7 @@ struct CudaCase {
   MakeOpt make;
 };
 
-std::vector<CudaCase> cases() {
+std::vector<CudaCase> cuda_cases() {
   auto params = [](Mlp& m) { return m.parameters(); };
   // One SVD basis for the three steps: a singular vector's sign is LAPACK's or
   // cuSOLVER's choice, and the update is sign-invariant only while the inner
@@ -95,7 +95,7 @@ std::vector<CudaCase> cases() {
 
 TEST(Cuda, EveryOptimizerStepsAsOnTheCpu) {
   if (!have_cuda()) GTEST_SKIP() << "no CUDA device";
-  for (const auto& c : cases()) {
+  for (const auto& c : cuda_cases()) {
     SCOPED_TRACE(c.name);
     auto cpu = train(c.make, torch::kCPU);
     auto gpu = train(c.make, torch::Device(torch::kCUDA, 0));

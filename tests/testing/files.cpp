@@ -23,4 +23,14 @@ std::string read_file(const std::filesystem::path& path) {
   return ss.str();
 }
 
+std::string write_corpus(const std::filesystem::path& dir) {
+  const std::filesystem::path p = dir / "corpus.txt";
+  std::ofstream f(p);
+  for (int i = 0; i < 400; ++i) {
+    f << "line " << i << ": the quick brown fox jumps over the lazy dog "
+      << (i * 7919) % 1000 << "\n";
+  }
+  return p.string();
+}
+
 }  // namespace lowmem::testing

@@ -1,5 +1,5 @@
-// File helpers shared by the test folders: a fresh temporary folder per test
-// and reading a whole file.
+// File helpers shared by the test folders: a fresh temporary folder per test,
+// reading a whole file, a small text corpus.
 #pragma once
 
 #include <filesystem>
@@ -13,5 +13,9 @@ std::filesystem::path fresh_temp_dir(const std::string& name);
 
 /// The bytes of the file at `path`; empty if it cannot be opened.
 std::string read_file(const std::filesystem::path& path);
+
+/// Writes `<dir>/corpus.txt`, 400 short lines of our own (no dependency on
+/// Debian's fortunes, absent on the GPU machines); returns its path.
+std::string write_corpus(const std::filesystem::path& dir);
 
 }  // namespace lowmem::testing

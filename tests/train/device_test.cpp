@@ -23,18 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using lowmem::testing::expect_config_error;
 using lowmem::testing::fresh_temp_dir;
-
-// A small corpus of our own (no dependency on Debian's fortunes, absent on
-// the GPU machines).
-std::string write_corpus(const fs::path& dir) {
-  const fs::path p = dir / "corpus.txt";
-  std::ofstream f(p);
-  for (int i = 0; i < 400; ++i) {
-    f << "line " << i << ": the quick brown fox jumps over the lazy dog "
-      << (i * 7919) % 1000 << "\n";
-  }
-  return p.string();
-}
+using lowmem::testing::write_corpus;
 
 Config tiny(const fs::path& dir, const std::string& device) {
   Config c;

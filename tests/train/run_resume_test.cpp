@@ -34,6 +34,7 @@ namespace {
 namespace fs = std::filesystem;
 using lowmem::testing::fresh_temp_dir;
 using lowmem::testing::read_file;
+using lowmem::testing::write_corpus;
 
 struct Case {
   std::string name;
@@ -86,16 +87,6 @@ std::vector<Case> cases() {
         {"projected_adapter.rank", "4"},
         {"projected_adapter.update_proj_gap", "3"}}},
   };
-}
-
-std::string write_corpus(const fs::path& dir) {
-  const fs::path p = dir / "corpus.txt";
-  std::ofstream f(p);
-  for (int i = 0; i < 400; ++i) {
-    f << "line " << i << ": the quick brown fox jumps over the lazy dog "
-      << (i * 7919) % 1000 << "\n";
-  }
-  return p.string();
 }
 
 Config tiny(const Case& c, const std::string& corpus, const std::string& out) {

@@ -8,12 +8,23 @@
 // without a gradient and creates their state on their first update
 // (PerParamOptimizer, GaLore, torch's SGD/Adam/AdamW); not with whole-layer
 // curvature optimizers (SINGD, KFAC).
+// Stage 2 reduces bucket by bucket during the update's last backward
+// (DeepSpeed's overlap_comm / reduce_bucket_size): a hook after each
+// parameter's gradient accumulation launches a bucket's reduces as soon as
+// the bucket is complete and frees the gradients this rank does not own, so
+// a rank holds its own gradients plus a few buckets in flight, not all of
+// them, at the end of backward.
 // Deviations from DeepSpeed: whole parameters instead of flat equal
 // partitions (a rank holds 1/N of the bytes plus at most one parameter);
-// gradients are reduced after backward, not bucket by bucket during it, so
-// backward's peak still holds every gradient (stage 2 frees the others'
-// gradients when the reduction is done); ProcessGroupGloo of LibTorch 1.13 has
-// no reduce_scatter, so stage 2 issues one reduce per owner and bucket.
+// ProcessGroupGloo of LibTorch 1.13 has no reduce_scatter, so stage 2 issues
+// one reduce per owner and bucket; stage 1 (and stage 2 with overlap off)
+// reduces after backward. Buckets follow the reverse parameter order (as
+// torch DDP's first iteration); the first update only counts how many times
+// each parameter's gradient is accumulated in one backward (checkpointed
+// segments and parameters shared across layers accumulate several times)
+// and reduces after backward; later updates launch a bucket once each of its
+// parameters reached that count. A parameter accumulating more often than in
+// the first update is an error (the graph changed; set overlap off).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -21,6 +32,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "lowmem/dist/communicator.h"
@@ -39,6 +51,11 @@ struct ZeroOptions {
   TORCH_ARG(int, stage) = 1;
   /// Largest flat buffer one collective moves (MiB); DDP's default is 25.
   TORCH_ARG(double, bucket_cap_mb) = 25.0;
+  /// Stage 2: reduce from gradient hooks during the last backward and free
+  /// the gradients of other ranks' parameters at once (DeepSpeed's
+  /// overlap_comm, default true for stage 2 there too). false: after
+  /// backward, as stage 1.
+  TORCH_ARG(bool, overlap) = true;
 };
 
 void validate(const ZeroOptions& options);
@@ -55,6 +72,22 @@ class ZeroSharding {
  public:
   ZeroSharding(std::shared_ptr<Communicator> comm,
                std::vector<at::Tensor> params, ZeroOptions options = {});
+  ~ZeroSharding();
+  ZeroSharding(const ZeroSharding&) = delete;
+  ZeroSharding& operator=(const ZeroSharding&) = delete;
+
+  /// Before each micro-batch's backward (train::Trainer's before-backward
+  /// hook): arms stage 2's hooks for the update's last micro-batch.
+  void before_backward(bool last_micro_batch);
+  /// Bytes of gradients of parameters this rank does not own that were
+  /// still held when the last update's backward ended (before
+  /// reduce_gradients): with stage 2's overlap only the buckets that could
+  /// not launch during backward; otherwise every such gradient.
+  int64_t foreign_gradient_bytes_after_backward() const {
+    return foreign_bytes_after_backward_;
+  }
+  /// Buckets whose reduces were launched from hooks during the last backward.
+  int64_t buckets_launched_in_backward() const { return launched_in_backward_; }
 
   /// Owner rank of parameter i (partition_by_bytes of the parameters' bytes).
   int owner(size_t i) const { return owners_.at(i); }
@@ -87,6 +120,44 @@ class ZeroSharding {
   ZeroOptions options_;
   std::vector<int> owners_;
   std::vector<bool> had_grad_;  // this step's parameters with a gradient
+
+  // Stage 2 with overlap (see the file's opening).
+  struct Bucket {
+    std::vector<size_t> params;  // indices into params_, reverse order
+    int64_t waiting = 0;         // accumulations still expected this step
+    bool launched = false;
+  };
+  struct InFlight {
+    size_t bucket = 0;
+    int owner = 0;
+    std::vector<size_t> params;
+    at::Tensor flat;
+    Work work;
+  };
+  class Hook;
+  void install_hooks();
+  void on_accumulated(size_t i);
+  void launch_bucket(Bucket& b, bool in_backward);
+  void finish(InFlight& f);
+  void finish_all();
+  void reduce_after_overlap(std::vector<at::Tensor>& grads);
+  int64_t foreign_grad_bytes() const;
+
+  std::vector<Bucket> buckets_;
+  std::vector<size_t> bucket_of_;             // param -> bucket
+  std::vector<int64_t> expected_;             // accumulations per backward
+  std::vector<int64_t> seen_;                 // this backward's, per param
+  std::vector<std::shared_ptr<void>> nodes_;  // the grad accumulators
+  std::vector<uintptr_t> hook_keys_;
+  std::vector<InFlight> in_flight_;
+  std::vector<bool> reduced_;  // this step's gradient went into a reduce
+  std::mutex mutex_;           // hooks may run on autograd's device threads
+  size_t next_launch_ = 0;
+  bool armed_ = false;     // the last micro-batch's backward is running
+  bool counting_ = false;  // the first armed update: count, do not launch
+  bool counted_ = false;   // expected_ holds the counts
+  int64_t foreign_bytes_after_backward_ = 0;
+  int64_t launched_in_backward_ = 0;
 };
 
 }  // namespace lowmem::dist

@@ -22,9 +22,11 @@ namespace lowmem::train {
 /// adapter (it rebases every layer on its own schedule). Also installs the
 /// checkpoint save hook: rank 0 writes (stage 0), or every rank writes its
 /// optimizer shard and rank 0 commits the step (stages 1 and 2,
-/// Trainer::set_optimizer_shards).
+/// Trainer::set_optimizer_shards). `zero_overlap` (stage 2): reduce during
+/// the last backward through the trainer's before-backward hook
+/// (dist::ZeroOptions::overlap).
 std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
     Trainer& trainer, std::shared_ptr<dist::Communicator> comm,
-    int64_t zero_stage, double bucket_cap_mb = 25.0);
+    int64_t zero_stage, double bucket_cap_mb = 25.0, bool zero_overlap = true);
 
 }  // namespace lowmem::train

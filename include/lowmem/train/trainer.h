@@ -66,6 +66,11 @@ using GradSync = std::function<void(std::vector<at::Tensor>& grads)>;
 using NormSync =
     std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
 
+/// Called before each micro-batch's backward with whether it is the update's
+/// last one (its backward completes the gradients), e.g. for ZeRO-2 to
+/// reduce gradients from hooks during that backward (dist/zero.h).
+using BeforeBackward = std::function<void(bool last_micro_batch)>;
+
 /// Called after the optimizers stepped (not on a skipped update) and before
 /// the after-update probe, e.g. ZeRO's broadcast of the updated parameters.
 using AfterUpdate = std::function<void()>;
@@ -167,6 +172,9 @@ class Trainer {
   void set_grad_sync(GradSync fn) { grad_sync_ = std::move(fn); }
   void set_norm_sync(NormSync fn) { norm_sync_ = std::move(fn); }
   void set_after_update(AfterUpdate fn) { after_update_ = std::move(fn); }
+  void set_before_backward(BeforeBackward fn) {
+    before_backward_ = std::move(fn);
+  }
   /// Wraps every checkpoint write of fit() (default: write directly).
   void set_save_hook(SaveHook fn) { save_hook_ = std::move(fn); }
   /// Runs `fn` at the probe points of every update (see ProbePoint).
@@ -241,6 +249,7 @@ class Trainer {
   GradSync grad_sync_;
   NormSync norm_sync_;
   AfterUpdate after_update_;
+  BeforeBackward before_backward_;
   SaveHook save_hook_;
   StepProbe probe_;
   std::string info_;
