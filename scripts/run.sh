@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 BUILD=${LOWMEM_BUILD_DIR:-build}
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_UNITY_BUILD="${LOWMEM_UNITY_BUILD:-ON}"
+  -DCMAKE_UNITY_BUILD="${LOWMEM_UNITY_BUILD:-ON}" \
+  -DCMAKE_UNITY_BUILD_BATCH_SIZE="${LOWMEM_UNITY_BATCH:-16}"
 cmake --build "$BUILD" -j "$(nproc)" --target lowmem_cli
 exec "./$BUILD/tools/lowmem" compare "$@"
