@@ -12,10 +12,11 @@
 # inputs. LOWMEM_FUZZ_SECONDS=N instead fuzzes
 # N seconds per target from a random seed; LOWMEM_FUZZ_SECONDS=0 skips fuzzing.
 # Any failing test, fuzzer crash or sanitizer report fails the script.
-# The build is a unity build (CMake batches of 8 sources, so LibTorch's
-# headers are parsed once per batch): a cold build of everything took 10 min
-# on 2 cores instead of about 22 (LOWMEM_UNITY_BUILD=OFF: one compile per
-# source, better for editing one file at a time; docs/DEVELOPERS.md).
+# The build is a unity build (CMake batches of 16 sources, LOWMEM_UNITY_BATCH,
+# so LibTorch's headers are parsed once per batch): a cold build of
+# everything took 9 min on 2 cores instead of about 22 (LOWMEM_UNITY_BUILD=OFF:
+# one compile per source, better for editing one file at a time;
+# docs/DEVELOPERS.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh

@@ -155,6 +155,15 @@ int run_train(const ConfigFlags& flags) {
                   << std::flush;
         printer = std::make_unique<ProgressPrinter>(s.unit, terminal);
       });
+  if (result.world_size > 1) {
+    // Every worker's own figures (the launcher prefixes its rank): under
+    // ZeRO the state is this worker's shard.
+    std::cout << "worker " << result.rank << " of " << result.world_size
+              << ": peak tensor memory " << format_bytes(result.peak_bytes)
+              << "; optimizer state "
+              << format_bytes(result.optimizer_state_bytes) << "; peak RSS "
+              << format_bytes(MemoryTracker::peak_rss_bytes()) << "\n";
+  }
   if (result.rank != 0) {
     return kExitOk;
   }

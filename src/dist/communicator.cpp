@@ -102,7 +102,10 @@ void Work::wait() {
                  impl_->timeout_s, " s). Cause: ", e.what());
   }
   impl_->done = true;
+  // The finished collective lets go of its tensors (c10d's work object holds
+  // its inputs too): a caller dropping its own reference frees the memory.
   impl_->keep_alive.clear();
+  impl_->work.reset();
 }
 
 Communicator::Communicator(DistEnv env, InitOptions options)

@@ -258,17 +258,8 @@ int64_t allreduce_mean_bucketed(
     packs.back().members.push_back(i);
     bytes += gb;
   }
-  int64_t total = 0;
-  for (auto& pk : packs) {
-    std::vector<at::Tensor> parts;
-    for (const size_t i : pk.members) {
-      parts.push_back(grads[i].reshape({-1}));
-    }
-    pk.flat = at::cat(parts);
-    total += pk.flat.numel() * static_cast<int64_t>(pk.flat.element_size());
-    pk.work = comm.allreduce_sum_async({pk.flat});
-  }
-  for (auto& pk : packs) {
+  // Waits for a pack and writes its mean back; its flat copy goes.
+  auto finish = [&](Pack& pk) {
     pk.work.wait();
     pk.flat.div_(comm.world_size());
     int64_t off = 0;
@@ -277,6 +268,26 @@ int64_t allreduce_mean_bucketed(
       g.copy_(pk.flat.narrow(0, off, g.numel()).view(g.sizes()));
       off += g.numel();
     }
+    pk.flat = at::Tensor();
+    pk.work = Work();  // it holds the flat too
+  };
+  // At most two packs in flight: their flat copies, not a second copy of
+  // every gradient, are the extra memory.
+  int64_t total = 0;
+  for (size_t k = 0; k < packs.size(); ++k) {
+    if (k >= 2) finish(packs[k - 2]);
+    Pack& pk = packs[k];
+    std::vector<at::Tensor> parts;
+    for (const size_t i : pk.members) {
+      parts.push_back(grads[i].reshape({-1}));
+    }
+    pk.flat = at::cat(parts);
+    total += pk.flat.numel() * static_cast<int64_t>(pk.flat.element_size());
+    pk.work = comm.allreduce_sum_async({pk.flat});
+  }
+  for (size_t k = packs.size() >= 2 ? packs.size() - 2 : 0; k < packs.size();
+       ++k) {
+    finish(packs[k]);
   }
   return total;
 }

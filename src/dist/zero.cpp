@@ -153,9 +153,9 @@ void ZeroSharding::install_hooks() {
     for (const size_t i : members) bucket_of_[i] = buckets_.size();
     buckets_.push_back(Bucket{std::move(members)});
   }
-  expected_.assign(params_.size(), 0);
-  seen_.assign(params_.size(), 0);
+  reached_.assign(params_.size(), false);
   reduced_.assign(params_.size(), false);
+  sums_.assign(params_.size(), at::Tensor());
   for (size_t i = 0; i < params_.size(); ++i) {
     auto node = torch::autograd::impl::grad_accumulator(params_[i]);
     hook_keys_.push_back(node->add_post_hook(std::make_unique<Hook>(this, i)));
@@ -168,30 +168,30 @@ void ZeroSharding::before_backward(bool last_micro_batch) {
   std::lock_guard<std::mutex> lock(mutex_);
   armed_ = last_micro_batch;
   if (!armed_) return;
-  counting_ = !counted_;
-  std::fill(seen_.begin(), seen_.end(), 0);
+  std::fill(reached_.begin(), reached_.end(), false);
   std::fill(reduced_.begin(), reduced_.end(), false);
+  std::fill(sums_.begin(), sums_.end(), at::Tensor());
   for (auto& b : buckets_) {
     b.launched = false;
-    b.waiting = 0;
-    for (const size_t i : b.params) b.waiting += expected_[i];
+    b.waiting = static_cast<int64_t>(b.params.size());
   }
   next_launch_ = 0;
+  launches_ = 0;
   launched_in_backward_ = 0;
+  late_reduces_ = 0;
 }
 
 void ZeroSharding::on_accumulated(size_t i) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!armed_) return;
-  seen_[i] += 1;
-  if (counting_) return;
-  LOWMEM_CHECK(seen_[i] <= expected_[i], "[dist] ZeRO-2: parameter ", i,
-               " received gradient ", seen_[i], " of this backward, but ",
-               expected_[i],
-               " in the first update's; its bucket may already be reduced "
-               "(the graph changed between updates: set dist.zero_overlap "
-               "false)");
-  buckets_[bucket_of_[i]].waiting -= 1;
+  Bucket& b = buckets_[bucket_of_[i]];
+  if (b.launched) {
+    launch_late(i);
+    return;
+  }
+  if (reached_[i]) return;  // accumulates into .grad until the bucket goes
+  reached_[i] = true;
+  b.waiting -= 1;
   while (next_launch_ < buckets_.size() &&
          buckets_[next_launch_].waiting == 0) {
     launch_bucket(buckets_[next_launch_++], true);
@@ -200,7 +200,8 @@ void ZeroSharding::on_accumulated(size_t i) {
 
 void ZeroSharding::launch_bucket(Bucket& b, bool in_backward) {
   c10::NoGradGuard no_grad;
-  const size_t index = static_cast<size_t>(&b - buckets_.data());
+  const size_t index = launches_++;
+  bound_in_flight(index);
   b.launched = true;
   launched_in_backward_ += in_backward ? 1 : 0;
   // Every rank issues the same reduces in the same order (bucket, owner).
@@ -215,28 +216,53 @@ void ZeroSharding::launch_bucket(Bucket& b, bool in_backward) {
     if (members.empty()) continue;
     at::Tensor flat = flatten(members, grads);
     Work w = comm_->reduce_sum_async(flat, o);
+    int64_t off = 0;
     for (const size_t i : members) {
       reduced_[i] = true;
-      // The flat copy is what is sent: another rank's gradient goes now.
-      if (o != comm_->rank()) params_[i].mutable_grad() = at::Tensor();
+      // The flat copy is what is sent (and, on the owner, where the sum
+      // lands): the gradient itself goes now, on every rank.
+      params_[i].mutable_grad() = at::Tensor();
+      const int64_t n = grads[i].numel();
+      if (o == comm_->rank()) {
+        sums_[i] = flat.narrow(0, off, n).view(grads[i].sizes());
+      }
+      off += n;
     }
     in_flight_.push_back(InFlight{index, o, std::move(members), flat, w});
   }
-  // At most two buckets in flight: older ones are waited for, so the flat
-  // copies do not pile up into a second set of gradients.
+}
+
+void ZeroSharding::launch_late(size_t i) {
+  c10::NoGradGuard no_grad;
+  // .grad holds only what arrived since the bucket went out.
+  at::Tensor part = params_[i].grad().contiguous().reshape({-1});
+  params_[i].mutable_grad() = at::Tensor();
+  const size_t index = launches_++;
+  bound_in_flight(index);
+  late_reduces_ += 1;
+  Work w = comm_->reduce_sum_async(part, owners_[i]);
+  in_flight_.push_back(InFlight{index, owners_[i], {i}, part, w, true});
+}
+
+// Before launch `newest`: launches older than the one before it are waited
+// for, so at most two are in flight and the flat copies of other ranks'
+// gradients do not pile up into a second set.
+void ZeroSharding::bound_in_flight(size_t newest) {
   for (auto& f : in_flight_) {
-    if (f.flat.defined() && f.bucket + 2 <= index) finish(f);
+    if (f.flat.defined() && f.bucket + 2 <= newest) finish(f);
   }
 }
 
 void ZeroSharding::finish(InFlight& f) {
   c10::NoGradGuard no_grad;
   f.work.wait();
+  f.work = Work();  // it holds the flat too
   if (f.owner == comm_->rank()) {
-    f.flat.div_(comm_->world_size());
-    std::vector<at::Tensor> grads(params_.size());
-    for (const size_t i : f.params) grads[i] = params_[i].grad();
-    unflatten(f.flat, f.params, grads);
+    if (f.late) {
+      at::Tensor& sum = sums_[f.params.front()];
+      sum.add_(f.flat.view(sum.sizes()));
+    }
+    // A bucket's flat stays alive through the owner's views (sums_).
   }
   f.flat = at::Tensor();
 }
@@ -298,27 +324,25 @@ void ZeroSharding::reduce_after_overlap(std::vector<at::Tensor>& grads) {
   // Buckets that did not complete during backward (a parameter without a
   // gradient this time), in the same order on every rank.
   for (; next_launch_ < buckets_.size(); ++next_launch_) {
-    launch_bucket(buckets_[next_launch_], false);
+    if (!buckets_[next_launch_].launched) {
+      launch_bucket(buckets_[next_launch_], false);
+    }
   }
   finish_all();
   grads.clear();
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (owners_[i] == comm_->rank() && params_[i].grad().defined()) {
-      grads.push_back(params_[i].grad());
-    }
+    if (owners_[i] != comm_->rank() || !sums_[i].defined()) continue;
+    params_[i].mutable_grad() = sums_[i].div_(comm_->world_size());
+    sums_[i] = at::Tensor();
+    grads.push_back(params_[i].grad());
   }
 }
 
 void ZeroSharding::reduce_gradients(std::vector<at::Tensor>& grads) {
   c10::NoGradGuard no_grad;
   foreign_bytes_after_backward_ = foreign_grad_bytes();
-  const bool overlapped = armed_ && !counting_;
-  if (armed_ && counting_) {
-    expected_ = seen_;  // the first update: counts for the later ones
-    counted_ = true;
-  }
+  const bool overlapped = armed_;
   armed_ = false;
-  counting_ = false;
   if (overlapped) {
     reduce_after_overlap(grads);
     return;
@@ -347,20 +371,28 @@ void ZeroSharding::reduce_gradients(std::vector<at::Tensor>& grads) {
       at::Tensor flat;
       Work work;
     };
-    // Every rank issues the same reduces in the same order (owner, bucket).
+    // Every rank issues the same reduces in the same order (owner, bucket),
+    // at most two in flight (their flat copies are the extra memory).
     std::vector<std::pair<int, Pending>> launched;
+    auto finish_one = [&](std::pair<int, Pending>& l) {
+      l.second.work.wait();
+      if (l.first == comm_->rank()) {
+        l.second.flat.div_(comm_->world_size());
+        unflatten(l.second.flat, l.second.pack, grads);
+      }
+      l.second.flat = at::Tensor();
+      l.second.work = Work();  // it holds the flat too
+    };
     for (int o = 0; o < comm_->world_size(); ++o) {
       for (auto& pack : packs_of(by_owner[o], grads, cap)) {
+        if (launched.size() >= 2) finish_one(launched[launched.size() - 2]);
         at::Tensor flat = flatten(pack, grads);
         Work w = comm_->reduce_sum_async(flat, o);
         launched.emplace_back(o, Pending{std::move(pack), flat, w});
       }
     }
-    for (auto& [o, p] : launched) {
-      p.work.wait();
-      if (o != comm_->rank()) continue;
-      p.flat.div_(comm_->world_size());
-      unflatten(p.flat, p.pack, grads);
+    for (auto& l : launched) {
+      if (l.second.flat.defined()) finish_one(l);
     }
   }
   std::vector<at::Tensor> own;

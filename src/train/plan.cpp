@@ -262,18 +262,27 @@ struct Event {
 // steady-state step, in time order. A parameter of a layer-wise GaLore is
 // updated by its hook as soon as its gradient is ready (that gradient and the
 // update's temporaries: `hooks`); every other gradient stays alive until the
-// optimizer step.
-std::vector<Event> step_events(const Sized& z, const ActivationModel& a) {
+// optimizer step, except, under ZeRO-2's reduction during backward, those
+// of other workers' parameters (`foreign`, by parameter): alive while their
+// bucket goes out, counted in their own stage's event only.
+std::vector<Event> step_events(const Sized& z, const ActivationModel& a,
+                               const std::vector<bool>& foreign = {}) {
   const int64_t L = a.layers;
   std::vector<int64_t> grads(static_cast<size_t>(L + 2), 0);
+  std::vector<int64_t> passing(static_cast<size_t>(L + 2), 0);
   std::vector<int64_t> hooked(static_cast<size_t>(L + 2), 0);
   std::vector<int64_t> hooks(static_cast<size_t>(L + 2), 0);
   int64_t all_grads = 0, update = 0, refresh = 0, low_alive = 0;
   bool stepped = false;
-  for (const auto& q : z.params) {
+  for (size_t i = 0; i < z.params.size(); ++i) {
+    const Param& q = z.params[i];
     const auto s =
         static_cast<size_t>(std::clamp<int64_t>(q.stage + 1, 0, L + 1));
     const int64_t grad = nbytes(q.p);
+    if (!foreign.empty() && foreign[i]) {
+      passing[s] += grad;
+      continue;
+    }
     if (q.hooked) {
       // A refresh (GaLore::prepare) finishes before the projection starts:
       // its temporaries and the update's are never alive together.
@@ -298,8 +307,8 @@ std::vector<Event> step_events(const Sized& z, const ActivationModel& a) {
   ev.push_back({"backward of the loss", 0, L * kept + a.head, a.head_backward});
   int64_t done = grads[0];
   const int64_t after_loss = L * kept + a.head - a.log_probs;
-  ev.push_back(
-      {"backward of the head", done + hooked[0], after_loss, a.logits_grad});
+  ev.push_back({"backward of the head", done + hooked[0] + passing[0],
+                after_loss, a.logits_grad});
   if (hooks[0] > 0) {
     ev.push_back({"update of the head", done, after_loss, hooks[0]});
   }
@@ -307,14 +316,15 @@ std::vector<Event> step_events(const Sized& z, const ActivationModel& a) {
     const auto s = static_cast<size_t>(l + 1);
     done += grads[s];
     const int64_t recompute = a.checkpointing ? a.layer : 0;
-    ev.push_back({"backward of layer " + std::to_string(l), done,
+    ev.push_back({"backward of layer " + std::to_string(l), done + passing[s],
                   (l + 1) * kept,
                   recompute + a.layer_backward + z.dequant + hooks[s]});
   }
   const auto emb = static_cast<size_t>(L + 1);
   done += grads[emb];
-  ev.push_back({"backward of the embedding", done, 0, hooks[emb]});
-  if (stepped) {
+  ev.push_back(
+      {"backward of the embedding", done + passing[emb], 0, hooks[emb]});
+  if (stepped || !foreign.empty()) {
     ev.push_back({"optimizer step", all_grads, 0, low_alive + update});
     if (refresh > 0)
       ev.push_back({"projection refresh", all_grads, 0, refresh});
@@ -322,13 +332,12 @@ std::vector<Event> step_events(const Sized& z, const ActivationModel& a) {
   return ev;
 }
 
-// Each worker's optimizer state under ZeRO (empty without it): parameters
-// owned as dist::partition_by_bytes assigns them, each bringing its own
-// state. The routes list parameters in optimizer order except GaLore's
-// (projected first here, plain first in its groups): equal-sized parameters
-// may then land on other workers than in training, same totals otherwise.
-std::vector<int64_t> worker_state(const Config& c, const Sized& z,
-                                  int64_t workers) {
+// The owner worker of each trainable parameter under ZeRO (empty without
+// it), as dist::partition_by_bytes assigns them. The routes list parameters
+// in optimizer order except GaLore's (projected first here, plain first in
+// its groups): equal-sized parameters may then land on other workers than in
+// training, same totals otherwise.
+std::vector<int> zero_owners(const Config& c, const Sized& z, int64_t workers) {
   if (workers < 1) {
     throw ConfigError("plan: workers must be >= 1, got " +
                       std::to_string(workers));
@@ -341,11 +350,57 @@ std::vector<int64_t> worker_state(const Config& c, const Sized& z,
   check_data_parallel(c, static_cast<int>(workers));
   std::vector<int64_t> bytes;
   for (const auto& q : z.params) bytes.push_back(nbytes(q.p));
-  const auto owners =
-      dist::partition_by_bytes(bytes, static_cast<int>(workers));
-  std::vector<int64_t> out(static_cast<size_t>(workers), 0);
-  for (size_t i = 0; i < owners.size(); ++i) {
-    out[static_cast<size_t>(owners[i])] += z.params[i].state;
+  return dist::partition_by_bytes(bytes, static_cast<int>(workers));
+}
+
+// The peak event of one worker (the only one without ZeRO): its events'
+// largest sum plus its optimizer state. Under ZeRO-2 with reduction during
+// backward the gradients it keeps are its own.
+struct WorkerPeak {
+  Event top;
+  int64_t state = 0;
+  int64_t total() const { return top.total() + state; }
+};
+
+WorkerPeak worker_peak(const Config& c, const Sized& z,
+                       const ActivationModel& a, const std::vector<int>& owners,
+                       int worker) {
+  WorkerPeak out;
+  std::vector<bool> foreign;
+  const bool overlap = detail::zero_stage(c) == 2 && detail::zero_overlap(c);
+  if (overlap) {
+    for (const int o : owners) foreign.push_back(o != worker);
+  }
+  for (size_t i = 0; i < z.params.size(); ++i) {
+    if (owners.empty() || owners[i] == worker) out.state += z.params[i].state;
+  }
+  auto events = step_events(z, a, foreign);
+  if (!owners.empty()) {
+    // The reduction's flat copies, a bucket being up to 25 MiB
+    // (bucket_cap_mb) or one larger parameter: after backward (stage 1, or
+    // stage 2 without overlap) two buckets in flight beside every gradient
+    // (dist/zero.h); during backward one bucket's copy beside the gradients
+    // it was made from (measured: 60m, 2 workers, docs/distributed.md).
+    int64_t all = 0, largest = 0;
+    for (const auto& q : z.params) {
+      all += nbytes(q.p);
+      largest = std::max(largest, nbytes(q.p));
+    }
+    const int64_t bucket = std::max(std::min(int64_t{25} << 20, all), largest);
+    if (overlap) {
+      for (auto& e : events) {
+        if (e.at.rfind("backward of", 0) == 0 &&
+            e.at != "backward of the loss") {
+          e.transient += bucket;
+        }
+      }
+    } else {
+      events.push_back({"gradient reduction", all, 0, 2 * bucket});
+    }
+  }
+  out.top = events.front();
+  for (const auto& e : events) {
+    if (e.total() > out.top.total()) out.top = e;
   }
   return out;
 }
@@ -376,28 +431,28 @@ Plan make_plan(const Config& config, const PlanOptions& o) {
   out.activations_full = a.layers * a.layer + a.head;
   out.activations_checkpointed = a.layers * a.checkpoint + a.head;
   const int64_t batch_bytes = 2 * batch * pm.seq * 8;  // int64 input, target
-  const auto events = step_events(z, a);
-  const Event* top = &events.front();
-  for (const auto& e : events) {
-    if (e.total() > top->total()) top = &e;
+  for (const auto& e : step_events(z, a)) {
     if (e.transient > out.largest_transient) {
       out.largest_transient = e.transient;
       out.largest_transient_at = e.at;
     }
   }
-  out.gradients = top->gradients;
-  out.activations = top->activations;
-  out.transient = top->transient + batch_bytes;
-  out.peak_at = top->at;
-  out.worker_state = worker_state(c, z, o.workers());
-  const int64_t state =
-      out.worker_state.empty()
-          ? out.optimizer_state
-          : *std::max_element(out.worker_state.begin(), out.worker_state.end());
-  out.peak = out.weights + state + top->total() + batch_bytes;
+  const auto owners = zero_owners(c, z, o.workers());
+  WorkerPeak top;
+  const int workers = owners.empty() ? 1 : static_cast<int>(o.workers());
+  for (int w = 0; w < workers; ++w) {
+    const WorkerPeak p = worker_peak(c, z, a, owners, w);
+    if (w == 0 || p.total() > top.total()) top = p;
+    if (!owners.empty()) out.worker_state.push_back(p.state);
+  }
+  out.gradients = top.top.gradients;
+  out.activations = top.top.activations;
+  out.transient = top.top.transient + batch_bytes;
+  out.peak_at = top.top.at;
+  out.peak = out.weights + top.total() + batch_bytes;
   out.parts = z.parts;
   if (!out.worker_state.empty()) {
-    out.parts.push_back({"optimizer state of the largest worker", state,
+    out.parts.push_back({"optimizer state of the peak's worker", top.state,
                          "ZeRO-" + std::to_string(detail::zero_stage(c)) +
                              ", " + std::to_string(o.workers()) +
                              " workers; the peak counts it"});

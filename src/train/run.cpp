@@ -436,6 +436,9 @@ RunResult run(const Config& config, ProgressFn progress,
         "save the adapter");
   }
   result.peak_bytes = tensor_memory(session->device).peak;
+  for (const auto& slot : trainer.optimizers()) {
+    result.optimizer_state_bytes += optim::state_bytes(*slot.optimizer);
+  }
   return result;
 }
 

@@ -583,6 +583,15 @@ TEST_F(Cli, NprocPerNodeTwoZero2TrainsAndResumesAsOneProcess) {
   a.insert(a.begin() + 1, {"--nproc-per-node", "2", "--zero", "2"});
   auto r = run(a);
   ASSERT_EQ(r.code, 0) << r.err << r.out;
+  // Each worker reports its own peak and its shard of the state.
+  for (const char* w : {"worker 0 of 2: peak tensor memory ",
+                        "worker 1 of 2: peak tensor memory "}) {
+    const auto at = r.out.find(w);
+    ASSERT_NE(at, std::string::npos) << w << "\n" << r.out;
+    const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+    EXPECT_NE(line.find("; optimizer state "), std::string::npos) << line;
+    EXPECT_EQ(line.find("optimizer state 0 B"), std::string::npos) << line;
+  }
   const std::string step2 = two + "/checkpoints/step-00000002";
   EXPECT_TRUE(fs::exists(step2 + "/optimizer-0.shard-1.safetensors"));
   EXPECT_FALSE(fs::exists(step2 + "/optimizer-0.safetensors"));

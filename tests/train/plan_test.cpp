@@ -176,26 +176,36 @@ TEST(Plan, ZeroSplitsThe7bStateOverWorkers) {
     c.batch_size = 8;
     const Plan one = plan(c, PlanOptions().dtype(at::kBFloat16));
     EXPECT_TRUE(one.worker_state.empty());
-    c.set("dist.zero_stage", "2");
     for (const int64_t n : {2, 4, 8}) {
+      c.set("dist.zero_stage", "1");
+      const Plan p1 = plan(c, PlanOptions().dtype(at::kBFloat16).workers(n));
+      c.set("dist.zero_stage", "2");
       const Plan p = plan(c, PlanOptions().dtype(at::kBFloat16).workers(n));
       ASSERT_EQ(p.worker_state.size(), static_cast<size_t>(n));
+      EXPECT_EQ(p.worker_state, p1.worker_state);
       int64_t sum = 0, most = 0;
       for (const int64_t b : p.worker_state) {
         sum += b;
         most = std::max(most, b);
       }
       EXPECT_EQ(sum, one.optimizer_state);
-      EXPECT_EQ(p.peak, one.peak - one.optimizer_state + most);
+      // ZeRO-1 keeps every gradient: the 1-worker peak with the largest
+      // share of the state.
+      EXPECT_EQ(p1.peak, one.peak - one.optimizer_state + most);
+      EXPECT_EQ(p1.gradients, one.gradients);
+      // ZeRO-2 frees other workers' gradients during backward.
+      EXPECT_LT(p.peak, p1.peak);
+      EXPECT_LT(p.gradients, one.gradients);
       // 1/N plus at most the largest parameter's state (the embedding or
       // the head: 32000 x 4096, 2 fp32 moments under AdamW, or GaLore's
       // plain AdamW on it).
       EXPECT_LE(most, one.optimizer_state / n + 2 * 4 * 32000 * 4096);
       std::printf(
-          "%s ZeRO-2 x %lld: state per worker %.2f GiB (of %.2f), "
-          "peak %.2f GiB (1 worker: %.2f)\n",
+          "%s x %lld: state per worker %.2f GiB (of %.2f), peak ZeRO-1 "
+          "%.2f GiB, ZeRO-2 %.2f GiB at %s (1 worker: %.2f)\n",
           c.method.c_str(), static_cast<long long>(n), gib(most),
-          gib(one.optimizer_state), gib(p.peak), gib(one.peak));
+          gib(one.optimizer_state), gib(p1.peak), gib(p.peak),
+          p.peak_at.c_str(), gib(one.peak));
     }
   }
   Config layerwise = llama_7b_galore_layerwise();

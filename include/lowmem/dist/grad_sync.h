@@ -101,9 +101,10 @@ class GradSync {
 };
 
 /// Averages `grads` in place across ranks: packed into flat buckets of at
-/// most bucket_cap_mb (same dtype/device), all buckets launched, then waited
-/// for. Every rank must pass the same shapes in the same order. Returns the
-/// payload bytes handed to the all-reduces.
+/// most bucket_cap_mb (same dtype/device), launched in order with at most
+/// two in flight (so the flat copies cost two buckets, not a second set of
+/// gradients). Every rank must pass the same shapes in the same order.
+/// Returns the payload bytes handed to the all-reduces.
 int64_t allreduce_mean_bucketed(
     Communicator& comm,
     std::vector<at::Tensor>& grads,

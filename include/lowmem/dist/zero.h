@@ -11,20 +11,20 @@
 // Stage 2 reduces bucket by bucket during the update's last backward
 // (DeepSpeed's overlap_comm / reduce_bucket_size): a hook after each
 // parameter's gradient accumulation launches a bucket's reduces as soon as
-// the bucket is complete and frees the gradients this rank does not own, so
-// a rank holds its own gradients plus a few buckets in flight, not all of
-// them, at the end of backward.
+// each of its parameters has a gradient and frees every gradient of the
+// bucket (the owner keeps the reduced sum), so a rank holds its own
+// gradients plus at most two buckets in flight, not all of them, from the
+// first update on. A parameter accumulating again after its bucket went out
+// (a checkpointed segment's nested backward, LoTR's factors shared across
+// layers) sends that later part in a reduce of its own, which the owner
+// adds: the same sum, in another order (float round-off).
 // Deviations from DeepSpeed: whole parameters instead of flat equal
 // partitions (a rank holds 1/N of the bytes plus at most one parameter);
 // ProcessGroupGloo of LibTorch 1.13 has no reduce_scatter, so stage 2 issues
 // one reduce per owner and bucket; stage 1 (and stage 2 with overlap off)
 // reduces after backward. Buckets follow the reverse parameter order (as
-// torch DDP's first iteration); the first update only counts how many times
-// each parameter's gradient is accumulated in one backward (checkpointed
-// segments and parameters shared across layers accumulate several times)
-// and reduces after backward; later updates launch a bucket once each of its
-// parameters reached that count. A parameter accumulating more often than in
-// the first update is an error (the graph changed; set overlap off).
+// torch DDP's first iteration); a bucket whose parameters are not all
+// reached by backward goes out after it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -88,6 +88,8 @@ class ZeroSharding {
   }
   /// Buckets whose reduces were launched from hooks during the last backward.
   int64_t buckets_launched_in_backward() const { return launched_in_backward_; }
+  /// Reduces of a parameter's later accumulation during the last backward.
+  int64_t late_reduces_in_backward() const { return late_reduces_; }
 
   /// Owner rank of parameter i (partition_by_bytes of the parameters' bytes).
   int owner(size_t i) const { return owners_.at(i); }
@@ -124,20 +126,23 @@ class ZeroSharding {
   // Stage 2 with overlap (see the file's opening).
   struct Bucket {
     std::vector<size_t> params;  // indices into params_, reverse order
-    int64_t waiting = 0;         // accumulations still expected this step
+    int64_t waiting = 0;         // parameters without a gradient yet
     bool launched = false;
   };
   struct InFlight {
-    size_t bucket = 0;
+    size_t bucket = 0;  // launch order, for the in-flight bound
     int owner = 0;
     std::vector<size_t> params;
     at::Tensor flat;
     Work work;
+    bool late = false;  // one parameter's later accumulation
   };
   class Hook;
   void install_hooks();
   void on_accumulated(size_t i);
   void launch_bucket(Bucket& b, bool in_backward);
+  void launch_late(size_t i);
+  void bound_in_flight(size_t newest);
   void finish(InFlight& f);
   void finish_all();
   void reduce_after_overlap(std::vector<at::Tensor>& grads);
@@ -145,19 +150,19 @@ class ZeroSharding {
 
   std::vector<Bucket> buckets_;
   std::vector<size_t> bucket_of_;             // param -> bucket
-  std::vector<int64_t> expected_;             // accumulations per backward
-  std::vector<int64_t> seen_;                 // this backward's, per param
   std::vector<std::shared_ptr<void>> nodes_;  // the grad accumulators
   std::vector<uintptr_t> hook_keys_;
   std::vector<InFlight> in_flight_;
-  std::vector<bool> reduced_;  // this step's gradient went into a reduce
-  std::mutex mutex_;           // hooks may run on autograd's device threads
+  std::vector<bool> reached_;     // this backward gave it a gradient
+  std::vector<bool> reduced_;     // its gradient went into a reduce
+  std::vector<at::Tensor> sums_;  // owned: the reduced sum (into a flat)
+  std::mutex mutex_;              // hooks may run on autograd's device threads
   size_t next_launch_ = 0;
-  bool armed_ = false;     // the last micro-batch's backward is running
-  bool counting_ = false;  // the first armed update: count, do not launch
-  bool counted_ = false;   // expected_ holds the counts
+  size_t launches_ = 0;  // collectives launched this step (in-flight bound)
+  bool armed_ = false;   // the last micro-batch's backward is running
   int64_t foreign_bytes_after_backward_ = 0;
   int64_t launched_in_backward_ = 0;
+  int64_t late_reduces_ = 0;
 };
 
 }  // namespace lowmem::dist

@@ -90,6 +90,9 @@ struct RunResult {
   double seconds = 0.0;
   int64_t peak_bytes = 0;      // tensor_memory(device).peak: CPU tracking
                                // allocator or CUDA caching allocator
+  /// This worker's optimizer state at the end (optim::state_bytes over
+  /// every slot): under ZeRO its shard, about 1/N of the total.
+  int64_t optimizer_state_bytes = 0;
   std::string checkpoint;      // last checkpoint written ("" if none)
   std::string adapter_dir;     // adapter files written ("" if none)
   int rank = 0;                // Session::rank / world_size
