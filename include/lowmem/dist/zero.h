@@ -24,7 +24,9 @@
 // one reduce per owner and bucket; stage 1 (and stage 2 with overlap off)
 // reduces after backward. Buckets follow the reverse parameter order (as
 // torch DDP's first iteration); a bucket whose parameters are not all
-// reached by backward goes out after it.
+// reached by backward goes out after it. As with DDP, every rank's backward
+// must reach the same parameters: if not, the ranks' reduces disagree and
+// fail after the collective timeout with a "[dist] ..." error.
 #pragma once
 
 #include <ATen/core/Tensor.h>
