@@ -3,8 +3,9 @@
 # AddressSanitizer, UndefinedBehaviorSanitizer) in build-fuzz/ and runs each
 # target for SECONDS seconds (default 60) on a copy of its seed corpus
 # (fuzz/corpus/<target>/; the targets are the folders there). Crashes,
-# sanitizer reports, uncaught exceptions, hangs (> 20 s per input), more
-# than RSS_LIMIT_MB MiB of memory (default 4096) and over-long error messages
+# sanitizer reports, uncaught exceptions, hangs (> TIMEOUT s per input,
+# default 20, wall-clock time: a starved process needs more), more than
+# RSS_LIMIT_MB MiB of memory (default 4096) and over-long error messages
 # stop a target with its reproducer in build-fuzz/artifacts/.
 #
 #   scripts/fuzz.sh                 # every target, 60 s each
@@ -59,7 +60,8 @@ run_target() {
   fi
   mkdir -p "$corpus"
   cp -n fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
-  local args=(-max_len=65536 -timeout=20 -rss_limit_mb="${RSS_LIMIT_MB:-4096}"
+  local args=(-max_len=65536 -timeout="${TIMEOUT:-20}"
+              -rss_limit_mb="${RSS_LIMIT_MB:-4096}"
               -artifact_prefix="$BUILD/artifacts/$t-" -print_final_stats=1)
   if [ -n "${SEED:-}" ]; then
     args+=(-seed="$SEED")
