@@ -302,36 +302,58 @@ std::function<void(std::vector<at::Tensor>&)> make_trainer_grad_sync(
     if (comm->world_size() == 1) {
       return;
     }
-    // Cheap agreement check on the layout (count and total elements) so a
-    // rank with a missing gradient fails clearly instead of mixing tensors.
-    int64_t numel = 0;
-    for (const auto& g : grads) {
-      numel += g.numel();
-    }
-    auto layout = at::tensor(
-        {static_cast<int64_t>(grads.size()), numel}, at::kLong);
-    layout = layout.to(at::Device(comm->options().device()));
-    const auto all = comm->allgather(layout);
-    for (int r = 0; r < comm->world_size(); ++r) {
-      const auto theirs = all[r].to(at::kCPU);
-      LOWMEM_CHECK(
-          theirs[0].item<int64_t>() == static_cast<int64_t>(grads.size()) &&
-              theirs[1].item<int64_t>() == numel,
-          "[dist] gradient layouts differ: rank ",
-          comm->rank(),
-          " has ",
-          grads.size(),
-          " gradients (",
-          numel,
-          " elements), rank ",
-          r,
-          " has ",
-          theirs[0].item<int64_t>(),
-          " (",
-          theirs[1].item<int64_t>(),
-          " elements); a parameter got no gradient on some ranks");
-    }
+    check_same_layout(*comm, grads, "gradient",
+                      "a parameter got no gradient on some ranks");
     allreduce_mean_bucketed(*comm, grads, bucket_cap_mb);
+  };
+}
+
+void check_same_layout(Communicator& comm, const std::vector<at::Tensor>& ts,
+                       const char* what, const char* likely_cause) {
+  // Cheap agreement check on the layout (count and total elements) so a
+  // rank with a missing tensor fails clearly instead of mixing tensors.
+  int64_t numel = 0;
+  for (const auto& t : ts) {
+    numel += t.numel();
+  }
+  auto layout = at::tensor({static_cast<int64_t>(ts.size()), numel}, at::kLong);
+  layout = layout.to(at::Device(comm.options().device()));
+  const auto all = comm.allgather(layout);
+  for (int r = 0; r < comm.world_size(); ++r) {
+    const auto theirs = all[r].to(at::kCPU);
+    LOWMEM_CHECK(theirs[0].item<int64_t>() == static_cast<int64_t>(ts.size()) &&
+                     theirs[1].item<int64_t>() == numel,
+                 "[dist] ", what, " layouts differ: rank ", comm.rank(),
+                 " has ", ts.size(), " tensors (", numel, " elements), rank ",
+                 r, " has ", theirs[0].item<int64_t>(), " (",
+                 theirs[1].item<int64_t>(), " elements); ", likely_cause);
+  }
+}
+
+std::function<void(std::vector<at::Tensor>&)> make_statistics_sync(
+    std::shared_ptr<Communicator> comm, double bucket_cap_mb) {
+  LOWMEM_CHECK(comm != nullptr,
+               "[dist] make_statistics_sync needs a communicator");
+  LOWMEM_CHECK(bucket_cap_mb > 0, "[dist] bucket_cap_mb must be > 0, got ",
+               bucket_cap_mb);
+  return [comm, bucket_cap_mb](std::vector<at::Tensor>& stats) {
+    if (comm->world_size() == 1) {
+      return;
+    }
+    check_same_layout(*comm, stats, "curvature statistics",
+                      "a layer recorded curvature on some ranks only");
+    // Averaged in fp32 at least (bf16/fp16 factors), then written back.
+    std::vector<at::Tensor> wide;
+    wide.reserve(stats.size());
+    for (const auto& t : stats) {
+      const bool narrow =
+          t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+      wide.push_back(narrow ? t.to(at::kFloat) : t);
+    }
+    allreduce_mean_bucketed(*comm, wide, bucket_cap_mb);
+    for (size_t i = 0; i < stats.size(); ++i) {
+      if (!wide[i].is_same(stats[i])) stats[i].copy_(wide[i]);
+    }
   };
 }
 

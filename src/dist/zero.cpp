@@ -93,8 +93,28 @@ void validate(const ZeroOptions& o) {
                o.bucket_cap_mb());
 }
 
+std::vector<int> partition_grouped(const std::vector<int64_t>& bytes,
+                                   const std::vector<size_t>& groups,
+                                   int world_size) {
+  if (groups.empty()) return partition_by_bytes(bytes, world_size);
+  LOWMEM_CHECK(groups.size() == bytes.size(), "[dist] ", groups.size(),
+               " group ids for ", bytes.size(), " items");
+  std::vector<int64_t> group_bytes(bytes.size(), 0);
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    LOWMEM_CHECK(groups[i] <= i, "[dist] item ", i, " names group ", groups[i],
+                 " (a group is named by its first item)");
+    group_bytes[groups[i]] += bytes[i];
+  }
+  const std::vector<int> group_owner =
+      partition_by_bytes(group_bytes, world_size);
+  std::vector<int> owners(bytes.size());
+  for (size_t i = 0; i < bytes.size(); ++i) owners[i] = group_owner[groups[i]];
+  return owners;
+}
+
 ZeroSharding::ZeroSharding(std::shared_ptr<Communicator> comm,
-                           std::vector<at::Tensor> params, ZeroOptions options)
+                           std::vector<at::Tensor> params, ZeroOptions options,
+                           const std::vector<size_t>& groups)
     : comm_(std::move(comm)),
       params_(std::move(params)),
       options_(options),
@@ -108,7 +128,7 @@ ZeroSharding::ZeroSharding(std::shared_ptr<Communicator> comm,
                  " is undefined");
     bytes.push_back(nbytes(params_[i]));
   }
-  owners_ = partition_by_bytes(bytes, comm_->world_size());
+  owners_ = partition_grouped(bytes, groups, comm_->world_size());
   if (options_.stage() == 2 && options_.overlap() && comm_->world_size() > 1) {
     install_hooks();
   }

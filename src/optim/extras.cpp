@@ -6,6 +6,8 @@
 #include <torch/optim/rmsprop.h>
 #include <torch/optim/sgd.h>
 
+#include <utility>
+
 #include "lowmem/core/memory.h"
 #include "lowmem/optim/per_param.h"
 
@@ -45,6 +47,19 @@ void drop_state(torch::optim::Optimizer& opt, const at::Tensor& param) {
     if (ex->forget_state(param)) return;
   }
   opt.state().erase(detail::state_key(param));
+}
+
+void stepped_elsewhere(torch::optim::Optimizer& opt, const at::Tensor& param) {
+  if (auto* ex = dynamic_cast<OptimizerExtras*>(&opt)) {
+    ex->stepped_elsewhere(param);
+  }
+}
+
+bool set_statistics_sync(torch::optim::Optimizer& opt, StatisticsSync sync) {
+  if (auto* ex = dynamic_cast<OptimizerExtras*>(&opt)) {
+    return ex->set_statistics_sync(std::move(sync));
+  }
+  return false;
 }
 
 void clear_grads(torch::optim::Optimizer& opt) {

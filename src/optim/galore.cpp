@@ -343,6 +343,16 @@ at::Tensor GaLore::step(LossClosure closure) {
   at::NoGradGuard no_grad;
   if (options_.layerwise()) return loss;  // updated inside backward
   sync_lr();
+  if (hooks_ && sync_) {  // accumulation: what the hooks gathered
+    std::vector<at::Tensor> gathered;
+    for (auto& s : slots_) {
+      if (s->micro > 0) gathered.push_back(s->acc);
+    }
+    for (auto& q : plains_) {
+      if (q->micro > 0) gathered.push_back(q->stash);
+    }
+    sync_(gathered);
+  }
   std::vector<size_t> stepped;
   for (size_t i = 0; i < slots_.size(); ++i) {
     auto& s = *slots_[i];
@@ -402,14 +412,22 @@ void GaLore::on_grad(bool projected, size_t i) {
     auto& s = *slots_[i];
     auto g = s.param.grad();
     if (!g.defined()) return;
-    if (s.micro == 0) prepare(i, g);
+    if (s.micro == 0) {
+      // A gradient-based basis comes from the whole batch's gradient.
+      if (s.projector.needs_gradient() && s.projector.needs_refresh(s.step)) {
+        average({g});
+      }
+      prepare(i, g);
+    }
     auto low = s.projector.project(s.matrix(g));
     s.acc = s.micro == 0 ? low : s.acc.add_(low);
     g = at::Tensor();
     s.param.mutable_grad() = at::Tensor();  // the full gradient dies here
     ++s.micro;
-    if (options_.layerwise() && s.micro >= options_.accumulation_steps())
+    if (options_.layerwise() && s.micro >= options_.accumulation_steps()) {
+      average({s.acc});
       update_one(true, i);
+    }
   } else {
     auto& q = *plains_[i];
     auto g = q.param.grad();
@@ -417,9 +435,16 @@ void GaLore::on_grad(bool projected, size_t i) {
     q.stash = q.micro == 0 ? g : q.stash.add_(g);
     q.param.mutable_grad() = at::Tensor();
     ++q.micro;
-    if (options_.layerwise() && q.micro >= options_.accumulation_steps())
+    if (options_.layerwise() && q.micro >= options_.accumulation_steps()) {
+      average({q.stash});
       update_one(false, i);
+    }
   }
+}
+
+bool GaLore::set_statistics_sync(StatisticsSync sync) {
+  sync_ = std::move(sync);
+  return hooks_;
 }
 
 std::vector<at::Tensor> GaLore::state_tensors() const {

@@ -89,6 +89,15 @@ at::Tensor ProjectedAdapterOptimizer::step(LossClosure closure) {
   }
   at::NoGradGuard no_grad;
   sync_lr();
+  if (sync_) {  // data-parallel: svd/rsvd bases from the whole batch
+    std::vector<at::Tensor> full;
+    for (const auto& l : layers_) {
+      if (l->capturing() && l->base_weight().grad().defined()) {
+        full.push_back(l->base_weight().grad());
+      }
+    }
+    sync_(full);
+  }
   std::vector<std::pair<size_t, at::Tensor>> scaled;  // (layer, A before)
   std::vector<size_t> stepped;
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -120,6 +129,22 @@ at::Tensor ProjectedAdapterOptimizer::step(LossClosure closure) {
   }
   for (size_t i : stepped) ++steps_[i];
   return loss;
+}
+
+bool ProjectedAdapterOptimizer::set_statistics_sync(StatisticsSync sync) {
+  sync_ = std::move(sync);
+  return true;
+}
+
+bool ProjectedAdapterOptimizer::forget_state(const at::Tensor& param) {
+  drop_state(*inner_, param);
+  return true;
+}
+
+void ProjectedAdapterOptimizer::stepped_elsewhere(const at::Tensor& param) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (layers_[i]->a().is_same(param)) ++steps_[i];
+  }
 }
 
 std::vector<at::Tensor> ProjectedAdapterOptimizer::state_tensors() const {

@@ -99,16 +99,20 @@ at::Tensor KFAC::step(LossClosure closure) {
   at::NoGradGuard no_grad;
   const auto& o = opts();
   const bool refresh = steps_ % o.T() == 0;
+  if (refresh && sync_) {
+    std::vector<at::Tensor> pending;
+    for (const auto& s : state_) {
+      if (s.U.defined()) pending.insert(pending.end(), {s.U, s.Gn});
+    }
+    sync_(pending);
+  }
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto& l = layers_[i];
     auto& s = state_[i];
     at::Tensor v = detail::grad_matrix(l);
-    if (!v.defined()) {
-      s.U = at::Tensor();
-      s.Gn = at::Tensor();
-      continue;
-    }
-    if (refresh) {
+    // Without a gradient (unused, or another ZeRO worker updates the
+    // layer) the factors still take the recorded curvature, as with SINGD.
+    if (refresh && (v.defined() || s.U.defined())) {
       LOWMEM_CHECK(
           s.U.defined(), "[kfac] layer '", l.path,
           "' recorded no curvature on refresh step ", steps_);
@@ -119,6 +123,11 @@ at::Tensor KFAC::step(LossClosure closure) {
       s.Gn = at::Tensor();
       s.A_inv = damped_inverse(s.A, o.damping(), steps_);
       s.G_inv = damped_inverse(s.G, o.damping(), steps_);
+    }
+    if (!v.defined()) {
+      s.U = at::Tensor();
+      s.Gn = at::Tensor();
+      continue;
     }
     // N = G^-1 V A^-1 in the factor dtype.
     at::Tensor nat = at::matmul(at::matmul(s.G_inv, v.to(s.A.scalar_type())), s.A_inv)
@@ -137,6 +146,16 @@ void KFAC::arm_taps() {
 
 void KFAC::before_forward() {
   arm_taps();
+}
+
+bool KFAC::set_statistics_sync(StatisticsSync sync) {
+  sync_ = std::move(sync);
+  return true;
+}
+
+bool KFAC::forget_state(const at::Tensor& param) {
+  detail::forget_momentum(layers_, state_, param);
+  return true;
 }
 
 std::vector<at::Tensor> KFAC::state_tensors() const {
@@ -186,7 +205,10 @@ void KFAC::load(torch::serialize::InputArchive& ar) {
     for (auto kv : s.fields()) {
       ar.read(p + kv.first + "/present", v);
       if (!v.toBool()) {
-        *kv.second = at::Tensor();
+        // An absent momentum keeps the current one: a sharded checkpoint
+        // is loaded shard after shard, each with its owner's momenta.
+        const std::string name = kv.first;
+        if (name.rfind("momentum_", 0) != 0) *kv.second = at::Tensor();
         continue;
       }
       at::Tensor t;

@@ -78,6 +78,20 @@ inline void apply_natural_gradient(nn::CurvatureLayer& l, const at::Tensor& nat,
     apply_update(l.bias, nat.select(1, dk), momentum_bias, lr, momentum, weight_decay);
 }
 
+/// Drops the momentum buffer of `param` (a layer's weight or bias): ZeRO's
+/// forget_state of SINGD and KFAC, whose layer states hold
+/// momentum_weight and momentum_bias.
+template <class LayerState>
+void forget_momentum(const std::vector<nn::CurvatureLayer>& layers,
+                     std::vector<LayerState>& states, const at::Tensor& param) {
+  for (size_t i = 0; i < layers.size(); ++i) {
+    if (layers[i].weight.is_same(param)) states[i].momentum_weight.reset();
+    if (layers[i].bias.defined() && layers[i].bias.is_same(param)) {
+      states[i].momentum_bias.reset();
+    }
+  }
+}
+
 /// The curvature taps of a Kronecker-factored optimizer, one per layer.
 using Taps = std::vector<std::shared_ptr<nn::KroneckerTap>>;
 

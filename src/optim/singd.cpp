@@ -202,16 +202,20 @@ at::Tensor SINGD::step(LossClosure closure) {
   const auto& o = opts();
   const double grad_scale = grad_scale_.value_or(1.0);
   const bool refresh = steps_ % o.T() == 0;
+  if (refresh && sync_) sync_curvature();
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto& l = layers_[i];
     auto& s = state_[i];
     at::Tensor v = detail::grad_matrix(l);
-    if (!v.defined()) {  // layer unused this step (deviation: skipped)
+    // A layer without a gradient is unused this step (deviation: skipped),
+    // or another ZeRO worker updates it: its factors still take the
+    // recorded curvature, so they stay the same on every worker.
+    if (refresh && (v.defined() || s.H_K)) update_preconditioner(i, grad_scale);
+    if (!v.defined()) {
       s.H_K.reset();
       s.H_C.reset();
       continue;
     }
-    if (refresh) update_preconditioner(i, grad_scale);
     if (grad_scale != 1.0) v = v / grad_scale;
     // N = C C^T V K K^T, in the dtypes of K and C.
     at::Tensor nat = s.K->matmul(s.K->rmatmat(v.t().to(s.dtype_k))).t();
@@ -224,6 +228,26 @@ at::Tensor SINGD::step(LossClosure closure) {
   grad_scale_.reset();
   detail::finish_step_taps(taps_, steps_, o.T());
   return {};
+}
+
+void SINGD::sync_curvature() {
+  std::vector<at::Tensor> pending;
+  for (const auto& s : state_) {
+    if (!s.H_K) continue;
+    for (const auto* m : {s.H_K.get(), s.H_C.get()})
+      for (const auto& t : m->tensors()) pending.push_back(t);
+  }
+  sync_(pending);
+}
+
+bool SINGD::set_statistics_sync(StatisticsSync sync) {
+  sync_ = std::move(sync);
+  return true;
+}
+
+bool SINGD::forget_state(const at::Tensor& param) {
+  detail::forget_momentum(layers_, state_, param);
+  return true;
 }
 
 void SINGD::arm_taps() {
@@ -323,10 +347,7 @@ void read_tensor(
     const at::Tensor& param) {
   c10::IValue present;
   ar.read(k + "/present", present);
-  if (!present.toBool()) {
-    t = at::Tensor();
-    return;
-  }
+  if (!present.toBool()) return;  // keeps `t` (see SINGD::load)
   at::Tensor x;
   ar.read(k, x, /*is_buffer=*/true);
   LOWMEM_CHECK(
@@ -388,6 +409,8 @@ void SINGD::load(torch::serialize::InputArchive& ar) {
     read_matrix(ar, p + "/H_K", s.H_K, *k_like);
     read_matrix(ar, p + "/H_C", s.H_C, *c_like);
     LOWMEM_CHECK(s.K && s.C, "[singd] checkpoint lacks K or C of layer ", i);
+    // A momentum absent from the archive keeps the current one: a sharded
+    // checkpoint is loaded shard after shard, each with its owner's.
     read_tensor(ar, p + "/momentum_weight", s.momentum_weight, layers_[i].weight);
     read_tensor(ar, p + "/momentum_bias", s.momentum_bias, layers_[i].bias);
   }

@@ -2,10 +2,14 @@
 
 #include <torch/optim/optimizer.h>
 
+#include <algorithm>
+#include <unordered_map>
+
 #include "lowmem/core/check.h"
 #include "lowmem/dist/consistency.h"
 #include "lowmem/dist/grad_sync.h"
 #include "lowmem/io/checkpoint.h"
+#include "lowmem/optim/extras.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/kfac.h"
@@ -15,22 +19,64 @@ namespace lowmem::train {
 namespace {
 
 /// Why `opt` cannot be sharded by ZeroSharding, or "" if it can.
-std::string unshardable(const torch::optim::Optimizer& opt) {
-  if (dynamic_cast<const optim::SINGD*>(&opt) != nullptr ||
-      dynamic_cast<const optim::KFAC*>(&opt) != nullptr) {
-    return "it preconditions whole layers with factors built from every "
-           "worker's own rows";
-  }
+std::string unshardable(torch::optim::Optimizer& opt) {
   if (const auto* g = dynamic_cast<const optim::GaLore*>(&opt)) {
     if (g->options().layerwise() || g->options().accumulation_steps() > 1) {
       return "GaLore's layer-wise / accumulation mode steps inside backward, "
              "before any gradient is reduced";
     }
   }
-  if (dynamic_cast<const optim::ProjectedAdapterOptimizer*>(&opt) != nullptr) {
-    return "the projected adapter rebases every layer on its own schedule";
+  if (auto* pa = dynamic_cast<optim::ProjectedAdapterOptimizer*>(&opt)) {
+    for (size_t i = 0; i < pa->num_layers(); ++i) {
+      if (pa->layer(i).projector().needs_gradient()) {
+        return "the projected adapter's svd/rsvd refresh gives every worker "
+               "A's gradient in the new basis (use a gaussian or orthogonal "
+               "basis)";
+      }
+    }
   }
   return "";
+}
+
+/// The curvature layers of a SINGD/KFAC optimizer (empty for others).
+const std::vector<nn::CurvatureLayer>* curvature_layers(
+    const torch::optim::Optimizer& opt) {
+  if (const auto* s = dynamic_cast<const optim::SINGD*>(&opt)) {
+    return &s->layers();
+  }
+  if (const auto* k = dynamic_cast<const optim::KFAC*>(&opt)) {
+    return &k->layers();
+  }
+  return nullptr;
+}
+
+/// ZeRO groups (dist::partition_grouped) of the trainer's parameters: a
+/// SINGD/KFAC layer's bias goes with its weight (one natural gradient
+/// covers both); every other parameter stands alone.
+std::vector<size_t> zero_groups(Trainer& trainer) {
+  const std::vector<at::Tensor> params = trainer.parameters();
+  std::vector<size_t> groups(params.size());
+  for (size_t i = 0; i < params.size(); ++i) groups[i] = i;
+  std::unordered_map<const void*, size_t> index;
+  for (size_t i = 0; i < params.size(); ++i) {
+    index.emplace(params[i].unsafeGetTensorImpl(), i);
+  }
+  auto index_of = [&](const at::Tensor& t) {
+    const auto it = index.find(t.unsafeGetTensorImpl());
+    return it == index.end() ? params.size() : it->second;
+  };
+  for (const auto& slot : trainer.optimizers()) {
+    const auto* layers = curvature_layers(*slot.optimizer);
+    if (layers == nullptr) continue;
+    for (const auto& l : *layers) {
+      if (!l.bias.defined()) continue;
+      const size_t w = index_of(l.weight), b = index_of(l.bias);
+      if (w < params.size() && b < params.size()) {
+        groups[std::max(w, b)] = std::min(w, b);
+      }
+    }
+  }
+  return groups;
 }
 
 }  // namespace
@@ -43,6 +89,11 @@ std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
                "communicator");
   LOWMEM_CHECK(zero_stage >= 0 && zero_stage <= 2,
                "[dist] ZeRO stage must be 0, 1 or 2, got ", zero_stage);
+  // SINGD/KFAC average their curvature statistics over the workers.
+  for (const auto& slot : trainer.optimizers()) {
+    optim::set_statistics_sync(*slot.optimizer,
+                               dist::make_statistics_sync(comm, bucket_cap_mb));
+  }
   if (zero_stage == 0) {
     trainer.set_grad_sync(dist::make_trainer_grad_sync(comm, bucket_cap_mb));
     trainer.set_save_hook([comm](const std::function<void()>& write) {
@@ -61,7 +112,8 @@ std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
       dist::ZeroOptions()
           .stage(static_cast<int>(zero_stage))
           .bucket_cap_mb(bucket_cap_mb)
-          .overlap(zero_overlap));
+          .overlap(zero_overlap),
+      zero_groups(trainer));
   // The hooks share ownership: the sharding lives as long as the trainer.
   trainer.set_grad_sync([zero](std::vector<at::Tensor>& grads) {
     zero->reduce_gradients(grads);
@@ -69,14 +121,29 @@ std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
   trainer.set_norm_sync([zero](const std::vector<at::Tensor>& norms) {
     return zero->gather_norms(norms);
   });
-  trainer.set_after_update([zero] { zero->broadcast_parameters(); });
+  // After the owners' broadcast, each optimizer hears of the steps other
+  // workers took on its parameters (the projected adapter's rebases).
+  Trainer* t = &trainer;
+  trainer.set_after_update([zero, t] {
+    zero->broadcast_parameters();
+    size_t k = 0;
+    for (const auto& slot : t->optimizers()) {
+      for (auto& group : slot.optimizer->param_groups()) {
+        for (auto& p : group.params()) {
+          if (zero->had_gradient(k) && !zero->owns(k)) {
+            optim::stepped_elsewhere(*slot.optimizer, p);
+          }
+          ++k;
+        }
+      }
+    }
+  });
   trainer.set_before_backward(
       [zero](bool last) { zero->before_backward(last); });
   trainer.set_optimizer_shards(
       {comm->rank(), comm->world_size(), zero->owners()});
   // Every rank writes its shard into the staging directory, then rank 0
   // commits the step (weights, manifest last, rename, LATEST).
-  Trainer* t = &trainer;
   trainer.set_save_hook([comm, t](const std::function<void()>& write) {
     const std::string& root = t->options().checkpoint_dir;
     const int64_t step = t->steps_done();

@@ -345,8 +345,8 @@ std::vector<int> zero_owners(const Config& c, const Sized& z, int64_t workers) {
   if (workers == 1 || detail::zero_stage(c) == 0) {
     return {};
   }
-  // What lowmem train refuses to shard (GaLore's hooks, curvature
-  // optimizers, ...) is not planned sharded either.
+  // What lowmem train refuses to shard (GaLore's hooks, the projected
+  // adapter, ...) is not planned sharded either.
   check_data_parallel(c, static_cast<int>(workers));
   std::vector<int64_t> bytes;
   for (const auto& q : z.params) bytes.push_back(nbytes(q.p));

@@ -191,32 +191,25 @@ void check_data_parallel(const Config& config, int world_size) {
                       " is the global batch and must be divisible by the " +
                       w + " data-parallel workers");
   }
-  if (detail::is_curvature_optimizer(c.optimizer)) {
-    throw ConfigError("optimizer " + c.optimizer +
-                      " is not data-parallel yet: its curvature statistics "
-                      "come from each worker's own rows");
-  }
-  if (c.method == "galore" &&
-      (c.accum_steps > 1 || c.get("galore.layerwise") == "true")) {
-    throw ConfigError("method galore with accum_steps > 1 or galore.layerwise "
-                      "is not data-parallel yet: its gradient hooks project "
-                      "each worker's gradient before the all-reduce");
-  }
   const int64_t zero = detail::zero_stage(c);
-  if (zero > 0 && c.method == "projected-adapter") {
-    throw ConfigError("method projected-adapter with dist.zero_stage " +
-                      std::to_string(zero) +
-                      " is not supported: the "
-                      "projected adapter rebases every layer on its own "
-                      "schedule (use dist.zero_stage 0)");
+  if (zero > 0 && c.method == "galore" &&
+      (c.accum_steps > 1 || c.get("galore.layerwise") == "true")) {
+    throw ConfigError(
+        "method galore with accum_steps > 1 or galore.layerwise "
+        "cannot shard its state (dist.zero_stage " +
+        std::to_string(zero) +
+        "): its gradient hooks step inside backward, before "
+        "any reduction (use dist.zero_stage 0)");
   }
-  if (c.method == "projected-adapter") {
+  if (zero > 0 && c.method == "projected-adapter") {
     const std::string basis = c.get("projected_adapter.basis");
     if (basis == "svd" || basis == "rsvd") {
-      throw ConfigError("method projected-adapter with projected_adapter.basis " +
-                        basis + " is not data-parallel yet: each worker would "
-                        "take the basis from its own gradient (use gaussian "
-                        "or orthogonal, seeded alike on every worker)");
+      throw ConfigError(
+          "method projected-adapter with projected_adapter.basis " + basis +
+          " cannot shard its state (dist.zero_stage " + std::to_string(zero) +
+          "): its refresh gives every "
+          "worker A's gradient in the new basis (use gaussian "
+          "or orthogonal, or dist.zero_stage 0)");
     }
   }
 }

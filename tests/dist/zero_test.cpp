@@ -12,9 +12,11 @@
 
 #include <filesystem>
 #include <mutex>
+#include <unordered_set>
 
 #include "dist_testing.h"
 #include "lowmem/adapters/lora.h"
+#include "lowmem/core/memory.h"
 #include "lowmem/dist/shard.h"
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/models/layers.h"
@@ -25,7 +27,10 @@
 #include "lowmem/optim/extras.h"
 #include "lowmem/optim/galore.h"
 #include "lowmem/optim/galore_adamw.h"
+#include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/kfac.h"
+#include "lowmem/optim/singd.h"
+#include "lowmem/projection/projected_linear.h"
 #include "lowmem/train/data_parallel.h"
 
 namespace {
@@ -60,7 +65,10 @@ struct Trace {
   // Rank 0's, per step (ZeRO only): other ranks' gradient bytes still held
   // when backward ended, and the buckets reduced from hooks during it.
   std::vector<int64_t> foreign_bytes, launched;
-  int64_t own_grad_bytes = 0;  // rank 0's parameters' gradient bytes
+  int64_t own_grad_bytes = 0;      // rank 0's parameters' gradient bytes
+  std::vector<int> owners;         // ZeRO only: each parameter's owner
+  int64_t shared_state_bytes = 0;  // state every worker keeps whole (bases)
+  std::vector<at::Tensor> init;    // rank 0's parameters before training
 };
 
 // Widths chosen so parameters differ in size (the partition has to balance).
@@ -111,20 +119,58 @@ std::shared_ptr<torch::optim::Optimizer> make_optimizer(
   if (name == "adafactor") {
     return std::make_shared<optim::Adafactor>(params);
   }
+  // Curvature refreshed every step, with a large enough step that the
+  // factors shape the update (a wrong average would show).
   if (name == "kfac") {
-    return std::make_shared<optim::KFAC>(model, optim::KfacOptions());
+    return std::make_shared<optim::KFAC>(
+        model, optim::KfacOptions().lr(0.05).T(1).stat_decay(0.5));
   }
-  EXPECT_EQ(name, "galore");
+  if (name == "singd") {
+    return std::make_shared<optim::SINGD>(
+        model, optim::SingdOptions().lr(0.05).T(1).lr_cov(0.1));
+  }
+  if (name == "projected" || name == "projected_svd") {
+    // The adapter form of GaLore: W0 + P A per layer, merged and rebased
+    // every 2 steps (orthogonal sketches: the same on every worker).
+    const auto layers = projection::inject_projected(
+        model, projection::ProjectorOptions()
+                   .rank(2)
+                   .update_proj_gap(2)
+                   .scale(0.5)
+                   .basis(name == "projected" ? "orthogonal" : "svd"));
+    std::unordered_set<const void*> adapters;
+    for (const auto& l : layers) adapters.insert(l->a().unsafeGetTensorImpl());
+    std::vector<at::Tensor> plain;
+    for (const auto& p : model.parameters()) {
+      if (p.requires_grad() && adapters.count(p.unsafeGetTensorImpl()) == 0) {
+        plain.push_back(p);
+      }
+    }
+    return std::make_shared<optim::ProjectedAdapterOptimizer>(
+        layers, plain, [](std::vector<torch::optim::OptimizerParamGroup> g) {
+          return std::make_unique<optim::AdamW>(std::move(g),
+                                                optim::AdamWOptions(1e-2));
+        });
+  }
+  // galore: after backward; galore_layerwise: inside backward, svd bases;
+  // galore_accum: 2 micro-batches accumulated in hooks, orthogonal sketches.
+  EXPECT_TRUE(name == "galore" || name == "galore_layerwise" ||
+              name == "galore_accum")
+      << name;
   std::vector<at::Tensor> projected, plain;
   for (const auto& p : params) (p.dim() == 2 ? projected : plain).push_back(p);
+  auto po = projection::ProjectorOptions().rank(3).update_proj_gap(2);
+  if (name == "galore_accum") po.basis("orthogonal");
   return std::make_shared<optim::GaLore>(
       projected, plain,
       [](std::vector<torch::optim::OptimizerParamGroup> g) {
         return std::make_unique<optim::GaLoreAdamW>(
             std::move(g), optim::GaLoreAdamWOptions(1e-2));
       },
-      optim::GaLoreOptions().projector(
-          projection::ProjectorOptions().rank(3).update_proj_gap(2)));
+      optim::GaLoreOptions()
+          .projector(po)
+          .layerwise(name == "galore_layerwise")
+          .accumulation_steps(name == "galore_accum" ? 2 : 1));
 }
 
 at::Tensor mse(torch::nn::Sequential model, const data::Batch& b) {
@@ -134,7 +180,9 @@ at::Tensor mse(torch::nn::Sequential model, const data::Batch& b) {
 /// One worker of `setup`; rank 0 fills trace.steps.
 void run_worker(const RunSetup& setup, std::shared_ptr<Communicator> comm,
                 Trace& trace, std::mutex& mu) {
-  auto model = make_model(setup.lora ? "lora" : "torch");
+  const bool slots = setup.optim == "kfac" || setup.optim == "singd" ||
+                     setup.optim.rfind("projected", 0) == 0;
+  auto model = make_model(setup.lora ? "lora" : slots ? "lowmem" : "torch");
   auto opt = make_optimizer(setup.optim, *model);
   train::TrainerOptions o;
   o.max_steps = setup.steps;
@@ -165,6 +213,8 @@ void run_worker(const RunSetup& setup, std::shared_ptr<Communicator> comm,
       now.push_back(p.detach().clone());
     steps.push_back(now);
   });
+  std::vector<at::Tensor> init;
+  for (const auto& p : trainer.parameters()) init.push_back(p.detach().clone());
   comm->reset_stats();
   // Checkpoints (save_every and at the end) go through the save hook.
   trainer.fit(source, nullptr);
@@ -173,10 +223,18 @@ void run_worker(const RunSetup& setup, std::shared_ptr<Communicator> comm,
       optim::state_bytes(*opt);
   if (comm->rank() == 0) {
     trace.steps = steps;
+    trace.init = init;
     trace.foreign_bytes = foreign;
     trace.launched = launched;
     if (zero != nullptr) trace.own_grad_bytes = zero->bytes_owned_by(0);
     trace.stats = comm->stats();
+    if (zero != nullptr) trace.owners = zero->owners();
+    if (auto* pa = dynamic_cast<optim::ProjectedAdapterOptimizer*>(opt.get())) {
+      for (size_t i = 0; i < pa->num_layers(); ++i) {
+        trace.shared_state_bytes +=
+            storage_bytes(pa->layer(i).projector().state_tensors());
+      }
+    }
     for (const auto& p : trainer.parameters()) {
       trace.param_bytes.push_back(p.numel() * p.element_size());
     }
@@ -247,10 +305,12 @@ void expect_matches_replicated(const std::string& optim, int64_t stage, int n,
   // Every worker ends with the same parameters (the owners' broadcasts).
   EXPECT_TRUE(bitwise_equal(b.final_other, b.steps.back()));
   // The state is split, not copied: the workers' shares add up to the
-  // replicated state, and with several workers each holds less.
+  // replicated state (plus what each keeps whole: the projected adapter's
+  // bases), and with several workers each holds less.
   int64_t total = 0;
   for (const int64_t bytes : b.state_bytes) total += bytes;
-  EXPECT_EQ(total, a.state_bytes[0]) << optim << " n " << n;
+  EXPECT_EQ(total, a.state_bytes[0] + (n - 1) * b.shared_state_bytes)
+      << optim << " n " << n;
   for (const int64_t bytes : b.state_bytes) {
     if (n > 1) EXPECT_LT(bytes, a.state_bytes[0]) << optim << " n " << n;
   }
@@ -497,25 +557,195 @@ TEST(Zero, BytesPerStepOfEachStage) {
   EXPECT_EQ(stats[2].allgather_bytes, steps * 4 * count);
 }
 
-TEST(Zero, RefusesCurvatureOptimizersAndBadStages) {
+TEST(Zero, RefusesBadStagesAndUnshardableOptimizers) {
   const auto errors = run_thread_ranks(2, [](std::shared_ptr<Communicator> c) {
-    auto model = make_model("lowmem");
-    auto opt = make_optimizer("kfac", *model);
+    auto model = make_model("torch");
+    auto opt = make_optimizer("adamw", *model);
     train::Trainer trainer(
         model.ptr(), [model](const data::Batch& b) { return mse(model, b); },
-        {{"kfac", opt, {}}}, train::TrainerOptions());
+        {{"adamw", opt, {}}}, train::TrainerOptions());
     try {
-      train::attach_data_parallel(trainer, c, 1);
-      ADD_FAILURE() << "expected KFAC to be refused";
+      train::attach_data_parallel(trainer, c, 3);
+      ADD_FAILURE() << "expected stage 3 to be refused";
     } catch (const c10::Error& e) {
       EXPECT_NE(std::string(e.what()).find(
-                    "[dist] ZeRO stage 1 cannot shard optimizer 'kfac'"),
+                    "[dist] ZeRO stage must be 0, 1 or 2, got 3"),
                 std::string::npos)
           << e.what();
     }
-    EXPECT_THROW(train::attach_data_parallel(trainer, c, 3), c10::Error);
+    // An svd refresh would hand every worker A's gradient (it is fine
+    // replicated: GradientsOutsideTheTrainersSyncAreAveraged).
+    auto slots = make_model("lowmem");
+    auto svd = make_optimizer("projected_svd", *slots);
+    train::Trainer t2(
+        slots.ptr(), [slots](const data::Batch& b) { return mse(slots, b); },
+        {{"adapter", svd, {}}}, train::TrainerOptions());
+    try {
+      train::attach_data_parallel(t2, c, 2);
+      ADD_FAILURE() << "expected the svd projected adapter to be refused";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(
+                    "[dist] ZeRO stage 2 cannot shard optimizer 'adapter': "
+                    "the projected adapter's svd/rsvd refresh"),
+                std::string::npos)
+          << e.what();
+    }
   });
   for (const auto& e : errors) EXPECT_EQ(e, "");
+}
+
+/// Largest max|a - b| / max|b - init| over the parameters of one step: the
+/// difference relative to how far training moved the parameter.
+double max_rel_update_diff(const std::vector<at::Tensor>& a,
+                           const std::vector<at::Tensor>& b,
+                           const std::vector<at::Tensor>& init) {
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>() /
+                                (b[i] - init[i]).abs().max().item<double>());
+  }
+  return worst;
+}
+
+/// `optim` replicated on 2 and 4 workers (split batch) against one process:
+/// every step within 1e-4 of the update, every worker ending alike.
+void expect_data_parallel_equals_one_process(const std::string& optim,
+                                             int64_t accum = 1) {
+  RunSetup one;
+  one.optim = optim;
+  one.accum = accum;
+  const Trace a = run(one);
+  ASSERT_EQ(a.steps.size(), 5u);
+  for (const int n : {2, 4}) {
+    RunSetup dp = one;
+    dp.workers = n;
+    const Trace b = run(dp);
+    ASSERT_EQ(b.steps.size(), 5u);
+    for (size_t s = 0; s < a.steps.size(); ++s) {
+      EXPECT_LT(max_rel_update_diff(b.steps[s], a.steps[s], a.init), 1e-4)
+          << optim << " n " << n << " step " << s;
+    }
+    EXPECT_TRUE(bitwise_equal(b.final_other, b.steps.back())) << optim;
+  }
+}
+
+// SINGD and KFAC average their curvature statistics over the workers
+// (dist::make_statistics_sync): 2 and 4 workers on the split batch take the
+// 1-process steps, the Kronecker factors included (a worker's own rows
+// alone would move the updates by percents, not round-off).
+TEST(Zero, CurvatureOptimizersDataParallelEqualOneProcess) {
+  for (const std::string optim : {"singd", "kfac"}) {
+    expect_data_parallel_equals_one_process(optim);
+  }
+}
+
+// ZeRO-1/2 with SINGD and KFAC: the steps of the replicated run; each worker
+// keeps the Kronecker factors of every layer (its curvature taps use them)
+// and the momenta of its own layers only, a layer's weight and bias on one
+// worker.
+TEST(Zero, CurvatureOptimizersShardTheirMomenta) {
+  for (const std::string optim : {"singd", "kfac"}) {
+    RunSetup rep;
+    rep.optim = optim;
+    rep.workers = 2;
+    const Trace a = run(rep);
+    int64_t momenta = 0;  // fp32, one per parameter (momentum 0.9)
+    for (const int64_t b : a.param_bytes) momenta += b;
+    const int64_t factors = a.state_bytes[0] - momenta;
+    ASSERT_GT(factors, 0) << optim;
+    for (const int64_t stage : {1, 2}) {
+      RunSetup zero = rep;
+      zero.stage = stage;
+      const Trace b = run(zero);
+      ASSERT_EQ(b.steps.size(), a.steps.size());
+      for (size_t s = 0; s < a.steps.size(); ++s) {
+        EXPECT_LT(max_rel_update_diff(b.steps[s], a.steps[s], a.init), 1e-5)
+            << optim << " stage " << stage << " step " << s;
+      }
+      EXPECT_TRUE(bitwise_equal(b.final_other, b.steps.back()));
+      // Parameters alternate weight, bias per layer: each pair one owner.
+      ASSERT_EQ(b.owners.size(), 8u);
+      std::vector<int64_t> own(2, 0);
+      for (size_t i = 0; i < b.owners.size(); i += 2) {
+        EXPECT_EQ(b.owners[i], b.owners[i + 1]) << optim << " layer " << i / 2;
+      }
+      for (size_t i = 0; i < b.owners.size(); ++i) {
+        own[static_cast<size_t>(b.owners[i])] += b.param_bytes[i];
+      }
+      for (size_t r = 0; r < 2; ++r) {
+        EXPECT_EQ(b.state_bytes[r], factors + own[r])
+            << optim << " stage " << stage << " rank " << r;
+        EXPECT_GT(own[r], 0) << optim;
+      }
+    }
+  }
+}
+
+// The projected adapter under ZeRO: the owner of a layer's A steps it; every
+// worker counts that step (OptimizerExtras::stepped_elsewhere) and so merges
+// the broadcast A into its W0 and draws the next sketch on the same steps
+// (5 steps, rebased at 0, 2 and 4). The inner AdamW state is split.
+TEST(Zero, ProjectedAdapterRebasesOnEveryWorker) {
+  for (const int64_t stage : {1, 2}) {
+    expect_matches_replicated("projected", stage, 2, /*bitwise=*/false);
+  }
+  expect_matches_replicated("projected", 2, 4, /*bitwise=*/false);
+}
+
+// Gradients the trainer's sync never sees are averaged where they are used:
+// GaLore's hook modes consume them inside backward (the full gradient of an
+// svd refresh, then the projected r x n gradients and the plain ones), and
+// the projected adapter's svd refresh reads the frozen W0's gradient. So 2
+// and 4 workers take the 1-process steps: layer-wise GaLore with svd bases
+// refreshed at steps 0, 2, 4, GaLore over 2 accumulated micro-batches, and
+// the projected adapter rebased from svd at steps 0, 2, 4.
+TEST(Zero, GradientsOutsideTheTrainersSyncAreAveraged) {
+  for (const std::string optim :
+       {"galore_layerwise", "galore_accum", "projected_svd"}) {
+    expect_data_parallel_equals_one_process(optim,
+                                            optim == "galore_accum" ? 2 : 1);
+  }
+}
+
+/// A ZeRO-2 run of `optim` on 2 workers, 5 steps, saving sharded
+/// checkpoints at steps 2 and 4 into a fresh directory.
+RunSetup sharded_saving_run(const std::string& optim) {
+  RunSetup full;
+  full.optim = optim;
+  full.stage = 2;
+  full.workers = 2;
+  full.steps = 5;
+  full.ckpt = dist::testing::temp_dir() + "/ckpt";
+  full.save_every = 2;
+  return full;
+}
+
+/// `full` resumed from its step-2 checkpoint by `n` workers at `stage`.
+Trace resume_step2(const RunSetup& full, int n, int64_t stage) {
+  RunSetup resumed = full;
+  resumed.workers = n;
+  resumed.stage = stage;
+  resumed.ckpt = "";
+  resumed.save_every = 0;
+  resumed.resume = full.ckpt + "/step-00000002";
+  return run(resumed);
+}
+
+// A sharded SINGD checkpoint (every shard: the factors and its owner's
+// momenta) resumes with 1 and 2 workers where the uninterrupted run ends.
+TEST(Zero, ShardedSingdCheckpointResumes) {
+  const RunSetup full = sharded_saving_run("singd");
+  const Trace whole = run(full);
+  ASSERT_EQ(whole.steps.size(), 5u);
+  for (const auto& [n, stage] :
+       std::vector<std::pair<int, int64_t>>{{2, 1}, {1, 0}}) {
+    const Trace t = resume_step2(full, n, stage);
+    ASSERT_EQ(t.steps.size(), 3u) << n;
+    EXPECT_LT(
+        max_rel_update_diff(t.steps.back(), whole.steps.back(), whole.init),
+        1e-5)
+        << "n " << n << " stage " << stage;
+  }
 }
 
 // A ZeRO-2 run with 2 workers saves sharded checkpoints at steps 2 and 4;
@@ -523,14 +753,7 @@ TEST(Zero, RefusesCurvatureOptimizersAndBadStages) {
 // (ZeRO-1 or -2: each reads the shards holding its new parameters) ends
 // where the uninterrupted run ends.
 TEST(Zero, ShardedCheckpointsResumeWithAnyWorldSize) {
-  const std::string dir = dist::testing::temp_dir();
-  RunSetup full;
-  full.optim = "adamw";
-  full.stage = 2;
-  full.workers = 2;
-  full.steps = 5;
-  full.ckpt = dir + "/ckpt";
-  full.save_every = 2;
+  const RunSetup full = sharded_saving_run("adamw");
   const Trace whole = run(full);
   ASSERT_EQ(whole.steps.size(), 5u);
   const std::string step2 = full.ckpt + "/step-00000002";
@@ -543,13 +766,7 @@ TEST(Zero, ShardedCheckpointsResumeWithAnyWorldSize) {
   EXPECT_EQ(layout.shard_owners.size(), 8u);
   for (const auto& [n, stage] :
        std::vector<std::pair<int, int64_t>>{{2, 2}, {1, 0}, {4, 1}, {4, 2}}) {
-    RunSetup resumed = full;
-    resumed.workers = n;
-    resumed.stage = stage;
-    resumed.ckpt = "";
-    resumed.save_every = 0;
-    resumed.resume = step2;
-    const Trace t = run(resumed);
+    const Trace t = resume_step2(full, n, stage);
     ASSERT_EQ(t.steps.size(), 3u) << n;
     if (n == 2) {
       EXPECT_TRUE(bitwise_equal(t.steps.back(), whole.steps.back()));

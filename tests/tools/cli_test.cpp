@@ -94,6 +94,10 @@ class Cli : public ::testing::Test {
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   }
+  /// `lowmem train` of tiny(method) for 3 steps as one process and as 2
+  /// local workers (`--nproc-per-node 2`, the same global batch): the same
+  /// losses and evaluation loss to 1e-5 relative.
+  void expect_two_workers_train_as_one(const std::vector<std::string>& method);
   bool is_empty_dir() const {
     return fs::is_empty(dir_);
   }
@@ -125,6 +129,28 @@ Metrics read_metrics(const std::string& path) {
     }
   }
   return m;
+}
+
+void Cli::expect_two_workers_train_as_one(
+    const std::vector<std::string>& method) {
+  auto args = tiny(method);
+  args.insert(args.end(), {"--steps", "3"});
+  auto a = args;
+  a.insert(a.end(), {"--metrics", dir_ + "/one.jsonl"});
+  ASSERT_EQ(run(a).code, 0) << method[1];
+  auto b = args;
+  b.insert(b.end(),
+           {"--metrics", dir_ + "/two.jsonl", "--nproc-per-node", "2"});
+  auto r = run(b);
+  ASSERT_EQ(r.code, 0) << method[1] << ": " << r.err << r.out;
+  const auto m1 = read_metrics(dir_ + "/one.jsonl");
+  const auto m2 = read_metrics(dir_ + "/two.jsonl");
+  ASSERT_EQ(m2.loss.size(), 3u) << method[1];
+  for (const auto& [step, loss] : m1.loss) {
+    EXPECT_NEAR(m2.loss.at(step), loss, 1e-5 * std::abs(loss))
+        << method[1] << " step " << step;
+  }
+  EXPECT_NEAR(m2.eval_loss, m1.eval_loss, 1e-5 * std::abs(m1.eval_loss));
 }
 
 TEST_F(Cli, NoSubcommandIsAUsageError) {
@@ -541,30 +567,36 @@ TEST_F(Cli, NprocPerNodeTwoTrainsAsOneProcess) {
 TEST_F(Cli, NprocPerNodeTwoTrainsGaloreAndProjectedAdapterAsOneProcess) {
   const std::vector<std::vector<std::string>> cases = {
       {"--method", "galore", "--galore.rank", "4"},
+      // Updates inside backward: the hooks average the gradients.
+      {"--method", "galore", "--galore.rank", "4", "--galore.layerwise",
+       "true"},
       {"--method", "projected-adapter", "--projected_adapter.rank", "4",
        "--projected_adapter.basis", "orthogonal"},
+      // svd refreshes from the averaged full gradient of W0.
+      {"--method", "projected-adapter", "--projected_adapter.rank", "4",
+       "--projected_adapter.update_proj_gap", "2"},
+      // ZeRO-2: every worker rebases every layer each step.
+      {"--method", "projected-adapter", "--projected_adapter.rank", "4",
+       "--projected_adapter.basis", "orthogonal",
+       "--projected_adapter.update_proj_gap", "1", "--zero", "2"},
   };
-  for (const auto& c : cases) {
-    auto args = tiny(c);
-    args.insert(args.end(), {"--steps", "3", "--optimizer", "sgd",
-                             "--sgd.lr", "0.5", "--sgd.momentum", "0.9"});
-    auto a = args;
-    a.insert(a.end(), {"--metrics", dir_ + "/one.jsonl"});
-    ASSERT_EQ(run(a).code, 0) << c[1];
-    auto b = args;
-    b.insert(b.end(), {"--metrics", dir_ + "/two.jsonl", "--nproc-per-node",
-                       "2"});
-    auto r = run(b);
-    ASSERT_EQ(r.code, 0) << c[1] << ": " << r.err << r.out;
-    const auto m1 = read_metrics(dir_ + "/one.jsonl");
-    const auto m2 = read_metrics(dir_ + "/two.jsonl");
-    ASSERT_EQ(m2.loss.size(), 3u) << c[1];
-    for (const auto& [step, loss] : m1.loss) {
-      EXPECT_NEAR(m2.loss.at(step), loss, 1e-5 * std::abs(loss))
-          << c[1] << " step " << step;
-    }
-    EXPECT_NEAR(m2.eval_loss, m1.eval_loss, 1e-5 * std::abs(m1.eval_loss));
+  for (auto c : cases) {
+    c.insert(c.end(), {"--optimizer", "sgd", "--sgd.lr", "0.5",
+                       "--sgd.momentum", "0.9"});
+    expect_two_workers_train_as_one(c);
   }
+}
+
+// SINGD and KFAC average their curvature statistics over the workers, so
+// two workers (replicated, and ZeRO-1 sharding the momenta) train as one
+// process: the same losses, Kronecker factors refreshed every step.
+TEST_F(Cli, NprocPerNodeTwoTrainsSingdAndKfacAsOneProcess) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"--optimizer", "singd", "--singd.T", "1", "--singd.lr", "0.05"},
+      {"--optimizer", "kfac", "--kfac.T", "1", "--kfac.lr", "0.05", "--zero",
+       "1"},
+  };
+  for (const auto& c : cases) expect_two_workers_train_as_one(c);
 }
 
 // `--zero 2` (ZeRO-2, docs/distributed.md §6): two workers, each keeping the
@@ -775,10 +807,13 @@ TEST_F(Cli, NprocPerNodeUsageErrorsExit2BeforeLaunching) {
       {{"--nproc-per-node", "3"},
        "batch_size 4 is the global batch and "
        "must be divisible by the 3"},
-      {{"--nproc-per-node", "2", "--optimizer", "kfac"},
-       "optimizer kfac is not data-parallel yet"},
-      {{"--nproc-per-node", "2", "--method", "projected-adapter"},
-       "projected_adapter.basis svd is not data-parallel yet"},
+      {{"--nproc-per-node", "2", "--method", "galore", "--galore.layerwise",
+        "true", "--zero", "1"},
+       "cannot shard its state (dist.zero_stage 1): its gradient hooks"},
+      {{"--nproc-per-node", "2", "--method", "projected-adapter", "--zero",
+        "2"},
+       "projected_adapter.basis svd cannot shard its state (dist.zero_stage "
+       "2)"},
       {{"--nnodes", "0"}, "--nnodes must be >= 1, got 0"},
       {{"--nnodes", "2", "--node-rank", "2"},
        "--node-rank must be in [0, --nnodes=2), got 2"},

@@ -6,8 +6,10 @@
 // every gradient and then drops those it does not own; stage 2 reduces each
 // gradient to its owner only. Works with any optimizer that skips parameters
 // without a gradient and creates their state on their first update
-// (PerParamOptimizer, GaLore, torch's SGD/Adam/AdamW); not with whole-layer
-// curvature optimizers (SINGD, KFAC).
+// (PerParamOptimizer, GaLore, torch's SGD/Adam/AdamW). SINGD and KFAC shard
+// their momenta (a layer's weight and bias share an owner); their Kronecker
+// factors stay on every rank, since every rank's curvature taps use them,
+// and every rank updates them from the averaged statistics.
 // Stage 2 reduces bucket by bucket during the update's last backward
 // (DeepSpeed's overlap_comm / reduce_bucket_size): a hook after each
 // parameter's gradient accumulation launches a bucket's reduces as soon as
@@ -47,6 +49,12 @@ namespace lowmem::dist {
 /// Deterministic: every rank computes the same owners from the same sizes.
 std::vector<int> partition_by_bytes(const std::vector<int64_t>& bytes,
                                     int world_size);
+/// partition_by_bytes over groups of items that must share an owner:
+/// groups[i] is the index of the first item of item i's group (i for an
+/// item of its own); empty: every item alone.
+std::vector<int> partition_grouped(const std::vector<int64_t>& bytes,
+                                   const std::vector<size_t>& groups,
+                                   int world_size);
 
 struct ZeroOptions {
   /// 1: shard optimizer state; 2: shard optimizer state and gradients.
@@ -72,8 +80,11 @@ void validate(const ZeroOptions& options);
 /// after-update hooks (train/data_parallel.h wires them).
 class ZeroSharding {
  public:
+  /// `groups` (partition_grouped): parameters one owner must update
+  /// together, e.g. a SINGD/KFAC layer's weight and bias.
   ZeroSharding(std::shared_ptr<Communicator> comm,
-               std::vector<at::Tensor> params, ZeroOptions options = {});
+               std::vector<at::Tensor> params, ZeroOptions options = {},
+               const std::vector<size_t>& groups = {});
   ~ZeroSharding();
   ZeroSharding(const ZeroSharding&) = delete;
   ZeroSharding& operator=(const ZeroSharding&) = delete;
@@ -93,10 +104,13 @@ class ZeroSharding {
   /// Reduces of a parameter's later accumulation during the last backward.
   int64_t late_reduces_in_backward() const { return late_reduces_; }
 
-  /// Owner rank of parameter i (partition_by_bytes of the parameters' bytes).
+  /// Owner rank of parameter i (partition_grouped of the parameters' bytes).
   int owner(size_t i) const { return owners_.at(i); }
   const std::vector<int>& owners() const { return owners_; }
   bool owns(size_t i) const { return owner(i) == comm_->rank(); }
+  /// Whether parameter i had a gradient in the last update (on every rank
+  /// alike: the ranks' masks are compared).
+  bool had_gradient(size_t i) const { return had_grad_.at(i); }
   /// Parameter bytes owned by `rank`.
   int64_t bytes_owned_by(int rank) const;
   const ZeroOptions& options() const { return options_; }

@@ -6,6 +6,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <vector>
 
 namespace torch::optim {
@@ -13,6 +14,10 @@ class Optimizer;
 }
 
 namespace lowmem::optim {
+
+/// Averages tensors in place over the workers of a data-parallel run (every
+/// worker passes the same shapes in the same order).
+using StatisticsSync = std::function<void(std::vector<at::Tensor>&)>;
 
 class OptimizerExtras {
  public:
@@ -31,6 +36,23 @@ class OptimizerExtras {
     (void)param;
     return false;
   }
+  /// ZeRO: `param` had a gradient this step but another worker owns it: that
+  /// worker stepped it and its new value has arrived by broadcast. An
+  /// optimizer whose schedule changes more than its own state (the
+  /// projected adapter rebases the frozen weight every update_proj_gap
+  /// steps) advances that schedule here, so every worker keeps the same
+  /// model. Default: nothing.
+  virtual void stepped_elsewhere(const at::Tensor& param) { (void)param; }
+  /// Data-parallel training: optimizers whose state grows from statistics
+  /// of each worker's own rows (SINGD, KFAC: the Kronecker factors'
+  /// curvature) average those statistics with `sync` before using them, so
+  /// every worker updates that state from the whole batch, as one process
+  /// would. Returns false if the optimizer has no such statistics (the
+  /// default; then averaging the gradients is all it needs).
+  virtual bool set_statistics_sync(StatisticsSync sync) {
+    (void)sync;
+    return false;
+  }
 };
 
 /// State tensors of any optimizer: OptimizerExtras, or torch's SGD, Adam,
@@ -43,6 +65,10 @@ void before_forward(torch::optim::Optimizer& opt);
 /// Forgets `param`'s state in `opt` (OptimizerExtras::forget_state, else
 /// its entry in opt.state(); nothing if it has none).
 void drop_state(torch::optim::Optimizer& opt, const at::Tensor& param);
+/// stepped_elsewhere(param) if `opt` implements OptimizerExtras.
+void stepped_elsewhere(torch::optim::Optimizer& opt, const at::Tensor& param);
+/// set_statistics_sync(sync) if `opt` implements OptimizerExtras, else false.
+bool set_statistics_sync(torch::optim::Optimizer& opt, StatisticsSync sync);
 /// Drops the .grad of every parameter of `opt` (sets it to an undefined
 /// tensor), freeing gradient memory between steps. Use it instead of
 /// zero_grad(): LibTorch 1.x's zero_grad() zeroes the gradients in place (they

@@ -9,7 +9,8 @@
 // layer-wise mode keeps accumulation working (official: silently broken), and
 // a parameter with more than 2 dims is projected as the matrix [size(0),
 // rest] (official: 2-D only; GaLoreProjectorTensor's Tucker form is not
-// implemented).
+// implemented). Data-parallel hook modes average the gradients inside the
+// hooks (set_statistics_sync); the official code has no hook-mode DDP.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -116,6 +117,13 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   /// A projected param: its basis, step count and the inner state of its
   /// proxy; a plain one: its inner state (ZeRO, train/data_parallel.h).
   bool forget_state(const at::Tensor& param) override;
+  /// Data-parallel hook modes (layer-wise, accumulation): the gradients are
+  /// consumed inside backward, where the trainer's gradient sync never sees
+  /// them, so `sync` averages them there: a full gradient that refreshes an
+  /// svd/rsvd basis, then the projected (r x n) gradients and the plain
+  /// params' gradients before each update. Returns whether the hooks are
+  /// on (otherwise the trainer's sync suffices and `sync` is unused).
+  bool set_statistics_sync(StatisticsSync sync) override;
 
   const GaLoreOptions& options() const { return options_; }
   torch::optim::Optimizer& inner() { return *inner_; }
@@ -154,6 +162,10 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   std::vector<std::pair<size_t, size_t>> group_map_;  // wrapper g -> inner g
   bool hooks_ = false;
   int64_t max_live_full_grads_ = 0;
+  StatisticsSync sync_;  // data-parallel hook modes: averages over workers
+  void average(std::vector<at::Tensor> ts) const {
+    if (sync_) sync_(ts);
+  }
 };
 
 }  // namespace lowmem::optim

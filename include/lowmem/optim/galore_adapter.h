@@ -43,6 +43,19 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   void load(torch::serialize::InputArchive& archive) override;
   /// Inner state plus the stored bases.
   std::vector<at::Tensor> state_tensors() const override;
+  /// ZeRO: drops the inner state of `param`; its layer's step counter and
+  /// basis stay (every worker rebases every layer).
+  bool forget_state(const at::Tensor& param) override;
+  /// ZeRO: counts the step another worker took on layer i's A, so this
+  /// worker merges and rebases that layer on the same steps (sketch bases
+  /// are drawn from (seed, layer, refresh index): the same on every worker).
+  void stepped_elsewhere(const at::Tensor& param) override;
+  /// Data-parallel svd/rsvd refreshes: the captured full gradients of W0
+  /// (which the trainer's sync does not cover: W0 is frozen) are averaged
+  /// with `sync` before the rebase, so every worker draws the same basis.
+  /// Under ZeRO every worker would step A on such a refresh: refused there
+  /// (train/data_parallel.h).
+  bool set_statistics_sync(StatisticsSync sync) override;
 
   torch::optim::Optimizer& inner() { return *inner_; }
   size_t num_layers() const { return layers_.size(); }
@@ -62,6 +75,7 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   std::vector<bool> rebased_;  // rebased in this step's before_forward
   std::unique_ptr<torch::optim::Optimizer> inner_;
   std::vector<std::pair<size_t, size_t>> group_map_;
+  StatisticsSync sync_;  // data-parallel: averages captured full gradients
 };
 
 /// GaLore form -> adapter form, mid-run. `to` must be built over adapters

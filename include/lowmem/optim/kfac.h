@@ -2,7 +2,8 @@
 // INGD authors' StructuredNGD-DL optimizers/kfac.py, see research/singd.md
 // section 7) on the same curvature taps as SINGD: EMA of dense Kronecker
 // factors from identity, damped inverses refreshed every T steps. Deviation:
-// T_cov = T_inv = T; no KL clipping; inverses by linalg_inv in fp32.
+// T_cov = T_inv = T; no KL clipping; inverses by linalg_inv in fp32;
+// data-parallel averaging of a^T a and g^T g (set_statistics_sync).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -76,6 +77,11 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
   void load(torch::serialize::InputArchive& archive) override;
   std::vector<at::Tensor> state_tensors() const override;
   void before_forward() override;
+  /// Data-parallel: on refresh steps the pending a^T a and g^T g of every
+  /// layer that recorded some are averaged over the workers first.
+  bool set_statistics_sync(StatisticsSync sync) override;
+  /// ZeRO: drops the momentum of `param` (a layer's weight or bias).
+  bool forget_state(const at::Tensor& param) override;
 
   int64_t steps() const { return steps_; }
   /// Bytes of the factors and their inverses over all layers.
@@ -107,6 +113,7 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
   std::vector<LayerState> state_;
   std::vector<std::shared_ptr<nn::KroneckerTap>> taps_;
   int64_t steps_ = 0;
+  StatisticsSync sync_;
 };
 
 }  // namespace lowmem::optim

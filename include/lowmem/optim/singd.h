@@ -2,7 +2,9 @@
 // Eschenhagen, Neklyudov, Kristiadi, Turner, Makhzani, ICML 2024, arXiv
 // 2312.05705), ported from the official f-dangel/singd optimizer.py @1ac69a3.
 // Deviations (docs/singd.md): one param group; layers with no gradient in a
-// step are skipped; momentum buffers fp32; no GradScaler inf-skip.
+// step are not updated (their factors still take recorded curvature);
+// momentum buffers fp32; no GradScaler inf-skip; data-parallel averaging of
+// the curvature (set_statistics_sync), which the official code lacks.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -106,6 +108,11 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   std::vector<at::Tensor> state_tensors() const override;
   /// Arms the taps iff this step refreshes the preconditioner.
   void before_forward() override;
+  /// Data-parallel: on refresh steps the pending curvature (H_K, H_C of
+  /// every layer that recorded some) is averaged over the workers first.
+  bool set_statistics_sync(StatisticsSync sync) override;
+  /// ZeRO: drops the momentum of `param` (a layer's weight or bias).
+  bool forget_state(const at::Tensor& param) override;
 
   /// AMP loss scale of the coming step (official set_current_grad_scale).
   void set_grad_scale(double scale);
@@ -130,6 +137,7 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   void accumulate(size_t i, const at::Tensor& a, const at::Tensor& g);
   void update_preconditioner(size_t i, double grad_scale);
   void arm_taps();
+  void sync_curvature();
 
   std::vector<nn::CurvatureLayer> layers_;
   std::vector<LayerState> state_;
@@ -137,6 +145,7 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   int64_t steps_ = 0;
   double prev_grad_scale_ = 1.0;
   c10::optional<double> grad_scale_;
+  StatisticsSync sync_;
 };
 
 }  // namespace lowmem::optim
