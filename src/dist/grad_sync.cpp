@@ -340,8 +340,9 @@ std::function<void(std::vector<at::Tensor>&)> make_statistics_sync(
     if (comm->world_size() == 1) {
       return;
     }
-    check_same_layout(*comm, stats, "curvature statistics",
-                      "a layer recorded curvature on some ranks only");
+    check_same_layout(*comm, stats, "optimizer statistics",
+                      "a layer recorded curvature or a gradient on some "
+                      "ranks only");
     // Averaged in fp32 at least (bf16/fp16 factors), then written back.
     std::vector<at::Tensor> wide;
     wide.reserve(stats.size());

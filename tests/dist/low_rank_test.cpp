@@ -153,6 +153,41 @@ TEST(TrainerGradSync, AveragesTheGivenGradientsInBuckets) {
   }
 }
 
+// The optimizers' hook (SINGD/KFAC statistics, GaLore's in-backward
+// gradients): averaged in place, a bf16 tensor through an fp32 copy and
+// written back in bf16, and a rank with another layout is named.
+TEST(StatisticsSync, AveragesInPlaceInFp32AndChecksTheLayout) {
+  std::vector<std::vector<at::Tensor>> out(2);
+  run_ranks(2, [&](std::shared_ptr<Communicator> comm) {
+    const int k = comm->rank();
+    auto fn = make_statistics_sync(comm);
+    at::Tensor f = rank_grad(k, 6, 5);
+    at::Tensor b = at::full({4}, k == 0 ? 1.0 : 2.0, at::kBFloat16);
+    std::vector<at::Tensor> stats = {f, b};
+    fn(stats);
+    EXPECT_TRUE(stats[0].is_same(f));  // in place
+    EXPECT_EQ(b.scalar_type(), at::kBFloat16);
+    out[k] = {f.clone(), b.to(at::kFloat)};
+    std::vector<at::Tensor> wrong = {rank_grad(k, 6, 5)};
+    if (k == 1) wrong.push_back(rank_grad(k, 2, 2));
+    try {
+      fn(wrong);
+      ADD_FAILURE() << "expected a layout error";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(
+                    "[dist] optimizer statistics layouts differ"),
+                std::string::npos)
+          << e.what();
+    }
+  });
+  const at::Tensor want = (rank_grad(0, 6, 5) + rank_grad(1, 6, 5)) / 2;
+  const at::Tensor mean_b = at::full({4}, 1.5, at::kFloat);
+  for (int k = 0; k < 2; ++k) {
+    EXPECT_TRUE(torch::allclose(out[k][0], want, 1e-6, 1e-6)) << k;
+    EXPECT_TRUE(torch::equal(out[k][1], mean_b)) << k;
+  }
+}
+
 TEST(LowRankGradSync, BasesRefreshEveryGapAndSmallParamsGoInFull) {
   auto comm = Communicator::init(DistEnv{});
   auto w = torch::zeros({12, 10}, torch::requires_grad());

@@ -124,11 +124,13 @@ std::function<void(std::vector<at::Tensor>&)> make_trainer_grad_sync(
 void check_same_layout(Communicator& comm, const std::vector<at::Tensor>& ts,
                        const char* what, const char* likely_cause);
 
-/// The data-parallel hook of SINGD/KFAC (optim::StatisticsSync): checks the
-/// layout as above, then averages the curvature statistics in place over
-/// the ranks (bf16/fp16 ones through an fp32 copy), in buckets of at most
-/// bucket_cap_mb. Every rank then updates the same Kronecker factors from
-/// the whole batch's statistics, as one process would.
+/// The data-parallel hook of optimizers that compute from their own rows
+/// outside the trainer's gradient sync (optim::StatisticsSync: SINGD/KFAC's
+/// curvature statistics, GaLore's gradients inside its hooks, the projected
+/// adapter's svd refresh gradient): checks the layout as above, then
+/// averages the tensors in place over the ranks (bf16/fp16 ones through an
+/// fp32 copy), in buckets of at most bucket_cap_mb. Every rank then updates
+/// the same state from the whole batch, as one process would.
 std::function<void(std::vector<at::Tensor>&)> make_statistics_sync(
     std::shared_ptr<Communicator> comm, double bucket_cap_mb = 25.0);
 

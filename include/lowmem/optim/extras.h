@@ -43,12 +43,15 @@ class OptimizerExtras {
   /// steps) advances that schedule here, so every worker keeps the same
   /// model. Default: nothing.
   virtual void stepped_elsewhere(const at::Tensor& param) { (void)param; }
-  /// Data-parallel training: optimizers whose state grows from statistics
-  /// of each worker's own rows (SINGD, KFAC: the Kronecker factors'
-  /// curvature) average those statistics with `sync` before using them, so
-  /// every worker updates that state from the whole batch, as one process
-  /// would. Returns false if the optimizer has no such statistics (the
-  /// default; then averaging the gradients is all it needs).
+  /// Data-parallel training: optimizers that compute from each worker's own
+  /// rows outside the trainer's gradient sync (SINGD, KFAC: the Kronecker
+  /// factors' curvature statistics; GaLore's hook modes: the gradients they
+  /// consume inside backward; the projected adapter: the frozen weight's
+  /// gradient of an svd refresh) average those tensors with `sync` before
+  /// using them, so every worker updates its state from the whole batch, as
+  /// one process would. Returns false if the optimizer has nothing of the
+  /// kind (the default; then the trainer's gradient averaging is all it
+  /// needs).
   virtual bool set_statistics_sync(StatisticsSync sync) {
     (void)sync;
     return false;
