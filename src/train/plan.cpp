@@ -376,8 +376,9 @@ WorkerPeak worker_peak(const Config& c, const Sized& z,
   }
   auto events = step_events(z, a, foreign);
   if (!owners.empty()) {
-    // The reduction's flat copies, a bucket being up to 25 MiB
-    // (bucket_cap_mb) or one larger parameter: after backward (stage 1, or
+    // The reduction's flat copies, a bucket being up to bucket_cap_mb (the
+    // dist::ZeroOptions default lowmem train uses) or one larger parameter:
+    // after backward (stage 1, or
     // stage 2 without overlap) two buckets in flight beside every gradient
     // (dist/zero.h); during backward one bucket's copy beside the gradients
     // it was made from (measured: 60m, 2 workers, docs/distributed.md).
@@ -386,7 +387,9 @@ WorkerPeak worker_peak(const Config& c, const Sized& z,
       all += nbytes(q.p);
       largest = std::max(largest, nbytes(q.p));
     }
-    const int64_t bucket = std::max(std::min(int64_t{25} << 20, all), largest);
+    const auto cap =
+        static_cast<int64_t>(dist::ZeroOptions().bucket_cap_mb() * 1048576.0);
+    const int64_t bucket = std::max(std::min(cap, all), largest);
     if (overlap) {
       for (auto& e : events) {
         if (e.at.rfind("backward of", 0) == 0 &&

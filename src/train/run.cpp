@@ -29,6 +29,7 @@
 #include "lowmem/dist/consistency.h"
 #include "lowmem/dist/grad_sync.h"
 #include "lowmem/dist/shard.h"
+#include "lowmem/dist/zero.h"
 #include "lowmem/io/atomic_file.h"
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/io/safetensors.h"
@@ -304,7 +305,8 @@ std::shared_ptr<dist::Communicator> join_job(const dist::DistEnv& env,
       session.train_data, comm->rank(), comm->world_size());
   // Gradient sync, ZeRO's hooks and the (rank 0 or sharded) checkpoint
   // writes.
-  attach_data_parallel(trainer, comm, detail::zero_stage(session.config), 25.0,
+  attach_data_parallel(trainer, comm, detail::zero_stage(session.config),
+                       dist::ZeroOptions().bucket_cap_mb(),
                        detail::zero_overlap(session.config));
   // Same seed, same initialisation: checked, not assumed.
   dist::check_identical(*comm, trainer.parameters(), "initial weights");
