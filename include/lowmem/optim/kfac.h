@@ -80,7 +80,8 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
   /// Data-parallel: on refresh steps the pending a^T a and g^T g of every
   /// layer that recorded some are averaged over the workers first.
   bool set_statistics_sync(StatisticsSync sync) override;
-  /// ZeRO: drops the momentum of `param` (a layer's weight or bias).
+  /// ZeRO: forgets the momentum of a layer's weight or bias that another
+  /// worker updates; A, G and their inverses stay (every worker's taps).
   bool forget_state(const at::Tensor& param) override;
 
   int64_t steps() const { return steps_; }

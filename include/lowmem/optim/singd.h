@@ -111,7 +111,8 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   /// Data-parallel: on refresh steps the pending curvature (H_K, H_C of
   /// every layer that recorded some) is averaged over the workers first.
   bool set_statistics_sync(StatisticsSync sync) override;
-  /// ZeRO: drops the momentum of `param` (a layer's weight or bias).
+  /// ZeRO: drops the momentum of `param` (a layer's weight or bias) when
+  /// another worker owns it; K, C, m_K, m_C stay (every worker's taps).
   bool forget_state(const at::Tensor& param) override;
 
   /// AMP loss scale of the coming step (official set_current_grad_scale).
