@@ -55,11 +55,10 @@ void stepped_elsewhere(torch::optim::Optimizer& opt, const at::Tensor& param) {
   }
 }
 
-bool set_statistics_sync(torch::optim::Optimizer& opt, StatisticsSync sync) {
+void set_statistics_sync(torch::optim::Optimizer& opt, StatisticsSync sync) {
   if (auto* ex = dynamic_cast<OptimizerExtras*>(&opt)) {
-    return ex->set_statistics_sync(std::move(sync));
+    ex->set_statistics_sync(std::move(sync));
   }
-  return false;
 }
 
 void clear_grads(torch::optim::Optimizer& opt) {

@@ -343,7 +343,7 @@ at::Tensor GaLore::step(LossClosure closure) {
   at::NoGradGuard no_grad;
   if (options_.layerwise()) return loss;  // updated inside backward
   sync_lr();
-  if (hooks_ && sync_) {  // accumulation: what the hooks gathered
+  if (hooks_) {  // accumulation, data-parallel: what the hooks gathered
     std::vector<at::Tensor> gathered;
     for (auto& s : slots_) {
       if (s->micro > 0) gathered.push_back(s->acc);
@@ -351,7 +351,7 @@ at::Tensor GaLore::step(LossClosure closure) {
     for (auto& q : plains_) {
       if (q->micro > 0) gathered.push_back(q->stash);
     }
-    sync_(gathered);
+    average_statistics(std::move(gathered));
   }
   std::vector<size_t> stepped;
   for (size_t i = 0; i < slots_.size(); ++i) {
@@ -415,7 +415,7 @@ void GaLore::on_grad(bool projected, size_t i) {
     if (s.micro == 0) {
       // A gradient-based basis comes from the whole batch's gradient.
       if (s.projector.needs_gradient() && s.projector.needs_refresh(s.step)) {
-        average({g});
+        average_statistics({g});
       }
       prepare(i, g);
     }
@@ -425,7 +425,7 @@ void GaLore::on_grad(bool projected, size_t i) {
     s.param.mutable_grad() = at::Tensor();  // the full gradient dies here
     ++s.micro;
     if (options_.layerwise() && s.micro >= options_.accumulation_steps()) {
-      average({s.acc});
+      average_statistics({s.acc});
       update_one(true, i);
     }
   } else {
@@ -436,15 +436,10 @@ void GaLore::on_grad(bool projected, size_t i) {
     q.param.mutable_grad() = at::Tensor();
     ++q.micro;
     if (options_.layerwise() && q.micro >= options_.accumulation_steps()) {
-      average({q.stash});
+      average_statistics({q.stash});
       update_one(false, i);
     }
   }
-}
-
-bool GaLore::set_statistics_sync(StatisticsSync sync) {
-  sync_ = std::move(sync);
-  return hooks_;
 }
 
 std::vector<at::Tensor> GaLore::state_tensors() const {

@@ -89,14 +89,14 @@ at::Tensor ProjectedAdapterOptimizer::step(LossClosure closure) {
   }
   at::NoGradGuard no_grad;
   sync_lr();
-  if (sync_) {  // data-parallel: svd/rsvd bases from the whole batch
+  {  // data-parallel: svd/rsvd bases from the whole batch's gradient
     std::vector<at::Tensor> full;
     for (const auto& l : layers_) {
       if (l->capturing() && l->base_weight().grad().defined()) {
         full.push_back(l->base_weight().grad());
       }
     }
-    sync_(full);
+    average_statistics(std::move(full));
   }
   std::vector<std::pair<size_t, at::Tensor>> scaled;  // (layer, A before)
   std::vector<size_t> stepped;
@@ -129,11 +129,6 @@ at::Tensor ProjectedAdapterOptimizer::step(LossClosure closure) {
   }
   for (size_t i : stepped) ++steps_[i];
   return loss;
-}
-
-bool ProjectedAdapterOptimizer::set_statistics_sync(StatisticsSync sync) {
-  sync_ = std::move(sync);
-  return true;
 }
 
 bool ProjectedAdapterOptimizer::forget_state(const at::Tensor& param) {

@@ -99,12 +99,12 @@ at::Tensor KFAC::step(LossClosure closure) {
   at::NoGradGuard no_grad;
   const auto& o = opts();
   const bool refresh = steps_ % o.T() == 0;
-  if (refresh && sync_) {
+  if (refresh) {  // data-parallel: the workers' a^T a, g^T g averaged
     std::vector<at::Tensor> pending;
     for (const auto& s : state_) {
       if (s.U.defined()) pending.insert(pending.end(), {s.U, s.Gn});
     }
-    sync_(pending);
+    average_statistics(std::move(pending));
   }
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto& l = layers_[i];
@@ -146,11 +146,6 @@ void KFAC::arm_taps() {
 
 void KFAC::before_forward() {
   arm_taps();
-}
-
-bool KFAC::set_statistics_sync(StatisticsSync sync) {
-  sync_ = std::move(sync);
-  return true;
 }
 
 bool KFAC::forget_state(const at::Tensor& param) {

@@ -202,7 +202,7 @@ at::Tensor SINGD::step(LossClosure closure) {
   const auto& o = opts();
   const double grad_scale = grad_scale_.value_or(1.0);
   const bool refresh = steps_ % o.T() == 0;
-  if (refresh && sync_) sync_curvature();
+  if (refresh) sync_curvature();
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto& l = layers_[i];
     auto& s = state_[i];
@@ -237,12 +237,7 @@ void SINGD::sync_curvature() {
     for (const auto* m : {s.H_K.get(), s.H_C.get()})
       for (const auto& t : m->tensors()) pending.push_back(t);
   }
-  sync_(pending);
-}
-
-bool SINGD::set_statistics_sync(StatisticsSync sync) {
-  sync_ = std::move(sync);
-  return true;
+  average_statistics(std::move(pending));
 }
 
 bool SINGD::forget_state(const at::Tensor& param) {

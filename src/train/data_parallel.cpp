@@ -89,10 +89,13 @@ std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
                "communicator");
   LOWMEM_CHECK(zero_stage >= 0 && zero_stage <= 2,
                "[dist] ZeRO stage must be 0, 1 or 2, got ", zero_stage);
-  // SINGD/KFAC average their curvature statistics over the workers.
+  // What optimizers compute from a worker's own rows outside the gradient
+  // sync (SINGD/KFAC's curvature, GaLore's hook gradients, the projected
+  // adapter's svd refresh gradient) is averaged over the workers.
+  const optim::StatisticsSync statistics =
+      dist::make_statistics_sync(comm, bucket_cap_mb);
   for (const auto& slot : trainer.optimizers()) {
-    optim::set_statistics_sync(*slot.optimizer,
-                               dist::make_statistics_sync(comm, bucket_cap_mb));
+    optim::set_statistics_sync(*slot.optimizer, statistics);
   }
   if (zero_stage == 0) {
     trainer.set_grad_sync(dist::make_trainer_grad_sync(comm, bucket_cap_mb));

@@ -378,10 +378,10 @@ WorkerPeak worker_peak(const Config& c, const Sized& z,
   if (!owners.empty()) {
     // The reduction's flat copies, a bucket being up to bucket_cap_mb (the
     // dist::ZeroOptions default lowmem train uses) or one larger parameter:
-    // after backward (stage 1, or
-    // stage 2 without overlap) two buckets in flight beside every gradient
-    // (dist/zero.h); during backward one bucket's copy beside the gradients
-    // it was made from (measured: 60m, 2 workers, docs/distributed.md).
+    // after backward (stage 1, or stage 2 without overlap) two buckets in
+    // flight beside every gradient (dist/zero.h); during backward one
+    // bucket's copy beside the gradients it was made from (measured: 60m, 2
+    // workers, docs/distributed.md).
     int64_t all = 0, largest = 0;
     for (const auto& q : z.params) {
       all += nbytes(q.p);

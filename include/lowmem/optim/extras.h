@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <utility>
 #include <vector>
 
 namespace torch::optim {
@@ -47,15 +48,23 @@ class OptimizerExtras {
   /// rows outside the trainer's gradient sync (SINGD, KFAC: the Kronecker
   /// factors' curvature statistics; GaLore's hook modes: the gradients they
   /// consume inside backward; the projected adapter: the frozen weight's
-  /// gradient of an svd refresh) average those tensors with `sync` before
-  /// using them, so every worker updates its state from the whole batch, as
-  /// one process would. Returns false if the optimizer has nothing of the
-  /// kind (the default; then the trainer's gradient averaging is all it
-  /// needs).
-  virtual bool set_statistics_sync(StatisticsSync sync) {
-    (void)sync;
-    return false;
+  /// gradient of an svd refresh) pass those tensors to average_statistics()
+  /// before using them, which averages them with `sync`, so every worker
+  /// updates its state from the whole batch, as one process would. Others
+  /// never call it (the trainer's gradient averaging is all they need).
+  void set_statistics_sync(StatisticsSync sync) {
+    statistics_sync_ = std::move(sync);
   }
+
+ protected:
+  /// Averages `ts` in place over the workers with the set_statistics_sync
+  /// hook; nothing outside data-parallel training.
+  void average_statistics(std::vector<at::Tensor> ts) const {
+    if (statistics_sync_) statistics_sync_(ts);
+  }
+
+ private:
+  StatisticsSync statistics_sync_;
 };
 
 /// State tensors of any optimizer: OptimizerExtras, or torch's SGD, Adam,
@@ -70,8 +79,8 @@ void before_forward(torch::optim::Optimizer& opt);
 void drop_state(torch::optim::Optimizer& opt, const at::Tensor& param);
 /// stepped_elsewhere(param) if `opt` implements OptimizerExtras.
 void stepped_elsewhere(torch::optim::Optimizer& opt, const at::Tensor& param);
-/// set_statistics_sync(sync) if `opt` implements OptimizerExtras, else false.
-bool set_statistics_sync(torch::optim::Optimizer& opt, StatisticsSync sync);
+/// set_statistics_sync(sync) if `opt` implements OptimizerExtras.
+void set_statistics_sync(torch::optim::Optimizer& opt, StatisticsSync sync);
 /// Drops the .grad of every parameter of `opt` (sets it to an undefined
 /// tensor), freeing gradient memory between steps. Use it instead of
 /// zero_grad(): LibTorch 1.x's zero_grad() zeroes the gradients in place (they

@@ -117,13 +117,6 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   /// A projected param: its basis, step count and the inner state of its
   /// proxy; a plain one: its inner state (ZeRO, train/data_parallel.h).
   bool forget_state(const at::Tensor& param) override;
-  /// Data-parallel hook modes (layer-wise, accumulation): the gradients are
-  /// consumed inside backward, where the trainer's gradient sync never sees
-  /// them, so `sync` averages them there: a full gradient that refreshes an
-  /// svd/rsvd basis, then the projected (r x n) gradients and the plain
-  /// params' gradients before each update. Returns whether the hooks are
-  /// on (otherwise the trainer's sync suffices and `sync` is unused).
-  bool set_statistics_sync(StatisticsSync sync) override;
 
   const GaLoreOptions& options() const { return options_; }
   torch::optim::Optimizer& inner() { return *inner_; }
@@ -148,6 +141,11 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   friend struct GaLoreHook;
   friend void transfer_state(GaLore& from, ProjectedAdapterOptimizer& to);
   friend void transfer_state(ProjectedAdapterOptimizer& from, GaLore& to);
+  /// Data-parallel hook modes (set_statistics_sync): the gradients are
+  /// consumed here, inside backward, where the trainer's gradient sync never
+  /// sees them, so they are averaged here: a full gradient that refreshes an
+  /// svd/rsvd basis, then the projected (r x n) gradients and the plain
+  /// params' gradients before each update (accumulation: in step()).
   void on_grad(bool projected, size_t i);
   void prepare(size_t i, const at::Tensor& full_grad);
   void load_proxy(size_t i, const at::Tensor& low);
@@ -162,10 +160,6 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   std::vector<std::pair<size_t, size_t>> group_map_;  // wrapper g -> inner g
   bool hooks_ = false;
   int64_t max_live_full_grads_ = 0;
-  StatisticsSync sync_;  // data-parallel hook modes: averages over workers
-  void average(std::vector<at::Tensor> ts) const {
-    if (sync_) sync_(ts);
-  }
 };
 
 }  // namespace lowmem::optim

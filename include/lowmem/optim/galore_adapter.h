@@ -38,6 +38,11 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   void before_forward() override;
   /// svd/rsvd refresh: rebase from the captured gradient and feed A the
   /// gradient in the new basis; then the inner step, with A's update scaled.
+  /// Data-parallel (set_statistics_sync): the captured full gradients of W0
+  /// (which the trainer's sync does not cover: W0 is frozen) are averaged
+  /// before the rebase, so every worker draws the same basis. Under ZeRO
+  /// every worker would step A on such a refresh: refused there
+  /// (train/data_parallel.h).
   at::Tensor step(LossClosure closure = nullptr) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
@@ -50,12 +55,6 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   /// worker merges and rebases that layer on the same steps (sketch bases
   /// are drawn from (seed, layer, refresh index): the same on every worker).
   void stepped_elsewhere(const at::Tensor& param) override;
-  /// Data-parallel svd/rsvd refreshes: the captured full gradients of W0
-  /// (which the trainer's sync does not cover: W0 is frozen) are averaged
-  /// with `sync` before the rebase, so every worker draws the same basis.
-  /// Under ZeRO every worker would step A on such a refresh: refused there
-  /// (train/data_parallel.h).
-  bool set_statistics_sync(StatisticsSync sync) override;
 
   torch::optim::Optimizer& inner() { return *inner_; }
   size_t num_layers() const { return layers_.size(); }
@@ -75,7 +74,6 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   std::vector<bool> rebased_;  // rebased in this step's before_forward
   std::unique_ptr<torch::optim::Optimizer> inner_;
   std::vector<std::pair<size_t, size_t>> group_map_;
-  StatisticsSync sync_;  // data-parallel: averages captured full gradients
 };
 
 /// GaLore form -> adapter form, mid-run. `to` must be built over adapters

@@ -77,9 +77,6 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
   void load(torch::serialize::InputArchive& archive) override;
   std::vector<at::Tensor> state_tensors() const override;
   void before_forward() override;
-  /// Data-parallel: on refresh steps the pending a^T a and g^T g of every
-  /// layer that recorded some are averaged over the workers first.
-  bool set_statistics_sync(StatisticsSync sync) override;
   /// ZeRO: forgets the momentum of a layer's weight or bias that another
   /// worker updates; A, G and their inverses stay (every worker's taps).
   bool forget_state(const at::Tensor& param) override;
@@ -114,7 +111,6 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
   std::vector<LayerState> state_;
   std::vector<std::shared_ptr<nn::KroneckerTap>> taps_;
   int64_t steps_ = 0;
-  StatisticsSync sync_;
 };
 
 }  // namespace lowmem::optim

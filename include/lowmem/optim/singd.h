@@ -108,9 +108,6 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   std::vector<at::Tensor> state_tensors() const override;
   /// Arms the taps iff this step refreshes the preconditioner.
   void before_forward() override;
-  /// Data-parallel: on refresh steps the pending curvature (H_K, H_C of
-  /// every layer that recorded some) is averaged over the workers first.
-  bool set_statistics_sync(StatisticsSync sync) override;
   /// ZeRO: drops the momentum of `param` (a layer's weight or bias) when
   /// another worker owns it; K, C, m_K, m_C stay (every worker's taps).
   bool forget_state(const at::Tensor& param) override;
@@ -138,6 +135,9 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   void accumulate(size_t i, const at::Tensor& a, const at::Tensor& g);
   void update_preconditioner(size_t i, double grad_scale);
   void arm_taps();
+  /// Data-parallel (set_statistics_sync): on refresh steps the pending
+  /// curvature (H_K, H_C of every layer that recorded some) is averaged
+  /// over the workers before the preconditioners are updated.
   void sync_curvature();
 
   std::vector<nn::CurvatureLayer> layers_;
@@ -146,7 +146,6 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   int64_t steps_ = 0;
   double prev_grad_scale_ = 1.0;
   c10::optional<double> grad_scale_;
-  StatisticsSync sync_;
 };
 
 }  // namespace lowmem::optim
