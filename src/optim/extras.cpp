@@ -61,6 +61,20 @@ void set_statistics_sync(torch::optim::Optimizer& opt, StatisticsSync sync) {
   }
 }
 
+void set_ownership(torch::optim::Optimizer& opt, Ownership owns) {
+  if (auto* ex = dynamic_cast<OptimizerExtras*>(&opt)) {
+    ex->set_ownership(std::move(owns));
+  }
+}
+
+std::vector<at::Tensor> updated_outside_sync(
+    const torch::optim::Optimizer& opt) {
+  if (const auto* ex = dynamic_cast<const OptimizerExtras*>(&opt)) {
+    return ex->updated_outside_sync();
+  }
+  return {};
+}
+
 void clear_grads(torch::optim::Optimizer& opt) {
   for (auto& group : opt.param_groups())
     for (auto& p : group.params())

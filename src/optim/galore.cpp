@@ -327,6 +327,11 @@ void GaLore::apply(size_t i) {
     const double lr = param_groups_[s.group].options().get_lr();
     s.param.mul_(1.0 - lr * options_.weight_decay());
   }
+  advance(i);
+}
+
+void GaLore::advance(size_t i) {
+  auto& s = *slots_[i];
   s.proxy.mutable_grad() = at::Tensor();
   s.proxy.set_(at::empty({0}, s.proxy.options()));
   s.acc = at::Tensor();
@@ -359,6 +364,10 @@ at::Tensor GaLore::step(LossClosure closure) {
     at::Tensor low;
     if (hooks_) {
       if (s.micro == 0) continue;
+      if (!owns(s.param)) {  // ZeRO: its owner steps it
+        advance(i);
+        continue;
+      }
       low = s.acc;
     } else {
       const auto& g = s.param.grad();
@@ -371,7 +380,7 @@ at::Tensor GaLore::step(LossClosure closure) {
   }
   if (hooks_)
     for (auto& q : plains_)
-      if (q->micro > 0) q->param.mutable_grad() = q->stash;
+      if (q->micro > 0 && owns(q->param)) q->param.mutable_grad() = q->stash;
   inner_->step();
   for (size_t i : stepped) apply(i);
   if (hooks_) {
@@ -426,7 +435,11 @@ void GaLore::on_grad(bool projected, size_t i) {
     ++s.micro;
     if (options_.layerwise() && s.micro >= options_.accumulation_steps()) {
       average_statistics({s.acc});
-      update_one(true, i);
+      if (owns(s.param)) {
+        update_one(true, i);
+      } else {  // ZeRO: its owner steps it
+        advance(i);
+      }
     }
   } else {
     auto& q = *plains_[i];
@@ -437,7 +450,12 @@ void GaLore::on_grad(bool projected, size_t i) {
     ++q.micro;
     if (options_.layerwise() && q.micro >= options_.accumulation_steps()) {
       average_statistics({q.stash});
-      update_one(false, i);
+      if (owns(q.param)) {
+        update_one(false, i);
+      } else {  // ZeRO: its owner steps it
+        q.stash = at::Tensor();
+        q.micro = 0;
+      }
     }
   }
 }
@@ -516,6 +534,9 @@ bool GaLore::forget_state(const at::Tensor& param) {
     LOWMEM_CHECK(s.micro == 0, "[galore] forget_state of projected param ", i,
                  " during gradient accumulation");
     inner_->state().erase(state_key(s.proxy));
+    // Hook modes: every worker projects every gradient, so the basis and
+    // its schedule stay (ZeRO shards only the inner state there).
+    if (hooks_) return true;
     s.projector = projection::Projector(options_.projector(), s.param.size(0),
                                         s.param.numel() / s.param.size(0),
                                         static_cast<int64_t>(i));
@@ -532,6 +553,14 @@ bool GaLore::forget_state(const at::Tensor& param) {
     return true;
   }
   return true;  // not one of this optimizer's params: nothing to forget
+}
+
+std::vector<at::Tensor> GaLore::updated_outside_sync() const {
+  if (!hooks_) return {};
+  std::vector<at::Tensor> out;
+  for (const auto& s : slots_) out.push_back(s->param);
+  for (const auto& q : plains_) out.push_back(q->param);
+  return out;
 }
 
 std::pair<std::vector<at::Tensor>, std::vector<at::Tensor>> GaLore::route(

@@ -71,7 +71,12 @@ void ProjectedAdapterOptimizer::before_forward() {
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto& l = *layers_[i];
-    if (rebased_[i] || !l.projector().needs_refresh(steps_[i])) continue;
+    // A capture armed by an earlier micro-batch of this update goes on
+    // summing: the basis comes from the whole batch's gradient.
+    if (rebased_[i] || l.capturing() ||
+        !l.projector().needs_refresh(steps_[i])) {
+      continue;
+    }
     if (l.projector().needs_gradient()) {
       l.capture_full_grad(true);
     } else {
@@ -100,6 +105,7 @@ at::Tensor ProjectedAdapterOptimizer::step(LossClosure closure) {
   }
   std::vector<std::pair<size_t, at::Tensor>> scaled;  // (layer, A before)
   std::vector<size_t> stepped;
+  refreshed_.clear();
   for (size_t i = 0; i < layers_.size(); ++i) {
     auto& l = *layers_[i];
     if (l.capturing()) {
@@ -108,8 +114,13 @@ at::Tensor ProjectedAdapterOptimizer::step(LossClosure closure) {
                    ": no full gradient was captured on its refresh step");
       rebase(i, g);
       // The gradient A would have had under the new basis: P_new^T G (...).
-      l.a().mutable_grad() = l.projector().project(g).to(l.a().scalar_type());
+      // ZeRO: only A's owner steps it (its gradient here replaces the one
+      // the trainer's sync gave the owner alone).
+      l.a().mutable_grad() =
+          owns(l.a()) ? l.projector().project(g).to(l.a().scalar_type())
+                      : at::Tensor();
       l.capture_full_grad(false);
+      refreshed_.push_back(l.a());
     } else {
       LOWMEM_CHECK(rebased_[i] || !l.projector().needs_refresh(steps_[i]),
                    "[projected_adapter] layer ", i, " is due a refresh at step ",
@@ -140,6 +151,11 @@ void ProjectedAdapterOptimizer::stepped_elsewhere(const at::Tensor& param) {
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (layers_[i]->a().is_same(param)) ++steps_[i];
   }
+}
+
+std::vector<at::Tensor> ProjectedAdapterOptimizer::updated_outside_sync()
+    const {
+  return refreshed_;
 }
 
 std::vector<at::Tensor> ProjectedAdapterOptimizer::state_tensors() const {

@@ -10,33 +10,11 @@
 #include "lowmem/dist/grad_sync.h"
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/optim/extras.h"
-#include "lowmem/optim/galore.h"
-#include "lowmem/optim/galore_adapter.h"
 #include "lowmem/optim/kfac.h"
 #include "lowmem/optim/singd.h"
 
 namespace lowmem::train {
 namespace {
-
-/// Why `opt` cannot be sharded by ZeroSharding, or "" if it can.
-std::string unshardable(torch::optim::Optimizer& opt) {
-  if (const auto* g = dynamic_cast<const optim::GaLore*>(&opt)) {
-    if (g->options().layerwise() || g->options().accumulation_steps() > 1) {
-      return "GaLore's layer-wise / accumulation mode steps inside backward, "
-             "before any gradient is reduced";
-    }
-  }
-  if (auto* pa = dynamic_cast<optim::ProjectedAdapterOptimizer*>(&opt)) {
-    for (size_t i = 0; i < pa->num_layers(); ++i) {
-      if (pa->layer(i).projector().needs_gradient()) {
-        return "the projected adapter's svd/rsvd refresh gives every worker "
-               "A's gradient in the new basis (use a gaussian or orthogonal "
-               "basis)";
-      }
-    }
-  }
-  return "";
-}
 
 /// The curvature layers of a SINGD/KFAC optimizer (empty for others).
 const std::vector<nn::CurvatureLayer>* curvature_layers(
@@ -104,19 +82,29 @@ std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
     });
     return nullptr;
   }
-  for (const auto& slot : trainer.optimizers()) {
-    const std::string why = unshardable(*slot.optimizer);
-    LOWMEM_CHECK(why.empty(), "[dist] ZeRO stage ", zero_stage,
-                 " cannot shard optimizer '", slot.name, "': ", why,
-                 " (use dist.zero_stage 0)");
-  }
+  const std::vector<at::Tensor> params = trainer.parameters();
   auto zero = std::make_shared<dist::ZeroSharding>(
-      comm, trainer.parameters(),
+      comm, params,
       dist::ZeroOptions()
           .stage(static_cast<int>(zero_stage))
           .bucket_cap_mb(bucket_cap_mb)
           .overlap(zero_overlap),
       zero_groups(trainer));
+  // Parameter -> index in the sharding (the trainer's parameter order).
+  auto index = std::make_shared<std::unordered_map<const void*, size_t>>();
+  for (size_t i = 0; i < params.size(); ++i) {
+    index->emplace(params[i].unsafeGetTensorImpl(), i);
+  }
+  // Optimizers that take gradients the sync never sees step only their own
+  // parameters (a tensor outside the trainer's list is every worker's).
+  const optim::Ownership owns = [index, owners = zero->owners(),
+                                 rank = comm->rank()](const at::Tensor& p) {
+    const auto it = index->find(p.unsafeGetTensorImpl());
+    return it == index->end() || owners[it->second] == rank;
+  };
+  for (const auto& slot : trainer.optimizers()) {
+    optim::set_ownership(*slot.optimizer, owns);
+  }
   // The hooks share ownership: the sharding lives as long as the trainer.
   trainer.set_grad_sync([zero](std::vector<at::Tensor>& grads) {
     zero->reduce_gradients(grads);
@@ -124,10 +112,18 @@ std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
   trainer.set_norm_sync([zero](const std::vector<at::Tensor>& norms) {
     return zero->gather_norms(norms);
   });
-  // After the owners' broadcast, each optimizer hears of the steps other
-  // workers took on its parameters (the projected adapter's rebases).
+  // The owners broadcast what they updated (with a gradient in the sync, or
+  // without: GaLore's hook modes, the projected adapter's svd refreshes);
+  // then each optimizer hears of the steps other workers took on its
+  // parameters (the projected adapter's rebases).
   Trainer* t = &trainer;
-  trainer.set_after_update([zero, t] {
+  trainer.set_after_update([zero, t, index] {
+    for (const auto& slot : t->optimizers()) {
+      for (const auto& p : optim::updated_outside_sync(*slot.optimizer)) {
+        const auto it = index->find(p.unsafeGetTensorImpl());
+        if (it != index->end()) zero->mark_updated(it->second);
+      }
+    }
     zero->broadcast_parameters();
     size_t k = 0;
     for (const auto& slot : t->optimizers()) {

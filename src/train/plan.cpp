@@ -93,6 +93,7 @@ struct Param {
   at::Tensor p;        // meta
   int64_t stage = -1;  // ActivationModel::stage_of
   int64_t state = 0;
+  int64_t shared = 0;     // of state: what every ZeRO worker keeps (bases)
   int64_t update = 0;     // temporaries of its update (non-layerwise step)
   int64_t hook = 0;       // layer-wise: its gradient + update inside backward
   int64_t refresh = 0;    // GaLore: temporaries of a basis refresh
@@ -118,6 +119,8 @@ const optim::OptimizerKind& sized_kind(const std::string& name) {
 // whole or a block), a refresh
 // (svd/rsvd: LAPACK's copy, U, V^T and gesdd's workspace; sketches: the
 // drawn matrix).
+// In GaLore's hook modes every worker projects every gradient, so under
+// ZeRO each keeps every stored basis (`shared`).
 void size_projected(const optim::GaLore& g, size_t i, Param& q,
                     const optim::OptimizerKind& inner, const Section& section,
                     UpdateProbe& probe) {
@@ -148,6 +151,7 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
   const bool sketch = o.basis() == "gaussian" || o.basis() == "orthogonal";
   const bool stored = !sketch || o.cache_sketch();
   q.state = inner.state_bytes(low, section) + (stored ? basis : 0);
+  if (!g.updated_outside_sync().empty()) q.shared = stored ? basis : 0;
   const int64_t regenerated = stored ? 0 : basis;
   const int64_t upcast = e == f ? 0 : project_block * f;
   const int64_t project = upcast + low_bytes + regenerated;
@@ -345,8 +349,6 @@ std::vector<int> zero_owners(const Config& c, const Sized& z, int64_t workers) {
   if (workers == 1 || detail::zero_stage(c) == 0) {
     return {};
   }
-  // What lowmem train refuses to shard (GaLore's hooks, the projected
-  // adapter, ...) is not planned sharded either.
   check_data_parallel(c, static_cast<int>(workers));
   std::vector<int64_t> bytes;
   for (const auto& q : z.params) bytes.push_back(nbytes(q.p));
@@ -368,25 +370,33 @@ WorkerPeak worker_peak(const Config& c, const Sized& z,
   WorkerPeak out;
   std::vector<bool> foreign;
   const bool overlap = detail::zero_stage(c) == 2 && detail::zero_overlap(c);
+  // Layer-wise GaLore's hooks take their gradients on every worker (and
+  // step only their own: the non-owners' smaller temporaries are planned as
+  // the owner's); ZeRO reduces the others.
   if (overlap) {
-    for (const int o : owners) foreign.push_back(o != worker);
+    for (size_t i = 0; i < owners.size(); ++i) {
+      foreign.push_back(owners[i] != worker && !z.params[i].hooked);
+    }
   }
   for (size_t i = 0; i < z.params.size(); ++i) {
-    if (owners.empty() || owners[i] == worker) out.state += z.params[i].state;
+    const Param& q = z.params[i];
+    const bool own = owners.empty() || owners[i] == worker;
+    out.state += own ? q.state : q.shared;
   }
   auto events = step_events(z, a, foreign);
-  if (!owners.empty()) {
+  int64_t all = 0, largest = 0;  // the gradients ZeRO reduces
+  for (const auto& q : z.params) {
+    if (q.hooked) continue;
+    all += nbytes(q.p);
+    largest = std::max(largest, nbytes(q.p));
+  }
+  if (!owners.empty() && all > 0) {
     // The reduction's flat copies, a bucket being up to bucket_cap_mb (the
     // dist::ZeroOptions default lowmem train uses) or one larger parameter:
     // after backward (stage 1, or stage 2 without overlap) two buckets in
     // flight beside every gradient (dist/zero.h); during backward one
     // bucket's copy beside the gradients it was made from (measured: 60m, 2
     // workers, docs/distributed.md).
-    int64_t all = 0, largest = 0;
-    for (const auto& q : z.params) {
-      all += nbytes(q.p);
-      largest = std::max(largest, nbytes(q.p));
-    }
     const auto cap =
         static_cast<int64_t>(dist::ZeroOptions().bucket_cap_mb() * 1048576.0);
     const int64_t bucket = std::max(std::min(cap, all), largest);

@@ -178,8 +178,7 @@ MethodSetup setup_method(const Config& config,
   return setup;
 }
 
-void check_data_parallel(const Config& config, int world_size) {
-  Config c(config);
+void check_data_parallel(const Config& c, int world_size) {
   const std::string w = std::to_string(world_size);
   if (!parse_device(c.device).is_cpu()) {
     throw ConfigError("device " + c.device + " is not data-parallel yet: the "
@@ -191,27 +190,6 @@ void check_data_parallel(const Config& config, int world_size) {
     throw ConfigError("batch_size " + std::to_string(c.batch_size) +
                       " is the global batch and must be divisible by the " +
                       w + " data-parallel workers");
-  }
-  const int64_t zero = detail::zero_stage(c);
-  if (zero > 0 && c.method == "galore" &&
-      (c.accum_steps > 1 || c.get("galore.layerwise") == "true")) {
-    throw ConfigError(
-        "method galore with accum_steps > 1 or galore.layerwise "
-        "cannot shard its state (dist.zero_stage " +
-        std::to_string(zero) +
-        "): its gradient hooks step inside backward, before "
-        "any reduction (use dist.zero_stage 0)");
-  }
-  if (zero > 0 && c.method == "projected-adapter") {
-    const std::string basis = c.get("projected_adapter.basis");
-    if (basis == "svd" || basis == "rsvd") {
-      throw ConfigError(
-          "method projected-adapter with projected_adapter.basis " + basis +
-          " cannot shard its state (dist.zero_stage " + std::to_string(zero) +
-          "): its refresh gives every "
-          "worker A's gradient in the new basis (use gaussian "
-          "or orthogonal, or dist.zero_stage 0)");
-    }
   }
 }
 

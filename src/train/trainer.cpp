@@ -463,6 +463,9 @@ std::optional<std::vector<int64_t>> shards_to_load(
   for (size_t r = 0; r < wanted.size(); ++r) {
     if (wanted[r]) out.push_back(static_cast<int64_t>(r));
   }
+  // A rank that owns nothing still reads one shard, for the state every
+  // rank keeps whole (SINGD/KFAC's factors, GaLore's bases in hook modes).
+  if (out.empty() && layout.shard_world_size > 0) out.push_back(0);
   return out;
 }
 

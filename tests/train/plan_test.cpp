@@ -165,8 +165,9 @@ TEST(Plan, Llama7b8BitMatchesTheRecordedRun) {
 }
 
 // ZeRO: the 7B recipe's state split over N workers (docs/distributed.md
-// quotes these lines). GaLore runs without its layer-wise hooks (ZeRO
-// refuses them); full AdamW for comparison.
+// quotes these lines). GaLore runs without its layer-wise hooks (ZeRO-2
+// frees other workers' gradients only outside them); full AdamW for
+// comparison.
 TEST(Plan, ZeroSplitsThe7bStateOverWorkers) {
   Config galore = llama_7b_galore_layerwise();
   galore.set("galore.layerwise", "false");
@@ -208,9 +209,36 @@ TEST(Plan, ZeroSplitsThe7bStateOverWorkers) {
           p.peak_at.c_str(), gib(one.peak));
     }
   }
-  Config layerwise = llama_7b_galore_layerwise();
-  layerwise.set("dist.zero_stage", "1");
-  EXPECT_THROW(plan(layerwise, PlanOptions().workers(2)), ConfigError);
+}
+
+// Layer-wise GaLore under ZeRO: the inner state is split; a stored basis
+// (svd) stays on every worker, a regenerated sketch is stored nowhere.
+TEST(Plan, ZeroSplitsLayerwiseGaloreInnerStateOnly) {
+  Config sketch = llama_7b_galore_layerwise();
+  sketch.set("llama.preset", "60m");
+  sketch.batch_size = 2;
+  Config svd = sketch;
+  svd.set("galore.basis", "svd");
+  const int64_t bases = plan(svd, PlanOptions()).optimizer_state -
+                        plan(sketch, PlanOptions()).optimizer_state;
+  ASSERT_GT(bases, 0);
+  for (Config c : {sketch, svd}) {
+    const Plan one = plan(c, PlanOptions());
+    const bool stored = c.get("galore.basis") == "svd";
+    for (const std::string stage : {"1", "2"}) {
+      c.set("dist.zero_stage", stage);
+      const Plan p = plan(c, PlanOptions().workers(2));
+      ASSERT_EQ(p.worker_state.size(), 2u);
+      EXPECT_EQ(p.worker_state[0] + p.worker_state[1],
+                one.optimizer_state + (stored ? bases : 0))
+          << stage;
+      for (const int64_t b : p.worker_state) {
+        EXPECT_LT(b, one.optimizer_state) << stage;
+        if (stored) EXPECT_GT(b, bases) << stage;
+      }
+      EXPECT_LT(p.peak, one.peak) << stage;
+    }
+  }
 }
 
 TEST(Plan, BudgetAndSizes) {

@@ -6,20 +6,22 @@
 // every gradient and then drops those it does not own; stage 2 reduces each
 // gradient to its owner only. Works with any optimizer that skips parameters
 // without a gradient and creates their state on their first update
-// (PerParamOptimizer, GaLore, torch's SGD/Adam/AdamW). SINGD and KFAC shard
-// their momenta (a layer's weight and bias share an owner); their Kronecker
-// factors stay on every rank, since every rank's curvature taps use them,
-// and every rank updates them from the averaged statistics.
-// Stage 2 reduces bucket by bucket during the update's last backward
-// (DeepSpeed's overlap_comm / reduce_bucket_size): a hook after each
-// parameter's gradient accumulation launches a bucket's reduces as soon as
-// each of its parameters has a gradient and frees every gradient of the
-// bucket (the owner keeps the reduced sum), so a rank holds its own
-// gradients plus at most two buckets in flight, not all of them, from the
-// first update on. A parameter accumulating again after its bucket went out
-// (a checkpointed segment's nested backward, LoTR's factors shared across
-// layers) sends that later part in a reduce of its own, which the owner
-// adds: the same sum, in another order (float round-off).
+// (PerParamOptimizer, GaLore, torch's SGD/Adam/AdamW); optimizers that take
+// gradients the sync never sees (GaLore's hook modes, the projected
+// adapter's svd refresh) ask their ownership (OptimizerExtras::
+// set_ownership) and name what they updated (mark_updated). SINGD and KFAC
+// shard their momenta (a layer's weight and bias share an owner); their
+// Kronecker factors stay on every rank, since every rank's curvature taps use
+// them, and every rank updates them from the averaged statistics. Stage 2
+// reduces bucket by bucket during the update's last backward (DeepSpeed's
+// overlap_comm / reduce_bucket_size): a hook after each parameter's gradient
+// accumulation launches a bucket's reduces as soon as each of its parameters
+// has a gradient and frees every gradient of the bucket (the owner keeps the
+// reduced sum), so a rank holds its own gradients plus at most two buckets in
+// flight, not all of them, from the first update on. A parameter accumulating
+// again after its bucket went out (a checkpointed segment's nested backward,
+// LoTR's factors shared across layers) sends that later part in a reduce of its
+// own, which the owner adds: the same sum, in another order (float round-off).
 // Deviations from DeepSpeed: whole parameters instead of flat equal
 // partitions (a rank holds 1/N of the bytes plus at most one parameter);
 // ProcessGroupGloo of LibTorch 1.13 has no reduce_scatter, so stage 2 issues
@@ -128,8 +130,13 @@ class ZeroSharding {
   /// parameter order (each from its owner, exactly), so every rank computes
   /// the same global norm a replicated run computes.
   std::vector<at::Tensor> gather_norms(const std::vector<at::Tensor>& local);
-  /// Copies every parameter that had a gradient this step from its owner to
-  /// every rank (one broadcast per owner and bucket).
+  /// Parameter i was updated this step although it had no gradient in the
+  /// sync (optim::OptimizerExtras::updated_outside_sync): its owner
+  /// broadcasts it too, and had_gradient(i) is true. Every rank must mark
+  /// the same parameters, after reduce_gradients.
+  void mark_updated(size_t i) { had_grad_.at(i) = true; }
+  /// Copies every parameter that had a gradient this step (or was marked)
+  /// from its owner to every rank (one broadcast per owner and bucket).
   void broadcast_parameters();
 
  private:

@@ -19,6 +19,8 @@ namespace lowmem::optim {
 /// Averages tensors in place over the workers of a data-parallel run (every
 /// worker passes the same shapes in the same order).
 using StatisticsSync = std::function<void(std::vector<at::Tensor>&)>;
+/// ZeRO: whether this worker owns (keeps the state of and steps) a parameter.
+using Ownership = std::function<bool(const at::Tensor&)>;
 
 class OptimizerExtras {
  public:
@@ -55,6 +57,19 @@ class OptimizerExtras {
   void set_statistics_sync(StatisticsSync sync) {
     statistics_sync_ = std::move(sync);
   }
+  /// ZeRO: which parameters this worker owns. The trainer's sync drops the
+  /// gradients of other workers' parameters, which is all most optimizers
+  /// need; an optimizer that takes gradients the sync never sees (GaLore's
+  /// hook modes inside backward, the projected adapter's svd/rsvd refresh)
+  /// asks owns() before it steps a parameter or keeps state for it.
+  void set_ownership(Ownership owns) { ownership_ = std::move(owns); }
+  /// ZeRO: the parameters this optimizer updated in its last step although
+  /// the trainer's gradient sync saw no gradient of theirs (GaLore's hook
+  /// modes: every parameter; the projected adapter: A of each layer rebased
+  /// from the full gradient, which on the first refresh had none). The same
+  /// list on every worker: their owners broadcast them, as every parameter
+  /// that had a gradient. Default: none.
+  virtual std::vector<at::Tensor> updated_outside_sync() const { return {}; }
 
  protected:
   /// Averages `ts` in place over the workers with the set_statistics_sync
@@ -62,9 +77,14 @@ class OptimizerExtras {
   void average_statistics(std::vector<at::Tensor> ts) const {
     if (statistics_sync_) statistics_sync_(ts);
   }
+  /// Whether this worker steps `param` (set_ownership; true without ZeRO).
+  bool owns(const at::Tensor& param) const {
+    return !ownership_ || ownership_(param);
+  }
 
  private:
   StatisticsSync statistics_sync_;
+  Ownership ownership_;
 };
 
 /// State tensors of any optimizer: OptimizerExtras, or torch's SGD, Adam,
@@ -81,6 +101,11 @@ void drop_state(torch::optim::Optimizer& opt, const at::Tensor& param);
 void stepped_elsewhere(torch::optim::Optimizer& opt, const at::Tensor& param);
 /// set_statistics_sync(sync) if `opt` implements OptimizerExtras.
 void set_statistics_sync(torch::optim::Optimizer& opt, StatisticsSync sync);
+/// set_ownership(owns) if `opt` implements OptimizerExtras.
+void set_ownership(torch::optim::Optimizer& opt, Ownership owns);
+/// updated_outside_sync() if `opt` implements OptimizerExtras, else none.
+std::vector<at::Tensor> updated_outside_sync(
+    const torch::optim::Optimizer& opt);
 /// Drops the .grad of every parameter of `opt` (sets it to an undefined
 /// tensor), freeing gradient memory between steps. Use it instead of
 /// zero_grad(): LibTorch 1.x's zero_grad() zeroes the gradients in place (they

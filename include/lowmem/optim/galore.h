@@ -11,6 +11,9 @@
 // rest] (official: 2-D only; GaLoreProjectorTensor's Tucker form is not
 // implemented). Data-parallel hook modes average the gradients inside the
 // hooks (set_statistics_sync); the official code has no hook-mode DDP.
+// Under ZeRO the hook modes keep every basis on every worker (each worker
+// projects each gradient, so only r x n values are averaged) and step only
+// the params the worker owns (set_ownership): the inner state is sharded.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -115,8 +118,12 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   /// Inner state, bases, low-rank accumulators and proxies.
   std::vector<at::Tensor> state_tensors() const override;
   /// A projected param: its basis, step count and the inner state of its
-  /// proxy; a plain one: its inner state (ZeRO, train/data_parallel.h).
+  /// proxy (hook modes: the inner state only; every worker keeps every
+  /// basis); a plain one: its inner state (ZeRO, train/data_parallel.h).
   bool forget_state(const at::Tensor& param) override;
+  /// Hook modes: every param (their gradients never reach the trainer's
+  /// sync; under ZeRO each worker steps only the params it owns).
+  std::vector<at::Tensor> updated_outside_sync() const override;
 
   const GaLoreOptions& options() const { return options_; }
   torch::optim::Optimizer& inner() { return *inner_; }
@@ -150,6 +157,9 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   void prepare(size_t i, const at::Tensor& full_grad);
   void load_proxy(size_t i, const at::Tensor& low);
   void apply(size_t i);
+  /// The end of an update of projected param i (its step count, the freed
+  /// accumulator and proxy), also when another worker stepped it (ZeRO).
+  void advance(size_t i);
   void sync_lr();
   void update_one(bool projected, size_t i);
 

@@ -41,8 +41,7 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   /// Data-parallel (set_statistics_sync): the captured full gradients of W0
   /// (which the trainer's sync does not cover: W0 is frozen) are averaged
   /// before the rebase, so every worker draws the same basis. Under ZeRO
-  /// every worker would step A on such a refresh: refused there
-  /// (train/data_parallel.h).
+  /// every worker rebases and only A's owner steps it (set_ownership).
   at::Tensor step(LossClosure closure = nullptr) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
@@ -55,6 +54,10 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   /// worker merges and rebases that layer on the same steps (sketch bases
   /// are drawn from (seed, layer, refresh index): the same on every worker).
   void stepped_elsewhere(const at::Tensor& param) override;
+  /// A of each layer rebased from a captured gradient in the last step():
+  /// stepped (by its owner) from the averaged full gradient, also on the
+  /// layer's first refresh, when A was not yet in the graph.
+  std::vector<at::Tensor> updated_outside_sync() const override;
 
   torch::optim::Optimizer& inner() { return *inner_; }
   size_t num_layers() const { return layers_.size(); }
@@ -72,6 +75,7 @@ class ProjectedAdapterOptimizer : public torch::optim::Optimizer,
   std::vector<std::shared_ptr<projection::ProjectedLinear>> layers_;
   std::vector<int64_t> steps_;
   std::vector<bool> rebased_;  // rebased in this step's before_forward
+  std::vector<at::Tensor> refreshed_;  // A rebased from a gradient, last step
   std::unique_ptr<torch::optim::Optimizer> inner_;
   std::vector<std::pair<size_t, size_t>> group_map_;
 };

@@ -15,16 +15,17 @@ namespace lowmem::train {
 
 /// Makes `trainer` one rank of the data-parallel job `comm` with ZeRO stage
 /// `zero_stage` (0, 1 or 2). Returns the sharding for stages 1 and 2 (null
-/// for 0). Throws "[dist] ..." for a stage outside 0..2 and, for stages 1
-/// and 2, for optimizers that do not keep per-parameter state created on a
-/// parameter's first update: SINGD and KFAC (whole-layer factors), GaLore in
-/// layer-wise or accumulation mode (it steps inside backward), the projected
-/// adapter (it rebases every layer on its own schedule). Also installs the
-/// checkpoint save hook: rank 0 writes (stage 0), or every rank writes its
-/// optimizer shard and rank 0 commits the step (stages 1 and 2,
-/// Trainer::set_optimizer_shards). `zero_overlap` (stage 2): reduce during
-/// the last backward through the trainer's before-backward hook
-/// (dist::ZeroOptions::overlap).
+/// for 0); throws "[dist] ..." for a stage outside 0..2. Every optimizer
+/// averages what it computes outside the gradient sync over the workers
+/// (OptimizerExtras::set_statistics_sync); under ZeRO each learns which
+/// parameters it owns (set_ownership), and after each update the owners
+/// broadcast every parameter that had a gradient or was updated outside the
+/// sync (updated_outside_sync), and optimizers hear of steps taken elsewhere
+/// (stepped_elsewhere). Also installs the checkpoint save hook: rank 0
+/// writes (stage 0), or every rank writes its optimizer shard and rank 0
+/// commits the step (stages 1 and 2, Trainer::set_optimizer_shards).
+/// `zero_overlap` (stage 2): reduce during the last backward through the
+/// trainer's before-backward hook (dist::ZeroOptions::overlap).
 std::shared_ptr<dist::ZeroSharding> attach_data_parallel(
     Trainer& trainer, std::shared_ptr<dist::Communicator> comm,
     int64_t zero_stage, double bucket_cap_mb = 25.0, bool zero_overlap = true);

@@ -123,9 +123,8 @@ RunResult run(const Config& config,
               const std::function<void(Session&)>& on_ready = {});
 
 /// The data-parallel checks run() makes with WORLD_SIZE = `world_size`
-/// (batch_size divisible by it; no optimizer or method whose state would
-/// differ between ranks). Throws ConfigError; launchers call it before
-/// starting workers.
+/// (device cpu; batch_size divisible by it). Throws ConfigError; launchers
+/// call it before starting workers.
 void check_data_parallel(const Config& config, int world_size);
 
 /// Copies the tensors of `path` (a checkpoint root or step directory, or a
