@@ -147,11 +147,7 @@ std::vector<nn::SlotRef> find_targets(torch::nn::Module& root,
 // ---------------------------------------------------------------------------
 
 AdapterLinear::AdapterLinear(std::shared_ptr<nn::LinearLike> base)
-    : nn::LinearLike(base ? base->in_features() : 1,
-                     base ? base->out_features() : 1),
-      base_(std::move(base)) {
-  LOWMEM_CHECK(base_ != nullptr, "[adapter] null base layer");
-  register_module("base_layer", base_);
+    : nn::WrappedLinear(std::move(base), "base_layer", "[adapter]") {
   // The base is frozen (PEFT: _mark_only_adapters_as_trainable).
   for (auto& p : base_->parameters()) p.set_requires_grad(false);
 }

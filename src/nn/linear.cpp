@@ -30,6 +30,24 @@ void LinearLike::add_to_weight(const at::Tensor& delta) {
   w.add_(delta.to(w.device(), w.scalar_type()));
 }
 
+namespace {
+
+const std::shared_ptr<LinearLike>& checked_base(
+    const std::shared_ptr<LinearLike>& base, const std::string& owner) {
+  LOWMEM_CHECK(base != nullptr, owner, " null base layer");
+  return base;
+}
+
+}  // namespace
+
+WrappedLinear::WrappedLinear(std::shared_ptr<LinearLike> base,
+                             const std::string& child, const std::string& owner)
+    : LinearLike(checked_base(base, owner)->in_features(),
+                 base->out_features()),
+      base_(std::move(base)) {
+  register_module(child, base_);
+}
+
 Linear::Linear(int64_t in_features, int64_t out_features, bool bias)
     : LinearLike(in_features, out_features) {
   LOWMEM_CHECK(in_features > 0 && out_features > 0,

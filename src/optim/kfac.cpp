@@ -55,11 +55,10 @@ KFAC::KFAC(torch::nn::Module& model, KfacOptions defaults)
     : KFAC(nn::find_curvature_layers(model), std::move(defaults)) {}
 
 KFAC::KFAC(std::vector<nn::CurvatureLayer> layers, KfacOptions defaults)
-    : torch::optim::Optimizer(
-          detail::layer_param_groups(layers),
-          std::make_unique<KfacOptions>(kfac_checked(std::move(defaults)))),
-      layers_(std::move(layers)) {
-  LOWMEM_CHECK(!layers_.empty(), "[kfac] no Linear/Conv2d layer to train");
+    : KroneckerOptimizer(
+          std::move(layers),
+          std::make_unique<KfacOptions>(kfac_checked(std::move(defaults))),
+          "[kfac]") {
   const auto& o = opts();
   auto dt = parse_dtype(o.factor_dtype());
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -84,10 +83,6 @@ KFAC::KFAC(std::vector<nn::CurvatureLayer> layers, KfacOptions defaults)
         });
   }
   arm_taps();
-}
-
-KFAC::~KFAC() {
-  detail::detach_taps(layers_, taps_);
 }
 
 const KfacOptions& KFAC::opts() const {
@@ -140,13 +135,7 @@ at::Tensor KFAC::step(LossClosure closure) {
   return {};
 }
 
-void KFAC::arm_taps() {
-  detail::arm_taps(taps_, steps_, opts().T());
-}
-
-void KFAC::before_forward() {
-  arm_taps();
-}
+int64_t KFAC::refresh_period() const { return opts().T(); }
 
 bool KFAC::forget_state(const at::Tensor& param) {
   detail::forget_momentum(layers_, state_, param);

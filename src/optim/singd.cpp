@@ -85,18 +85,13 @@ SINGD::SINGD(torch::nn::Module& model, SingdOptions defaults)
     : SINGD(nn::find_curvature_layers(model), std::move(defaults)) {}
 
 SINGD::SINGD(std::vector<nn::CurvatureLayer> layers, SingdOptions defaults)
-    : torch::optim::Optimizer(
-          detail::layer_param_groups(layers),
-          std::make_unique<SingdOptions>(checked(std::move(defaults)))),
-      layers_(std::move(layers)) {
-  LOWMEM_CHECK(!layers_.empty(), "[singd] no Linear/Conv2d layer to train");
+    : KroneckerOptimizer(
+          std::move(layers),
+          std::make_unique<SingdOptions>(checked(std::move(defaults))),
+          "[singd]") {
   prev_grad_scale_ = opts().init_grad_scale();
   init_layers();
   arm_taps();
-}
-
-SINGD::~SINGD() {
-  detail::detach_taps(layers_, taps_);
 }
 
 const SingdOptions& SINGD::opts() const {
@@ -245,13 +240,7 @@ bool SINGD::forget_state(const at::Tensor& param) {
   return true;
 }
 
-void SINGD::arm_taps() {
-  detail::arm_taps(taps_, steps_, opts().T());
-}
-
-void SINGD::before_forward() {
-  arm_taps();
-}
+int64_t SINGD::refresh_period() const { return opts().T(); }
 
 void SINGD::set_grad_scale(double scale) {
   LOWMEM_CHECK(scale > 0.0, "[singd] grad scale must be > 0, got ", scale);

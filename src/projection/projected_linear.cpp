@@ -9,17 +9,13 @@ namespace lowmem::projection {
 
 ProjectedLinear::ProjectedLinear(std::shared_ptr<nn::LinearLike> base,
                                  ProjectorOptions options, int64_t stream)
-    : nn::LinearLike(base ? base->in_features() : 1,
-                     base ? base->out_features() : 1),
-      base_(std::move(base)),
+    : nn::WrappedLinear(std::move(base), "base", "[projected_adapter]"),
       projector_(std::move(options), out_features(), in_features(), stream) {
-  LOWMEM_CHECK(base_, "[projected_adapter] base layer is null");
   LOWMEM_CHECK(projector_.options().proj_dtype() == "float32",
                "[projected_adapter] proj_dtype '",
                projector_.options().proj_dtype(),
                "' is for GaLore (the optimizer form); the adapter keeps its "
                "basis in float32 (set proj_dtype float32)");
-  register_module("base", base_);
   if (base_->is_quantized()) {
     // An NF4 base has no dense weight whose gradient a refresh could read.
     LOWMEM_CHECK(!projector_.needs_gradient(), "[projected_adapter] basis '",

@@ -10,23 +10,10 @@
 #include "lowmem/dist/grad_sync.h"
 #include "lowmem/io/checkpoint.h"
 #include "lowmem/optim/extras.h"
-#include "lowmem/optim/kfac.h"
-#include "lowmem/optim/singd.h"
+#include "lowmem/optim/kronecker.h"
 
 namespace lowmem::train {
 namespace {
-
-/// The curvature layers of a SINGD/KFAC optimizer (empty for others).
-const std::vector<nn::CurvatureLayer>* curvature_layers(
-    const torch::optim::Optimizer& opt) {
-  if (const auto* s = dynamic_cast<const optim::SINGD*>(&opt)) {
-    return &s->layers();
-  }
-  if (const auto* k = dynamic_cast<const optim::KFAC*>(&opt)) {
-    return &k->layers();
-  }
-  return nullptr;
-}
 
 /// ZeRO groups (dist::partition_grouped) of the trainer's parameters: a
 /// SINGD/KFAC layer's bias goes with its weight (one natural gradient
@@ -44,9 +31,10 @@ std::vector<size_t> zero_groups(Trainer& trainer) {
     return it == index.end() ? params.size() : it->second;
   };
   for (const auto& slot : trainer.optimizers()) {
-    const auto* layers = curvature_layers(*slot.optimizer);
-    if (layers == nullptr) continue;
-    for (const auto& l : *layers) {
+    const auto* k =
+        dynamic_cast<const optim::KroneckerOptimizer*>(slot.optimizer.get());
+    if (k == nullptr) continue;
+    for (const auto& l : k->layers()) {
       if (!l.bias.defined()) continue;
       const size_t w = index_of(l.weight), b = index_of(l.bias);
       if (w < params.size() && b < params.size()) {

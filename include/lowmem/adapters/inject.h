@@ -69,7 +69,7 @@ std::vector<nn::SlotRef> find_targets(torch::nn::Module& root,
 /// y = base(x) + delta(x), or y = base(x) with the update folded into the base
 /// weight after merge(). The base is registered as child "base_layer" (PEFT's
 /// name), so model parameter names read "<path>.base_layer.weight".
-class AdapterLinear : public nn::LinearLike {
+class AdapterLinear : public nn::WrappedLinear {
  public:
   explicit AdapterLinear(std::shared_ptr<nn::LinearLike> base);
 
@@ -89,16 +89,8 @@ class AdapterLinear : public nn::LinearLike {
   bool merged() const { return merged_; }
 
   at::Tensor effective_weight() const override;
-  at::Tensor bias() const override { return base_->bias(); }
-  at::Tensor& base_weight() override { return base_->base_weight(); }
-  bool is_quantized() const override { return base_->is_quantized(); }
-  at::TensorOptions weight_options() override {
-    return base_->weight_options();
-  }
-  const std::shared_ptr<nn::LinearLike>& base() const { return base_; }
 
  private:
-  std::shared_ptr<nn::LinearLike> base_;
   bool merged_ = false;
 };
 

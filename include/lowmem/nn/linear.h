@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 namespace lowmem::nn {
@@ -64,6 +65,27 @@ class LinearLike : public torch::nn::Module {
  private:
   int64_t in_, out_;
   std::shared_ptr<CurvatureTap> tap_;
+};
+
+/// A slot layer around another one (the adapters, the projected adapter):
+/// registers `base` as the child `child` and answers bias, base weight,
+/// quantization and weight options from it.
+class WrappedLinear : public LinearLike {
+ public:
+  at::Tensor bias() const override { return base_->bias(); }
+  at::Tensor& base_weight() override { return base_->base_weight(); }
+  bool is_quantized() const override { return base_->is_quantized(); }
+  at::TensorOptions weight_options() override {
+    return base_->weight_options();
+  }
+  const std::shared_ptr<LinearLike>& base() const { return base_; }
+
+ protected:
+  /// Throws "<owner> null base layer" if `base` is null.
+  WrappedLinear(std::shared_ptr<LinearLike> base, const std::string& child,
+                const std::string& owner);
+
+  std::shared_ptr<LinearLike> base_;
 };
 
 struct LinearOptions {

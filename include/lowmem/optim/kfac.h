@@ -16,12 +16,12 @@
 #include <utility>
 #include <vector>
 
-#include "lowmem/nn/curvature_tap.h"
-#include "lowmem/optim/extras.h"
+#include "lowmem/optim/kronecker.h"
+#include "lowmem/optim/lr_options.h"
 
 namespace lowmem::optim {
 
-struct KfacOptions : torch::optim::OptimizerCloneableOptions<KfacOptions> {
+struct KfacOptions : LrOptions<KfacOptions> {
   KfacOptions() = default;
   explicit KfacOptions(double lr) : lr_(lr) {}
   TORCH_ARG(double, lr) = 1e-3;          // kfac.py default
@@ -52,39 +52,26 @@ struct KfacOptions : torch::optim::OptimizerCloneableOptions<KfacOptions> {
     v("loss_average", loss_average_);
     v("factor_dtype", factor_dtype_);
   }
-  double get_lr() const override {
-    return lr();
-  }
-  void set_lr(const double lr) override {
-    this->lr(lr);
-  }
 };
 
 /// Throws "[kfac] <field> ..." naming the bad value.
 void validate(const KfacOptions& options);
 
-class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
+class KFAC : public KroneckerOptimizer {
  public:
   explicit KFAC(torch::nn::Module& model, KfacOptions defaults = {});
   explicit KFAC(std::vector<nn::CurvatureLayer> layers,
                 KfacOptions defaults = {});
-  ~KFAC() override;
-  KFAC(const KFAC&) = delete;
-  KFAC& operator=(const KFAC&) = delete;
 
   at::Tensor step(LossClosure closure = nullptr) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
   std::vector<at::Tensor> state_tensors() const override;
-  void before_forward() override;
   /// ZeRO: forgets the momentum of a layer's weight or bias that another
   /// worker updates; A, G and their inverses stay (every worker's taps).
   bool forget_state(const at::Tensor& param) override;
-
-  int64_t steps() const { return steps_; }
   /// Bytes of the factors and their inverses over all layers.
-  int64_t preconditioner_bytes() const;
-  const std::vector<nn::CurvatureLayer>& layers() const { return layers_; }
+  int64_t preconditioner_bytes() const override;
 
  private:
   struct LayerState {
@@ -105,12 +92,9 @@ class KFAC : public torch::optim::Optimizer, public OptimizerExtras {
     }
   };
   const KfacOptions& opts() const;
-  void arm_taps();
+  int64_t refresh_period() const override;
 
-  std::vector<nn::CurvatureLayer> layers_;
   std::vector<LayerState> state_;
-  std::vector<std::shared_ptr<nn::KroneckerTap>> taps_;
-  int64_t steps_ = 0;
 };
 
 }  // namespace lowmem::optim

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "lowmem/nn/curvature_tap.h"
-#include "lowmem/optim/extras.h"
+#include "lowmem/optim/kronecker.h"
+#include "lowmem/optim/lr_options.h"
 #include "lowmem/optim/structures/structured_matrix.h"
 
 namespace lowmem::optim {
@@ -25,7 +25,7 @@ namespace lowmem::optim {
 /// Options with the official names and defaults (singd/optim/optimizer.py,
 /// SINGD.__init__). Paper symbols: lr = beta2, momentum = alpha2,
 /// damping = lambda, alpha1 = alpha1, weight_decay = gamma, lr_cov = beta1.
-struct SingdOptions : torch::optim::OptimizerCloneableOptions<SingdOptions> {
+struct SingdOptions : LrOptions<SingdOptions> {
   SingdOptions() = default;
   explicit SingdOptions(double lr) : lr_(lr) {}
   TORCH_ARG(double, lr) = 1e-3;          // official default
@@ -72,12 +72,6 @@ struct SingdOptions : torch::optim::OptimizerCloneableOptions<SingdOptions> {
     v("normalize_lr_cov", normalize_lr_cov_);
     v("correct_block_transpose", correct_block_transpose_);
   }
-  double get_lr() const override {
-    return lr();
-  }
-  void set_lr(const double lr) override {
-    this->lr(lr);
-  }
 };
 
 /// Throws "[singd] <field> ..." naming the bad value.
@@ -91,34 +85,26 @@ c10::optional<at::ScalarType> parse_dtype(const std::string& s);
 /// SINGD over the Linear/Conv2d layers of a model (nn::Linear and
 /// nn::Conv2d; see nn::split_curvature_parameters for routing
 /// the other parameters to a second optimizer).
-class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
+class SINGD : public KroneckerOptimizer {
  public:
   /// All trainable layers from nn::find_curvature_layers(model).
   explicit SINGD(torch::nn::Module& model, SingdOptions defaults = {});
   explicit SINGD(std::vector<nn::CurvatureLayer> layers,
                  SingdOptions defaults = {});
-  ~SINGD() override;
-  SINGD(const SINGD&) = delete;
-  SINGD& operator=(const SINGD&) = delete;
 
   at::Tensor step(LossClosure closure = nullptr) override;
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 
   std::vector<at::Tensor> state_tensors() const override;
-  /// Arms the taps iff this step refreshes the preconditioner.
-  void before_forward() override;
   /// ZeRO: drops the momentum of `param` (a layer's weight or bias) when
   /// another worker owns it; K, C, m_K, m_C stay (every worker's taps).
   bool forget_state(const at::Tensor& param) override;
 
   /// AMP loss scale of the coming step (official set_current_grad_scale).
   void set_grad_scale(double scale);
-  /// Updates done so far (official `steps`).
-  int64_t steps() const { return steps_; }
   /// Bytes of K, C, m_K, m_C over all layers.
-  int64_t preconditioner_bytes() const;
-  const std::vector<nn::CurvatureLayer>& layers() const { return layers_; }
+  int64_t preconditioner_bytes() const override;
   /// Factors of layer i (tests, inspection).
   const structures::StructuredMatrix& K(size_t i) const;
   const structures::StructuredMatrix& C(size_t i) const;
@@ -134,16 +120,13 @@ class SINGD : public torch::optim::Optimizer, public OptimizerExtras {
   void init_layers();
   void accumulate(size_t i, const at::Tensor& a, const at::Tensor& g);
   void update_preconditioner(size_t i, double grad_scale);
-  void arm_taps();
+  int64_t refresh_period() const override;
   /// Data-parallel (set_statistics_sync): on refresh steps the pending
   /// curvature (H_K, H_C of every layer that recorded some) is averaged
   /// over the workers before the preconditioners are updated.
   void sync_curvature();
 
-  std::vector<nn::CurvatureLayer> layers_;
   std::vector<LayerState> state_;
-  std::vector<std::shared_ptr<nn::KroneckerTap>> taps_;
-  int64_t steps_ = 0;
   double prev_grad_scale_ = 1.0;
   c10::optional<double> grad_scale_;
 };

@@ -18,7 +18,7 @@
 
 namespace lowmem::projection {
 
-class ProjectedLinear final : public nn::LinearLike {
+class ProjectedLinear final : public nn::WrappedLinear {
  public:
   /// Wraps `base` (its weight is frozen; its bias keeps requires_grad). A
   /// quantized base (nn::Nf4Linear) needs a basis that reads no gradient.
@@ -31,19 +31,12 @@ class ProjectedLinear final : public nn::LinearLike {
   at::Tensor forward_impl(const at::Tensor& x) override;
   /// W0 + expand(A) [out, in].
   at::Tensor effective_weight() const override;
-  at::Tensor bias() const override { return base_->bias(); }
-  at::Tensor& base_weight() override { return base_->base_weight(); }
-  bool is_quantized() const override { return base_->is_quantized(); }
-  at::TensorOptions weight_options() override {
-    return base_->weight_options();
-  }
 
   /// Trainable A, projector.low_rank_shape(), fp32 (fp64 for fp64 bases).
   at::Tensor& a() { return a_; }
   const at::Tensor& a() const { return a_; }
   Projector& projector() { return projector_; }
   const Projector& projector() const { return projector_; }
-  const std::shared_ptr<nn::LinearLike>& base() const { return base_; }
 
   /// W0 += expand(A), A = 0 (in place; A keeps its identity). On a
   /// quantized (NF4) base W0 is dequantized, added to and quantized again
@@ -59,7 +52,6 @@ class ProjectedLinear final : public nn::LinearLike {
   bool capturing() const { return capturing_; }
 
  private:
-  std::shared_ptr<nn::LinearLike> base_;
   Projector projector_;
   at::Tensor a_;
   bool capturing_ = false;
