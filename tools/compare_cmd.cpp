@@ -296,6 +296,9 @@ int run(CompareFlags& f) {
   } catch (const lowmem::ConfigError& e) {
     std::fprintf(stderr, "lowmem compare: %s\n", e.what());
     return 2;  // a usage error (e.g. --device), found before any work
+  } catch (const c10::Error& e) {
+    std::fprintf(stderr, "lowmem compare: %s\n", e.what_without_backtrace());
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lowmem compare: %s\n", e.what());
     return 1;

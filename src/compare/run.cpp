@@ -653,8 +653,11 @@ std::vector<MethodInfo> plan_methods(const CompareOptions& options) {
     const bool known =
         std::any_of(plan.begin(), plan.end(),
                     [&](const MethodInfo& i) { return selected(i, m); });
-    LOWMEM_CHECK(known, "[compare] unknown method '", m,
-                 "' for the selected suites (see `lowmem compare --list`)");
+    if (!known) {
+      throw ConfigError("unknown method " + quote(m) +
+                        " for the selected suites (see `lowmem compare "
+                        "--list`)");
+    }
   }
   std::vector<MethodInfo> kept;
   for (const auto& i : plan)

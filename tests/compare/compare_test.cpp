@@ -428,7 +428,7 @@ TEST(CompareTest, UnknownSuiteOrMethodIsRejected) {
   try {
     cmp::run_compare(o);
     FAIL();
-  } catch (const c10::Error& e) {
+  } catch (const lowmem::ConfigError& e) {  // a usage error: exit 2 in the CLI
     EXPECT_NE(std::string(e.what()).find("unknown method 'nosuch'"), std::string::npos);
   }
 }

@@ -1,16 +1,18 @@
 // `lowmem compare` as a user runs it: forked per-method children, the
 // terminal output and files, and Ctrl-C leaving complete partial results.
-#include <nlohmann/json.hpp>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
+
 #include "testing/files.h"
 
 namespace fs = std::filesystem;
@@ -128,6 +130,17 @@ TEST(CompareCliTest, BadSetIsAUsageErrorNamingTheKey) {
             std::string::npos)
       << read_file(out / "log.txt");
   EXPECT_FALSE(fs::exists(out / "d"));
+  // An unknown method: one line naming it, exit 2, nothing written.
+  const pid_t bad = spawn({"compare", "--suite", "toy", "--out",
+                           (out / "m").string(), "--methods", "adamw,nosuch"},
+                          out / "log.txt");
+  EXPECT_EQ(wait_exit(bad), 2);
+  const std::string log = read_file(out / "log.txt");
+  EXPECT_NE(log.find("unknown method 'nosuch' for the selected suites"),
+            std::string::npos)
+      << log;
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+  EXPECT_FALSE(fs::exists(out / "m"));
 }
 
 TEST(CompareCliTest, CtrlCKeepsCompleteResultsOfFinishedMethods) {
