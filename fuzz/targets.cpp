@@ -158,7 +158,13 @@ void recipe(const std::string& in) {
 // lines skipped, the nesting checked, then each row tokenized
 // (data::tokenize_row: text, prompt/completion or chat rows) with the seed
 // byte-level BPE tokenizer and a ChatML template. The first rejected row
-// rejects the input (the dataset names it file:line).
+// rejects the input (the dataset names it file:line). Conversations are
+// capped at 32 messages (the library's default is 1024): the loss mask's
+// cost is quadratic in messages (about five renderings per assistant
+// message), and a 60-message row took 3 s under ASan, which starved the long
+// runs; the count check itself is the same code at any cap.
+constexpr int64_t kMaxMessages = 32;
+
 void jsonl(const std::string& in) {
   static const text::Tokenizer tok = text::Tokenizer::from_json(
       read_file_limited(LOWMEM_FUZZ_CORPUS "/tokenizer_json/bytelevel_bpe.json",
@@ -183,7 +189,7 @@ void jsonl(const std::string& in) {
     } catch (const nlohmann::json::exception& e) {
       LOWMEM_CHECK(false, "[fuzz] invalid JSON: ", clip(e.what()));
     }
-    (void)data::tokenize_row(row, tok, &chat);
+    (void)data::tokenize_row(row, tok, &chat, kMaxMessages);
   }
 }
 

@@ -123,6 +123,13 @@ void check_message_list(const ordered_json& messages,
   }
 }
 
+// Before any rendering: the mask's cost grows with the square of this.
+void check_message_count(size_t n, int64_t max_messages) {
+  LOWMEM_CHECK(n <= static_cast<uint64_t>(std::max<int64_t>(max_messages, 0)),
+               "[data] the conversation has ", n,
+               " messages, more than max_messages (", max_messages, ")");
+}
+
 void check_messages(const ordered_json& messages) {
   check_message_list(messages, "messages");
   bool assistant = false;
@@ -133,8 +140,9 @@ void check_messages(const ordered_json& messages) {
 
 TokenizedRow chat_sample(const ordered_json& messages,
                          const text::Tokenizer& tok,
-                         const text::ChatTemplate* chat) {
+                         const text::ChatTemplate* chat, int64_t max_messages) {
   check_messages(messages);
+  check_message_count(messages.size(), max_messages);
   LOWMEM_CHECK(chat != nullptr,
                "[data] a \"messages\" row needs a chat template, and the "
                "tokenizer has none (set the chat_template option)");
@@ -162,9 +170,11 @@ TokenizedRow chat_sample(const ordered_json& messages,
 TokenizedRow chat_prompt_completion_sample(const ordered_json& prompt,
                                            const ordered_json& completion,
                                            const text::Tokenizer& tok,
-                                           const text::ChatTemplate* chat) {
+                                           const text::ChatTemplate* chat,
+                                           int64_t max_messages) {
   check_message_list(prompt, "prompt");
   check_message_list(completion, "completion");
+  check_message_count(prompt.size() + completion.size(), max_messages);
   LOWMEM_CHECK(!completion.empty(),
                "[data] \"completion\" has no message (nothing to train on)");
   LOWMEM_CHECK(chat != nullptr,
@@ -206,7 +216,8 @@ std::string keys_of(const ordered_json& row) {
 
 TokenizedRow tokenize_row(const ordered_json& row,
                           const text::Tokenizer& tokenizer,
-                          const text::ChatTemplate* chat) {
+                          const text::ChatTemplate* chat,
+                          int64_t max_messages) {
   LOWMEM_CHECK(
       row.is_object(), "[data] a row must be a JSON object, got ",
       clip(row.dump(-1, ' ', false, ordered_json::error_handler_t::replace)));
@@ -218,14 +229,15 @@ TokenizedRow tokenize_row(const ordered_json& row,
                "\"completion\" or \"messages\"; its keys: ",
                keys_of(row));
   if (text) return text_sample(string_field(row, "text"), tokenizer);
-  if (chat_row) return chat_sample(row["messages"], tokenizer, chat);
+  if (chat_row)
+    return chat_sample(row["messages"], tokenizer, chat, max_messages);
   LOWMEM_CHECK(row.contains("prompt") && row.contains("completion"),
                "[data] a prompt-completion row needs both \"prompt\" and "
                "\"completion\"; its keys: ",
                keys_of(row));
   if (row["prompt"].is_array() || row["completion"].is_array())
     return chat_prompt_completion_sample(row["prompt"], row["completion"],
-                                         tokenizer, chat);
+                                         tokenizer, chat, max_messages);
   return prompt_completion_sample(string_field(row, "prompt"),
                                   string_field(row, "completion"), tokenizer);
 }
@@ -349,7 +361,8 @@ std::string cache_key(const std::vector<std::string>& files,
   h.update("context=" + std::to_string(o.context()) +
            " truncate=" + std::to_string(o.truncate()) +
            " skip=" + std::to_string(o.skip_bad_rows()) +
-           " line=" + std::to_string(o.max_line_bytes()) + "\n");
+           " line=" + std::to_string(o.max_line_bytes()) +
+           " messages=" + std::to_string(o.max_messages()) + "\n");
   for (const auto& f : files) {
     const text::FileDigest d = text::sha256_file(f);
     h.update(f + '\0' + std::to_string(d.size) + '\0' + d.hex + "\n");
@@ -432,7 +445,7 @@ struct RowSink {
       bad(where, "invalid JSON", "invalid JSON: " + clip(e.what()));
       return;
     }
-    sample(where, [&] { return tokenize_row(j, tok, chat); });
+    sample(where, [&] { return tokenize_row(j, tok, chat, o.max_messages()); });
   }
 
   // Accepts what make() returns; its errors are bad rows.
@@ -465,6 +478,9 @@ JsonlDataset::JsonlDataset(const std::string& path,
                options_.split());
   LOWMEM_CHECK(options_.max_line_bytes() > 0 && options_.max_file_bytes() > 0,
                "[data] max_line_bytes and max_file_bytes must be > 0");
+  LOWMEM_CHECK(options_.max_messages() > 0,
+               "[data] max_messages must be > 0, got ",
+               options_.max_messages());
   vocab_size_ = tokenizer.vocab_size();
   const auto files = jsonl_input_files(path);
   for (const auto& f : files) check_input_file(f, options_.max_file_bytes());

@@ -157,6 +157,7 @@ struct JsonlSection {
   bool truncate = false;
   bool cache = true;
   std::string cache_dir;  // "" = $LOWMEM_CACHE_DIR/tokens, ~/.cache/...
+  int64_t max_messages = data::kDefaultMaxMessages;
   template <class V>
   void for_each_field(V&& v) {
     v("path", path);
@@ -170,6 +171,7 @@ struct JsonlSection {
     v("truncate", truncate);
     v("cache", cache);
     v("cache_dir", cache_dir);
+    v("max_messages", max_messages);
   }
 };
 
@@ -396,6 +398,10 @@ BuiltData build_jsonl(const Config& c) {
                       " must be in [1, the model's context " +
                       std::to_string(limit) + "] (0: the model's)");
   }
+  if (j.max_messages < 1) {
+    throw ConfigError("jsonl.max_messages must be >= 1, got " +
+                      std::to_string(j.max_messages));
+  }
   if (j.split == 0.0) {
     throw ConfigError(
         "jsonl.split must hold validation samples (a fraction "
@@ -412,7 +418,8 @@ BuiltData build_jsonl(const Config& c) {
             .truncate(j.truncate)
             .chat_template(j.chat_template)
             .cache(j.cache)
-            .cache_dir(j.cache_dir);
+            .cache_dir(j.cache_dir)
+            .max_messages(j.max_messages);
       }));
   const int64_t pad = tok.pad_id().value_or(tok.eos_id().value_or(0));
   const auto batches = data::JsonlBatchOptions()

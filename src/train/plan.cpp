@@ -151,7 +151,7 @@ void size_projected(const optim::GaLore& g, size_t i, Param& q,
   const bool sketch = o.basis() == "gaussian" || o.basis() == "orthogonal";
   const bool stored = !sketch || o.cache_sketch();
   q.state = inner.state_bytes(low, section) + (stored ? basis : 0);
-  if (!g.updated_outside_sync().empty()) q.shared = stored ? basis : 0;
+  if (g.hook_modes()) q.shared = stored ? basis : 0;
   const int64_t regenerated = stored ? 0 : basis;
   const int64_t upcast = e == f ? 0 : project_block * f;
   const int64_t project = upcast + low_bytes + regenerated;

@@ -253,6 +253,42 @@ TEST(Jsonl, BadRowsAreOneErrorNamingFileAndLine) {
                      JsonlOptions().max_line_bytes(1000).cache(false));
       },
       "wide.jsonl:1: the line is longer than max_line_bytes (1000 bytes)");
+  // Conversations over max_messages (the mask's cost is quadratic in
+  // messages) are bad rows before any rendering, prompt + completion counted
+  // together; at the limit they are read.
+  const std::string turn = R"({"role": "user", "content": "q"}, )"
+                           R"({"role": "assistant", "content": "a"})";
+  std::ofstream(dir / "turns.jsonl")
+      << "{\"messages\": [" << turn << ", " << turn << "]}\n"
+      << "{\"prompt\": [" << turn << ", " << turn
+      << "], \"completion\": [{\"role\": \"assistant\", \"content\": "
+         "\"b\"}]}\n";
+  expect_error_containing(
+      [&] {
+        JsonlDataset((dir / "turns.jsonl").string(), t,
+                     JsonlOptions().max_messages(3).cache(false).split(0));
+      },
+      "turns.jsonl:1: the conversation has 4 messages, more than "
+      "max_messages (3)");
+  const JsonlDataset four(
+      (dir / "turns.jsonl").string(), t,
+      JsonlOptions().max_messages(4).cache(false).split(0).skip_bad_rows(true));
+  EXPECT_EQ(four.size(), 1);
+  EXPECT_EQ(four.skipped(), 1);
+  EXPECT_NE(four.first_skipped().find(
+                "turns.jsonl:2: the conversation has 5 messages"),
+            std::string::npos)
+      << four.first_skipped();
+  EXPECT_EQ(JsonlDataset((dir / "turns.jsonl").string(), t,
+                         JsonlOptions().max_messages(5).cache(false).split(0))
+                .size(),
+            2);
+  expect_error_containing(
+      [&] {
+        JsonlDataset((dir / "turns.jsonl").string(), t,
+                     JsonlOptions().max_messages(0).cache(false));
+      },
+      "max_messages must be > 0, got 0");
   expect_error_containing(
       [&] { JsonlDataset((dir / "none.jsonl").string(), t); },
       "none.jsonl' does not exist");

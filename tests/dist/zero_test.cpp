@@ -238,7 +238,7 @@ void run_worker(const RunSetup& setup, std::shared_ptr<Communicator> comm,
     }
     // GaLore's hook modes project every gradient on every worker.
     const auto* g = dynamic_cast<const optim::GaLore*>(opt.get());
-    if (g != nullptr && !g->updated_outside_sync().empty()) {
+    if (g != nullptr && g->hook_modes()) {
       for (size_t i = 0; i < g->num_projected(); ++i) {
         trace.shared_state_bytes +=
             storage_bytes(g->projector(i).state_tensors());

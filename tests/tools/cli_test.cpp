@@ -249,6 +249,9 @@ TEST_F(Cli, HostileFlagsAndFilesExitCleanly) {
        "contains no text files"},
       {tiny({"--gpt.n_embd", "1000000000", "--gpt.n_head", "1"}), 2,
        "gpt.n_embd=1000000000"},
+      {tiny({"--data", "jsonl", "--jsonl.path", "/nonexistent.jsonl",
+             "--jsonl.max_messages", "0"}),
+       2, "jsonl.max_messages must be >= 1, got 0"},
       {tiny({"--optimizer", big}), 2, "unknown optimizer 'xxx"},
       {tiny({"--" + big, "1"}), 2, ""},
   };

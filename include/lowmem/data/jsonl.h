@@ -59,6 +59,9 @@ namespace lowmem::data {
 /// PyTorch's and Hugging Face's ignore_index).
 inline constexpr int64_t kIgnoreTarget = -100;
 
+/// JsonlOptions::max_messages's default.
+inline constexpr int64_t kDefaultMaxMessages = 1024;
+
 struct JsonlOptions {
   /// Tokens a row holds (the model's sequence length). A sample of n tokens
   /// gives n - 1 (input, target) pairs, so it fits when n <= context + 1.
@@ -87,6 +90,12 @@ struct JsonlOptions {
   TORCH_ARG(int64_t, max_line_bytes) = int64_t{16} << 20;
   /// Largest input file (larger: an error before reading it).
   TORCH_ARG(int64_t, max_file_bytes) = int64_t{4} << 30;
+  /// Most messages in one conversational row (more: a bad row). The loss
+  /// mask re-renders the conversation about five times per assistant
+  /// message, so a row costs O(messages^2) renderings' worth of work; this
+  /// bounds it (Qwen3's template, release build: 256 messages 0.9 s, 1024
+  /// messages 15 s per row).
+  TORCH_ARG(int64_t, max_messages) = kDefaultMaxMessages;
 };
 
 /// One tokenized sample: ids and, per token, whether it is trained (the
@@ -102,10 +111,12 @@ struct TokenizedRow {
 /// tokenizer has no template; a chat row then fails. Throws c10::Error
 /// "[data] <what>" without a location (the caller adds file:line): missing or
 /// wrong-typed fields, an unknown role ("system", "user", "assistant",
-/// "tool"), a template error, a row with no trained token.
+/// "tool"), a template error, a row with no trained token, a conversation
+/// (prompt + completion together) of more than `max_messages` messages.
 TokenizedRow tokenize_row(const nlohmann::ordered_json& row,
                           const text::Tokenizer& tokenizer,
-                          const text::ChatTemplate* chat);
+                          const text::ChatTemplate* chat,
+                          int64_t max_messages = kDefaultMaxMessages);
 
 /// The chat template `options.chat_template` names, else the tokenizer's
 /// (nullptr when there is none).

@@ -124,6 +124,9 @@ class GaLore : public torch::optim::Optimizer, public OptimizerExtras {
   /// Hook modes: every param (their gradients never reach the trainer's
   /// sync; under ZeRO each worker steps only the params it owns).
   std::vector<at::Tensor> updated_outside_sync() const override;
+  /// Whether the layer-wise or accumulation hooks update the params (then
+  /// every worker keeps every basis under ZeRO).
+  bool hook_modes() const { return hooks_; }
 
   const GaLoreOptions& options() const { return options_; }
   torch::optim::Optimizer& inner() { return *inner_; }
