@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <ctime>
+#include <optional>
 
 #include "jinja.h"
 
@@ -125,10 +126,31 @@ std::string capitalize(const std::string& s) {
   return js_case(first, true) + s.substr(first.size());
 }
 
+// A number used as an index, truncated; empty when it is not finite or is
+// beyond int64 (converting it would be undefined behaviour; as an index it
+// is out of range, which JavaScript answers with undefined).
+std::optional<int64_t> index_of(double v) {
+  if (!(std::abs(v) < 9.0e18)) return std::nullopt;
+  return static_cast<int64_t>(std::trunc(v));
+}
+
+// The most spaces an indent (the indent filter's width, tojson's indent) may
+// ask for: JavaScript's " ".repeat fails on absurd counts; lowmem stops at
+// 1 MiB per level instead of allocating gigabytes.
+constexpr double kMaxIndent = 1 << 20;
+
+size_t indent_width(double v, const char* what) {
+  if (!(v <= kMaxIndent))
+    throw Error(std::string(what) + " must be at most 1048576 spaces");
+  return v > 0 ? static_cast<size_t>(v) : 0;
+}
+
 // String.prototype.at on UTF-16 units.
 Value string_at(const std::string& s, double index) {
   const std::u16string u = to_utf16(s);
-  auto i = static_cast<int64_t>(std::trunc(index));
+  const auto at = index_of(index);
+  if (!at) return Value::undefined();
+  auto i = *at;
   if (i < 0) i += static_cast<int64_t>(u.size());
   if (i < 0 || i >= static_cast<int64_t>(u.size())) return Value::undefined();
   return Value::string(from_utf16(u.substr(static_cast<size_t>(i), 1)));
@@ -1172,7 +1194,9 @@ class Interp {
       if (property.type == Type::Int) {
         if (object.type == Type::String)
           return string_at(object.str(), property.num);
-        auto i = static_cast<int64_t>(std::trunc(property.num));
+        const auto at = index_of(property.num);
+        if (!at) return Value::undefined();
+        auto i = *at;
         const auto size = static_cast<int64_t>(object.a->size());
         if (i < 0) i += size;
         if (i < 0 || i >= size) return Value::undefined();
@@ -1227,7 +1251,7 @@ class Interp {
     if (indent && indent->type != Type::Int && indent->type != Type::Null)
       throw Error("If set, indent must be a number");
     if (indent && indent->type == Type::Int)
-      o.indent = static_cast<int>(indent->num);
+      o.indent = static_cast<int>(indent_width(indent->num, "tojson's indent"));
     const Value* ascii = kwargs.find("ensure_ascii");
     if (ascii && ascii->type != Type::Bool)
       throw Error("If set, ensure_ascii must be a boolean");
@@ -1426,9 +1450,9 @@ class Interp {
         if (width.type != Type::Int) throw Error("width must be a number");
         Value first = arg_or(args, 1, &kwargs, "first", Value::boolean(false));
         Value blank = arg_or(args, 2, &kwargs, "blank", Value::boolean(false));
-        return Value::string(
-            indent(operand.str(), static_cast<size_t>(std::max(0.0, width.num)),
-                   raw_truthy(first), raw_truthy(blank)));
+        return Value::string(indent(operand.str(),
+                                    indent_width(width.num, "indent's width"),
+                                    raw_truthy(first), raw_truthy(blank)));
       }
       if (name == "replace") {
         Object kwargs;

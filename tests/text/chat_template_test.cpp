@@ -276,6 +276,26 @@ TEST(ChatTemplate, LimitsAreEnforced) {
   ChatTemplate big_range("{{ range(100000000)|length }}");
   expect_error_containing([&] { big_range.render(ordered_json::object()); },
                           "range() longer than 1048576 items");
+  // Fuzzing found (UBSan): an index beyond int64 was converted to one.
+  // Such an index is out of range (JavaScript's undefined), and an indent
+  // of more than 1 MiB of spaces is an error, not an allocation.
+  const ordered_json msgs = {
+      {"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+  for (const char* index : {"333333333333333333330", "-99999999999999999999999",
+                            "9223372036854775807"}) {
+    ChatTemplate at(std::string("{{ messages[") + index +
+                    "] is undefined }}{{ 'abc'[" + index + "] is undefined }}");
+    EXPECT_EQ(at.render(msgs), "truetrue") << index;
+  }
+  EXPECT_EQ(ChatTemplate("{{ messages[-1]['content'] }}").render(msgs), "hi");
+  ChatTemplate wide("{{ 'a\nb'|indent(100000000000000000000) }}");
+  expect_error_containing([&] { wide.render(msgs); },
+                          "indent's width must be at most 1048576 spaces");
+  ChatTemplate json_wide("{{ messages|tojson(indent=300000000000000000000) }}");
+  expect_error_containing([&] { json_wide.render(msgs); },
+                          "tojson's indent must be at most 1048576 spaces");
+  EXPECT_EQ(ChatTemplate("{{ 'a\nb'|indent(2, true) }}").render(msgs),
+            "  a\n  b");
 }
 
 // Documented deviation: an index that splits a surrogate pair gives U+FFFD
