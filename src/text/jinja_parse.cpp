@@ -5,6 +5,7 @@
 // * / // %, **, is-tests, |filters, unary sign, call/member. Recursion is
 // bounded (Limits::max_parse_depth).
 #include <cctype>
+#include <cstdlib>
 #include <tuple>
 
 #include "jinja.h"
@@ -939,7 +940,10 @@ class Parser {
       case Tok::Number: {
         const bool is_float = tk.value.find('.') != std::string::npos;
         auto n = make(is_float ? N::FloatLit : N::IntLit);
-        n->num = std::stod(tk.value);
+        // strtod, not std::stod: a literal of hundreds of digits is
+        // Infinity as in JavaScript's Number(), not an out_of_range throw
+        // (found by the fuzz replay's mutations).
+        n->num = std::strtod(tk.value.c_str(), nullptr);
         return n;
       }
       case Tok::String: {

@@ -288,6 +288,11 @@ TEST(ChatTemplate, LimitsAreEnforced) {
     EXPECT_EQ(at.render(msgs), "truetrue") << index;
   }
   EXPECT_EQ(ChatTemplate("{{ messages[-1]['content'] }}").render(msgs), "hi");
+  // A literal too large for a double is Infinity (JavaScript's Number()).
+  EXPECT_EQ(
+      ChatTemplate("{{ messages[" + std::string(400, '3') + "] is undefined }}")
+          .render(msgs),
+      "true");
   ChatTemplate wide("{{ 'a\nb'|indent(100000000000000000000) }}");
   expect_error_containing([&] { wide.render(msgs); },
                           "indent's width must be at most 1048576 spaces");
