@@ -874,6 +874,17 @@ void validate_memory(const CompareOptions& o) {
     if (std::find(models.begin(), models.end(), m) == models.end())
       throw ConfigError("--memory-measure: '" + m +
                         "' is not one of --memory-models");
+  std::string rows;
+  for (const auto& m : detail::memory_methods("60m"))
+    rows += (rows.empty() ? "" : ", ") + m.name;
+  for (const auto& m : split_list(o.memory_methods)) {
+    const auto all = detail::memory_methods("60m");
+    if (std::none_of(
+            all.begin(), all.end(),
+            [&](const detail::MemoryMethod& r) { return r.name == m; }))
+      throw ConfigError("--memory-methods: unknown row " + quote(m) + " (" +
+                        rows + ")");
+  }
   detail::memory_dtype(o);
   if (o.memory_batch < 1 || o.memory_seq < 1 || o.memory_steps < 1)
     throw ConfigError(
@@ -888,9 +899,12 @@ std::string plan_memory_rows(MemorySuite& m, const CompareOptions& o,
                              const CompareCallbacks& cb) {
   auto job = [&o](const CompareCallbacks&) {
     std::vector<MemoryRow> rows;
+    const auto only = split_list(o.memory_methods);
     for (const auto& model : split_list(o.memory_models))
       for (const auto& method : detail::memory_methods(model))
-        rows.push_back(detail::plan_row(model, method, o));
+        if (only.empty() ||
+            std::find(only.begin(), only.end(), method.name) != only.end())
+          rows.push_back(detail::plan_row(model, method, o));
     return detail::memory_rows_to_json_line(rows);
   };
   if (!o.isolate) {
@@ -991,9 +1005,12 @@ MemorySuite run_memory_suite(const CompareOptions& o,
   for (const auto& b : split_list(o.memory_budgets))
     m.budgets.push_back(train::parse_bytes(b));
   if (cb.on_note)
-    cb.on_note("memory: planning LLaMA " + o.memory_models + " x " +
-               std::to_string(detail::memory_methods("60m").size()) +
-               " methods; measuring " + o.memory_measure);
+    cb.on_note(
+        "memory: planning LLaMA " + o.memory_models + " x " +
+        (o.memory_methods.empty()
+             ? std::to_string(detail::memory_methods("60m").size()) + " methods"
+             : o.memory_methods) +
+        "; measuring " + o.memory_measure);
   const std::string err = plan_memory_rows(m, o, cb);
   if (!err.empty()) {
     m.status = err == "interrupted" ? "interrupted" : "failed";

@@ -92,7 +92,7 @@ std::string format_float(double v) {
 }
 
 const Field* Section::find(const std::string& key) const {
-  for (const auto& f : fields_) {
+  for (const auto& f : fields()) {
     if (f.name == key) {
       return &f;
     }

@@ -50,6 +50,17 @@ std::vector<Field> Config::top_fields() {
   return out;
 }
 
+std::optional<Field> Config::top_field(const std::string& key) {
+  std::optional<Field> out;
+  for_each_field([&out, &key](const char* name, auto& ref) {
+    if (out || key != name) return;
+    std::vector<Field> one;
+    detail::add_field(one, "", name, ref);
+    if (!one.empty()) out = std::move(one.front());
+  });
+  return out;
+}
+
 const Section* Config::section(const std::string& name) const {
   for (const auto& s : sections) {
     if (s.name() == name) {
@@ -62,13 +73,10 @@ const Section* Config::section(const std::string& name) const {
 void Config::set(const std::string& key, const std::string& value) {
   const auto dot = key.find('.');
   if (dot == std::string::npos) {
-    for (auto& f : top_fields()) {
-      if (f.name == key) {
-        f.set(value);
-        return;
-      }
-    }
-    throw ConfigError("unknown key " + quote(key));
+    const auto f = top_field(key);
+    if (!f) throw ConfigError("unknown key " + quote(key));
+    f->set(value);
+    return;
   }
   const std::string sec = key.substr(0, dot);
   const std::string field = key.substr(dot + 1);
@@ -87,11 +95,7 @@ void Config::set(const std::string& key, const std::string& value) {
 std::string Config::get(const std::string& key) {
   const auto dot = key.find('.');
   if (dot == std::string::npos) {
-    for (auto& f : top_fields()) {
-      if (f.name == key) {
-        return f.get();
-      }
-    }
+    if (const auto f = top_field(key)) return f->get();
   } else if (const Section* s = section(key.substr(0, dot))) {
     if (const Field* f = s->find(key.substr(dot + 1))) {
       return f->get();

@@ -431,6 +431,39 @@ TEST(CompareTest, UnknownSuiteOrMethodIsRejected) {
   } catch (const lowmem::ConfigError& e) {  // a usage error: exit 2 in the CLI
     EXPECT_NE(std::string(e.what()).find("unknown method 'nosuch'"), std::string::npos);
   }
+  o.methods = {};
+  o.suites = {"memory"};
+  o.memory_methods = "LoRA r16,nope";
+  try {
+    cmp::run_compare(o);
+    FAIL();
+  } catch (const lowmem::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown row 'nope' (AdamW, "),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// --memory-methods narrows the memory suite to those rows, in the suite's
+// order, at every planned size (here planned only: nothing is measured).
+TEST(CompareTest, MemoryMethodsSelectRows) {
+  const fs::path out = fresh_temp_dir("compare_memory_rows");
+  cmp::CompareOptions o;
+  o.suites = {"memory"};
+  o.out_dir = out.string();
+  o.isolate = false;
+  o.threads = 1;
+  o.gnuplot = "";
+  o.memory_models = "60m,1b";
+  o.memory_measure = "";
+  o.memory_methods = "SINGD,LoRA r16";
+  const cmp::CompareResults res = cmp::run_compare(o);
+  ASSERT_EQ(res.memory.status, "ok") << res.memory.reason;
+  std::vector<std::string> rows;
+  for (const auto& r : res.memory.rows)
+    rows.push_back(r.model + " " + r.method);
+  EXPECT_EQ(rows, (std::vector<std::string>{"60m LoRA r16", "60m SINGD",
+                                            "1b LoRA r16", "1b SINGD"}));
 }
 
 TEST(CompareTest, EveryRegisteredMethodIsListed) {

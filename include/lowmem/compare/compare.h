@@ -106,6 +106,9 @@ struct CompareOptions {
   // memory_steps steps on random tokens and measured
   std::string memory_models = "60m,130m,350m,1b,7b";
   std::string memory_measure = "60m";  // 130m: 2.5x the time
+  // the rows (method names as the table prints them, comma-separated) the
+  // suite plans and measures; "": all of them
+  std::string memory_methods;
   int64_t memory_batch = 1;
   int64_t memory_seq = 256;  // GaLore's sequence length
   std::string memory_dtype =
@@ -212,6 +215,9 @@ struct CompareOptions {
       "LLaMA presets the memory suite plans (comma-separated)");
     v("memory.measure", memory_measure, "--memory-measure",
       "presets whose steps are also measured (\"\": none)");
+    v("memory.methods", memory_methods, "--memory-methods",
+      "rows of the memory suite, by the table's method names "
+      "(comma-separated, e.g. \"LoRA r16,SINGD\"; \"\": all)");
     v("memory.batch", memory_batch, "--memory-batch", "");
     v("memory.seq", memory_seq, "--memory-seq", "tokens per row");
     v("memory.dtype", memory_dtype, "--memory-dtype", "fp32 or bf16");

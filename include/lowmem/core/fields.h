@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -104,14 +105,18 @@ void add_field(std::vector<Field>& out, const std::string& section,
 
 }  // namespace detail
 
-/// The fields of one options object, collected from its for_each_field.
+/// The fields of one options object, collected from its for_each_field when
+/// first asked for (fields(), find()): a train::Config holds every
+/// component's section, and most uses touch a few of them, so building all
+/// of them up front was most of the cost of constructing one (the recipe fuzz
+/// target: a few thousand allocations per input).
 class Section {
  public:
   Section() = default;
   Section(const Section& other) { *this = other; }
   Section& operator=(const Section& other) {
     if (this != &other) {
-      *this = other.clone_ ? other.clone_(other.object_.get()) : Section();
+      *this = other.clone_ ? other.clone_(other) : Section();
     }
     return *this;
   }
@@ -122,24 +127,33 @@ class Section {
   template <class T>
   static Section of(std::string name, std::string help, T initial = T{}) {
     Section s;
-    auto obj = std::make_shared<T>(std::move(initial));
     s.name_ = std::move(name);
     s.help_ = std::move(help);
     s.type_ = &typeid(T);
-    const std::string section = s.name_;
-    obj->for_each_field([&s, &section](const char* field, auto& ref) {
-      detail::add_field(s.fields_, section, field, ref);
-    });
-    s.object_ = obj;
-    s.clone_ = [name = s.name_, help = s.help_](const void* o) {
-      return Section::of<T>(name, help, *static_cast<const T*>(o));
+    s.object_ = std::make_shared<T>(std::move(initial));
+    s.fill_ = [](const std::string& section, void* o, std::vector<Field>& out) {
+      static_cast<T*>(o)->for_each_field(
+          [&out, &section](const char* field, auto& ref) {
+            detail::add_field(out, section, field, ref);
+          });
+    };
+    s.clone_ = [](const Section& from) {
+      return Section::of<T>(from.name_, from.help_,
+                            *static_cast<const T*>(from.object_.get()));
     };
     return s;
   }
 
   const std::string& name() const { return name_; }
   const std::string& help() const { return help_; }
-  const std::vector<Field>& fields() const { return fields_; }
+  /// Built on the first call (thread-safe); the fields read and write the
+  /// options object, which the section shares with its moved-to copies.
+  const std::vector<Field>& fields() const {
+    if (fill_ != nullptr && built_ != nullptr) {
+      std::call_once(*built_, [this] { fill_(name_, object_.get(), fields_); });
+    }
+    return fields_;
+  }
   /// The field called `key`, or nullptr.
   const Field* find(const std::string& key) const;
   /// The options object (throws std::bad_cast if T is not its type).
@@ -155,8 +169,10 @@ class Section {
   std::string name_, help_;
   std::shared_ptr<void> object_;
   const std::type_info* type_ = nullptr;
-  std::vector<Field> fields_;
-  std::function<Section(const void*)> clone_;
+  mutable std::vector<Field> fields_;
+  std::unique_ptr<std::once_flag> built_ = std::make_unique<std::once_flag>();
+  void (*fill_)(const std::string&, void*, std::vector<Field>&) = nullptr;
+  Section (*clone_)(const Section&) = nullptr;
 };
 
 }  // namespace lowmem

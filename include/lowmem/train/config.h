@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -127,6 +128,9 @@ struct Config {
 
   /// The top-level fields (bound to this object).
   std::vector<Field> top_fields();
+  /// The top-level field called `key` alone (set/get: without building the
+  /// others), or nothing.
+  std::optional<Field> top_field(const std::string& key);
   const Section* section(const std::string& name) const;
   /// Sets "steps" or "came.beta3" from text; ConfigError on unknown keys or
   /// bad values.
