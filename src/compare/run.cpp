@@ -874,16 +874,14 @@ void validate_memory(const CompareOptions& o) {
     if (std::find(models.begin(), models.end(), m) == models.end())
       throw ConfigError("--memory-measure: '" + m +
                         "' is not one of --memory-models");
-  std::string rows;
-  for (const auto& m : detail::memory_methods("60m"))
-    rows += (rows.empty() ? "" : ", ") + m.name;
+  std::vector<std::string> rows;
+  for (const auto& m : detail::memory_methods("60m")) rows.push_back(m.name);
   for (const auto& m : split_list(o.memory_methods)) {
-    const auto all = detail::memory_methods("60m");
-    if (std::none_of(
-            all.begin(), all.end(),
-            [&](const detail::MemoryMethod& r) { return r.name == m; }))
-      throw ConfigError("--memory-methods: unknown row " + quote(m) + " (" +
-                        rows + ")");
+    if (std::find(rows.begin(), rows.end(), m) != rows.end()) continue;
+    std::string known;
+    for (const auto& r : rows) known += (known.empty() ? "" : ", ") + r;
+    throw ConfigError("--memory-methods: unknown row " + quote(m) + " (" +
+                      known + ")");
   }
   detail::memory_dtype(o);
   if (o.memory_batch < 1 || o.memory_seq < 1 || o.memory_steps < 1)

@@ -39,6 +39,17 @@ cmp::CompareOptions toy_options(const fs::path& out) {
   return o;
 }
 
+// The memory suite alone, in-process, one thread, no plots.
+cmp::CompareOptions memory_options(const fs::path& out) {
+  cmp::CompareOptions o;
+  o.suites = {"memory"};
+  o.out_dir = out.string();
+  o.isolate = false;
+  o.threads = 1;
+  o.gnuplot = "";
+  return o;
+}
+
 // The pretrain suite on a 1-layer width-16 GPT, in-process, no plots.
 cmp::CompareOptions tiny_pretrain_options(const fs::path& out, int64_t steps) {
   cmp::CompareOptions o;
@@ -447,13 +458,7 @@ TEST(CompareTest, UnknownSuiteOrMethodIsRejected) {
 // --memory-methods narrows the memory suite to those rows, in the suite's
 // order, at every planned size (here planned only: nothing is measured).
 TEST(CompareTest, MemoryMethodsSelectRows) {
-  const fs::path out = fresh_temp_dir("compare_memory_rows");
-  cmp::CompareOptions o;
-  o.suites = {"memory"};
-  o.out_dir = out.string();
-  o.isolate = false;
-  o.threads = 1;
-  o.gnuplot = "";
+  cmp::CompareOptions o = memory_options(fresh_temp_dir("compare_memory_rows"));
   o.memory_models = "60m,1b";
   o.memory_measure = "";
   o.memory_methods = "SINGD,LoRA r16";
@@ -780,13 +785,8 @@ TEST(CompareTest, PythonBaselineRunsTheSharedReferenceGpt) {
 // over before the head's backward was split into the loss's and the output
 // projection's). About a minute on 2 cores (58 s measured): slow.
 TEST(CompareTest, SlowMemorySuiteMeasuresEveryMethod) {
-  const fs::path out = fresh_temp_dir("compare_memory_suite");
-  cmp::CompareOptions o;
-  o.suites = {"memory"};
-  o.out_dir = out.string();
-  o.isolate = false;
-  o.threads = 1;
-  o.gnuplot = "";
+  cmp::CompareOptions o =
+      memory_options(fresh_temp_dir("compare_memory_suite"));
   o.memory_models = "60m";
   o.memory_measure = "60m";
   o.memory_seq = 64;
