@@ -12,6 +12,7 @@
 #   scripts/fuzz.sh 600 safetensors # one target, 10 minutes
 #   RUNS=10000000 scripts/fuzz.sh 0 manifest   # a fixed number of executions
 #   PARALLEL=2 scripts/fuzz.sh      # two targets at a time
+#   MAX_LEN=8192 scripts/fuzz.sh    # inputs of at most 8 KiB (default 64 KiB)
 #   SEED=1 RUNS=100000 PARALLEL=2 scripts/fuzz.sh 0   # scripts/test.sh (CI):
 #                                   # a fixed seed and count (the same work on
 #                                   # any machine), from the seeds alone
@@ -60,7 +61,7 @@ run_target() {
   fi
   mkdir -p "$corpus"
   cp -n fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null || true
-  local args=(-max_len=65536 -timeout="${TIMEOUT:-20}"
+  local args=(-max_len="${MAX_LEN:-65536}" -timeout="${TIMEOUT:-20}"
               -rss_limit_mb="${RSS_LIMIT_MB:-4096}"
               -artifact_prefix="$BUILD/artifacts/$t-" -print_final_stats=1)
   if [ -n "${SEED:-}" ]; then

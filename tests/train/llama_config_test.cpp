@@ -93,6 +93,26 @@ TEST(LlamaConfig, InfoProfilesTheStep) {
             0.0);
 }
 
+TEST(LlamaConfig, InfoNotesACpuWithoutANativeBf16Gemm) {
+  InfoReport r;
+  r.step_seconds = 2.0;
+  r.step_flops = 1e11;
+  r.gemm_fp32_gflops = 162.0;  // an AVX2-only Zen 3 (2026-12-08)
+  r.gemm_bf16_gflops = 5.0;
+  const std::string slow = r.to_string();
+  EXPECT_NE(slow.find("bfloat16 32.4x slower than float32"), std::string::npos)
+      << slow;
+  // 1e11 FLOP at 162 GFLOP/s: 0.6 s; the step's 2 s is 3.2x that.
+  EXPECT_NE(slow.find("take 0.6 s, the step took 3.2x that"), std::string::npos)
+      << slow;
+  r.gemm_bf16_gflops = 675.0;  // AVX512-BF16 (Zen 4)
+  const std::string fast = r.to_string();
+  EXPECT_EQ(fast.find("slower than float32"), std::string::npos) << fast;
+  EXPECT_NE(fast.find("GEMM rate:"), std::string::npos);
+  r.gemm_fp32_gflops = r.gemm_bf16_gflops = 0.0;  // not measured: no lines
+  EXPECT_EQ(r.to_string().find("GEMM rate:"), std::string::npos);
+}
+
 TEST(LlamaConfig, PresetAndContextChecks) {
   if (!std::filesystem::exists("/usr/share/games/fortunes"))
     GTEST_SKIP() << "no fortunes corpus";
